@@ -1,0 +1,156 @@
+"""The one interface every preference-learning algorithm implements, and the registry of them.
+
+An algorithm is an `AlgorithmSpec`: what data it consumes, what it needs (reference model, reward
+model or reward function), a config dataclass whose defaults are the paper's (or the method's
+published) hyperparameters, and a `train(ctx)` function. Adding an algorithm is one module with one
+`ALGORITHMS.register(...)` line, imported in `harness/algorithms/__init__.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.registry import Registry
+
+DataKind = Literal["pairs", "unpaired", "prompts"]
+
+# Metric names every algorithm logs under (where the quantity exists), so reports compare them.
+COMMON_METRICS = (
+    "train/loss",
+    "train/rewards_chosen",
+    "train/rewards_rejected",
+    "train/margins",
+    "train/accuracy",
+    "train/kl",
+    "train/reward_mean",
+    "train/response_length",
+    "train/learning_rate",
+    "train/grad_norm",
+)
+
+
+@dataclass
+class TrainContext:
+    """Everything a `train` function gets. Paths are local folders; rows use the registry's schema."""
+
+    policy_path: str  # SFT policy folder (also the reference model where one is needed)
+    train_rows: list[dict[str, Any]]  # preference rows {id, prompt, chosen, rejected, ...} or prompt rows
+    config: Any  # instance of the algorithm's config dataclass
+    out_dir: Path  # the trained policy must be saved to out_dir / "model"
+    seed: int = 0
+    reward_model_path: str | None = None  # a trained sequence-classification RM folder
+    reward_function: Callable[..., list[float]] | None = None  # verifiable reward (TRL reward_funcs style)
+    log: Callable[[dict[str, float], int], None] = lambda metrics, step: None
+
+
+@dataclass
+class AlgorithmSpec:
+    name: str
+    config_cls: type
+    data: DataKind  # what it trains on: preference pairs, unpaired labels (made from pairs), prompts
+    needs_reference: bool
+    needs_reward: bool  # a reward model or a reward function
+    train: Callable[[TrainContext], dict[str, float]]
+    defaults_source: str  # where the config defaults come from (paper table, method paper)
+    description: str = ""
+
+    def make_config(self, overrides: dict[str, Any]) -> Any:
+        """Config dataclass from the grid's overrides; unknown fields raise naming the valid ones."""
+        problems = self.check_fields(overrides)
+        if problems:
+            raise ValueError("; ".join(f"{field}: {msg}" for field, msg in problems))
+        return self.config_cls(**overrides)
+
+    def check_fields(self, overrides: dict[str, Any]) -> list[tuple[str, str]]:
+        """(field, problem) for each unknown field or badly typed value (pydantic-checked types)."""
+        from pydantic import TypeAdapter, ValidationError
+
+        valid = {f.name for f in dataclasses.fields(self.config_cls)}
+        problems = [
+            (key, f"unknown field for algorithm {self.name!r}; valid fields: {', '.join(sorted(valid))}")
+            for key in sorted(set(overrides) - valid)
+        ]
+        try:
+            TypeAdapter(self.config_cls).validate_python({k: v for k, v in overrides.items() if k in valid})
+        except ValidationError as exc:
+            problems += [(".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()]
+        return problems
+
+
+ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithm")
+
+
+def register(spec: AlgorithmSpec) -> AlgorithmSpec:
+    ALGORITHMS.register(spec.name, spec)
+    return spec
+
+
+@dataclass
+class History:
+    """Step metrics of a stage, appended as JSON lines so a crash keeps what was logged."""
+
+    path: Path
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        if not clean:
+            return
+        row = {"step": int(step), **clean}
+        self.rows.append(row)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+# TRL's log keys -> the common names above. Keys not listed are kept under "train/<key>".
+TRL_KEY_MAP = {
+    "loss": "train/loss",
+    "rewards/chosen": "train/rewards_chosen",
+    "rewards/rejected": "train/rewards_rejected",
+    "rewards/margins": "train/margins",
+    "rewards/accuracies": "train/accuracy",
+    "kl": "train/kl",
+    "objective/kl": "train/kl",
+    "reward": "train/reward_mean",
+    "rewards/mean": "train/reward_mean",
+    "completions/mean_length": "train/response_length",
+    "learning_rate": "train/learning_rate",
+    "grad_norm": "train/grad_norm",
+}
+
+
+def map_trl_logs(logs: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in logs.items():
+        if not _is_number(value) or key.startswith("eval_") or key in {"epoch", "total_flos"}:
+            continue
+        name = TRL_KEY_MAP.get(key, f"train/{key.replace('/', '_')}")
+        out[name] = float(value)
+    return out
+
+
+def history_callback(log: Callable[[dict[str, float], int], None]):
+    """A transformers `TrainerCallback` that forwards TRL's logs, renamed, to `log`."""
+    from transformers import TrainerCallback
+
+    class _Forward(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                metrics = map_trl_logs(logs)
+                if metrics:
+                    log(metrics, state.global_step)
+
+    return _Forward()

@@ -1,0 +1,106 @@
+"""Evaluation task contract and registry (lm-eval style: a task is one module and one register line).
+
+A task gets an `EvalContext` (the model, a lazily built shared generator, a limit, a seed, where to
+write) and returns a `TaskResult`: raw metrics (named `<task>/<metric>`), a 0-100 `score` used for
+category averages (or None with `skipped_reason` when it cannot run: never a made-up number), and
+per-example `samples` (saved as a JSONL artifact so any metric can be recomputed without regenerating).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.registry import Registry
+
+
+@dataclass
+class EvalContext:
+    model_path: str
+    out_dir: Path
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 16
+    judge: dict[str, Any] | None = None  # judge endpoint settings, for judge-based tasks
+    _generator: Any = None
+
+    @property
+    def generator(self):
+        """The shared generation engine, built on first use (tasks that only score do not pay for it)."""
+        if self._generator is None:
+            from harness.generation import make_generator
+
+            self._generator = make_generator(self.model_path, batch_size=self.batch_size)
+        return self._generator
+
+
+@dataclass
+class TaskResult:
+    metrics: dict[str, float]
+    score: float | None  # 0-100, what enters the category average
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    skipped_reason: str | None = None
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    category: str  # one of CATEGORIES, or "custom" for tasks outside the paper's suite
+    run: Callable[[EvalContext], TaskResult]
+    description: str = ""
+    score_rule: str = ""  # how `score` is derived from the metric, as in the paper's tables
+
+
+# The paper's six categories (Sec. 2.2, App. D).
+CATEGORIES = ("factuality", "reasoning", "truthfulness", "coding", "safety", "instruction_following")
+
+TASKS: Registry[TaskSpec] = Registry("eval task")
+SUITES: dict[str, list[str]] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    TASKS.register(spec.name, spec)
+    return spec
+
+
+def run_tasks(ctx: EvalContext, task_names: list[str]) -> dict[str, float]:
+    """Run tasks, write `<task>.samples.jsonl` + `results.json` under ctx.out_dir, return flat metrics.
+
+    Besides each task's metrics: `<task>/score` (0-100), `<task>/seconds`, category averages
+    `category/<name>` over the tasks that produced a score, and `overall` (mean of categories) when
+    every paper category has a score.
+    """
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    flat: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    by_category: dict[str, list[float]] = {}
+    for name in task_names:
+        spec = TASKS.get(name)
+        start = time.perf_counter()
+        result = spec.run(ctx)
+        flat.update(result.metrics)
+        flat[f"{name}/seconds"] = time.perf_counter() - start
+        if result.skipped_reason is not None:
+            skipped[name] = result.skipped_reason
+        if result.score is not None:
+            flat[f"{name}/score"] = float(result.score)
+            by_category.setdefault(spec.category, []).append(float(result.score))
+        with (ctx.out_dir / f"{name}.samples.jsonl").open("w") as fh:
+            for sample in result.samples:
+                fh.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
+    paper_cats = {}
+    for category, scores in by_category.items():
+        if category in CATEGORIES:
+            paper_cats[category] = statistics.fmean(scores)
+            flat[f"category/{category}"] = paper_cats[category]
+    if paper_cats and len(paper_cats) == len(CATEGORIES):
+        flat["overall"] = statistics.fmean(paper_cats.values())
+    (ctx.out_dir / "results.json").write_text(
+        json.dumps({"metrics": flat, "skipped": skipped}, indent=2, default=float)
+    )
+    return flat

@@ -1,0 +1,149 @@
+"""One batched generation engine for every generation task (eval, best-of-N, PPO rollouts, local judge).
+
+`HFGenerator` runs `model.generate` with left padding and the KV cache, in batches sorted by prompt
+length (less padding), applies the model's chat template, and cuts outputs at stop sequences.
+`make_generator` returns a vLLM engine when vLLM is installed and a GPU is present, otherwise the HF one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    num_return_sequences: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+class Generator(Protocol):
+    def generate(
+        self, prompts: Sequence[Messages | str], params: SamplingParams, chat: bool = True
+    ) -> list[list[str]]: ...
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        idx = text.find(s)
+        if idx != -1:
+            cut = min(cut, idx)
+    return text[:cut]
+
+
+def render_prompt(tokenizer: Any, prompt: Messages | str, chat: bool) -> str:
+    if isinstance(prompt, str):
+        if not chat:
+            return prompt
+        prompt = [{"role": "user", "content": prompt}]
+    if not chat:
+        return "\n\n".join(m["content"] for m in prompt)
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+class HFGenerator:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, max_prompt_tokens: int = 2048):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_prompt_tokens = max_prompt_tokens
+
+    @classmethod
+    def from_name(cls, name_or_path: str, batch_size: int = 16, device: str | None = None) -> HFGenerator:
+        from harness.models import load_causal_lm
+
+        model, tok = load_causal_lm(name_or_path, device=device)
+        return cls(model, tok, batch_size=batch_size)
+
+    def generate(
+        self, prompts: Sequence[Messages | str], params: SamplingParams, chat: bool = True
+    ) -> list[list[str]]:
+        import torch
+
+        texts = [render_prompt(self.tokenizer, p, chat) for p in prompts]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        results: list[list[str]] = [[] for _ in texts]
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        device = next(self.model.parameters()).device
+        generator_seed = torch.Generator(device="cpu").manual_seed(params.seed)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = tok(
+                    [texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
+                    max_length=self.max_prompt_tokens, add_special_tokens=False,
+                ).to(device)
+                kwargs: dict[str, Any] = dict(
+                    max_new_tokens=params.max_new_tokens,
+                    num_return_sequences=params.num_return_sequences,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                    use_cache=True,
+                )
+                if params.temperature > 0:
+                    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator_seed)))
+                    kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+                else:
+                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                with torch.no_grad():
+                    out = self.model.generate(**batch, **kwargs)
+                new_tokens = out[:, batch["input_ids"].shape[1] :]
+                decoded = tok.batch_decode(new_tokens, skip_special_tokens=True)
+                n = params.num_return_sequences
+                for j, i in enumerate(idx):
+                    results[i] = [truncate_at_stop(d, params.stop) for d in decoded[j * n : (j + 1) * n]]
+        finally:
+            self.model.train(was_training)
+        return results
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class VLLMGenerator:
+    """vLLM engine behind the same interface (used only when vLLM and a GPU are present)."""
+
+    def __init__(self, name_or_path: str):
+        from vllm import LLM
+
+        from harness.models import resolve_model
+
+        self.llm = LLM(model=resolve_model(name_or_path))
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(
+        self, prompts: Sequence[Messages | str], params: SamplingParams, chat: bool = True
+    ) -> list[list[str]]:
+        from vllm import SamplingParams as VParams
+
+        texts = [render_prompt(self.tokenizer, p, chat) for p in prompts]
+        vparams = VParams(
+            n=params.num_return_sequences, temperature=params.temperature, top_p=params.top_p,
+            max_tokens=params.max_new_tokens, stop=list(params.stop) or None, seed=params.seed,
+        )
+        outputs = self.llm.generate(texts, vparams)
+        return [[c.text for c in o.outputs] for o in outputs]
+
+
+def make_generator(name_or_path: str, batch_size: int = 16, engine: str = "auto") -> Generator:
+    if engine == "vllm" or (engine == "auto" and vllm_available()):
+        return VLLMGenerator(name_or_path)
+    return HFGenerator.from_name(name_or_path, batch_size=batch_size)

@@ -1,0 +1,61 @@
+"""Where the harness keeps its stores. Every location can be overridden by an environment variable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def results_dir() -> Path:
+    """Root of the local stores (MLflow, stage cache, models, Optuna, judge cache)."""
+    path = Path(os.environ.get("HARNESS_RESULTS_DIR", PROJECT_ROOT / "results")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stage_cache_dir() -> Path:
+    path = results_dir() / "stages"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def model_cache_dir() -> Path:
+    path = results_dir() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dirs() -> list[Path]:
+    """Local data directories searched (in order) before the hub.
+
+    `HARNESS_DATA_DIR` may hold several paths separated by `os.pathsep`. The repository's sibling
+    `../shared/data` (the real files this project is developed against) is appended when present.
+    """
+    dirs: list[Path] = []
+    env = os.environ.get("HARNESS_DATA_DIR")
+    if env:
+        dirs.extend(Path(p).expanduser().resolve() for p in env.split(os.pathsep) if p)
+    else:
+        dirs.append(results_dir() / "data")
+    shared = PROJECT_ROOT.parent / "shared" / "data"
+    if shared.is_dir() and shared.resolve() not in dirs:
+        dirs.append(shared.resolve())
+    return dirs
+
+
+def find_data_file(*relative_candidates: str) -> Path | None:
+    """First existing file among `relative_candidates` under any local data directory."""
+    for base in data_dirs():
+        for rel in relative_candidates:
+            candidate = base / rel
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def shared_data_dir() -> Path | None:
+    """The real shared data folder (`../shared/data`) if this checkout has one; used by tests."""
+    shared = PROJECT_ROOT.parent / "shared" / "data"
+    return shared if shared.is_dir() else None
