@@ -22,7 +22,8 @@ def stage_cache_dir() -> Path:
 
 
 def model_cache_dir() -> Path:
-    path = results_dir() / "models"
+    """Built zoo models; `HARNESS_MODEL_DIR` lets tests share one cache across temporary result dirs."""
+    path = Path(os.environ.get("HARNESS_MODEL_DIR", results_dir() / "models")).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -27,6 +27,8 @@ class EvalContext:
     seed: int = 0
     batch_size: int = 16
     judge: dict[str, Any] | None = None  # judge endpoint settings, for judge-based tasks
+    reference_path: str | None = None  # the SFT/reference policy, for KL-to-reference measurements
+    reward_model_path: str | None = None  # a trained RM folder, for reward-of-samples measurements
     _generator: Any = None
 
     @property
