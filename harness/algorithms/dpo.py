@@ -50,7 +50,7 @@ def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
         lr_scheduler_type=cfg.lr_scheduler_type,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -80,6 +80,14 @@ def preference_dataset(rows: list[dict[str, Any]]):
     return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
 
 
+def quiet_trainer(trainer: Any) -> None:
+    """Drop transformers' stdout printer: the metrics go to history.jsonl and MLflow instead."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
 def train_dpo(ctx: TrainContext) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
@@ -96,6 +104,7 @@ def train_dpo(ctx: TrainContext) -> dict[str, float]:
         processing_class=tok,
         callbacks=[history_callback(ctx.log)],
     )
+    quiet_trainer(trainer)
     result = trainer.train()
     trainer.save_model(str(ctx.out_dir / "model"))
     tok.save_pretrained(str(ctx.out_dir / "model"))

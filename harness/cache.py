@@ -1,0 +1,92 @@
+"""Content-addressed stage store with atomic publication.
+
+A stage's key is the hash of (kind, version, resolved config, the keys of its input stages). Its
+outputs are written to a private temp folder and published with one `os.rename` after the
+completion record `stage.json` is written inside it, so a folder under `stages/<kind>/<key>` exists
+if and only if the stage finished. A `kill -9` at any moment leaves either nothing or a complete
+stage; stale temp folders are swept on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from harness.paths import stage_cache_dir
+
+RECORD = "stage.json"
+
+
+def stage_key(kind: str, version: int, config: dict[str, Any], input_keys: dict[str, str]) -> str:
+    blob = json.dumps({"kind": kind, "version": version, "config": config, "inputs": input_keys},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def stage_dir(kind: str, key: str) -> Path:
+    return stage_cache_dir() / kind / key
+
+
+def is_complete(kind: str, key: str) -> bool:
+    return (stage_dir(kind, key) / RECORD).exists()
+
+
+def read_record(kind: str, key: str) -> dict[str, Any]:
+    return json.loads((stage_dir(kind, key) / RECORD).read_text())
+
+
+def new_temp_dir(kind: str, key: str) -> Path:
+    # Host and pid in the name let a later run tell a dead writer's leftovers from a live one's.
+    tmp = stage_cache_dir() / ".tmp" / f"{kind}__{key}__{socket.gethostname()}__{os.getpid()}__{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(tmp: Path, kind: str, key: str, record: dict[str, Any]) -> Path:
+    """Write the completion record into `tmp`, then rename it into place (atomic on one filesystem)."""
+    record = {**record, "kind": kind, "key": key, "published_at": time.time()}
+    (tmp / RECORD).write_text(json.dumps(record, indent=2, default=str))
+    target = stage_dir(kind, key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        # Another worker published the same stage first (same key => same content); keep theirs.
+        if not is_complete(kind, key):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def sweep_stale_temps() -> int:
+    """Remove temp folders left by killed processes of this host (their pid is gone)."""
+    root = stage_cache_dir() / ".tmp"
+    if not root.exists():
+        return 0
+    removed = 0
+    for tmp in root.iterdir():
+        parts = tmp.name.split("__")
+        if len(parts) != 5 or parts[2] != socket.gethostname():
+            continue  # another host's writer: only it can tell whether it is alive
+        pid = int(parts[3])
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,318 @@
+"""The stage DAG of a grid cell, and the functions that execute each stage kind.
+
+    prepare_data ─┬─> train_reward_model ─┐
+                  └───────────────────────┴─> train_policy ──> evaluate
+
+Each stage is content-addressed (`harness.cache.stage_key`): the hash of its kind, its code version,
+its resolved config and the keys of its inputs. Cells that share a stage (the same data, the same
+reward model, the same SFT evaluation) share its key, so it runs once. Bump a kind's version in
+`STAGE_VERSIONS` when its code changes what it produces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import cache
+from harness.grid import Cell
+
+STAGE_VERSIONS = {"prepare_data": 1, "train_reward_model": 1, "train_policy": 1, "evaluate": 1}
+
+# Default Ray resource requests per kind (a user on a GPU cluster overrides with `resources:`).
+DEFAULT_RESOURCES = {
+    "prepare_data": {"num_cpus": 1},
+    "train_reward_model": {"num_cpus": 1},
+    "train_policy": {"num_cpus": 1},
+    "evaluate": {"num_cpus": 1},
+}
+
+
+@dataclass
+class Stage:
+    kind: str
+    config: dict[str, Any]
+    inputs: dict[str, Stage] = field(default_factory=dict)
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = cache.stage_key(
+            self.kind, STAGE_VERSIONS[self.kind], self.config,
+            {role: f"{s.kind}/{s.key}" for role, s in self.inputs.items()},
+        )
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}/{self.key}"
+
+    @property
+    def path(self) -> Path:
+        return cache.stage_dir(self.kind, self.key)
+
+    @property
+    def complete(self) -> bool:
+        return cache.is_complete(self.kind, self.key)
+
+    @property
+    def label(self) -> str:
+        name = self.config.get("name") or self.config.get("algorithm", {}).get("name") or self.config.get("model", "")
+        return f"{self.kind}[{name}]" if name else self.kind
+
+    def spec(self) -> dict[str, Any]:
+        """A plain-data description a remote worker can execute (no live objects)."""
+        return {"kind": self.kind, "key": self.key, "config": self.config,
+                "inputs": {role: {"kind": s.kind, "key": s.key} for role, s in self.inputs.items()}}
+
+
+@dataclass
+class CellPlan:
+    cell: Cell
+    stages: list[Stage]  # topological order; the last one is the cell's evaluation
+
+    @property
+    def key(self) -> str:
+        """Identity of the cell's content: the key of its final stage (covers every upstream input)."""
+        return self.stages[-1].key
+
+    def stage(self, kind: str) -> Stage | None:
+        return next((s for s in self.stages if s.kind == kind), None)
+
+
+def _data_stage(ref: Any, seed: int) -> Stage:
+    return Stage("prepare_data", {"name": ref.name, "seed": ref.seed if ref.seed is not None else seed,
+                                  "max_rows": ref.max_rows})
+
+
+def plan_cell(cell: Cell) -> CellPlan:
+    cfg = cell.config
+    stages: list[Stage] = []
+    policy_stage: Stage | None = None
+    rm_stage: Stage | None = None
+    if cfg.algorithm is not None:
+        inputs: dict[str, Stage] = {}
+        if cfg.dataset is not None:
+            inputs["data"] = _data_stage(cfg.dataset, cfg.seed)
+        if cfg.prompts is not None:
+            inputs["prompts"] = _data_stage(cfg.prompts, cfg.seed)
+        stages.extend(inputs.values())
+        rm_config: dict[str, Any] | None = None
+        if cfg.reward_model is not None and cfg.reward_model.dataset is not None:
+            from harness.reward_model import RewardModelConfig
+
+            rm_data = _data_stage(cfg.reward_model.dataset, cfg.seed)
+            rm_train = dataclasses.asdict(RewardModelConfig(**cfg.reward_model.train))
+            rm_stage = Stage("train_reward_model", {"base": cfg.reward_model.base, "train": rm_train,
+                                                    "seed": cfg.seed}, {"data": rm_data})
+            if rm_data.key not in {s.key for s in stages}:
+                stages.append(rm_data)
+            stages.append(rm_stage)
+            inputs["reward_model"] = rm_stage
+        elif cfg.reward_model is not None:
+            rm_config = {"path": cfg.reward_model.path}
+        policy_stage = Stage("train_policy", {
+            "model": cfg.model, "algorithm": cfg.algorithm.resolved(), "seed": cfg.seed,
+            "reward_function": cfg.reward_function, "reward_model": rm_config,
+        }, inputs)
+        stages.append(policy_stage)
+    eval_inputs: dict[str, Stage] = {}
+    if policy_stage is not None:
+        eval_inputs["policy"] = policy_stage
+    if rm_stage is not None and "rm_reward" in cfg.eval.tasks:
+        eval_inputs["reward_model"] = rm_stage
+    eval_config = {
+        "tasks": cfg.eval.tasks, "limit": cfg.eval.limit, "batch_size": cfg.eval.batch_size, "seed": cfg.seed,
+        # The starting model is both the evaluated model of the baseline and the KL reference.
+        "reference_model": cfg.model,
+        "model": cfg.model if policy_stage is None else None,
+        "reward_model_path": cfg.reward_model.path if cfg.reward_model and cfg.reward_model.path else None,
+        "judge": cfg.judge.model_dump(exclude={"api_key_env"}) if cfg.judge else None,
+    }
+    stages.append(Stage("evaluate", eval_config, eval_inputs))
+    # De-duplicate (the same data stage can feed both the policy and the reward model).
+    unique: dict[str, Stage] = {}
+    for stage in stages:
+        unique.setdefault(stage.id, stage)
+    return CellPlan(cell, list(unique.values()))
+
+
+def unique_stages(plans: list[CellPlan]) -> list[Stage]:
+    """All distinct stages of the grid in a dependency-respecting order."""
+    ordered: dict[str, Stage] = {}
+
+    def visit(stage: Stage) -> None:
+        for dep in stage.inputs.values():
+            visit(dep)
+        ordered.setdefault(stage.id, stage)
+
+    for plan in plans:
+        for stage in plan.stages:
+            visit(stage)
+    return list(ordered.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Executors: run(config, inputs: role -> published input folder, out: temp folder) -> summary metrics
+# ---------------------------------------------------------------------------------------------
+
+def _read_rows(folder: Path) -> list[dict[str, Any]]:
+    with (folder / "rows.jsonl").open() as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def run_prepare_data(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
+    from datasets_registry import prepare
+
+    split = prepare(config["name"], seed=config["seed"], max_rows=config["max_rows"])
+    with (out / "rows.jsonl").open("w") as fh:
+        for row in split.rows:
+            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    (out / "artifacts").mkdir(exist_ok=True)
+    summary = {"name": config["name"], "raw": split.raw_count, "kept": split.kept, "dropped": split.dropped,
+               "fingerprint": split.fingerprint}
+    (out / "artifacts" / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    metrics = {"data/raw_rows": float(split.raw_count), "data/kept_rows": float(split.kept)}
+    metrics.update({f"data/dropped_{reason}": float(n) for reason, n in split.dropped.items()})
+    (out / "fingerprint.txt").write_text(split.fingerprint)
+    return metrics
+
+
+def split_heldout(rows: list[dict[str, Any]], fraction: float) -> tuple[list[dict], list[dict]]:
+    """Deterministic held-out split by row id (a row is held out in every run, whatever the seed),
+    so reward-model accuracy is always measured on pairs never trained on."""
+    import hashlib
+
+    def bucket(row: dict[str, Any]) -> float:
+        return int(hashlib.sha256(f"heldout:{row['id']}".encode()).hexdigest()[:8], 16) / 16**8
+
+    heldout = [r for r in rows if bucket(r) < fraction]
+    train = [r for r in rows if bucket(r) >= fraction]
+    return train, heldout
+
+
+def run_train_reward_model(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
+    from harness.algorithms.base import History
+    from harness.reward_model import RewardModelConfig, evaluate_reward_model, train_reward_model
+
+    rm_config = RewardModelConfig(**config["train"])
+    rows = _read_rows(inputs["data"])
+    train_rows, heldout_rows = split_heldout(rows, getattr(rm_config, "heldout_fraction", 0.1))
+    history = History(out / "history.jsonl")
+    metrics = train_reward_model(train_rows, config["base"], rm_config, out, config["seed"], history.log)
+    metrics.update(evaluate_reward_model(str(out / "model"), heldout_rows, out))
+    metrics["rm/train_pairs"] = float(len(train_rows))
+    metrics["rm/heldout_pairs"] = float(len(heldout_rows))
+    return metrics
+
+
+def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
+    from harness.algorithms import ALGORITHMS, TrainContext
+    from harness.algorithms.base import History
+    from harness.models import resolve_model
+    from harness.rewards import REWARD_FUNCTIONS
+
+    algo = dict(config["algorithm"])
+    spec = ALGORITHMS.get(algo.pop("name"))
+    rows_from = inputs.get("prompts") or inputs.get("data")
+    if rows_from is None:
+        raise ValueError(f"algorithm {spec.name!r} got no training data")
+    reward_model_path = None
+    if "reward_model" in inputs:
+        reward_model_path = str(inputs["reward_model"] / "model")
+    elif config.get("reward_model"):
+        reward_model_path = resolve_model(config["reward_model"]["path"])
+    history = History(out / "history.jsonl")
+    ctx = TrainContext(
+        policy_path=resolve_model(config["model"]),
+        train_rows=_read_rows(rows_from),
+        config=spec.make_config(algo),
+        out_dir=out,
+        seed=config["seed"],
+        reward_model_path=reward_model_path,
+        reward_function=REWARD_FUNCTIONS.get(config["reward_function"]) if config.get("reward_function") else None,
+        log=history.log,
+    )
+    (out / "artifacts").mkdir(exist_ok=True)
+    start = time.perf_counter()
+    metrics = spec.train(ctx)
+    metrics["train/wall_seconds"] = time.perf_counter() - start
+    shutil.rmtree(out / "trainer", ignore_errors=True)  # TRL's output_dir: nothing we need is left there
+    if not (out / "model" / "config.json").exists():
+        raise RuntimeError(f"algorithm {spec.name!r} did not save a model to {out / 'model'}")
+    return metrics
+
+
+def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
+    from harness.evaluation import EvalContext, run_tasks
+    from harness.models import resolve_model
+
+    model_path = str(inputs["policy"] / "model") if "policy" in inputs else resolve_model(config["model"])
+    reward_model_path = None
+    if "reward_model" in inputs:
+        reward_model_path = str(inputs["reward_model"] / "model")
+    elif config.get("reward_model_path"):
+        reward_model_path = resolve_model(config["reward_model_path"])
+    judge = config.get("judge")
+    ctx = EvalContext(
+        model_path=model_path, out_dir=out / "artifacts" / "samples", limit=config["limit"],
+        seed=config["seed"], batch_size=config["batch_size"],
+        judge=judge, reference_path=resolve_model(config["reference_model"]),
+        reward_model_path=reward_model_path,
+    )
+    return run_tasks(ctx, config["tasks"])
+
+
+EXECUTORS: dict[str, Callable[[dict[str, Any], dict[str, Path], Path], dict[str, float]]] = {
+    "prepare_data": run_prepare_data,
+    "train_reward_model": run_train_reward_model,
+    "train_policy": run_train_policy,
+    "evaluate": run_evaluate,
+}
+
+
+def execute_stage(spec: dict[str, Any]) -> str:
+    """Run one stage from its plain-data spec and publish it; returns the published folder.
+
+    Safe to call in any process (local, a pool worker, a Ray task): inputs are read from the shared
+    stage store, outputs are published atomically, and an already-published stage is not redone.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, key = spec["kind"], spec["key"]
+    if cache.is_complete(kind, key):
+        return str(cache.stage_dir(kind, key))
+    inputs = {}
+    for role, ref in spec["inputs"].items():
+        if not cache.is_complete(ref["kind"], ref["key"]):
+            raise RuntimeError(f"stage {kind}/{key}: input {role} ({ref['kind']}/{ref['key']}) is not published")
+        inputs[role] = cache.stage_dir(ref["kind"], ref["key"])
+    seed = int(spec["config"].get("seed", 0) or 0)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tmp = cache.new_temp_dir(kind, key)
+    (tmp / "artifacts").mkdir(exist_ok=True)
+    (tmp / "config.json").write_text(json.dumps(spec, indent=2, default=str))
+    start = time.perf_counter()
+    try:
+        metrics = EXECUTORS[kind](spec["config"], inputs, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        gc.collect()
+    seconds = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in metrics.items()}
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    fingerprint = (tmp / "fingerprint.txt").read_text() if (tmp / "fingerprint.txt").exists() else None
+    record = {"spec": spec, "seconds": seconds, "fingerprint": fingerprint}
+    return str(cache.publish(tmp, kind, key, record))

@@ -1,0 +1,132 @@
+"""MLflow plumbing: the default local store, experiments, idempotent run lookup, flattening.
+
+Default: a SQLite store at `results/mlflow.db` with artifacts under `results/mlartifacts/` (no server
+needed). Set `MLFLOW_TRACKING_URI` to use a team server (e.g. `http://mlflow:5000` backed by
+PostgreSQL): nothing else changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from harness.paths import PROJECT_ROOT, results_dir
+
+# MLflow's limits: param values up to 6000 characters; keep a margin.
+_MAX_PARAM_LEN = 5000
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results_dir() / 'mlflow.db'}"
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+
+
+def client():
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def setup_experiment(name: str) -> str:
+    """Experiment id for `name`, created on first use (artifacts under results/ for local stores)."""
+    mlflow_client = client()
+    existing = mlflow_client.get_experiment_by_name(name)
+    if existing is not None:
+        if existing.lifecycle_stage == "deleted":
+            mlflow_client.restore_experiment(existing.experiment_id)
+        return existing.experiment_id
+    artifact_location = None
+    if is_local_store(tracking_uri()):
+        artifact_location = (results_dir() / "mlartifacts" / name).as_uri()
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another worker
+        found = mlflow_client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def find_runs(experiment_id: str, tags: dict[str, str], parent_run_id: str | None = None) -> list[Any]:
+    """Active (not deleted) runs carrying all `tags` (and under `parent_run_id` if given)."""
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    if parent_run_id:
+        clauses.append(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return client().search_runs(
+        [experiment_id], filter_string=" and ".join(clauses), max_results=1000,
+        order_by=["attributes.start_time ASC"],
+    )
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, str]:
+    """{'algorithm': {'beta': 0.1}} -> {'algorithm.beta': '0.1'}; lists as JSON."""
+    out: dict[str, str] = {}
+    if isinstance(config, dict):
+        for key, value in config.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        if not config and prefix:
+            out[prefix[:-1]] = "{}"
+        return out
+    value = json.dumps(config) if isinstance(config, list | tuple) else str(config)
+    out[prefix[:-1]] = value[:_MAX_PARAM_LEN]
+    return out
+
+
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{sha}{'-dirty' if dirty else ''}" if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_metric_history(run_id: str, history_path: Path) -> None:
+    """Replay a stage's step metrics (`history.jsonl`) into its run, in batches."""
+    import time
+
+    from mlflow.entities import Metric
+
+    if not history_path.exists():
+        return
+    metrics = []
+    now = int(time.time() * 1000)
+    for line in history_path.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        step = int(row.pop("step", 0))
+        metrics.extend(Metric(key, float(value), now, step) for key, value in row.items())
+    mlflow_client = client()
+    for start in range(0, len(metrics), 900):
+        mlflow_client.log_batch(run_id, metrics=metrics[start : start + 900], synchronous=True)
+
+
+def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    for start in range(0, len(batch), 900):
+        client().log_batch(run_id, metrics=batch[start : start + 900], synchronous=True)
+
+
+def log_params(run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    batch = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(batch), 90):
+        client().log_batch(run_id, params=batch[start : start + 90], synchronous=True)

@@ -1,0 +1,1 @@
+"""Report generators: tables and figures rebuilt from an MLflow experiment alone."""
