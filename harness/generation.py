@@ -30,6 +30,24 @@ class Generator(Protocol):
     ) -> list[list[str]]: ...
 
 
+@dataclass
+class GeneratedSample:
+    """One completion with its token ids, for callers that train on the tokens (PPO rollouts)."""
+
+    text: str  # decoded completion (special tokens skipped), cut at stop sequences
+    prompt_ids: list[int]  # the rendered prompt's ids, unpadded
+    completion_ids: list[int]  # generated ids up to and including the first EOS; padding removed
+    finished: bool  # True when the model emitted EOS; False when it hit max_new_tokens
+
+
+class TokenGenerator(Generator, Protocol):
+    """A generator that also returns token ids (an engine for RL rollouts must implement this)."""
+
+    def generate_samples(
+        self, prompts: Sequence[Messages | str], params: SamplingParams, chat: bool = True
+    ) -> list[list[GeneratedSample]]: ...
+
+
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     cut = len(text)
     for s in stop:
@@ -66,11 +84,16 @@ class HFGenerator:
     def generate(
         self, prompts: Sequence[Messages | str], params: SamplingParams, chat: bool = True
     ) -> list[list[str]]:
+        return [[s.text for s in row] for row in self.generate_samples(prompts, params, chat)]
+
+    def generate_samples(
+        self, prompts: Sequence[Messages | str], params: SamplingParams, chat: bool = True
+    ) -> list[list[GeneratedSample]]:
         import torch
 
         texts = [render_prompt(self.tokenizer, p, chat) for p in prompts]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        results: list[list[str]] = [[] for _ in texts]
+        results: list[list[GeneratedSample]] = [[] for _ in texts]
         tok = self.tokenizer
         tok.padding_side = "left"
         device = next(self.model.parameters()).device
@@ -102,10 +125,21 @@ class HFGenerator:
                 decoded = tok.batch_decode(new_tokens, skip_special_tokens=True)
                 n = params.num_return_sequences
                 for j, i in enumerate(idx):
-                    results[i] = [truncate_at_stop(d, params.stop) for d in decoded[j * n : (j + 1) * n]]
+                    prompt_ids = batch["input_ids"][j][batch["attention_mask"][j].bool()].tolist()
+                    results[i] = [
+                        _sample(decoded[k], prompt_ids, new_tokens[k].tolist(), tok.eos_token_id, params.stop)
+                        for k in range(j * n, (j + 1) * n)
+                    ]
         finally:
             self.model.train(was_training)
         return results
+
+
+def _sample(text: str, prompt_ids: list[int], new_ids: list[int], eos_id: int, stop: Sequence[str]) -> GeneratedSample:
+    # After EOS, generate() pads (often with EOS itself): keep ids up to and including the first EOS.
+    finished = eos_id in new_ids
+    ids = new_ids[: new_ids.index(eos_id) + 1] if finished else new_ids
+    return GeneratedSample(truncate_at_stop(text, stop), prompt_ids, ids, finished)
 
 
 def vllm_available() -> bool:

@@ -1,0 +1,747 @@
+"""PPO for language models, as in Ivison et al. (2024), App. F.2 / G, in one file (CleanRL spirit).
+
+TRL 1.16 has no `PPOTrainer` (removed in PR #7020), and the paper's PPO differs from most open
+implementations anyway (Table 10), so the project owns it. Read top to bottom:
+
+  config (Table 9 defaults, Table 10/11 switches)  ->  math (Eq. 4, GAE, whitening, clipped losses,
+  KL controllers; pure tensor functions, unit-tested by hand)  ->  model plumbing (log-probs, values)
+  ->  `train_ppo`: rollout -> score -> forward passes -> advantages -> clipped updates -> log.
+
+The paper's equations (App. F.2):
+
+  Eq. 4  token reward   r_t = -beta * (log pi_theta(y_t|x,y_<t) - log pi_ref(y_t|x,y_<t))   for t < |y|
+                        r_t = -beta * (...)  +  r(x, y)                                     for t = |y|
+         return         G_t = sum_{t'>=t} gamma^(t'-t) r_t'      advantage  A_t = G_t - V_phi(x, y_<t)
+                        (in practice GAE, footnote 15: A_t = sum_l (gamma*lambda)^l delta_{t+l},
+                         delta_t = r_t + gamma V(s_{t+1}) - V(s_t); returns = A_t + V(s_t))
+  Eq. 5  policy loss    L_pi = -E[ min(nu_t A_t, clip(nu_t, 1-eps, 1+eps) A_t) ],
+                        nu_t = pi_theta(y_t|.) / pi_old(y_t|.)   (footnote 16). Eq. 5 prints the
+                        denominator as pi_ref; every implementation Table 10 compares (and the
+                        paper's own setting, where forward passes give pi_old) uses the policy the
+                        log-probs were taken from; pi_ref enters only through Eq. 4's KL penalty.
+  Eq. 6  value loss     L_V = E[ 1/2 (V_phi(x, y_<t) - G_t)^2 ], clipped around the old values by eps
+         joint          L_PPO = L_pi + alpha * L_V
+
+Implementation choices of the paper (App. F.2, Table 10 "Ours"), each a config switch here:
+value model initialised from the reward model; EOS trick (truncated completions get reward -10);
+no reward normalisation; no reward whitening; advantage whitening; fixed KL coefficient (no adaptive
+controller); no KL clamping; 1 rollout per prompt; forward passes at minibatch level (App. G: log-probs
+and values recomputed per minibatch with the current models, unlike most implementations).
+
+Generation goes through `harness.generation.HFGenerator.generate_samples` (batched `model.generate`
+with KV cache); a vLLM engine can implement the same `TokenGenerator` interface. Runs on CPU (fp32)
+for tests; on CUDA it keeps fp32 master weights and runs forwards under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.algorithms.base import AlgorithmSpec, TrainContext, register
+
+Messages = list[dict[str, str]]
+
+
+# ==================================================================================================
+# Config: Table 9 defaults; Table 10 and Table 11 implementation choices as switches.
+# ==================================================================================================
+
+
+@dataclass
+class PPOConfig:
+    # --- Table 9, TRAINING ---
+    prompt_batch_size: int = 64  # B: prompts per rollout batch
+    rollouts_per_prompt: int = 1  # r: completions sampled per prompt (Table 10 "multiple rollouts": off)
+    minibatch_size: int = 64  # b: rollouts per forward-backward pass
+    gradient_accumulation_steps: int = 1  # g: minibatches per optimizer step
+    num_epochs: float = 1.0  # E: passes over the prompt set (App. G: >1 epoch did not help)
+    inner_epochs: int = 1  # e: passes over each rollout batch (App. G: >1 destabilises)
+    max_prompt_length: int = 1024  # L_p: longer prompts are dropped (counted and logged)
+    max_new_tokens: int = 1024  # L_c: completion budget; hitting it = truncated completion
+    max_steps: int = -1  # rollout batches to run; -1 = E epochs over the prompts (small grids set it)
+    # --- Table 9, RL ---
+    temperature: float = 0.7  # tau: rollout sampling temperature
+    kl_coef: float = 0.05  # beta (0.0325 for the paper's 70B reward models)
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    cliprange: float = 0.2  # epsilon, policy ratio clipping
+    cliprange_value: float = 0.2  # epsilon, value clipping (Table 9 uses the same epsilon for both)
+    vf_coef: float = 0.1  # alpha, value loss coefficient
+    # Table 9's dropout 0.0 is always applied (dropout would make the old/new log-probs disagree).
+    # --- Table 9, OPTIMIZATION (AdamW) ---
+    learning_rate: float = 1e-6  # eta
+    warmup_ratio: float = 0.1  # linear warm-up over the first 10% of optimizer steps
+    lr_decay: str = "constant"  # after warm-up: "constant" (what App. F.2 states) or "linear" to 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # clipped per model (policy, value), as two separately optimised models
+    # --- Table 10 switches (paper's choice is the default) ---
+    value_init: str = "reward"  # "reward": value model = copy of the RM (InstructGPT); "policy": SFT + new head
+    eos_trick: bool = True  # completions that never emit EOS get `eos_penalty` instead of the RM score
+    eos_penalty: float = -10.0
+    reward_normalization: bool = False  # standardise scores with a gain/bias fixed from the first batch
+    reward_whitening: bool = False  # scale token rewards by their batch std (mean kept: shift_mean=False)
+    advantage_whitening: bool = True  # standardise advantages over the (mini)batch
+    adaptive_kl: bool = False  # Ziegler et al. (2019) proportional controller instead of a fixed beta
+    adaptive_kl_target: float = 6.0  # target KL (nats per sequence) for the adaptive controller
+    adaptive_kl_horizon: int = 10000  # controller horizon, in rollouts
+    kl_clamp: bool = False  # clamp per-token KL at >= 0 in the reward (AlpacaFarm)
+    # --- Table 11 / App. G ---
+    forward_at_minibatch_level: bool = True  # log-probs/values from the current models, per minibatch
+    # --- engineering (no effect on the maths) ---
+    logprobs_at_sampling_temperature: bool = True  # log-probs of logits/tau: the distribution sampled from
+    generation_batch_size: int = 64
+    log_samples_per_step: int = 4  # rows per step written to artifacts/ppo_samples.jsonl
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("prompt_batch_size", "rollouts_per_prompt", "minibatch_size", "gradient_accumulation_steps",
+                     "inner_epochs", "max_prompt_length", "max_new_tokens", "generation_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        rollouts = self.prompt_batch_size * self.rollouts_per_prompt
+        if self.minibatch_size >= 1 and rollouts % self.minibatch_size:
+            problems.append(f"prompt_batch_size*rollouts_per_prompt ({rollouts}) must be a multiple of "
+                            f"minibatch_size ({self.minibatch_size})")
+        elif self.minibatch_size >= 1 and self.gradient_accumulation_steps >= 1 and \
+                (rollouts // self.minibatch_size) % self.gradient_accumulation_steps:
+            problems.append(f"the {rollouts // self.minibatch_size} minibatches per rollout batch must be a "
+                            f"multiple of gradient_accumulation_steps ({self.gradient_accumulation_steps})")
+        if self.num_epochs <= 0 and self.max_steps <= 0:
+            problems.append("set num_epochs > 0 or max_steps > 0")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0 (PPO samples rollouts), got {self.temperature}")
+        if self.kl_coef < 0:
+            problems.append(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            problems.append("gamma and lam must be in [0, 1]")
+        if self.cliprange <= 0 or self.cliprange_value <= 0:
+            problems.append("cliprange and cliprange_value must be > 0")
+        if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
+            problems.append("learning_rate must be > 0 and warmup_ratio in [0, 1)")
+        if self.lr_decay not in ("constant", "linear"):
+            problems.append(f"lr_decay must be 'constant' or 'linear', got {self.lr_decay!r}")
+        if self.value_init not in ("reward", "policy"):
+            problems.append(f"value_init must be 'reward' or 'policy', got {self.value_init!r}")
+        if self.adaptive_kl and (self.adaptive_kl_target <= 0 or self.adaptive_kl_horizon < 1):
+            problems.append("adaptive_kl needs adaptive_kl_target > 0 and adaptive_kl_horizon >= 1")
+        if problems:
+            raise ValueError("invalid PPOConfig: " + "; ".join(problems))
+
+
+# ==================================================================================================
+# The maths: pure functions on tensors (shape [batch, response_len]; `mask` = 1 on response tokens).
+# ==================================================================================================
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased (Bessel-corrected) variance over the masked entries."""
+    n = mask.sum()
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return var * n / (n - 1).clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Standardise over masked entries. shift_mean=False only rescales: whitening *rewards* must not
+    move their mean, or it would hand out a constant per-token bonus/penalty that pays for length."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def token_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    kl_clamp: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 4: r_t = -beta * (log pi - log pi_ref) on every response token, plus the sequence reward on
+    the last one. Returns (rewards, per-token KL as used in the reward). `scores` already carries the
+    EOS trick / normalisation. kl_clamp (AlpacaFarm) floors each token's KL estimate at 0."""
+    kl = (logprobs - ref_logprobs) * mask
+    if kl_clamp:
+        kl = kl.clamp(min=0.0)
+    rewards = -kl_coef * kl
+    last = (mask.sum(dim=1).long() - 1).clamp(min=0)  # index of y_|y|
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards * mask, kl
+
+
+def apply_eos_trick(scores: torch.Tensor, finished: torch.Tensor, penalty: float) -> torch.Tensor:
+    """EOS trick (App. F.2): a completion cut off at max_new_tokens gets `penalty` instead of its score."""
+    return torch.where(finished, scores, torch.full_like(scores, penalty))
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (footnote 15), vectorised over the batch, right to left.
+    Tokens past the end carry zero reward and value, so V(s_{|y|+1}) = 0 (episode end)."""
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(rewards[:, 0])
+    length = rewards.shape[1]
+    for t in reversed(range(length)):
+        next_values = values[:, t + 1] if t + 1 < length else torch.zeros_like(last_gae)
+        delta = rewards[:, t] + gamma * next_values - values[:, t]
+        last_gae = delta + gamma * lam * last_gae
+        advantages[:, t] = last_gae
+    advantages = advantages * mask
+    returns = (advantages + values) * mask  # G_t estimate the value model regresses on (Eq. 6)
+    return advantages, returns
+
+
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    cliprange: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 5 with footnote 16's clipping. Returns (loss, stats: clipfrac, approx_kl, ratio_mean)."""
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": 0.5 * masked_mean(log_ratio**2, mask),  # k2 estimator of KL(pi_old || pi_theta)
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 6, 1/2 squared error against the returns, pessimistic over a clipped value prediction."""
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    err_unclipped = (values - returns) ** 2
+    err_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(err_unclipped, err_clipped), mask)
+    with torch.no_grad():
+        stats = {"value_clipfrac": masked_mean((err_clipped > err_unclipped).float(), mask)}
+    return loss, stats
+
+
+class FixedKLController:
+    """The paper's choice: beta stays constant."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        return None
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): beta <- beta * (1 + clip(KL/target - 1, -0.2, 0.2) * n / horizon)."""
+
+    def __init__(self, kl_coef: float, target: float, horizon: int):
+        self.value = kl_coef
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+
+# ==================================================================================================
+# Model plumbing: pack rollouts, per-token log-probs and values.
+# ==================================================================================================
+
+
+@dataclass
+class Rollouts:
+    """A batch of sampled completions, packed as [left-padded prompt | right-padded response]."""
+
+    input_ids: torch.Tensor  # [N, P + R]
+    attention_mask: torch.Tensor  # [N, P + R]
+    response_mask: torch.Tensor  # [N, R], float: 1 on response tokens (EOS included when emitted)
+    prompt_width: int  # P
+    finished: torch.Tensor  # [N] bool: emitted EOS
+    prompts: list[Messages]
+    texts: list[str]
+
+    def select(self, idx: torch.Tensor) -> Rollouts:
+        keep = idx.tolist()
+        return Rollouts(self.input_ids[idx], self.attention_mask[idx], self.response_mask[idx], self.prompt_width,
+                        self.finished[idx], [self.prompts[i] for i in keep], [self.texts[i] for i in keep])
+
+
+def pack_rollouts(samples: Sequence[Any], prompts: Sequence[Messages], pad_id: int) -> Rollouts:
+    """`samples`: GeneratedSample-like (prompt_ids, completion_ids, finished, text), one per rollout."""
+    width_p = max(len(s.prompt_ids) for s in samples)
+    width_r = max(max(len(s.completion_ids) for s in samples), 1)
+    n = len(samples)
+    input_ids = torch.full((n, width_p + width_r), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width_p + width_r), dtype=torch.long)
+    response_mask = torch.zeros((n, width_r))
+    for i, s in enumerate(samples):
+        p, c = len(s.prompt_ids), len(s.completion_ids)
+        input_ids[i, width_p - p : width_p] = torch.tensor(s.prompt_ids)
+        attention[i, width_p - p : width_p] = 1
+        if c:
+            input_ids[i, width_p : width_p + c] = torch.tensor(s.completion_ids)
+            attention[i, width_p : width_p + c] = 1
+            response_mask[i, :c] = 1.0
+    finished = torch.tensor([bool(s.finished) for s in samples])
+    return Rollouts(input_ids, attention, response_mask, width_p, finished, list(prompts), [s.text for s in samples])
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Left padding: positions must count real tokens only, as `generate` did when sampling.
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def response_logits(model: Any, batch: Rollouts, temperature: float) -> torch.Tensor:
+    """Logits predicting each response token y_t from x, y_<t: positions P-1 .. P+R-2."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=_position_ids(batch.attention_mask), use_cache=False)
+    width_r = batch.response_mask.shape[1]
+    logits = out.logits[:, batch.prompt_width - 1 : batch.prompt_width - 1 + width_r].float()
+    return logits / temperature
+
+
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return torch.gather(F.log_softmax(logits, dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def response_values(value_model: Any, batch: Rollouts) -> torch.Tensor:
+    """V_phi(x, y_<t) for each response token: the scalar head applied to every hidden state (the
+    sequence-classification head normally reads only the last one), at positions P-1 .. P+R-2."""
+    backbone = getattr(value_model, value_model.base_model_prefix)
+    hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      position_ids=_position_ids(batch.attention_mask), use_cache=False).last_hidden_state
+    width_r = batch.response_mask.shape[1]
+    hidden = hidden[:, batch.prompt_width - 1 : batch.prompt_width - 1 + width_r]
+    return value_model.score(hidden).squeeze(-1).float()
+
+
+def response_tokens(batch: Rollouts) -> torch.Tensor:
+    return batch.input_ids[:, batch.prompt_width :]
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def _last_user_text(prompt: Messages) -> str:
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else (prompt[-1]["content"] if prompt else "")
+
+
+# ==================================================================================================
+# Training
+# ==================================================================================================
+
+
+RewardFn = Callable[[list[Messages], list[str], list[list[int]]], list[float]]
+
+
+def _reward_source(ctx: TrainContext, device: str) -> tuple[RewardFn, Any]:
+    """(score(prompts, texts, completion_ids) -> floats, the RewardScorer or None)."""
+    if ctx.reward_model_path:
+        from harness.reward_model import RewardScorer
+
+        scorer = RewardScorer(ctx.reward_model_path, device=device)
+
+        def score_rm(prompts: list[Messages], texts: list[str], ids: list[list[int]]) -> list[float]:
+            return scorer.score(prompts, texts)  # decoded text: works whatever the RM's tokenizer
+
+        return score_rm, scorer
+    fn = ctx.reward_function
+    assert fn is not None
+
+    def score_fn(prompts: list[Messages], texts: list[str], ids: list[list[int]]) -> list[float]:
+        completions = [[{"role": "assistant", "content": t}] for t in texts]
+        return [float(v) for v in fn(prompts=prompts, completions=completions, completion_ids=ids)]
+
+    return score_fn, None
+
+
+def check_context(ctx: TrainContext) -> list[Messages]:
+    """Everything that can be wrong with the inputs, checked before any model is loaded."""
+    cfg = ctx.config
+    if not isinstance(cfg, PPOConfig):
+        raise TypeError(f"PPO needs a PPOConfig, got {type(cfg).__name__}")
+    if (ctx.reward_model_path is None) == (ctx.reward_function is None):
+        raise ValueError("PPO needs exactly one reward source: reward_model_path or reward_function")
+    if not ctx.train_rows:
+        raise ValueError("PPO got no training prompts")
+    prompts = []
+    for i, row in enumerate(ctx.train_rows):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, list) or not prompt or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt
+        ):
+            raise ValueError(f"train_rows[{i}] (id={row.get('id')!r}): `prompt` must be a non-empty list of messages")
+        prompts.append(prompt)
+    if cfg.value_init == "reward":
+        if ctx.reward_model_path is None:
+            raise ValueError("value_init='reward' initialises the value model from the reward model, but the "
+                             "reward is a function: set value_init='policy'")
+        from harness.models import load_tokenizer
+
+        if load_tokenizer(ctx.reward_model_path).get_vocab() != load_tokenizer(ctx.policy_path).get_vocab():
+            raise ValueError("value_init='reward' needs the reward model to share the policy's tokenizer (the value "
+                             "model reads policy tokens); this RM's differs: set value_init='policy'")
+    return prompts
+
+
+def _prompt_stream(prompts: list[Messages], seed: int) -> Iterator[Messages]:
+    """Prompts in a fresh seeded shuffle each epoch, forever (the caller decides how many to draw)."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(prompts)))
+        rng.shuffle(order)
+        for i in order:
+            yield prompts[i]
+
+
+def train_ppo(ctx: TrainContext) -> dict[str, float]:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from harness.generation import HFGenerator, SamplingParams, render_prompt
+    from harness.models import default_device, load_tokenizer, resolve_model
+
+    cfg: PPOConfig = ctx.config
+    all_prompts = check_context(ctx)
+    torch.manual_seed(ctx.seed)
+    device = default_device()
+    on_cuda = device.startswith("cuda")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else nullcontext
+    frozen_dtype = torch.bfloat16 if on_cuda else torch.float32
+    artifacts = ctx.out_dir / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+
+    # ---- Models: policy pi_theta (trained), reference pi_ref (frozen SFT), value V_phi, reward r. ----
+    policy_path = resolve_model(ctx.policy_path)
+    tokenizer = load_tokenizer(policy_path)
+    prompts = [p for p in all_prompts
+               if len(tokenizer(render_prompt(tokenizer, p, True), add_special_tokens=False)["input_ids"])
+               <= cfg.max_prompt_length]
+    n_dropped = len(all_prompts) - len(prompts)
+    if not prompts:
+        raise ValueError(f"all {len(all_prompts)} prompts are longer than max_prompt_length={cfg.max_prompt_length}")
+    policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32).to(device)
+    reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=frozen_dtype).to(device).eval()
+    reference.requires_grad_(False)
+    value_source = resolve_model(ctx.reward_model_path) if cfg.value_init == "reward" else policy_path
+    value_model = AutoModelForSequenceClassification.from_pretrained(
+        value_source, num_labels=1, dtype=torch.float32).to(device)
+    value_model.config.pad_token_id = tokenizer.pad_token_id
+    for model in (policy, value_model):
+        _disable_dropout(model)
+        model.train()
+    score_fn, _scorer = _reward_source(ctx, device)
+    generator = HFGenerator(policy, tokenizer, batch_size=cfg.generation_batch_size,
+                            max_prompt_tokens=cfg.max_prompt_length)
+
+    # ---- Schedule: rollout batches, minibatches, optimizer steps. ----
+    n_rollouts = cfg.prompt_batch_size * cfg.rollouts_per_prompt
+    n_minibatches = n_rollouts // cfg.minibatch_size
+    num_updates = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * len(prompts) / cfg.prompt_batch_size)
+    optimizer_steps = num_updates * cfg.inner_epochs * n_minibatches // cfg.gradient_accumulation_steps
+    warmup_steps = math.ceil(cfg.warmup_ratio * optimizer_steps)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)  # nonzero from the first step: no wasted update
+        if cfg.lr_decay == "linear":
+            return max(0.0, (optimizer_steps - step) / max(1, optimizer_steps - warmup_steps))
+        return 1.0
+
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in policy.parameters() if p.requires_grad]},
+         {"params": [p for p in value_model.parameters() if p.requires_grad]}],
+        lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.adaptive_kl_horizon)
+              if cfg.adaptive_kl else FixedKLController(cfg.kl_coef))
+    reward_gain_bias: tuple[float, float] | None = None  # reward normalisation, fixed after batch 1
+    stream = _prompt_stream(prompts, ctx.seed)
+    samples_file = artifacts / "ppo_samples.jsonl"
+    samples_file.write_text("")
+    start_time = time.perf_counter()
+    last: dict[str, float] = {}
+    global_optimizer_step = 0
+
+    tau = cfg.temperature if cfg.logprobs_at_sampling_temperature else 1.0
+
+    def rollout_stats(batch: Rollouts, batch_scores: torch.Tensor, logprobs: torch.Tensor,
+                      values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Given pi_old log-probs and V_old values of a (mini)batch: reference log-probs, Eq. 4 token
+        rewards, GAE advantages and returns, whitened as configured."""
+        mask = batch.response_mask
+        with torch.no_grad(), autocast():
+            ref_logits = response_logits(reference, batch, tau)
+            ref_logprobs = gather_logprobs(ref_logits, response_tokens(batch)) * mask
+        del ref_logits
+        rewards, kl = token_rewards(batch_scores, logprobs, ref_logprobs, mask, kl_ctl.value, cfg.kl_clamp)
+        if cfg.reward_whitening:
+            rewards = whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
+        if cfg.advantage_whitening:
+            advantages = whiten(advantages, mask, shift_mean=True)
+        return {"old_logprobs": logprobs * mask, "old_values": values * mask, "advantages": advantages,
+                "returns": returns, "rewards": rewards, "kl_seq": ((logprobs - ref_logprobs) * mask).sum(1),
+                "kl_used": kl}
+
+    for update in range(1, num_updates + 1):
+        # ---- 1. Rollout: r samples per prompt from the current policy at temperature tau. ----
+        t0 = time.perf_counter()
+        batch_prompts = [next(stream) for _ in range(cfg.prompt_batch_size)]
+        with torch.no_grad(), autocast():
+            generated = generator.generate_samples(
+                batch_prompts,
+                SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                               num_return_sequences=cfg.rollouts_per_prompt, seed=ctx.seed * 100003 + update),
+            )
+        flat = [s for row in generated for s in row]
+        flat_prompts = [p for p, row in zip(batch_prompts, generated) for _ in row]
+        rollouts = _to_device(pack_rollouts(flat, flat_prompts, tokenizer.pad_token_id), device)
+        t_rollout = time.perf_counter() - t0
+
+        # ---- 2. Sequence reward r(x, y): RM on decoded text (or the verifiable function). ----
+        raw_scores = torch.tensor(score_fn(flat_prompts, rollouts.texts, [s.completion_ids for s in flat]),
+                                  dtype=torch.float32, device=device)
+        scores = raw_scores.clone()
+        if cfg.reward_normalization:
+            # Quark/Rainier/FG-RLHF normalise the RM's output; the gain/bias is estimated once, on the
+            # SFT policy's first rollout batch, and then kept fixed so the objective does not drift.
+            if reward_gain_bias is None:
+                std = float(raw_scores.std()) if len(raw_scores) > 1 else 1.0
+                reward_gain_bias = (1.0 / max(std, 1e-6), -float(raw_scores.mean()))
+            scores = (scores + reward_gain_bias[1]) * reward_gain_bias[0]
+        if cfg.eos_trick:
+            scores = apply_eos_trick(scores, rollouts.finished.to(device), cfg.eos_penalty)
+
+        # ---- 3. Forward passes (policy, value, reference) -> Eq. 4 rewards -> GAE -> whitening. ----
+        stats_by_index: dict[int, dict[str, torch.Tensor]] = {}
+        if not cfg.forward_at_minibatch_level:
+            # Most implementations: one forward pass over the whole rollout batch, before any update, so
+            # later minibatches see log-probs and values from models that have since changed.
+            with torch.no_grad(), autocast():
+                logprobs = torch.cat([gather_logprobs(response_logits(policy, mb, tau), response_tokens(mb))
+                                      for mb in _chunks(rollouts, cfg.minibatch_size)])
+                values = torch.cat([response_values(value_model, mb) for mb in _chunks(rollouts, cfg.minibatch_size)])
+            full = rollout_stats(rollouts, scores, logprobs, values)
+            for i in range(len(flat)):
+                stats_by_index[i] = {k: v[i] for k, v in full.items()}
+
+        # ---- 4. PPO updates: e inner epochs over b-sized minibatches, stepping every g of them. ----
+        acc: dict[str, list[float]] = {}
+        t1 = time.perf_counter()
+        g = torch.Generator().manual_seed(ctx.seed * 7919 + update)
+        for _inner_epoch in range(cfg.inner_epochs):
+            order = torch.randperm(len(flat), generator=g)
+            for k in range(n_minibatches):
+                idx = order[k * cfg.minibatch_size : (k + 1) * cfg.minibatch_size]
+                mb = rollouts.select(idx)
+                mask = mb.response_mask
+                with autocast():
+                    logits = response_logits(policy, mb, tau)
+                    new_logprobs = gather_logprobs(logits, response_tokens(mb))
+                    new_values = response_values(value_model, mb)
+                with torch.no_grad():
+                    entropy = masked_mean(entropy_from_logits(logits), mask)
+                del logits
+                if any(i not in stats_by_index for i in idx.tolist()):
+                    # App. G: forward passes at minibatch level. pi_old and V_old are the *current* models
+                    # (this very forward pass, detached), so log-probs and values are never stale.
+                    mb_stats = rollout_stats(mb, scores[idx], new_logprobs.detach(), new_values.detach())
+                    for j, i in enumerate(idx.tolist()):
+                        stats_by_index[i] = {key: v[j] for key, v in mb_stats.items()}
+                st = {key: torch.stack([stats_by_index[i][key] for i in idx.tolist()]) for key in stats_by_index[int(idx[0])]}
+                pg_loss, pg_stats = policy_loss(new_logprobs, st["old_logprobs"], st["advantages"], mask, cfg.cliprange)
+                vf_loss, vf_stats = value_loss(new_values, st["old_values"], st["returns"], mask, cfg.cliprange_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss  # L_PPO = L_pi + alpha * L_V
+                (loss / cfg.gradient_accumulation_steps).backward()
+                if (k + 1) % cfg.gradient_accumulation_steps == 0:
+                    gn_policy = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                    gn_value = torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    global_optimizer_step += 1
+                    _append(acc, grad_norm_policy=float(gn_policy), grad_norm_value=float(gn_value))
+                _append(acc, loss=loss.item(), policy_loss=pg_loss.item(), value_loss=vf_loss.item(),
+                        entropy=float(entropy), clipfrac=float(pg_stats["clipfrac"]),
+                        approx_kl=float(pg_stats["approx_kl"]), ratio_mean=float(pg_stats["ratio_mean"]),
+                        value_clipfrac=float(vf_stats["value_clipfrac"]),
+                        value_mean=float(masked_mean(st["old_values"], mask)),
+                        return_mean=float(masked_mean(st["returns"], mask)),
+                        advantage_mean=float(masked_mean(st["advantages"], mask)))
+        t_train = time.perf_counter() - t1
+
+        # ---- 5. Log. KL to reference = mean over sequences of sum_t (log pi - log pi_ref). ----
+        kl_seq = torch.stack([stats_by_index[i]["kl_seq"] for i in range(len(flat))])
+        seq_reward_with_kl = torch.stack([stats_by_index[i]["rewards"].sum() for i in range(len(flat))])
+        lengths = rollouts.response_mask.sum(1)
+        metrics = {f"train/{k}": sum(v) / len(v) for k, v in acc.items()}
+        metrics.update({
+            "train/reward_mean": float(raw_scores.mean()),
+            "train/reward_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0,
+            "train/reward_penalized_mean": float(scores.mean()),  # after normalisation / EOS trick
+            "train/reward_with_kl": float(seq_reward_with_kl.mean()),  # sum of Eq. 4 token rewards
+            "train/kl": float(kl_seq.mean()),
+            "train/kl_coef": float(kl_ctl.value),
+            "train/response_length": float(lengths.mean()),
+            "train/truncated_frac": float((~rollouts.finished).float().mean()),
+            "train/learning_rate": float(scheduler.get_last_lr()[0]),
+            "train/episodes": float(update * n_rollouts),
+            "train/optimizer_steps": float(global_optimizer_step),
+            "train/rollout_seconds": t_rollout,
+            "train/update_seconds": t_train,
+        })
+        if update == 1:
+            metrics["train/prompts_dropped_too_long"] = float(n_dropped)
+        ctx.log(metrics, update)
+        kl_ctl.update(float(kl_seq.mean()), n_rollouts)
+        with samples_file.open("a") as fh:
+            for i in range(min(cfg.log_samples_per_step, len(flat))):
+                fh.write(json.dumps({
+                    "step": update, "prompt": _last_user_text(flat_prompts[i]), "completion": rollouts.texts[i],
+                    "score": float(raw_scores[i]), "score_used": float(scores[i]),
+                    "finished": bool(rollouts.finished[i]), "kl": float(kl_seq[i]),
+                    "length": int(lengths[i]),
+                }, ensure_ascii=False) + "\n")
+        last = metrics
+
+    model_dir = ctx.out_dir / "model"
+    policy.save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    return {
+        "train/steps": float(num_updates),
+        "train/optimizer_steps": float(global_optimizer_step),
+        "train/episodes": float(num_updates * n_rollouts),
+        "train/runtime_seconds": time.perf_counter() - start_time,
+        "train/final_reward_mean": last.get("train/reward_mean", math.nan),
+        "train/final_kl": last.get("train/kl", math.nan),
+        "train/final_loss": last.get("train/loss", math.nan),
+    }
+
+
+def evaluate_policy_reward(
+    policy_path: str,
+    prompts: Sequence[Messages],
+    *,
+    reward_model_path: str | None = None,
+    reward_function: Callable[..., list[float]] | None = None,
+    reference_path: str | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.7,
+    samples_per_prompt: int = 1,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Mean reward of a policy's samples on (held-out) prompts, and its KL to a reference policy.
+
+    KL is estimated on the sampled tokens as the mean over samples of sum_t (log pi - log pi_ref), with
+    log-probs at the sampling temperature (the quantity PPO's `train/kl` logs). Returns (metrics, rows).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from harness.generation import HFGenerator, SamplingParams
+    from harness.models import default_device, load_tokenizer, resolve_model
+
+    if (reward_model_path is None) == (reward_function is None):
+        raise ValueError("give exactly one of reward_model_path or reward_function")
+    if not prompts:
+        raise ValueError("no prompts to evaluate on")
+    device = default_device()
+    path = resolve_model(policy_path)
+    tokenizer = load_tokenizer(path)
+    policy = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    generated = HFGenerator(policy, tokenizer, batch_size=batch_size).generate_samples(
+        list(prompts), SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                      num_return_sequences=samples_per_prompt, seed=seed))
+    flat = [s for row in generated for s in row]
+    flat_prompts = [p for p, row in zip(prompts, generated) for _ in row]
+    ctx = TrainContext(policy_path=path, train_rows=[], config=None, out_dir=Path("."),
+                       reward_model_path=reward_model_path, reward_function=reward_function)
+    score_fn, _ = _reward_source(ctx, device)
+    scores = score_fn(flat_prompts, [s.text for s in flat], [s.completion_ids for s in flat])
+    lengths = [len(s.completion_ids) for s in flat]
+    metrics = {
+        "policy/reward_mean": sum(scores) / len(scores),
+        "policy/reward_std": float(torch.tensor(scores).std()) if len(scores) > 1 else 0.0,
+        "policy/response_length": sum(lengths) / len(lengths),
+        "policy/truncated_frac": sum(not s.finished for s in flat) / len(flat),
+        "policy/n": float(len(flat)),
+    }
+    kls: list[float] = []
+    if reference_path is not None:
+        reference = AutoModelForCausalLM.from_pretrained(resolve_model(reference_path)).to(device).eval()
+        for start in range(0, len(flat), batch_size):
+            chunk = _to_device(pack_rollouts(flat[start : start + batch_size], flat_prompts[start : start + batch_size],
+                                             tokenizer.pad_token_id), device)
+            with torch.no_grad():
+                lp = gather_logprobs(response_logits(policy, chunk, temperature), response_tokens(chunk))
+                ref_lp = gather_logprobs(response_logits(reference, chunk, temperature), response_tokens(chunk))
+            kls += ((lp - ref_lp) * chunk.response_mask).sum(1).tolist()
+        metrics["policy/kl_to_reference"] = sum(kls) / len(kls)
+    rows = [{"prompt": _last_user_text(p), "completion": s.text, "score": sc, "finished": s.finished,
+             **({"kl": kls[i]} if kls else {})}
+            for i, (p, s, sc) in enumerate(zip(flat_prompts, flat, scores))]
+    return metrics, rows
+
+
+def _append(acc: dict[str, list[float]], **values: float) -> None:
+    for key, value in values.items():
+        acc.setdefault(key, []).append(value)
+
+
+def _to_device(batch: Rollouts, device: str) -> Rollouts:
+    return Rollouts(batch.input_ids.to(device), batch.attention_mask.to(device), batch.response_mask.to(device),
+                    batch.prompt_width, batch.finished.to(device), batch.prompts, batch.texts)
+
+
+def _chunks(batch: Rollouts, size: int) -> Iterator[Rollouts]:
+    n = batch.input_ids.shape[0]
+    for start in range(0, n, size):
+        yield batch.select(torch.arange(start, min(start + size, n), device=batch.input_ids.device))
+
+
+register(AlgorithmSpec(
+    name="ppo",
+    config_cls=PPOConfig,
+    data="prompts",
+    needs_reference=True,
+    needs_reward=True,
+    train=train_ppo,
+    defaults_source="Ivison et al. 2024, App. F.2 and Table 9 (Table 10 'Ours' for the implementation switches)",
+    description="PPO with per-token KL penalty (Eq. 4), GAE, clipped policy/value losses (Eq. 5-6)",
+))

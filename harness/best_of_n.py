@@ -1,0 +1,180 @@
+"""Best-of-N evaluation of reward models (paper Sec. 4 "Direct evaluation" and App. H).
+
+Sample N (paper: 16) completions per prompt from the SFT policy at temperature 0.7 once, cache them,
+score them with each reward model, keep the top-scoring one, and run the generation benchmarks on
+the kept outputs. The cache guarantees the paper's condition "model outputs are identical between
+runs": every reward model picks from the very same candidates, so only the scores differ.
+
+`BestOfNGenerator` implements the generation engine interface (`generate(prompts, params, chat)`), so
+any registered generation task runs through it unchanged: the task asks for one answer, gets the
+reward model's pick. The task's `max_new_tokens` and stop sequences are honoured; its temperature is
+replaced by the best-of-N sampling temperature (the point is to choose among samples).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.generation import Generator, Messages, SamplingParams, render_prompt
+
+
+@dataclass
+class BestOfNConfig:
+    n: int = 16  # App. H: 16 samples per prompt
+    temperature: float = 0.7  # App. H
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"best-of-N needs n >= 1, got {self.n}")
+        if self.temperature <= 0:
+            raise ValueError(f"best-of-N samples: temperature must be > 0, got {self.temperature}")
+
+
+def model_fingerprint(model_path: str) -> str:
+    """Identity of a model folder's content (config + weight file sizes and names), for cache keys."""
+    folder = Path(model_path)
+    parts = [str(folder.resolve())]
+    if folder.is_dir():
+        config = folder / "config.json"
+        if config.exists():
+            parts.append(config.read_text())
+        parts += sorted(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in folder.glob("*.safetensors"))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+class SampleCache:
+    """Append-only JSONL of {key, candidates}: candidates are generated once and shared by every RM."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._entries: dict[str, list[str]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    self._entries[entry["key"]] = entry["candidates"]
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> list[str] | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self.hits += 1
+        return found
+
+    def put(self, key: str, candidates: list[str]) -> None:
+        self.misses += 1
+        self._entries[key] = candidates
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"key": key, "candidates": candidates}, ensure_ascii=False) + "\n")
+
+
+def _as_messages(prompt: Messages | str) -> Messages:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+class BestOfNGenerator:
+    """Generation engine that returns the reward model's top pick among N cached SFT samples."""
+
+    def __init__(self, base: Generator, scorer: Any, cache: SampleCache, config: BestOfNConfig, model_key: str):
+        self.base = base
+        self.scorer = scorer  # RewardScorer-like: score(prompts, responses) -> list[float]
+        self.cache = cache
+        self.config = config
+        self.model_key = model_key
+        self.tokenizer = getattr(base, "tokenizer", None)  # tasks count tokens with it
+        self.records: list[dict[str, Any]] = []
+
+    def _key(self, rendered: str, params: SamplingParams) -> str:
+        blob = json.dumps([self.model_key, rendered, params.max_new_tokens, list(params.stop), self.config.n,
+                           self.config.temperature, self.config.top_p, self.config.seed])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def candidates(self, prompts: Sequence[Messages | str], params: SamplingParams, chat: bool) -> list[list[str]]:
+        """The N samples per prompt, generated only for prompts not in the cache."""
+        tok = self.tokenizer
+        keys = [self._key(render_prompt(tok, p, chat) if tok is not None else json.dumps(p), params) for p in prompts]
+        found = [self.cache.get(k) for k in keys]
+        todo = [i for i, c in enumerate(found) if c is None]
+        if todo:
+            sampling = SamplingParams(max_new_tokens=params.max_new_tokens, temperature=self.config.temperature,
+                                      top_p=self.config.top_p, num_return_sequences=self.config.n,
+                                      stop=params.stop, seed=self.config.seed)
+            generated = self.base.generate([prompts[i] for i in todo], sampling, chat=chat)
+            for i, cands in zip(todo, generated):
+                self.cache.put(keys[i], cands)
+                found[i] = cands
+        return [c if c is not None else [] for c in found]
+
+    def generate(self, prompts: Sequence[Messages | str], params: SamplingParams, chat: bool = True) -> list[list[str]]:
+        all_candidates = self.candidates(prompts, params, chat)
+        flat_prompts = [_as_messages(p) for p, cands in zip(prompts, all_candidates) for _ in cands]
+        flat_cands = [c for cands in all_candidates for c in cands]
+        scores = self.scorer.score(flat_prompts, flat_cands) if flat_cands else []
+        out, pos = [], 0
+        for prompt, cands in zip(prompts, all_candidates):
+            cand_scores = scores[pos : pos + len(cands)]
+            pos += len(cands)
+            ranked = sorted(range(len(cands)), key=lambda j: -cand_scores[j])
+            picks = ranked[: max(1, params.num_return_sequences)]
+            out.append([cands[j] for j in picks])
+            self.records.append({"prompt": _as_messages(prompt)[-1]["content"], "scores": cand_scores,
+                                 "chosen_index": picks[0], "chosen": cands[picks[0]]})
+        return out
+
+
+def run_best_of_n(
+    sft_model: str,
+    reward_models: dict[str, str],
+    tasks: list[str],
+    out_dir: Path,
+    config: BestOfNConfig | None = None,
+    limit: int | None = None,
+    cache_dir: Path | None = None,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """Best-of-N over `tasks` for each reward model ({label: RM folder}); metrics `bon/<label>/<metric>`.
+
+    Per RM, writes the task samples and `bon_selections.jsonl` (candidate scores and the pick) under
+    out_dir/<label>/. Candidates are cached under `cache_dir` (default results/bon_cache/<sft>), so a
+    second call, or another reward model, reuses them.
+    """
+    from harness.evaluation import TASKS, EvalContext, run_tasks
+    from harness.generation import make_generator
+    from harness.models import resolve_model
+    from harness.paths import results_dir
+    from harness.reward_model import RewardScorer
+
+    config = config or BestOfNConfig()
+    if not reward_models:
+        raise ValueError("run_best_of_n needs at least one reward model")
+    for name in tasks:
+        TASKS.get(name)  # unknown task: fails here, listing the valid ones, before any generation
+    sft_path = resolve_model(sft_model)
+    model_key = model_fingerprint(sft_path)
+    cache = SampleCache((cache_dir or results_dir() / "bon_cache" / model_key) / "samples.jsonl")
+    base = make_generator(sft_path, batch_size=batch_size)
+    metrics: dict[str, float] = {}
+    for label, rm_path in reward_models.items():
+        scorer = RewardScorer(rm_path, batch_size=batch_size)
+        generator = BestOfNGenerator(base, scorer, cache, config, model_key)
+        rm_dir = out_dir / label
+        ctx = EvalContext(model_path=sft_path, out_dir=rm_dir, limit=limit, seed=config.seed,
+                          batch_size=batch_size, reward_model_path=rm_path, _generator=generator)
+        for key, value in run_tasks(ctx, tasks).items():
+            metrics[f"bon/{label}/{key}"] = value
+        with (rm_dir / "bon_selections.jsonl").open("w") as fh:
+            for record in generator.records:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        del scorer
+    metrics["bon/cache_hits"] = float(cache.hits)
+    metrics["bon/cache_misses"] = float(cache.misses)
+    return metrics

@@ -1,0 +1,441 @@
+"""Bradley-Terry reward models: training (TRL `RewardTrainer`), scoring, and direct evaluation.
+
+Training minimises the Bradley-Terry negative log-likelihood of the human preference (paper Eq. 1):
+
+    L_R(psi) = -E_{(x, y_c, y_r) ~ D} [ log sigma( r_psi(x, y_c) - r_psi(x, y_r) ) ]
+
+where r_psi is a sequence-classification head read at the last token of the chat-formatted
+conversation. Defaults = App. F.2 ("Reward model hyperparameters"): 1 epoch, learning rate 1e-5 with
+linear warm-up over the first 3% of steps and linear decay to 1e-6, batch size 512. Grid files scale
+the batch and length down for small runs (`per_device_train_batch_size`, `gradient_accumulation_steps`,
+`max_length`, `max_steps`).
+
+One formatting function (`encode_conversation`) tokenises for training, evaluation, PPO scoring and
+best-of-N, so a reward model always sees text in exactly the layout it was trained on. It scores
+decoded text with its own tokenizer, so it works with any policy whatever that policy's vocabulary.
+
+Evaluation (`evaluate_reward_model`): held-out pairwise accuracy, reward mean/std over all scored
+responses, chosen/rejected score distributions (as in the seed RM report: accuracy, reward_mean,
+reward_std), per-pair scores as a JSONL artifact and a histogram. `evaluate_rewardbench` scores
+RewardBench when its data is present locally (the paper's weighting: prior sets count 0.5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+Messages = list[dict[str, str]]
+
+# Written next to the saved model so scoring later uses the training-time length and truncation.
+RM_META_FILE = "harness_reward_model.json"
+
+
+@dataclass
+class RewardModelConfig:
+    """Reward-model training settings. Defaults: Ivison et al. 2024, App. F.2."""
+
+    num_train_epochs: float = 1.0  # App. F.2: one epoch (following InstructGPT / Tulu RM practice)
+    learning_rate: float = 1e-5  # App. F.2: peak learning rate
+    min_learning_rate: float = 1e-6  # App. F.2: linear decay ends at 1e-6 (not 0)
+    warmup_ratio: float = 0.03  # App. F.2: warm-up over the first 3% of steps
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 64  # 8 x 64 = 512, App. F.2's batch size
+    # Prompt (1024) + continuation (1024) tokens, the lengths of Table 9, so the RM reads what PPO makes.
+    max_length: int = 2048
+    # Pairs longer than max_length: "truncate_left" drops the oldest prompt tokens (the response, where
+    # the score is read, survives); "drop" removes the pair (TRL's own behaviour).
+    overlong: str = "truncate_left"
+    max_steps: int = -1  # -1 = run the epochs; small grids set a step budget
+    weight_decay: float = 0.0
+    center_rewards_coefficient: float | None = None  # off in the paper; TRL's mean-zero regulariser
+    gradient_checkpointing: bool = False  # off: on CPU it costs time and the small models fit
+    eval_batch_size: int = 16
+    logging_steps: int = 1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.learning_rate <= 0 or self.min_learning_rate < 0:
+            problems.append("learning rates must be positive")
+        if self.min_learning_rate >= self.learning_rate:
+            problems.append(
+                f"min_learning_rate ({self.min_learning_rate}) must be below learning_rate ({self.learning_rate})"
+            )
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            problems.append("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.max_length < 8:
+            problems.append(f"max_length must be >= 8 tokens, got {self.max_length}")
+        if self.overlong not in ("truncate_left", "drop"):
+            problems.append(f"overlong must be 'truncate_left' or 'drop', got {self.overlong!r}")
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            problems.append("set num_train_epochs > 0 or max_steps > 0")
+        if problems:
+            raise ValueError("invalid RewardModelConfig: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------------------------------
+# Formatting: the single place where (prompt, response) becomes reward-model tokens.
+# --------------------------------------------------------------------------------------------------
+
+
+def render_conversation(tokenizer: Any, prompt: Messages, response: Messages | str) -> str:
+    """The full conversation as text, in the tokenizer's chat template (plain turns without one)."""
+    if isinstance(response, str):
+        response = [{"role": "assistant", "content": response}]
+    messages = list(prompt) + list(response)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return "".join(f"{m['role']}: {m['content']}\n\n" for m in messages)
+
+
+def encode_conversation(
+    tokenizer: Any, prompt: Messages, response: Messages | str, max_length: int
+) -> tuple[list[int], bool]:
+    """(token ids, truncated?). Overlong conversations keep their last `max_length` tokens: the score is
+    read at the final token, so the response must survive; the oldest context goes first."""
+    ids = tokenizer(render_conversation(tokenizer, prompt, response), add_special_tokens=False)["input_ids"]
+    if len(ids) > max_length:
+        return ids[-max_length:], True
+    return ids, False
+
+
+def check_preference_rows(rows: Sequence[dict[str, Any]], where: str = "rows") -> None:
+    """Fail before any compute on rows that are not in the registry's preference schema."""
+    if not rows:
+        raise ValueError(f"{where}: no preference rows given")
+    for i, row in enumerate(rows):
+        for key in ("prompt", "chosen", "rejected"):
+            value = row.get(key)
+            if not isinstance(value, list) or not value or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in value
+            ):
+                raise ValueError(
+                    f"{where}[{i}] (id={row.get('id')!r}): field {key!r} must be a non-empty list of "
+                    "{role, content} messages (the registry's preference schema, datasets_registry/core.py)"
+                )
+
+
+def split_heldout(
+    rows: Sequence[dict[str, Any]], fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, heldout). Membership depends only on (row id, seed), not on row order, so the same pair is
+    held out whichever subset or mix it arrives in. At least one row lands on each side."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"heldout fraction must be in (0, 1), got {fraction}")
+    if len(rows) < 2:
+        raise ValueError(f"need at least 2 rows to hold some out, got {len(rows)}")
+
+    def rank(row: dict[str, Any]) -> str:
+        key = row.get("id") or json.dumps(row, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+
+    ordered = sorted(rows, key=rank)
+    n_held = min(max(1, round(fraction * len(rows))), len(rows) - 1)
+    held_ids = {id(r) for r in ordered[:n_held]}
+    return [r for r in rows if id(r) not in held_ids], [r for r in rows if id(r) in held_ids]
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+def _tokenised_pairs(
+    rows: Sequence[dict[str, Any]], tokenizer: Any, config: RewardModelConfig
+) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
+    pairs, counts = [], {"pairs_truncated": 0, "pairs_dropped_overlong": 0}
+    for row in rows:
+        chosen, cut_c = encode_conversation(tokenizer, row["prompt"], row["chosen"], config.max_length)
+        rejected, cut_r = encode_conversation(tokenizer, row["prompt"], row["rejected"], config.max_length)
+        if cut_c or cut_r:
+            if config.overlong == "drop":
+                counts["pairs_dropped_overlong"] += 1
+                continue
+            counts["pairs_truncated"] += 1
+        pairs.append({"chosen_ids": chosen, "rejected_ids": rejected})
+    return pairs, counts
+
+
+def train_reward_model(
+    rows: list[dict[str, Any]],
+    base_model: str,
+    config: RewardModelConfig,
+    out_dir: Path,
+    seed: int,
+    log: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+) -> dict[str, float]:
+    """Train a Bradley-Terry RM (Eq. 1) on preference rows; save model + tokenizer to out_dir/"model"."""
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import RewardConfig, RewardTrainer
+
+    from harness.algorithms.base import history_callback
+    from harness.models import load_reward_model
+
+    check_preference_rows(rows)
+    set_seed(seed)  # the new score head is initialised at load time: seed first
+    model, tokenizer = load_reward_model(base_model, device="cpu", dtype="float32")
+    pairs, counts = _tokenised_pairs(rows, tokenizer, config)
+    if not pairs:
+        raise ValueError(
+            f"all {len(rows)} pairs are longer than max_length={config.max_length} and overlong='drop'"
+        )
+
+    on_gpu = torch.cuda.is_available()
+    # Optimizer steps as the Trainer counts them; warm-up is a whole number of steps, strictly fewer than
+    # the total (transformers' polynomial schedule divides by the decay length).
+    steps_per_epoch = math.ceil(math.ceil(len(pairs) / config.per_device_train_batch_size)
+                                / config.gradient_accumulation_steps)
+    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
+    warmup_steps = min(math.ceil(config.warmup_ratio * total_steps), max(total_steps - 1, 0))
+    args = RewardConfig(
+        output_dir=str(out_dir / "trainer"),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        warmup_steps=warmup_steps,
+        # Polynomial decay with power 1 = linear warm-up, then linear decay to lr_end (App. F.2: 1e-6).
+        lr_scheduler_type="polynomial",
+        lr_scheduler_kwargs={"lr_end": config.min_learning_rate, "power": 1.0},
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        weight_decay=config.weight_decay,
+        center_rewards_coefficient=config.center_rewards_coefficient,
+        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+        callbacks=[history_callback(log)],
+    )
+    result = trainer.train()
+    model_dir = out_dir / "model"
+    trainer.save_model(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    meta = {"max_length": config.max_length, "base_model": base_model, "config": asdict(config), "seed": seed}
+    (model_dir / RM_META_FILE).write_text(json.dumps(meta, indent=2))
+    return {
+        "rm_train/runtime_seconds": float(result.metrics.get("train_runtime", 0.0)),
+        "rm_train/final_loss": float(result.training_loss),
+        "rm_train/steps": float(result.global_step),
+        "rm_train/pairs": float(len(pairs)),
+        "rm_train/pairs_truncated": float(counts["pairs_truncated"]),
+        "rm_train/pairs_dropped_overlong": float(counts["pairs_dropped_overlong"]),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------------
+
+
+class RewardScorer:
+    """Scores (prompt, response) pairs with a trained sequence-classification reward model.
+
+    Uses the RM's own tokenizer on decoded text, so the policy may use a different vocabulary.
+    Batches are sorted by length (less padding); scores come back in input order, as floats.
+    """
+
+    def __init__(
+        self, model_path: str, device: str | None = None, batch_size: int = 16, max_length: int | None = None
+    ):
+        from harness.models import default_device, load_reward_model, resolve_model
+
+        self.model_path = resolve_model(model_path)
+        self.device = device or default_device()
+        self.model, self.tokenizer = load_reward_model(self.model_path, device=self.device)
+        self.model.eval()
+        self.batch_size = batch_size
+        meta_file = Path(self.model_path) / RM_META_FILE
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        self.max_length = max_length or int(meta.get("max_length", 2048))
+
+    def score(self, prompts: Sequence[Messages], responses: Sequence[Messages | str]) -> list[float]:
+        import torch
+
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        encoded = [encode_conversation(self.tokenizer, p, r, self.max_length)[0] for p, r in zip(prompts, responses)]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        scores = [0.0] * len(encoded)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            # Right padding: the classifier reads the last non-pad token of each row.
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, : len(encoded[i])] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            for row, i in enumerate(idx):
+                scores[i] = float(logits[row, 0].float())
+        return scores
+
+    def as_reward_function(self) -> Callable[..., list[float]]:
+        """TRL `reward_funcs` style: f(prompts=[messages], completions=[[assistant message]]) -> scores."""
+
+        def reward(prompts: Sequence[Messages], completions: Sequence[Any], **_: Any) -> list[float]:
+            return self.score(prompts, [c if isinstance(c, list) else str(c) for c in completions])
+
+        return reward
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+
+
+def evaluate_reward_model(
+    model_path: str, rows: list[dict[str, Any]], out_dir: Path, batch_size: int = 16
+) -> dict[str, float]:
+    """Pairwise accuracy and score statistics on (held-out) preference rows.
+
+    Writes `out_dir/artifacts/rm_scores.jsonl` (one line per pair) and `rm_score_hist.png`.
+    `rm/reward_mean`/`rm/reward_std` are over all 2N scored responses (chosen and rejected together).
+    """
+    check_preference_rows(rows, where="evaluation rows")
+    scorer = RewardScorer(model_path, batch_size=batch_size)
+    prompts = [r["prompt"] for r in rows]
+    chosen = scorer.score(prompts, [r["chosen"] for r in rows])
+    rejected = scorer.score(prompts, [r["rejected"] for r in rows])
+    artifacts = out_dir / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with (artifacts / "rm_scores.jsonl").open("w") as fh:
+        for row, c, r in zip(rows, chosen, rejected):
+            fh.write(json.dumps({"id": row.get("id"), "source": row.get("source"), "chosen_score": c,
+                                 "rejected_score": r, "margin": c - r, "correct": c > r}) + "\n")
+    _plot_scores(chosen, rejected, artifacts / "rm_score_hist.png")
+    reward_mean, reward_std = _mean_std(chosen + rejected)
+    chosen_mean, chosen_std = _mean_std(chosen)
+    rejected_mean, rejected_std = _mean_std(rejected)
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    return {
+        "rm/accuracy": sum(c > r for c, r in zip(chosen, rejected)) / len(rows),
+        "rm/ties": float(sum(c == r for c, r in zip(chosen, rejected))),
+        "rm/reward_mean": reward_mean,
+        "rm/reward_std": reward_std,
+        "rm/chosen_mean": chosen_mean,
+        "rm/chosen_std": chosen_std,
+        "rm/rejected_mean": rejected_mean,
+        "rm/rejected_std": rejected_std,
+        "rm/margin_mean": statistics.fmean(margins),
+        "rm/n_pairs": float(len(rows)),
+    }
+
+
+def _plot_scores(chosen: Sequence[float], rejected: Sequence[float], path: Path) -> None:
+    """Chosen vs rejected score histograms (the seed RM report's distribution plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = 30
+    ax.hist(chosen, bins=bins, alpha=0.6, label=f"chosen (mean {statistics.fmean(chosen):.2f})")
+    ax.hist(rejected, bins=bins, alpha=0.6, label=f"rejected (mean {statistics.fmean(rejected):.2f})")
+    ax.set_xlabel("reward-model score")
+    ax.set_ylabel("pairs")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# RewardBench (Lambert et al., 2024) sections; scores are example-count-weighted within a section.
+# Counts are RewardBench's published ones (math-prm upweighted to equal the code subsets together).
+REWARDBENCH_SECTIONS: dict[str, dict[str, int]] = {
+    "chat": {"alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28,
+             "mt-bench-med": 40},
+    "chat_hard": {"mt-bench-hard": 37, "llmbar-natural": 100, "llmbar-adver-neighbor": 134,
+                  "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46},
+    "safety": {"refusals-dangerous": 100, "refusals-offensive": 100, "xstest-should-refuse": 250,
+               "xstest-should-respond": 154, "donotanswer": 136},
+    "reasoning": {"math-prm": 984, "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164,
+                  "hep-python": 164, "hep-rust": 164},
+}
+REWARDBENCH_PRIOR_SETS = ("anthropic_harmless", "anthropic_helpful", "anthropic_hhh", "mtbench_gpt4",
+                          "mtbench_human", "shp", "summarize")
+# Paper Table 13: "weighted average of subsets with prior sets given weight 0.5 and all other sets 1".
+REWARDBENCH_SECTION_WEIGHTS = {"chat": 1.0, "chat_hard": 1.0, "safety": 1.0, "reasoning": 1.0, "prior_sets": 0.5}
+REWARDBENCH_FILES = ("rewardbench/filtered.jsonl", "rewardbench/filtered.jsonl.gz",
+                     "rewardbench/pref_test_sets.jsonl", "rewardbench/pref_test_sets.jsonl.gz")
+
+
+def rewardbench_score(subset_accuracy: dict[str, float]) -> dict[str, float]:
+    """Section scores and the weighted total from per-subset accuracies (0-1)."""
+    out: dict[str, float] = {}
+    sections: dict[str, float] = {}
+    for section, counts in REWARDBENCH_SECTIONS.items():
+        present = {s: n for s, n in counts.items() if s in subset_accuracy}
+        if present:
+            sections[section] = sum(subset_accuracy[s] * n for s, n in present.items()) / sum(present.values())
+    prior = [subset_accuracy[s] for s in REWARDBENCH_PRIOR_SETS if s in subset_accuracy]
+    if prior:
+        sections["prior_sets"] = statistics.fmean(prior)
+    for section, value in sections.items():
+        out[f"rewardbench/{section}"] = value
+    if sections:
+        weights = {s: REWARDBENCH_SECTION_WEIGHTS[s] for s in sections}
+        out["rewardbench/score"] = sum(sections[s] * w for s, w in weights.items()) / sum(weights.values())
+    return out
+
+
+def evaluate_rewardbench(model_path: str, out_dir: Path, batch_size: int = 16) -> tuple[dict[str, float], str | None]:
+    """(metrics, skipped_reason). Reads RewardBench rows (`prompt`, `chosen`, `rejected`, `subset`: the
+    hub schema) from the local data dirs; when they are absent returns no numbers and the reason."""
+    from datasets_registry.core import read_jsonl
+    from harness.paths import find_data_file
+
+    files = [f for f in (find_data_file(rel) for rel in REWARDBENCH_FILES) if f is not None]
+    if not files:
+        return {}, f"RewardBench data not found locally (looked for {', '.join(REWARDBENCH_FILES)})"
+    rows = [row for f in files for row in read_jsonl(f)]
+    for i, row in enumerate(rows[:1]):
+        missing = {"prompt", "chosen", "rejected", "subset"} - set(row)
+        if missing:
+            raise ValueError(f"RewardBench row {i} lacks {sorted(missing)}; present: {sorted(row)}")
+    scorer = RewardScorer(model_path, batch_size=batch_size)
+    prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    chosen = scorer.score(prompts, [r["chosen"] for r in rows])
+    rejected = scorer.score(prompts, [r["rejected"] for r in rows])
+    per_subset: dict[str, list[bool]] = {}
+    for row, c, r in zip(rows, chosen, rejected):
+        per_subset.setdefault(row["subset"], []).append(c > r)
+    accuracy = {s: sum(v) / len(v) for s, v in per_subset.items()}
+    artifacts = out_dir / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / "rewardbench_subsets.json").write_text(json.dumps(accuracy, indent=2))
+    metrics = rewardbench_score(accuracy)
+    metrics["rewardbench/n"] = float(len(rows))
+    return metrics, None
