@@ -6,17 +6,27 @@ Row schema (every preference dataset, after curation):
      "chosen": [{"role": "assistant", "content": str}],
      "rejected": [{"role": "assistant", "content": str}],
      "source": str,                   # dataset name (or sub-source for mixes)
-     "scores": {aspect: float} | absent}
+     "scores": {aspect: float} | absent}   # flat, side-prefixed: "chosen_overall", "rejected_helpfulness"
 Prompt-set rows (policy-training prompts, verifiable evals):
     {"id": str, "prompt": [...messages], "source": str, optional "answer"/"constraint" fields}
 This is TRL's conversational preference / prompt-only format, so rows go to its trainers unchanged.
+
+Where raw rows come from (`load_raw`): for datasets built with `source_spec`, the first of the spec's
+`local_files` patterns that matches under `harness.paths.data_dirs()`, else the hub (only when hub
+access is not switched off), else `DataUnavailableError` naming the files looked for.
+A loader may yield a `DropRow` instead of a row: it is counted like a curation drop (used when rows
+are grouped before curation, e.g. all PRM800K labels of one problem).
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import gzip
 import hashlib
+import heapq
 import json
-import random
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +37,9 @@ from harness.registry import Registry
 
 DatasetKind = Literal["preference", "prompts"]
 SourceType = Literal["human", "web", "synthetic", "mixed", "built-in"]
+# Where an entry sits in the paper: the 14 datasets of Table 1, variants (Tables 2, 7), mixes
+# (Table 6), prompt sets for policy training (§3.4, App. J), or built-in smoke data.
+Group = Literal["table1", "variant", "mix", "prompts", "built-in", "other"]
 
 
 class DropRow(Exception):
@@ -39,6 +52,10 @@ class DropRow(Exception):
 
 class DataFormatError(ValueError):
     """A raw file that is not in the expected format: names the file, line and field."""
+
+
+class DataUnavailableError(FileNotFoundError):
+    """Neither a local raw file nor the hub could provide a dataset; says how to provide it."""
 
 
 @dataclass
@@ -57,8 +74,19 @@ class DatasetSpec:
     license: str | None = None
     paper_size: int | None = None  # Table 1 "# Samples" after curation
     downsample_to: int | None = None  # random downsampling after curation (App. B)
-    local_files: tuple[str, ...] = ()  # relative paths looked for under the local data dirs
+    local_files: tuple[str, ...] = ()  # relative paths (globs allowed) looked for under the local data dirs
     is_available: Callable[[], bool] = lambda: True
+    # --- additive fields (defaults keep older specs valid) ---
+    group: Group = "other"
+    hub_config: str | None = None  # `name=` for datasets.load_dataset
+    hub_files: tuple[str, ...] = ()  # files inside the hub repo, for repos without a loadable config
+    # Mixes: (component dataset, rows taken from it or None for all). Rows keep their component's id
+    # and get `source` = component name; `downsample_to` then applies to the union.
+    components: tuple[tuple[str, int | None], ...] = ()
+    # How a user provides the raw data when it is neither local nor reachable (shown in errors).
+    how_to_get: str = ""
+    # Loader that takes explicit files (for `prepare(..., files=[...])`); set by `source_spec`.
+    load_files: Callable[[list[Path]], Iterable[dict[str, Any]]] | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -76,15 +104,35 @@ class PreparedSplit:
     raw_count: int
     dropped: dict[str, int] = field(default_factory=dict)
     fingerprint: str = ""
+    seed: int = 0
+    sources: list[str] = field(default_factory=list)  # files (or hub ids) the raw rows came from
 
     @property
     def kept(self) -> int:
         return len(self.rows)
 
+    def meta(self) -> dict[str, Any]:
+        return {"name": self.name, "seed": self.seed, "raw": self.raw_count, "kept": self.kept,
+                "dropped": dict(sorted(self.dropped.items())), "fingerprint": self.fingerprint,
+                "sources": self.sources}
+
 
 def stable_id(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def content_id(source: str, prompt: list[dict[str, Any]], *responses: Any) -> str:
+    """Stable row id from the source name and the texts (cheaper than `stable_id`'s JSON at 10M rows).
+
+    Separators are ASCII control characters that do not occur in the texts' structure, so different
+    (role, content) sequences cannot collide by concatenation."""
+    parts = [source, "\x1d"]
+    for message in prompt:
+        parts += [str(message.get("role")), "\x1f", str(message.get("content")), "\x1e"]
+    for response in responses:
+        parts += ["\x1d", str(response)]
+    return hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def fingerprint_rows(rows: list[dict[str, Any]]) -> str:
@@ -109,44 +157,120 @@ def check_preference_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def prepare(name: str, *, seed: int = 0, max_rows: int | None = None) -> PreparedSplit:
-    """Load, curate, drop-and-count, (down)sample deterministically, fingerprint."""
-    spec = DATASETS.get(name)
-    kept: list[dict[str, Any]] = []
+def check_prompt_row(row: dict[str, Any]) -> dict[str, Any]:
+    if not row.get("prompt"):
+        raise DropRow("missing_prompt")
+    for message in row["prompt"]:
+        if not isinstance(message.get("content"), str) or not message["content"].strip():
+            raise DropRow("empty_turn_prompt")
+    return row
+
+
+def _sample_key(name: str, seed: int, row_id: str) -> int:
+    """Seeded pseudo-random rank of a row: the subsample is the rows with the smallest keys.
+
+    Why not `random.sample`: this needs no list of all rows (500k out of 10M StackExchange pairs fits
+    in a bounded heap) and does not depend on file order, only on (name, seed, id)."""
+    return int.from_bytes(hashlib.sha256(f"{name}:{seed}:{row_id}".encode()).digest()[:8], "big")
+
+
+def prepare(name: str, *, seed: int = 0, max_rows: int | None = None,
+            files: list[Path] | None = None) -> PreparedSplit:
+    """Load, curate, drop-and-count, (down)sample deterministically, fingerprint.
+
+    `files` replaces the local/hub lookup with explicit raw files in the dataset's raw format.
+    Output rows are sorted by id, so the same seed gives byte-identical splits."""
+    return prepare_spec(DATASETS.get(name), seed=seed, max_rows=max_rows, files=files)
+
+
+def prepare_spec(spec: DatasetSpec, *, seed: int = 0, max_rows: int | None = None,
+                 files: list[Path] | None = None) -> PreparedSplit:
+    """`prepare` for a spec object (registered or not, e.g. a test's smaller variant)."""
+    name = spec.name
+    if spec.components:
+        if files:
+            raise ValueError(f"{name!r} is a mix of {[c for c, _ in spec.components]}; it takes no --file")
+        return _prepare_mix(spec, seed=seed, max_rows=max_rows)
+    if files is not None:
+        if spec.load_files is None:
+            raise ValueError(f"dataset {name!r} does not read raw files")
+        raw_rows: Iterable[Any] = spec.load_files([Path(f) for f in files])
+        sources = [str(f) for f in files]
+    else:
+        raw_rows = spec.load_raw(seed)
+        sources = []
+    return _curate_and_sample(spec, raw_rows, seed=seed, max_rows=max_rows, sources=sources)
+
+
+def _curate_and_sample(spec: DatasetSpec, raw_rows: Iterable[Any], *, seed: int, max_rows: int | None,
+                       sources: list[str]) -> PreparedSplit:
+    target = min((x for x in (spec.downsample_to, max_rows) if x is not None), default=None)
     dropped: Counter[str] = Counter()
+    seen: set[str] = set()
+    heap: list[tuple[int, str, dict[str, Any]]] = []  # (-key, id, row): max-heap of the k smallest keys
+    kept_all: list[dict[str, Any]] = []
     raw_count = 0
-    for raw in spec.load_raw(seed):
+    check = check_preference_row if spec.kind == "preference" else check_prompt_row
+    for raw in raw_rows:
         raw_count += 1
+        if isinstance(raw, DropRow):
+            dropped[raw.reason] += 1
+            continue
         try:
-            row = spec.curate(raw)
-            if spec.kind == "preference":
-                row = check_preference_row(row)
+            row = check(spec.curate(raw))
         except DropRow as drop:
             dropped[drop.reason] += 1
             continue
-        kept.append(row)
-    # Deterministic order independent of file order, then seeded sampling.
-    kept.sort(key=lambda r: r["id"])
-    seen: set[str] = set()
-    unique = []
-    for row in kept:
         if row["id"] in seen:
             dropped["duplicate"] += 1
             continue
         seen.add(row["id"])
-        unique.append(row)
-    kept = unique
-    target = min(x for x in (spec.downsample_to, max_rows, len(kept)) if x is not None)
-    if target < len(kept):
-        rng = random.Random(f"{name}:{seed}")
-        kept = rng.sample(kept, target)
-    return PreparedSplit(name, kept, raw_count, dict(dropped), fingerprint_rows(kept))
+        if target is None:
+            kept_all.append(row)
+            continue
+        item = (-_sample_key(spec.name, seed, row["id"]), row["id"], row)
+        if len(heap) < target:
+            heapq.heappush(heap, item)
+        elif item[:2] > heap[0][:2]:
+            heapq.heapreplace(heap, item)
+    rows = kept_all if target is None else [item[2] for item in heap]
+    rows.sort(key=lambda r: r["id"])
+    if not sources and hasattr(raw_rows, "sources"):
+        sources = list(raw_rows.sources)
+    return PreparedSplit(spec.name, rows, raw_count, dict(dropped), fingerprint_rows(rows), seed, sources)
 
+
+def _prepare_mix(spec: DatasetSpec, *, seed: int, max_rows: int | None) -> PreparedSplit:
+    pooled: list[dict[str, Any]] = []
+    dropped: Counter[str] = Counter()
+    raw_count = 0
+    sources: list[str] = []
+    for component, count in spec.components:
+        part = prepare(component, seed=seed, max_rows=count)
+        raw_count += part.raw_count
+        sources.extend(part.sources)
+        for reason, n in part.dropped.items():
+            dropped[f"{component}/{reason}"] += n
+        if count is not None and part.kept < count:
+            # A short component changes the mix proportions: say so instead of silently mixing less.
+            dropped[f"{component}/short_by"] += count - part.kept
+        pooled.extend({**row, "source": component} for row in part.rows)
+
+    mixed = _curate_and_sample(dataclasses.replace(spec, curate=lambda row: row), pooled, seed=seed,
+                               max_rows=max_rows, sources=sources)
+    mixed.raw_count = raw_count
+    for reason, n in mixed.dropped.items():
+        dropped[reason] += n
+    mixed.dropped = dict(dropped)
+    return mixed
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading raw files in the hub's formats
+# ---------------------------------------------------------------------------------------------
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """JSON lines (optionally .gz); a bad line fails naming file and line."""
-    import gzip
-
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -161,7 +285,274 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             yield row
 
 
+def read_json_array(path: Path) -> Iterator[dict[str, Any]]:
+    """A JSON file holding a list of objects (AlpacaFarm's layout); JSON lines are accepted too."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        text = fh.read()
+    if not text.lstrip().startswith("["):
+        yield from read_jsonl(path)
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    for index, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise DataFormatError(f"{path}: item {index}: expected a JSON object, got {type(row).__name__}")
+        yield row
+
+
+def read_csv(path: Path) -> Iterator[dict[str, Any]]:
+    """CSV with a header; rows carry `_line` (the file line the record starts on) for error messages."""
+    csv.field_size_limit(2**31 - 1)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames:
+            raise DataFormatError(f"{path}:1: empty CSV (no header)")
+        line = reader.line_num + 1
+        for row in reader:
+            if None in row:  # more cells than header fields
+                raise DataFormatError(f"{path}:{line}: {len(row[None])} cell(s) beyond the header's "
+                                      f"{len(reader.fieldnames)} columns")
+            row["_line"] = line
+            yield row
+            line = reader.line_num + 1
+
+
+def read_parquet(path: Path) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a non-parquet file
+        raise DataFormatError(f"{path}: not a parquet file ({exc})") from None
+    for batch in table.iter_batches(batch_size=2048):
+        yield from batch.to_pylist()
+
+
+def read_any(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a raw file by its suffix; every row gets `_where` = 'file:line' for error messages."""
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        rows: Iterator[dict[str, Any]] = read_jsonl(path)
+        numbered = True
+    elif name.endswith((".json", ".json.gz")):
+        rows, numbered = read_json_array(path), False
+    elif name.endswith((".csv", ".csv.gz")):
+        for row in read_csv(path):
+            row["_where"] = f"{path}:{row.pop('_line')}"
+            yield row
+        return
+    elif name.endswith(".parquet"):
+        rows, numbered = read_parquet(path), False
+    else:
+        raise DataFormatError(f"{path}: unknown raw file type (expected .jsonl[.gz], .json, .csv, .parquet)")
+    for index, row in enumerate(rows, 1):
+        row["_where"] = f"{path}:{index}" if numbered else f"{path}: row {index}"
+        yield row
+
+
 def require_fields(row: dict[str, Any], fields: Iterable[str], where: str) -> None:
     missing = [f for f in fields if f not in row]
     if missing:
-        raise DataFormatError(f"{where}: missing field(s) {missing}; present: {sorted(row)}")
+        present = sorted(k for k in row if not k.startswith("_"))
+        raise DataFormatError(f"{where}: missing field(s) {missing}; present: {present}")
+
+
+def where(row: dict[str, Any]) -> str:
+    return str(row.get("_where", "<hub row>"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating raw data: local files first, then the hub
+# ---------------------------------------------------------------------------------------------
+
+def hub_disabled() -> bool:
+    """Hub loading is skipped when the user (or the test suite) switched it off: trying it offline
+    costs ~30 s of retries before failing."""
+    flags = ("HARNESS_NO_HUB", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    return any(os.environ.get(flag, "").lower() in ("1", "true", "yes") for flag in flags)
+
+
+def find_local(patterns: Iterable[str]) -> list[Path]:
+    """Files of the first pattern (in order) that matches under any local data dir; [] if none."""
+    from harness.paths import data_dirs
+
+    dirs = data_dirs()
+    for pattern in patterns:
+        for base in dirs:
+            matches = sorted(p for p in base.glob(pattern) if p.is_file())
+            if matches:
+                return matches
+    return []
+
+
+class RawRows:
+    """Iterable of raw rows that remembers where they came from (`sources`, for the split's metadata)."""
+
+    def __init__(self, rows: Iterable[Any], sources: list[str]):
+        self._rows, self.sources = rows, sources
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+def hub_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
+    """Raw rows from the hub with the pinned revision (used only when no local file exists).
+
+    The dataset is loaded before any row is asked for, so that network errors surface
+    in `load_raw` (where they are reported together with the local options), not mid-iteration."""
+    import datasets
+
+    if spec.hub_files:
+        kind = {".csv": "csv", ".parquet": "parquet"}.get(Path(spec.hub_files[0]).suffix, "json")
+        revision = f"@{spec.revision}" if spec.revision else ""
+        data_files = [f"hf://datasets/{spec.hub_id}{revision}/{f}" for f in spec.hub_files]
+        dataset = datasets.load_dataset(kind, data_files=data_files, split="train")
+    else:
+        dataset = datasets.load_dataset(spec.hub_id, name=spec.hub_config, split=spec.split or "train",
+                                        revision=spec.revision)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for index, row in enumerate(dataset, 1):
+            row["_where"] = f"hub:{spec.hub_id}@{spec.revision or 'main'} row {index}"
+            yield row
+
+    return rows()
+
+
+def unavailable_message(spec: DatasetSpec) -> str:
+    from harness.paths import data_dirs
+
+    lines = [f"dataset {spec.name!r}: no local raw file found and the hub was not used"
+             + (" (hub access is switched off: HARNESS_NO_HUB / HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
+                if hub_disabled() else ""),
+             f"  looked for: {', '.join(spec.local_files) or '(no local layout)'}",
+             f"  under: {', '.join(str(d) for d in data_dirs())} (set HARNESS_DATA_DIR to add folders)"]
+    if spec.hub_id:
+        lines.append(f"  hub source: {spec.hub_id} split={spec.split} revision={spec.revision or 'main (unpinned)'}")
+    if spec.how_to_get:
+        lines.append(f"  to provide it: {spec.how_to_get}")
+    return "\n".join(lines)
+
+
+def source_spec(*, read: Callable[[Path], Iterable[dict[str, Any]]] = read_any,
+                group_raw: Callable[[Iterable[dict[str, Any]]], Iterable[Any]] | None = None,
+                **fields: Any) -> DatasetSpec:
+    """A DatasetSpec whose raw rows come from its `local_files` or, failing that, its hub id.
+
+    `group_raw` (optional) turns the stream of raw rows into the units curation works on (e.g. all
+    responses to one prompt) and may yield DropRow for raw rows it rejects."""
+
+    def from_rows(rows: Iterable[dict[str, Any]]) -> Iterable[Any]:
+        return group_raw(rows) if group_raw else rows
+
+    def load_files(paths: list[Path]) -> RawRows:
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"dataset {fields['name']!r}: raw file(s) not found: {missing}")
+
+        def rows() -> Iterator[Any]:
+            for path in paths:
+                yield from read(path)
+
+        return RawRows(from_rows(rows()), [str(p) for p in paths])
+
+    def load_raw(seed: int) -> RawRows:
+        del seed  # raw rows do not depend on the seed; only subsampling does
+        paths = find_local(spec.local_files)
+        if paths:
+            return load_files(paths)
+        if spec.hub_id and not hub_disabled():
+            try:
+                first = hub_rows(spec)
+                return RawRows(from_rows(first), [f"hub:{spec.hub_id}@{spec.revision or 'main'}"])
+            except Exception as exc:  # network, auth, missing revision: report with the local options
+                raise DataUnavailableError(f"{unavailable_message(spec)}\n  hub error: {exc}") from exc
+        raise DataUnavailableError(unavailable_message(spec))
+
+    spec = DatasetSpec(load_raw=load_raw, load_files=load_files, **fields)
+    spec.is_available = lambda: bool(find_local(spec.local_files))
+    return spec
+
+
+def variant(base: DatasetSpec, **changes: Any) -> DatasetSpec:
+    """A copy of `base` with other name/size (e.g. the 60,908-row size-matched splits of Table 2)."""
+    spec = dataclasses.replace(base, **changes)
+    spec.is_available = base.is_available
+    return spec
+
+
+def mix_spec(*, components: tuple[tuple[str, int | None], ...], **fields: Any) -> DatasetSpec:
+    def load_raw(seed: int) -> Iterable[dict[str, Any]]:
+        raise RuntimeError("mixes are prepared from their components (prepare() handles them)")
+
+    def available() -> bool:
+        return all(DATASETS.get(name).is_available() for name, _ in components)
+
+    spec = DatasetSpec(load_raw=load_raw, curate=lambda row: row, components=components, **fields)
+    spec.is_available = available
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the source modules
+# ---------------------------------------------------------------------------------------------
+
+def user(content: str) -> dict[str, str]:
+    return {"role": "user", "content": content}
+
+
+def assistant(content: str) -> dict[str, str]:
+    return {"role": "assistant", "content": content}
+
+
+def text_field(row: dict[str, Any], key: str) -> str:
+    """A string field; None / non-string content drops the row (a malformed turn), absent fails the file."""
+    require_fields(row, [key], where(row))
+    value = row[key]
+    if value is None:
+        raise DropRow(f"missing_{key}")
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where(row)}: field {key!r} should be a string, got {type(value).__name__}")
+    return value
+
+
+def row_rng(*parts: Any) -> int:
+    """A per-row deterministic choice (e.g. which lower-rated response becomes `rejected`): a hash of
+    the row's content, so the binarisation is fixed like a released dataset, whatever the seed."""
+    return int.from_bytes(hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).digest()[:8], "big")
+
+
+def preference_row(source: str, prompt: list[dict[str, str]], chosen: str, rejected: str,
+                   scores: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": content_id(source, prompt, chosen, rejected),
+        "prompt": prompt,
+        "chosen": [assistant(chosen)],
+        "rejected": [assistant(rejected)],
+        "source": source,
+    }
+    if scores:
+        row["scores"] = {k: float(v) for k, v in scores.items()}
+    row.update(extra)
+    return row
+
+
+def write_prepared(split: PreparedSplit, out_dir: Path | None = None) -> Path:
+    """Write a prepared split to the local cache (`results/prepared/<name>/seed<seed>[...].jsonl`)
+    with a `.meta.json` holding counts, drop reasons and the fingerprint. Returns the rows path."""
+    from harness.paths import results_dir
+
+    folder = Path(out_dir) if out_dir else results_dir() / "prepared" / split.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"seed{split.seed}-n{split.kept}.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in split.rows:
+            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    tmp.replace(path)
+    path.with_suffix(".meta.json").write_text(json.dumps(split.meta(), indent=2, sort_keys=True) + "\n")
+    return path

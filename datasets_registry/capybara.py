@@ -1,0 +1,65 @@
+"""Capybara 7k (Daniele & Suphavadeeprasit 2023) as released by Argilla:
+argilla/distilabel-capybara-dpo-7k-binarized, train split (App. B).
+
+Raw rows carry `chosen` / `rejected` as full (possibly multi-turn) conversations ending in the two
+candidate assistant replies, with GPT-4 ratings. The prompt is every message before the last; rows whose
+two conversations differ before the last reply, or whose ratings tie, are dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets_registry.core import (
+    DataFormatError,
+    DropRow,
+    preference_row,
+    register,
+    require_fields,
+    source_spec,
+    where,
+)
+
+
+def _messages(raw: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = raw[key]
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        raise DataFormatError(f"{where(raw)}: field {key!r} should be a list of {{role, content}} messages")
+    return [{"role": m.get("role"), "content": m.get("content")} for m in value]
+
+
+def curate(raw: dict[str, Any]) -> dict[str, Any]:
+    require_fields(raw, ["chosen", "rejected"], where(raw))
+    chosen, rejected = _messages(raw, "chosen"), _messages(raw, "rejected")
+    if not chosen or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise DropRow("no_final_assistant_turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise DropRow("prompt_mismatch")
+    scores = {}
+    rc, rr = raw.get("rating_chosen"), raw.get("rating_rejected")
+    if isinstance(rc, (int, float)) and isinstance(rr, (int, float)):
+        if rc == rr:
+            raise DropRow("tie")
+        scores = {"chosen_rating": rc, "rejected_rating": rr}
+    return preference_row("capybara-7k", chosen[:-1], chosen[-1]["content"], rejected[-1]["content"], scores=scores)
+
+
+register(source_spec(
+    name="capybara-7k",
+    kind="preference",
+    source_type="synthetic",
+    group="table1",
+    description="Argilla's Capybara DPO 7k: multi-turn conversations, GPT-4-rated final replies.",
+    curate=curate,
+    hub_id="argilla/distilabel-capybara-dpo-7k-binarized",
+    split="train",
+    revision=None,  # no main-branch commit id could be verified offline
+    license="Apache-2.0",
+    paper_size=7_563,
+    local_files=("argilla/distilabel-capybara-dpo-7k-binarized/data/*.parquet",
+                 "argilla/distilabel-capybara-dpo-7k-binarized/*.jsonl*", "capybara/*.jsonl*"),
+    how_to_get="download data/*.parquet of the hub repo argilla/distilabel-capybara-dpo-7k-binarized into "
+               "<data dir>/argilla/distilabel-capybara-dpo-7k-binarized/data/",
+))

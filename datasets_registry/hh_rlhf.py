@@ -1,0 +1,57 @@
+"""HH-RLHF (Bai et al. 2022): Anthropic/hh-rlhf, train split (App. B: used as published).
+
+Each raw row is a pair of whole transcripts sharing every turn but the last assistant reply.
+Curation: split the transcripts into messages; the prompt is every turn before the final assistant
+reply; dropped (and counted): transcripts that do not parse, that do not end in an assistant turn,
+whose roles do not alternate, whose chosen/rejected prompts differ, and the generic malformed rules
+(empty turns, identical chosen and rejected).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets_registry.core import DropRow, preference_row, register, source_spec, text_field, variant
+from datasets_registry.transcripts import check_alternating, parse_transcript
+
+SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
+SIZE_MATCHED = 60_908  # Table 2 / App. B: HH-RLHF, StackExchange and Nectar downsampled to UltraFeedback's size
+
+
+def curate(raw: dict[str, Any]) -> dict[str, Any]:
+    chosen = parse_transcript(text_field(raw, "chosen"))
+    rejected = parse_transcript(text_field(raw, "rejected"))
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise DropRow("no_final_assistant_turn")
+    check_alternating(chosen)
+    prompt = chosen[:-1]
+    if rejected[:-1] != prompt:
+        raise DropRow("prompt_mismatch")
+    return preference_row("hh-rlhf", prompt, chosen[-1]["content"], rejected[-1]["content"])
+
+
+HH_RLHF = register(source_spec(
+    name="hh-rlhf",
+    kind="preference",
+    source_type="human",
+    group="table1",
+    description="Anthropic HH-RLHF, all four train subsets; multi-turn transcripts split into messages.",
+    curate=curate,
+    hub_id="Anthropic/hh-rlhf",
+    split="train",
+    revision="53bb19af48e3dc246069b4a2e757a5ee5caeb549",
+    hub_files=tuple(f"{subset}/train.jsonl.gz" for subset in SUBSETS),
+    license="MIT",
+    paper_size=158_530,
+    local_files=(
+        "Anthropic/hh-rlhf/*/train.jsonl.gz",  # hub layout (red-team-attempts has no train.jsonl.gz)
+        "hh-rlhf/*/train.jsonl.gz",
+        "preferences/hh-rlhf/*/train_sample_100.jsonl.gz",  # ../shared/data: 4 x 100 real train rows
+    ),
+    how_to_get="download <subset>/train.jsonl.gz of the 4 subsets from the hub repo Anthropic/hh-rlhf "
+               "into <data dir>/Anthropic/hh-rlhf/<subset>/",
+))
+
+register(variant(HH_RLHF, name="hh-rlhf-60k", group="variant", downsample_to=SIZE_MATCHED,
+                 paper_size=SIZE_MATCHED,
+                 description="HH-RLHF randomly downsampled to 60,908 pairs (size-matched, Table 2 / Table 6)."))

@@ -1,0 +1,83 @@
+"""Loaders on the real files in ../shared/data/preferences (skipped where that folder is absent).
+
+The counts are measured on these real samples; full-scale counts (Table 1 '# Samples') need the full
+releases, which cannot be downloaded here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from datasets_registry import DataFormatError, prepare
+
+
+def test_hh_rlhf_harmless_test_split(shared_data):
+    split = prepare("hh-rlhf", files=[shared_data / "preferences/hh-rlhf/harmless-base/test.jsonl.gz"])
+    assert split.raw_count == 2_312
+    assert split.kept == 2_299
+    # 4 transcripts end in an empty assistant reply, 8 have two consecutive turns of one role
+    # (e.g. "Assistant: Human: ..." inside a reply), 1 pair's transcripts differ before the last reply.
+    assert split.dropped == {"empty_turn_chosen": 4, "non_alternating_turns": 8, "prompt_mismatch": 1}
+    row = split.rows[0]
+    assert row["prompt"][0]["role"] == "user" and row["prompt"][-1]["role"] == "user"
+    assert [m["role"] for m in row["chosen"]] == ["assistant"]
+
+
+def test_hh_rlhf_train_samples_are_found_locally(shared_data):
+    split = prepare("hh-rlhf")  # the four train_sample_100 files (extra cleaning-tool columns ignored)
+    assert split.raw_count == 400
+    assert split.kept == 392
+    assert split.dropped == {"identical_chosen_rejected": 6, "empty_turn_rejected": 1, "non_alternating_turns": 1}
+    assert len(split.sources) == 4
+
+
+def test_ultrafeedback_fg_argilla_sample(shared_data):
+    split = prepare("ultrafeedback-fg")
+    assert split.sources == [str(shared_data / "preferences/ultrafeedback/argilla_cleaned_sample_1k.jsonl")]
+    assert (split.raw_count, split.kept) == (1_000, 999)
+    assert split.dropped == {"identical_chosen_rejected": 1}
+    assert all(r["scores"]["chosen_fine_grained"] > r["scores"]["rejected_fine_grained"] for r in split.rows)
+
+
+def test_ultrafeedback_overall_binarized_sample_drops_ties(shared_data):
+    split = prepare("ultrafeedback-overall")
+    assert (split.raw_count, split.kept) == (1_000, 884)
+    assert split.dropped == {"tie": 111, "identical_chosen_rejected": 3, "empty_turn_chosen": 1,
+                             "empty_turn_rejected": 1}
+    eval_split = prepare("ultrafeedback-overall",
+                         files=[shared_data / "preferences/ultrafeedback/binarized_sample_eval_200.jsonl"])
+    assert eval_split.raw_count == 200 and eval_split.kept + sum(eval_split.dropped.values()) == 200
+
+
+def test_ultrafeedback_flavour_mismatch_is_an_error(shared_data):
+    with pytest.raises(DataFormatError, match="H4's overall-score binarisation: use ultrafeedback-overall"):
+        prepare("ultrafeedback-fg", files=[shared_data / "preferences/ultrafeedback/binarized_sample_train_1k.jsonl"])
+
+
+def test_ultrafeedback_prompt_source_subset_from_argilla_sample(shared_data):
+    split = prepare("ultrafeedback-src-sharegpt")
+    assert split.kept == 310 and split.dropped == {"other_source": 690}
+
+
+def test_chatbot_arena_2024_sample(shared_data):
+    split = prepare("chatbot-arena-2024")
+    assert (split.raw_count, split.kept) == (49, 24)
+    assert split.dropped == {"multi_turn": 10, "tie": 15}
+
+
+def test_orca_intel_sample(shared_data):
+    split = prepare("orca-pairs", files=[shared_data / "preferences/orca_dpo_pairs/sample_100.csv"])
+    assert (split.raw_count, split.kept, split.dropped) == (100, 100, {})
+    assert sum(1 for r in split.rows if r["prompt"][0]["role"] == "system") == 92
+
+
+def test_helpsteer_loader_on_helpsteer2_sample(shared_data):
+    # HelpSteer2 has HelpSteer's columns (2 responses per prompt here); 10 of the 50 prompts tie.
+    split = prepare("helpsteer", files=[shared_data / "preferences/helpsteer/helpsteer2_sample_100.jsonl"])
+    assert (split.raw_count, split.kept, split.dropped) == (50, 40, {"tie": 10})
+
+
+def test_gsm8k_train_prompts(shared_data):
+    split = prepare("prompts-gsm8k-train")
+    assert (split.raw_count, split.kept) == (7_473, 7_473)
+    assert all(r["answer"].lstrip("-").replace(".", "").isdigit() for r in split.rows)
