@@ -114,6 +114,11 @@ class HFGenerator:
                     eos_token_id=tok.eos_token_id,
                     use_cache=True,
                 )
+                if params.stop:
+                    # Stop each sequence as soon as it emits a stop string (transformers checks this
+                    # per row), so a batch ends early instead of running to max_new_tokens; the text is
+                    # still cut at the stop string below.
+                    kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
                 if params.temperature > 0:
                     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator_seed)))
                     kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)

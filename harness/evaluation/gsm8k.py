@@ -1,0 +1,208 @@
+"""GSM8K (reasoning): 8-shot chain-of-thought, last number in the response, exact match (paper App. D).
+
+Setting, as the paper's Tulu evaluation (open-instruct) runs it on chat models:
+- The 8 exemplars are Wei et al.'s chain-of-thought demonstrations. They are read at run time from
+  lm-eval's `gsm8k-cot.yaml` (its `fewshot_config.samples`), the installed copy of that exemplar set,
+  so the harness carries no hand-typed copy of them.
+- One user turn: "Answer the following questions." + the 8 "Question: ...\\nAnswer: ..." pairs + the
+  test question; the model's chat template is applied and the assistant turn is started with
+  "Answer:" (open-instruct's chat format). Models without a chat template get the same text raw.
+- Greedy decoding, up to 512 new tokens, cut at the next "Question:" (the model starting a new
+  exemplar).
+- Answer extraction (App. D: "we extract the last number in the model response"): commas between
+  digits are removed, the last match of `[-+]?\\d*\\.\\d+|\\d+` is the prediction (the response itself
+  when it has no number). The reference is the text after "####" with the same comma removal.
+- Scoring: HF `evaluate`'s exact_match with ignore_case and ignore_punctuation, as open-instruct calls
+  it (lm-eval ships the same function as `exact_match_hf_evaluate`; the parity tests compare against it).
+  Note the consequence of ignore_punctuation, kept for parity: "-5" and "5" compare equal, "18.00" and
+  "18" do not.
+
+Secondary metrics, computed on the same outputs with lm-eval's own `gsm8k_cot` filters and metric
+(`strict-match`: "The answer is N."; `flexible-extract`: last number-like span), for comparison with
+lm-eval leaderboards: `gsm8k/exact_match_lmeval_strict`, `gsm8k/exact_match_lmeval_flexible`.
+
+Score for the category average: `gsm8k/exact_match` (% correct, 0-100), as in the paper's tables.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import string
+from pathlib import Path
+from typing import Any
+
+from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
+from harness.evaluation.common import (
+    MissingDataError,
+    apply_limit,
+    benchmark_file,
+    chat_prompt_with_prefix,
+    mean_pct,
+    read_jsonl,
+    require_fields,
+    skipped,
+)
+from harness.generation import SamplingParams
+
+TASK = "gsm8k"
+MAX_NEW_TOKENS = 512
+STOP = ("Question:",)
+INSTRUCTION = "Answer the following questions."
+
+_DIGIT_COMMA = re.compile(r"(\d),(\d)")
+_NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")
+_PUNCT_TABLE = str.maketrans("", "", string.punctuation)
+
+# lm-eval's gsm8k_cot filters and exact_match options (from its gsm8k-cot.yaml, v3.0).
+LMEVAL_STRICT = r"The answer is (\-?[0-9\.\,]+)."
+LMEVAL_FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
+LMEVAL_IGNORE = (",", r"\$", "(?s).*#### ", r"\.$")
+
+
+def _lmeval_task_dir() -> Path:
+    import lm_eval
+
+    return Path(lm_eval.__file__).resolve().parent / "tasks"
+
+
+@functools.cache
+def wei_exemplars() -> list[dict[str, str]]:
+    """Wei et al.'s 8 GSM8K chain-of-thought exemplars, as lm-eval ships them (question, target)."""
+    import yaml
+
+    path = _lmeval_task_dir() / "gsm8k" / "gsm8k-cot.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the GSM8K exemplars come from lm-eval's gsm8k-cot.yaml")
+
+    class _Loader(yaml.SafeLoader):  # lm-eval yamls may carry `!function` tags; they are not needed here
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    config = yaml.load(path.read_text(), Loader=_Loader)
+    try:
+        samples = config["fewshot_config"]["samples"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: no fewshot_config.samples (lm-eval layout changed?)") from err
+    if len(samples) != 8:
+        raise ValueError(f"{path}: expected the 8 Wei et al. exemplars, found {len(samples)}")
+    return [{"question": s["question"], "answer": s["target"]} for s in samples]
+
+
+def build_user_prompt(question: str) -> str:
+    demos = "\n\n".join(f"Question: {d['question']}\nAnswer: {d['answer']}" for d in wei_exemplars())
+    return f"{INSTRUCTION}\n\n{demos}\n\nQuestion: {question.strip()}"
+
+
+def reference_answer(answer_field: str) -> str:
+    """GSM8K's gold answer: the text after '####', thousands commas removed."""
+    if "####" not in answer_field:
+        raise ValueError(f"GSM8K answer has no '####' marker: {answer_field[-80:]!r}")
+    return _DIGIT_COMMA.sub(r"\1\2", answer_field.split("####")[-1].strip())
+
+
+def extract_last_number(response: str) -> str:
+    """App. D's rule: the last number in the response (commas inside numbers removed).
+
+    Returns the response unchanged when it contains no number (it then only matches a gold answer that
+    normalises to the same string, as in open-instruct).
+    """
+    cleaned = _DIGIT_COMMA.sub(r"\1\2", response)
+    numbers = _NUMBER.findall(cleaned)
+    return numbers[-1] if numbers else cleaned
+
+
+def normalize_em(text: str) -> str:
+    """HF evaluate exact_match normalisation with ignore_case + ignore_punctuation."""
+    return text.lower().translate(_PUNCT_TABLE)
+
+
+def is_correct(response: str, reference: str) -> bool:
+    return normalize_em(extract_last_number(response)) == normalize_em(reference)
+
+
+def lmeval_scores(responses: list[str], references: list[str]) -> dict[str, list[bool]]:
+    """lm-eval's gsm8k_cot strict/flexible filters + exact_match, run by lm-eval's own code."""
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+
+    out: dict[str, list[bool]] = {}
+    for name, flt in (
+        ("strict", RegexFilter(regex_pattern=LMEVAL_STRICT)),
+        ("flexible", RegexFilter(regex_pattern=LMEVAL_FLEXIBLE, group_select=-1)),
+    ):
+        filtered = [resps[0] for resps in flt.apply([[r] for r in responses], [{}] * len(responses))]
+        out[name] = [
+            bool(exact_match_hf_evaluate(
+                predictions=[p], references=[ref], regexes_to_ignore=list(LMEVAL_IGNORE),
+                ignore_case=True, ignore_punctuation=False,
+            )["exact_match"])
+            for p, ref in zip(filtered, references)
+        ]
+    return out
+
+
+def load_rows(limit: int | None) -> list[dict[str, Any]]:
+    path = benchmark_file("gsm8k/test.jsonl")
+    rows = read_jsonl(path)
+    for i, row in enumerate(rows[:1]):
+        require_fields(row, ("question", "answer"), f"{path} row {i}")
+    return apply_limit(rows, limit)
+
+
+def score_responses(rows: list[dict[str, Any]], responses: list[str]) -> TaskResult:
+    """Metrics and samples from fixed responses (used by `run` and by the parity tests)."""
+    refs = [reference_answer(r["answer"]) for r in rows]
+    correct = [is_correct(resp, ref) for resp, ref in zip(responses, refs)]
+    lm = lmeval_scores(responses, refs)
+    samples = [
+        {
+            "index": i, "question": row["question"], "reference": ref, "output": resp,
+            "extracted": extract_last_number(resp), "correct": ok,
+            "lmeval_strict": lm["strict"][i], "lmeval_flexible": lm["flexible"][i],
+        }
+        for i, (row, ref, resp, ok) in enumerate(zip(rows, refs, responses, correct))
+    ]
+    metrics = {
+        f"{TASK}/exact_match": mean_pct(correct),
+        f"{TASK}/exact_match_lmeval_strict": mean_pct(lm["strict"]),
+        f"{TASK}/exact_match_lmeval_flexible": mean_pct(lm["flexible"]),
+        f"{TASK}/n": float(len(rows)),
+    }
+    return TaskResult(metrics, metrics[f"{TASK}/exact_match"], samples)
+
+
+def build_prompts(ctx: EvalContext, rows: list[dict[str, Any]]) -> list[str]:
+    tok = ctx.generator.tokenizer
+    prompts = []
+    for row in rows:
+        user = build_user_prompt(row["question"])
+        if getattr(tok, "chat_template", None):
+            prompts.append(chat_prompt_with_prefix(ctx, [{"role": "user", "content": user}], "Answer:"))
+        else:
+            prompts.append(f"{user}\nAnswer:")
+    return prompts
+
+
+def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
+    """The registered task (paper settings); `max_new_tokens` is lowered only by fast tests."""
+    try:
+        rows = load_rows(ctx.limit)
+    except MissingDataError as err:
+        return skipped(TASK, str(err))
+    prompts = build_prompts(ctx, rows)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=STOP, seed=ctx.seed)
+    outputs = ctx.generator.generate(prompts, params, chat=False)
+    result = score_responses(rows, [o[0] for o in outputs])
+    for sample, prompt in zip(result.samples, prompts):
+        sample["prompt"] = prompt
+    return result
+
+
+register_task(TaskSpec(
+    name=TASK,
+    category="reasoning",
+    run=run,
+    description="GSM8K test, 8-shot CoT (Wei et al. exemplars), chat template, greedy, last number.",
+    score_rule="exact match of the last number, % of test questions (0-100)",
+))
