@@ -79,6 +79,7 @@ Output your tags in JSON, filling in the placeholders in []:
 Do not add any other characters.
 """
 
+TAG_TEMPLATE_ID = "prompt-task-tags-fig5/v1"  # names the template in the judge client's cache key
 _CANONICAL = {tag.lower(): tag for tag in TAGS}
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
@@ -226,16 +227,20 @@ register(_mined_spec("prompts-mined-code", "Coding", "code"))
 def openai_complete(model: str, base_url: str, api_key_env: str, *, max_tokens: int = 128) -> Complete:
     """`complete(messages)` against an OpenAI-compatible chat endpoint, greedy decoding.
 
-    Uses the project's judge client (`harness.judge.JudgeClient`) when it exists, so tagging shares its
-    retry/caching; otherwise the `openai` client directly (this module caches the answers either way)."""
+    Uses the project's judge client (`harness.judge.JudgeClient`: retries, its own request cache) when
+    it is installed, otherwise the `openai` client directly; this module caches the answers either way."""
     try:
-        from harness.judge import JudgeClient  # type: ignore[attr-defined]
+        from harness.judge import JudgeClient
     except ImportError:
         JudgeClient = None  # noqa: N806
     if JudgeClient is not None:
-        client = JudgeClient(model=model, base_url=base_url, api_key_env=api_key_env,
+        client = JudgeClient(model, base_url=base_url, api_key_env=api_key_env,
                              cache_path=cache_path().with_name("judge_cache.sqlite"))
-        return client.complete
+
+        def complete_via_judge(messages: list[dict[str, str]]) -> str:
+            return client.complete(messages, template=TAG_TEMPLATE_ID, temperature=0.0, max_tokens=max_tokens)
+
+        return complete_via_judge
 
     from openai import OpenAI
 

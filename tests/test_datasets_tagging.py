@@ -97,6 +97,17 @@ def test_tagging_through_an_openai_compatible_endpoint_is_cached(tagger_url, mon
     assert code.rows[0]["pool"] == "prompts-wildchat" and code.rows[0]["tags"] == ["Coding"]
 
 
+def test_plain_openai_client_is_used_without_the_judge_module(tagger_url, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "harness.judge", None)  # as in a checkout without harness/judge
+    complete = openai_complete("tagger-model", tagger_url, "UNSET_KEY_VAR")
+    rows = prepare("prompts-wildchat", files=[FIXTURES / "wildchat.jsonl"]).rows
+    stats = tag_prompts(rows, complete, model="tagger-model", pool="prompts-wildchat")
+    assert (stats.called, stats.parse_failed, len(_Tagger.calls)) == (2, 0, 2)
+    assert sorted(r["tags"] for r in cached_tags()) == [["Closed Question Answering", "Math"], ["Coding"]]
+
+
 def test_selection_prefers_fewest_tags_and_applies_the_quota():
     records = [
         {"prompt_id": "a", "prompt": "p1", "pool": "x", "tags": ["Math", "Rewriting", "Extraction"]},
