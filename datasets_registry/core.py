@@ -87,6 +87,9 @@ class DatasetSpec:
     how_to_get: str = ""
     # Loader that takes explicit files (for `prepare(..., files=[...])`); set by `source_spec`.
     load_files: Callable[[list[Path]], Iterable[dict[str, Any]]] | None = None
+    # For specs built by `source_spec`: how one raw file is read, and the optional grouping of raw rows.
+    read: Callable[[Path], Iterable[dict[str, Any]]] | None = None
+    group_raw: Callable[[Iterable[dict[str, Any]]], Iterable[Any]] | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -445,14 +448,27 @@ def source_spec(*, read: Callable[[Path], Iterable[dict[str, Any]]] = read_any,
 
     `group_raw` (optional) turns the stream of raw rows into the units curation works on (e.g. all
     responses to one prompt) and may yield DropRow for raw rows it rejects."""
+    spec = DatasetSpec(load_raw=_unbound, read=read, group_raw=group_raw, **fields)
+    _bind_source(spec)
+    return spec
+
+
+def _unbound(seed: int) -> Iterable[dict[str, Any]]:
+    raise RuntimeError("source spec used before its loaders were bound")
+
+
+def _bind_source(spec: DatasetSpec) -> None:
+    """(Re)attach the loaders of a file/hub-backed spec to *this* spec object (variants change paths)."""
+    assert spec.read is not None
+    read = spec.read
 
     def from_rows(rows: Iterable[dict[str, Any]]) -> Iterable[Any]:
-        return group_raw(rows) if group_raw else rows
+        return spec.group_raw(rows) if spec.group_raw else rows
 
     def load_files(paths: list[Path]) -> RawRows:
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"dataset {fields['name']!r}: raw file(s) not found: {missing}")
+            raise FileNotFoundError(f"dataset {spec.name!r}: raw file(s) not found: {missing}")
 
         def rows() -> Iterator[Any]:
             for path in paths:
@@ -467,21 +483,23 @@ def source_spec(*, read: Callable[[Path], Iterable[dict[str, Any]]] = read_any,
             return load_files(paths)
         if spec.hub_id and not hub_disabled():
             try:
-                first = hub_rows(spec)
-                return RawRows(from_rows(first), [f"hub:{spec.hub_id}@{spec.revision or 'main'}"])
+                rows = hub_rows(spec)
             except Exception as exc:  # network, auth, missing revision: report with the local options
                 raise DataUnavailableError(f"{unavailable_message(spec)}\n  hub error: {exc}") from exc
+            return RawRows(from_rows(rows), [f"hub:{spec.hub_id}@{spec.revision or 'main'}"])
         raise DataUnavailableError(unavailable_message(spec))
 
-    spec = DatasetSpec(load_raw=load_raw, load_files=load_files, **fields)
+    spec.load_raw, spec.load_files = load_raw, load_files
     spec.is_available = lambda: bool(find_local(spec.local_files))
-    return spec
 
 
 def variant(base: DatasetSpec, **changes: Any) -> DatasetSpec:
     """A copy of `base` with other name/size (e.g. the 60,908-row size-matched splits of Table 2)."""
     spec = dataclasses.replace(base, **changes)
-    spec.is_available = base.is_available
+    if spec.read is not None:
+        _bind_source(spec)  # its own paths / hub files, not the base's
+    else:
+        spec.is_available = base.is_available
     return spec
 
 

@@ -55,3 +55,15 @@ HH_RLHF = register(source_spec(
 register(variant(HH_RLHF, name="hh-rlhf-60k", group="variant", downsample_to=SIZE_MATCHED,
                  paper_size=SIZE_MATCHED,
                  description="HH-RLHF randomly downsampled to 60,908 pairs (size-matched, Table 2 / Table 6)."))
+
+# Not in Table 1: held-out human pairs (e.g. reward-model accuracy on real data); the real file ships in
+# ../shared/data, so this is the one full HH-RLHF split available offline.
+register(variant(
+    HH_RLHF, name="hh-rlhf-harmless-test", group="variant", split="test", paper_size=None,
+    description="HH-RLHF harmless-base test split (2,312 raw pairs): held-out evaluation pairs.",
+    hub_files=("harmless-base/test.jsonl.gz",),
+    local_files=("Anthropic/hh-rlhf/harmless-base/test.jsonl.gz", "hh-rlhf/harmless-base/test.jsonl.gz",
+                 "preferences/hh-rlhf/harmless-base/test.jsonl.gz"),
+    how_to_get="download harmless-base/test.jsonl.gz of the hub repo Anthropic/hh-rlhf into "
+               "<data dir>/Anthropic/hh-rlhf/harmless-base/",
+))

@@ -12,7 +12,7 @@ from datasets_registry import DataFormatError, prepare
 
 
 def test_hh_rlhf_harmless_test_split(shared_data):
-    split = prepare("hh-rlhf", files=[shared_data / "preferences/hh-rlhf/harmless-base/test.jsonl.gz"])
+    split = prepare("hh-rlhf-harmless-test")
     assert split.raw_count == 2_312
     assert split.kept == 2_299
     # 4 transcripts end in an empty assistant reply, 8 have two consecutive turns of one role
@@ -21,6 +21,7 @@ def test_hh_rlhf_harmless_test_split(shared_data):
     row = split.rows[0]
     assert row["prompt"][0]["role"] == "user" and row["prompt"][-1]["role"] == "user"
     assert [m["role"] for m in row["chosen"]] == ["assistant"]
+    assert split.sources == [str(shared_data / "preferences/hh-rlhf/harmless-base/test.jsonl.gz")]
 
 
 def test_hh_rlhf_train_samples_are_found_locally(shared_data):
