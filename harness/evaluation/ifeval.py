@@ -1,0 +1,98 @@
+"""IFEval (instruction following): official checkers, loose prompt-level accuracy (paper App. D).
+
+Choice: the project's generation engine + lm-eval's IFEval scorer. lm-eval's
+`lm_eval.tasks.ifeval.utils.process_results` wraps its copy of the official Google checkers
+(`instructions_registry`) and computes the four official numbers per prompt; we call it on our
+generations rather than running lm-eval's generation loop, so every task in the suite shares one
+engine (chat template, batching, vLLM when present) and the generations are saved for re-scoring.
+
+Setting: the 541 prompts of `ifeval/input_data.jsonl`, zero-shot, one user turn in the model's chat
+template, greedy, up to 1280 new tokens (lm-eval's `max_gen_toks`), no stop sequence.
+
+Metrics (0-100): `prompt_level_loose_acc` (the paper's number and the score), plus the official
+`prompt_level_strict_acc`, `inst_level_strict_acc`, `inst_level_loose_acc`. Loose = the response counts
+as following an instruction if any of 8 variants (first/last line removed, '*' removed) does.
+
+NLTK `punkt_tab` is required by two checkers: NLTK_DATA is pointed at the shared copy when unset;
+without it the task reports itself skipped with instructions (see `common.ensure_nltk_data`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
+from harness.evaluation.common import (
+    MissingDataError,
+    apply_limit,
+    benchmark_file,
+    ensure_nltk_data,
+    mean_pct,
+    read_jsonl,
+    require_fields,
+    skipped,
+)
+from harness.generation import SamplingParams
+
+TASK = "ifeval"
+MAX_NEW_TOKENS = 1280
+FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
+
+
+def load_rows(limit: int | None) -> list[dict[str, Any]]:
+    path = benchmark_file("ifeval/input_data.jsonl")
+    rows = read_jsonl(path)
+    for i, row in enumerate(rows):
+        require_fields(row, FIELDS, f"{path} row {i}")
+        if len(row["kwargs"]) != len(row["instruction_id_list"]):
+            raise ValueError(f"{path} row {i}: 'kwargs' and 'instruction_id_list' differ in length")
+    return apply_limit(rows, limit)
+
+
+def score_one(row: dict[str, Any], response: str) -> dict[str, Any]:
+    """lm-eval's official-checker results for one response (bools and per-instruction bool lists)."""
+    ensure_nltk_data()  # before the import: lm-eval tries (and offline fails) to download punkt_tab
+    from lm_eval.tasks.ifeval.utils import process_results
+
+    return process_results(row, [response])
+
+
+def score_responses(rows: list[dict[str, Any]], responses: list[str]) -> TaskResult:
+    results = [score_one(row, resp) for row, resp in zip(rows, responses)]
+    inst_strict = [b for r in results for b in r["inst_level_strict_acc"]]
+    inst_loose = [b for r in results for b in r["inst_level_loose_acc"]]
+    metrics = {
+        f"{TASK}/prompt_level_loose_acc": mean_pct([r["prompt_level_loose_acc"] for r in results]),
+        f"{TASK}/prompt_level_strict_acc": mean_pct([r["prompt_level_strict_acc"] for r in results]),
+        f"{TASK}/inst_level_loose_acc": mean_pct(inst_loose),
+        f"{TASK}/inst_level_strict_acc": mean_pct(inst_strict),
+        f"{TASK}/n": float(len(rows)),
+    }
+    samples = [
+        {"key": row["key"], "prompt": row["prompt"], "instruction_id_list": row["instruction_id_list"],
+         "output": resp, **res}
+        for row, resp, res in zip(rows, responses, results)
+    ]
+    return TaskResult(metrics, metrics[f"{TASK}/prompt_level_loose_acc"], samples)
+
+
+def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
+    """The registered task (paper settings); `max_new_tokens` is lowered only by fast tests."""
+    try:
+        rows = load_rows(ctx.limit)
+        ensure_nltk_data()  # fail before spending time on generation
+    except (MissingDataError, RuntimeError) as err:
+        return skipped(TASK, str(err))
+    prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=ctx.seed)
+    outputs = ctx.generator.generate(prompts, params)
+    return score_responses(rows, [o[0] for o in outputs])
+
+
+register_task(TaskSpec(
+    name=TASK,
+    category="instruction_following",
+    run=run,
+    description="IFEval 541 prompts, chat template, greedy; lm-eval's copy of the official checkers.",
+    score_rule="loose prompt-level accuracy, % of prompts (0-100)",
+))

@@ -1,0 +1,74 @@
+"""IFEval: the project's scoring == lm-eval's full IFEval pipeline on the same fixed responses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.evaluation import ifeval
+
+# Responses for the first 12 real prompts, written to hit loose-vs-strict differences: a chatty first
+# line ("Sure, ..."), markdown asterisks, JSON in code fences, capitals, empty output.
+RESPONSES = {
+    1000: "Sure, here is a summary:\n*highlighted section one*\nRaymond was a count.",
+    1001: "Sure, here is your itinerary:\nDay one thou shalt see Tokyo and its temples\nDay two Kyoto",
+    1005: "[name] [address] [phone] [email] [school] [gpa] [skill1] [skill2] [skill3] [hobby] "
+          "[reference1] [reference2]",
+    1012: "Write an email to my boss telling him that I am quitting. The email must contain a title "
+          "wrapped in double angular brackets, i.e. <<title>>.\n<<Resignation>>\nDear boss, I quit.",
+    1019: "Sure!\nwhat are the two boys with toy guns and horns doing?",
+    102: "* **hello** there\n* second point\n* third point",
+    1021: "THIS IS BAD.\n***\nTHE LAW IS THE LAW.",
+    1040: '"MATTHIAS ALGIERS is a GREAT engineer."',
+    1051: "dear friend, please go and vote.",
+    1069: "",
+    1072: "Hammocks are great. " * 10,
+    1075: '```json\n{"product": "diaper", "comfort": "high"}\n```',
+}
+
+
+@pytest.fixture(scope="module")
+def rows():
+    data = ifeval.load_rows(12)
+    assert [r["key"] for r in data] == list(RESPONSES)
+    return data
+
+
+def test_metrics_and_loose_vs_strict(rows, shared_data: Path):
+    result = ifeval.score_responses(rows, [RESPONSES[r["key"]] for r in rows])
+    m = result.metrics
+    assert m["ifeval/n"] == 12
+    assert result.score == m["ifeval/prompt_level_loose_acc"]
+    assert m["ifeval/prompt_level_loose_acc"] > m["ifeval/prompt_level_strict_acc"]
+    by_key = {s["key"]: s for s in result.samples}
+    # The comma is only in the chatty first line: loose (first line removed) passes, strict fails.
+    assert by_key[1001]["prompt_level_loose_acc"] and not by_key[1001]["prompt_level_strict_acc"]
+    assert by_key[1019]["prompt_level_loose_acc"] and not by_key[1019]["prompt_level_strict_acc"]
+    assert not by_key[1069]["prompt_level_loose_acc"]  # empty response never follows anything
+    assert by_key[1051]["prompt_level_strict_acc"]
+
+
+def test_parity_with_lmeval_pipeline(rows, shared_data: Path):
+    """lm-eval's simple_evaluate (built-in ifeval.yaml on the local data) on the same responses."""
+    from harness.evaluation.lmeval_bridge import evaluate_fixed_outputs, lmeval_tasks_dir
+
+    ours = ifeval.score_responses(rows, [RESPONSES[r["key"]] for r in rows]).metrics
+    official = evaluate_fixed_outputs(
+        lmeval_tasks_dir() / "ifeval" / "ifeval.yaml", "ifeval_parity", rows,
+        lambda doc, _context: RESPONSES[doc["key"]],
+    )
+    for name in ("prompt_level_loose_acc", "prompt_level_strict_acc", "inst_level_loose_acc",
+                 "inst_level_strict_acc"):
+        assert ours[f"ifeval/{name}"] == pytest.approx(100 * official[f"{name},none"]), name
+
+
+def test_missing_punkt_reports_how_to_fix(monkeypatch, tmp_path):
+    import nltk
+
+    from harness.evaluation import common
+
+    monkeypatch.setenv("NLTK_DATA", str(tmp_path))
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    with pytest.raises(RuntimeError, match="punkt_tab"):
+        common.ensure_nltk_data()
