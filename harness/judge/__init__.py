@@ -1,0 +1,25 @@
+"""LLM judge: an OpenAI-compatible client (pairwise with order swap, single grade, classification),
+a persistent cache, win-rate statistics, AlpacaEval 1/2, experiment-level judging and a local server.
+
+    from harness.judge import judge_client_from_settings
+    judge = judge_client_from_settings(ctx.judge)          # None when no judge is configured
+    verdict = judge.pairwise(instruction, output_a, output_b)   # asked in both orders
+"""
+
+from harness.judge.client import (
+    Completion,
+    JudgeClient,
+    JudgeError,
+    JudgeParseError,
+    PairVerdict,
+    judge_client_from_settings,
+    usage_metrics,
+)
+from harness.judge.prompts import TRUTHFULQA_INFO, TRUTHFULQA_TRUTH, XSTEST_LABELS, XSTEST_REFUSAL, YES_NO
+from harness.judge.stats import WinRate, bootstrap_ci, bradley_terry, win_rate
+
+__all__ = [
+    "Completion", "JudgeClient", "JudgeError", "JudgeParseError", "PairVerdict", "TRUTHFULQA_INFO",
+    "TRUTHFULQA_TRUTH", "WinRate", "XSTEST_LABELS", "XSTEST_REFUSAL", "YES_NO", "bootstrap_ci",
+    "bradley_terry", "judge_client_from_settings", "usage_metrics", "win_rate",
+]

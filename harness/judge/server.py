@@ -1,0 +1,567 @@
+"""A local OpenAI-compatible judge server, for offline work and for tests.
+
+The real judge (GPT-4) is unreachable from the project's machines, so the same HTTP interface is served
+locally: `POST /v1/chat/completions` and `GET /v1/models`, answered either by
+
+- a local model through the shared generation engine (`harness.generation.HFGenerator`), with
+  micro-batching (requests that arrive together are generated in one batch) and per-token logprobs
+  (AlpacaEval 2's annotator reads the logprobs of its first answer token); or
+- a scripted judge: deterministic replies from regex rules or a built-in "prefer the longer response"
+  strategy. It stands in for the judge in logic tests (order swap, ties, retries), behind the very same
+  HTTP interface, so the real `openai` client is exercised end to end.
+
+For tests and benchmarks the server counts requests (`GET /stats`), can inject faults (the next N
+requests answer 429/500/..., from `--fail-first`/`--fail-status`, `HARNESS_JUDGE_FAULTS="429,500"` or
+`POST /admin/faults`), can add latency, and can require an API key (`require_key_env`): the key is
+compared, never printed or logged. Only loopback addresses are served.
+
+With `engine="vllm"` (or "auto" when vLLM and a GPU are present) `harness serve-judge` execs vLLM's own
+OpenAI server instead; that one has no `/stats` or fault injection.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import os
+import queue
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+
+# The markers of the harness's own pairwise template (see prompts.py) and of AlpacaEval's templates;
+# the scripted "longer" strategy reads the candidate responses from between them.
+_PAIR_RE = re.compile(
+    r"\[Response A\]\n(?P<a>.*?)\n\[End of Response A\].*?\[Response B\]\n(?P<b>.*?)\n\[End of Response B\]",
+    re.S,
+)
+_TRIPLE_QUOTED = re.compile(r'"""(.*?)"""', re.S)
+
+
+@dataclass
+class Reply:
+    text: str
+    # per generated token: (token, logprob, [(alternative token, logprob), ...]); None = not computed
+    logprobs: list[tuple[str, float, list[tuple[str, float]]]] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+
+
+@dataclass
+class Request:
+    messages: Messages
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: tuple[str, ...]
+    logprobs: bool
+    top_logprobs: int
+
+
+class ServerError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+def _approx_tokens(text: str) -> int:
+    """Scripted mode has no tokenizer: whitespace words stand in for tokens (usage is then approximate)."""
+    return max(1, len(text.split()))
+
+
+class ScriptedBackend:
+    """Deterministic replies. `rules`: [{"pattern": regex, "reply": str}], matched (re.S) against the
+    conversation rendered as "role: content" lines, first match wins; otherwise `strategy` "longer"
+    (prefer the longer candidate in a recognised pairwise prompt; equal lengths -> the first position,
+    a position bias the order swap must turn into a tie) or the literal `default` reply."""
+
+    name = "scripted"
+
+    def __init__(self, rules: Sequence[dict[str, str]] = (), default: str = "A", strategy: str | None = None):
+        if strategy not in (None, "longer"):
+            raise ValueError(f"unknown scripted strategy {strategy!r}; valid: 'longer'")
+        self.rules = [(re.compile(r["pattern"], re.S), str(r["reply"])) for r in rules]
+        self.default = default
+        self.strategy = strategy
+
+    @classmethod
+    def from_spec(cls, spec: str) -> ScriptedBackend:
+        """`longer`, or a JSON file {"rules": [...], "default": ..., "strategy": ...}."""
+        if spec == "longer":
+            return cls(strategy="longer")
+        with open(spec) as fh:
+            data = json.load(fh)
+        return cls(data.get("rules", ()), data.get("default", "A"), data.get("strategy"))
+
+    def _longer(self, text: str) -> tuple[str, float] | None:
+        """(reply, probability that the first-shown candidate is better) for a recognised template."""
+        match = _PAIR_RE.search(text)
+        if match:
+            a, b = len(match["a"]), len(match["b"])
+            return ("A" if a >= b else "B"), _soft(a, b)
+        quoted = _TRIPLE_QUOTED.findall(text)
+        if len(quoted) >= 3:  # AlpacaEval templates: instruction, output_1, output_2
+            one, two = len(quoted[1]), len(quoted[2])
+            if '"model_identifier": "m"' in text:  # AlpacaEval 2 classifier: "m" = output_1
+                return ("m" if one >= two else "M"), _soft(one, two)
+            first = 1 if one >= two else 2
+            ranking = f"[{{'model': 'model_1', 'rank': {first}}}, {{'model': 'model_2', 'rank': {3 - first}}}]"
+            return ranking, _soft(one, two)
+        return None
+
+    def complete(self, requests: list[Request]) -> list[Reply]:
+        replies = []
+        for req in requests:
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in req.messages)
+            reply, p_first = self.default, None
+            for pattern, rule_reply in self.rules:
+                if pattern.search(text):
+                    reply = rule_reply
+                    break
+            else:
+                found = self._longer(text) if self.strategy == "longer" else None
+                if found is not None:
+                    reply, p_first = found
+            logprobs = None
+            if req.logprobs:
+                logprobs = [(reply, 0.0, [(reply, 0.0)])]
+                if p_first is not None and reply in ("m", "M"):  # a soft AlpacaEval 2 preference
+                    p_m = min(max(p_first, 1e-6), 1 - 1e-6)
+                    alts = [("m", math.log(p_m)), ("M", math.log(1 - p_m))]
+                    alts.sort(key=lambda t: -t[1])
+                    logprobs = [(reply, dict(alts)[reply], alts[: max(req.top_logprobs, 1)])]
+            replies.append(Reply(reply, logprobs, _approx_tokens(text), _approx_tokens(reply)))
+        return replies
+
+
+def _soft(first_len: int, second_len: int) -> float:
+    """Probability that the first candidate wins for a purely length-biased judge (logistic in log ratio)."""
+    return 1 / (1 + math.exp(-2.0 * math.log((first_len + 1) / (second_len + 1))))
+
+
+class ModelBackend:
+    """A local causal LM behind the shared generation engine; one worker thread owns the model, so
+    concurrent HTTP requests are queued and generated in batches of up to `max_batch`."""
+
+    def __init__(self, model: str, max_batch: int = 8, batch_wait_s: float = 0.02, max_new_tokens_cap: int = 512):
+        from harness.generation import HFGenerator
+
+        self.name = model
+        self.generator = HFGenerator.from_name(model, batch_size=max_batch)
+        self.tokenizer = self.generator.tokenizer
+        # A judge prompt must never be silently truncated (the question comes last): allow the model's
+        # whole context and refuse longer prompts with a 400, as OpenAI does.
+        config = self.generator.model.config
+        self.context = int(getattr(config, "max_position_embeddings", 2048) or 2048)
+        self.generator.max_prompt_tokens = self.context
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        self.max_new_tokens_cap = max_new_tokens_cap
+        self._queue: queue.Queue[tuple[Request, dict[str, Any], threading.Event] | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._loop, name="judge-model-worker", daemon=True)
+        self._worker.start()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join(timeout=30)
+
+    def complete(self, requests: list[Request]) -> list[Reply]:
+        from harness.generation import render_prompt
+
+        for req in requests:
+            n_prompt = len(self.tokenizer(render_prompt(self.tokenizer, req.messages, chat=True),
+                                          add_special_tokens=False)["input_ids"])
+            if n_prompt + min(req.max_tokens, self.max_new_tokens_cap) > self.context:
+                raise ServerError(400, f"prompt of {n_prompt} tokens plus max_tokens exceeds the model's "
+                                  f"context of {self.context} tokens", "context_length_exceeded")
+        slots = []
+        for req in requests:
+            slot: dict[str, Any] = {}
+            done = threading.Event()
+            self._queue.put((req, slot, done))
+            slots.append((slot, done))
+        replies = []
+        for slot, done in slots:
+            done.wait()
+            if "error" in slot:
+                raise slot["error"]
+            replies.append(slot["reply"])
+        return replies
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(jobs) < self.max_batch:  # gather requests that arrive together
+                try:
+                    nxt = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                jobs.append(nxt)
+            groups: dict[tuple, list] = {}
+            for job in jobs:  # one generate() call per distinct set of sampling parameters
+                r = job[0]
+                key = (min(r.max_tokens, self.max_new_tokens_cap), r.temperature, r.top_p, r.seed, r.stop)
+                groups.setdefault(key, []).append(job)
+            for key, group in groups.items():
+                try:
+                    for (_, slot, _), reply in zip(group, self._run(key, [j[0] for j in group])):
+                        slot["reply"] = reply
+                except Exception as exc:  # reported to the HTTP handler as a 500, never swallowed
+                    for _, slot, _ in group:
+                        slot["error"] = exc
+                for _, _, done in group:
+                    done.set()
+
+    def _run(self, key: tuple, reqs: list[Request]) -> list[Reply]:
+        from harness.generation import SamplingParams, render_prompt
+
+        max_tokens, temperature, top_p, seed, stop = key
+        params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                                stop=stop)
+        outputs = self.generator.generate([r.messages for r in reqs], params, chat=True)
+        replies = []
+        for req, (text,) in zip(reqs, outputs):
+            prompt = render_prompt(self.tokenizer, req.messages, chat=True)
+            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            gen_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            finish = "length" if len(gen_ids) >= max_tokens else "stop"
+            logprobs = self._logprobs(prompt_ids, gen_ids, req.top_logprobs) if req.logprobs else None
+            replies.append(Reply(text, logprobs, len(prompt_ids), len(gen_ids), finish))
+        return replies
+
+    def _logprobs(self, prompt_ids: list[int], gen_ids: list[int], k: int):
+        """Score the generated tokens under the model (teacher forcing): each token's logprob and the
+        top-k alternatives at its position. With no generated token, the first position's top-k."""
+        import torch
+
+        model = self.generator.model
+        device = next(model.parameters()).device
+        ids = torch.tensor([prompt_ids + gen_ids], device=device)
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt_ids) - 1 :].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        out = []
+        for pos in range(max(len(gen_ids), 1)):
+            top = torch.topk(logp[pos], k=max(k, 1))
+            alts = [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices)]
+            if pos < len(gen_ids):
+                tok_id = gen_ids[pos]
+                out.append((self.tokenizer.decode([tok_id]), float(logp[pos, tok_id]), alts[:k]))
+            else:
+                out.append((alts[0][0], alts[0][1], alts[:k]))
+        return out
+
+
+@dataclass
+class ServerState:
+    served_model: str
+    backend: Any
+    api_key: str | None = None  # compared in constant time; never printed
+    delay_s: float = 0.0
+    faults: list[int] = field(default_factory=list)  # statuses for the next requests, consumed in order
+    retry_after: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stats: Counter = field(default_factory=Counter)
+    in_flight: int = 0
+    max_concurrent: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {**dict(self.stats), "in_flight": self.in_flight, "max_concurrent": self.max_concurrent,
+                    "pending_faults": list(self.faults), "model": self.served_model}
+
+    def reset(self) -> None:
+        with self.lock:
+            self.stats.clear()
+            self.max_concurrent = self.in_flight
+
+
+def parse_request(body: dict[str, Any], served_model: str) -> tuple[Request, int]:
+    """Validate an OpenAI chat-completions body; (request, n)."""
+    if body.get("stream"):
+        raise ServerError(400, "streaming is not supported by the local judge server")
+    model = body.get("model")
+    if model != served_model:
+        raise ServerError(404, f"The model {model!r} does not exist; this server serves {served_model!r}",
+                          "model_not_found")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in messages
+    ):
+        raise ServerError(400, "'messages' must be a non-empty list of {role, content} objects")
+    n = int(body.get("n") or 1)
+    if n != 1:
+        raise ServerError(400, "only n=1 is supported")
+    stop = body.get("stop") or ()
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+    temperature = body.get("temperature")
+    req = Request(
+        messages=[{"role": str(m["role"]), "content": m["content"]} for m in messages],
+        max_tokens=int(max_tokens), temperature=float(1.0 if temperature is None else temperature),
+        top_p=float(body.get("top_p") or 1.0), seed=int(body.get("seed") or 0), stop=stop,
+        logprobs=bool(body.get("logprobs")), top_logprobs=int(body.get("top_logprobs") or 0),
+    )
+    if req.max_tokens < 1 or not 0 <= req.top_logprobs <= 20:
+        raise ServerError(400, "max_tokens must be >= 1 and top_logprobs in [0, 20]")
+    return req, n
+
+
+def completion_body(reply: Reply, served_model: str) -> dict[str, Any]:
+    choice: dict[str, Any] = {
+        "index": 0, "finish_reason": reply.finish_reason,
+        "message": {"role": "assistant", "content": reply.text},
+        "logprobs": None,
+    }
+    if reply.logprobs is not None:
+        choice["logprobs"] = {"content": [
+            {"token": tok, "logprob": lp, "bytes": list(tok.encode()),
+             "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in alts]}
+            for tok, lp, alts in reply.logprobs
+        ]}
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+        "model": served_model, "choices": [choice],
+        "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                  "total_tokens": reply.prompt_tokens + reply.completion_tokens},
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "harness-judge/1"
+    protocol_version = "HTTP/1.1"
+    state: ServerState  # set on the subclass built per server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
+        # Method, path and status only: headers (Authorization) and bodies are never logged.
+        log.debug("%s %s -> %s", self.command, self.path, args[1] if len(args) > 1 else "")
+
+    def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
+        self._send(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
+
+    def _read_json(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b"{}"
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ServerError(400, f"body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ServerError(400, "body must be a JSON object")
+        return body
+
+    def _authorised(self) -> bool:
+        expected = self.state.api_key
+        if not expected:
+            return True
+        given = self.headers.get("Authorization", "")
+        token = given[7:] if given.startswith("Bearer ") else ""
+        return hmac.compare_digest(token.encode(), expected.encode())
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.split("?")[0].rstrip("/")
+        if path in ("/health", "/v1/health"):
+            self._send(200, {"status": "ok"})
+        elif path == "/stats":
+            self._send(200, self.state.snapshot())
+        elif path == "/v1/models":
+            self._send(200, {"object": "list", "data": [
+                {"id": self.state.served_model, "object": "model", "created": 0, "owned_by": "harness"}]})
+        else:
+            self._error(404, f"no route {path}", "not_found")
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = self.path.split("?")[0].rstrip("/")
+        try:
+            body = self._read_json()
+            if path == "/admin/faults":
+                with self.state.lock:
+                    self.state.faults = [int(s) for s in body.get("statuses", [])]
+                    self.state.retry_after = body.get("retry_after")
+                self._send(200, {"pending_faults": self.state.faults})
+            elif path == "/admin/reset":
+                self.state.reset()
+                self._send(200, {"ok": True})
+            elif path == "/admin/config":
+                with self.state.lock:
+                    if "delay_s" in body:
+                        self.state.delay_s = float(body["delay_s"])
+                    if "script" in body and isinstance(self.state.backend, ScriptedBackend):
+                        spec = body["script"]
+                        self.state.backend = ScriptedBackend(spec.get("rules", ()), spec.get("default", "A"),
+                                                             spec.get("strategy"))
+                self._send(200, {"ok": True})
+            elif path == "/v1/chat/completions":
+                self._chat(body)
+            else:
+                self._error(404, f"no route {path}", "not_found")
+        except ServerError as err:
+            self._error(err.status, err.message, err.kind)
+
+    def _chat(self, body: dict[str, Any]) -> None:
+        state = self.state
+        with state.lock:
+            state.stats["requests"] += 1
+            state.in_flight += 1
+            state.max_concurrent = max(state.max_concurrent, state.in_flight)
+            fault = state.faults.pop(0) if state.faults else None
+        try:
+            if not self._authorised():
+                with state.lock:
+                    state.stats["unauthorised"] += 1
+                self._error(401, "Incorrect API key provided.", "invalid_api_key")
+                return
+            if state.delay_s:
+                time.sleep(state.delay_s)
+            if fault is not None:
+                with state.lock:
+                    state.stats["injected_faults"] += 1
+                    state.stats[f"status_{fault}"] += 1
+                headers = {}
+                if state.retry_after is not None:
+                    headers["Retry-After"] = str(state.retry_after)
+                kind = "rate_limit_exceeded" if fault == 429 else "server_error"
+                self._error(fault, f"injected fault {fault}", kind, headers)
+                return
+            req, _ = parse_request(body, state.served_model)
+            try:
+                (reply,) = state.backend.complete([req])
+            except ServerError:
+                raise
+            except Exception as exc:
+                log.exception("local judge backend failed")
+                with state.lock:
+                    state.stats["backend_errors"] += 1
+                self._error(500, f"backend error: {type(exc).__name__}", "server_error")
+                return
+            with state.lock:
+                state.stats["completed"] += 1
+                state.stats["prompt_tokens"] += reply.prompt_tokens
+                state.stats["completion_tokens"] += reply.completion_tokens
+            self._send(200, completion_body(reply, state.served_model))
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+
+def _check_loopback(host: str) -> None:
+    try:
+        ok = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"the local judge server binds loopback addresses only (127.0.0.1, ::1), not {host!r}")
+
+
+def parse_faults(spec: str | None) -> list[int]:
+    """'429,500,500' or '3x429' -> statuses for the next requests."""
+    statuses: list[int] = []
+    for part in (spec or "").replace(" ", "").split(","):
+        if not part:
+            continue
+        count, _, status = part.rpartition("x")
+        statuses.extend([int(status)] * (int(count) if count else 1))
+    return statuses
+
+
+class JudgeServer:
+    """An OpenAI-compatible server on a background thread: `start()`, `.base_url`, `stats()`, `stop()`."""
+
+    def __init__(self, backend: Any, served_model: str, host: str = "127.0.0.1", port: int = 0,
+                 api_key: str | None = None, delay_s: float = 0.0, faults: Sequence[int] = (),
+                 retry_after: float | None = None):
+        _check_loopback(host)
+        self.state = ServerState(served_model=served_model, backend=backend, api_key=api_key,
+                                 delay_s=delay_s, faults=list(faults), retry_after=retry_after)
+        handler = type("JudgeHandler", (_Handler,), {"state": self.state})
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self.host, self.port = host, self.httpd.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def start(self) -> JudgeServer:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="judge-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever()
+
+    def stats(self) -> dict[str, Any]:
+        return self.state.snapshot()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        close = getattr(self.state.backend, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> JudgeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def make_server(model: str | None = None, scripted: str | None = None, served_name: str | None = None,
+                host: str = "127.0.0.1", port: int = 0, require_key_env: str | None = None,
+                delay_s: float = 0.0, faults: Sequence[int] | None = None, max_batch: int = 8,
+                max_new_tokens_cap: int = 512, retry_after: float | None = None) -> JudgeServer:
+    """Build a server around a local model (zoo name or folder) or a scripted judge."""
+    if (model is None) == (scripted is None):
+        raise ValueError("give exactly one of `model` (a zoo name or folder) or `scripted`")
+    if scripted is not None:
+        backend: Any = ScriptedBackend.from_spec(scripted)
+        name = served_name or "scripted-judge"
+    else:
+        backend = ModelBackend(model, max_batch=max_batch, max_new_tokens_cap=max_new_tokens_cap)
+        name = served_name or model
+    api_key = None
+    if require_key_env:
+        api_key = os.environ.get(require_key_env)
+        if not api_key:
+            raise ValueError(f"require_key_env={require_key_env!r} but that environment variable is empty")
+    if faults is None:
+        faults = parse_faults(os.environ.get("HARNESS_JUDGE_FAULTS"))
+    return JudgeServer(backend, name, host=host, port=port, api_key=api_key, delay_s=delay_s, faults=faults,
+                       retry_after=retry_after)
