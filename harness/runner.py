@@ -137,6 +137,9 @@ def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
     else:
         parent_id = client.create_run(experiment_id, run_name=plan.cell.name, tags=_cell_tags(grid, plan)).info.run_id
         tracking.log_params(parent_id, tracking.flatten(plan.cell.resolved()))
+        client.log_dict(parent_id, {"cell": plan.cell.name, "overrides": plan.cell.overrides,
+                                    "resolved_config": plan.cell.resolved(),
+                                    "stages": [s.spec() for s in plan.stages]}, "resolved_config.json")
     summary: dict[str, float] = {}
     for stage in plan.stages:
         metrics = _log_stage_run(experiment_id, parent_id, stage)
