@@ -226,3 +226,51 @@ def test_sandbox_home_is_private(tmp_path):
     )
     assert result.result == {"outcome": "passed"}
     assert Path(tmp_path).exists()
+
+
+def test_runner_dies_with_the_harness(tmp_path):
+    # A "harness" process starts a sandboxed sleeper and is then SIGKILLed: the runner must follow it
+    # (PR_SET_PDEATHSIG) instead of lingering as an orphan.
+    import signal
+    import subprocess
+    import sys
+
+    harness = subprocess.Popen(
+        [sys.executable, "-c", "from harness.evaluation.sandbox import run_program\n"
+         "run_program('import time\\ntime.sleep(60)', timeout=60)\n"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # the killed harness cannot clean up its temp dir
+    )
+    try:
+        deadline = time.monotonic() + 20
+        runners: list[int] = []
+        while not runners and time.monotonic() < deadline:
+            time.sleep(0.2)
+            runners = [pid for pid in _children(harness.pid)]
+        assert runners, "the sandboxed runner never started"
+        harness.send_signal(signal.SIGKILL)
+        harness.wait()
+        time.sleep(0.5)
+        alive = [pid for pid in runners if Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X")]
+        assert alive == []
+    finally:
+        harness.kill()
+
+
+def _children(ppid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[-1].split()[1]) == ppid:
+                found.append(int(entry.name))
+    return found
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return "X"

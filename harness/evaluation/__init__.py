@@ -1,7 +1,6 @@
 """Evaluation suite. Adding a task: one module calling `register_task(...)` plus one import line here."""
 
 from harness.evaluation import gsm8k, smoke_lowercase  # noqa: F401
-from harness.evaluation import bbh, ifeval  # noqa: F401  (paper suite)
 from harness.evaluation.base import (
     CATEGORIES,
     SUITES,

@@ -6,7 +6,7 @@ gets its own interpreter, and the verdict is read back from a file only the runn
 Layers, outermost first. Each is applied when this machine allows it, and the runner reports which ones
 it actually applied (`SandboxResult.applied`), so a run never claims a guarantee it did not have.
 
-1. Process: a fresh interpreter (`python -s -P sandbox.py`, this very file) in its own session and process
+1. Process: a fresh interpreter (`python -S -P sandbox.py`, this very file, without site) in its own session and process
    group (setsid), cwd = a private temp dir, HOME and TMPDIR pointed at that dir, an environment holding
    only what is listed in `_child_env`, stdin read from a request file, stdout/stderr to a log file.
    Guarantees: no shared interpreter state with the harness; `~` means the temp dir.
@@ -44,19 +44,15 @@ then (layer 3) every process owned by the run's uid, until none is left.
 
 from __future__ import annotations
 
+# Only what the child (this file run as a script) needs is imported here; parent-only modules are
+# imported where used, since every sandboxed run pays for the child's imports.
 import contextlib
 import json
 import os
 import pickle
-import random
-import secrets
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +64,7 @@ _UID_BASE = 2_000_000_000  # far above any real or subordinate-uid range (those 
 _UID_SPAN = 100_000_000
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
+_PR_SET_PDEATHSIG = 1
 _PR_SET_KEEPCAPS = 8
 _PR_SET_NO_NEW_PRIVS = 38
 _CAP_DAC_READ_SEARCH = 2
@@ -205,6 +202,13 @@ def run_sandboxed(
     `trusted_pickle_result`: the runner returns a pickle instead of JSON. Only for running trusted
     dataset code (the canonical solutions that produce expected outputs): unpickling is code execution.
     """
+    import random
+    import secrets
+    import shutil
+    import site
+    import subprocess
+    import tempfile
+
     base = Path(tempfile.mkdtemp(prefix="prefharness-sbx-"))
     start = time.monotonic()
     try:
@@ -228,6 +232,10 @@ def run_sandboxed(
             "limits": asdict(limits),
             "layers": asdict(layers),
             "pickle_result": trusted_pickle_result,
+            "parent_pid": os.getpid(),
+            # The child starts with -S (no site: skips .pth processing such as this project's editable
+            # install, so the code cannot import the harness) and gets the site-packages dirs explicitly.
+            "site_paths": [p for p in site.getsitepackages() if os.path.isdir(p)],
         }
         request_path = base / "request.pkl"
         with request_path.open("wb") as fh:
@@ -235,7 +243,7 @@ def run_sandboxed(
         log_path = base / "log"
         with request_path.open("rb") as stdin, log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-s", "-P", str(Path(__file__).resolve())],
+                [sys.executable, "-S", "-P", str(Path(__file__).resolve())],
                 stdin=stdin, stdout=log, stderr=log, cwd=workdir, env=_child_env(workdir),
                 start_new_session=True, close_fds=True,
             )
@@ -292,6 +300,8 @@ class SandboxPool:
         if workers < 1:
             raise ValueError(f"SandboxPool needs at least one worker, got {workers}")
         self.workers = workers
+        from concurrent.futures import ThreadPoolExecutor
+
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
 
     def map(self, fn, items: list[Any]) -> list[Any]:
@@ -322,7 +332,7 @@ def run_program(
 
 
 # --------------------------------------------------------------------------------------------------
-# Child side (runs as `python -s -P sandbox.py`; stdlib only, nothing from the harness is imported)
+# Child side (runs as `python -S -P sandbox.py`; stdlib only, nothing from the harness is imported)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -626,6 +636,7 @@ def _differential(request: dict[str, Any], flush: Any) -> dict[str, Any]:
 def _child_main() -> None:
     control, request = pickle.load(sys.stdin.buffer)
     sys.stdin.close()
+    sys.path.extend(control["site_paths"])
     write, lseek, ftruncate = os.write, os.lseek, os.ftruncate  # kept: the guard disables os.* names
     result_fd = os.open(control["result_path"], os.O_WRONLY | os.O_TRUNC)  # opened before dropping root
     layers, uid, mode = control["layers"], control["uid"], request["mode"]
@@ -645,6 +656,11 @@ def _child_main() -> None:
         applied["identity"] = _drop_privileges(uid)
     elif layers["drop_privileges"]:
         applied["identity"] = f"unavailable (not root; shares uid {os.getuid()})"
+    # If the harness dies, so does the runner (set after the uid change, which clears it). Processes the
+    # code forks do not inherit this; RLIMIT_CPU still ends them.
+    _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != control["parent_pid"]:
+        os._exit(1)
 
     if mode == "oracle":  # trusted dataset code: no guard, errors are reported, not verdicts
         try:

