@@ -1,8 +1,11 @@
 """Evaluation suite. Adding a task: one module calling `register_task(...)` plus one import line here."""
 
+import harness.evaluation.bbh  # noqa: F401
 import harness.evaluation.coding  # noqa: F401  (HumanEval+, MBPP+)
-from harness.evaluation import gsm8k, smoke_lowercase  # noqa: F401
-from harness.evaluation import bbh, ifeval  # noqa: F401  (paper suite)
+import harness.evaluation.gsm8k  # noqa: F401
+import harness.evaluation.ifeval  # noqa: F401
+import harness.evaluation.mmlu  # noqa: F401
+from harness.evaluation import smoke_lowercase  # noqa: F401
 from harness.evaluation.base import (
     CATEGORIES,
     SUITES,

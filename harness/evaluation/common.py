@@ -113,3 +113,96 @@ def ensure_nltk_data() -> None:
             "tokenizers/punkt_tab (e.g. ../shared/data/nltk_data), or run "
             "`python -m nltk.downloader punkt_tab` on a machine with internet access"
         ) from err
+
+
+def scoring_model(ctx: EvalContext) -> tuple[Any, Any]:
+    """(causal LM, tokenizer) for log-likelihood scoring: the generator's model when it is an HF one
+    (no second copy in memory), otherwise a fresh load of `ctx.model_path`."""
+    gen = ctx._generator
+    if gen is not None and hasattr(gen, "model") and hasattr(gen, "tokenizer"):
+        return gen.model, gen.tokenizer
+    try:
+        gen = ctx.generator
+    except Exception:  # noqa: BLE001 - e.g. a vLLM engine that failed; fall back to a plain HF load
+        gen = None
+    if gen is not None and hasattr(gen, "model"):
+        return gen.model, gen.tokenizer
+    from harness.models import load_causal_lm
+
+    return load_causal_lm(ctx.model_path)
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation) split the way lm-eval's HF backend splits them.
+
+    Trailing spaces of the context move into the continuation, the whole string is encoded once and
+    the continuation is what follows the separately encoded context; so " A" after "Answer:" is scored
+    as the tokenizer would produce it in running text.
+    """
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    return ctx_ids, whole[len(ctx_ids):]
+
+
+def continuation_logprobs(
+    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
+    max_length: int = 2048,
+) -> list[tuple[float, bool]]:
+    """(sum of log-probs of the continuation given the context, whether it is the greedy continuation)
+    for each (context, continuation) pair; what lm-eval's `loglikelihood` returns.
+
+    Pairs whose context is shared and whose continuations are single tokens (MMLU's " A".." D") cost one
+    forward pass of the context together.
+    """
+    import torch
+
+    encoded = [encode_pair(tokenizer, c, x) for c, x in pairs]
+    results: list[tuple[float, bool] | None] = [None] * len(pairs)
+    # Each forward input is (token ids, [(pair index, position of first continuation logit, cont ids)]).
+    jobs: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+    singles: list[tuple[list[int], list[tuple[int, int, list[int]]]]] = []
+    for i, (ctx_ids, cont_ids) in enumerate(encoded):
+        if not cont_ids:
+            raise ValueError(f"empty continuation after encoding pair {i}: {pairs[i][1]!r}")
+        if len(cont_ids) == 1 and ctx_ids:
+            jobs.setdefault(tuple(ctx_ids), []).append((i, cont_ids))
+        else:
+            full = (ctx_ids + cont_ids)[-(max_length + 1):]
+            n_ctx = len(full) - len(cont_ids)
+            singles.append((full[:-1], [(i, n_ctx - 1, cont_ids)]))
+    forwards = [(list(k), [(i, len(k) - 1, c) for i, c in v]) for k, v in jobs.items()] + singles
+    forwards.sort(key=lambda f: len(f[0]))
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(forwards), batch_size):
+            batch = forwards[start:start + batch_size]
+            width = max(len(ids[-max_length:]) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            offsets = []
+            for row, (ids, _) in enumerate(batch):
+                ids = ids[-max_length:]
+                offsets.append(len(batch[row][0]) - len(ids))
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                mask[row, : len(ids)] = 1
+            with torch.no_grad():
+                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for row, (_, targets) in enumerate(batch):
+                for i, pos, cont in targets:
+                    pos -= offsets[row]
+                    span = logprobs[row, pos: pos + len(cont)]
+                    cont_t = torch.tensor(cont)
+                    total = float(span.gather(1, cont_t[:, None]).sum())
+                    greedy = bool((span.argmax(dim=-1) == cont_t).all())
+                    results[i] = (total, greedy)
+    finally:
+        model.train(was_training)
+    return [r for r in results if r is not None]

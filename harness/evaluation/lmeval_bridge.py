@@ -41,22 +41,23 @@ def make_fixed_output_lm(respond: Callable[[dict[str, Any], str], str]):
     return FixedOutputLM()
 
 
-def evaluate_fixed_outputs(
+def evaluate_local(
     base_yaml: Path,
     task_name: str,
     rows: list[dict[str, Any]],
-    respond: Callable[[dict[str, Any], str], str],
+    lm: Any,
     overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """lm-eval's results dict for task `base_yaml` (built-in config) on `rows` with fixed outputs.
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(lm-eval's results for the task, its per-document samples) for the built-in config `base_yaml`
+    run by `lm` (an lm-eval LM, e.g. `HFLM(pretrained=model, tokenizer=tok)`) on `rows`.
 
     The rows are written to a temporary JSONL file used as the task's test split; `overrides` replace
-    top-level yaml keys (e.g. `doc_to_target` for a local column layout).
+    top-level yaml keys (e.g. `description`).
     """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    with tempfile.TemporaryDirectory(prefix="lmeval-fixed-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lmeval-local-") as tmp:
         tmpdir = Path(tmp)
         data = tmpdir / "test.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -67,14 +68,29 @@ def evaluate_fixed_outputs(
             "dataset_name": None,
             "dataset_kwargs": {"data_files": {"test": str(data)}},
             "test_split": "test",
+            "validation_split": None,
+            "training_split": None,
+            "fewshot_split": None,
         }
         config.update(overrides or {})
-        config.pop("tag", None)
         (tmpdir / f"{task_name}.yaml").write_text(yaml.safe_dump(config))
         manager = TaskManager(include_path=str(tmpdir), include_defaults=False)
         out = simple_evaluate(
-            model=make_fixed_output_lm(respond), tasks=[task_name], task_manager=manager,
-            bootstrap_iters=0, log_samples=False, random_seed=0, numpy_random_seed=0,
-            torch_random_seed=0, fewshot_random_seed=0,
+            model=lm, tasks=[task_name], task_manager=manager, bootstrap_iters=0, log_samples=True,
+            random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
         )
-    return out["results"][task_name]
+    samples = sorted(out["samples"][task_name], key=lambda s: s["doc_id"])
+    return out["results"][task_name], samples
+
+
+def evaluate_fixed_outputs(
+    base_yaml: Path,
+    task_name: str,
+    rows: list[dict[str, Any]],
+    respond: Callable[[dict[str, Any], str], str],
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """lm-eval's results dict for task `base_yaml` on `rows` when the model's outputs are
+    `respond(doc, context)`."""
+    results, _ = evaluate_local(base_yaml, task_name, rows, make_fixed_output_lm(respond), overrides)
+    return results
