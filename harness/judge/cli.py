@@ -116,6 +116,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from harness.judge.server import make_server
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per judge request otherwise
     try:
         _, policies = find_policies(args.experiment)
     except ValueError as exc:

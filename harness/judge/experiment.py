@@ -85,7 +85,7 @@ class JudgeReport:
         return "\n".join(lines)
 
 
-def _mlflow_client():
+def mlflow_client():
     try:
         from harness.tracking import client
 
@@ -103,7 +103,7 @@ def _mlflow_client():
 
 def find_policies(experiment: str) -> tuple[str, list[Policy]]:
     """(experiment id, cells with a policy) for an experiment name or id; the latest run of each cell."""
-    client = _mlflow_client()
+    client = mlflow_client()
     exp = client.get_experiment_by_name(experiment)
     if exp is None and experiment.isdigit():
         exp = client.get_experiment(experiment)
@@ -310,7 +310,7 @@ def _report_json(report: JudgeReport) -> dict[str, Any]:
 
 def _log_report(report: JudgeReport, experiment_id: str, policies: Sequence[Policy], judge: JudgeClient,
                 pairs: str, max_new_tokens: int) -> str:
-    client = _mlflow_client()
+    client = mlflow_client()
     rank_of = {cell: i + 1 for i, cell in enumerate(report.ranking)}
     for policy in policies:
         metrics: dict[str, float] = {}
