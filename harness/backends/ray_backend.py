@@ -1,0 +1,165 @@
+"""Ray backend: each stage is a Ray task with its own resource request; Ray does the scheduling.
+
+    harness run GRID --backend ray                      # a local Ray instance on this machine
+    harness run GRID --backend ray --ray-address auto   # join a running cluster (`ray start --head`)
+
+Dependencies are expressed the Ray way: a stage's task gets the object refs of its input stages'
+tasks as arguments, so Ray starts it only after they finished (and fails it, without running it,
+when one of them failed). Nothing is scheduled by the harness itself.
+
+What a task does is `harness.stages.execute_stage(spec)`: it reads its inputs from the stage store
+and publishes its output there atomically, so a task killed mid-stage (a preempted node, an OOM
+kill, `kill -9` of the worker) is simply retried by Ray (`max_retries`) and leaves nothing half
+written. On a cluster the stage store (`HARNESS_RESULTS_DIR`) must be a filesystem every node
+mounts at the same path (NFS, Lustre, ...); MLflow is still written only by the driver.
+
+Resources per stage kind default to `harness.stages.DEFAULT_RESOURCES` and are overridden with the
+backend option `resources={kind: {"num_cpus": 4, "num_gpus": 1, "memory": 32e9}}` (memory in
+bytes, as Ray takes it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from harness.backends import BACKENDS
+from harness.stages import DEFAULT_RESOURCES, Stage, execute_stage
+
+# Resource keys Ray accepts in `.options(...)`; anything else is a typo that would otherwise be
+# silently ignored and leave a GPU stage on a CPU worker.
+_RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_type"}
+
+# Environment a stage needs to find the same stores and stay offline on a worker. Only these
+# prefixes travel with a task: secrets (judge API keys) are never copied into task arguments, which
+# Ray keeps in its object store; workers of a local instance inherit them from the driver anyway,
+# cluster workers get them from the cluster's own environment.
+_FORWARDED_PREFIXES = ("HARNESS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "NLTK_DATA", "OMP_NUM_THREADS",
+                       "MKL_NUM_THREADS")
+
+
+def _forwarded_env() -> dict[str, str]:
+    from harness.paths import model_cache_dir, results_dir
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES)}
+    # Absolute paths: a worker's working directory is not the driver's.
+    env["HARNESS_RESULTS_DIR"] = str(results_dir())
+    env["HARNESS_MODEL_DIR"] = str(model_cache_dir())
+    return env
+
+
+def _run_stage_task(spec: dict[str, Any], env: dict[str, str], *upstream: str) -> str:
+    """Body of a stage's Ray task. `upstream` are the published folders of its inputs: passing their
+    refs as arguments is what makes Ray wait for them; the values themselves are not needed."""
+    os.environ.update(env)  # the worker process may be reused across grids with other stores
+    return execute_stage(spec)
+
+
+def _check_resources(resources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged = {kind: dict(request) for kind, request in DEFAULT_RESOURCES.items()}
+    for kind, request in resources.items():
+        if kind not in DEFAULT_RESOURCES:
+            raise ValueError(f"resources: unknown stage kind {kind!r}; valid kinds: {', '.join(DEFAULT_RESOURCES)}")
+        if not isinstance(request, dict):
+            raise ValueError(f"resources.{kind}: expected a mapping like {{num_cpus: 2, num_gpus: 1}}, got {request!r}")
+        unknown = sorted(set(request) - _RESOURCE_KEYS)
+        if unknown:
+            raise ValueError(f"resources.{kind}: unknown key(s) {unknown}; valid: {sorted(_RESOURCE_KEYS)}")
+        merged[kind].update(request)
+    return merged
+
+
+class RayBackend:
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, max_retries: int = 3,
+                 retry_exceptions: bool = False, resources: dict[str, dict[str, Any]] | None = None,
+                 init_kwargs: dict[str, Any] | None = None):
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.address = address
+        self.num_cpus = num_cpus
+        # Worker/node deaths are retried up to max_retries; a Python exception in a stage (a bad
+        # config, a bug) is not, unless retry_exceptions: rerunning it would only fail again.
+        self.max_retries = max_retries
+        self.retry_exceptions = retry_exceptions
+        self.resources = _check_resources(resources or {})
+        self.init_kwargs = dict(init_kwargs or {})
+
+    def _ensure_ray(self) -> bool:
+        """Connect to Ray unless already connected; True if this call started the connection."""
+        import ray
+
+        if ray.is_initialized():
+            return False
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
+        if self.address:
+            kwargs["address"] = self.address
+        elif self.num_cpus is not None:
+            kwargs["num_cpus"] = self.num_cpus
+        ray.init(**kwargs)
+        return True
+
+    def run(self, stages: list[Stage], on_done: Callable[[Stage], None], echo: Callable[[str], None] = print) -> None:
+        import ray
+
+        started = self._ensure_ray()
+        try:
+            self._run(stages, on_done, echo)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _run(self, stages: list[Stage], on_done: Callable[[Stage], None], echo: Callable[[str], None]) -> None:
+        import ray
+
+        task = ray.remote(_run_stage_task)
+        env = _forwarded_env()
+        refs: dict[str, Any] = {}  # stage id -> object ref of its task
+        by_ref: dict[Any, Stage] = {}
+        # `stages` come in dependency order (the runner's unique_stages), so every input of a stage
+        # is either already published or already submitted when the stage itself is submitted.
+        for stage in stages:
+            if stage.complete or stage.id in refs:
+                continue
+            upstream = []
+            for dep in stage.inputs.values():
+                if dep.id in refs:
+                    upstream.append(refs[dep.id])
+                elif not dep.complete:
+                    raise RuntimeError(f"stage {stage.id}: input {dep.id} is neither published nor among the "
+                                       "stages to run")
+            options = {**self.resources[stage.kind], "max_retries": self.max_retries,
+                       "retry_exceptions": self.retry_exceptions, "name": f"harness:{stage.label}:{stage.key}"}
+            ref = task.options(**options).remote(stage.spec(), env, *upstream)
+            refs[stage.id] = ref
+            by_ref[ref] = stage
+            echo(f"  submit {stage.label} {stage.key} {self.resources[stage.kind]}")
+
+        pending = list(by_ref)
+        failures: list[tuple[Stage, BaseException]] = []
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    stage = by_ref[ref]
+                    try:
+                        ray.get(ref)
+                    except Exception as exc:  # keep going: independent stages still finish and get cached
+                        failures.append((stage, exc))
+                        echo(f"  FAILED {stage.label} {stage.key}: {type(exc).__name__}")
+                        continue
+                    on_done(stage)
+        except BaseException:
+            for ref in pending:  # Ctrl-C or a logging error: do not leave tasks running on the cluster
+                ray.cancel(ref, force=True)
+            raise
+        if failures:
+            # A stage failed because its input failed carries the input's error: report the roots.
+            roots = [(s, e) for s, e in failures if not any(d.id in {f.id for f, _ in failures}
+                                                             for d in s.inputs.values())]
+            stage, exc = (roots or failures)[0]
+            raise RuntimeError(f"{len(failures)} stage(s) failed on Ray; first: {stage.id} ({stage.label}): "
+                               f"{exc}") from exc
+
+
+BACKENDS.register("ray", RayBackend)

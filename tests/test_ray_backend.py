@@ -1,0 +1,129 @@
+"""The Ray backend on a real local Ray instance (`ray.init(num_cpus=2)`, shared by this module):
+the same MLflow results as the local backend, and a grid that survives a worker killed mid-stage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from test_runner import mlflow_state, tiny_grid  # noqa: E402
+
+from harness.backends import get_backend  # noqa: E402
+from harness.grid import build_grid  # noqa: E402
+from harness.runner import run_grid  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    # One local instance for the module: starting Ray costs seconds to tens of seconds.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def shared_mlflow(tmp_path_factory, monkeypatch) -> str:
+    """One SQLite MLflow store for the module's experiments (creating a store is the slow part);
+    every test still gets its own stage cache from the autouse `isolated_results`."""
+    path = tmp_path_factory.getbasetemp() / "ray_mlflow.db"
+    uri = f"sqlite:///{path}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def _small(experiment: str, steps: int, betas: tuple[float, ...]) -> dict:
+    spec = tiny_grid(experiment, steps=steps, betas=betas)
+    spec["base"]["dataset"]["max_rows"] = 8
+    spec["base"]["eval"]["limit"] = 2
+    return spec
+
+
+def test_ray_grid_matches_local_backend(tiny_model, ray_instance, shared_mlflow, tmp_path, monkeypatch):
+    # 4 cells: the SFT baseline and three DPO betas; 1 data + 3 train + 4 eval stages.
+    betas = (0.1, 0.3, 0.5)
+    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(tmp_path / "local"))
+    local = run_grid(build_grid(_small("ray_parity", 1, betas)), echo=lambda _: None)
+    assert len(local.logged_cells) == 4
+    local_state = mlflow_state("ray_parity")
+
+    # Same grid, own stage cache, own experiment: everything recomputed on Ray workers.
+    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(tmp_path / "ray"))
+    spec = _small("ray_parity_ray", 1, betas)
+    lines: list[str] = []
+    remote = run_grid(build_grid(spec), backend="ray", echo=lines.append)
+    assert sorted(remote.logged_cells) == sorted(local.logged_cells)
+    assert len(remote.executed_stages) == 8 and not remote.cached_stages
+    assert sum(line.startswith("  submit ") for line in lines) == 8
+    ray_state = mlflow_state("ray_parity_ray")
+    assert ray_state == local_state
+
+    # A rerun on Ray is a no-op (cells already FINISHED in MLflow).
+    again = run_grid(build_grid(spec), backend="ray", echo=lambda _: None)
+    assert again.executed_stages == [] and sorted(again.skipped_cells) == sorted(local.logged_cells)
+
+
+def _kill_training_worker(stage_root: Path, killed: list[int], stop: threading.Event) -> None:
+    """Wait for a train_policy temp folder with logged steps, then SIGKILL the process writing it
+    (its pid is part of the temp folder's name: see harness.cache.new_temp_dir)."""
+    while not stop.is_set():
+        for folder in (stage_root / ".tmp").glob("train_policy__*"):
+            history = folder / "history.jsonl"
+            if history.exists() and history.read_text().strip():
+                pid = int(folder.name.split("__")[3])
+                assert pid != os.getpid()
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+        time.sleep(0.05)
+
+
+def test_ray_worker_killed_mid_stage_grid_completes(tiny_model, ray_instance, shared_mlflow, isolated_results):
+    spec = _small("ray_kill", 40, (0.1,))
+    spec["baseline"] = False
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_training_worker, args=(isolated_results / "stages", killed, stop))
+    killer.start()
+    try:
+        summary = run_grid(build_grid(spec), backend="ray", echo=lambda _: None,
+                           backend_options={"max_retries": 2})
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == 1, "the training worker was never seen (training finished too fast?)"
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed[0], 0)
+    # Ray retried the task in another worker, which published the stage; the grid finished.
+    assert summary.logged_cells == ["algorithm.beta=0.1"]
+    published = list((isolated_results / "stages" / "train_policy").iterdir())
+    assert len(published) == 1 and (published[0] / "model" / "config.json").exists()
+    metrics, children = mlflow_state("ray_kill")["algorithm.beta=0.1"]
+    assert "smoke_lowercase/clean_success_rate" in metrics and len(children) == 3
+    # The killed attempt's temp folder is left behind (its writer died) and swept by the next run.
+    leftovers = [p for p in (isolated_results / "stages" / ".tmp").iterdir() if f"__{killed[0]}__" in p.name]
+    assert len(leftovers) == 1
+    run_grid(build_grid(spec), backend="ray", echo=lambda _: None)
+    assert not leftovers[0].exists()
+
+
+def test_ray_backend_rejects_bad_resources_and_reports_failed_stage(ray_instance, shared_mlflow, tmp_path):
+    with pytest.raises(ValueError, match="resources: unknown stage kind 'train'"):
+        get_backend("ray", resources={"train": {"num_gpus": 1}})
+    with pytest.raises(ValueError, match=r"resources.train_policy: unknown key\(s\) \['gpus'\]"):
+        get_backend("ray", resources={"train_policy": {"gpus": 1}})
+    # A folder that is not a model passes validation but fails when the worker loads it: the
+    # error comes back to the driver naming the stage, and nothing is published or logged.
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    spec = {"experiment": "ray_fail", "baseline": False,
+            "base": {"model": str(not_a_model), "eval": {"tasks": ["smoke_lowercase"], "limit": 1}}}
+    with pytest.raises(RuntimeError, match=r"1 stage\(s\) failed on Ray; first: evaluate/"):
+        run_grid(build_grid(spec), backend="ray", echo=lambda _: None)
+    assert not list((tmp_path / "results" / "stages").glob("evaluate/*"))
