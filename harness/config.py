@@ -165,6 +165,11 @@ class CellConfig(Strict):
                 f"algorithm {spec.name!r} needs a reward: set `reward_model` (dataset or path) "
                 "or `reward_function`"
             )
+        if spec.needs_reward and self.reward_model is not None and self.reward_function is not None:
+            raise ValueError(
+                f"algorithm {spec.name!r} takes one reward, but both `reward_model` and `reward_function` "
+                "are set: remove one"
+            )
         if spec.data in ("pairs", "unpaired"):
             if self.dataset is None:
                 raise ValueError(f"algorithm {spec.name!r} trains on preference pairs: set `dataset`")

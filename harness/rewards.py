@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from datasets_registry.smoke_lowercase import lowercase_reward
 from harness.registry import Registry
 
 REWARD_FUNCTIONS: Registry[Callable[..., list[float]]] = Registry("reward function")
 REWARD_FUNCTIONS.register("lowercase", lowercase_reward)
+
+
+def _text(completion: Any) -> str:
+    if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
+        return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
+    return str(completion)
+
+
+def gsm8k_reward(completions: Sequence[Any], answer: Sequence[str] | None = None, **_: Any) -> list[float]:
+    """1.0 when the completion's last number equals the gold answer, else 0.0.
+
+    Uses the GSM8K eval's own extraction and comparison (`harness.evaluation.gsm8k.is_correct`), so the
+    training reward and the reported GSM8K accuracy can never disagree on what "correct" means. `answer`
+    is the prompt rows' column (TRL passes dataset columns as keyword arguments): a bare final answer (the
+    `prompts-gsm8k-train` rows) or a full GSM8K solution ending in "#### N".
+    """
+    if answer is None:
+        raise ValueError("reward function 'gsm8k' needs an `answer` column in the prompt rows (the gold number)")
+    from harness.evaluation.gsm8k import is_correct, reference_answer
+
+    out = []
+    for completion, gold in zip(completions, answer, strict=True):
+        reference = reference_answer(gold) if "####" in str(gold) else str(gold).strip()
+        out.append(1.0 if is_correct(_text(completion), reference) else 0.0)
+    return out
+
+
+REWARD_FUNCTIONS.register("gsm8k", gsm8k_reward)

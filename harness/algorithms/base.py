@@ -79,7 +79,15 @@ class AlgorithmSpec:
         try:
             TypeAdapter(self.config_cls).validate_python({k: v for k, v in overrides.items() if k in valid})
         except ValidationError as exc:
-            problems += [(".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()]
+            for e in exc.errors():
+                field = ".".join(map(str, e["loc"]))
+                msg = e["msg"].removeprefix("Value error, ")
+                # A cross-field check in the config's __post_init__ has no loc: attribute it to the field
+                # its message starts with, so grid errors point at `algorithm.<field>`.
+                first = msg.split(" ", 1)[0]
+                if not field and first in valid:
+                    field = first
+                problems.append((field, msg))
         return problems
 
 
@@ -127,6 +135,7 @@ TRL_KEY_MAP = {
     "reward": "train/reward_mean",
     "rewards/mean": "train/reward_mean",
     "completions/mean_length": "train/response_length",
+    "objective/scores": "train/reward_mean",  # Online DPO: mean judge reward of its own samples
     "learning_rate": "train/learning_rate",
     "grad_norm": "train/grad_norm",
 }
@@ -142,14 +151,23 @@ def map_trl_logs(logs: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def history_callback(log: Callable[[dict[str, float], int], None]):
-    """A transformers `TrainerCallback` that forwards TRL's logs, renamed, to `log`."""
+def history_callback(
+    log: Callable[[dict[str, float], int], None], extra: Callable[[], dict[str, float]] | None = None
+):
+    """A transformers `TrainerCallback` that forwards TRL's logs, renamed, to `log`.
+
+    `extra` (optional) returns metrics measured outside the trainer since the last log (e.g. a reward
+    wrapper's sample stats); they fill common names the trainer itself does not log, never override them.
+    """
     from transformers import TrainerCallback
 
     class _Forward(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs:
                 metrics = map_trl_logs(logs)
+                if metrics and extra is not None:
+                    for key, value in extra().items():
+                        metrics.setdefault(key, value)
                 if metrics:
                     log(metrics, state.global_step)
 

@@ -5,6 +5,7 @@ import harness.evaluation.coding  # noqa: F401  (HumanEval+, MBPP+)
 import harness.evaluation.gsm8k  # noqa: F401
 import harness.evaluation.ifeval  # noqa: F401
 import harness.evaluation.mmlu  # noqa: F401
+import harness.evaluation.policy_metrics  # noqa: F401
 from harness.evaluation import smoke_lowercase  # noqa: F401
 from harness.evaluation.base import (
     CATEGORIES,

@@ -1,0 +1,127 @@
+"""Plumbing shared by the TRL-backed algorithms (everything but the loss): CPU/GPU trainer arguments,
+policy loading, dataset conversion, saving and the summary every `train` returns.
+
+Kept out of `base.py` because it imports nothing heavy at module level either, but is specific to TRL.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from harness.algorithms.base import TrainContext
+
+
+def device_kwargs() -> dict[str, Any]:
+    """CPU needs `use_cpu=True` and no bf16 (TRL configs default to bf16); GPUs use bf16 when supported."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return {"use_cpu": not on_gpu, "bf16": bool(on_gpu and torch.cuda.is_bf16_supported())}
+
+
+def common_trainer_kwargs(ctx: TrainContext, cfg: Any) -> dict[str, Any]:
+    """TrainingArguments fields every algorithm sets the same way (fields read off the config dataclass).
+
+    `warmup_steps` takes a float in [0, 1) as a ratio of total steps (transformers 5); `activation_checkpointing`
+    is the non-deprecated name and overrides TRL's `gradient_checkpointing=True` default (slow on CPU).
+    """
+    return {
+        "output_dir": str(ctx.out_dir / "trainer"),
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.num_train_epochs,
+        "max_steps": cfg.max_steps,
+        "warmup_steps": cfg.warmup_ratio,
+        "lr_scheduler_type": cfg.lr_scheduler_type,
+        "per_device_train_batch_size": cfg.per_device_train_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "weight_decay": cfg.weight_decay,
+        "logging_steps": cfg.logging_steps,
+        "activation_checkpointing": cfg.gradient_checkpointing,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": ctx.seed,
+        "data_seed": ctx.seed,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        **device_kwargs(),
+    }
+
+
+def load_policy(ctx: TrainContext):
+    """(model, tokenizer) from the SFT policy folder; fp32 weights (TRL casts for bf16 training on GPU)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ctx.policy_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(ctx.policy_path)
+    return model, tok
+
+
+def require_rows(ctx: TrainContext, keys: tuple[str, ...], algorithm: str) -> None:
+    """Fail with a clear message (not a KeyError deep inside TRL) when rows lack what the algorithm reads."""
+    if not ctx.train_rows:
+        raise ValueError(f"algorithm {algorithm!r}: no training rows")
+    missing = [k for k in keys if k not in ctx.train_rows[0]]
+    if missing:
+        raise ValueError(
+            f"algorithm {algorithm!r} needs rows with {list(keys)}; the first row lacks {missing} "
+            f"(it has {sorted(ctx.train_rows[0])})"
+        )
+
+
+def preference_dataset(rows: list[dict[str, Any]]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+
+
+def unpaired_dataset(rows: list[dict[str, Any]], seed: int):
+    """KTO data from pairs: chosen -> desirable (label True), rejected -> undesirable (label False).
+
+    Shuffled here with the cell seed because TRL's KTO must sample sequentially (its KL term pairs each
+    example with its batch neighbours), so without this every batch would hold both halves of one pair.
+    """
+    from datasets import Dataset
+
+    out = []
+    for r in rows:
+        out.append({"prompt": r["prompt"], "completion": r["chosen"], "label": True})
+        out.append({"prompt": r["prompt"], "completion": r["rejected"], "label": False})
+    random.Random(f"unpair:{seed}").shuffle(out)
+    return Dataset.from_list(out)
+
+
+# Row fields that verifiable reward functions read (TRL passes extra dataset columns as keyword arguments).
+REWARD_COLUMNS = ("answer", "constraint")
+
+
+def prompt_dataset(rows: list[dict[str, Any]]):
+    """Prompt-only data for online algorithms: `prompt` plus the reward-relevant columns all rows share.
+
+    Preference rows are accepted too (their chosen/rejected answers are dropped): the online algorithms
+    sample their own completions.
+    """
+    from datasets import Dataset
+
+    keep = [c for c in REWARD_COLUMNS if all(c in r for r in rows)]
+    return Dataset.from_list([{"prompt": r["prompt"], **{c: r[c] for c in keep}} for r in rows])
+
+
+def train_and_save(trainer: Any, tok: Any, ctx: TrainContext) -> dict[str, float]:
+    """Train (quietly: metrics go to the history, not stdout), save to out_dir/model, return the summary."""
+    from harness.algorithms.dpo import quiet_trainer
+
+    quiet_trainer(trainer)
+    result = trainer.train()
+    trainer.save_model(str(ctx.out_dir / "model"))
+    tok.save_pretrained(str(ctx.out_dir / "model"))
+    runtime = float(result.metrics.get("train_runtime", 0.0))
+    steps = float(result.global_step)
+    return {
+        "train/runtime_seconds": runtime,
+        "train/final_loss": float(result.training_loss),
+        "train/steps": steps,
+        "train/steps_per_second": steps / runtime if runtime > 0 else 0.0,
+    }
