@@ -173,6 +173,7 @@ class ModelBackend:
         self.batch_wait_s = batch_wait_s
         self.max_new_tokens_cap = max_new_tokens_cap
         self._queue: queue.Queue[tuple[Request, dict[str, Any], threading.Event] | None] = queue.Queue()
+        self.batch_sizes: Counter[int] = Counter()  # how many generate() calls ran with each batch size
         self._worker = threading.Thread(target=self._loop, name="judge-model-worker", daemon=True)
         self._worker.start()
 
@@ -225,6 +226,7 @@ class ModelBackend:
                 key = (min(r.max_tokens, self.max_new_tokens_cap), r.temperature, r.top_p, r.seed, r.stop)
                 groups.setdefault(key, []).append(job)
             for key, group in groups.items():
+                self.batch_sizes[len(group)] += 1
                 try:
                     for (_, slot, _), reply in zip(group, self._run(key, [j[0] for j in group])):
                         slot["reply"] = reply
@@ -233,6 +235,9 @@ class ModelBackend:
                         slot["error"] = exc
                 for _, _, done in group:
                     done.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
 
     def _run(self, key: tuple, reqs: list[Request]) -> list[Reply]:
         from harness.generation import SamplingParams, render_prompt
@@ -288,13 +293,17 @@ class ServerState:
     max_concurrent: int = 0
 
     def snapshot(self) -> dict[str, Any]:
+        backend_stats = getattr(self.backend, "stats", None)
         with self.lock:
             return {**dict(self.stats), "in_flight": self.in_flight, "max_concurrent": self.max_concurrent,
-                    "pending_faults": list(self.faults), "model": self.served_model}
+                    "pending_faults": list(self.faults), "model": self.served_model,
+                    **(backend_stats() if backend_stats else {})}
 
     def reset(self) -> None:
         with self.lock:
             self.stats.clear()
+            if hasattr(self.backend, "batch_sizes"):
+                self.backend.batch_sizes.clear()
             self.max_concurrent = self.in_flight
 
 
