@@ -260,7 +260,8 @@ for task_id, code in job["candidates"]:
         expected, times = trusted_exec(row["prompt"] + row["canonical_solution"], copy.deepcopy(inputs),
                                        row["entry_point"], record_time=True, output_not_none=not_none)
         stat, _ = untrusted_check(dataset, code, inputs, row["entry_point"], expected, row["atol"], times,
-                                  fast_check=True)
+                                  fast_check=True, min_time_limit=job["min_time_limit"],
+                                  gt_time_limit_factor=job["gt_time_limit_factor"])
         stats.append(stat)
     verdicts.append(stats)
 json.dump(verdicts, sys.stdout)
@@ -274,7 +275,10 @@ def test_verdicts_equal_evalplus_0_2_1(shared_data, humaneval, mbpp, our_verdict
     with open(shared_data / "benchmarks/mbppplus/MbppPlus.jsonl") as fh:
         rows.update({r["task_id"]: r for r in map(json.loads, fh)})
     problems = {**humaneval, **mbpp}
+    config = CodingConfig()
     job = {
+        "min_time_limit": config.min_time_limit,  # the same EvalPlus flags as ours (see CodingConfig)
+        "gt_time_limit_factor": config.gt_time_limit_factor,
         "rows": {t: rows[t] for t, _, _ in CANDIDATES},
         "candidates": [(t, _program(problems, t, prog)) for t, prog, _ in CANDIDATES],
     }

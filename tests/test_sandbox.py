@@ -274,3 +274,12 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
     except OSError:
         return "X"
+
+
+def test_a_runner_that_cannot_set_up_raises_instead_of_failing_the_code():
+    # An impossible limit makes the runner's setup fail: that must surface as an error, never as a
+    # "failed" verdict that would silently turn into a pass rate of 0.
+    from harness.evaluation.sandbox import SandboxSetupError
+
+    with pytest.raises(SandboxSetupError, match="setup failed"):
+        run_program("x = 1", limits=SandboxLimits(open_files=-5))

@@ -35,8 +35,8 @@ it actually applied (`SandboxResult.applied`), so a run never claims a guarantee
    can bypass it); it turns the common cases into a clean, immediate failure.
 
 Not used: cgroups. This project's machines put the harness inside an infrastructure memory cgroup that
-we must not reorganise, so the aggregate memory bound is `max_processes x memory_bytes` (rlimits),
-not a cgroup limit. A world-writable /tmp is reachable only through the guard (5), not by permissions.
+we must not reorganise, so the aggregate memory bound of one run is `max_processes x memory_bytes`
+(rlimits; 2 x 4 GiB for the coding tasks), not a cgroup limit. A world-writable /tmp is reachable only through the guard (5), not by permissions.
 
 Kill: after the wall limit, or as soon as the runner exits, the parent SIGKILLs the process group and
 then (layer 3) every process owned by the run's uid, until none is left.
@@ -77,8 +77,8 @@ class SandboxLimits:
 
     wall_seconds: float = 10.0  # enforced by the parent; the whole process tree is killed after it
     cpu_seconds: int = 10  # RLIMIT_CPU: SIGXCPU then SIGKILL
-    memory_bytes: int = 2 * GiB  # RLIMIT_AS; evalplus uses 4 GiB, this machine is shared by two workers
-    max_processes: int = 4  # tasks (processes + threads) the run may have at once, itself included
+    memory_bytes: int = 2 * GiB  # RLIMIT_AS
+    max_processes: int = 2  # tasks (processes + threads) the run may have at once, itself included
     file_size_bytes: int = 16 * MiB  # RLIMIT_FSIZE: writes past it fail with EFBIG
     open_files: int = 256  # RLIMIT_NOFILE
 
@@ -92,6 +92,10 @@ class SandboxLayers:
     python_guard: bool = True
 
 
+class SandboxSetupError(RuntimeError):
+    """The runner could not set itself up: no verdict can be trusted, so none is returned."""
+
+
 @dataclass
 class SandboxResult:
     status: str  # "ok": the runner finished; "timeout": wall limit hit; "crashed": it died before finishing
@@ -100,7 +104,7 @@ class SandboxResult:
     wall_seconds: float
     output_tail: str  # last bytes of the run's stdout+stderr (the guard swallows the code's own prints)
     applied: dict[str, Any] = field(default_factory=dict)  # layers the runner actually applied
-    survivors_killed: int = 0  # processes still alive after the runner ended, killed by the parent
+    survivors_killed: int = 0  # SIGKILLs the parent sent to processes left after the runner ended
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,7 +157,8 @@ def _kill_run(pgid: int, uid: int | None, deadline_s: float = 5.0) -> int:
     """SIGKILL the run's process group, its session, and (dedicated uid) every process of that uid.
 
     Repeats until a scan finds none alive: a fork bomb can only replace a killed process while one of
-    its members still runs, and RLIMIT_NPROC caps how many there are. Returns how many were killed.
+    its members still runs, and RLIMIT_NPROC caps how many there are. Returns how many SIGKILLs were
+    sent after the group kill (a slow-dying process may be counted in two passes).
     """
     killed = 0
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -259,6 +264,8 @@ def run_sandboxed(
             fh.seek(max(0, log_path.stat().st_size - 4000))
             tail = fh.read().decode("utf-8", "replace")
         parsed = _read_result(result_path, nonce, trusted_pickle_result)
+        if parsed is not None and "setup_error" in parsed:
+            raise SandboxSetupError(f"sandbox runner setup failed: {parsed['setup_error']}")
         applied = parsed.pop("applied", {}) if parsed is not None else {}
         complete = bool(parsed is not None and parsed.pop("complete", False))
         status = "ok" if complete else "timeout" if timed_out else "crashed"
@@ -649,17 +656,24 @@ def _child_main() -> None:
         ftruncate(result_fd, 0)
         write(result_fd, data)
 
-    if layers["network_namespace"]:
-        applied["network"] = _enter_network_namespace(as_root=os.geteuid() == 0)
-    applied["rlimits"] = _set_rlimits(control["limits"], control["nproc"])
-    if uid is not None:
-        applied["identity"] = _drop_privileges(uid)
-    elif layers["drop_privileges"]:
-        applied["identity"] = f"unavailable (not root; shares uid {os.getuid()})"
-    # If the harness dies, so does the runner (set after the uid change, which clears it). Processes the
-    # code forks do not inherit this; RLIMIT_CPU still ends them.
-    _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != control["parent_pid"]:
+    try:
+        if layers["network_namespace"]:
+            applied["network"] = _enter_network_namespace(as_root=os.geteuid() == 0)
+        applied["rlimits"] = _set_rlimits(control["limits"], control["nproc"])
+        if uid is not None:
+            try:
+                applied["identity"] = _drop_privileges(uid)
+            except OSError as e:  # e.g. a root without CAP_SETUID: carry on, reporting the missing layer
+                applied["identity"] = f"unavailable ({e})"
+        elif layers["drop_privileges"]:
+            applied["identity"] = f"unavailable (not root; shares uid {os.getuid()})"
+        # If the harness dies, so does the runner (set after the uid change, which clears it). Processes
+        # the code forks do not inherit this; RLIMIT_CPU still ends them.
+        _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != control["parent_pid"]:
+            os._exit(1)
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises SandboxSetupError
+        flush({"setup_error": f"{type(e).__name__}: {e}"}, complete=True)
         os._exit(1)
 
     if mode == "oracle":  # trusted dataset code: no guard, errors are reported, not verdicts
