@@ -58,6 +58,7 @@ class RewardModelConfig:
     gradient_checkpointing: bool = False  # off: on CPU it costs time and the small models fit
     eval_batch_size: int = 16
     logging_steps: int = 1
+    heldout_fraction: float = 0.1  # share of the RM's pairs kept out of training for its accuracy
 
     def __post_init__(self) -> None:
         problems = []
@@ -75,6 +76,8 @@ class RewardModelConfig:
             problems.append(f"max_length must be >= 8 tokens, got {self.max_length}")
         if self.overlong not in ("truncate_left", "drop"):
             problems.append(f"overlong must be 'truncate_left' or 'drop', got {self.overlong!r}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            problems.append(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
             problems.append("set num_train_epochs > 0 or max_steps > 0")
         if problems:

@@ -120,3 +120,40 @@ def test_ppo_rejects_bad_inputs_before_compute(tiny_model: str, tmp_path: Path):
     too_short = PPOConfig(value_init="policy", max_prompt_length=2)
     with pytest.raises(ValueError, match="longer than max_prompt_length"):
         _run(tiny_model, tmp_path, too_short, reward_function=fn)
+
+
+def test_trimmed_minibatch_gives_the_same_logprobs_and_values(tiny_model: str):
+    """Left-padding columns are dropped per minibatch; positions come from the attention mask, so the
+    numbers must not change."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from harness.algorithms.ppo import (
+        gather_logprobs,
+        pack_rollouts,
+        response_logits,
+        response_tokens,
+        response_values,
+    )
+    from harness.generation import HFGenerator, SamplingParams
+    from harness.models import load_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(tiny_model)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    value = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).eval()
+    prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "The quick brown fox jumps over"}]]
+    samples = [s for row in HFGenerator(policy, tok).generate_samples(
+        prompts, SamplingParams(max_new_tokens=6, temperature=0.7)) for s in row]
+    batch = pack_rollouts(samples, prompts, tok.pad_token_id)
+    idx = torch.tensor([0])  # the short prompt: its minibatch drops the long prompt's padding
+    mb_full, mb_trim = batch.select(idx, trim=False), batch.select(idx)
+    assert mb_trim.input_ids.shape[1] < mb_full.input_ids.shape[1]
+    width, mask = mb_trim.response_mask.shape[1], mb_trim.response_mask
+    with torch.no_grad():
+        lp_full = gather_logprobs(response_logits(policy, mb_full, 0.7), response_tokens(mb_full))[:, :width]
+        lp_trim = gather_logprobs(response_logits(policy, mb_trim, 0.7), response_tokens(mb_trim))
+        v_full = response_values(value, mb_full)[:, :width]
+        v_trim = response_values(value, mb_trim)
+    assert torch.allclose(lp_full * mask, lp_trim * mask, atol=1e-5)
+    assert torch.allclose(v_full * mask, v_trim * mask, atol=1e-5)

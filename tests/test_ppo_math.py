@@ -208,3 +208,26 @@ def test_registered_spec_checks_grid_fields():
     assert "kl_coeff" in fields and "minibatch_size" in fields
     cfg = spec.make_config({"prompt_batch_size": 8, "minibatch_size": 4, "gradient_accumulation_steps": 2})
     assert cfg.prompt_batch_size == 8
+
+
+def test_select_trims_all_padding_columns_and_store_gather_round_trip():
+    from harness.algorithms.ppo import _gather, _store
+
+    samples = [
+        SimpleNamespace(prompt_ids=[5, 6, 7, 8], completion_ids=[9, 2], finished=True, text="a"),
+        SimpleNamespace(prompt_ids=[1, 2], completion_ids=[3], finished=True, text="b"),
+        SimpleNamespace(prompt_ids=[4], completion_ids=[10, 11, 12, 13], finished=False, text="c"),
+    ]
+    batch = pack_rollouts(samples, [[{"role": "user", "content": "x"}]] * 3, pad_id=0)
+    mb = batch.select(torch.tensor([1, 2]))
+    # rows 1 and 2: prompts of 2 and 1 tokens, responses of 1 and 4 tokens
+    assert mb.prompt_width == 2 and mb.input_ids.tolist() == [[1, 2, 3, 0, 0, 0], [0, 4, 10, 11, 12, 13]]
+    assert mb.response_mask.tolist() == [[1, 0, 0, 0], [1, 1, 1, 1]]
+    full = batch.select(torch.tensor([1, 2]), trim=False)
+    assert full.input_ids.shape == (2, batch.input_ids.shape[1])
+    stats: dict = {}
+    per_token = torch.arange(12, dtype=torch.float32).reshape(3, 4) * batch.response_mask
+    _store(stats, torch.arange(3), {"adv": per_token, "kl_seq": torch.tensor([1.0, 2.0, 3.0])}, batch.response_mask)
+    got = _gather(stats, torch.tensor([2, 0]), width=4)
+    assert got["adv"].tolist() == [[8.0, 9.0, 10.0, 11.0], [0.0, 1.0, 0.0, 0.0]]
+    assert got["kl_seq"].tolist() == [3.0, 1.0]

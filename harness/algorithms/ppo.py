@@ -285,10 +285,19 @@ class Rollouts:
     prompts: list[Messages]
     texts: list[str]
 
-    def select(self, idx: torch.Tensor) -> Rollouts:
+    def select(self, idx: torch.Tensor, trim: bool = True) -> Rollouts:
+        """Rows `idx`; with `trim`, without the columns that are padding in all of them (a minibatch is
+        usually narrower than its batch: less compute, same numbers)."""
         keep = idx.tolist()
-        return Rollouts(self.input_ids[idx], self.attention_mask[idx], self.response_mask[idx], self.prompt_width,
-                        self.finished[idx], [self.prompts[i] for i in keep], [self.texts[i] for i in keep])
+        attention, response_mask = self.attention_mask[idx], self.response_mask[idx]
+        first, width_r = 0, response_mask.shape[1]
+        if trim:
+            first = int(attention[:, : self.prompt_width].any(dim=0).float().argmax())  # first real prompt column
+            width_r = max(int(response_mask.sum(dim=1).max()), 1)
+        cols = slice(first, self.prompt_width + width_r)
+        return Rollouts(self.input_ids[idx][:, cols], attention[:, cols], response_mask[:, :width_r],
+                        self.prompt_width - first, self.finished[idx], [self.prompts[i] for i in keep],
+                        [self.texts[i] for i in keep])
 
 
 def pack_rollouts(samples: Sequence[Any], prompts: Sequence[Messages], pad_id: int) -> Rollouts:
@@ -505,19 +514,17 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         """Given pi_old log-probs and V_old values of a (mini)batch: reference log-probs, Eq. 4 token
         rewards, GAE advantages and returns, whitened as configured."""
         mask = batch.response_mask
-        with torch.no_grad(), autocast():
-            ref_logits = response_logits(reference, batch, tau)
-            ref_logprobs = gather_logprobs(ref_logits, response_tokens(batch)) * mask
-        del ref_logits
-        rewards, kl = token_rewards(batch_scores, logprobs, ref_logprobs, mask, kl_ctl.value, cfg.kl_clamp)
+        with torch.no_grad(), autocast():  # in chunks of b: full-vocabulary logits of a whole batch are large
+            ref_logprobs = torch.cat([gather_logprobs(response_logits(reference, mb, tau), response_tokens(mb))
+                                      for mb in _chunks(batch, cfg.minibatch_size)]) * mask
+        rewards, _ = token_rewards(batch_scores, logprobs, ref_logprobs, mask, kl_ctl.value, cfg.kl_clamp)
         if cfg.reward_whitening:
             rewards = whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
         if cfg.advantage_whitening:
             advantages = whiten(advantages, mask, shift_mean=True)
         return {"old_logprobs": logprobs * mask, "old_values": values * mask, "advantages": advantages,
-                "returns": returns, "rewards": rewards, "kl_seq": ((logprobs - ref_logprobs) * mask).sum(1),
-                "kl_used": kl}
+                "returns": returns, "rewards": rewards, "kl_seq": ((logprobs - ref_logprobs) * mask).sum(1)}
 
     for update in range(1, num_updates + 1):
         # ---- 1. Rollout: r samples per prompt from the current policy at temperature tau. ----
@@ -557,12 +564,12 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
                 logprobs = torch.cat([gather_logprobs(response_logits(policy, mb, tau), response_tokens(mb))
                                       for mb in _chunks(rollouts, cfg.minibatch_size)])
                 values = torch.cat([response_values(value_model, mb) for mb in _chunks(rollouts, cfg.minibatch_size)])
-            full = rollout_stats(rollouts, scores, logprobs, values)
-            for i in range(len(flat)):
-                stats_by_index[i] = {k: v[i] for k, v in full.items()}
+            _store(stats_by_index, torch.arange(len(flat)), rollout_stats(rollouts, scores, logprobs, values),
+                   rollouts.response_mask)
 
         # ---- 4. PPO updates: e inner epochs over b-sized minibatches, stepping every g of them. ----
         acc: dict[str, list[float]] = {}
+        lr_used = scheduler.get_last_lr()[0]
         t1 = time.perf_counter()
         g = torch.Generator().manual_seed(ctx.seed * 7919 + update)
         for _inner_epoch in range(cfg.inner_epochs):
@@ -581,10 +588,9 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
                 if any(i not in stats_by_index for i in idx.tolist()):
                     # App. G: forward passes at minibatch level. pi_old and V_old are the *current* models
                     # (this very forward pass, detached), so log-probs and values are never stale.
-                    mb_stats = rollout_stats(mb, scores[idx], new_logprobs.detach(), new_values.detach())
-                    for j, i in enumerate(idx.tolist()):
-                        stats_by_index[i] = {key: v[j] for key, v in mb_stats.items()}
-                st = {key: torch.stack([stats_by_index[i][key] for i in idx.tolist()]) for key in stats_by_index[int(idx[0])]}
+                    _store(stats_by_index, idx, rollout_stats(mb, scores[idx], new_logprobs.detach(),
+                                                              new_values.detach()), mask)
+                st = _gather(stats_by_index, idx, width=mask.shape[1])
                 pg_loss, pg_stats = policy_loss(new_logprobs, st["old_logprobs"], st["advantages"], mask, cfg.cliprange)
                 vf_loss, vf_stats = value_loss(new_values, st["old_values"], st["returns"], mask, cfg.cliprange_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss  # L_PPO = L_pi + alpha * L_V
@@ -620,7 +626,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
             "train/kl_coef": float(kl_ctl.value),
             "train/response_length": float(lengths.mean()),
             "train/truncated_frac": float((~rollouts.finished).float().mean()),
-            "train/learning_rate": float(scheduler.get_last_lr()[0]),
+            "train/learning_rate": float(lr_used),  # at the update's first optimizer step
             "train/episodes": float(update * n_rollouts),
             "train/optimizer_steps": float(global_optimizer_step),
             "train/rollout_seconds": t_rollout,
@@ -719,6 +725,26 @@ def evaluate_policy_reward(
     return metrics, rows
 
 
+def _store(stats: dict[int, dict[str, torch.Tensor]], idx: torch.Tensor, batch_stats: dict[str, torch.Tensor],
+           mask: torch.Tensor) -> None:
+    """Keep each rollout's per-token stats at its own length, so any later minibatch can regroup them."""
+    lengths = mask.sum(dim=1).long().tolist()
+    for j, i in enumerate(idx.tolist()):
+        stats[i] = {key: (v[j, : lengths[j]] if v.dim() == 2 else v[j]) for key, v in batch_stats.items()}
+
+
+def _gather(stats: dict[int, dict[str, torch.Tensor]], idx: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
+    """Stack the stored stats of rows `idx`, right-padding per-token ones with zeros to `width`."""
+    rows = [stats[i] for i in idx.tolist()]
+    out = {}
+    for key, first in rows[0].items():
+        if first.dim() == 0:
+            out[key] = torch.stack([r[key] for r in rows])
+        else:
+            out[key] = torch.stack([F.pad(r[key], (0, width - r[key].shape[0])) for r in rows])
+    return out
+
+
 def _append(acc: dict[str, list[float]], **values: float) -> None:
     for key, value in values.items():
         acc.setdefault(key, []).append(value)
@@ -732,7 +758,8 @@ def _to_device(batch: Rollouts, device: str) -> Rollouts:
 def _chunks(batch: Rollouts, size: int) -> Iterator[Rollouts]:
     n = batch.input_ids.shape[0]
     for start in range(0, n, size):
-        yield batch.select(torch.arange(start, min(start + size, n), device=batch.input_ids.device))
+        # untrimmed: chunk outputs are concatenated back to the batch's width
+        yield batch.select(torch.arange(start, min(start + size, n), device=batch.input_ids.device), trim=False)
 
 
 register(AlgorithmSpec(
