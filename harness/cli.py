@@ -18,6 +18,7 @@ from pathlib import Path
 # Modules that add sub-commands: each exposes add_commands(subparsers).
 CLI_MODULES: list[str] = [
     "datasets_registry.cli",
+    "harness.evaluation.cli",  # harness eval
     "harness.judge.cli",  # harness judge, harness serve-judge
 ]
 

@@ -183,22 +183,30 @@ def continuation_logprobs(
     try:
         for start in range(0, len(forwards), batch_size):
             batch = forwards[start:start + batch_size]
-            width = max(len(ids[-max_length:]) for ids, _ in batch)
+            # Left padding: every row's needed logits are its last positions, so only the last `keep`
+            # positions go through the LM head (a [batch, seq, vocab] tensor would cost gigabytes).
+            rows = [ids[-max_length:] for ids, _ in batch]
+            width = max(len(ids) for ids in rows)
+            keep = max(len(ids) - pos for (ids, targets) in batch for _, pos, _ in targets)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            offsets = []
-            for row, (ids, _) in enumerate(batch):
-                ids = ids[-max_length:]
-                offsets.append(len(batch[row][0]) - len(ids))
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                mask[row, : len(ids)] = 1
+            for row, ids in enumerate(rows):
+                input_ids[row, width - len(ids):] = torch.tensor(ids)
+                mask[row, width - len(ids):] = 1
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # real tokens at 0..n-1, as unpadded
+            inputs = dict(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                          position_ids=positions.to(device))
             with torch.no_grad():
-                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+                try:
+                    logits = model(**inputs, logits_to_keep=keep).logits
+                except TypeError:  # architectures without `logits_to_keep`
+                    logits = model(**inputs).logits[:, -keep:]
             logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for row, (_, targets) in enumerate(batch):
+            for row, (ids, targets) in enumerate(batch):
                 for i, pos, cont in targets:
-                    pos -= offsets[row]
-                    span = logprobs[row, pos: pos + len(cont)]
+                    # `pos` indexes the untruncated row; count it from the end instead.
+                    from_end = len(ids) - pos
+                    span = logprobs[row, keep - from_end: keep - from_end + len(cont)]
                     cont_t = torch.tensor(cont)
                     total = float(span.gather(1, cont_t[:, None]).sum())
                     greedy = bool((span.argmax(dim=-1) == cont_t).all())

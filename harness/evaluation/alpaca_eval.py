@@ -1,0 +1,105 @@
+"""AlpacaEval 1 and 2 (instruction following): 805 instructions judged against reference outputs.
+
+- AlpacaEval 1: win rate against text-davinci-003's outputs, AlpacaEval's `alpaca_eval_gpt4` annotator.
+- AlpacaEval 2: length-controlled win rate against gpt-4-1106-preview (GPT-4 turbo) outputs,
+  AlpacaEval's `weighted_alpaca_eval_gpt4_turbo` annotator.
+The judging, the annotator prompts (read from the installed `alpaca_eval` package) and the
+length-controlled GLM are the judge module's (`harness.judge.alpaca.evaluate_alpaca_eval`); this
+module generates the model's outputs and turns the result into a task.
+
+Generation (App. D): each instruction as one user turn in the chat template, greedy, up to 8192 new
+tokens, no stop sequence. AlpacaEval 1 and 2 use the same 805 instructions, so the outputs are
+generated once per evaluation and reused by both tasks (also saved as
+`<out_dir>/alpaca_eval.outputs.jsonl`, which a later run with the same model and limit reuses).
+
+Without a judge (`ctx.judge` unset) both tasks are skipped before generating (there is no offline
+substitute for a pairwise GPT-4 preference). A judge failure skips the task with the error; nothing is
+invented.
+
+Scores for the category average (0-100): AlpacaEval 1 `alpaca_eval1/win_rate` (ties count half),
+AlpacaEval 2 `alpaca_eval2/lc_win_rate`, as in the paper's tables.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
+from harness.evaluation.common import skipped
+from harness.generation import SamplingParams
+
+MAX_NEW_TOKENS = 8192
+OUTPUTS_FILE = "alpaca_eval.outputs.jsonl"
+
+
+def _outputs_key(ctx: EvalContext, max_new_tokens: int) -> dict[str, Any]:
+    return {"model_path": ctx.model_path, "limit": ctx.limit, "seed": ctx.seed, "max_new_tokens": max_new_tokens}
+
+
+def generate_outputs(ctx: EvalContext, instructions: list[str], max_new_tokens: int) -> list[str]:
+    """The model's outputs for the AlpacaEval instructions, generated once per (model, limit, seed)."""
+    path = ctx.out_dir / OUTPUTS_FILE
+    key = _outputs_key(ctx, max_new_tokens)
+    if path.exists():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if (len(rows) == len(instructions) and all(r.get("key") == key for r in rows)
+                and [r["instruction"] for r in rows] == instructions):
+            return [r["output"] for r in rows]
+    prompts = [[{"role": "user", "content": ins}] for ins in instructions]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=ctx.seed)
+    outputs = [o[0] for o in ctx.generator.generate(prompts, params)]
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for ins, out in zip(instructions, outputs):
+            fh.write(json.dumps({"key": key, "instruction": ins, "output": out}, ensure_ascii=False) + "\n")
+    return outputs
+
+
+def run_version(ctx: EvalContext, version: int, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
+    from harness.judge import JudgeError, judge_client_from_settings
+    from harness.judge.alpaca import evaluate_alpaca_eval, load_instruction_difficulty, load_reference
+
+    task = f"alpaca_eval{version}"
+    try:
+        instructions, references = load_reference(version, ctx.limit)  # type: ignore[arg-type]
+    except FileNotFoundError as err:
+        return skipped(task, str(err))
+    try:
+        judge = judge_client_from_settings(ctx.judge)
+    except ValueError as err:
+        return skipped(task, f"judge settings invalid: {err}")
+    if judge is None:
+        return skipped(task, "needs an LLM judge (set judge settings: model, base_url); no offline "
+                             "substitute for AlpacaEval's pairwise preference")
+    outputs = generate_outputs(ctx, instructions, max_new_tokens)
+    difficulty = load_instruction_difficulty(len(instructions)) if version == 2 else None
+    try:
+        result = evaluate_alpaca_eval(judge, instructions, outputs, references, version=version,  # type: ignore[arg-type]
+                                      seed=ctx.seed, instruction_difficulty=difficulty)
+    except JudgeError as err:
+        samples = [{"instruction": i, "output": o} for i, o in zip(instructions, outputs)]
+        return TaskResult({}, None, samples, skipped_reason=f"{task}: judge calls failed ({err}); outputs saved")
+    metrics = result.metrics(task)
+    score = result.win_rate if version == 1 else result.lc_win_rate
+    reason = None
+    if score is None or score != score:  # NaN: no valid annotation; LC needs > 2 valid ones
+        score, reason = None, f"{task}: too few valid judge annotations ({result.n}) for a win rate"
+    samples = [{**a, "judge_template": result.template_source} for a in result.annotations]
+    return TaskResult(metrics, score, samples, skipped_reason=reason)
+
+
+register_task(TaskSpec(
+    name="alpaca_eval1",
+    category="instruction_following",
+    run=lambda ctx: run_version(ctx, 1),
+    description="AlpacaEval 1: 805 instructions vs text-davinci-003, alpaca_eval_gpt4 annotator via the judge.",
+    score_rule="win rate % against text-davinci-003 (ties count half)",
+))
+register_task(TaskSpec(
+    name="alpaca_eval2",
+    category="instruction_following",
+    run=lambda ctx: run_version(ctx, 2),
+    description="AlpacaEval 2: 805 instructions vs GPT-4 turbo, weighted gpt4_turbo annotator, length-controlled.",
+    score_rule="length-controlled win rate % against gpt-4-1106-preview",
+))

@@ -1,0 +1,174 @@
+"""`harness eval`: run a suite (or chosen tasks) on a model and log everything to MLflow.
+
+    harness eval --model smollm2-135m-instruct --suite paper11 --limit 20
+    harness eval --model results/stages/.../model --tasks gsm8k ifeval --out /tmp/eval
+    harness eval --model <mlflow run id> --suite paper11 --judge-model gpt-4o --judge-base-url URL
+
+`--model` is a zoo name, a model folder, a hub id, or an MLflow run id whose run carries the
+trained model's folder (tag `harness.model_path` on a stage run, `harness.policy_path` on a cell).
+Writes `<out>/<task>.samples.jsonl` (every generation, so any metric can be recomputed),
+`<out>/results.json`, `<out>/table.txt`; prints the per-benchmark, per-category and overall table;
+logs params, metrics (including `*_with_offline_fallbacks`) and the output folder as artifacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_MLFLOW_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def mlflow_metric_name(name: str) -> str:
+    """MLflow accepts only alphanumerics, _ - . space : / in metric names ("pass@10" -> "pass_at_10")."""
+    return _MLFLOW_BAD.sub("_", name.replace("@", "_at_"))
+
+
+def resolve_eval_model(name: str) -> str:
+    """A loadable model path/id for `name` (zoo name, folder, hub id, or MLflow run id)."""
+    from harness.models import is_known_model, resolve_model
+
+    if _RUN_ID.match(name) and not Path(name).exists():
+        from harness import tracking
+
+        run = tracking.client().get_run(name)
+        tags = run.data.tags
+        for tag in ("harness.model_path", "harness.policy_path"):
+            if tags.get(tag):
+                return resolve_model(tags[tag])
+        raise ValueError(f"MLflow run {name} has no harness.model_path / harness.policy_path tag")
+    if not is_known_model(name):
+        raise ValueError(f"--model {name!r}: not a zoo name, a folder, a hub id or an MLflow run id")
+    return resolve_model(name)
+
+
+@contextlib.contextmanager
+def _progress(task_names: list[str]):
+    """Print each task's start and end to stderr while `run_tasks` runs them (evaluations can take
+    hours on a CPU); the registry entries are restored afterwards."""
+    from harness.evaluation import TASKS
+
+    originals = {}
+    for i, name in enumerate(task_names, 1):
+        spec = TASKS.get(name)
+        if name in originals:
+            continue
+        originals[name] = spec.run
+
+        def wrapped(ctx, _run=spec.run, _name=name, _i=i):
+            print(f"[{time.strftime('%H:%M:%S')}] ({_i}/{len(task_names)}) {_name} ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            result = _run(ctx)
+            status = f"score {result.score:.1f}" if result.score is not None else f"skipped: {result.skipped_reason}"
+            print(f"[{time.strftime('%H:%M:%S')}]   {_name}: {status} ({time.perf_counter() - start:.0f} s)",
+                  file=sys.stderr, flush=True)
+            return result
+
+        spec.run = wrapped
+    try:
+        yield
+    finally:
+        for name, run in originals.items():
+            TASKS.get(name).run = run
+
+
+def _judge_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    if not args.judge_model:
+        return None
+    return {"model": args.judge_model, "base_url": args.judge_base_url, "api_key_env": args.judge_api_key_env}
+
+
+def _log_mlflow(args: argparse.Namespace, model_path: str, tasks: list[str], metrics: dict[str, float],
+                out: Path) -> str | None:
+    import mlflow
+
+    from harness import tracking
+
+    experiment_id = tracking.setup_experiment(args.experiment)
+    finite = {mlflow_metric_name(k): float(v) for k, v in metrics.items()
+              if isinstance(v, (int, float)) and not math.isnan(v)}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval {Path(args.model).name}") as run:
+        mlflow.set_tags({"harness.run_type": "eval", "harness.model_path": model_path,
+                         "harness.git_sha": tracking.git_sha()})
+        mlflow.log_params({"model": args.model, "model_path": model_path, "suite": args.suite or "",
+                           "tasks": ",".join(tasks), "limit": str(args.limit), "seed": str(args.seed),
+                           "batch_size": str(args.batch_size), "judge_model": args.judge_model or ""})
+        tracking.log_metrics(run.info.run_id, finite)
+        mlflow.log_artifacts(str(out), artifact_path="eval")
+        return run.info.run_id
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.evaluation import SUITES, TASKS, EvalContext, run_tasks
+    from harness.evaluation.paper_suite import format_table, with_fallbacks
+    from harness.paths import results_dir
+
+    tasks: list[str] = []
+    if args.suite:
+        if args.suite not in SUITES:
+            print(f"error: unknown suite {args.suite!r}; suites: {', '.join(sorted(SUITES))}", file=sys.stderr)
+            return 2
+        tasks += SUITES[args.suite]
+    for name in args.tasks or []:
+        if name not in tasks:
+            tasks.append(name)
+    if not tasks:
+        print("error: give --suite and/or --tasks", file=sys.stderr)
+        return 2
+    unknown = [t for t in tasks if t not in TASKS.names()]
+    if unknown:
+        print(f"error: unknown task(s) {unknown}; tasks: {', '.join(TASKS.names())}", file=sys.stderr)
+        return 2
+    try:
+        model_path = resolve_eval_model(args.model)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.model).name)
+    out = Path(args.out) if args.out else results_dir() / "eval" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+    ctx = EvalContext(model_path=model_path, out_dir=out, limit=args.limit, seed=args.seed,
+                      batch_size=args.batch_size, judge=_judge_settings(args))
+    start = time.perf_counter()
+    with _progress(tasks):
+        metrics = run_tasks(ctx, tasks)
+    metrics.update(with_fallbacks(metrics, tasks))
+    metrics["eval/wall_seconds"] = time.perf_counter() - start
+    skipped = json.loads((out / "results.json").read_text()).get("skipped", {})
+    (out / "results.json").write_text(json.dumps({"metrics": metrics, "skipped": skipped, "tasks": tasks,
+                                                  "model": args.model, "model_path": model_path,
+                                                  "limit": args.limit}, indent=2, default=float))
+    table = format_table(metrics, skipped, tasks)
+    table += f"\nwall time: {metrics['eval/wall_seconds']:.0f} s; outputs in {out}"
+    (out / "table.txt").write_text(table + "\n")
+    print(table)
+    if not args.no_mlflow:
+        run_id = _log_mlflow(args, model_path, tasks, metrics, out)
+        print(f"MLflow run {run_id} (experiment {args.experiment!r})")
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a model on a suite / tasks (paper11: the paper's 11)")
+    p.add_argument("--model", required=True, help="zoo name, model folder, hub id or MLflow run id")
+    p.add_argument("--suite", help="e.g. paper11")
+    p.add_argument("--tasks", nargs="*", help="task names (added to the suite's)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="examples per benchmark (spread over sub-tasks/groups; see each task's docs)")
+    p.add_argument("--out", help="output folder (default results/eval/<model>-<time>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--experiment", default="eval", help="MLflow experiment name")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--judge-model", help="judge model name at an OpenAI-compatible endpoint")
+    p.add_argument("--judge-base-url", help="judge endpoint, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the judge API key")
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,91 @@
+"""The paper11 suite (membership, categories, fallback aggregation, table) and `harness eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.evaluation import CATEGORIES, SUITES, TASKS
+from harness.evaluation.paper_suite import PAPER11_CATEGORIES, format_table, with_fallbacks
+
+
+def test_paper11_membership_and_categories():
+    assert len(SUITES["paper11"]) == 11
+    assert set(SUITES["paper11"]) == {"mmlu", "gsm8k", "bbh", "truthfulqa", "humaneval_plus", "mbpp_plus",
+                                      "toxigen", "xstest", "alpaca_eval1", "alpaca_eval2", "ifeval"}
+    for name in SUITES["paper11"]:
+        assert TASKS.get(name).category == PAPER11_CATEGORIES[name]
+        assert TASKS.get(name).score_rule
+    assert {PAPER11_CATEGORIES[n] for n in SUITES["paper11"]} == set(CATEGORIES)
+
+
+def test_fallbacks_never_enter_the_paper_average():
+    tasks = SUITES["paper11"]
+    metrics = {f"{t}/score": 50.0 for t in tasks if t not in ("truthfulqa", "xstest", "toxigen")}
+    metrics["truthfulqa/offline_fallback_score"] = 30.0
+    metrics["xstest/offline_fallback_score"] = 70.0
+    fb = with_fallbacks(metrics, tasks)
+    assert fb["category_with_offline_fallbacks/truthfulness"] == 30.0
+    assert fb["category_with_offline_fallbacks/safety"] == 70.0  # toxigen has neither score nor fallback
+    assert fb["overall_with_offline_fallbacks"] == pytest.approx((50 * 4 + 30 + 70) / 6)
+    assert not any(k.startswith("category/") or k == "overall" for k in fb)
+    table = format_table({**metrics, **fb}, {"toxigen": "toxigen: no classifier"}, tasks)
+    assert "toxigen: no classifier" in table and "without a score: factuality" in table
+
+
+def test_run_tasks_category_and_overall(tmp_path: Path):
+    """run_tasks (base) on tasks whose results are fixed: category means and overall."""
+    from harness.evaluation import EvalContext, TaskResult, TaskSpec, register_task, run_tasks
+
+    values = {"factuality": [40.0], "reasoning": [20.0, 60.0], "truthfulness": [50.0], "coding": [10.0, 30.0],
+              "safety": [90.0, 70.0], "instruction_following": [30.0, 40.0, 50.0]}
+    names = []
+    for cat, scores in values.items():
+        for i, s in enumerate(scores):
+            name = f"_fixed_{cat}_{i}"
+            if name not in TASKS.names():
+                register_task(TaskSpec(name=name, category=cat,
+                                       run=lambda ctx, s=s: TaskResult({}, s, [{"x": 1}])))
+            names.append(name)
+    metrics = run_tasks(EvalContext(model_path="unused", out_dir=tmp_path), names)
+    assert metrics["category/reasoning"] == 40.0 and metrics["category/safety"] == 80.0
+    assert metrics["overall"] == pytest.approx((40 + 40 + 50 + 20 + 80 + 40) / 6)
+
+
+def test_harness_eval_cli_logs_to_mlflow(tiny_model: str, tmp_path: Path, capsys, shared_data: Path):
+    import mlflow
+
+    from harness import tracking
+    from harness.cli import main
+
+    out = tmp_path / "eval"
+    rc = main(["eval", "--model", tiny_model, "--tasks", "xstest", "toxigen", "--limit", "2", "--out", str(out),
+               "--experiment", "eval-test"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "xstest" in printed and "OVERALL" in printed and "MLflow run" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert "toxigen" in results["skipped"] and "xstest/offline_fallback_score" in results["metrics"]
+    assert (out / "xstest.samples.jsonl").read_text().count("\n") == 2
+    client = tracking.client()
+    exp = client.get_experiment_by_name("eval-test")
+    (run,) = mlflow.search_runs([exp.experiment_id], output_format="list")
+    assert run.data.metrics["xstest/offline_fallback_score"] == results["metrics"]["xstest/offline_fallback_score"]
+    assert run.data.tags["harness.model_path"] == tiny_model
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert "eval/xstest.samples.jsonl" in artifacts and "eval/table.txt" in artifacts
+
+    # The same model addressed by an MLflow run id (a run tagged with the model folder).
+    from harness.evaluation.cli import mlflow_metric_name, resolve_eval_model
+
+    assert resolve_eval_model(run.info.run_id) == tiny_model
+    assert mlflow_metric_name("humaneval_plus/pass@10") == "humaneval_plus/pass_at_10"
+
+
+def test_cli_rejects_unknown_task(capsys):
+    from harness.cli import main
+
+    assert main(["eval", "--model", "tiny-random-llama", "--tasks", "nope", "--no-mlflow"]) == 2
+    assert "unknown task" in capsys.readouterr().err
