@@ -68,7 +68,8 @@ def render_prompt(tokenizer: Any, prompt: Messages | str, chat: bool) -> str:
 
 
 class HFGenerator:
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, max_prompt_tokens: int = 2048):
+    # 4096: the longest paper-suite prompt (BBH geometric_shapes' 3-shot CoT) is ~2,500 tokens.
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, max_prompt_tokens: int = 4096):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -96,6 +97,7 @@ class HFGenerator:
         results: list[list[GeneratedSample]] = [[] for _ in texts]
         tok = self.tokenizer
         tok.padding_side = "left"
+        tok.truncation_side = "left"  # an over-long prompt loses its start, never the question at its end
         device = next(self.model.parameters()).device
         generator_seed = torch.Generator(device="cpu").manual_seed(params.seed)
         was_training = self.model.training
