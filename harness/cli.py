@@ -1,7 +1,7 @@
 """`harness` console command.
 
     harness run GRID.yaml [--dry-run] [--only GLOB] [--backend local|ray] [--workers N]
-    harness report EXPERIMENT [--out DIR]
+    harness report EXPERIMENT [--out DIR] [--tables ...] [--figures ...] [--format md,tex,csv,png] [--no-ci]
     harness ui [--port 5000]
     harness models
 plus the commands other modules add (see CLI_MODULES): data, eval, judge, serve-judge, sweep, ...
@@ -13,12 +13,12 @@ import argparse
 import importlib
 import os
 import sys
-from pathlib import Path
 
 # Modules that add sub-commands: each exposes add_commands(subparsers).
 CLI_MODULES: list[str] = [
     "datasets_registry.cli",
     "harness.evaluation.cli",  # harness eval
+    "reports.cli",  # harness report
     "harness.judge.cli",  # harness judge, harness serve-judge
 ]
 
@@ -48,22 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"done: {len(summary.logged_cells)} cell(s) logged, {len(summary.skipped_cells)} already logged, "
           f"{len(summary.executed_stages)} stage(s) run, {len(summary.cached_stages)} cached")
     if args.report:
+        from reports.cli import cmd_report
+
         return cmd_report(argparse.Namespace(experiment=grid.experiment, out=None))
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from harness.paths import results_dir
-    from reports.summary import write_summary
-
-    out = Path(args.out) if args.out else results_dir() / "reports" / args.experiment
-    try:
-        path, markdown = write_summary(args.experiment, out)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(markdown)
-    print(f"\nwritten: {path} and {path.with_suffix('.csv')}")
     return 0
 
 
@@ -101,11 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", default=None, help="ray backend: cluster address (default: local Ray)")
     run.add_argument("--report", action="store_true", help="print the summary report when done")
     run.set_defaults(func=cmd_run)
-
-    report = sub.add_parser("report", help="build the report of an experiment from MLflow")
-    report.add_argument("experiment")
-    report.add_argument("--out", default=None, help="output folder (default results/reports/<experiment>)")
-    report.set_defaults(func=cmd_report)
 
     ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the tracking store")
     ui.add_argument("--port", type=int, default=5000)

@@ -1,0 +1,304 @@
+"""Everything a report reads, read from MLflow only: cell runs, their stage runs, step histories and
+the per-example artifacts (downloaded through the MLflow client into a temporary folder).
+
+Layout read (written by `harness.runner`): one parent run per cell (`harness.run_type=cell`), one
+nested run per stage (`mlflow.parentRunId`, `harness.stage_kind`). Nothing here writes to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import tracking
+
+# Parameters that identify *what* a cell trains (used to label rows); seeds are averaged over instead.
+SEED_KEYS = ("seed",)
+
+
+@dataclass
+class StageRun:
+    run_id: str
+    kind: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+@dataclass
+class CellRun:
+    """The latest FINISHED parent run of one cell, with its finished stage runs."""
+
+    run_id: str
+    cell: str
+    is_baseline: bool
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    overrides: dict[str, Any]
+    stages: list[StageRun] = field(default_factory=list)
+
+    def param(self, key: str) -> str | None:
+        value = self.params.get(key)
+        return None if value in (None, "None", "null", "") else value
+
+    def metric(self, key: str) -> float | None:
+        value = self.metrics.get(key)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+    def stage(self, kind: str, name: str | None = None) -> StageRun | None:
+        for stage in self.stages:
+            if stage.kind == kind and (name is None or stage.params.get("name") == name):
+                return stage
+        return None
+
+    @property
+    def algorithm(self) -> str | None:
+        return self.param("algorithm.name")
+
+    @property
+    def seed(self) -> str:
+        return self.params.get("seed", "")
+
+    @property
+    def identity(self) -> str:
+        """What the cell is, minus its seed: cells equal here are seeds of one configuration."""
+        ident = {k: v for k, v in self.overrides.items() if k not in SEED_KEYS}
+        return json.dumps(ident, sort_keys=True, default=str)
+
+
+class Experiment:
+    """One MLflow experiment's cells; artifacts are fetched lazily and cached for the report's life."""
+
+    def __init__(self, name: str):
+        self.name = name
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self.client = tracking.client()
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            names = [e.name for e in self.client.search_experiments()]
+            raise ValueError(f"no MLflow experiment {name!r} at {tracking.tracking_uri()}; have: {names}")
+        self.experiment_id: str = exp.experiment_id
+        self.cells: list[CellRun] = self._load_cells()
+        if not self.cells:
+            raise ValueError(f"experiment {name!r} has no finished cell runs yet")
+        self._tmp = Path(tempfile.mkdtemp(prefix="harness-report-"))
+        self._jsonl_cache: dict[tuple[str, str], list[dict[str, Any]] | None] = {}
+        self._history_cache: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        self._fetched: dict[tuple[str, str], Path | None] = {}
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _search(self, filter_string: str) -> list[Any]:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string, max_results=5000,
+                                           order_by=["attributes.start_time DESC"], page_token=token)
+            runs.extend(page)
+            token = getattr(page, "token", None)
+            if not token:
+                return runs
+
+    def _load_cells(self) -> list[CellRun]:
+        parents = self._search("tags.`harness.run_type` = 'cell' and attributes.status = 'FINISHED'")
+        stages = self._search("tags.`harness.run_type` = 'stage' and attributes.status = 'FINISHED'")
+        by_parent: dict[str, list[StageRun]] = {}
+        for run in stages:
+            parent = run.data.tags.get("mlflow.parentRunId")
+            if parent:
+                by_parent.setdefault(parent, []).append(StageRun(
+                    run.info.run_id, run.data.tags.get("harness.stage_kind", ""), dict(run.data.params),
+                    dict(run.data.metrics), dict(run.data.tags)))
+        cells, seen = [], set()
+        for run in parents:  # newest first: an older run of the same cell name is superseded
+            name = run.data.tags.get("harness.cell", run.info.run_id)
+            if name in seen:
+                continue
+            seen.add(name)
+            try:
+                overrides = json.loads(run.data.tags.get("harness.overrides", "{}"))
+            except json.JSONDecodeError:
+                overrides = {}
+            cells.append(CellRun(
+                run.info.run_id, name, run.data.tags.get("harness.is_baseline") == "true", dict(run.data.params),
+                dict(run.data.metrics), dict(run.data.tags), overrides if isinstance(overrides, dict) else {},
+                by_parent.get(run.info.run_id, []),
+            ))
+        cells.sort(key=lambda c: (not c.is_baseline, c.cell))
+        return cells
+
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- queries ---------------------------------------------------------------------------------
+    @property
+    def baseline(self) -> CellRun | None:
+        return next((c for c in self.cells if c.is_baseline), None)
+
+    @property
+    def policies(self) -> list[CellRun]:
+        return [c for c in self.cells if not c.is_baseline]
+
+    def metric_names(self) -> set[str]:
+        return {k for c in self.cells for k in c.metrics}
+
+    def has_metric(self, name: str) -> bool:
+        return any(c.metric(name) is not None for c in self.cells)
+
+    def run_url(self, run_id: str) -> str:
+        """Link to a run in the MLflow UI (`harness ui` serves 127.0.0.1:5000 for local stores)."""
+        base = os.environ.get("HARNESS_MLFLOW_UI_URL")
+        uri = tracking.tracking_uri()
+        if not base:
+            base = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    # -- artifacts and histories -----------------------------------------------------------------
+    def _fetch(self, run_id: str, path: str) -> Path | None:
+        """Local copy of a run's artifact (file or folder), downloaded once through the MLflow client."""
+        key = (run_id, path)
+        if key not in self._fetched:
+            dst = self._tmp / run_id
+            dst.mkdir(exist_ok=True)
+            try:
+                self._fetched[key] = Path(self.client.download_artifacts(run_id, path, str(dst)))
+            except Exception:  # MLflow raises various errors for a missing artifact: absent is absent
+                self._fetched[key] = None
+        return self._fetched[key]
+
+    def jsonl_artifact(self, run_id: str, path: str) -> list[dict[str, Any]] | None:
+        """Rows of a JSONL artifact of a run, or None when the run has no such artifact. Files inside a
+        folder are fetched with their whole folder (one download for all of an evaluation's samples)."""
+        key = (run_id, path)
+        if key not in self._jsonl_cache:
+            folder, _, name = path.rpartition("/")
+            local = (self._fetch(run_id, folder) / name) if folder and self._fetch(run_id, folder) else (
+                None if folder else self._fetch(run_id, path))
+            rows = None
+            if local is not None and local.is_file():
+                with local.open() as fh:
+                    rows = [json.loads(line) for line in fh if line.strip()]
+            self._jsonl_cache[key] = rows
+        return self._jsonl_cache[key]
+
+    def samples(self, cell: CellRun, task: str) -> tuple[list[dict[str, Any]], str] | None:
+        """Per-example eval records of `task` for a cell and the evaluate run that logged them."""
+        stage = cell.stage("evaluate")
+        if stage is None:
+            return None
+        rows = self.jsonl_artifact(stage.run_id, f"samples/{task}.samples.jsonl")
+        return (rows, stage.run_id) if rows else None
+
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of a step metric, in step order (last value per step)."""
+        cache_key = (run_id, key)
+        if cache_key not in self._history_cache:
+            points = {m.step: m.value for m in sorted(self.client.get_metric_history(run_id, key),
+                                                       key=lambda m: (m.step, m.timestamp))}
+            self._history_cache[cache_key] = sorted(points.items())
+        return self._history_cache[cache_key]
+
+
+def row_label(cell: CellRun, keys: tuple[str, ...]) -> str:
+    return " / ".join(cell.param(k) or "—" for k in keys)
+
+
+def group_by_identity(cells: list[CellRun]) -> list[list[CellRun]]:
+    """Cells grouped by configuration (seeds of one configuration together), in first-seen order."""
+    groups: dict[str, list[CellRun]] = {}
+    for cell in cells:
+        groups.setdefault(cell.identity, []).append(cell)
+    return [sorted(g, key=lambda c: c.seed) for g in groups.values()]
+
+
+def describe_overrides(cell: CellRun, skip: tuple[str, ...] = ()) -> str:
+    """Short text of what distinguishes a cell (its grid overrides minus the seed and `skip`)."""
+    parts = []
+    for key, value in cell.overrides.items():
+        if key in SEED_KEYS or key in skip:
+            continue
+        if isinstance(value, dict):
+            extra = {k: v for k, v in value.items() if k not in ("name",) and not isinstance(v, dict)}
+            shown = value.get("name", "")
+            if extra and len(extra) <= 3:
+                shown += "(" + ",".join(f"{k}={v}" for k, v in extra.items()) + ")"
+            parts.append(f"{key}={shown}" if shown else key)
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts) or cell.cell
+
+
+# Keys that name what a configuration is, shown as bare values, in this order.
+_NAMED_KEYS: tuple[tuple[str, str], ...] = (
+    ("algorithm.name", "{}"), ("dataset.name", "{}"), ("reward_model.dataset.name", "RM {}"),
+    ("reward_model.base", "RM base {}"), ("reward_model.path", "RM {}"), ("prompts.name", "{}"),
+    ("model", "{}"),
+)
+
+
+def _flat_keys(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            keys += _flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+# Table 9's symbols for PPO's batch settings, and short names for the usual swept knobs.
+_ABBREVIATIONS = {"prompt_batch_size": "B", "minibatch_size": "b", "rollouts_per_prompt": "r",
+                  "gradient_accumulation_steps": "g", "kl_coef": "kl", "beta": "β", "learning_rate": "lr",
+                  "num_train_epochs": "epochs", "max_steps": "steps"}
+
+
+def compact_labels(groups: list[list[CellRun]], max_len: int = 72) -> list[str]:
+    """Short labels for configurations (figures, rows): only what differs between them.
+
+    Naming fields (algorithm, dataset, reward model, prompts) appear when they vary across the groups;
+    a swept hyperparameter (any grid override such as `algorithm.kl_coef`) appears as `name=value` when
+    it varies among the groups of the same algorithm (so DPO's β never labels a PPO cell)."""
+    firsts = [g[0] for g in groups]
+    policies = [c for c in firsts if not c.is_baseline]
+    # A naming field is shown when configurations disagree on it (a field only some have, such as the
+    # reward model of PPO cells next to DPO ones, counts as varying only if it takes two values).
+    named = [(k, f) for k, f in _NAMED_KEYS if len({c.param(k) for c in policies} - {None}) > 1
+             or (k in ("algorithm.name", "dataset.name") and len({c.param(k) for c in policies}) > 1)]
+    if not named and policies:
+        named = [(k, f) for k, f in _NAMED_KEYS[:2] if any(c.param(k) for c in policies)]
+    named_keys = {k for k, _ in _NAMED_KEYS} | {"dataset", "prompts", "reward_model", "algorithm", "model"}
+    swept = [k for k in dict.fromkeys(k for c in policies for k in _flat_keys(c.overrides))
+             if k not in named_keys and k not in SEED_KEYS]
+    labels = []
+    for cell in firsts:
+        if cell.is_baseline:
+            labels.append("SFT")
+            continue
+        parts = [fmt.format(cell.param(k)) for k, fmt in named if cell.param(k)]
+        if parts and parts[0] == cell.algorithm:
+            parts[0] = parts[0].upper()
+        family = [c for c in policies if c.algorithm == cell.algorithm]
+        for key in swept:
+            values = [c.param(key) for c in family]
+            # Only a value that departs from the family's usual one is worth a label (the swept cells).
+            usual = max(set(values), key=values.count)
+            if len(set(values)) > 1 and cell.param(key) is not None and cell.param(key) != usual:
+                short = key.rsplit(".", 1)[-1]
+                parts.append(f"{_ABBREVIATIONS.get(short, short)}={cell.param(key)}")
+        label = " · ".join(parts) or cell.cell
+        labels.append(label if len(label) <= max_len else label[: max_len - 1] + "…")
+    for i, label in enumerate(labels):  # still ambiguous (a difference outside the overrides): name the cell
+        if labels.count(label) > 1:
+            labels[i] = f"{label} [{firsts[i].cell}]"
+    return labels
