@@ -4,8 +4,16 @@ a persistent cache, win-rate statistics, AlpacaEval 1/2, experiment-level judgin
     from harness.judge import judge_client_from_settings
     judge = judge_client_from_settings(ctx.judge)          # None when no judge is configured
     verdict = judge.pairwise(instruction, output_a, output_b)   # asked in both orders
+    instructions, refs = load_reference(2)                      # AlpacaEval 2 set, gpt-4-1106 references
+    result = evaluate_alpaca_eval(judge, instructions, outputs, refs, version=2)  # .win_rate, .lc_win_rate
 """
 
+from harness.judge.alpaca import (
+    AlpacaEvalResult,
+    evaluate_alpaca_eval,
+    length_controlled_win_rate,
+    load_reference,
+)
 from harness.judge.client import (
     Completion,
     JudgeClient,
@@ -19,7 +27,7 @@ from harness.judge.prompts import TRUTHFULQA_INFO, TRUTHFULQA_TRUTH, XSTEST_LABE
 from harness.judge.stats import WinRate, bootstrap_ci, bradley_terry, win_rate
 
 __all__ = [
-    "Completion", "JudgeClient", "JudgeError", "JudgeParseError", "PairVerdict", "TRUTHFULQA_INFO",
+    "AlpacaEvalResult", "evaluate_alpaca_eval", "length_controlled_win_rate", "load_reference", "Completion", "JudgeClient", "JudgeError", "JudgeParseError", "PairVerdict", "TRUTHFULQA_INFO",
     "TRUTHFULQA_TRUTH", "WinRate", "XSTEST_LABELS", "XSTEST_REFUSAL", "YES_NO", "bootstrap_ci",
     "bradley_terry", "judge_client_from_settings", "usage_metrics", "win_rate",
 ]

@@ -198,8 +198,9 @@ class JudgeClient:
         if not key:
             if base_url is None or not self.local:
                 raise JudgeError(
-                    f"no API key for judge model {model!r}: set the environment variable {api_key_env} "
-                    "(the key is read from the environment only)"
+                    f"no API key for judge model {model!r}: set the environment variable "
+                    f"{api_key_env or 'OPENAI_API_KEY'} (the key is read from the environment only; for a "
+                    "remote endpoint without authentication set it to any value)"
                 )
             key = "EMPTY"  # local servers accept any key; the client refuses an empty one
         self._secrets = [key] if key != "EMPTY" else []
@@ -315,6 +316,8 @@ class JudgeClient:
                          completion_tokens=response["completion_tokens"])
             self.cache.put(key, self.model, template, {"messages": messages, "decoding": decoding}, response,
                            response["prompt_tokens"], response["completion_tokens"])
+        with self._inflight_lock:  # waiters already hold the lock object; later callers hit the cache
+            self._inflight.pop(key, None)
         return Completion(response["text"], response["logprobs"], response["prompt_tokens"],
                           response["completion_tokens"], cached=False, finish_reason=response["finish_reason"])
 

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -213,6 +214,11 @@ def _safe_url(url: str | None) -> str:
     return urlunparse((parts.scheme, netloc, parts.path, "", "", ""))
 
 
+def metric_key(text: str) -> str:
+    """MLflow metric keys allow letters, digits, '_', '-', '.', ' ' and '/': anything else becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
+
+
 def _next_step(client: Any, run_id: str, key: str) -> int:
     return len(client.get_metric_history(run_id, key))
 
@@ -339,11 +345,12 @@ def _log_report(report: JudgeReport, experiment_id: str, policies: Sequence[Poli
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], synchronous=True)
     metrics = usage_metrics(report.usage)
     for cell, wr in report.win_rates.items():
-        metrics.update({f"judge/win_rate/{cell}": wr.win_rate, f"judge/win_rate_ci_low/{cell}": wr.ci_low,
-                        f"judge/win_rate_ci_high/{cell}": wr.ci_high})
+        name = metric_key(cell)
+        metrics.update({f"judge/win_rate/{name}": wr.win_rate, f"judge/win_rate_ci_low/{name}": wr.ci_low,
+                        f"judge/win_rate_ci_high/{name}": wr.ci_high})
     for cell, score in report.bt_scores.items():
-        metrics[f"judge/bt_score/{cell}"] = score
-        metrics[f"judge/bt_rank/{cell}"] = rank_of[cell]
+        metrics[f"judge/bt_score/{metric_key(cell)}"] = score
+        metrics[f"judge/bt_rank/{metric_key(cell)}"] = rank_of[cell]
     log_additive(client, run_id, metrics)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "judge"
