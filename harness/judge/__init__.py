@@ -27,7 +27,8 @@ from harness.judge.prompts import TRUTHFULQA_INFO, TRUTHFULQA_TRUTH, XSTEST_LABE
 from harness.judge.stats import WinRate, bootstrap_ci, bradley_terry, win_rate
 
 __all__ = [
-    "AlpacaEvalResult", "evaluate_alpaca_eval", "length_controlled_win_rate", "load_reference", "Completion", "JudgeClient", "JudgeError", "JudgeParseError", "PairVerdict", "TRUTHFULQA_INFO",
-    "TRUTHFULQA_TRUTH", "WinRate", "XSTEST_LABELS", "XSTEST_REFUSAL", "YES_NO", "bootstrap_ci",
-    "bradley_terry", "judge_client_from_settings", "usage_metrics", "win_rate",
+    "AlpacaEvalResult", "Completion", "JudgeClient", "JudgeError", "JudgeParseError", "PairVerdict",
+    "TRUTHFULQA_INFO", "TRUTHFULQA_TRUTH", "WinRate", "XSTEST_LABELS", "XSTEST_REFUSAL", "YES_NO",
+    "bootstrap_ci", "bradley_terry", "evaluate_alpaca_eval", "judge_client_from_settings",
+    "length_controlled_win_rate", "load_reference", "usage_metrics", "win_rate",
 ]
