@@ -113,11 +113,20 @@ def test_ray_worker_killed_mid_stage_grid_completes(tiny_model, ray_instance, sh
     assert not leftovers[0].exists()
 
 
-def test_ray_backend_rejects_bad_resources_and_reports_failed_stage(ray_instance, shared_mlflow, tmp_path):
+def test_ray_backend_rejects_bad_resources_and_reports_failed_stage(ray_instance, shared_mlflow, tmp_path,
+                                                                    monkeypatch):
     with pytest.raises(ValueError, match="resources: unknown stage kind 'train'"):
         get_backend("ray", resources={"train": {"num_gpus": 1}})
     with pytest.raises(ValueError, match=r"resources.train_policy: unknown key\(s\) \['gpus'\]"):
         get_backend("ray", resources={"train_policy": {"gpus": 1}})
+    monkeypatch.setenv("HARNESS_RAY_RESOURCES", '{"train_policy": {"num_cpus": 2, "memory": 1e9}}')
+    backend = get_backend("ray")
+    assert backend.resources["train_policy"] == {"num_cpus": 2, "memory": 1e9}
+    assert backend.resources["evaluate"] == {"num_cpus": 1}
+    monkeypatch.setenv("HARNESS_RAY_RESOURCES", "{num_gpus: 1}")
+    with pytest.raises(ValueError, match="HARNESS_RAY_RESOURCES is not valid JSON"):
+        get_backend("ray")
+    monkeypatch.delenv("HARNESS_RAY_RESOURCES")
     # A folder that is not a model passes validation but fails when the worker loads it: the
     # error comes back to the driver naming the stage, and nothing is published or logged.
     not_a_model = tmp_path / "not_a_model"

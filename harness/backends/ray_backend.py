@@ -15,17 +15,26 @@ mounts at the same path (NFS, Lustre, ...); MLflow is still written only by the 
 
 Resources per stage kind default to `harness.stages.DEFAULT_RESOURCES` and are overridden with the
 backend option `resources={kind: {"num_cpus": 4, "num_gpus": 1, "memory": 32e9}}` (memory in
-bytes, as Ray takes it).
+bytes, as Ray takes it), or, from any command line, with the same mapping as JSON in the
+environment variable `HARNESS_RAY_RESOURCES`. A kind's `accelerate: {num_processes: N, args: [...]}`
+runs its stages under `accelerate launch` on the task's GPUs (multi-GPU training; see
+`harness/backends/accelerate_launch.py`):
+
+    HARNESS_RAY_RESOURCES='{"train_policy": {"num_gpus": 1}, "evaluate": {"num_gpus": 1}}' \
+        harness run GRID --backend ray --ray-address auto
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import Any
 
 from harness.backends import BACKENDS
 from harness.stages import DEFAULT_RESOURCES, Stage, execute_stage
+
+RESOURCES_ENV = "HARNESS_RAY_RESOURCES"
 
 # Resource keys Ray accepts in `.options(...)`; anything else is a typo that would otherwise be
 # silently ignored and leave a GPU stage on a CPU worker.
@@ -49,10 +58,16 @@ def _forwarded_env() -> dict[str, str]:
     return env
 
 
-def _run_stage_task(spec: dict[str, Any], env: dict[str, str], *upstream: str) -> str:
+def _run_stage_task(spec: dict[str, Any], env: dict[str, str], launch: dict[str, Any] | None,
+                    *upstream: str) -> str:
     """Body of a stage's Ray task. `upstream` are the published folders of its inputs: passing their
-    refs as arguments is what makes Ray wait for them; the values themselves are not needed."""
+    refs as arguments is what makes Ray wait for them; the values themselves are not needed.
+    `launch` ({num_processes, args}) runs the stage under `accelerate launch` on the task's GPUs."""
     os.environ.update(env)  # the worker process may be reused across grids with other stores
+    if launch:
+        from harness.backends.accelerate_launch import launch_stage
+
+        return launch_stage(spec, int(launch["num_processes"]), list(launch.get("args", [])))
     return execute_stage(spec)
 
 
@@ -63,9 +78,17 @@ def _check_resources(resources: dict[str, dict[str, Any]]) -> dict[str, dict[str
             raise ValueError(f"resources: unknown stage kind {kind!r}; valid kinds: {', '.join(DEFAULT_RESOURCES)}")
         if not isinstance(request, dict):
             raise ValueError(f"resources.{kind}: expected a mapping like {{num_cpus: 2, num_gpus: 1}}, got {request!r}")
-        unknown = sorted(set(request) - _RESOURCE_KEYS)
+        unknown = sorted(set(request) - _RESOURCE_KEYS - {"accelerate"})
         if unknown:
-            raise ValueError(f"resources.{kind}: unknown key(s) {unknown}; valid: {sorted(_RESOURCE_KEYS)}")
+            raise ValueError(f"resources.{kind}: unknown key(s) {unknown}; valid: {sorted(_RESOURCE_KEYS)} "
+                             "and accelerate")
+        launch = request.get("accelerate")
+        if launch is not None:
+            if (not isinstance(launch, dict) or set(launch) - {"num_processes", "args"}
+                    or not isinstance(launch.get("num_processes"), int) or launch["num_processes"] < 1
+                    or not all(isinstance(a, str) for a in launch.get("args", []))):
+                raise ValueError(f"resources.{kind}.accelerate: expected {{num_processes: N >= 1, args: [str, ...]}}, "
+                                 f"got {launch!r}")
         merged[kind].update(request)
     return merged
 
@@ -82,6 +105,13 @@ class RayBackend:
         # config, a bug) is not, unless retry_exceptions: rerunning it would only fail again.
         self.max_retries = max_retries
         self.retry_exceptions = retry_exceptions
+        if resources is None and os.environ.get(RESOURCES_ENV):
+            try:
+                resources = json.loads(os.environ[RESOURCES_ENV])
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{RESOURCES_ENV} is not valid JSON: {exc}") from None
+            if not isinstance(resources, dict):
+                raise ValueError(f"{RESOURCES_ENV}: expected a JSON object {{kind: {{num_gpus: 1}}}}")
         self.resources = _check_resources(resources or {})
         self.init_kwargs = dict(init_kwargs or {})
 
@@ -128,9 +158,11 @@ class RayBackend:
                 elif not dep.complete:
                     raise RuntimeError(f"stage {stage.id}: input {dep.id} is neither published nor among the "
                                        "stages to run")
-            options = {**self.resources[stage.kind], "max_retries": self.max_retries,
+            request = dict(self.resources[stage.kind])
+            launch = request.pop("accelerate", None)
+            options = {**request, "max_retries": self.max_retries,
                        "retry_exceptions": self.retry_exceptions, "name": f"harness:{stage.label}:{stage.key}"}
-            ref = task.options(**options).remote(stage.spec(), env, *upstream)
+            ref = task.options(**options).remote(stage.spec(), env, launch, *upstream)
             refs[stage.id] = ref
             by_ref[ref] = stage
             echo(f"  submit {stage.label} {stage.key} {self.resources[stage.kind]}")
