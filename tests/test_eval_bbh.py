@@ -83,3 +83,16 @@ def test_score_is_unweighted_mean_over_subtasks():
     assert result.metrics["bbh/snarks/exact_match"] == 100.0
     assert result.score == pytest.approx((200 / 3 + 100) / 2)  # not 75 (the example-weighted mean)
     assert result.metrics["bbh/n_subtasks"] == 2.0
+
+
+@pytest.mark.slow
+def test_secondary_metric_equals_lmeval_pipeline():
+    """lm-eval's whole bbh_cot_fewshot pipeline (a sub-task yaml) on the same fixed responses."""
+    from harness.evaluation.lmeval_bridge import evaluate_fixed_outputs, lmeval_tasks_dir
+
+    rows = [{"input": f"question {i}", "target": t} for i, (_, t, _, _) in enumerate(CASES)]
+    responses = {f"question {i}": r for i, (r, _, _, _) in enumerate(CASES)}
+    official = evaluate_fixed_outputs(lmeval_tasks_dir() / "bbh" / "cot_fewshot" / "navigate.yaml",
+                                      "bbh_parity", rows, lambda doc, _ctx: responses[doc["input"]])
+    expected = [lm for _, _, _, lm in CASES]
+    assert official["exact_match,get-answer"] == pytest.approx(sum(expected) / len(expected))

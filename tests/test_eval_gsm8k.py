@@ -116,3 +116,21 @@ def test_gsm8k_runs_end_to_end_on_tiny_model(tiny_model: str, tmp_path: Path):
     sample = result.samples[0]
     assert sample["prompt"].rstrip().endswith("Answer:") and "<|im_start|>assistant" in sample["prompt"]
     assert sample["correct"] == gsm8k.is_correct(sample["output"], sample["reference"])
+
+
+@pytest.mark.slow
+def test_secondary_metrics_equal_lmeval_pipeline(shared_data: Path):
+    """lm-eval's whole gsm8k_cot pipeline (yaml, filters, metric) on the same fixed responses."""
+    from harness.evaluation.lmeval_bridge import evaluate_fixed_outputs, lmeval_tasks_dir
+
+    rows = [json.loads(line) for line in (shared_data / "benchmarks/gsm8k/test.jsonl").open()][:len(CASES)]
+    golds = [gsm8k.reference_answer(r["answer"]) for r in rows]
+    # Put each case's tricky response around the row's real gold answer.
+    responses = {r["question"]: resp.replace(g, gold) if g in resp else resp
+                 for r, (resp, g, _), gold in zip(rows, CASES, golds)}
+    ours = gsm8k.score_responses(rows, [responses[r["question"]] for r in rows]).metrics
+    official = evaluate_fixed_outputs(lmeval_tasks_dir() / "gsm8k" / "gsm8k-cot.yaml", "gsm8k_cot_parity", rows,
+                                      lambda doc, _ctx: responses[doc["question"]])
+    assert ours["gsm8k/exact_match_lmeval_strict"] == pytest.approx(100 * official["exact_match,strict-match"])
+    assert ours["gsm8k/exact_match_lmeval_flexible"] == pytest.approx(
+        100 * official["exact_match,flexible-extract"])

@@ -29,6 +29,25 @@ def test_accuracy_is_over_examples():
     assert [s["prediction"] for s in result.samples] == [0, 1, 0, 1]
 
 
+def test_loglikelihoods_equal_lmeval_hflm(tiny_model: str, shared_data: Path):
+    """Fast parity: our letter log-likelihoods == lm-eval's HFLM.loglikelihood on the same requests."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.models import load_causal_lm
+
+    model, tok = load_causal_lm(tiny_model)
+    rows = mmlu.load_rows(limit=57)[:3]
+    contexts = [mmlu.raw_prompt(r) for r in rows]
+    ours = mmlu.predict(model, tok, contexts, batch_size=4)
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=(c, f" {letter}"), idx=j,
+                     metadata=("mmlu", i, 1))
+            for i, c in enumerate(contexts) for j, letter in enumerate(mmlu.LETTERS)]
+    official = HFLM(pretrained=model, tokenizer=tok, batch_size=4).loglikelihood(reqs, disable_tqdm=True)
+    assert [ll for row in ours for ll in row] == pytest.approx([ll for ll, _ in official], abs=1e-4)
+
+
+@pytest.mark.slow
 def test_parity_with_lmeval_hflm(tiny_model: str, shared_data: Path):
     """Same model, same raw prompts: our letter log-likelihoods and accuracy == lm-eval's mmlu task."""
     from lm_eval.models.huggingface import HFLM

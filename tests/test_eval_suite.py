@@ -35,9 +35,9 @@ def test_fallbacks_never_enter_the_paper_average():
     assert "toxigen: no classifier" in table and "without a score: factuality" in table
 
 
-def test_run_tasks_category_and_overall(tmp_path: Path):
-    """run_tasks (base) on tasks whose results are fixed: category means and overall."""
-    from harness.evaluation import EvalContext, TaskResult, TaskSpec, register_task, run_tasks
+def _fixed_tasks() -> list[str]:
+    """Tasks with fixed results in every paper category (no model needed), registered once."""
+    from harness.evaluation import TaskResult, TaskSpec, register_task
 
     values = {"factuality": [40.0], "reasoning": [20.0, 60.0], "truthfulness": [50.0], "coding": [10.0, 30.0],
               "safety": [90.0, 70.0], "instruction_following": [30.0, 40.0, 50.0]}
@@ -46,36 +46,44 @@ def test_run_tasks_category_and_overall(tmp_path: Path):
         for i, s in enumerate(scores):
             name = f"_fixed_{cat}_{i}"
             if name not in TASKS.names():
-                register_task(TaskSpec(name=name, category=cat,
+                register_task(TaskSpec(name=name, category=cat, score_rule="fixed",
                                        run=lambda ctx, s=s: TaskResult({}, s, [{"x": 1}])))
             names.append(name)
-    metrics = run_tasks(EvalContext(model_path="unused", out_dir=tmp_path), names)
+    return names
+
+
+def test_run_tasks_category_and_overall(tmp_path: Path):
+    from harness.evaluation import EvalContext, run_tasks
+
+    metrics = run_tasks(EvalContext(model_path="unused", out_dir=tmp_path), _fixed_tasks())
     assert metrics["category/reasoning"] == 40.0 and metrics["category/safety"] == 80.0
     assert metrics["overall"] == pytest.approx((40 + 40 + 50 + 20 + 80 + 40) / 6)
 
 
-def test_harness_eval_cli_logs_to_mlflow(tiny_model: str, tmp_path: Path, capsys, shared_data: Path):
+def test_harness_eval_cli_logs_to_mlflow(tiny_model: str, tmp_path: Path, capsys, monkeypatch, shared_data: Path):
     import mlflow
 
     from harness import tracking
     from harness.cli import main
 
+    monkeypatch.setenv("HARNESS_TOXIGEN_CLASSIFIER", str(tmp_path / "absent"))  # skipped, fast
     out = tmp_path / "eval"
-    rc = main(["eval", "--model", tiny_model, "--tasks", "xstest", "toxigen", "--limit", "2", "--out", str(out),
-               "--experiment", "eval-test"])
+    rc = main(["eval", "--model", tiny_model, "--tasks", *_fixed_tasks(), "toxigen", "--limit", "2",
+               "--out", str(out), "--experiment", "eval-test"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "xstest" in printed and "OVERALL" in printed and "MLflow run" in printed
+    assert "toxigen" in printed and "OVERALL" in printed and "MLflow run" in printed
     results = json.loads((out / "results.json").read_text())
-    assert "toxigen" in results["skipped"] and "xstest/offline_fallback_score" in results["metrics"]
-    assert (out / "xstest.samples.jsonl").read_text().count("\n") == 2
+    assert "toxigen" in results["skipped"] and results["metrics"]["overall"] == pytest.approx(45.0)
+    assert (out / "_fixed_factuality_0.samples.jsonl").read_text() == '{"x": 1}\n'
     client = tracking.client()
     exp = client.get_experiment_by_name("eval-test")
     (run,) = mlflow.search_runs([exp.experiment_id], output_format="list")
-    assert run.data.metrics["xstest/offline_fallback_score"] == results["metrics"]["xstest/offline_fallback_score"]
+    assert run.data.metrics["overall"] == pytest.approx(45.0)
+    assert run.data.metrics["category/safety"] == 80.0
     assert run.data.tags["harness.model_path"] == tiny_model
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
-    assert "eval/xstest.samples.jsonl" in artifacts and "eval/table.txt" in artifacts
+    assert {"eval/results.json", "eval/table.txt", "eval/toxigen.samples.jsonl"} <= artifacts
 
     # The same model addressed by an MLflow run id (a run tagged with the model folder).
     from harness.evaluation.cli import mlflow_metric_name, resolve_eval_model

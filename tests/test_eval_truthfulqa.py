@@ -30,6 +30,24 @@ def test_mc2_score_matches_lmeval_process_results():
         assert truthfulqa.mc2_score(lls, labels) == pytest.approx(official, rel=1e-9)
 
 
+def test_mc2_loglikelihoods_equal_lmeval_hflm(tiny_model: str, shared_data: Path):
+    """Fast parity: multi-token answer log-likelihoods == lm-eval's HFLM.loglikelihood."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.models import load_causal_lm
+
+    model, tok = load_causal_lm(tiny_model)
+    rows = truthfulqa.load_mc_rows(1)
+    ours = truthfulqa.mc2_loglikes(model, tok, rows, batch_size=8)[0]
+    context = truthfulqa.qa_prompt(rows[0]["question"])
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=(context, f" {c}"), idx=j,
+                     metadata=("tqa", 0, 1)) for j, c in enumerate(rows[0]["choices"])]
+    official = HFLM(pretrained=model, tokenizer=tok, batch_size=8).loglikelihood(reqs, disable_tqdm=True)
+    assert ours == pytest.approx([ll for ll, _ in official], abs=1e-4)
+
+
+@pytest.mark.slow
 def test_mc2_parity_with_lmeval_pipeline(tiny_model: str, shared_data: Path):
     """lm-eval's truthfulqa_mc2 task (HFLM, same model, same local rows) gives the same MC2."""
     from lm_eval.models.huggingface import HFLM
