@@ -75,7 +75,7 @@ def fig1(ctx: ReportContext) -> FigureOutput:
     # One shared row order (by the first metric's gain) so the panels read across, labels on the left only.
     order = sorted(range(len(groups)), key=lambda i: deltas[metrics[0]][i].value if deltas[metrics[0]][i].is_number
                    else -np.inf)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics) + 3.5, 0.3 * len(groups) + 1.6),
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics) + 3.5, max(3.0, 0.3 * len(groups) + 1.6)),
                              squeeze=False, sharey=True)
     data = []
     ys = np.arange(len(order))
@@ -326,7 +326,7 @@ def reward_boxplot(ctx: ReportContext) -> FigureOutput:
     samples = _reward_samples(ctx)
     if not samples:
         raise Skip("no `samples/rm_reward.samples.jsonl` artifact")
-    fig, ax = plt.subplots(figsize=(7.5, 0.34 * len(samples) + 1.4))
+    fig, ax = plt.subplots(figsize=(7.5, max(3.0, 0.34 * len(samples) + 1.4)))
     ax.boxplot([s for _, _, s, _ in samples[::-1]], vert=False, showmeans=True, widths=0.6)
     ax.set_yticks(range(1, len(samples) + 1), [label for label, _, _, _ in samples[::-1]], fontsize=7)
     ax.set_xlabel("reward-model score of the greedy answer")
@@ -397,7 +397,7 @@ def win_rates(ctx: ReportContext) -> FigureOutput:
     entries = [(label, e) for label, e in entries if e.is_number]
     if not entries:
         raise Skip("no policy has `judge/win_rate`")
-    fig, ax = plt.subplots(figsize=(7.0, 0.34 * len(entries) + 1.4))
+    fig, ax = plt.subplots(figsize=(7.0, max(3.0, 0.34 * len(entries) + 1.4)))
     ys = np.arange(len(entries))[::-1]
     ax.barh(ys, [e.value for _, e in entries], color="tab:blue", label="win rate")
     with_ci = [k for k, (_, e) in enumerate(entries) if e.ci is not None]
