@@ -249,6 +249,7 @@ class Estimators:
         for cand in candidates:
             est = cand.build(records)
             if est is not None and np.isclose(est.point(), logged, rtol=1e-6, atol=1e-6):
+                est.source = cand.artifact
                 return est
         self.missing.setdefault(metric, "per-example records do not reproduce the logged value")
         return None

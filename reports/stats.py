@@ -39,6 +39,7 @@ class ExampleSet:
     den: np.ndarray
     strata: np.ndarray  # int stratum index per example
     scale: float = 1.0
+    source: str = ""  # the task / artifact the examples come from: draws are shared only within one source
 
     @property
     def n(self) -> int:
@@ -96,7 +97,9 @@ class WeightBank:
         self._seeds: dict[int, np.ndarray] = {}
 
     def example_weights(self, est: ExampleSet) -> np.ndarray:
-        key = (est.keys, est.strata.tobytes())
+        # Two tasks that happen to number their examples alike must not share draws (that would
+        # correlate them inside a category average); two runs of the same task must (pairing).
+        key = (est.source, est.keys, est.strata.tobytes())
         if key not in self._examples:
             weights = np.zeros((self.n_boot, est.n))
             for s in np.unique(est.strata):

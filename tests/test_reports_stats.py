@@ -110,3 +110,16 @@ def test_rules_reproduce_the_tasks_metrics():
 
     # A record without the field is left out, not counted as 0 (AlpacaEval's invalid annotations).
     assert mean_of("x", 1.0)([{"x": 1.0}, {"y": 2.0}, {"x": 0.0}]).point() == pytest.approx(0.5)
+
+
+def test_tasks_numbered_alike_are_resampled_independently():
+    """gsm8k and ifeval both number examples 0..n-1: inside a category average they must get their own
+    draws (shared draws would correlate them and inflate the interval); two runs of one task share."""
+    values = np.random.default_rng(2).random(60) < 0.5
+    gsm, ifeval = _bernoulli_set(values), _bernoulli_set(values)
+    gsm.source, ifeval.source = "samples:gsm8k", "samples:ifeval"
+    bank = WeightBank(n_boot=200)
+    assert not np.array_equal(bank.example_weights(gsm), bank.example_weights(ifeval))
+    again = _bernoulli_set(values)
+    again.source = "samples:gsm8k"
+    assert bank.example_weights(again) is bank.example_weights(gsm)
