@@ -24,7 +24,7 @@ from typing import Any
 from harness import cache
 from harness.grid import Cell
 
-STAGE_VERSIONS = {"prepare_data": 1, "train_reward_model": 1, "train_policy": 1, "evaluate": 1}
+STAGE_VERSIONS = {"prepare_data": 1, "train_reward_model": 1, "train_policy": 1, "evaluate": 2}
 
 # Default Ray resource requests per kind (a user on a GPU cluster overrides with `resources:`).
 DEFAULT_RESOURCES = {

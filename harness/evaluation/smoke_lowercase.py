@@ -18,7 +18,8 @@ from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_
 from harness.generation import SamplingParams
 
 MAX_NEW_TOKENS = 48
-_WORDS = re.compile(r"[a-z0-9']+")
+# Words with inner apostrophes ("pig's") but not quoting ones ("'poor'" -> "poor").
+_WORDS = re.compile(r"[a-z0-9]+(?:'[a-z]+)*")
 
 
 def is_degenerate(text: str, hit_token_limit: bool) -> bool:
