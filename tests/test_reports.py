@@ -62,6 +62,9 @@ def report(store, tmp_path_factory):
     from reports.build import build_report
 
     with pytest.MonkeyPatch.context() as mp:
+        # mlflow.set_tracking_uri (called by tracking.client) exports MLFLOW_TRACKING_URI, which would
+        # otherwise keep pointing at the store of whichever module ran before.
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.setenv("HARNESS_RESULTS_DIR", str(store))
         return build_report(EXPERIMENT, tmp_path_factory.mktemp("tiny_report"), n_boot=300)
 

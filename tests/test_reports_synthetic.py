@@ -280,6 +280,9 @@ def report(synth_results, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("synth_report")
     with pytest.MonkeyPatch.context() as mp:
+        # mlflow.set_tracking_uri (called by tracking.client) exports MLFLOW_TRACKING_URI, which would
+        # otherwise keep pointing at the store of whichever module ran before.
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.setenv("HARNESS_RESULTS_DIR", str(synth_results))
         return build_report(EXPERIMENT, out, n_boot=400)
 
