@@ -251,3 +251,26 @@ def test_sweep_killed_mid_trial_resumes_with_the_same_parameters(tiny_model, sha
     assert trials[1].params == stale.params  # the interrupted cell is finished, not abandoned
     cells = [r for r in runs_of("sweep_killed") if r.data.tags.get("harness.run_type") == "cell"]
     assert len(cells) == 2 and all(r.info.status == "FINISHED" for r in cells)
+
+
+@pytest.mark.slow
+def test_kl_sweep_yaml_at_tiny_scale_gives_metric_vs_beta_per_reward_model(tiny_model, shared_mlflow):
+    """ablations/kl_sweep.yaml with the tiny model (one β per RM study): every trial run carries what
+    a Fig. 4 plot needs (the RM axis, β, the suite metric, KL, RM reward), and the SFT reference."""
+    from harness.paths import PROJECT_ROOT
+
+    spec = load_sweep(PROJECT_ROOT / "ablations" / "kl_sweep.yaml", [
+        "base.model=tiny-random-llama", "base.reward_model.base=tiny-random-llama",
+        "base.algorithm.max_steps=1", "base.reward_model.train.max_steps=2", "base.eval.limit=2"])
+    summaries = run_sweep(spec, n_trials=1, echo=quiet)
+    assert len(summaries) == 2
+    runs = runs_of("kl_sweep")
+    trials = [r for r in runs if r.data.tags.get("harness.run_type") == "cell" and "harness.study" in r.data.tags]
+    table = sorted((int(r.data.params["reward_model.dataset.max_rows"]), float(r.data.params["algorithm.kl_coef"]),
+                    r.data.metrics["smoke_lowercase/clean_success_rate"], r.data.metrics["policy_kl/kl_mean"],
+                    r.data.metrics["rm_reward/mean"]) for r in trials)
+    assert [row[0] for row in table] == [32, 255]
+    assert all(row[1] in (0.005, 0.0125, 0.0325, 0.05, 0.2) for row in table)
+    assert all(float(r.data.tags["harness.kl_coefficient"]) == float(r.data.params["algorithm.kl_coef"])
+               for r in trials)
+    assert any(r.data.tags.get("harness.cell") == "sft" for r in runs), "baseline: true logs the SFT cell"
