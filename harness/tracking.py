@@ -19,8 +19,18 @@ from harness.paths import PROJECT_ROOT, results_dir
 _MAX_PARAM_LEN = 5000
 
 
+# `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI (for subprocesses). Remember the value we
+# exported ourselves so that it is not mistaken later for the user's choice: otherwise the first
+# results dir of a process would stick even after HARNESS_RESULTS_DIR changes.
+_exported_default: str | None = None
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results_dir() / 'mlflow.db'}"
+    """The user's MLFLOW_TRACKING_URI if set, else the local SQLite store under the results dir."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env and from_env != _exported_default:
+        return from_env
+    return f"sqlite:///{results_dir() / 'mlflow.db'}"
 
 
 def is_local_store(uri: str) -> bool:
@@ -31,7 +41,10 @@ def client():
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    global _exported_default
     uri = tracking_uri()
+    if os.environ.get("MLFLOW_TRACKING_URI") in (None, "", _exported_default):
+        _exported_default = uri
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 

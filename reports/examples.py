@@ -164,7 +164,7 @@ register_rule("ifeval/prompt_level_strict_acc", "samples:ifeval", mean_of("promp
 for _task in ("humaneval_plus", "mbpp_plus"):
     register_rule(f"{_task}/score", f"samples:{_task}", pass_at(10, 100.0))
     for _k in (1, 10):
-        register_rule(f"{_task}/pass@{_k}", f"samples:{_task}", pass_at(_k, 1.0))
+        register_rule(f"{_task}/pass_at_{_k}", f"samples:{_task}", pass_at(_k, 1.0))
 register_rule("toxigen/toxic_pct", "samples:toxigen", mean_of("toxic", 100.0))
 register_rule("toxigen/score", "samples:toxigen",  # the score is 100 - % toxic
               mean_of(lambda r: None if r.get("toxic") is None else 1.0 - float(r["toxic"]), 100.0))

@@ -326,15 +326,15 @@ def test_score_completions_pass_at_k_and_samples(humaneval, checker):
     completions = [HE0_BODY] * 3 + ["    return False\n"] * 6 + ["    return True\n"]
     result = score_completions("humaneval_plus", [problem], [completions], CodingConfig(n_samples=10), checker)
     m = result.metrics
-    assert m["humaneval_plus/pass@1"] == pytest.approx(0.3) and m["humaneval_plus/pass@10"] == 1.0
-    assert m["humaneval_plus/base_pass@1"] == pytest.approx(0.3)
+    assert m["humaneval_plus/pass_at_1"] == pytest.approx(0.3) and m["humaneval_plus/pass_at_10"] == 1.0
+    assert m["humaneval_plus/base_pass_at_1"] == pytest.approx(0.3)
     assert result.score == 100.0 and result.skipped_reason is None
     assert [s["passed"] for s in result.samples] == [True] * 3 + [False] * 7
     # too few samples for pass@10: pass@1 is still reported, the score is not made up
     short = score_completions("humaneval_plus", [problem], [completions[:4]], CodingConfig(n_samples=4), checker)
     assert short.score is None and "pass@10 needs n_samples >= 10" in short.skipped_reason
-    assert short.metrics["humaneval_plus/pass@1"] == pytest.approx(0.75)
-    assert "humaneval_plus/pass@10" not in short.metrics
+    assert short.metrics["humaneval_plus/pass_at_1"] == pytest.approx(0.75)
+    assert "humaneval_plus/pass_at_10" not in short.metrics
 
 
 class _CannedGenerator:
@@ -359,8 +359,8 @@ def test_registered_task_runs_end_to_end_with_a_canned_generator(tmp_path, human
     assert chat is False and prompts[0].endswith(humaneval["HumanEval/0"].prompt)
     assert (params.temperature, params.top_p, params.max_new_tokens, params.num_return_sequences) == (0.8, 0.95, 512, 10)
     assert "\n```" in params.stop and "\ndef" in params.stop
-    assert result.metrics["humaneval_plus/pass@1"] == pytest.approx(0.1)
-    assert result.metrics["humaneval_plus/pass@10"] == 1.0 and result.score == 100.0
+    assert result.metrics["humaneval_plus/pass_at_1"] == pytest.approx(0.1)
+    assert result.metrics["humaneval_plus/pass_at_10"] == 1.0 and result.score == 100.0
     assert len(result.samples) == 10 and result.samples[0]["task_id"] == "HumanEval/0"
 
 

@@ -17,7 +17,7 @@ def test_humaneval_plus_smollm2_two_problems_ten_samples(tmp_path, smollm2, shar
     flat = run_tasks(ctx, ["humaneval_plus"])
 
     assert flat["humaneval_plus/n_problems"] == 2 and flat["humaneval_plus/n_samples"] == 10
-    p1, p10 = flat["humaneval_plus/pass@1"], flat["humaneval_plus/pass@10"]
+    p1, p10 = flat["humaneval_plus/pass_at_1"], flat["humaneval_plus/pass_at_10"]
     assert 0.0 <= p1 <= p10 <= 1.0
     assert flat["humaneval_plus/base_pass@1"] >= p1  # base tests are a subset of base + plus
     assert flat["humaneval_plus/score"] == pytest.approx(100 * p10)

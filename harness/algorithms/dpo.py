@@ -11,6 +11,7 @@ tiny models stops DPO from buying the preference with degenerate text.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,9 @@ def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
         loss_type=loss_types,
         loss_weights=weights if len(weights) > 1 else None,
         label_smoothing=cfg.label_smoothing,
-        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        # Under several ranks TRL keeps precomputed reference log-probs in a per-process temp cache
+        # that other ranks cannot read: compute them on the fly there.
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs and int(os.environ.get("WORLD_SIZE", "1")) == 1,
         gradient_checkpointing=cfg.gradient_checkpointing,
         weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,

@@ -510,9 +510,10 @@ def score_completions(
     metrics: dict[str, float] = {f"{task}/n_problems": float(len(problems)), f"{task}/n_samples": float(n_min)}
     for k in config.ks:
         if n_min >= k:
-            metrics[f"{task}/pass@{k}"] = mean_pass_at_k(plus_counts, k)
-            metrics[f"{task}/base_pass@{k}"] = mean_pass_at_k(base_counts, k)
-    score_key = f"{task}/pass@{config.score_k}"
+            # MLflow metric names cannot contain "@": pass@k is logged as pass_at_k.
+            metrics[f"{task}/pass_at_{k}"] = mean_pass_at_k(plus_counts, k)
+            metrics[f"{task}/base_pass_at_{k}"] = mean_pass_at_k(base_counts, k)
+    score_key = f"{task}/pass_at_{config.score_k}"
     if score_key not in metrics:
         return TaskResult(metrics, None, samples, skipped_reason=(
             f"{task}: pass@{config.score_k} needs n_samples >= {config.score_k} per problem (got {n_min}); "
