@@ -197,7 +197,9 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
         name = cell_name(extra)
         candidates.append((name, config, dict(extra), {k: -1 for k in extra} | {"__include__": i}))
     if spec.baseline:
-        config = {k: copy.deepcopy(v) for k, v in spec.base.items() if k in ("model", "eval", "seed", "judge")}
+        # The baseline keeps the reward model so that its samples can be scored by it (rm_reward).
+        config = {k: copy.deepcopy(v) for k, v in spec.base.items()
+                  if k in ("model", "eval", "seed", "judge", "reward_model")}
         config["algorithm"] = None
         candidates.insert(0, ("sft", config, {"algorithm": None}, {}))
 

@@ -113,14 +113,30 @@ def plan_cell(cell: Cell) -> CellPlan:
             if rm_data.key not in {s.key for s in stages}:
                 stages.append(rm_data)
             stages.append(rm_stage)
-            inputs["reward_model"] = rm_stage
         elif cfg.reward_model is not None:
             rm_config = {"path": cfg.reward_model.path}
+        from harness.algorithms import ALGORITHMS
+
+        if ALGORITHMS.get(cfg.algorithm.name).needs_reward:
+            if rm_stage is not None:
+                inputs["reward_model"] = rm_stage
+        else:
+            rm_config = None  # e.g. DPO with an RM only for evaluation: training must not depend on it
         policy_stage = Stage("train_policy", {
             "model": cfg.model, "algorithm": cfg.algorithm.resolved(), "seed": cfg.seed,
             "reward_function": cfg.reward_function, "reward_model": rm_config,
         }, inputs)
         stages.append(policy_stage)
+    if policy_stage is None and "rm_reward" in cfg.eval.tasks and cfg.reward_model is not None \
+            and cfg.reward_model.dataset is not None:
+        # The SFT baseline's samples scored by the same reward model as the policies' (seed 000 plots).
+        from harness.reward_model import RewardModelConfig
+
+        rm_data = _data_stage(cfg.reward_model.dataset, cfg.seed)
+        rm_train = dataclasses.asdict(RewardModelConfig(**cfg.reward_model.train))
+        rm_stage = Stage("train_reward_model", {"base": cfg.reward_model.base, "train": rm_train,
+                                                "seed": cfg.seed}, {"data": rm_data})
+        stages.extend([rm_data, rm_stage])
     eval_inputs: dict[str, Stage] = {}
     if policy_stage is not None:
         eval_inputs["policy"] = policy_stage
