@@ -1,14 +1,14 @@
 """Generation throughput: the project's engine (`HFGenerator`) vs lm-eval's HF backend (`HFLM`).
 
-Same in-memory model and tokenizer, same prompts (GSM8K 8-shot chat prompts, already rendered to
-strings so both engines see identical token ids), greedy, same max new tokens, same stop string, same
-batch size; one timed run each (the project engine first, then lm-eval), after a one-batch warm-up of
-each. Throughput = generated tokens (re-tokenised outputs, so both are counted the same way) / time.
+Same in-memory model and tokenizer, same prompts (AlpacaEval instructions or GSM8K 8-shot prompts in the chat
+template, rendered to strings so both engines see identical token ids), greedy, same max new tokens,
+same stop strings, same batch size; one timed run each (the project engine first, then lm-eval), after a one-batch warm-up of
+each (one prompt). Throughput = generated tokens (re-tokenised outputs, so both are counted the same way) / time.
 Reported for wall time and for process CPU time: the machine is shared, and CPU time is the fairer
 comparison when other jobs compete for the cores.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_generation.py --model smollm2-135m-instruct \
-        --prompts 16 --max-new-tokens 64 --batch-size 16 [--json out.json]
+        --prompt-set alpaca --prompts 16 --max-new-tokens 128 --batch-size 16 [--json out.json]
 
 Prints one line per engine and the ratio (project / lm-eval; > 1 means the project's engine is faster).
 """
@@ -25,13 +25,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _prompts(tokenizer, n: int) -> list[str]:
-    from harness.evaluation import gsm8k
+def _prompts(tokenizer, n: int, prompt_set: str) -> tuple[list[str], list[str]]:
+    """(rendered prompts, stop strings): GSM8K 8-shot chat prompts (long prefill, stop at "Question:")
+    or AlpacaEval instructions (short prompts, long free generation, no stop string)."""
     from harness.generation import render_prompt
 
-    rows = gsm8k.load_rows(n)
-    return [render_prompt(tokenizer, [{"role": "user", "content": gsm8k.build_user_prompt(r["question"])}],
-                          chat=True) + "Answer:" for r in rows]
+    if prompt_set == "gsm8k":
+        from harness.evaluation import gsm8k
+
+        rows = gsm8k.load_rows(n)
+        return [render_prompt(tokenizer, [{"role": "user", "content": gsm8k.build_user_prompt(r["question"])}],
+                              chat=True) + "Answer:" for r in rows], ["Question:"]
+    from harness.judge.alpaca import load_reference
+
+    instructions, _ = load_reference(1, n)
+    return [render_prompt(tokenizer, [{"role": "user", "content": i}], chat=True) for i in instructions], []
 
 
 def _count(tokenizer, texts: list[str]) -> int:
@@ -48,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--prompt-set", choices=("alpaca", "gsm8k"), default="alpaca")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -63,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     model, tok = load_causal_lm(args.model)
-    prompts = _prompts(tok, args.prompts)
-    stop = ["Question:"]
+    prompts, stop = _prompts(tok, args.prompts, args.prompt_set)
 
     ours = HFGenerator(model, tok, batch_size=args.batch_size)
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=0.0, stop=tuple(stop))
@@ -79,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                          metadata=("bench", i, 1)) for i, p in enumerate(ps)]
         return lm.generate_until(reqs, disable_tqdm=True)
 
-    warm = prompts[: min(2, len(prompts))]
+    warm = prompts[:1]
     run_ours(warm)
     run_lmeval(warm)
     out_ours, wall_ours, cpu_ours = _timed(lambda: run_ours(prompts))
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     tok_ours, tok_lm = _count(tok, out_ours), _count(tok, out_lm)
     same = sum(a.strip() == b.strip() for a, b in zip(out_ours, out_lm))
     result = {
-        "model": args.model, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+        "model": args.model, "prompt_set": args.prompt_set, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
         "project": {"tokens": tok_ours, "wall_s": wall_ours, "cpu_s": cpu_ours,
                     "tok_per_wall_s": tok_ours / wall_ours, "tok_per_cpu_s": tok_ours / cpu_ours},
