@@ -18,6 +18,24 @@ def _text(completion: Any) -> str:
     return str(completion)
 
 
+def lowercase_fraction_reward(completions: Sequence[Any], **_: Any) -> list[float]:
+    """Dense version of `lowercase`: the share of the completion's letters that are lowercase (0 without letters).
+
+    Why it exists: SmolLM2-135M-Instruct essentially never answers entirely in lowercase, so the binary
+    `lowercase` reward is 0 for every sample of a group (measured: 16/16 GRPO samples at T=0.7) and
+    group-relative methods (GRPO, RLOO) get no advantage at all. This one ranks "the capital of france is
+    paris." above "The capital of France is Paris." and gives those methods a signal on the same constraint.
+    """
+    out = []
+    for completion in completions:
+        letters = [c for c in _text(completion) if c.isalpha()]
+        out.append(sum(c.islower() for c in letters) / len(letters) if letters else 0.0)
+    return out
+
+
+REWARD_FUNCTIONS.register("lowercase_fraction", lowercase_fraction_reward)
+
+
 def gsm8k_reward(completions: Sequence[Any], answer: Sequence[str] | None = None, **_: Any) -> list[float]:
     """1.0 when the completion's last number equals the gold answer, else 0.0.
 

@@ -10,6 +10,7 @@ import pytest
 
 from harness.algorithms import ALGORITHMS, TrainContext
 from harness.algorithms.base import History
+from harness.rewards import REWARD_FUNCTIONS
 
 OFFLINE = dict(max_steps=2, learning_rate=1e-3, per_device_train_batch_size=2, gradient_accumulation_steps=1,
                warmup_ratio=0.0, max_length=64)
@@ -44,15 +45,9 @@ EXPECTED = {
 }
 
 
-def lowercase_fraction(completions, **_):
-    """A verifiable reward with variance on random-model text (share of letters that are lowercase), so the
-    policy-gradient methods get a non-zero advantage within a group and must move the weights."""
-    out = []
-    for completion in completions:
-        text = completion[-1]["content"] if isinstance(completion, list) else str(completion)
-        letters = [c for c in text if c.isalpha()]
-        out.append(sum(c.islower() for c in letters) / len(letters) if letters else 0.0)
-    return out
+# The dense verifiable reward (share of letters that are lowercase): it varies across random-model samples,
+# so the policy-gradient methods get a non-zero advantage within a group and must move the weights.
+lowercase_fraction = REWARD_FUNCTIONS.get("lowercase_fraction")
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +233,10 @@ def test_gsm8k_reward_checks_the_last_number_against_the_gold_answer():
     assert reward(completions=completions, answer=["1234", "#### 6", "7", "18"]) == [1.0, 1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="needs an `answer` column"):
         reward(completions=completions)
+
+
+def test_lowercase_fraction_reward_is_dense():
+    reward = REWARD_FUNCTIONS.get("lowercase_fraction")
+    texts = ["the capital of france is paris.", "The capital of France is Paris.", "PARIS", "42"]
+    assert reward(completions=[[{"role": "assistant", "content": t}] for t in texts]) == [1.0, 22 / 25, 0.0, 0.0]
+    assert REWARD_FUNCTIONS.get("lowercase")(completions=texts[:2]) == [1.0, 0.0]
