@@ -161,6 +161,16 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _device_and_dtype(device: str | None, dtype: str):
+    """fp32 on CPU (bf16 matmuls are slow there), bf16 on CUDA, unless a dtype name is given."""
+    import torch
+
+    device = device or default_device()
+    if dtype == "auto":
+        return device, torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return device, getattr(torch, dtype)
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
@@ -172,14 +182,9 @@ def load_tokenizer(name_or_path: str):
 
 def load_causal_lm(name_or_path: str, device: str | None = None, dtype: str = "auto"):
     """(model, tokenizer) for generation or training. fp32 on CPU, bf16 on CUDA unless told otherwise."""
-    import torch
     from transformers import AutoModelForCausalLM
 
-    device = device or default_device()
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
+    device, torch_dtype = _device_and_dtype(device, dtype)
     path = resolve_model(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
     return model, load_tokenizer(name_or_path)
@@ -187,14 +192,9 @@ def load_causal_lm(name_or_path: str, device: str | None = None, dtype: str = "a
 
 def load_reward_model(name_or_path: str, device: str | None = None, dtype: str = "auto"):
     """(sequence-classification model with 1 label, tokenizer). A causal-LM folder gets a new score head."""
-    import torch
     from transformers import AutoModelForSequenceClassification
 
-    device = device or default_device()
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
+    device, torch_dtype = _device_and_dtype(device, dtype)
     tok = load_tokenizer(name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(
         resolve_model(name_or_path), num_labels=1, dtype=torch_dtype
