@@ -116,7 +116,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from harness.judge.server import make_server
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per judge request otherwise
+    for name in ("httpx", "httpx2"):  # the openai client's HTTP library logs one line per request
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         _, policies = find_policies(args.experiment)
     except ValueError as exc:

@@ -182,14 +182,8 @@ class ModelBackend:
         self._worker.join(timeout=30)
 
     def complete(self, requests: list[Request]) -> list[Reply]:
-        from harness.generation import render_prompt
-
-        for req in requests:
-            n_prompt = len(self.tokenizer(render_prompt(self.tokenizer, req.messages, chat=True),
-                                          add_special_tokens=False)["input_ids"])
-            if n_prompt + min(req.max_tokens, self.max_new_tokens_cap) > self.context:
-                raise ServerError(400, f"prompt of {n_prompt} tokens plus max_tokens exceeds the model's "
-                                  f"context of {self.context} tokens", "context_length_exceeded")
+        # Everything that touches the tokenizer or the model runs on the worker thread: a fast
+        # tokenizer's padding/truncation settings are shared state, so concurrent calls corrupt batches.
         slots = []
         for req in requests:
             slot: dict[str, Any] = {}
@@ -223,6 +217,11 @@ class ModelBackend:
             groups: dict[tuple, list] = {}
             for job in jobs:  # one generate() call per distinct set of sampling parameters
                 r = job[0]
+                too_long = self._context_error(r)
+                if too_long is not None:
+                    job[1]["error"] = too_long
+                    job[2].set()
+                    continue
                 key = (min(r.max_tokens, self.max_new_tokens_cap), r.temperature, r.top_p, r.seed, r.stop)
                 groups.setdefault(key, []).append(job)
             for key, group in groups.items():
@@ -235,6 +234,16 @@ class ModelBackend:
                         slot["error"] = exc
                 for _, _, done in group:
                     done.set()
+
+    def _context_error(self, req: Request) -> ServerError | None:
+        from harness.generation import render_prompt
+
+        prompt = render_prompt(self.tokenizer, req.messages, chat=True)
+        n_prompt = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if n_prompt + min(req.max_tokens, self.max_new_tokens_cap) <= self.context:
+            return None
+        return ServerError(400, f"prompt of {n_prompt} tokens plus max_tokens exceeds the model's context "
+                           f"of {self.context} tokens", "context_length_exceeded")
 
     def stats(self) -> dict[str, Any]:
         return {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
