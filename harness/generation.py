@@ -123,7 +123,9 @@ class HFGenerator:
                     kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
                 if params.temperature > 0:
                     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator_seed)))
-                    kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+                    # top_k=0 overrides the model's generation_config default (often 50): samples come
+                    # from the full (temperature, top-p) distribution, as PPO's and the KL's maths assume.
+                    kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
                 else:
                     kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                 with torch.no_grad():
