@@ -197,9 +197,12 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
         name = cell_name(extra)
         candidates.append((name, config, dict(extra), {k: -1 for k in extra} | {"__include__": i}))
     if spec.baseline:
-        # The baseline keeps the reward model so that its samples can be scored by it (rm_reward).
-        config = {k: copy.deepcopy(v) for k, v in spec.base.items()
-                  if k in ("model", "eval", "seed", "judge", "reward_model")}
+        config = {k: copy.deepcopy(v) for k, v in spec.base.items() if k in ("model", "eval", "seed", "judge")}
+        # The baseline keeps a fully specified base reward model so that its samples can be scored by
+        # it (rm_reward); one completed only by the axes varies per cell and has no baseline meaning.
+        base_rm = spec.base.get("reward_model")
+        if isinstance(base_rm, dict) and ("dataset" in base_rm or "path" in base_rm):
+            config["reward_model"] = copy.deepcopy(base_rm)
         config["algorithm"] = None
         candidates.insert(0, ("sft", config, {"algorithm": None}, {}))
 
