@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,36 @@ def tracking_uri() -> str:
     return f"sqlite:///{results_dir() / 'mlflow.db'}"
 
 
+def ensure_sqlite_store(uri: str) -> None:
+    """Create a missing SQLite store whole, or not at all.
+
+    MLflow builds a new SQLite store by running its schema migrations in several transactions; a
+    process killed in between leaves a half-built database that every later run rejects ("table ...
+    already exists"). So the schema is built in a private file and then hard-linked into place:
+    `link` is atomic and fails if the store appeared meanwhile (another worker won; keep theirs).
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists() or str(path) == ":memory:":
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.init-*"):  # left by a killed creator
+        if time.time() - stale.stat().st_mtime > 600:
+            stale.unlink(missing_ok=True)
+    private = path.with_name(f".{path.name}.init-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{private}", (path.parent / "mlartifacts").as_uri())
+        store.engine.dispose()
+        os.link(private, path)
+    except FileExistsError:
+        pass
+    finally:
+        private.unlink(missing_ok=True)
+
+
 def is_local_store(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
 
@@ -45,6 +77,7 @@ def client():
     uri = tracking_uri()
     if os.environ.get("MLFLOW_TRACKING_URI") in (None, "", _exported_default):
         _exported_default = uri
+    ensure_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 
@@ -107,7 +140,6 @@ def git_sha() -> str:
 
 def log_metric_history(run_id: str, history_path: Path) -> None:
     """Replay a stage's step metrics (`history.jsonl`) into its run, in batches."""
-    import time
 
     from mlflow.entities import Metric
 
@@ -127,7 +159,6 @@ def log_metric_history(run_id: str, history_path: Path) -> None:
 
 
 def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
-    import time
 
     from mlflow.entities import Metric
 

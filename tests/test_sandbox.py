@@ -102,7 +102,8 @@ def test_mild_forks_are_capped_by_rlimit_nproc():
     result, elapsed = _run(program)
     _assert_failed_quickly(result, elapsed)
     assert result.result["outcome"] == f"failed: forked {LIMITS.max_processes - 1}"
-    assert result.survivors_killed >= LIMITS.max_processes - 1  # the sleepers, killed by the parent
+    # The sleepers die with the run's process group, or in the parent's sweep after it (how many the
+    # sweep finds depends on timing): either way none may still be running.
     _assert_no_survivors(result)
 
 

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import tempfile
 import time
@@ -87,19 +86,9 @@ class JudgeReport:
 
 
 def mlflow_client():
-    try:
-        from harness.tracking import client
+    from harness.tracking import client
 
-        return client()
-    except ImportError:  # tracking module not there yet: the same default store
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
-        from harness.paths import results_dir
-
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results_dir() / 'mlflow.db'}"
-        mlflow.set_tracking_uri(uri)
-        return MlflowClient(tracking_uri=uri)
+    return client()
 
 
 def find_policies(experiment: str) -> tuple[str, list[Policy]]:
