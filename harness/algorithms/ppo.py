@@ -327,10 +327,11 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def response_logits(model: Any, batch: Rollouts, temperature: float) -> torch.Tensor:
     """Logits predicting each response token y_t from x, y_<t: positions P-1 .. P+R-2."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=_position_ids(batch.attention_mask), use_cache=False)
     width_r = batch.response_mask.shape[1]
-    logits = out.logits[:, batch.prompt_width - 1 : batch.prompt_width - 1 + width_r].float()
+    # logits_to_keep: the LM head runs only on the last R + 1 positions (P-1 .. P+R-1), not the prompt.
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=_position_ids(batch.attention_mask), use_cache=False, logits_to_keep=width_r + 1)
+    logits = out.logits[:, :width_r].float()
     return logits / temperature
 
 
