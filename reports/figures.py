@@ -43,6 +43,19 @@ def _available(ctx: ReportContext, preferred: Sequence[str]) -> tuple[list[str],
     return scores[:3], f" (The paper's {', '.join(preferred)} are absent: showing {', '.join(scores[:3])}.)"
 
 
+def _shared_legend(fig: Any, axes: Any) -> None:
+    """One legend under the panels (every series once, whichever panel drew it), then a tight layout
+    leaving room for it: per-panel legends of long configuration names cover the data."""
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    ncol = 1 if max(map(len, handles), default=0) > 60 else 2 if max(map(len, handles), default=0) > 28 else 4
+    rows = -(-len(handles) // ncol)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, min(0.5, (0.18 * rows + 0.1) / fig.get_figheight()), 1, 1))
+
+
 def _err(entry: Entry) -> tuple[float, float]:
     if entry.ci is None or not entry.is_number:
         return 0.0, 0.0
@@ -159,16 +172,20 @@ def kl_coefficient(cell: CellRun) -> float | None:
           Needs(params=(("algorithm.name", "*"),)))
 def fig4(ctx: ReportContext) -> FigureOutput:
     series: dict[str, list[CellRun]] = {}
+    # One line per reward model (Fig. 4's point: the best β moves with the RM), labels disambiguated.
+    rm_names = {id(cell): label for label, cells in rm_groups(ctx) for cell in cells}
     for cell in ctx.exp.policies:
         if kl_coefficient(cell) is None:
             continue
         name = " · ".join(x for x in ((cell.algorithm or "").upper(), cell.param("dataset.name"),
-                                      rm_label(cell) if rm_identity(cell) else None, cell.param("prompts.name")) if x)
+                                      rm_names.get(id(cell)), cell.param("prompts.name")) if x)
         series.setdefault(name, []).append(cell)
     series = {k: v for k, v in series.items() if len({kl_coefficient(c) for c in v}) >= 2}
     if not series:
         raise Skip("no β / kl_coef sweep (a series needs at least two KL coefficients)")
     metrics, note = _available(ctx, ["gsm8k/score", "alpaca_eval2/score", AVERAGE[1]])
+    # The reward-KL view beside performance (seed 000's frontier): what the RM gave and what it cost.
+    metrics += [m for m in ("rm_reward/mean", "policy_kl/kl_mean") if ctx.exp.has_metric(m)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     data = []
     for ax, metric in zip(axes[0], metrics):
@@ -190,8 +207,7 @@ def fig4(ctx: ReportContext) -> FigureOutput:
         ax.set_xlabel("KL coefficient β (log scale)")
         ax.set_ylabel(_metric_label(metric))
         ax.set_title(_metric_label(metric))
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    _shared_legend(fig, axes)
     return FigureOutput(fig, "Each metric against the KL penalty coefficient (PPO `kl_coef`, DPO-style `beta`), one "
                              "line per algorithm and reward model; 95% bootstrap intervals." + note, data)
 
@@ -273,15 +289,7 @@ def _plot_curves(ctx: ReportContext, name: str, panels: list[tuple[str, list]], 
         ax.set_ylabel(metric.rsplit("/", 1)[-1])
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles: dict[str, Any] = {}
-    for ax in axes.flat:  # every configuration once, whichever panel drew it
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    ncol = 2 if max(map(len, handles), default=0) > 28 else 4
-    rows = -(-len(handles) // ncol)
-    height = fig.get_figheight()
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, min(0.5, (0.18 * rows + 0.1) / height), 1, 1))
+    _shared_legend(fig, axes)
     return FigureOutput(fig, f"{title} Source: {source}. Grey dashed lines: epoch boundaries (when logged).", data)
 
 

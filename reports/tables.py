@@ -171,6 +171,9 @@ def rm_label(cell: CellRun) -> str:
     if cell.param("reward_model.path"):
         return cell.param("reward_model.path") or "—"
     data = cell.param("reward_model.dataset.name") or "?"
+    rows = cell.param("reward_model.dataset.max_rows")
+    if rows not in (None, "", "None"):
+        data += f", {rows} pairs"  # RMs on subsets of one dataset (e.g. the KL sweep's weak and strong RM)
     return f"{cell.param('reward_model.base') or '?'} RM ({data})"
 
 

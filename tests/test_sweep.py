@@ -254,23 +254,44 @@ def test_sweep_killed_mid_trial_resumes_with_the_same_parameters(tiny_model, sha
 
 
 @pytest.mark.slow
-def test_kl_sweep_yaml_at_tiny_scale_gives_metric_vs_beta_per_reward_model(tiny_model, shared_mlflow):
-    """ablations/kl_sweep.yaml with the tiny model (one β per RM study): every trial run carries what
-    a Fig. 4 plot needs (the RM axis, β, the suite metric, KL, RM reward), and the SFT reference."""
+def test_kl_sweep_yaml_at_tiny_scale_gives_fig4_per_reward_model(tiny_model, shared_mlflow, tmp_path):
+    """ablations/kl_sweep.yaml with the tiny model and two βs per RM study: every trial run carries what
+    Fig. 4 needs (the RM axis, β, the suite metric, KL, RM reward), and `harness report` draws Fig. 4
+    from MLflow alone: one line per RM, one point per β, each equal to that trial's logged metric."""
     from harness.paths import PROJECT_ROOT
+    from reports.build import build_report
 
+    betas = [0.05, 0.2]
     spec = load_sweep(PROJECT_ROOT / "ablations" / "kl_sweep.yaml", [
         "base.model=tiny-random-llama", "base.reward_model.base=tiny-random-llama",
-        "base.algorithm.max_steps=1", "base.reward_model.train.max_steps=2", "base.eval.limit=2"])
-    summaries = run_sweep(spec, n_trials=1, echo=quiet)
+        "base.algorithm.max_steps=1", "base.reward_model.train.max_steps=2", "base.eval.limit=2",
+        f"search.algorithm.kl_coef.choices={betas}"])
+    summaries = run_sweep(spec, n_trials=2, echo=quiet)
     assert len(summaries) == 2
     runs = runs_of("kl_sweep")
     trials = [r for r in runs if r.data.tags.get("harness.run_type") == "cell" and "harness.study" in r.data.tags]
     table = sorted((int(r.data.params["reward_model.dataset.max_rows"]), float(r.data.params["algorithm.kl_coef"]),
                     r.data.metrics["smoke_lowercase/clean_success_rate"], r.data.metrics["policy_kl/kl_mean"],
                     r.data.metrics["rm_reward/mean"]) for r in trials)
-    assert [row[0] for row in table] == [32, 255]
-    assert all(row[1] in (0.005, 0.0125, 0.0325, 0.05, 0.2) for row in table)
+    assert [row[:2] for row in table] == [(32, 0.05), (32, 0.2), (255, 0.05), (255, 0.2)]
     assert all(float(r.data.tags["harness.kl_coefficient"]) == float(r.data.params["algorithm.kl_coef"])
                for r in trials)
     assert any(r.data.tags.get("harness.cell") == "sft" for r in runs), "baseline: true logs the SFT cell"
+
+    result = build_report("kl_sweep", tmp_path / "report", tables=[], figures=["fig4"], n_boot=50)
+    assert "fig4" not in result.skipped, result.skipped
+    assert (tmp_path / "report" / "figures" / "fig4.png").stat().st_size > 10_000 or any(
+        p.name == "fig4.png" and p.stat().st_size > 10_000 for p in result.written["fig4"])
+    points = result.figures["fig4"].data
+    by_id = {r.info.run_id: r for r in trials}
+    for metric in ("smoke_lowercase/score", "rm_reward/mean", "policy_kl/kl_mean"):
+        rows = [p for p in points if p["metric"] == metric]
+        series = sorted({p["series"] for p in rows})
+        assert len(series) == 2 and "32 pairs" in series[0] + series[1] and "255 pairs" in series[0] + series[1]
+        for row in rows:
+            (run_id,) = row["mlflow_run_ids"].split(";")
+            run = by_id[run_id]
+            assert float(run.data.params["algorithm.kl_coef"]) == row["x"]
+            assert f"{run.data.params['reward_model.dataset.max_rows']} pairs" in row["series"]
+            assert row["value"] == pytest.approx(run.data.metrics[metric])
+        assert sorted((p["series"], p["x"]) for p in rows) == sorted((s, b) for s in series for b in betas)
