@@ -13,6 +13,7 @@ replaced by the best-of-N sampling temperature (the point is to choose among sam
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from collections.abc import Sequence
@@ -73,8 +74,27 @@ class SampleCache:
     def put(self, key: str, candidates: list[str]) -> None:
         self.misses += 1
         self._entries[key] = candidates
+        line = json.dumps({"key": key, "candidates": candidates}, ensure_ascii=False) + "\n"
         with self.path.open("a") as fh:
-            fh.write(json.dumps({"key": key, "candidates": candidates}, ensure_ascii=False) + "\n")
+            # Grid stages of several cells may append at once (pool / Ray workers on one disk); a long line
+            # is written in several syscalls, so lock to keep lines whole.
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fh.write(line)
+                fh.flush()
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def default_cache(sft_path: str) -> tuple[SampleCache, str]:
+    """(cache, model key) for an SFT model folder: results/bon_cache/<fingerprint>/samples.jsonl.
+
+    One place for the location, so `run_best_of_n` and the grid's evaluate stage share candidates.
+    """
+    from harness.paths import results_dir
+
+    model_key = model_fingerprint(sft_path)
+    return SampleCache(results_dir() / "bon_cache" / model_key / "samples.jsonl"), model_key
 
 
 def _as_messages(prompt: Messages | str) -> Messages:
@@ -131,6 +151,37 @@ class BestOfNGenerator:
         return out
 
 
+def best_of_n_tasks(
+    base: Generator,
+    sft_path: str,
+    reward_model_path: str,
+    tasks: list[str],
+    out_dir: Path,
+    cache: SampleCache,
+    model_key: str,
+    config: BestOfNConfig,
+    limit: int | None = None,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """Run `tasks` on one reward model's best-of-N picks; the tasks' own metric names (no prefix).
+
+    Writes the task samples, `results.json` and `bon_selections.jsonl` (candidate scores and the pick)
+    under out_dir.
+    """
+    from harness.evaluation import EvalContext, run_tasks
+    from harness.reward_model import RewardScorer
+
+    scorer = RewardScorer(reward_model_path, batch_size=batch_size)
+    generator = BestOfNGenerator(base, scorer, cache, config, model_key)
+    ctx = EvalContext(model_path=sft_path, out_dir=out_dir, limit=limit, seed=config.seed,
+                      batch_size=batch_size, reward_model_path=reward_model_path, _generator=generator)
+    metrics = run_tasks(ctx, tasks)
+    with (out_dir / "bon_selections.jsonl").open("w") as fh:
+        for record in generator.records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return metrics
+
+
 def run_best_of_n(
     sft_model: str,
     reward_models: dict[str, str],
@@ -144,14 +195,12 @@ def run_best_of_n(
     """Best-of-N over `tasks` for each reward model ({label: RM folder}); metrics `bon/<label>/<metric>`.
 
     Per RM, writes the task samples and `bon_selections.jsonl` (candidate scores and the pick) under
-    out_dir/<label>/. Candidates are cached under `cache_dir` (default results/bon_cache/<sft>), so a
-    second call, or another reward model, reuses them.
+    out_dir/<label>/. Candidates are cached under `cache_dir` (default results/bon_cache/<sft>, the
+    grid's evaluate stage uses the same), so a second call, or another reward model, reuses them.
     """
-    from harness.evaluation import TASKS, EvalContext, run_tasks
+    from harness.evaluation import TASKS
     from harness.generation import make_generator
     from harness.models import resolve_model
-    from harness.paths import results_dir
-    from harness.reward_model import RewardScorer
 
     config = config or BestOfNConfig()
     if not reward_models:
@@ -159,22 +208,17 @@ def run_best_of_n(
     for name in tasks:
         TASKS.get(name)  # unknown task: fails here, listing the valid ones, before any generation
     sft_path = resolve_model(sft_model)
-    model_key = model_fingerprint(sft_path)
-    cache = SampleCache((cache_dir or results_dir() / "bon_cache" / model_key) / "samples.jsonl")
+    if cache_dir is not None:
+        model_key = model_fingerprint(sft_path)
+        cache = SampleCache(cache_dir / "samples.jsonl")
+    else:
+        cache, model_key = default_cache(sft_path)
     base = make_generator(sft_path, batch_size=batch_size)
     metrics: dict[str, float] = {}
     for label, rm_path in reward_models.items():
-        scorer = RewardScorer(rm_path, batch_size=batch_size)
-        generator = BestOfNGenerator(base, scorer, cache, config, model_key)
-        rm_dir = out_dir / label
-        ctx = EvalContext(model_path=sft_path, out_dir=rm_dir, limit=limit, seed=config.seed,
-                          batch_size=batch_size, reward_model_path=rm_path, _generator=generator)
-        for key, value in run_tasks(ctx, tasks).items():
-            metrics[f"bon/{label}/{key}"] = value
-        with (rm_dir / "bon_selections.jsonl").open("w") as fh:
-            for record in generator.records:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        del scorer
+        found = best_of_n_tasks(base, sft_path, rm_path, tasks, out_dir / label, cache, model_key, config,
+                                limit=limit, batch_size=batch_size)
+        metrics.update({f"bon/{label}/{key}": value for key, value in found.items()})
     metrics["bon/cache_hits"] = float(cache.hits)
     metrics["bon/cache_misses"] = float(cache.misses)
     return metrics

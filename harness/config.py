@@ -90,24 +90,73 @@ class RewardModelRef(Strict):
         return self
 
 
-class EvalConfig(Strict):
-    tasks: list[str] = Field(default_factory=lambda: ["smoke_lowercase"])
-    limit: int | None = Field(default=None, ge=1, description="examples per task (None = all)")
-    batch_size: int = Field(default=16, ge=1)
+def _expand_tasks(tasks: list[str]) -> list[str]:
+    """Suite names expanded to their tasks; an unknown name raises, listing the valid ones."""
+    from harness.evaluation import SUITES, TASKS
+
+    expanded: list[str] = []
+    for name in tasks:
+        if name in SUITES:
+            expanded.extend(SUITES[name])
+        else:
+            TASKS.get(name)
+            expanded.append(name)
+    return expanded
+
+
+# Paper Table 12's best-of-N benchmarks (the generative ones of the suite).
+BEST_OF_N_TASKS = ["gsm8k", "bbh", "humaneval_plus", "mbpp_plus", "alpaca_eval1", "alpaca_eval2", "ifeval", "xstest"]
+# Tasks that score the model itself (log-likelihoods, KL, its own greedy answers) rather than the text a
+# generator returns: through best-of-N they would measure the SFT model and be mislabelled as the RM's.
+NOT_BEST_OF_N_TASKS = {"mmlu": "scores answer log-likelihoods", "truthfulqa": "its offline score is log-likelihood MC2",
+                       "policy_kl": "measures the policy, not picked text",
+                       "rm_reward": "generates with the policy, not through best-of-N"}
+
+
+class BestOfNEval(Strict):
+    """Best-of-N (paper Sec. 4 "direct evaluation", App. H): N samples per prompt from the cell's SFT
+    model (`model`), generated once and cached under results/bon_cache, the cell's reward model picks
+    one, `tasks` are scored on the picks. Logged as `bon/<task>/<metric>` on the cell run."""
+
+    n: int = Field(default=16, ge=1, description="samples per prompt (App. H: 16)")
+    temperature: float = Field(default=0.7, gt=0, description="sampling temperature (App. H: 0.7)")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    # Fixed, not the cell seed: cells of every seed and every RM then pick from the same candidates
+    # (App. H: "model outputs are identical between runs").
+    seed: int = 0
+    tasks: list[str] = Field(default_factory=lambda: list(BEST_OF_N_TASKS))
+    limit: int | None = Field(default=None, ge=1, description="prompts per task (None = eval.limit)")
 
     @field_validator("tasks")
     @classmethod
     def _registered(cls, tasks: list[str]) -> list[str]:
-        from harness.evaluation import SUITES, TASKS
-
-        expanded: list[str] = []
-        for name in tasks:
-            if name in SUITES:
-                expanded.extend(SUITES[name])
-            else:
-                TASKS.get(name)
-                expanded.append(name)
+        expanded = _expand_tasks(tasks)
+        bad = {t: NOT_BEST_OF_N_TASKS[t] for t in expanded if t in NOT_BEST_OF_N_TASKS}
+        if bad:
+            raise ValueError("not a best-of-N task: " + "; ".join(f"{t} ({why})" for t, why in bad.items()))
+        if not expanded:
+            raise ValueError("best_of_n.tasks is empty")
         return expanded
+
+
+class EvalConfig(Strict):
+    tasks: list[str] = Field(default_factory=lambda: ["smoke_lowercase"])
+    limit: int | None = Field(default=None, ge=1, description="examples per task (None = all)")
+    batch_size: int = Field(default=16, ge=1)
+    best_of_n: BestOfNEval | None = None
+
+    @field_validator("tasks")
+    @classmethod
+    def _registered(cls, tasks: list[str]) -> list[str]:
+        return _expand_tasks(tasks)
+
+    @field_validator("best_of_n", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        """`best_of_n: true` = the paper's settings; `false` = off."""
+        if value is True:
+            return {}
+        return None if value is False else value
 
 
 class JudgeConfig(Strict):
@@ -150,6 +199,15 @@ class CellConfig(Strict):
 
             REWARD_FUNCTIONS.get(name)
         return name
+
+    @model_validator(mode="after")
+    def _best_of_n_needs_reward_model(self) -> CellConfig:
+        if self.eval.best_of_n is not None and self.reward_model is None:
+            raise ValueError(
+                "`eval.best_of_n` needs a reward model to pick the best of the N SFT samples, but this cell "
+                "has no `reward_model`: set `reward_model` (dataset or path) or remove `eval.best_of_n`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _algorithm_needs(self) -> CellConfig:

@@ -203,6 +203,10 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
         base_rm = spec.base.get("reward_model")
         if isinstance(base_rm, dict) and ("dataset" in base_rm or "path" in base_rm):
             config["reward_model"] = copy.deepcopy(base_rm)
+        elif isinstance(config.get("eval"), dict):
+            # Best-of-N needs a reward model to pick with; without one the baseline is what it is for the
+            # BoN tables anyway: the SFT model's own answers (Table 12's first row).
+            config["eval"].pop("best_of_n", None)
         config["algorithm"] = None
         candidates.insert(0, ("sft", config, {"algorithm": None}, {}))
 

@@ -414,15 +414,56 @@ def rewardbench_score(subset_accuracy: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def rewardbench_files() -> list[Path]:
+    """The RewardBench files found in the local data dirs (first dir holding each name), maybe none."""
+    from harness.paths import find_data_file
+
+    return [f for f in (find_data_file(rel) for rel in REWARDBENCH_FILES) if f is not None]
+
+
+def rewardbench_missing_reason() -> str:
+    """Why RewardBench is not scored, naming every path that was looked at."""
+    from harness.paths import data_dirs
+
+    looked = [str(d / rel) for d in data_dirs() for rel in REWARDBENCH_FILES]
+    return ("RewardBench data not found locally; looked for " + ", ".join(looked)
+            + " (put allenai/reward-bench's `filtered` split there as JSONL, or point HARNESS_DATA_DIR at it)")
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def rewardbench_fingerprint() -> str | None:
+    """Content hash of the local RewardBench files (None when absent), for the reward-model stage key.
+
+    Part of the key so that a stage trained while the data was missing is redone (with RewardBench)
+    once the data is there, and redone again if the data changes. Cached per (path, size, mtime).
+    """
+    files = rewardbench_files()
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        ident = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if ident not in _FINGERPRINTS:
+            h = hashlib.sha256()
+            with path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            _FINGERPRINTS[ident] = h.hexdigest()
+        digest.update(f"{path.name}:{_FINGERPRINTS[ident]}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def evaluate_rewardbench(model_path: str, out_dir: Path, batch_size: int = 16) -> tuple[dict[str, float], str | None]:
     """(metrics, skipped_reason). Reads RewardBench rows (`prompt`, `chosen`, `rejected`, `subset`: the
     hub schema) from the local data dirs; when they are absent returns no numbers and the reason."""
     from datasets_registry.core import read_jsonl
-    from harness.paths import find_data_file
 
-    files = [f for f in (find_data_file(rel) for rel in REWARDBENCH_FILES) if f is not None]
+    files = rewardbench_files()
     if not files:
-        return {}, f"RewardBench data not found locally (looked for {', '.join(REWARDBENCH_FILES)})"
+        return {}, rewardbench_missing_reason()
     rows = [row for f in files for row in read_jsonl(f)]
     for i, row in enumerate(rows[:1]):
         missing = {"prompt", "chosen", "rejected", "subset"} - set(row)

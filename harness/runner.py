@@ -19,7 +19,7 @@ from typing import Any
 
 from harness import cache, tracking
 from harness.grid import Grid
-from harness.stages import CellPlan, Stage, plan_cell, unique_stages
+from harness.stages import STAGE_TAGS_FILE, CellPlan, Stage, plan_cell, unique_stages
 
 # Models bigger than this are not copied into the MLflow artifact store; a tag points at the stage cache.
 MAX_MODEL_ARTIFACT_BYTES = 50 * 1024 * 1024
@@ -99,7 +99,10 @@ def _log_stage_run(experiment_id: str, parent_id: str, stage: Stage) -> dict[str
     for run in existing:  # left unfinished by a crash: replace it
         client.delete_run(run.info.run_id)
     record = json.loads((stage.path / cache.RECORD).read_text())
+    tags_file = stage.path / STAGE_TAGS_FILE  # what the stage itself has to say (e.g. an evaluation skipped)
+    stage_tags = json.loads(tags_file.read_text()) if tags_file.exists() else {}
     run = client.create_run(experiment_id, run_name=stage.kind, tags={
+        **{k: str(v)[:5000] for k, v in stage_tags.items()},
         "mlflow.parentRunId": parent_id, "harness.run_type": "stage", "harness.stage_kind": stage.kind,
         "harness.stage_hash": stage.key, "harness.stage_dir": str(stage.path),
         "harness.stage_seconds": f"{record.get('seconds', 0):.1f}",

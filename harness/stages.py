@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -24,7 +25,13 @@ from typing import Any
 from harness import cache
 from harness.grid import Cell
 
-STAGE_VERSIONS = {"prepare_data": 1, "train_reward_model": 1, "train_policy": 1, "evaluate": 2}
+logger = logging.getLogger(__name__)
+
+# Optional file in a stage folder: {tag: value} the runner sets on the stage's MLflow run.
+STAGE_TAGS_FILE = "tags.json"
+
+# train_reward_model 2: also scores RewardBench when its data is local (`rewardbench` in its config).
+STAGE_VERSIONS = {"prepare_data": 1, "train_reward_model": 2, "train_policy": 1, "evaluate": 2}
 
 # Default Ray resource requests per kind (a user on a GPU cluster overrides with `resources:`).
 DEFAULT_RESOURCES = {
@@ -90,6 +97,18 @@ def _data_stage(ref: Any, seed: int) -> Stage:
                                   "max_rows": ref.max_rows})
 
 
+def _reward_model_stage(cfg: Any) -> tuple[Stage, Stage]:
+    """(data stage, train_reward_model stage) of a cell whose reward model is trained by the grid."""
+    from harness.reward_model import RewardModelConfig, rewardbench_fingerprint
+
+    rm_data = _data_stage(cfg.reward_model.dataset, cfg.seed)
+    rm_train = dataclasses.asdict(RewardModelConfig(**cfg.reward_model.train))
+    # The RewardBench data's hash (None = absent): the stage is redone when the data appears or changes.
+    return rm_data, Stage("train_reward_model", {"base": cfg.reward_model.base, "train": rm_train,
+                                                 "seed": cfg.seed, "rewardbench": rewardbench_fingerprint()},
+                          {"data": rm_data})
+
+
 def plan_cell(cell: Cell) -> CellPlan:
     cfg = cell.config
     stages: list[Stage] = []
@@ -104,12 +123,7 @@ def plan_cell(cell: Cell) -> CellPlan:
         stages.extend(inputs.values())
         rm_config: dict[str, Any] | None = None
         if cfg.reward_model is not None and cfg.reward_model.dataset is not None:
-            from harness.reward_model import RewardModelConfig
-
-            rm_data = _data_stage(cfg.reward_model.dataset, cfg.seed)
-            rm_train = dataclasses.asdict(RewardModelConfig(**cfg.reward_model.train))
-            rm_stage = Stage("train_reward_model", {"base": cfg.reward_model.base, "train": rm_train,
-                                                    "seed": cfg.seed}, {"data": rm_data})
+            rm_data, rm_stage = _reward_model_stage(cfg)
             if rm_data.key not in {s.key for s in stages}:
                 stages.append(rm_data)
             stages.append(rm_stage)
@@ -127,20 +141,17 @@ def plan_cell(cell: Cell) -> CellPlan:
             "reward_function": cfg.reward_function, "reward_model": rm_config,
         }, inputs)
         stages.append(policy_stage)
-    if policy_stage is None and "rm_reward" in cfg.eval.tasks and cfg.reward_model is not None \
-            and cfg.reward_model.dataset is not None:
-        # The SFT baseline's samples scored by the same reward model as the policies' (seed 000 plots).
-        from harness.reward_model import RewardModelConfig
-
-        rm_data = _data_stage(cfg.reward_model.dataset, cfg.seed)
-        rm_train = dataclasses.asdict(RewardModelConfig(**cfg.reward_model.train))
-        rm_stage = Stage("train_reward_model", {"base": cfg.reward_model.base, "train": rm_train,
-                                                "seed": cfg.seed}, {"data": rm_data})
+    bon = cfg.eval.best_of_n
+    uses_rm = "rm_reward" in cfg.eval.tasks or bon is not None  # the evaluation itself needs the RM
+    if policy_stage is None and uses_rm and cfg.reward_model is not None and cfg.reward_model.dataset is not None:
+        # The SFT baseline's samples scored by the same reward model as the policies' (seed 000 plots),
+        # or the baseline's best-of-N picked by it.
+        rm_data, rm_stage = _reward_model_stage(cfg)
         stages.extend([rm_data, rm_stage])
     eval_inputs: dict[str, Stage] = {}
     if policy_stage is not None:
         eval_inputs["policy"] = policy_stage
-    if rm_stage is not None and "rm_reward" in cfg.eval.tasks:
+    if rm_stage is not None and uses_rm:
         eval_inputs["reward_model"] = rm_stage
     eval_config = {
         "tasks": cfg.eval.tasks, "limit": cfg.eval.limit, "batch_size": cfg.eval.batch_size, "seed": cfg.seed,
@@ -150,6 +161,9 @@ def plan_cell(cell: Cell) -> CellPlan:
         "reward_model_path": cfg.reward_model.path if cfg.reward_model and cfg.reward_model.path else None,
         "judge": cfg.judge.model_dump(exclude={"api_key_env"}) if cfg.judge else None,
     }
+    if bon is not None:
+        # Only when asked: the keys (and cached results) of every other evaluation stay as they were.
+        eval_config["best_of_n"] = {**bon.model_dump(), "limit": bon.limit or cfg.eval.limit}
     stages.append(Stage("evaluate", eval_config, eval_inputs))
     # De-duplicate (the same data stage can feed both the policy and the reward model).
     unique: dict[str, Stage] = {}
@@ -224,7 +238,39 @@ def run_train_reward_model(config: dict[str, Any], inputs: dict[str, Path], out:
     metrics.update(evaluate_reward_model(str(out / "model"), heldout_rows, out))
     metrics["rm/train_pairs"] = float(len(train_rows))
     metrics["rm/heldout_pairs"] = float(len(heldout_rows))
+    metrics.update(_rewardbench(config, out, rm_config.eval_batch_size))
     return metrics
+
+
+def _rewardbench(config: dict[str, Any], out: Path, batch_size: int) -> dict[str, float]:
+    """RewardBench metrics when the data was there at plan time; otherwise none, and a tag saying why."""
+    from harness.reward_model import evaluate_rewardbench, rewardbench_fingerprint, rewardbench_missing_reason
+
+    planned = config.get("rewardbench")
+    if planned is None:
+        reason = rewardbench_missing_reason()
+        logger.warning("train_reward_model: RewardBench skipped: %s", reason)
+        _write_tags(out, {"harness.rewardbench": f"skipped: {reason}"})
+        return {}
+    found = rewardbench_fingerprint()
+    if found != planned:
+        # The key promised RewardBench numbers for these exact files; scoring others (or none, on a worker
+        # without the data) would publish numbers under the wrong key.
+        raise RuntimeError(f"RewardBench data differs from what the plan saw (planned {planned}, found {found}; "
+                           f"None = not found here: {rewardbench_missing_reason()}); re-run the grid so the stage "
+                           "is re-planned, or give this worker the same data dir")
+    metrics, skipped = evaluate_rewardbench(str(out / "model"), out, batch_size=batch_size)
+    if skipped:  # the files vanished between the two checks
+        raise RuntimeError(skipped)
+    _write_tags(out, {"harness.rewardbench": f"scored {int(metrics['rewardbench/n'])} pairs (data {planned})"})
+    return metrics
+
+
+def _write_tags(out: Path, tags: dict[str, str]) -> None:
+    """Tags for the stage's MLflow run (the runner sets them), e.g. why an evaluation was skipped."""
+    path = out / STAGE_TAGS_FILE
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**existing, **tags}, indent=2))
 
 
 def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
@@ -281,7 +327,39 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
         judge=judge, reference_path=resolve_model(config["reference_model"]),
         reward_model_path=reward_model_path,
     )
-    return run_tasks(ctx, config["tasks"])
+    metrics = run_tasks(ctx, config["tasks"])
+    if config.get("best_of_n"):
+        del ctx  # frees the evaluated model's generator before the SFT model is loaded for sampling
+        gc.collect()
+        metrics.update(_best_of_n(config, reward_model_path, out))
+    return metrics
+
+
+def _best_of_n(config: dict[str, Any], reward_model_path: str | None, out: Path) -> dict[str, float]:
+    """`bon/<task>/<metric>`: the tasks on the reward model's picks among N samples of the SFT model.
+
+    The SFT model is the cell's starting model (`reference_model`), whatever policy the cell trained;
+    its samples come from the shared cache (results/bon_cache), so every RM and cell picks from the same
+    candidates and they are generated once.
+    """
+    from harness.best_of_n import BestOfNConfig, best_of_n_tasks, default_cache
+    from harness.generation import make_generator
+    from harness.models import resolve_model
+
+    bon = config["best_of_n"]
+    if reward_model_path is None:  # the config validator forbids it; a hand-made spec could still
+        raise ValueError("best-of-N needs the cell's reward model, and this evaluate stage has none")
+    sft_path = resolve_model(config["reference_model"])
+    cache, model_key = default_cache(sft_path)
+    settings = BestOfNConfig(n=bon["n"], temperature=bon["temperature"], top_p=bon["top_p"], seed=bon["seed"])
+    base = make_generator(sft_path, batch_size=config["batch_size"])
+    found = best_of_n_tasks(base, sft_path, reward_model_path, bon["tasks"], out / "artifacts" / "bon", cache,
+                            model_key, settings, limit=bon["limit"], batch_size=config["batch_size"])
+    # No RM label in the key: a cell has one reward model (the reports' `bon/<task>/score` shape).
+    metrics = {f"bon/{key}": value for key, value in found.items()}
+    metrics["bon/cache_hits"] = float(cache.hits)
+    metrics["bon/cache_misses"] = float(cache.misses)
+    return metrics
 
 
 EXECUTORS: dict[str, Callable[[dict[str, Any], dict[str, Path], Path], dict[str, float]]] = {

@@ -258,20 +258,28 @@ def table3(ctx: ReportContext) -> ReportTable:
 
 @register("table12", "table", "Table 12: best-of-N, full results", Needs(metrics_any=(("bon/*",),)))
 def table12(ctx: ReportContext) -> ReportTable:
-    table = ReportTable("table12", "Table 12: best-of-N evaluation",
-                        "The SFT model's own answers (first row) vs the best of N SFT samples picked by each "
-                        "reward model.", ["Model"], [c for c, _ in BON_TASKS])
-    base = ctx.exp.baseline
-    if base is not None:
-        table.rows.append(Row(["SFT"], [ctx.value([base], f"{t}/score") for _, t in BON_TASKS], kind="baseline"))
+    picked: list[tuple[str, CellRun, dict[str, float]]] = []
     for label, cells in rm_groups(ctx):
         cell = next((c for c in cells if bon_metrics(c)), None)
-        if cell is None:
-            continue
-        _, bon = next(iter(bon_metrics(cell).items()))
+        if cell is not None:
+            picked.append((label, cell, next(iter(bon_metrics(cell).values()))))
+    # Tasks outside the paper's eight (e.g. a small grid's custom task) get columns after them, so every
+    # logged best-of-N score is shown (as `suite_columns` does for the other tables).
+    paper = {t for _, t in BON_TASKS}
+    extra = sorted({k[:-6] for _, _, bon in picked for k in bon if k.endswith("/score") and "/" not in k[:-6]} - paper)
+    columns = BON_TASKS + [(t, t) for t in extra]
+    table = ReportTable("table12", "Table 12: best-of-N evaluation",
+                        "The SFT model's own answers (first row) vs the best of N SFT samples picked by each "
+                        "reward model.", ["Model"], [c for c, _ in columns])
+    if extra:
+        table.notes.append(f"Tasks outside the paper's best-of-N set, after its columns: {', '.join(extra)}.")
+    base = ctx.exp.baseline
+    if base is not None:
+        table.rows.append(Row(["SFT"], [ctx.value([base], f"{t}/score") for _, t in columns], kind="baseline"))
+    for label, cell, bon in picked:
         table.rows.append(Row([label], [
             Entry(value=bon[f"{t}/score"], metric=f"bon/{t}/score", run_ids=(cell.run_id,))
-            if f"{t}/score" in bon else Entry() for _, t in BON_TASKS]))
+            if f"{t}/score" in bon else Entry() for _, t in columns]))
     if not any(r.kind == "data" for r in table.rows):
         raise Skip("no reward-model cell carries best-of-N metrics")
     table.notes.append("Best-of-N per-example selections are not in the cell's MLflow artifacts: no intervals.")
