@@ -7,6 +7,7 @@ experiment has only when the figure stays meaningful, and says so in its caption
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np  # noqa: E402
 from reports.data import CellRun, compact_labels, group_by_identity  # noqa: E402
 from reports.model import Entry  # noqa: E402
 from reports.registry import AVERAGE, FigureOutput, Needs, ReportContext, Skip, register  # noqa: E402
-from reports.tables import rm_groups, rm_identity, rm_label  # noqa: E402
+from reports.tables import reward_labels, rm_groups  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
                      "axes.spines.right": False, "font.size": 9})
@@ -122,19 +123,25 @@ def fig3(ctx: ReportContext) -> FigureOutput:
     cells = [c for c in ctx.exp.policies if c.param("prompts.name") and c.metric("gsm8k/score") is not None]
     if not cells:
         raise Skip("no cell with policy prompts has `gsm8k/score`")
-    rms = sorted({rm_label(c) if rm_identity(c) else "no RM" for c in cells})
+    # Groups by reward model as Table 4 names them: RMs sharing a data label stay apart (not averaged).
+    rewards = reward_labels(ctx)
+    reward_of = {id(c): rewards.get(id(c), "no RM") for c in cells}
+    rms = sorted(set(reward_of.values()))
     prompts = sorted({c.param("prompts.name") or "" for c in cells})
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rms) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(rms) + 1.5), 4.0))
     width = 0.8 / len(prompts)
     data = []
+    notes = []
     in_legend: set[str] = set()
     for j, prompt in enumerate(prompts):
         for i, rm in enumerate(rms):
-            group = [c for c in cells if c.param("prompts.name") == prompt
-                     and (rm_label(c) if rm_identity(c) else "no RM") == rm]
+            group = [c for c in cells if c.param("prompts.name") == prompt and reward_of[id(c)] == rm]
             entry = ctx.value(group, "gsm8k/score")
             if not entry.is_number:
                 continue
+            configs = len(group_by_identity(group))
+            if configs > 1:  # e.g. a KL sweep on these prompts: the bar is their mean, say so
+                notes.append(f"{prompt} / {rm}: the bar averages {configs} configurations.")
             ax.bar(i + (j - (len(prompts) - 1) / 2) * width, entry.value, width, yerr=np.array([_err(entry)]).T,
                    capsize=3, color=f"C{j}", label=None if prompt in in_legend else prompt)
             in_legend.add(prompt)
@@ -143,13 +150,14 @@ def fig3(ctx: ReportContext) -> FigureOutput:
         sft = ctx.exp.baseline.metric("gsm8k/score")
         ax.axhline(sft, color="grey", ls="--", lw=1, label=f"SFT ({sft:.1f})")
         data.append(_row("fig3", "SFT", "", "gsm8k/score", ctx.value([ctx.exp.baseline], "gsm8k/score")))
-    ax.set_xticks(range(len(rms)), rms, rotation=15, ha="right")
-    ax.set_xlabel("reward model")
+    # RM names are long: wrapped horizontal tick labels (rotated ones ran off the left edge).
+    ax.set_xticks(range(len(rms)), [textwrap.fill(rm, 26, break_on_hyphens=False) for rm in rms], fontsize=8)
+    ax.set_xlabel("reward model (bars: policy-training prompts)")
     ax.set_ylabel(_metric_label("gsm8k/score"))
-    ax.legend(title="policy prompts", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))  # accuracy: no negative axis, even when every bar is 0
+    _shared_legend(fig, np.array([ax]))
     return FigureOutput(fig, "GSM8K accuracy of PPO policies by prompt source (bars) and reward model (groups); "
-                             "95% bootstrap intervals.", data)
+                             "95% bootstrap intervals.", data, notes)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -191,6 +191,17 @@ def rm_groups(ctx: ReportContext) -> list[tuple[str, list[CellRun]]]:
     return out
 
 
+def reward_labels(ctx: ReportContext) -> dict[int, str]:
+    """id(policy cell) -> the name of what rewarded it: its reward model, labelled as in `rm_groups`
+    (two RMs that differ only in training settings get their hash, not one shared name), or its
+    verifiable reward function. Cells with neither are absent."""
+    labels = {id(cell): label for label, cells in rm_groups(ctx) for cell in cells}
+    for cell in ctx.exp.policies:
+        if id(cell) not in labels and cell.param("reward_function"):
+            labels[id(cell)] = f"{cell.param('reward_function')} (reward function)"
+    return labels
+
+
 def bon_metrics(cell: CellRun) -> dict[str, dict[str, float]]:
     """Best-of-N metrics of a cell by reward-model label: `bon/<label>/<metric>` (or `bon/<metric>`)."""
     tasks = set(task_categories()) | {"category", "overall"}
@@ -351,9 +362,16 @@ def table4(ctx: ReportContext) -> ReportTable:
     base = _baseline_row(ctx, columns, ["SFT baseline", "—"])
     if base:
         table.rows.append(base)
-    for group in sorted(group_by_identity(cells), key=lambda g: (rm_label(g[0]), g[0].param("prompts.name") or "")):
-        table.rows.append(Row([rm_label(group[0]) if rm_identity(group[0]) else "—",
-                               group[0].param("prompts.name") or "—"], _suite_row(ctx, group, columns)))
+    rewards = reward_labels(ctx)
+    groups = group_by_identity(cells)
+    named = [(rewards.get(id(g[0]), "—"), g[0].param("prompts.name") or "—") for g in groups]
+    labels = list(named)
+    for i, (group, (reward, prompts)) in enumerate(zip(groups, named)):
+        if named.count((reward, prompts)) > 1:  # same RM and prompts, other settings differ: say which
+            extra = describe_overrides(group[0], skip=("prompts", "prompts.name", "reward_model"))
+            labels[i] = (reward, f"{prompts} ({extra})")
+    for i in sorted(range(len(groups)), key=lambda i: labels[i]):
+        table.rows.append(Row(list(labels[i]), _suite_row(ctx, groups[i], columns)))
     if not any(e.is_number for r in table.rows if r.kind == "data" for e in r.entries):
         raise Skip("cells with policy prompts have none of `gsm8k/score`, `category/coding`, `overall`")
     return _finish(ctx, table)
