@@ -418,7 +418,13 @@ def rewardbench_files() -> list[Path]:
     """The RewardBench files found in the local data dirs (first dir holding each name), maybe none."""
     from harness.paths import find_data_file
 
-    return [f for f in (find_data_file(rel) for rel in REWARDBENCH_FILES) if f is not None]
+    found: dict[str, Path] = {}
+    for rel in REWARDBENCH_FILES:  # one file per split: `x.jsonl` wins over `x.jsonl.gz` (never both)
+        path = find_data_file(rel)
+        split = rel.removesuffix(".gz")
+        if path is not None and split not in found:
+            found[split] = path
+    return list(found.values())
 
 
 def rewardbench_missing_reason() -> str:
@@ -464,11 +470,13 @@ def evaluate_rewardbench(model_path: str, out_dir: Path, batch_size: int = 16) -
     files = rewardbench_files()
     if not files:
         return {}, rewardbench_missing_reason()
-    rows = [row for f in files for row in read_jsonl(f)]
-    for i, row in enumerate(rows[:1]):
-        missing = {"prompt", "chosen", "rejected", "subset"} - set(row)
-        if missing:
-            raise ValueError(f"RewardBench row {i} lacks {sorted(missing)}; present: {sorted(row)}")
+    rows = []
+    for path in files:
+        for i, row in enumerate(read_jsonl(path)):
+            missing = {"prompt", "chosen", "rejected", "subset"} - set(row)
+            if missing:
+                raise ValueError(f"{path}: RewardBench row {i} lacks {sorted(missing)}; present: {sorted(row)}")
+            rows.append(row)
     scorer = RewardScorer(model_path, batch_size=batch_size)
     prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
     chosen = scorer.score(prompts, [r["chosen"] for r in rows])

@@ -181,3 +181,20 @@ def test_rewardbench_runs_on_local_file_and_skips_without_one(tiny_model: str, t
     assert reason is None and metrics["rewardbench/n"] == 4.0
     assert {"rewardbench/chat", "rewardbench/safety", "rewardbench/prior_sets", "rewardbench/score"} <= set(metrics)
     assert 0.0 <= metrics["rewardbench/score"] <= 1.0
+
+
+def test_rewardbench_split_in_both_formats_is_read_once_and_bad_rows_are_named(tmp_path, monkeypatch):
+    from harness.reward_model import evaluate_rewardbench, rewardbench_files
+
+    folder = tmp_path / "rewardbench"
+    folder.mkdir()
+    row = {"prompt": "p", "chosen": "c", "rejected": "r", "subset": "alpacaeval-easy", "id": 0}
+    (folder / "filtered.jsonl").write_text(json.dumps(row) + "\n")
+    with gzip.open(folder / "filtered.jsonl.gz", "wt") as fh:  # the same split, compressed copy
+        fh.write(json.dumps(row) + "\n")
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
+    assert rewardbench_files() == [folder / "filtered.jsonl"]
+
+    (folder / "filtered.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({"prompt": "p", "chosen": "c"}) + "\n")
+    with pytest.raises(ValueError, match=r"filtered.jsonl: RewardBench row 1 lacks \['rejected', 'subset'\]"):
+        evaluate_rewardbench("unused-model-path", tmp_path / "out")
