@@ -20,7 +20,7 @@ Protocol (paper App. D, the Tulu/open-instruct evaluation it extends):
   passes a split when, on every input, its output equals the expected one (floats within `atol`, 1e-6
   when the problem's atol is 0, compared with `numpy.testing.assert_allclose`; special oracles for
   find_zero and four MBPP tasks) within max(1 s, 4 x reference time) per input (see CodingConfig). "pass" = base and plus
-  both pass (what EvalPlus calls base + extra tests); `base_pass@k` uses the base tests only.
+  both pass (what EvalPlus calls base + extra tests); `base_pass_at_k` (base_pass@k) uses the base tests only.
   MBPP+ here is the pre-release v0.1.0 (399 problems, no `test` field): its JSON inputs are turned back
   into the tuples/sets/complex numbers the functions take, as EvalPlus does when loading it.
   Differences from EvalPlus, deliberate: inputs are deep-copied before the canonical solution runs (as
