@@ -34,10 +34,10 @@ smoke: install
 	$(BIN)/harness run ablations/smoke.yaml --report
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=15
 
 lint: install
 	$(BIN)/ruff check .
