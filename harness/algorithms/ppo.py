@@ -31,6 +31,11 @@ and values recomputed per minibatch with the current models, unlike most impleme
 Generation goes through `harness.generation.HFGenerator.generate_samples` (batched `model.generate`
 with KV cache); a vLLM engine can implement the same `TokenGenerator` interface. Runs on CPU (fp32)
 for tests; on CUDA it keeps fp32 master weights and runs forwards under bf16 autocast.
+
+Data-parallel under `accelerate launch --num_processes N` (docs/scale-out.md): policy + value model
+in DDP, reference and reward model replicated; each rank samples B/N of every prompt batch and
+b/N of every minibatch (B, b stay global), whitening and the logged statistics are over all ranks,
+and the main process alone writes. With one process every number is what it was without accelerate.
 """
 
 from __future__ import annotations
@@ -142,6 +147,20 @@ class PPOConfig:
             raise ValueError("invalid PPOConfig: " + "; ".join(problems))
 
 
+def check_world_size(cfg: PPOConfig, world_size: int) -> list[str]:
+    """Problems with running `cfg` data-parallel on `world_size` ranks (empty when it can run).
+
+    prompt_batch_size (B) and minibatch_size (b) are global, as in Table 9: each rank samples B/N
+    prompts and takes b/N of its rollouts per forward-backward pass, and DDP averages the N ranks'
+    gradients, so one optimizer step still sees b rollouts and the schedule (B*r/b minibatches per
+    batch) is the one-process schedule whatever N is. Both must therefore split evenly over N."""
+    if world_size < 1:
+        return [f"the number of processes must be >= 1, got {world_size}"]
+    return [f"{name} ({getattr(cfg, name)}) must be a multiple of the number of data-parallel processes "
+            f"({world_size}): it is global and every rank takes {name} / {world_size}"
+            for name in ("prompt_batch_size", "minibatch_size") if getattr(cfg, name) % world_size]
+
+
 # ==================================================================================================
 # The maths: pure functions on tensors (shape [batch, response_len]; `mask` = 1 on response tokens).
 # ==================================================================================================
@@ -159,10 +178,49 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return var * n / (n - 1).clamp(min=1)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+SumAcrossRanks = Callable[[torch.Tensor], torch.Tensor]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of `t` over every rank of the default torch.distributed group (a new tensor; `t` is kept)."""
+    import torch.distributed as dist
+
+    out = t.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def pooled_mean_var(
+    x: torch.Tensor, mask: torch.Tensor, sum_across_ranks: SumAcrossRanks | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance over the masked entries of `x` on *all* ranks, as if every rank's
+    tensor were concatenated into one batch. Pooled moments (two passes, as masked_mean/masked_var):
+
+        N = sum_r sum_t m_rt,   mu = (1/N) sum_r sum_t m_rt x_rt,
+        sigma^2 = 1/(N-1) sum_r sum_t m_rt (x_rt - mu)^2
+
+    Two all-reduces (count and sum, then squared deviations from the pooled mean) rather than one of
+    (N, sum x, sum x^2): the same arithmetic as one process, without E[x^2] - E[x]^2's cancellation.
+    Without `sum_across_ranks` (one process) it is exactly masked_mean and masked_var."""
+    if sum_across_ranks is None:
+        return masked_mean(x, mask), masked_var(x, mask)
+    n, total = sum_across_ranks(torch.stack([mask.sum().to(x.dtype), (x * mask).sum()]))
+    mean = total / n.clamp(min=1)
+    squared_deviations = sum_across_ranks(((x - mean) ** 2 * mask).sum())
+    return mean, squared_deviations / (n - 1).clamp(min=1)
+
+
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+    sum_across_ranks: SumAcrossRanks | None = None,
+) -> torch.Tensor:
     """Standardise over masked entries. shift_mean=False only rescales: whitening *rewards* must not
-    move their mean, or it would hand out a constant per-token bonus/penalty that pays for length."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    move their mean, or it would hand out a constant per-token bonus/penalty that pays for length.
+
+    Data-parallel: x_hat = (x - mu) / sqrt(sigma^2 + eps) with the pooled mu, sigma^2 of *every* rank's
+    (mini)batch (`pooled_mean_var`), so a batch split over N ranks is whitened exactly as the same batch
+    on one process; per-rank statistics would make the advantages depend on the number of ranks."""
+    mean, var = pooled_mean_var(x, mask, sum_across_ranks)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -355,6 +413,23 @@ def response_values(value_model: Any, batch: Rollouts) -> torch.Tensor:
     return value_model.score(hidden).squeeze(-1).float()
 
 
+class PolicyAndValue(torch.nn.Module):
+    """The two trained models as one module, for DistributedDataParallel.
+
+    DDP averages gradients only for parameters used through the wrapped module's forward, and the
+    value model is read through its backbone and score head (per-token values), not its own forward:
+    one module whose forward returns both the policy logits and the values makes one backward pass
+    all-reduce both models' gradients. The submodules are the very models the optimizer holds."""
+
+    def __init__(self, policy: torch.nn.Module, value_model: torch.nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+
+    def forward(self, batch: Rollouts, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return response_logits(self.policy, batch, temperature), response_values(self.value_model, batch)
+
+
 def response_tokens(batch: Rollouts) -> torch.Tensor:
     return batch.input_ids[:, batch.prompt_width :]
 
@@ -438,21 +513,54 @@ def _prompt_stream(prompts: list[Messages], seed: int) -> Iterator[Messages]:
             yield prompts[i]
 
 
+def _make_accelerator() -> Any:
+    """The process's Accelerator: under `accelerate launch` one rank of a torch.distributed group (NCCL
+    on GPUs, gloo on CPU), otherwise a single process on the default device (CUDA when present)."""
+    import torch.distributed as dist
+    from accelerate import Accelerator
+
+    # Without GPUs accelerate forms its (gloo) data-parallel group only when told cpu=True: otherwise,
+    # under `accelerate launch`, it reports one process while torch.distributed has N.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.num_processes == 1 and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size() > 1:
+        raise RuntimeError(f"torch.distributed has {dist.get_world_size()} processes but accelerate sees one: PPO "
+                           "would train independent copies; launch with `accelerate launch --num_processes N`")
+    if accelerator.mixed_precision == "fp16":
+        # fp16 needs a loss scaler, which PPO's per-model gradient clipping does not unscale; bf16
+        # autocast over fp32 master weights (what PPO does on CUDA anyway) needs none.
+        raise ValueError("PPO does not support fp16 mixed precision; launch with --mixed_precision bf16 or no")
+    # accelerate's gradient state is shared by every Accelerator of the process: a TRL trainer run
+    # earlier in it can leave it mid-accumulation, which would make the prepared optimizer skip its
+    # steps. PPO decides itself when to step (every g minibatches) and never uses `accumulate`.
+    accelerator.gradient_state._set_sync_gradients(True)
+    return accelerator
+
+
 def train_ppo(ctx: TrainContext) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from harness.generation import HFGenerator, SamplingParams, render_prompt
-    from harness.models import default_device, load_tokenizer, resolve_model
+    from harness.models import load_tokenizer, resolve_model
 
     cfg: PPOConfig = ctx.config
     all_prompts = check_context(ctx)
-    torch.manual_seed(ctx.seed)
-    device = default_device()
-    on_cuda = device.startswith("cuda")
+    # ---- Data parallelism (`accelerate launch`): N ranks, each with its own models and B/N prompts. ----
+    accelerator = _make_accelerator()
+    world, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    problems = check_world_size(cfg, world)
+    if problems:
+        raise ValueError("invalid PPOConfig for data-parallel training: " + "; ".join(problems))
+    # Cross-rank reductions only where there are ranks: one process keeps its exact arithmetic.
+    sum_across_ranks: SumAcrossRanks | None = all_reduce_sum if world > 1 else None
+    torch.manual_seed(ctx.seed)  # the same on every rank (DDP also broadcasts rank 0's weights when wrapping)
+    device = accelerator.device
+    on_cuda = device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else nullcontext
     frozen_dtype = torch.bfloat16 if on_cuda else torch.float32
     artifacts = ctx.out_dir / "artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
+    if is_main:  # the stage writer convention: only the main process writes into the stage folder
+        artifacts.mkdir(parents=True, exist_ok=True)
 
     # ---- Models: policy pi_theta (trained), reference pi_ref (frozen SFT), value V_phi, reward r. ----
     policy_path = resolve_model(ctx.policy_path)
@@ -473,13 +581,17 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     for model in (policy, value_model):
         _disable_dropout(model)
         model.train()
-    score_fn, _scorer = _reward_source(ctx, device)
+    # Reference and reward model: inference only, a full copy on every rank (no DDP, no gradients).
+    score_fn, _scorer = _reward_source(ctx, str(device))
+    # Sampling uses the bare policy (DDP has no `generate`); its weights are the ones DDP trains.
     generator = HFGenerator(policy, tokenizer, batch_size=cfg.generation_batch_size,
                             max_prompt_tokens=cfg.max_prompt_length)
 
-    # ---- Schedule: rollout batches, minibatches, optimizer steps. ----
-    n_rollouts = cfg.prompt_batch_size * cfg.rollouts_per_prompt
-    n_minibatches = n_rollouts // cfg.minibatch_size
+    # ---- Schedule: rollout batches, minibatches, optimizer steps (global: the same for any N). ----
+    n_rollouts = cfg.prompt_batch_size * cfg.rollouts_per_prompt  # per rollout batch, all ranks together
+    n_minibatches = n_rollouts // cfg.minibatch_size  # forward-backward passes per inner epoch, on every rank
+    local_prompts = cfg.prompt_batch_size // world  # this rank's shard of each prompt batch
+    local_minibatch = cfg.minibatch_size // world  # this rank's rollouts per forward-backward pass
     num_updates = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * len(prompts) / cfg.prompt_batch_size)
     optimizer_steps = num_updates * cfg.inner_epochs * n_minibatches // cfg.gradient_accumulation_steps
     warmup_steps = math.ceil(cfg.warmup_ratio * optimizer_steps)
@@ -498,12 +610,17 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         weight_decay=cfg.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    # DDP over policy + value (one module, see PolicyAndValue); the optimizer prepared with it. The
+    # scheduler is not prepared: accelerate steps a prepared scheduler once per process per call
+    # (for schedules counted in per-process batches), while lr_factor counts global optimizer steps.
+    trained, optimizer = accelerator.prepare(PolicyAndValue(policy, value_model), optimizer)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.adaptive_kl_horizon)
               if cfg.adaptive_kl else FixedKLController(cfg.kl_coef))
     reward_gain_bias: tuple[float, float] | None = None  # reward normalisation, fixed after batch 1
     stream = _prompt_stream(prompts, ctx.seed)
     samples_file = artifacts / "ppo_samples.jsonl"
-    samples_file.write_text("")
+    if is_main:
+        samples_file.write_text("")
     start_time = time.perf_counter()
     last: dict[str, float] = {}
     global_optimizer_step = 0
@@ -517,25 +634,31 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         mask = batch.response_mask
         with torch.no_grad(), autocast():  # in chunks of b: full-vocabulary logits of a whole batch are large
             ref_logprobs = torch.cat([gather_logprobs(response_logits(reference, mb, tau), response_tokens(mb))
-                                      for mb in _chunks(batch, cfg.minibatch_size)]) * mask
+                                      for mb in _chunks(batch, local_minibatch)]) * mask
         rewards, _ = token_rewards(batch_scores, logprobs, ref_logprobs, mask, kl_ctl.value, cfg.kl_clamp)
+        # Whitening over the global (mini)batch: every rank calls this at the same point of the loop
+        # (each one's shard of the same minibatch k), so the all-reduces inside `whiten` line up.
         if cfg.reward_whitening:
-            rewards = whiten(rewards, mask, shift_mean=False)
+            rewards = whiten(rewards, mask, shift_mean=False, sum_across_ranks=sum_across_ranks)
         advantages, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
         if cfg.advantage_whitening:
-            advantages = whiten(advantages, mask, shift_mean=True)
+            advantages = whiten(advantages, mask, shift_mean=True, sum_across_ranks=sum_across_ranks)
         return {"old_logprobs": logprobs * mask, "old_values": values * mask, "advantages": advantages,
                 "returns": returns, "rewards": rewards, "kl_seq": ((logprobs - ref_logprobs) * mask).sum(1)}
 
     for update in range(1, num_updates + 1):
         # ---- 1. Rollout: r samples per prompt from the current policy at temperature tau. ----
         t0 = time.perf_counter()
-        batch_prompts = [next(stream) for _ in range(cfg.prompt_batch_size)]
+        # Every rank draws the same global batch from the same seeded stream and keeps its own slice.
+        global_prompts = [next(stream) for _ in range(cfg.prompt_batch_size)]
+        batch_prompts = global_prompts[rank * local_prompts : (rank + 1) * local_prompts]
         with torch.no_grad(), autocast():
             generated = generator.generate_samples(
                 batch_prompts,
+                # one sampling seed per (update, rank); with one process it is the single-process seed
                 SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                               num_return_sequences=cfg.rollouts_per_prompt, seed=ctx.seed * 100003 + update),
+                               num_return_sequences=cfg.rollouts_per_prompt,
+                               seed=(ctx.seed * 100003 + update) * world + rank),
             )
         flat = [s for row in generated for s in row]
         flat_prompts = [p for p, row in zip(batch_prompts, generated) for _ in row]
@@ -546,12 +669,13 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         raw_scores = torch.tensor(score_fn(flat_prompts, rollouts.texts, [s.completion_ids for s in flat]),
                                   dtype=torch.float32, device=device)
         scores = raw_scores.clone()
+        all_raw_scores = accelerator.gather(raw_scores)  # the global batch's scores (ranks hold equal shares)
         if cfg.reward_normalization:
             # Quark/Rainier/FG-RLHF normalise the RM's output; the gain/bias is estimated once, on the
-            # SFT policy's first rollout batch, and then kept fixed so the objective does not drift.
+            # SFT policy's first rollout batch (all ranks'), then kept fixed so the objective does not drift.
             if reward_gain_bias is None:
-                std = float(raw_scores.std()) if len(raw_scores) > 1 else 1.0
-                reward_gain_bias = (1.0 / max(std, 1e-6), -float(raw_scores.mean()))
+                std = float(all_raw_scores.std()) if len(all_raw_scores) > 1 else 1.0
+                reward_gain_bias = (1.0 / max(std, 1e-6), -float(all_raw_scores.mean()))
             scores = (scores + reward_gain_bias[1]) * reward_gain_bias[0]
         if cfg.eos_trick:
             scores = apply_eos_trick(scores, rollouts.finished.to(device), cfg.eos_penalty)
@@ -563,8 +687,8 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
             # later minibatches see log-probs and values from models that have since changed.
             with torch.no_grad(), autocast():
                 logprobs = torch.cat([gather_logprobs(response_logits(policy, mb, tau), response_tokens(mb))
-                                      for mb in _chunks(rollouts, cfg.minibatch_size)])
-                values = torch.cat([response_values(value_model, mb) for mb in _chunks(rollouts, cfg.minibatch_size)])
+                                      for mb in _chunks(rollouts, local_minibatch)])
+                values = torch.cat([response_values(value_model, mb) for mb in _chunks(rollouts, local_minibatch)])
             _store(stats_by_index, torch.arange(len(flat)), rollout_stats(rollouts, scores, logprobs, values),
                    rollouts.response_mask)
 
@@ -576,13 +700,15 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         for _inner_epoch in range(cfg.inner_epochs):
             order = torch.randperm(len(flat), generator=g)
             for k in range(n_minibatches):
-                idx = order[k * cfg.minibatch_size : (k + 1) * cfg.minibatch_size]
+                # This rank's b/N rollouts of global minibatch k (every rank runs the same n_minibatches).
+                idx = order[k * local_minibatch : (k + 1) * local_minibatch]
                 mb = rollouts.select(idx)
                 mask = mb.response_mask
+                stepping = (k + 1) % cfg.gradient_accumulation_steps == 0
                 with autocast():
-                    logits = response_logits(policy, mb, tau)
+                    # Through the DDP-wrapped module, so backward averages the gradients over ranks.
+                    logits, new_values = trained(mb, tau)
                     new_logprobs = gather_logprobs(logits, response_tokens(mb))
-                    new_values = response_values(value_model, mb)
                 with torch.no_grad():
                     entropy = masked_mean(entropy_from_logits(logits), mask)
                 del logits
@@ -595,8 +721,11 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
                 pg_loss, pg_stats = policy_loss(new_logprobs, st["old_logprobs"], st["advantages"], mask, cfg.cliprange)
                 vf_loss, vf_stats = value_loss(new_values, st["old_values"], st["returns"], mask, cfg.cliprange_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss  # L_PPO = L_pi + alpha * L_V
-                (loss / cfg.gradient_accumulation_steps).backward()
-                if (k + 1) % cfg.gradient_accumulation_steps == 0:
+                # Between optimizer steps, skip DDP's gradient all-reduce (no_sync): the accumulated local
+                # gradients are averaged once, by the backward pass of the minibatch that steps.
+                with nullcontext() if stepping else accelerator.no_sync(trained):
+                    accelerator.backward(loss / cfg.gradient_accumulation_steps)
+                if stepping:
                     gn_policy = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                     gn_value = torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
@@ -617,39 +746,60 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         kl_seq = torch.stack([stats_by_index[i]["kl_seq"] for i in range(len(flat))])
         seq_reward_with_kl = torch.stack([stats_by_index[i]["rewards"].sum() for i in range(len(flat))])
         lengths = rollouts.response_mask.sum(1)
-        metrics = {f"train/{k}": sum(v) / len(v) for k, v in acc.items()}
+        # Per-rollout quantities of the global batch (all ranks' rollouts), minibatch statistics and
+        # timings averaged over ranks: every rank computes the same numbers, the main process logs them.
+        g_kl, g_scores, g_with_kl, g_lengths, g_finished = accelerator.gather(
+            (kl_seq, scores, seq_reward_with_kl, lengths, rollouts.finished.to(device).float()))
+        names = sorted(acc)
+        local = torch.tensor([sum(acc[k]) / len(acc[k]) for k in names] + [t_rollout, t_train],
+                             dtype=torch.float64, device=device)
+        averaged = accelerator.reduce(local, "mean").tolist()
+        metrics = {f"train/{k}": v for k, v in zip(names, averaged)}
         metrics.update({
-            "train/reward_mean": float(raw_scores.mean()),
-            "train/reward_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0,
-            "train/reward_penalized_mean": float(scores.mean()),  # after normalisation / EOS trick
-            "train/reward_with_kl": float(seq_reward_with_kl.mean()),  # sum of Eq. 4 token rewards
-            "train/kl": float(kl_seq.mean()),
+            "train/reward_mean": float(all_raw_scores.mean()),
+            "train/reward_std": float(all_raw_scores.std()) if len(all_raw_scores) > 1 else 0.0,
+            "train/reward_penalized_mean": float(g_scores.mean()),  # after normalisation / EOS trick
+            "train/reward_with_kl": float(g_with_kl.mean()),  # sum of Eq. 4 token rewards
+            "train/kl": float(g_kl.mean()),
             "train/kl_coef": float(kl_ctl.value),
-            "train/response_length": float(lengths.mean()),
-            "train/truncated_frac": float((~rollouts.finished).float().mean()),
+            "train/response_length": float(g_lengths.mean()),
+            "train/truncated_frac": float(1.0 - g_finished.mean()),
             "train/learning_rate": float(lr_used),  # at the update's first optimizer step
             "train/episodes": float(update * n_rollouts),
             "train/optimizer_steps": float(global_optimizer_step),
-            "train/rollout_seconds": t_rollout,
-            "train/update_seconds": t_train,
+            "train/rollout_seconds": averaged[-2],
+            "train/update_seconds": averaged[-1],
+            "train/world_size": float(world),
         })
         if update == 1:
             metrics["train/prompts_dropped_too_long"] = float(n_dropped)
-        ctx.log(metrics, update)
-        kl_ctl.update(float(kl_seq.mean()), n_rollouts)
-        with samples_file.open("a") as fh:
-            for i in range(min(cfg.log_samples_per_step, len(flat))):
-                fh.write(json.dumps({
-                    "step": update, "prompt": _last_user_text(flat_prompts[i]), "completion": rollouts.texts[i],
-                    "score": float(raw_scores[i]), "score_used": float(scores[i]),
-                    "finished": bool(rollouts.finished[i]), "kl": float(kl_seq[i]),
-                    "length": int(lengths[i]),
-                }, ensure_ascii=False) + "\n")
+        if is_main:
+            ctx.log(metrics, update)
+        # The global KL: beta must stay the same on every rank, or their updates would diverge.
+        kl_ctl.update(float(g_kl.mean()), n_rollouts)
         last = metrics
+        if is_main:
+            with samples_file.open("a") as fh:  # the main process's own rollouts
+                for i in range(min(cfg.log_samples_per_step, len(flat))):
+                    fh.write(json.dumps({
+                        "step": update, "prompt": _last_user_text(flat_prompts[i]), "completion": rollouts.texts[i],
+                        "score": float(raw_scores[i]), "score_used": float(scores[i]),
+                        "finished": bool(rollouts.finished[i]), "kl": float(kl_seq[i]),
+                        "length": int(lengths[i]),
+                    }, ensure_ascii=False) + "\n")
 
-    model_dir = ctx.out_dir / "model"
-    policy.save_pretrained(str(model_dir))
-    tokenizer.save_pretrained(str(model_dir))
+    if world > 1:
+        # DDP keeps the ranks' policies identical (same initial weights, all-reduced gradients), which is
+        # what makes rank 0's copy the result of all of them: checked once, with one scalar per rank.
+        checksum = torch.stack([q.detach().double().sum() for q in policy.parameters()]).sum().reshape(1)
+        checksums = accelerator.gather(checksum)
+        if not torch.allclose(checksums, checksums[:1].expand_as(checksums), rtol=1e-9, atol=1e-9):
+            raise RuntimeError(f"PPO ranks ended with different policies (parameter sums {checksums.tolist()})")
+    if is_main:  # one writer saves the policy all ranks share
+        model_dir = ctx.out_dir / "model"
+        accelerator.unwrap_model(trained).policy.save_pretrained(str(model_dir))
+        tokenizer.save_pretrained(str(model_dir))
+    accelerator.wait_for_everyone()  # the ranks finish together, once the model is on disk
     return {
         "train/steps": float(num_updates),
         "train/optimizer_steps": float(global_optimizer_step),
@@ -658,6 +808,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         "train/final_reward_mean": last.get("train/reward_mean", math.nan),
         "train/final_kl": last.get("train/kl", math.nan),
         "train/final_loss": last.get("train/loss", math.nan),
+        "train/world_size": float(world),
     }
 
 
@@ -751,7 +902,7 @@ def _append(acc: dict[str, list[float]], **values: float) -> None:
         acc.setdefault(key, []).append(value)
 
 
-def _to_device(batch: Rollouts, device: str) -> Rollouts:
+def _to_device(batch: Rollouts, device: str | torch.device) -> Rollouts:
     return Rollouts(batch.input_ids.to(device), batch.attention_mask.to(device), batch.response_mask.to(device),
                     batch.prompt_width, batch.finished.to(device), batch.prompts, batch.texts)
 

@@ -15,9 +15,13 @@ Selected by config through the Ray backend's per-kind resources (see docs/scale-
 
 Ray gives the task its 4 GPUs (CUDA_VISIBLE_DEVICES) and the task starts
 `accelerate launch --num_processes 4 -m harness.backends.accelerate_launch SPEC.json`.
-The project's own PPO (`harness/algorithms/ppo.py`) is a single-process loop without an
-Accelerator: it runs on rank 0's device only and must not be launched this way until it wraps its
-models and optimisers with `accelerate.Accelerator` (see docs/scale-out.md).
+
+The project's own PPO (`harness/algorithms/ppo.py`) runs the same way: it creates an
+`accelerate.Accelerator`, wraps policy + value model in DDP, and each rank samples and scores its
+share of every prompt batch (`prompt_batch_size` and `minibatch_size` stay global, so both must be
+multiples of `num_processes`; `check_launch` says so before any process starts). Advantages are
+whitened with statistics pooled over all ranks, metrics are averaged over ranks, and rank 0 alone
+writes the history, samples and model.
 """
 
 from __future__ import annotations
@@ -35,10 +39,29 @@ from typing import Any
 from harness import cache
 
 
+def check_launch(spec: dict[str, Any], num_processes: int) -> list[str]:
+    """Why the stage `spec` cannot run on `num_processes` ranks (empty if it can), known before launching.
+
+    PPO's prompt and minibatch sizes are global and split over the ranks: a size that does not split
+    would otherwise fail inside every rank, after the models are loaded (or, for a Ray grid, after the
+    stages before it have run)."""
+    if num_processes < 1:
+        return [f"accelerate.num_processes must be >= 1, got {num_processes}"]
+    algo = dict(spec["config"].get("algorithm") or {}) if spec["kind"] == "train_policy" else {}
+    if algo.pop("name", None) != "ppo":
+        return []
+    from harness.algorithms import ALGORITHMS
+    from harness.algorithms.ppo import check_world_size
+
+    return [f"stage {spec['kind']}/{spec['key']}: algorithm.{problem}"
+            for problem in check_world_size(ALGORITHMS.get("ppo").make_config(algo), num_processes)]
+
+
 def launch_stage(spec: dict[str, Any], num_processes: int, args: list[str] | tuple[str, ...] = ()) -> str:
     """Execute `spec` under `accelerate launch` with `num_processes` ranks; returns the published folder."""
-    if num_processes < 1:
-        raise ValueError(f"accelerate.num_processes must be >= 1, got {num_processes}")
+    problems = check_launch(spec, num_processes)
+    if problems:
+        raise ValueError("; ".join(problems))
     kind, key = spec["kind"], spec["key"]
     if cache.is_complete(kind, key):
         return str(cache.stage_dir(kind, key))

@@ -146,6 +146,15 @@ class RayBackend:
         env = _forwarded_env()
         refs: dict[str, Any] = {}  # stage id -> object ref of its task
         by_ref: dict[Any, Stage] = {}
+        # A stage that cannot run on its accelerate ranks (PPO's batch sizes must split over them) fails
+        # the grid here, before any stage is submitted, not after the stages it depends on have run.
+        from harness.backends.accelerate_launch import check_launch
+
+        problems = [problem for stage in stages if not stage.complete
+                    and (launch := self.resources[stage.kind].get("accelerate"))
+                    for problem in check_launch(stage.spec(), int(launch["num_processes"]))]
+        if problems:
+            raise ValueError("; ".join(problems))
         # `stages` come in dependency order (the runner's unique_stages), so every input of a stage
         # is either already published or already submitted when the stage itself is submitted.
         for stage in stages:
