@@ -97,3 +97,52 @@ def test_cli_rejects_unknown_task(capsys):
 
     assert main(["eval", "--model", "tiny-random-llama", "--tasks", "nope", "--no-mlflow"]) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_stopped_suite_resumes_finished_tasks_only(tmp_path: Path):
+    """A suite stopped mid-way (here: a task that raises) keeps its finished tasks; rerunning with the
+    same out dir skips them, runs the rest, and gives the same table as an uninterrupted run. A
+    different setting (limit) or judge endpoint is a different result: nothing is reused then."""
+    from harness.evaluation import TASKS, EvalContext, TaskResult, TaskSpec, register_task, run_tasks
+
+    calls: list[str] = []
+    state = {"fail": True}
+
+    def make(name: str, score: float):
+        def run(ctx):
+            calls.append(name)
+            if name == "_resume_c" and state["fail"]:
+                raise KeyboardInterrupt  # the user's Ctrl-C (or a kill) in the third task
+            return TaskResult({f"{name}/acc": score / 100}, score, [{"i": 0}])
+        return run
+
+    names = ["_resume_a", "_resume_b", "_resume_c"]
+    for name, score in zip(names, (10.0, 20.0, 30.0)):
+        if name not in TASKS.names():
+            register_task(TaskSpec(name=name, category="custom", run=make(name, score)))
+    ctx = EvalContext(model_path="unused", out_dir=tmp_path / "out", limit=5,
+                      judge={"model": "m", "base_url": "http://127.0.0.1:1/v1", "api_key": "sk-secret"})
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks(ctx, names, resume=True)
+    assert calls == names and not (tmp_path / "out" / "_resume_c.result.json").exists()
+    assert "sk-secret" not in (tmp_path / "out" / "_resume_a.result.json").read_text()
+
+    state["fail"], calls[:] = False, []
+    lines: list[str] = []
+    resumed = run_tasks(ctx, names, resume=True, echo=lines.append)
+    assert calls == ["_resume_c"] and len(lines) == 2 and "resumed" in lines[0]
+    fresh = run_tasks(EvalContext(model_path="unused", out_dir=tmp_path / "fresh", limit=5), names)
+    assert {k: v for k, v in resumed.items() if not k.endswith("/seconds")} == \
+        {k: v for k, v in fresh.items() if not k.endswith("/seconds")}
+
+    calls[:] = []
+    run_tasks(EvalContext(model_path="unused", out_dir=tmp_path / "out", limit=6, judge=ctx.judge), names, resume=True)
+    assert calls == names  # another limit: every task runs again
+    calls[:] = []
+    other_judge = {**ctx.judge, "base_url": "http://127.0.0.1:2/v1"}
+    run_tasks(EvalContext(model_path="unused", out_dir=tmp_path / "out", limit=6, judge=other_judge), names,
+              resume=True)
+    assert calls == names
+    calls[:] = []
+    run_tasks(EvalContext(model_path="unused", out_dir=tmp_path / "out", limit=6, judge=other_judge), names)
+    assert calls == names  # resume is opt-in for callers of run_tasks (the CLI turns it on)

@@ -8,7 +8,10 @@ per-example `samples` (saved as a JSONL artifact so any metric can be recomputed
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -70,12 +73,51 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-def run_tasks(ctx: EvalContext, task_names: list[str]) -> dict[str, float]:
+# Environment variables that change what a task computes (and so belong in its resume key).
+_TASK_ENV_PREFIXES = ("HARNESS_CODING_", "HARNESS_TOXIGEN_", "HARNESS_DATA_DIR")
+
+
+def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
+    """What a finished task's result depends on: its code (the task module's source), the model's
+    content, the context's settings and the judge endpoint (never its key). A checkpoint is reused
+    only when all of it is unchanged; shared code (the generation engine) is not part of it."""
+    from harness.best_of_n import model_fingerprint
+
+    run = inspect.unwrap(spec.run)
+    module = inspect.getmodule(run)
+    source = inspect.getsource(module) if module is not None else spec.name
+    judge = {k: v for k, v in (ctx.judge or {}).items() if "key" not in k.lower()}
+    return {
+        "task": spec.name,
+        "task_code": hashlib.sha256(source.encode()).hexdigest()[:16],
+        "model": model_fingerprint(ctx.model_path),
+        "limit": ctx.limit, "seed": ctx.seed, "batch_size": ctx.batch_size, "judge": judge,
+        "reference": model_fingerprint(ctx.reference_path) if ctx.reference_path else None,
+        "reward_model": model_fingerprint(ctx.reward_model_path) if ctx.reward_model_path else None,
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(_TASK_ENV_PREFIXES)},
+    }
+
+
+def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if saved.get("fingerprint") == fingerprint else None
+
+
+def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
+              echo: Callable[[str], None] | None = None) -> dict[str, float]:
     """Run tasks, write `<task>.samples.jsonl` + `results.json` under ctx.out_dir, return flat metrics.
 
     Besides each task's metrics: `<task>/score` (0-100), `<task>/seconds`, category averages
     `category/<name>` over the tasks that produced a score, and `overall` (mean of categories) when
     every paper category has a score.
+
+    Each finished task also leaves `<task>.result.json` (its metrics and a fingerprint of what they
+    depend on, written after its samples). With `resume`, a task whose checkpoint matches is not run
+    again: a suite that takes hours on a CPU survives being stopped, and rerunning the same command
+    with the same `--out` finishes it.
     """
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     flat: dict[str, float] = {}
@@ -83,18 +125,33 @@ def run_tasks(ctx: EvalContext, task_names: list[str]) -> dict[str, float]:
     by_category: dict[str, list[float]] = {}
     for name in task_names:
         spec = TASKS.get(name)
-        start = time.perf_counter()
-        result = spec.run(ctx)
+        checkpoint = ctx.out_dir / f"{name}.result.json"
+        fingerprint = task_fingerprint(ctx, spec)
+        saved = _load_checkpoint(checkpoint, fingerprint) if resume else None
+        if saved is not None:
+            if echo is not None:
+                echo(f"{name}: finished earlier, resumed from {checkpoint}")
+            result = TaskResult(saved["metrics"], saved["score"], [], saved["skipped_reason"])
+            seconds = float(saved["seconds"])
+        else:
+            start = time.perf_counter()
+            result = spec.run(ctx)
+            seconds = time.perf_counter() - start
+            with (ctx.out_dir / f"{name}.samples.jsonl").open("w") as fh:
+                for sample in result.samples:
+                    fh.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
+            partial = checkpoint.with_name(checkpoint.name + ".tmp")
+            partial.write_text(json.dumps({"fingerprint": fingerprint, "metrics": result.metrics,
+                                           "score": result.score, "skipped_reason": result.skipped_reason,
+                                           "seconds": seconds}, indent=2, default=float))
+            partial.replace(checkpoint)  # atomic: a checkpoint is whole or absent
         flat.update(result.metrics)
-        flat[f"{name}/seconds"] = time.perf_counter() - start
+        flat[f"{name}/seconds"] = seconds
         if result.skipped_reason is not None:
             skipped[name] = result.skipped_reason
         if result.score is not None:
             flat[f"{name}/score"] = float(result.score)
             by_category.setdefault(spec.category, []).append(float(result.score))
-        with (ctx.out_dir / f"{name}.samples.jsonl").open("w") as fh:
-            for sample in result.samples:
-                fh.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
     paper_cats = {}
     for category, scores in by_category.items():
         if category in CATEGORIES:
