@@ -144,6 +144,9 @@ class EvalConfig(Strict):
     limit: int | None = Field(default=None, ge=1, description="examples per task (None = all)")
     batch_size: int = Field(default=16, ge=1)
     best_of_n: BestOfNEval | None = None
+    # Paper Figs. 6-7: also evaluate the policy saved every N training steps (PPO: updates), logged as
+    # each task metric's history over steps. None = final model only (stage keys as without the field).
+    checkpoint_every: int | None = Field(default=None, ge=1, description="evaluate a checkpoint every N steps")
 
     @field_validator("tasks")
     @classmethod

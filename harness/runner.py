@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import cache, tracking
+from harness.checkpoints import HISTORY_FILE, history_keys
 from harness.grid import Grid
 from harness.stages import STAGE_TAGS_FILE, CellPlan, Stage, plan_cell, unique_stages
 
@@ -111,7 +112,9 @@ def _log_stage_run(experiment_id: str, parent_id: str, stage: Stage) -> dict[str
     run_id = run.info.run_id
     tracking.log_params(run_id, tracking.flatten(stage.config))
     tracking.log_metric_history(run_id, stage.path / "history.jsonl")
-    tracking.log_metrics(run_id, {**metrics, "stage/seconds": float(record.get("seconds", 0.0))})
+    over_steps = _log_checkpoint_history(run_id, stage)
+    final = {k: v for k, v in metrics.items() if k not in over_steps}
+    tracking.log_metrics(run_id, {**final, "stage/seconds": float(record.get("seconds", 0.0))})
     client.log_artifact(run_id, str(stage.path / "config.json"))
     artifacts = stage.path / "artifacts"
     if artifacts.exists() and any(artifacts.iterdir()):
@@ -123,6 +126,18 @@ def _log_stage_run(experiment_id: str, parent_id: str, stage: Stage) -> dict[str
         client.set_tag(run_id, "harness.model_path", str(model))
     client.set_terminated(run_id, "FINISHED")
     return metrics
+
+
+def _log_checkpoint_history(run_id: str, stage: Stage) -> set[str]:
+    """Log an evaluate stage's checkpoint evaluations as metric histories; returns their names.
+
+    Those names are then not logged again at step 0: their last point (the final step) already holds
+    the final model's value, which stays the run's reported value, and a step-0 duplicate of it would
+    read as a score before training on the curves.
+    """
+    path = stage.path / HISTORY_FILE
+    tracking.log_metric_history(run_id, path)
+    return history_keys(path)
 
 
 def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
@@ -144,11 +159,14 @@ def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
                                     "resolved_config": plan.cell.resolved(),
                                     "stages": [s.spec() for s in plan.stages]}, "resolved_config.json")
     summary: dict[str, float] = {}
+    over_steps: set[str] = set()
     for stage in plan.stages:
         metrics = _log_stage_run(experiment_id, parent_id, stage)
         if stage.kind != "prepare_data":
             summary.update(metrics)
-    tracking.log_metrics(parent_id, summary)
+        if stage.kind == "evaluate":  # the figures read the cell run's `<task>/score` histories
+            over_steps |= _log_checkpoint_history(parent_id, stage)
+    tracking.log_metrics(parent_id, {k: v for k, v in summary.items() if k not in over_steps})
     client.set_tag(parent_id, "harness.overrides", json.dumps(plan.cell.overrides, default=str)[:5000])
     client.set_terminated(parent_id, "FINISHED")
     return parent_id

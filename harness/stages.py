@@ -136,10 +136,14 @@ def plan_cell(cell: Cell) -> CellPlan:
                 inputs["reward_model"] = rm_stage
         else:
             rm_config = None  # e.g. DPO with an RM only for evaluation: training must not depend on it
-        policy_stage = Stage("train_policy", {
+        policy_config: dict[str, Any] = {
             "model": cfg.model, "algorithm": cfg.algorithm.resolved(), "seed": cfg.seed,
             "reward_function": cfg.reward_function, "reward_model": rm_config,
-        }, inputs)
+        }
+        if cfg.eval.checkpoint_every is not None:
+            # Only when asked, so the keys (and cached models) of every other cell stay as they were.
+            policy_config["checkpoint_every"] = cfg.eval.checkpoint_every
+        policy_stage = Stage("train_policy", policy_config, inputs)
         stages.append(policy_stage)
     bon = cfg.eval.best_of_n
     uses_rm = "rm_reward" in cfg.eval.tasks or bon is not None  # the evaluation itself needs the RM
@@ -161,6 +165,8 @@ def plan_cell(cell: Cell) -> CellPlan:
         "reward_model_path": cfg.reward_model.path if cfg.reward_model and cfg.reward_model.path else None,
         "judge": cfg.judge.model_dump(exclude={"api_key_env"}) if cfg.judge else None,
     }
+    if policy_stage is not None and cfg.eval.checkpoint_every is not None:
+        eval_config["checkpoint_every"] = cfg.eval.checkpoint_every  # only when asked, as best_of_n below
     if bon is not None:
         # Only when asked: the keys (and cached results) of every other evaluation stay as they were.
         eval_config["best_of_n"] = {**bon.model_dump(), "limit": bon.limit or cfg.eval.limit}
@@ -299,11 +305,17 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
         reward_model_path=reward_model_path,
         reward_function=REWARD_FUNCTIONS.get(config["reward_function"]) if config.get("reward_function") else None,
         log=history.log,
+        checkpoint_every=config.get("checkpoint_every"),
     )
     (out / "artifacts").mkdir(exist_ok=True)
     start = time.perf_counter()
     metrics = spec.train(ctx)
     metrics["train/wall_seconds"] = time.perf_counter() - start
+    if ctx.checkpoint_every:  # before trainer/ (where TRL saved them) is removed
+        from harness.checkpoints import finalize
+
+        steps = finalize(out, ctx.checkpoint_every, int(metrics["train/steps"]))
+        metrics["train/checkpoints"] = float(len(steps))
     shutil.rmtree(out / "trainer", ignore_errors=True)  # TRL's output_dir: nothing we need is left there
     if not (out / "model" / "config.json").exists():
         raise RuntimeError(f"algorithm {spec.name!r} did not save a model to {out / 'model'}")
@@ -328,11 +340,46 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
         reward_model_path=reward_model_path,
     )
     metrics = run_tasks(ctx, config["tasks"])
+    del ctx  # frees the evaluated model's generator before another model (a checkpoint, the SFT sampler) loads
+    gc.collect()
+    if config.get("checkpoint_every") and "policy" in inputs:
+        _evaluate_checkpoints(config, inputs["policy"], reward_model_path, metrics, out)
     if config.get("best_of_n"):
-        del ctx  # frees the evaluated model's generator before the SFT model is loaded for sampling
-        gc.collect()
         metrics.update(_best_of_n(config, reward_model_path, out))
     return metrics
+
+
+def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, reward_model_path: str | None,
+                          final: dict[str, float], out: Path) -> None:
+    """The cell's eval tasks (same limit, seed, judge) on each intermediate checkpoint of the policy,
+    written as `checkpoint_history.jsonl` rows {"step": s, metric: value} for the runner to log over steps.
+
+    The last row is the final model's own metrics at the final step (not a re-evaluation), so a curve
+    ends at exactly the number the cell reports. Samples go to artifacts/checkpoints/step-<s>/.
+    """
+    from harness.checkpoints import HISTORY_FILE, final_step, list_checkpoints
+    from harness.evaluation import EvalContext, run_tasks
+    from harness.models import resolve_model
+
+    def curve_metrics(metrics: dict[str, float]) -> dict[str, float]:
+        # Timings are not a property of the checkpoint: left out of the curves.
+        return {k: float(v) for k, v in metrics.items() if not k.endswith("/seconds")}
+
+    rows: list[dict[str, Any]] = []
+    for step, folder in list_checkpoints(policy_dir):
+        ctx = EvalContext(
+            model_path=str(folder), out_dir=out / "artifacts" / "checkpoints" / f"step-{step}",
+            limit=config["limit"], seed=config["seed"], batch_size=config["batch_size"],
+            judge=config.get("judge"), reference_path=resolve_model(config["reference_model"]),
+            reward_model_path=reward_model_path,
+        )
+        rows.append({"step": step, **curve_metrics(run_tasks(ctx, config["tasks"]))})
+        del ctx
+        gc.collect()
+    rows.append({"step": final_step(policy_dir), **curve_metrics(final)})
+    with (out / HISTORY_FILE).open("w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
 
 
 def _best_of_n(config: dict[str, Any], reward_model_path: str | None, out: Path) -> dict[str, float]:

@@ -42,6 +42,8 @@ def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
     import torch
     from trl import DPOConfig
 
+    from harness.checkpoints import trainer_save_kwargs
+
     on_gpu = torch.cuda.is_available()
     loss_types = [cfg.loss_type] + (["sft"] if cfg.sft_weight > 0 else [])
     weights = [1.0] + ([cfg.sft_weight] if cfg.sft_weight > 0 else [])
@@ -65,7 +67,7 @@ def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
         gradient_checkpointing=cfg.gradient_checkpointing,
         weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,
-        save_strategy="no",
+        **trainer_save_kwargs(ctx.checkpoint_every),
         report_to=[],
         seed=ctx.seed,
         data_seed=ctx.seed,

@@ -775,6 +775,14 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
             metrics["train/prompts_dropped_too_long"] = float(n_dropped)
         if is_main:
             ctx.log(metrics, update)
+        if is_main and ctx.checkpoint_every and update % ctx.checkpoint_every == 0 and update < num_updates:
+            # Intermediate policy for the checkpoint evaluations, numbered like the history (PPO updates);
+            # the final one is model/ below.
+            from harness.checkpoints import checkpoint_dir
+
+            ckpt = checkpoint_dir(ctx.out_dir, update)
+            accelerator.unwrap_model(trained).policy.save_pretrained(str(ckpt))
+            tokenizer.save_pretrained(str(ckpt))
         # The global KL: beta must stay the same on every rank, or their updates would diverge.
         kl_ctl.update(float(g_kl.mean()), n_rollouts)
         last = metrics

@@ -10,6 +10,7 @@ import random
 from typing import Any
 
 from harness.algorithms.base import TrainContext
+from harness.checkpoints import trainer_save_kwargs
 
 
 def device_kwargs() -> dict[str, Any]:
@@ -38,7 +39,7 @@ def common_trainer_kwargs(ctx: TrainContext, cfg: Any) -> dict[str, Any]:
         "weight_decay": cfg.weight_decay,
         "logging_steps": cfg.logging_steps,
         "activation_checkpointing": cfg.gradient_checkpointing,
-        "save_strategy": "no",
+        **trainer_save_kwargs(ctx.checkpoint_every),
         "report_to": [],
         "seed": ctx.seed,
         "data_seed": ctx.seed,

@@ -1,0 +1,89 @@
+"""`eval.checkpoint_every`: a tiny DPO grid saves its policy every 2 of 4 steps, the evaluate stage scores
+each checkpoint with the cell's tasks, the runner logs them as metric histories over steps, and the
+report's Figs. 6-7 plot those benchmark curves (not the training-loss fallback)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import tracking
+from harness.grid import GridError, build_grid
+from harness.runner import plan_grid, run_grid
+
+EXPERIMENT = "checkpoint-eval-tiny"
+DPO = {"name": "dpo", "max_steps": 4, "max_length": 64, "per_device_train_batch_size": 2,
+       "gradient_accumulation_steps": 1, "learning_rate": 1e-4}
+
+
+def grid_spec(**eval_extra: object) -> dict:
+    return {"experiment": EXPERIMENT,
+            "base": {"model": "tiny-random-llama", "dataset": {"name": "smoke-lowercase", "max_rows": 16},
+                     "eval": {"tasks": ["smoke_lowercase"], "limit": 2, **eval_extra}},
+            "axes": {"algorithm": [DPO]}}
+
+
+def dpo_plan(spec: dict):
+    return next(p for p in plan_grid(build_grid(spec)) if p.cell.name == "algorithm=dpo")
+
+
+def test_keys_without_the_option_are_unchanged() -> None:
+    # Computed from this exact grid before `checkpoint_every` existed: cached stages stay valid.
+    plan = dpo_plan(grid_spec())
+    assert {s.kind: s.key for s in plan.stages} == {
+        "prepare_data": "78bf04c8a589edd577d4", "train_policy": "a1ac748313847bab4114",
+        "evaluate": "6be50e9293420a284331"}
+    with_ckpt = dpo_plan(grid_spec(checkpoint_every=2))
+    assert with_ckpt.stage("train_policy").key != "a1ac748313847bab4114"
+    assert with_ckpt.stage("train_policy").config["checkpoint_every"] == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_checkpoint_every_below_one_fails_at_plan_time_with_its_yaml_path(bad: int) -> None:
+    with pytest.raises(GridError, match=r"eval\.checkpoint_every"):
+        build_grid(grid_spec(checkpoint_every=bad))
+
+
+def test_checkpoint_evals_logged_over_steps_and_plotted(tiny_model: str, tmp_path: Path, monkeypatch) -> None:
+    from harness.evaluation import EvalContext, run_tasks
+    from reports.build import build_report
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    summary = run_grid(build_grid(grid_spec(checkpoint_every=2)), echo=lambda _: None)
+    assert sorted(summary.logged_cells) == ["algorithm=dpo", "sft"]
+    plan = dpo_plan(grid_spec(checkpoint_every=2))
+    policy, evaluate = plan.stage("train_policy"), plan.stage("evaluate")
+
+    # Train stage: step 2 saved; step 4 is model/ itself (no duplicate folder); TRL's trainer/ is gone.
+    assert (policy.path / "checkpoints" / "step-2" / "config.json").exists()
+    assert not (policy.path / "checkpoints" / "step-4").exists() and not (policy.path / "trainer").exists()
+    assert json.loads((policy.path / "checkpoints" / "index.json").read_text())["final_step"] == 4
+
+    client = tracking.client()
+    cell = client.get_run(summary.cell_run_ids["algorithm=dpo"])
+    (eval_run,) = [r for r in client.search_runs([summary.experiment_id],
+                                                  f"tags.`mlflow.parentRunId` = '{cell.info.run_id}'")
+                   if r.data.tags["harness.stage_kind"] == "evaluate"]
+    key = "smoke_lowercase/score"
+    # Step 2 recomputed independently from the checkpoint folder with the cell's settings.
+    fresh = run_tasks(EvalContext(model_path=str(policy.path / "checkpoints" / "step-2"), out_dir=tmp_path / "re",
+                                  limit=2, seed=1, batch_size=16), ["smoke_lowercase"])
+    saved = json.loads((evaluate.path / "artifacts" / "checkpoints" / "step-2" / "results.json").read_text())
+    for run in (cell, eval_run):
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        assert sorted(history) == [2, 4], history  # no step-0 copy of the final value
+        assert history[2] == pytest.approx(fresh[key])
+        # The last point is the final model's number, which stays the run's reported value.
+        assert history[4] == run.data.metrics[key]
+    assert saved["metrics"][key] == pytest.approx(fresh[key])  # the stage's own record of that checkpoint
+    assert cell.data.metrics[key] == json.loads((evaluate.path / "metrics.json").read_text())[key]
+
+    report = build_report(EXPERIMENT, tmp_path / "report", tables=[], figures=["fig6", "fig7"], ci=False)
+    assert "fig6" in report.figures and "fig6" not in report.skipped
+    assert "checkpoint evaluations" in report.figures["fig6"].caption
+    rows = list(csv.DictReader((report.out_dir / "figures" / "fig6.csv").open()))
+    plotted = {(int(float(r["x"])), r["mlflow_run_ids"]) for r in rows if r["metric"] == key}
+    assert plotted == {(2, cell.info.run_id), (4, cell.info.run_id)}
