@@ -167,6 +167,10 @@ def plan_cell(cell: Cell) -> CellPlan:
     }
     if policy_stage is not None and cfg.eval.checkpoint_every is not None:
         eval_config["checkpoint_every"] = cfg.eval.checkpoint_every  # only when asked, as best_of_n below
+        # Step 0 of the curves is the SFT model under the same eval settings: the evaluate stage of this
+        # cell's baseline (same key as the grid's own baseline cell, so shared and run once).
+        baseline = Cell(f"{cell.name}/sft", cfg.model_copy(update={"algorithm": None}), {})
+        eval_inputs["sft"] = plan_cell(baseline).stages[-1]
     if bon is not None:
         # Only when asked: the keys (and cached results) of every other evaluation stay as they were.
         eval_config["best_of_n"] = {**bon.model_dump(), "limit": bon.limit or cfg.eval.limit}
@@ -343,19 +347,20 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
     del ctx  # frees the evaluated model's generator before another model (a checkpoint, the SFT sampler) loads
     gc.collect()
     if config.get("checkpoint_every") and "policy" in inputs:
-        _evaluate_checkpoints(config, inputs["policy"], reward_model_path, metrics, out)
+        _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward_model_path, metrics, out)
     if config.get("best_of_n"):
         metrics.update(_best_of_n(config, reward_model_path, out))
     return metrics
 
 
-def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, reward_model_path: str | None,
-                          final: dict[str, float], out: Path) -> None:
+def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Path | None,
+                          reward_model_path: str | None, final: dict[str, float], out: Path) -> None:
     """The cell's eval tasks (same limit, seed, judge) on each intermediate checkpoint of the policy,
     written as `checkpoint_history.jsonl` rows {"step": s, metric: value} for the runner to log over steps.
 
-    The last row is the final model's own metrics at the final step (not a re-evaluation), so a curve
-    ends at exactly the number the cell reports. Samples go to artifacts/checkpoints/step-<s>/.
+    Step 0 is the SFT model's metrics from the baseline evaluate stage (`sft_dir`, same settings); the
+    last row is the final model's own metrics at the final step (not a re-evaluation), so a curve ends
+    at exactly the number the cell reports. Samples go to artifacts/checkpoints/step-<s>/.
     """
     from harness.checkpoints import HISTORY_FILE, final_step, list_checkpoints
     from harness.evaluation import EvalContext, run_tasks
@@ -366,6 +371,10 @@ def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, reward_model
         return {k: float(v) for k, v in metrics.items() if not k.endswith("/seconds")}
 
     rows: list[dict[str, Any]] = []
+    if sft_dir is not None:
+        sft = json.loads((sft_dir / "metrics.json").read_text())
+        # Only what the policy's curves have (not e.g. the baseline's best-of-N metrics).
+        rows.append({"step": 0, **{k: v for k, v in curve_metrics(sft).items() if k in final}})
     for step, folder in list_checkpoints(policy_dir):
         ctx = EvalContext(
             model_path=str(folder), out_dir=out / "artifacts" / "checkpoints" / f"step-{step}",

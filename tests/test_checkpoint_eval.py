@@ -39,6 +39,9 @@ def test_keys_without_the_option_are_unchanged() -> None:
     with_ckpt = dpo_plan(grid_spec(checkpoint_every=2))
     assert with_ckpt.stage("train_policy").key != "a1ac748313847bab4114"
     assert with_ckpt.stage("train_policy").config["checkpoint_every"] == 2
+    # Its step-0 point reads the baseline cell's own evaluate stage (shared, not a second SFT evaluation).
+    sft = next(p for p in plan_grid(build_grid(grid_spec(checkpoint_every=2))) if p.cell.is_baseline)
+    assert with_ckpt.stage("evaluate").inputs["sft"].key == sft.stages[-1].key == "2140a6add59254746371"
 
 
 @pytest.mark.parametrize("bad", [0, -1])
@@ -72,9 +75,11 @@ def test_checkpoint_evals_logged_over_steps_and_plotted(tiny_model: str, tmp_pat
     fresh = run_tasks(EvalContext(model_path=str(policy.path / "checkpoints" / "step-2"), out_dir=tmp_path / "re",
                                   limit=2, seed=1, batch_size=16), ["smoke_lowercase"])
     saved = json.loads((evaluate.path / "artifacts" / "checkpoints" / "step-2" / "results.json").read_text())
+    sft = client.get_run(summary.cell_run_ids["sft"])
     for run in (cell, eval_run):
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-        assert sorted(history) == [2, 4], history  # no step-0 copy of the final value
+        assert sorted(history) == [0, 2, 4], history  # one value per step: no step-0 copy of the final value
+        assert history[0] == sft.data.metrics[key]  # step 0 = the SFT baseline cell's (shared) evaluation
         assert history[2] == pytest.approx(fresh[key])
         # The last point is the final model's number, which stays the run's reported value.
         assert history[4] == run.data.metrics[key]
@@ -86,4 +91,4 @@ def test_checkpoint_evals_logged_over_steps_and_plotted(tiny_model: str, tmp_pat
     assert "checkpoint evaluations" in report.figures["fig6"].caption
     rows = list(csv.DictReader((report.out_dir / "figures" / "fig6.csv").open()))
     plotted = {(int(float(r["x"])), r["mlflow_run_ids"]) for r in rows if r["metric"] == key}
-    assert plotted == {(2, cell.info.run_id), (4, cell.info.run_id)}
+    assert plotted == {(0, cell.info.run_id), (2, cell.info.run_id), (4, cell.info.run_id)}
