@@ -92,3 +92,23 @@ def test_checkpoint_evals_logged_over_steps_and_plotted(tiny_model: str, tmp_pat
     rows = list(csv.DictReader((report.out_dir / "figures" / "fig6.csv").open()))
     plotted = {(int(float(r["x"])), r["mlflow_run_ids"]) for r in rows if r["metric"] == key}
     assert plotted == {(0, cell.info.run_id), (2, cell.info.run_id), (4, cell.info.run_id)}
+
+
+def test_ppo_saves_a_checkpoint_every_n_updates(tiny_model: str, tmp_path: Path, monkeypatch) -> None:
+    from datasets_registry import prepare
+    from harness.algorithms import ALGORITHMS, TrainContext
+    from harness.algorithms.ppo import PPOConfig
+    from harness.checkpoints import finalize, list_checkpoints
+    from harness.rewards import REWARD_FUNCTIONS
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg = PPOConfig(prompt_batch_size=2, minibatch_size=2, max_new_tokens=4, max_steps=3, value_init="policy",
+                    learning_rate=1e-4, generation_batch_size=2)
+    ctx = TrainContext(policy_path=tiny_model, train_rows=prepare("smoke-lowercase-eval", seed=0).rows[:8],
+                       config=cfg, out_dir=tmp_path, seed=3, reward_function=REWARD_FUNCTIONS.get("lowercase"),
+                       checkpoint_every=1)
+    result = ALGORITHMS.get("ppo").train(ctx)
+    # Numbered like PPO's history (updates); update 3 is the final model/, not a checkpoint.
+    assert finalize(tmp_path, 1, int(result["train/steps"])) == [1, 2]
+    for _, folder in list_checkpoints(tmp_path):
+        assert (folder / "config.json").exists() and (folder / "tokenizer_config.json").exists()
