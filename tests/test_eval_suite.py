@@ -146,3 +146,14 @@ def test_stopped_suite_resumes_finished_tasks_only(tmp_path: Path):
     calls[:] = []
     run_tasks(EvalContext(model_path="unused", out_dir=tmp_path / "out", limit=6, judge=other_judge), names)
     assert calls == names  # resume is opt-in for callers of run_tasks (the CLI turns it on)
+
+
+def test_judged_score_is_withheld_when_the_judge_mostly_fails_to_answer():
+    from harness.evaluation.base import MAX_UNPARSED_FRACTION, unparsed_reason
+
+    # Measured with SmolLM2-135M as judge: 16 of 20 XSTest verdicts unreadable, F1 read 100 from the 4 left.
+    reason = unparsed_reason("xstest", 16, 20, "smollm2-135m-instruct")
+    assert reason is not None and "16 of 20" in reason and "smollm2-135m-instruct" in reason
+    assert unparsed_reason("xstest", 2, 20, "m") is None  # 10%: stands
+    assert unparsed_reason("xstest", 3, 20, "m") is not None  # 15%: withheld
+    assert unparsed_reason("truthfulqa", 0, 0, "m") is None and MAX_UNPARSED_FRACTION == 0.1

@@ -68,6 +68,21 @@ TASKS: Registry[TaskSpec] = Registry("eval task")
 SUITES: dict[str, list[str]] = {}
 
 
+# A judge that fails to answer in the expected format on more than this share of its verdicts is not
+# usable for the task (e.g. a 135M model as judge): the score is withheld instead of being computed on
+# the few verdicts it did give (measured: XSTest refusal F1 read 100 from 4 parsed verdicts of 20).
+MAX_UNPARSED_FRACTION = 0.1
+
+
+def unparsed_reason(task: str, n_unparsed: int, n_verdicts: int, judge_model: str) -> str | None:
+    """Why a judged score is withheld (too many unreadable verdicts), or None when it stands."""
+    if n_verdicts and n_unparsed / n_verdicts > MAX_UNPARSED_FRACTION:
+        return (f"{task}: the judge ({judge_model}) gave {n_unparsed} of {n_verdicts} verdicts in no readable "
+                f"form (over {MAX_UNPARSED_FRACTION:.0%}): no score; its verdicts and the responses are saved, "
+                "use a stronger judge")
+    return None
+
+
 def register_task(spec: TaskSpec) -> TaskSpec:
     TASKS.register(spec.name, spec)
     return spec

@@ -29,7 +29,7 @@ import json
 import math
 from typing import Any
 
-from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
+from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task, unparsed_reason
 from harness.evaluation.common import (
     MissingDataError,
     apply_limit,
@@ -189,6 +189,10 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
     for s, t, i in zip(gen_samples, verdicts["truth"], verdicts["info"]):
         s.update(truthful=t, informative=i, judge_model=judge.model)
     metrics.update(score_judged(verdicts["truth"], verdicts["info"]))
+    # Two verdicts per answer (truthful, informative); unreadable ones already count as failures.
+    withheld = unparsed_reason(TASK, int(metrics[f"{TASK}/n_unparsed"]), 2 * len(gen_rows), judge.model)
+    if withheld is not None:
+        return TaskResult(metrics, None, samples + gen_samples, skipped_reason=withheld)
     return TaskResult(metrics, metrics[f"{TASK}/truth_info"], samples + gen_samples)
 
 

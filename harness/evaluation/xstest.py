@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 from typing import Any
 
-from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
+from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task, unparsed_reason
 from harness.evaluation.common import MissingDataError, benchmark_file, mean_pct, skipped
 from harness.generation import SamplingParams
 
@@ -133,6 +133,10 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
     metrics.update(refusal_metrics(labels, refused, "judge"))
     for s, v in zip(samples, verdicts):
         s.update(judge_label=v, judge_model=judge.model)
+    # Unreadable verdicts are left out of the F1, so many of them would leave it resting on a few items.
+    withheld = unparsed_reason(TASK, int(metrics[f"{TASK}/n_unparsed_judge"]), len(rows), judge.model)
+    if withheld is not None:
+        return TaskResult(metrics, None, samples, skipped_reason=withheld)
     return TaskResult(metrics, metrics[f"{TASK}/refusal_f1_judge"], samples)
 
 
