@@ -35,7 +35,10 @@ def test_reward_model_stage_on_two_accelerate_ranks(tiny_model, isolated_results
         if stage.kind == "prepare_data":
             execute_stage(stage.spec())
     rm = plan.stage("train_reward_model")
-    # No GPU here: --multi_gpu only selects torchrun's multi-process launcher; the trainers run on CPU (gloo).
+    # No GPU here: --multi_gpu only selects torchrun's multi-process launcher. On CPU, TRL's trainers see a
+    # torch.distributed group of 2 but accelerate treats each process as standalone (TrainingArguments does
+    # not ask for Accelerator(cpu=True)), so this checks the launch and rank-0 publishing, not gradient
+    # all-reduce; the project's PPO does run DDP on CPU (tests/test_ppo_accelerate.py).
     out = launch_stage(rm.spec(), 2, ["--multi_gpu", "--main_process_port", str(_free_port())])
     assert rm.complete and out == str(rm.path)
     assert (rm.path / "model" / "config.json").exists()
