@@ -326,8 +326,20 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     return metrics
 
 
+def _eval_context(config: dict[str, Any], model_path: str, out_dir: Path, reward_model_path: str | None) -> Any:
+    """The evaluate stage's settings (limit, seed, judge, reference, RM) applied to one model."""
+    from harness.evaluation import EvalContext
+    from harness.models import resolve_model
+
+    return EvalContext(
+        model_path=model_path, out_dir=out_dir, limit=config["limit"], seed=config["seed"],
+        batch_size=config["batch_size"], judge=config.get("judge"),
+        reference_path=resolve_model(config["reference_model"]), reward_model_path=reward_model_path,
+    )
+
+
 def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
-    from harness.evaluation import EvalContext, run_tasks
+    from harness.evaluation import run_tasks
     from harness.models import resolve_model
 
     model_path = str(inputs["policy"] / "model") if "policy" in inputs else resolve_model(config["model"])
@@ -336,13 +348,7 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
         reward_model_path = str(inputs["reward_model"] / "model")
     elif config.get("reward_model_path"):
         reward_model_path = resolve_model(config["reward_model_path"])
-    judge = config.get("judge")
-    ctx = EvalContext(
-        model_path=model_path, out_dir=out / "artifacts" / "samples", limit=config["limit"],
-        seed=config["seed"], batch_size=config["batch_size"],
-        judge=judge, reference_path=resolve_model(config["reference_model"]),
-        reward_model_path=reward_model_path,
-    )
+    ctx = _eval_context(config, model_path, out / "artifacts" / "samples", reward_model_path)
     metrics = run_tasks(ctx, config["tasks"])
     del ctx  # frees the evaluated model's generator before another model (a checkpoint, the SFT sampler) loads
     gc.collect()
@@ -363,8 +369,7 @@ def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Pat
     at exactly the number the cell reports. Samples go to artifacts/checkpoints/step-<s>/.
     """
     from harness.checkpoints import HISTORY_FILE, final_step, list_checkpoints
-    from harness.evaluation import EvalContext, run_tasks
-    from harness.models import resolve_model
+    from harness.evaluation import run_tasks
 
     def curve_metrics(metrics: dict[str, float]) -> dict[str, float]:
         # Timings are not a property of the checkpoint: left out of the curves.
@@ -376,12 +381,7 @@ def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Pat
         # Only what the policy's curves have (not e.g. the baseline's best-of-N metrics).
         rows.append({"step": 0, **{k: v for k, v in curve_metrics(sft).items() if k in final}})
     for step, folder in list_checkpoints(policy_dir):
-        ctx = EvalContext(
-            model_path=str(folder), out_dir=out / "artifacts" / "checkpoints" / f"step-{step}",
-            limit=config["limit"], seed=config["seed"], batch_size=config["batch_size"],
-            judge=config.get("judge"), reference_path=resolve_model(config["reference_model"]),
-            reward_model_path=reward_model_path,
-        )
+        ctx = _eval_context(config, str(folder), out / "artifacts" / "checkpoints" / f"step-{step}", reward_model_path)
         rows.append({"step": step, **curve_metrics(run_tasks(ctx, config["tasks"]))})
         del ctx
         gc.collect()
