@@ -147,7 +147,7 @@ def test_loader_drops_are_counted_with_curation_drops():
     assert (split.raw_count, split.kept, split.dropped) == (2, 0, {"bad_unit": 2})
 
 
-def test_mix_takes_counts_per_component_and_reports_shortfalls(tmp_path, monkeypatch):
+def test_mix_takes_counts_per_component_and_reports_shortfalls(tmp_path, monkeypatch, shared_data):  # real arena sample
     folder = tmp_path / "berkeley-nest" / "Nectar"
     folder.mkdir(parents=True)
     (folder / "train.jsonl").write_bytes((FIXTURES / "nectar.jsonl").read_bytes())

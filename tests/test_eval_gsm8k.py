@@ -106,7 +106,7 @@ def test_reference_answer_strips_thousands_commas(shared_data: Path):
         gsm8k.reference_answer("no marker")
 
 
-def test_gsm8k_runs_end_to_end_on_tiny_model(tiny_model: str, tmp_path: Path):
+def test_gsm8k_runs_end_to_end_on_tiny_model(tiny_model: str, tmp_path: Path, shared_data: Path):
     from harness.evaluation import EvalContext
 
     ctx = EvalContext(model_path=tiny_model, out_dir=tmp_path / "eval", limit=2)

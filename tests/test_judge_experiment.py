@@ -80,7 +80,7 @@ def keyed_server(monkeypatch):
 
 
 def test_judge_command_logs_win_rates_and_ranking(experiment, keyed_server, capsys, caplog,
-                                                  isolated_results):
+                                                  isolated_results, shared_data):  # AlpacaEval prompts
     caplog.set_level(logging.DEBUG)
     argv = ["judge", EXPERIMENT, "--reference", "sft", "--prompts", "6", "--max-new-tokens", "12",
             "--judge-model", keyed_server.state.served_model, "--judge-base-url", keyed_server.base_url,
