@@ -157,3 +157,25 @@ def test_trimmed_minibatch_gives_the_same_logprobs_and_values(tiny_model: str):
         v_trim = response_values(value, mb_trim)
     assert torch.allclose(lp_full * mask, lp_trim * mask, atol=1e-5)
     assert torch.allclose(v_full * mask, v_trim * mask, atol=1e-5)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA (the cuDNN attention kernel)")
+def test_cuda_forwards_give_finite_gradients_with_left_padding(tiny_model: str):
+    """Regression (seen on an H100): under plain bf16 autocast, cuDNN's attention backward returned NaN
+    for left-padded rows and PPO's first update turned every weight into NaN. PPO's CUDA context must
+    keep gradients finite on a batch where half the rows start with 40 pad positions."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.algorithms.ppo import cuda_autocast
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).cuda()
+    ids = torch.randint(5, 400, (8, 96), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[:4, :40] = 0
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    with cuda_autocast():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+    logits[:, -20:].float().log_softmax(-1).mean().backward()
+    bad = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert bad == []
