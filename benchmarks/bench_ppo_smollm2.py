@@ -19,6 +19,10 @@ training curve, the PPO per-step metrics, before/after numbers, and the sample t
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ppo_smollm2.py --out results/bench_ppo_smollm2
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ppo_smollm2.py --reward lowercase \
         --out results/bench_ppo_lowercase --ppo-steps 16 --max-new-tokens 32 --eval-prompts 32
+    # the run on one GPU (6 min on an H100; the reward-model issue's closing note has its numbers):
+    python benchmarks/bench_ppo_smollm2.py --out results/bench_ppo_hh_gpu --rm-train-pairs 1024 \
+        --rm-eval-pairs 512 --rm-batch 32 --rm-grad-accum 1 --rm-max-length 256 --max-prompt-length 128 \
+        --max-new-tokens 64 --ppo-steps 48 --ppo-batch 32 --ppo-minibatch 8 --eval-prompts 128 --eval-samples 2
 
 Small-scale choices (2 shared CPU cores) are flags, printed and logged; defaults are what was run for
 the report. Learning rates are the paper's x 5 (RM) and x 10 (PPO, the project's scale-down rule for
