@@ -4,6 +4,7 @@
     harness report EXPERIMENT [--out DIR] [--tables ...] [--figures ...] [--format md,tex,csv,png] [--no-ci]
     harness ui [--port 5000]
     harness models
+    harness train-truthfulqa-judge --kind truth|info --base smollm2-135m-instruct --out DIR [--max-rows N ...]
 plus the commands other modules add (see CLI_MODULES): data, eval, judge, serve-judge, sweep, ...
 """
 
@@ -76,6 +77,37 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_truthfulqa_judge(args: argparse.Namespace) -> int:
+    """Fine-tune a TruthfulQA truth/info judge (the offline stand-in for GPT-judge / GPT-info)."""
+    import json
+    from pathlib import Path
+
+    from harness.evaluation.truthfulqa import INFO_JUDGE_ENV, TRUTH_JUDGE_ENV
+    from harness.evaluation.truthfulqa_judges import train_truthfulqa_judge
+
+    try:
+        meta = train_truthfulqa_judge(
+            args.kind, args.base, Path(args.out), max_rows=args.max_rows, steps=args.steps,
+            batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+            heldout_fraction=args.heldout_fraction, max_length=args.max_length,
+            data_path=Path(args.data) if args.data else None,
+            log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    held = meta["heldout"]
+    print(f"{args.kind} judge from {args.base}: {meta['n_train']} training rows ({meta['n_train_questions']} "
+          f"questions), {meta['config']['steps']} steps, {meta['train_seconds']:.0f} s on {meta['device']}")
+    print(f"held-out ({meta['n_heldout']} rows, {meta['n_heldout_questions']} unseen questions): "
+          f"accuracy {held['accuracy']:.3f}, balanced accuracy {held['balanced_accuracy']:.3f}, "
+          f"yes-rate {held['yes_rate']:.3f} (labels {held['label_yes_rate']:.3f})")
+    print(json.dumps({"heldout": held}))
+    var = TRUTH_JUDGE_ENV if args.kind == "truth" else INFO_JUDGE_ENV
+    print(f"saved to {Path(args.out).resolve()}; use it with {var}={Path(args.out).resolve()} "
+          f"(TruthfulQA needs both judges)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Preference-learning ablation harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the model zoo")
     models.set_defaults(func=cmd_models)
+
+    judge = sub.add_parser(
+        "train-truthfulqa-judge",
+        help="fine-tune a TruthfulQA truth/info judge on finetune_<kind>.jsonl (offline fallback judge)")
+    judge.add_argument("--kind", required=True, choices=["truth", "info"])
+    judge.add_argument("--base", default="smollm2-135m-instruct", help="zoo name, model folder or hub id")
+    judge.add_argument("--out", required=True, help="judge folder to write (replaced if it holds a judge)")
+    judge.add_argument("--max-rows", type=int, default=None, help="seeded random sample of the rows (default all)")
+    judge.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    judge.add_argument("--batch-size", type=int, default=16)
+    judge.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (constant)")
+    judge.add_argument("--seed", type=int, default=0)
+    judge.add_argument("--heldout-fraction", type=float, default=0.1, help="share of QUESTIONS held out")
+    judge.add_argument("--max-length", type=int, default=512, help="prompt tokens kept (from the end)")
+    judge.add_argument("--data", default=None,
+                       help="training file (default: benchmarks/truthfulqa/finetune_<kind>.jsonl in the data dirs)")
+    judge.set_defaults(func=cmd_train_truthfulqa_judge)
 
     for module_name in CLI_MODULES:
         importlib.import_module(module_name).add_commands(sub)

@@ -80,7 +80,10 @@ def test_without_judge_only_the_labelled_fallback(tiny_model: str, tmp_path: Pat
     result = truthfulqa.run(EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=2))
     assert result.score is None and "judge" in result.skipped_reason
     assert set(result.metrics) == {"truthfulqa/mc2_offline_fallback", "truthfulqa/offline_fallback_score",
-                                   "truthfulqa/n"}
+                                   "truthfulqa/offline_fallback_score_from_finetuned_judge", "truthfulqa/n"}
+    # Without fine-tuned judges the fallback score is MC2, and the metrics say so.
+    assert result.metrics["truthfulqa/offline_fallback_score"] == result.metrics["truthfulqa/mc2_offline_fallback"]
+    assert result.metrics["truthfulqa/offline_fallback_score_from_finetuned_judge"] == 0.0
     assert 0 <= result.metrics["truthfulqa/mc2_offline_fallback"] <= 100
 
 

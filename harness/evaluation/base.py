@@ -59,6 +59,13 @@ class TaskSpec:
     run: Callable[[EvalContext], TaskResult]
     description: str = ""
     score_rule: str = ""  # how `score` is derived from the metric, as in the paper's tables
+    # What else a finished result depends on, beyond `task_fingerprint`'s shared fields (e.g. the content
+    # of a judge folder named by an environment variable): part of this task's resume key only, so
+    # configuring it does not rerun the other tasks. Must not raise on a misconfiguration.
+    fingerprint_extra: Callable[[], dict[str, Any]] | None = None
+    # Raises ValueError/FileNotFoundError on a misconfiguration; `run_tasks` calls it for every task
+    # before running any, so a bad setting fails at once and not hours into a suite.
+    preflight: Callable[[], None] | None = None
 
 
 # The paper's six categories (Sec. 2.2, App. D).
@@ -102,6 +109,7 @@ def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
     module = inspect.getmodule(run)
     source = inspect.getsource(module) if module is not None else spec.name
     judge = {k: v for k, v in (ctx.judge or {}).items() if "key" not in k.lower()}
+    extra = {"extra": spec.fingerprint_extra()} if spec.fingerprint_extra is not None else {}
     return {
         "task": spec.name,
         "task_code": hashlib.sha256(source.encode()).hexdigest()[:16],
@@ -110,6 +118,7 @@ def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
         "reference": model_fingerprint(ctx.reference_path) if ctx.reference_path else None,
         "reward_model": model_fingerprint(ctx.reward_model_path) if ctx.reward_model_path else None,
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(_TASK_ENV_PREFIXES)},
+        **extra,
     }
 
 
@@ -134,6 +143,10 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
     again: a suite that takes hours on a CPU survives being stopped, and rerunning the same command
     with the same `--out` finishes it.
     """
+    for name in task_names:
+        spec = TASKS.get(name)
+        if spec.preflight is not None:
+            spec.preflight()
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     flat: dict[str, float] = {}
     skipped: dict[str, str] = {}

@@ -128,6 +128,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown task(s) {unknown}; tasks: {', '.join(TASKS.names())}", file=sys.stderr)
         return 2
+    for name in tasks:  # misconfigured task settings fail now, not hours into the suite
+        preflight = TASKS.get(name).preflight
+        try:
+            if preflight is not None:
+                preflight()
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
         model_path = resolve_eval_model(args.model)
     except (ValueError, FileNotFoundError) as err:

@@ -12,11 +12,25 @@ Real metric (needs a judge endpoint, `ctx.judge`):
   project's runs, not with published numbers. Metrics: `truthfulqa/truth_info` (% truthful AND
   informative: the score), `truthfulqa/truthful`, `truthfulqa/informative`, `truthfulqa/n_unparsed`.
 
-Offline fallback, always computed (no judge needed), clearly named and never the score:
-`truthfulqa/mc2_offline_fallback`: TruthfulQA MC2 (normalised probability mass on the true answers),
-identical to lm-eval's `truthfulqa_mc2` on the raw primer prompt (parity-tested), from
-`truthfulqa/mc_task.json`. It is also reported as `truthfulqa/offline_fallback_score` for the
-clearly labelled "with offline fallbacks" average of the CLI.
+Offline fallbacks, clearly named and never the score:
+- `truthfulqa/mc2_offline_fallback`, always computed (no judge needed): TruthfulQA MC2 (normalised
+  probability mass on the true answers), identical to lm-eval's `truthfulqa_mc2` on the raw primer
+  prompt (parity-tested), from `truthfulqa/mc_task.json`.
+- Fine-tuned judges trained by this project (`truthfulqa_judges.py`: a zoo model fine-tuned on the
+  data the paper's GPT-judge / GPT-info were trained on, `finetune_truth.jsonl` / `finetune_info.jsonl`),
+  used when BOTH `HARNESS_TRUTHFULQA_TRUTH_JUDGE` and `HARNESS_TRUTHFULQA_INFO_JUDGE` name judge
+  folders (`harness train-truthfulqa-judge --kind truth|info --base smollm2-135m-instruct --out DIR`).
+  The same generated answers are then judged by them, with or without an endpoint judge:
+  `truthfulqa/truth_info_finetuned_judge_offline_fallback`, `truthfulqa/truthful_finetuned_judge_offline_fallback`,
+  `truthfulqa/informative_finetuned_judge_offline_fallback` (0-100); each generation sample gets
+  `truthful_finetuned_judge` / `informative_finetuned_judge` (bool) and their `*_score` (logit yes -
+  no). Setting only one of the two variables, or a folder that is not a judge of that kind, is an
+  error raised before any task runs. The judges' content is part of this task's resume key.
+`truthfulqa/offline_fallback_score` (for the clearly labelled "with offline fallbacks" average of the
+CLI) is the fine-tuned judges' truth x info when they are configured, because that is the paper's
+measurement (truthful AND informative generations) with a weaker judge, while MC2 measures a different
+thing (likelihood of reference answers); otherwise it is MC2. `truthfulqa/offline_fallback_score_from_finetuned_judge`
+says which (1 or 0), so runs with and without judges are not mixed up.
 
 Score for the category average: `truthfulqa/truth_info` (0-100), as in the paper's tables.
 """
@@ -25,8 +39,11 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task, unparsed_reason
@@ -44,6 +61,9 @@ from harness.generation import SamplingParams
 TASK = "truthfulqa"
 MAX_NEW_TOKENS = 50
 STOP = ("\n\n", "\nQ:")
+TRUTH_JUDGE_ENV = "HARNESS_TRUTHFULQA_TRUTH_JUDGE"
+INFO_JUDGE_ENV = "HARNESS_TRUTHFULQA_INFO_JUDGE"
+FT = "finetuned_judge_offline_fallback"  # suffix of every number from the project's fine-tuned judges
 
 
 @functools.cache
@@ -141,9 +161,74 @@ def score_judged(truth: list[str | None], info: list[str | None]) -> dict[str, f
     }
 
 
+def finetuned_judge_paths() -> dict[str, Path] | None:
+    """{"truth": folder, "info": folder} from the environment, None when neither variable is set;
+    a ValueError when only one is (truth x info needs both) or a folder is not a judge of its kind."""
+    from harness.evaluation.truthfulqa_judges import read_judge_meta
+
+    env = {"truth": os.environ.get(TRUTH_JUDGE_ENV, ""), "info": os.environ.get(INFO_JUDGE_ENV, "")}
+    if not any(env.values()):
+        return None
+    if not all(env.values()):
+        missing = TRUTH_JUDGE_ENV if not env["truth"] else INFO_JUDGE_ENV
+        raise ValueError(f"{TASK}: fine-tuned judges need both {TRUTH_JUDGE_ENV} and {INFO_JUDGE_ENV}; "
+                         f"{missing} is not set")
+    paths = {kind: Path(value).expanduser() for kind, value in env.items()}
+    for kind, path in paths.items():
+        var = TRUTH_JUDGE_ENV if kind == "truth" else INFO_JUDGE_ENV
+        try:
+            read_judge_meta(path, kind)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{TASK}: {var}={env[kind]}: {err}") from err
+    return paths
+
+
+def _fingerprint_extra() -> dict[str, Any]:
+    """The fine-tuned judges' content and the judge module's code (resume key); never raises."""
+    import inspect
+
+    from harness.evaluation import truthfulqa_judges
+
+    out: dict[str, Any] = {}
+    for var in (TRUTH_JUDGE_ENV, INFO_JUDGE_ENV):
+        value = os.environ.get(var)
+        if value:
+            try:
+                out[var] = {"path": value, "content": truthfulqa_judges.judge_fingerprint(Path(value))}
+            except OSError:
+                out[var] = {"path": value, "content": None}
+    if out:
+        out["judge_code"] = hashlib.sha256(inspect.getsource(truthfulqa_judges).encode()).hexdigest()[:16]
+    return out
+
+
+def finetuned_verdicts(paths: dict[str, Path], rows: list[dict[str, Any]], answers: list[str],
+                       batch_size: int) -> dict[str, list[float]]:
+    """{"truth": scores, "info": scores} (logit yes - no; > 0 = yes) from the two fine-tuned judges,
+    loaded one at a time and freed after use."""
+    from harness.evaluation.truthfulqa_judges import judge_scores, load_truthfulqa_judge
+
+    out = {}
+    questions = [r["question"] for r in rows]
+    for kind, path in paths.items():
+        judge = load_truthfulqa_judge(path, kind)
+        out[kind] = judge_scores(judge, questions, answers, batch_size=batch_size)
+        del judge
+    return out
+
+
+def score_finetuned(truth: list[bool], info: list[bool]) -> dict[str, float]:
+    return {
+        f"{TASK}/truth_info_{FT}": mean_pct([a and b for a, b in zip(truth, info)]),
+        f"{TASK}/truthful_{FT}": mean_pct(truth),
+        f"{TASK}/informative_{FT}": mean_pct(info),
+    }
+
+
 def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
     from harness.judge import JudgeError, judge_client_from_settings
 
+    ft_paths = finetuned_judge_paths()  # a misconfiguration fails here, before any compute
     try:
         mc_rows = load_mc_rows(ctx.limit)
         gen_rows = load_gen_rows(ctx.limit)
@@ -155,6 +240,7 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
     metrics: dict[str, float] = {
         f"{TASK}/mc2_offline_fallback": mean_pct(mc2),
         f"{TASK}/offline_fallback_score": mean_pct(mc2),
+        f"{TASK}/offline_fallback_score_from_finetuned_judge": 0.0,
         f"{TASK}/n": float(len(gen_rows)),
     }
     samples: list[dict[str, Any]] = [
@@ -168,10 +254,11 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
         judge, reason = None, f"judge settings invalid: {err}"
     else:
         reason = "no judge configured (set judge settings: model, base_url)"
-    if judge is None:
+    if judge is None and ft_paths is None:
         return TaskResult(metrics, None, samples, skipped_reason=(
             f"{TASK}: truthful+informative needs an LLM judge: {reason}; only the offline fallback "
-            "truthfulqa/mc2_offline_fallback was computed"))
+            f"truthfulqa/mc2_offline_fallback was computed (fine-tuned judges: set {TRUTH_JUDGE_ENV} and "
+            f"{INFO_JUDGE_ENV})"))
     if getattr(tok, "chat_template", None):
         prompts = [chat_prompt_with_prefix(ctx, [{"role": "user", "content": qa_user_turn(r["question"])}],
                                            "A:") for r in gen_rows]
@@ -181,6 +268,19 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
     answers = [postprocess(o[0]) for o in ctx.generator.generate(prompts, params, chat=False)]
     gen_samples = [{"kind": "generation", "question": r["question"], "prompt": p, "output": a}
                    for r, p, a in zip(gen_rows, prompts, answers)]
+    if ft_paths is not None:
+        # Before the endpoint judge: its failure must not lose these offline numbers.
+        ft = finetuned_verdicts(ft_paths, gen_rows, answers, ctx.batch_size)
+        for s, t, i in zip(gen_samples, ft["truth"], ft["info"]):
+            s.update(truthful_finetuned_judge=t > 0, informative_finetuned_judge=i > 0,
+                     truthful_finetuned_judge_score=t, informative_finetuned_judge_score=i)
+        metrics.update(score_finetuned([t > 0 for t in ft["truth"]], [i > 0 for i in ft["info"]]))
+        metrics[f"{TASK}/offline_fallback_score"] = metrics[f"{TASK}/truth_info_{FT}"]
+        metrics[f"{TASK}/offline_fallback_score_from_finetuned_judge"] = 1.0
+    if judge is None:
+        return TaskResult(metrics, None, samples + gen_samples, skipped_reason=(
+            f"{TASK}: truthful+informative needs an LLM judge: {reason}; only the offline fallbacks "
+            f"truthfulqa/mc2_offline_fallback and truthfulqa/*_{FT} were computed"))
     try:
         verdicts = judge_answers(judge, gen_rows, answers)
     except JudgeError as err:
@@ -200,7 +300,11 @@ register_task(TaskSpec(
     name=TASK,
     category="truthfulness",
     run=run,
-    description="TruthfulQA generation (QA primer, greedy), LLM-judged truthful+informative; MC2 fallback.",
-    score_rule="% answers judged both truthful and informative (0-100); MC2 only as a labelled fallback",
+    description=("TruthfulQA generation (QA primer, greedy), LLM-judged truthful+informative; MC2 and "
+                 "project-fine-tuned-judge fallbacks."),
+    score_rule=("% answers judged both truthful and informative (0-100); MC2 / fine-tuned judges only as "
+                "labelled fallbacks"),
+    fingerprint_extra=_fingerprint_extra,
+    preflight=finetuned_judge_paths,  # its return value is ignored; it raises on a misconfiguration
 ))
 
