@@ -18,11 +18,11 @@ Category = mean of its benchmarks that produced a score; overall = mean of the 6
 only when all 6 have one (`run_tasks`). A benchmark that cannot run (no judge, no classifier, no
 data) has score None and a skipped reason.
 
-Offline fallbacks (`<task>/offline_fallback_score`: TruthfulQA MC2, XSTest string-match F1) never
-enter `category/*` or `overall`; `with_fallbacks` computes a separately named
-`category_with_offline_fallbacks/*` and `overall_with_offline_fallbacks`, where a skipped benchmark's
-fallback stands in for it, so the table can show what offline evaluation says without confusing it
-with the paper's metric.
+Offline fallbacks (`<task>/offline_fallback_score`: TruthfulQA MC2, or truth x info by judges fine-tuned
+here when they are configured; XSTest string-match F1) never enter `category/*` or `overall`;
+`with_fallbacks` computes a separately named `category_with_offline_fallbacks/*` and
+`overall_with_offline_fallbacks`, where a skipped benchmark's fallback stands in for it, so the table
+can show what offline evaluation says without confusing it with the paper's metric.
 """
 
 from __future__ import annotations
