@@ -115,10 +115,10 @@ def test_bad_inputs_are_named(tiny_model: str, tmp_path: Path, monkeypatch):
     lines = bad.read_text().splitlines()
     lines[3] = json.dumps({"prompt": json.loads(lines[3])["prompt"]})
     bad.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:4: .*'completion'"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl: row 4: .*'completion'"):
         tj.train_truthfulqa_judge("truth", tiny_model, tmp_path / "j", data_path=bad)
     info_file = write_synthetic(tmp_path / "info.jsonl", "info", n_questions=2)
-    with pytest.raises(ValueError, match=r"info\.jsonl:1: 'prompt' must .*True:"):
+    with pytest.raises(ValueError, match=r"info\.jsonl: row 1: 'prompt' must .*True:"):
         tj.train_truthfulqa_judge("truth", tiny_model, tmp_path / "j", data_path=info_file)
     (tmp_path / "notajudge").mkdir()
     (tmp_path / "notajudge" / "keep.txt").write_text("x")

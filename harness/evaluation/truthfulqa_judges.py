@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from datasets_registry.core import read_jsonl
 from harness.evaluation.common import benchmark_file
 
 JudgeKind = Literal["truth", "info"]
@@ -98,32 +99,24 @@ def judge_data_file(kind: str) -> Path:
 
 
 def load_judge_examples(kind: str, path: Path) -> list[JudgeExample]:
-    """Every row of a fine-tuning file, validated; an error names the file, line and what is wrong."""
+    """Every row of a fine-tuning file, validated; an error names the file, row and what is wrong."""
     _check_kind(kind)
     suffix = "\n" + KINDS[kind][1]
     out: list[JudgeExample] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for key in ("prompt", "completion"):
-                if not isinstance(row.get(key), str):
-                    raise ValueError(f"{where}: needs a string {key!r} field; has {sorted(row)}")
-            prompt, completion = row["prompt"], row["completion"].strip().lower()
-            if completion not in ("yes", "no"):
-                raise ValueError(f"{where}: 'completion' must be ' yes' or ' no', got {row['completion']!r}")
-            if not prompt.startswith("Q: ") or "\nA:" not in prompt or not prompt.endswith(suffix):
-                raise ValueError(f"{where}: 'prompt' must look like 'Q: ...\\nA: ...{suffix!r}' for kind "
-                                 f"{kind!r}; got {prompt[:80]!r}...")
-            question = prompt[3:prompt.index("\nA:")].strip()
-            out.append(JudgeExample(question, prompt, int(completion == "yes")))
+    # read_jsonl names file and line for malformed JSON; the checks below name the row (blank lines skipped)
+    for index, row in enumerate(read_jsonl(path), 1):
+        where = f"{path}: row {index}"
+        for key in ("prompt", "completion"):
+            if not isinstance(row.get(key), str):
+                raise ValueError(f"{where}: needs a string {key!r} field; has {sorted(row)}")
+        prompt, completion = row["prompt"], row["completion"].strip().lower()
+        if completion not in ("yes", "no"):
+            raise ValueError(f"{where}: 'completion' must be ' yes' or ' no', got {row['completion']!r}")
+        if not prompt.startswith("Q: ") or "\nA:" not in prompt or not prompt.endswith(suffix):
+            raise ValueError(f"{where}: 'prompt' must look like 'Q: ...\\nA: ...{suffix!r}' for kind "
+                             f"{kind!r}; got {prompt[:80]!r}...")
+        question = prompt[3:prompt.index("\nA:")].strip()
+        out.append(JudgeExample(question, prompt, int(completion == "yes")))
     if not out:
         raise ValueError(f"{path}: no rows")
     return out
