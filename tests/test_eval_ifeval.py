@@ -72,3 +72,18 @@ def test_missing_punkt_reports_how_to_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
     with pytest.raises(RuntimeError, match="punkt_tab"):
         common.ensure_nltk_data()
+
+
+def test_generation_budget_from_the_environment_is_used_and_logged(shared_data: Path, tiny_model: str,
+                                                                    tmp_path: Path, monkeypatch):
+    """HARNESS_IFEVAL_MAX_NEW_TOKENS lowers the 1280-token budget (CPU runs): the tiny model's answers stop
+    at it and the budget used is a metric, so a table never hides that it differs from the paper's."""
+    from harness.evaluation import EvalContext
+
+    monkeypatch.setenv("NLTK_DATA", str(shared_data / "nltk_data"))
+    monkeypatch.setenv(ifeval.MAX_NEW_TOKENS_ENV, "3")
+    ctx = EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=2, batch_size=2)
+    result = ifeval.run(ctx)
+    assert result.metrics["ifeval/max_new_tokens"] == 3.0
+    tokenizer = ctx.generator.tokenizer
+    assert all(len(tokenizer(s["output"], add_special_tokens=False)["input_ids"]) <= 4 for s in result.samples)

@@ -157,3 +157,38 @@ def test_judged_score_is_withheld_when_the_judge_mostly_fails_to_answer():
     assert unparsed_reason("xstest", 2, 20, "m") is None  # 10%: stands
     assert unparsed_reason("xstest", 3, 20, "m") is not None  # 15%: withheld
     assert unparsed_reason("truthfulqa", 0, 0, "m") is None and MAX_UNPARSED_FRACTION == 0.1
+
+
+def test_a_tasks_own_environment_knob_reruns_that_task_only(tmp_path: Path, monkeypatch):
+    """HARNESS_CODING_* is in the coding tasks' resume key and not in MMLU's; HARNESS_DATA_DIR is in all."""
+    from harness.evaluation import TASKS, EvalContext
+    from harness.evaluation.base import task_fingerprint
+
+    ctx = EvalContext(model_path="unused-model", out_dir=tmp_path)
+    for var in ("HARNESS_CODING_N_SAMPLES", "HARNESS_DATA_DIR", "HARNESS_IFEVAL_MAX_NEW_TOKENS"):
+        monkeypatch.delenv(var, raising=False)
+    before = {name: task_fingerprint(ctx, TASKS.get(name)) for name in ("mmlu", "mbpp_plus", "ifeval")}
+    monkeypatch.setenv("HARNESS_CODING_N_SAMPLES", "10")
+    after = {name: task_fingerprint(ctx, TASKS.get(name)) for name in before}
+    assert after["mbpp_plus"]["env"] == {"HARNESS_CODING_N_SAMPLES": "10"} and after["mbpp_plus"] != before["mbpp_plus"]
+    assert after["mmlu"] == before["mmlu"] and after["ifeval"] == before["ifeval"]
+    monkeypatch.setenv("HARNESS_IFEVAL_MAX_NEW_TOKENS", "256")
+    assert task_fingerprint(ctx, TASKS.get("ifeval"))["env"] == {"HARNESS_IFEVAL_MAX_NEW_TOKENS": "256"}
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
+    assert all(task_fingerprint(ctx, TASKS.get(n))["env"].get("HARNESS_DATA_DIR") == str(tmp_path) for n in before)
+
+
+@pytest.mark.parametrize("task, var", [("ifeval", "HARNESS_IFEVAL_MAX_NEW_TOKENS"),
+                                       ("alpaca_eval1", "HARNESS_ALPACA_EVAL_MAX_NEW_TOKENS")])
+def test_generation_budget_knob_is_checked_before_any_task_runs(tmp_path: Path, monkeypatch, task: str, var: str):
+    from harness.evaluation import EvalContext, run_tasks
+    from harness.evaluation.common import max_new_tokens_from_env
+
+    monkeypatch.setenv(var, "0")
+    with pytest.raises(ValueError, match=f"{var} must be a positive integer"):
+        run_tasks(EvalContext(model_path="unused-model", out_dir=tmp_path), ["mmlu", task])
+    assert not (tmp_path / "mmlu.result.json").exists()  # failed before MMLU ran
+    monkeypatch.setenv(var, "384")
+    assert max_new_tokens_from_env(var, 1280) == 384
+    monkeypatch.delenv(var)
+    assert max_new_tokens_from_env(var, 1280) == 1280

@@ -26,10 +26,11 @@ import json
 from typing import Any
 
 from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
-from harness.evaluation.common import skipped
+from harness.evaluation.common import max_new_tokens_from_env, skipped
 from harness.generation import SamplingParams
 
-MAX_NEW_TOKENS = 8192
+MAX_NEW_TOKENS = 8192  # open-instruct's AlpacaEval setting
+MAX_NEW_TOKENS_ENV = "HARNESS_ALPACA_EVAL_MAX_NEW_TOKENS"  # a lower budget for CPU runs (logged)
 OUTPUTS_FILE = "alpaca_eval.outputs.jsonl"
 
 
@@ -56,7 +57,7 @@ def generate_outputs(ctx: EvalContext, instructions: list[str], max_new_tokens: 
     return outputs
 
 
-def run_version(ctx: EvalContext, version: int, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
+def run_version(ctx: EvalContext, version: int, max_new_tokens: int | None = None) -> TaskResult:
     from harness.judge import JudgeError, judge_client_from_settings
     from harness.judge.alpaca import evaluate_alpaca_eval, load_instruction_difficulty, load_reference
 
@@ -72,6 +73,8 @@ def run_version(ctx: EvalContext, version: int, max_new_tokens: int = MAX_NEW_TO
     if judge is None:
         return skipped(task, "needs an LLM judge (set judge settings: model, base_url); no offline "
                              "substitute for AlpacaEval's pairwise preference")
+    if max_new_tokens is None:
+        max_new_tokens = max_new_tokens_from_env(MAX_NEW_TOKENS_ENV, MAX_NEW_TOKENS)
     outputs = generate_outputs(ctx, instructions, max_new_tokens)
     difficulty = load_instruction_difficulty(len(instructions)) if version == 2 else None
     try:
@@ -80,7 +83,7 @@ def run_version(ctx: EvalContext, version: int, max_new_tokens: int = MAX_NEW_TO
     except JudgeError as err:
         samples = [{"instruction": i, "output": o} for i, o in zip(instructions, outputs)]
         return TaskResult({}, None, samples, skipped_reason=f"{task}: judge calls failed ({err}); outputs saved")
-    metrics = result.metrics(task)
+    metrics = {**result.metrics(task), f"{task}/max_new_tokens": float(max_new_tokens)}
     score = result.win_rate if version == 1 else result.lc_win_rate
     reason = None
     if score is None or score != score:  # NaN: no valid annotation; LC needs > 2 valid ones
@@ -89,10 +92,17 @@ def run_version(ctx: EvalContext, version: int, max_new_tokens: int = MAX_NEW_TO
     return TaskResult(metrics, score, samples, skipped_reason=reason)
 
 
+def check_budget() -> None:
+    """Preflight: a bad HARNESS_ALPACA_EVAL_MAX_NEW_TOKENS fails before any task of the suite runs."""
+    max_new_tokens_from_env(MAX_NEW_TOKENS_ENV, MAX_NEW_TOKENS)
+
+
 register_task(TaskSpec(
     name="alpaca_eval1",
     category="instruction_following",
     run=lambda ctx: run_version(ctx, 1),
+    env_prefixes=(MAX_NEW_TOKENS_ENV,),
+    preflight=check_budget,
     description="AlpacaEval 1: 805 instructions vs text-davinci-003, alpaca_eval_gpt4 annotator via the judge.",
     score_rule="win rate % against text-davinci-003 (ties count half)",
 ))
@@ -100,6 +110,8 @@ register_task(TaskSpec(
     name="alpaca_eval2",
     category="instruction_following",
     run=lambda ctx: run_version(ctx, 2),
+    env_prefixes=(MAX_NEW_TOKENS_ENV,),
+    preflight=check_budget,
     description="AlpacaEval 2: 805 instructions vs GPT-4 turbo, weighted gpt4_turbo annotator, length-controlled.",
     score_rule="length-controlled win rate % against gpt-4-1106-preview",
 ))

@@ -66,6 +66,10 @@ class TaskSpec:
     # Raises ValueError/FileNotFoundError on a misconfiguration; `run_tasks` calls it for every task
     # before running any, so a bad setting fails at once and not hours into a suite.
     preflight: Callable[[], None] | None = None
+    # Prefixes of environment variables that change what this task computes (e.g. HARNESS_CODING_ for a
+    # generation budget): part of this task's resume key only, so a CPU knob for one task does not
+    # rerun the others. HARNESS_DATA_DIR is in every task's key.
+    env_prefixes: tuple[str, ...] = ()
 
 
 # The paper's six categories (Sec. 2.2, App. D).
@@ -95,8 +99,8 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-# Environment variables that change what a task computes (and so belong in its resume key).
-_TASK_ENV_PREFIXES = ("HARNESS_CODING_", "HARNESS_TOXIGEN_", "HARNESS_DATA_DIR")
+# Environment variables every task's result depends on; tasks add their own (`TaskSpec.env_prefixes`).
+_SHARED_ENV_PREFIXES = ("HARNESS_DATA_DIR",)
 
 
 def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
@@ -117,7 +121,8 @@ def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
         "limit": ctx.limit, "seed": ctx.seed, "batch_size": ctx.batch_size, "judge": judge,
         "reference": model_fingerprint(ctx.reference_path) if ctx.reference_path else None,
         "reward_model": model_fingerprint(ctx.reward_model_path) if ctx.reward_model_path else None,
-        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(_TASK_ENV_PREFIXES)},
+        "env": {k: v for k, v in sorted(os.environ.items())
+                if k.startswith(_SHARED_ENV_PREFIXES + spec.env_prefixes)},
         **extra,
     }
 

@@ -540,6 +540,7 @@ register_task(TaskSpec(
     name="humaneval_plus",
     category="coding",
     run=run_humaneval_plus,
+    env_prefixes=("HARNESS_CODING_",),
     description="HumanEval+ (EvalPlus v0.2.1 base+plus tests), HumanEvalPack instructions, T=0.8, sandboxed",
     score_rule="pass@10 (base+plus tests, unbiased estimator, n samples/problem) x 100",
 ))
@@ -547,6 +548,7 @@ register_task(TaskSpec(
     name="mbpp_plus",
     category="coding",
     run=run_mbpp_plus,
+    env_prefixes=("HARNESS_CODING_",),
     description="MBPP+ v0.1.0 (EvalPlus v0.2.1 base+plus tests), open-instruct prompt, T=0.8, sandboxed",
     score_rule="pass@10 (base+plus tests, unbiased estimator, n samples/problem) x 100",
 ))

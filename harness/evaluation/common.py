@@ -59,6 +59,22 @@ def require_fields(row: dict[str, Any], fields: Iterable[str], where: str) -> No
         raise ValueError(f"{where}: missing field(s) {missing}; has {sorted(row)}")
 
 
+def max_new_tokens_from_env(env: str, default: int) -> int:
+    """A generation task's token budget: the paper's `default`, unless the environment variable `env`
+    sets another (a CPU run where one looping greedy answer would hold its whole batch for thousands
+    of steps). The variable is in the task's resume key and the budget used is logged as a metric."""
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as err:
+        raise ValueError(f"{env} must be a positive integer, got {raw!r}") from err
+    if value < 1:
+        raise ValueError(f"{env} must be a positive integer, got {raw!r}")
+    return value
+
+
 def apply_limit(rows: list[Any], limit: int | None) -> list[Any]:
     """First `limit` rows (deterministic, like lm-eval's --limit); all rows when limit is None/0."""
     return rows[:limit] if limit else rows

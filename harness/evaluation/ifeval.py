@@ -27,6 +27,7 @@ from harness.evaluation.common import (
     apply_limit,
     benchmark_file,
     ensure_nltk_data,
+    max_new_tokens_from_env,
     mean_pct,
     read_jsonl,
     require_fields,
@@ -36,6 +37,7 @@ from harness.generation import SamplingParams
 
 TASK = "ifeval"
 MAX_NEW_TOKENS = 1280
+MAX_NEW_TOKENS_ENV = "HARNESS_IFEVAL_MAX_NEW_TOKENS"  # a lower budget for CPU runs (logged)
 FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
 
 
@@ -76,23 +78,34 @@ def score_responses(rows: list[dict[str, Any]], responses: list[str]) -> TaskRes
     return TaskResult(metrics, metrics[f"{TASK}/prompt_level_loose_acc"], samples)
 
 
-def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
+def run(ctx: EvalContext, max_new_tokens: int | None = None) -> TaskResult:
     """The registered task (paper settings); `max_new_tokens` is lowered only by fast tests."""
     try:
         rows = load_rows(ctx.limit)
         ensure_nltk_data()  # fail before spending time on generation
     except (MissingDataError, RuntimeError) as err:
         return skipped(TASK, str(err))
+    if max_new_tokens is None:
+        max_new_tokens = max_new_tokens_from_env(MAX_NEW_TOKENS_ENV, MAX_NEW_TOKENS)
     prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=ctx.seed)
     outputs = ctx.generator.generate(prompts, params)
-    return score_responses(rows, [o[0] for o in outputs])
+    result = score_responses(rows, [o[0] for o in outputs])
+    result.metrics[f"{TASK}/max_new_tokens"] = float(max_new_tokens)
+    return result
+
+
+def check_budget() -> None:
+    """Preflight: a bad HARNESS_IFEVAL_MAX_NEW_TOKENS fails before any task of the suite runs."""
+    max_new_tokens_from_env(MAX_NEW_TOKENS_ENV, MAX_NEW_TOKENS)
 
 
 register_task(TaskSpec(
     name=TASK,
     category="instruction_following",
     run=run,
+    env_prefixes=(MAX_NEW_TOKENS_ENV,),
+    preflight=check_budget,
     description="IFEval 541 prompts, chat template, greedy; lm-eval's copy of the official checkers.",
     score_rule="loose prompt-level accuracy, % of prompts (0-100)",
 ))

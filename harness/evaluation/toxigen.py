@@ -136,6 +136,7 @@ register_task(TaskSpec(
     name=TASK,
     category="safety",
     run=run,
+    env_prefixes=("HARNESS_TOXIGEN_",),
     description="ToxiGen hateful prompts (500/group), chat template, greedy <=512 tokens, toxigen_roberta.",
     score_rule="100 - % generations classified toxic",
 ))
