@@ -32,7 +32,10 @@ class DPOAlgoConfig:
     loss_type: str = "sigmoid"  # TRL loss name: sigmoid (DPO), ipo, hinge, robust, ...
     label_smoothing: float = 0.0  # robust-DPO / cDPO epsilon
     sft_weight: float = 0.0  # weight of an added NLL term on chosen (0 = pure DPO as in the paper)
-    precompute_ref_log_probs: bool = True  # reference log-probs once, before training (faster; same loss)
+    # Reference log-probs once, before training: same loss, no reference forward per step and no
+    # reference model in memory during training. On by default for the memory; whether it also saves
+    # time depends on the machine and the number of epochs (benchmarks/bench_dpo_precompute.py).
+    precompute_ref_log_probs: bool = True
     gradient_checkpointing: bool = False  # off: on CPU it costs time and the small models fit
     weight_decay: float = 0.0
     logging_steps: int = 1
