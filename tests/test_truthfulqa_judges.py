@@ -154,6 +154,7 @@ def test_task_logs_finetuned_metrics_beside_the_endpoint_judge(tiny_model: str, 
 
     _set_judges(monkeypatch, trained_judges)
     monkeypatch.setattr(harness.judge, "judge_client_from_settings", lambda settings: _ScriptedJudge())
+    monkeypatch.setattr(truthfulqa, "MIN_FINETUNED_JUDGE_BALANCED_ACCURACY", 0.0)  # tiny judges: any quality
     ctx = EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=2, judge={"model": "scripted"})
     result = truthfulqa.run(ctx, max_new_tokens=4)
     assert result.skipped_reason is None
@@ -173,6 +174,26 @@ def test_task_logs_finetuned_metrics_beside_the_endpoint_judge(tiny_model: str, 
     # Same verdicts as the judges give directly on the saved answers.
     judge = tj.load_truthfulqa_judge(trained_judges["truth"])
     assert truth == tj.judge_answers(judge, [s["question"] for s in gen], [s["output"] for s in gen])
+
+
+def test_a_judge_below_the_quality_bar_leaves_the_fallback_score_to_mc2(tiny_model: str, tmp_path: Path,
+                                                                         shared_data: Path, monkeypatch,
+                                                                         trained_judges: dict[str, Path]):
+    """Judges whose held-out balanced accuracy is under MIN_FINETUNED_JUDGE_BALANCED_ACCURACY still log
+    their numbers and their quality, but the fallback score stays MC2 (measured here: a 64-step SmolLM2
+    truth judge said "no" to nearly everything, balanced accuracy 0.58, and truth x info read 0)."""
+    from harness.evaluation import EvalContext
+
+    _set_judges(monkeypatch, trained_judges)
+    monkeypatch.setattr(truthfulqa, "MIN_FINETUNED_JUDGE_BALANCED_ACCURACY", 1.01)  # unreachable
+    result = truthfulqa.run(EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=2), max_new_tokens=4)
+    assert FT_METRICS <= set(result.metrics)
+    for kind in ("truth", "info"):
+        meta = json.loads((trained_judges[kind] / tj.META_FILE).read_text())
+        assert result.metrics[f"truthfulqa/{kind}_judge_heldout_balanced_accuracy"] == \
+            meta["heldout"]["balanced_accuracy"]
+    assert result.metrics["truthfulqa/offline_fallback_score_from_finetuned_judge"] == 0.0
+    assert result.metrics["truthfulqa/offline_fallback_score"] == result.metrics["truthfulqa/mc2_offline_fallback"]
 
 
 def test_task_with_only_finetuned_judges(tiny_model: str, tmp_path: Path, shared_data: Path, monkeypatch,
