@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from harness.paths import model_cache_dir
@@ -201,3 +202,21 @@ def load_reward_model(name_or_path: str, device: str | None = None, dtype: str =
     ).to(device)
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def cuda_bf16_forward() -> ExitStack:
+    """bf16 autocast for CUDA forwards whose backward we run, with the cuDNN attention kernel off.
+
+    Measured on an H100 (torch 2.11): with left-padded batches the pad positions are query rows with
+    every key masked, and cuDNN's SDPA *backward* returned NaN there (the forward is finite); one
+    optimizer step then made every weight NaN. The memory-efficient and math kernels take the same
+    mask without NaNs; the backward uses the kernel chosen at forward time, so the forward decides.
+    """
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    stack = ExitStack()
+    stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+    stack.enter_context(sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]))
+    return stack
+

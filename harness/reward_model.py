@@ -445,6 +445,8 @@ def rewardbench_fingerprint() -> str | None:
     Part of the key so that a stage trained while the data was missing is redone (with RewardBench)
     once the data is there, and redone again if the data changes. Cached per (path, size, mtime).
     """
+    from harness.cache import file_sha256
+
     files = rewardbench_files()
     if not files:
         return None
@@ -453,11 +455,7 @@ def rewardbench_fingerprint() -> str | None:
         stat = path.stat()
         ident = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if ident not in _FINGERPRINTS:
-            h = hashlib.sha256()
-            with path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            _FINGERPRINTS[ident] = h.hexdigest()
+            _FINGERPRINTS[ident] = file_sha256(path)
         digest.update(f"{path.name}:{_FINGERPRINTS[ident]}\n".encode())
     return digest.hexdigest()[:16]
 

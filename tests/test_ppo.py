@@ -165,20 +165,20 @@ def test_cuda_forwards_give_finite_gradients_with_left_padding(tiny_model: str):
 
     Background (seen on an H100, torch 2.11): under plain bf16 autocast, anomaly detection caught
     cuDNN's attention backward returning NaN in the SmolLM2 value model on HH-RLHF prompts (128-token
-    left padding), and PPO's first update made every weight NaN; `cuda_autocast` keeps cuDNN out. This
+    left padding), and PPO's first update made every weight NaN; `harness.models.cuda_bf16_forward` keeps cuDNN out. This
     synthetic batch did not reproduce the NaN under plain autocast either, so it guards the CUDA path
     (autocast + kernel choice + backward) rather than reproducing that exact failure."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from harness.algorithms.ppo import cuda_autocast
+    from harness.models import cuda_bf16_forward
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).cuda()
     ids = torch.randint(5, 400, (8, 96), device="cuda")
     mask = torch.ones_like(ids)
     mask[:4, :40] = 0
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    with cuda_autocast():
+    with cuda_bf16_forward():
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
     logits[:, -20:].float().log_softmax(-1).mean().backward()
     bad = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]

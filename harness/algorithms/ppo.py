@@ -45,7 +45,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, register
+from harness.models import cuda_bf16_forward
 
 Messages = list[dict[str, str]]
 
@@ -513,23 +514,6 @@ def _prompt_stream(prompts: list[Messages], seed: int) -> Iterator[Messages]:
             yield prompts[i]
 
 
-def cuda_autocast() -> ExitStack:
-    """bf16 autocast for the CUDA forwards, with the cuDNN attention kernel switched off.
-
-    Measured on an H100 (torch 2.11): with left-padded prompts, the pad positions are query rows with
-    every key masked, and cuDNN's SDPA *backward* returns NaN there (the forward is finite); the NaN
-    reaches every weight through the optimizer step and the next rollout's sampling fails on NaN
-    probabilities. The memory-efficient and math kernels take the same mask without NaNs; the
-    backward uses the kernel chosen at forward time, so selecting it for the forward is enough.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    stack = ExitStack()
-    stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-    stack.enter_context(sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]))
-    return stack
-
-
 def _make_accelerator() -> Any:
     """The process's Accelerator: under `accelerate launch` one rank of a torch.distributed group (NCCL
     on GPUs, gloo on CPU), otherwise a single process on the default device (CUDA when present)."""
@@ -573,7 +557,8 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     torch.manual_seed(ctx.seed)  # the same on every rank (DDP also broadcasts rank 0's weights when wrapping)
     device = accelerator.device
     on_cuda = device.type == "cuda"
-    autocast = cuda_autocast if on_cuda else nullcontext
+    # bf16 forwards without cuDNN attention (its backward gave NaN on left-padded rows; see models.py)
+    autocast = cuda_bf16_forward if on_cuda else nullcontext
     frozen_dtype = torch.bfloat16 if on_cuda else torch.float32
     artifacts = ctx.out_dir / "artifacts"
     if is_main:  # the stage writer convention: only the main process writes into the stage folder

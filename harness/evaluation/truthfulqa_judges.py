@@ -40,12 +40,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from datasets_registry.core import read_jsonl
+from harness.cache import file_sha256
 from harness.evaluation.common import benchmark_file
 
 JudgeKind = Literal["truth", "info"]
@@ -169,18 +170,11 @@ def yes_no_token_ids(tokenizer: Any) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
-def _forward_context(device: Any) -> ExitStack:
-    """bf16 autocast on CUDA, with the cuDNN attention kernel off: its backward returns NaN for the
-    fully masked query rows of left-padded batches (measured on an H100, see `ppo.cuda_autocast`)."""
-    import torch
+def _forward_context(device: Any) -> ExitStack | nullcontext:
+    """The shared CUDA forward context (bf16, no cuDNN attention) on a GPU; nothing on CPU."""
+    from harness.models import cuda_bf16_forward
 
-    stack = ExitStack()
-    if device.type == "cuda":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-        stack.enter_context(sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]))
-    return stack
+    return cuda_bf16_forward() if device.type == "cuda" else nullcontext()
 
 
 def yes_no_margins(model: Any, tokenizer: Any, prompts: Sequence[str], yes_id: int, no_id: int,
@@ -251,14 +245,6 @@ def classification_metrics(labels: Sequence[int], predicted: Sequence[bool]) -> 
         "label_yes_rate": sum(labels) / len(pairs),
         "n": float(len(pairs)),
     }
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -372,7 +358,7 @@ def train_truthfulqa_judge(
         "base_model": base_model,
         "base_model_path": resolve_model(base_model),
         "data_file": str(path),
-        "data_sha256": _file_sha256(path),
+        "data_sha256": file_sha256(path),
         "yes_token": YES, "no_token": NO, "yes_token_id": yes_id, "no_token_id": no_id,
         "config": {"max_rows": max_rows, "steps": steps, "batch_size": batch_size,
                    "learning_rate": learning_rate, "seed": seed, "heldout_fraction": heldout_fraction,
