@@ -27,6 +27,7 @@ import hashlib
 import heapq
 import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -90,13 +91,21 @@ class DatasetSpec:
     # For specs built by `source_spec`: how one raw file is read, and the optional grouping of raw rows.
     read: Callable[[Path], Iterable[dict[str, Any]]] | None = None
     group_raw: Callable[[Iterable[dict[str, Any]]], Iterable[Any]] | None = None
+    # For a spec with its own `load_raw` that reads something besides its code (e.g. the prompt-tag
+    # cache of the mined prompt sets): what it reads, as JSON-able identity, for `source_fingerprint`.
+    raw_inputs: Callable[[], dict[str, Any]] | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
+# Dataset name -> the module that registered it (its code is part of `source_fingerprint`).
+_REGISTERED_IN: dict[str, str] = {}
+
+
 def register(spec: DatasetSpec) -> DatasetSpec:
     DATASETS.register(spec.name, spec)
+    _REGISTERED_IN[spec.name] = sys._getframe(1).f_globals.get("__name__", __name__)
     return spec
 
 
@@ -424,6 +433,58 @@ def hub_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
             yield row
 
     return rows()
+
+
+def _local_files_label(path: Path) -> str:
+    """A raw file's name relative to the data dir it was found in (the same on every machine that
+    has the same layout, so a shared stage store keeps its keys)."""
+    from harness.paths import data_dirs
+
+    for base in data_dirs():
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def source_fingerprint(name: str) -> dict[str, Any]:
+    """What `prepare(name)` would read now, resolved without reading any row: the identity of the raw
+    input plus the code that turns it into rows. Part of the `prepare_data` stage key, so pointing
+    HARNESS_DATA_DIR at other rows, editing a raw file or changing a loader reruns that stage (and
+    everything downstream), and nothing else.
+
+    {"dataset": name,
+     "code": hash of the dataset's module and the registry modules it uses (`harness.cache.code_fingerprint`),
+     "raw": one of
+        {"files": {path relative to its data dir: sha256}}      local files (`local_files` via `find_local`)
+        {"hub": id, "revision": commit | None, "config", "split", "files"}   no local file; None = unpinned
+        {"unavailable": True}                                    neither (prepare raises DataUnavailableError)
+        {"components": {name: source_fingerprint(name)}}         a mix
+        {"inputs": spec.raw_inputs()}                            a custom loader that declares its inputs
+        {"generated": True}                                      built-in data: the code is the data}
+    """
+    from harness.cache import code_fingerprint, file_sha256
+
+    spec = DATASETS.get(name)
+    module = sys.modules.get(_REGISTERED_IN.get(name, __name__)) or sys.modules[__name__]
+    raw: dict[str, Any]
+    if spec.components:
+        raw = {"components": {component: source_fingerprint(component) for component, _ in spec.components}}
+    elif spec.read is not None:  # a `source_spec`: local files first, then the hub (as `load_raw` does)
+        paths = find_local(spec.local_files)
+        if paths:
+            raw = {"files": {_local_files_label(p): file_sha256(p) for p in paths}}
+        elif spec.hub_id and not hub_disabled():
+            raw = {"hub": spec.hub_id, "revision": spec.revision, "config": spec.hub_config, "split": spec.split,
+                   "files": list(spec.hub_files)}
+        else:
+            raw = {"unavailable": True}
+    elif spec.raw_inputs is not None:
+        raw = {"inputs": spec.raw_inputs()}
+    else:
+        raw = {"generated": True}
+    return {"dataset": name, "code": code_fingerprint(module, "datasets_registry"), "raw": raw}
 
 
 def unavailable_message(spec: DatasetSpec) -> str:

@@ -10,6 +10,7 @@ stage; stale temp folders are swept on the next run.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from harness.paths import stage_cache_dir
@@ -92,11 +94,53 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (data files can be large)."""
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (data files can be large).
+
+    Remembered per (path, size, mtime) for the life of the process: planning a grid fingerprints the
+    same raw and benchmark files once per cell, and a rewritten file gets a new mtime."""
+    stat = path.stat()
+    ident = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if ident not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _FILE_HASHES[ident] = digest.hexdigest()
+    return _FILE_HASHES[ident]
+
+
+def code_fingerprint(module: ModuleType, package: str, exclude: tuple[str, ...] = ()) -> str:
+    """Hash of a module's source and of every module of `package` it reaches through its globals
+    (functions, classes and modules it imported from there), minus `exclude`.
+
+    What a cached result computed by `module` depends on in code: a dataset loader and the registry
+    helpers it calls, a task and the evaluation helpers it calls. Imports done inside functions are
+    not followed (such code is covered by the owner's declared version)."""
+    seen: dict[str, ModuleType] = {}
+    todo = [module]
+    while todo:
+        mod = todo.pop()
+        if mod.__name__ in seen or mod.__name__ in exclude:
+            continue
+        seen[mod.__name__] = mod
+        for value in vars(mod).values():
+            owner = value if isinstance(value, ModuleType) else inspect.getmodule(value)
+            if owner is not None and owner.__name__.startswith(package + ".") and owner.__name__ not in seen:
+                todo.append(owner)
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    for name in sorted(seen):
+        digest.update(f"{name}\n".encode())
+        digest.update(_module_source(seen[name]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _module_source(module: ModuleType) -> str:
+    try:
+        return inspect.getsource(module)
+    except (OSError, TypeError):  # no source file (e.g. built in a test from a string): its name only
+        return module.__name__
 

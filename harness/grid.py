@@ -140,8 +140,19 @@ def _algorithm_errors(raw: dict[str, Any], label: str, axes_keys: dict[str, int]
             for field, msg in ALGORITHMS.get(block["name"]).check_fields(overrides)]
 
 
+def _eval_settings_errors(raw: dict[str, Any], label: str, axes_keys: dict[str, int]) -> list[str]:
+    """Field-level checks of `eval.settings`, so errors carry `eval.settings.<group>.<field>` paths."""
+    from harness.evaluation.base import settings_errors
+
+    block = raw.get("eval")
+    settings = block.get("settings") if isinstance(block, dict) else None
+    if not isinstance(settings, dict):
+        return []
+    return [f"{_locate('eval.settings.' + path, axes_keys, label)}: {msg}" for path, msg in settings_errors(settings)]
+
+
 def _validate_cell(raw: dict[str, Any], label: str, axes_keys: dict[str, int]) -> tuple[CellConfig | None, list[str]]:
-    errors = _algorithm_errors(raw, label, axes_keys)
+    errors = _algorithm_errors(raw, label, axes_keys) + _eval_settings_errors(raw, label, axes_keys)
     if errors:
         return None, errors
     try:

@@ -54,6 +54,10 @@ def describe_plan(grid: Grid, plans: list[CellPlan]) -> str:
             status = "cached" if stage.complete else "will run"
             shared = f" (shared by {users[stage.id]} cells)" if users[stage.id] > 1 else ""
             lines.append(f"    {stage.label:<40} {stage.key}  {status}{shared}")
+            if stage.kind == "prepare_data" and stage.config["source"]["raw"].get("unavailable"):
+                lines.append("      raw data not found locally and the hub is not used: this stage will fail")
+            for reason in stage.missing.values():  # not run; retried once its input is there
+                lines.append(f"      not run: {reason}")
     todo = [s for s in unique_stages(plans) if not s.complete]
     lines.append(f"{len(todo)} stage(s) will run, {len(unique_stages(plans)) - len(todo)} cached")
     return "\n".join(lines)
@@ -83,6 +87,11 @@ def _cell_tags(grid: Grid, plan: CellPlan) -> dict[str, str]:
     for stage in plan.stages:
         if stage.kind == "prepare_data" and stage.complete:
             tags[f"harness.data_fingerprint.{stage.config['name']}"] = (stage.path / "fingerprint.txt").read_text()
+    evaluation = plan.stages[-1]
+    if evaluation.complete and (evaluation.path / STAGE_TAGS_FILE).exists():
+        # Which tasks have no result and why (`harness.eval.*`, see stages._task_tags), on the cell too.
+        stage_tags = json.loads((evaluation.path / STAGE_TAGS_FILE).read_text())
+        tags.update({k: str(v)[:5000] for k, v in stage_tags.items() if k.startswith("harness.eval.")})
     return tags
 
 
