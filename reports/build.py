@@ -114,6 +114,25 @@ def _write_figure(name: str, output: FigureOutput, folder: Path) -> list[Path]:
     return paths
 
 
+def _tasks_without_result(exp: Experiment) -> list[str]:
+    """Evaluation tasks a cell asked for that have no score, and why (the runner's `harness.eval.*` tags:
+    `skipped.<task>` for each, `missing` for those not run because an input was missing)."""
+    rows = []
+    for cell in exp.cells:
+        missing = set(filter(None, cell.tags.get("harness.eval.missing", "").split(",")))
+        for tag, reason in sorted(cell.tags.items()):
+            for prefix, what in (("harness.eval.skipped.", ""), ("harness.eval.bon.skipped.", "best-of-N ")):
+                if tag.startswith(prefix):
+                    task = tag[len(prefix):]
+                    status = "not run (input missing)" if what == "" and task in missing else "no score"
+                    rows.append(f"- `{cell.cell}` · {what}`{task}`: {status}: {reason}")
+    if not rows:
+        return []
+    return ["## Evaluation tasks without a result", "",
+            "Nothing is invented for them. A task whose input was missing was not run; the next `harness run` of the "
+            "grid runs it once the input exists (the cell's other tasks are not rerun).", "", *rows, ""]
+
+
 def _index(exp: Experiment, ctx: ReportContext, result: ReportResult, order: list[str]) -> str:
     lines = [f"# Report: {exp.name}", "",
              f"Built from MLflow alone (`{tracking.tracking_uri()}`, experiment id {exp.experiment_id}): "
@@ -122,6 +141,7 @@ def _index(exp: Experiment, ctx: ReportContext, result: ReportResult, order: lis
              "", ("Intervals: 95% percentile bootstrap over evaluation examples (and seeds where a configuration has "
                   f"several), {ctx.bank.n_boot} replicates; Δ p-values from the paired bootstrap." if ctx.ci else
                   "Intervals hidden (`--no-ci`)."), "", "## Grid summary", "", result.summary_markdown, ""]
+    lines += _tasks_without_result(exp)
     for name in order:
         if name in result.tables:
             table = result.tables[name]
