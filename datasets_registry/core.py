@@ -435,19 +435,6 @@ def hub_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
     return rows()
 
 
-def _local_files_label(path: Path) -> str:
-    """A raw file's name relative to the data dir it was found in (the same on every machine that
-    has the same layout, so a shared stage store keeps its keys)."""
-    from harness.paths import data_dirs
-
-    for base in data_dirs():
-        try:
-            return str(path.relative_to(base))
-        except ValueError:
-            continue
-    return str(path)
-
-
 def source_fingerprint(name: str) -> dict[str, Any]:
     """What `prepare(name)` would read now, resolved without reading any row: the identity of the raw
     input plus the code that turns it into rows. Part of the `prepare_data` stage key, so pointing
@@ -465,6 +452,7 @@ def source_fingerprint(name: str) -> dict[str, Any]:
         {"generated": True}                                      built-in data: the code is the data}
     """
     from harness.cache import code_fingerprint, file_sha256
+    from harness.paths import data_label
 
     spec = DATASETS.get(name)
     module = sys.modules.get(_REGISTERED_IN.get(name, __name__)) or sys.modules[__name__]
@@ -474,7 +462,7 @@ def source_fingerprint(name: str) -> dict[str, Any]:
     elif spec.read is not None:  # a `source_spec`: local files first, then the hub (as `load_raw` does)
         paths = find_local(spec.local_files)
         if paths:
-            raw = {"files": {_local_files_label(p): file_sha256(p) for p in paths}}
+            raw = {"files": {data_label(p): file_sha256(p) for p in paths}}
         elif spec.hub_id and not hub_disabled():
             raw = {"hub": spec.hub_id, "revision": spec.revision, "config": spec.hub_config, "split": spec.split,
                    "files": list(spec.hub_files)}

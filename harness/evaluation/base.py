@@ -292,20 +292,6 @@ def judge_endpoint(judge: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"model": judge.get("model"), "base_url": judge.get("base_url")}
 
 
-def data_file_label(path: Path) -> str:
-    """A file's name in a fingerprint: relative to the data dir it was found in, or to the installed
-    package root for package files, so that the same files give the same key on another machine."""
-    from harness.paths import data_dirs
-
-    path = Path(path).resolve()
-    for base in [*data_dirs(), *(Path(p).resolve() for p in sys.path if p and Path(p).is_dir())]:
-        try:
-            return str(path.relative_to(base))
-        except ValueError:
-            continue
-    return str(path)
-
-
 def folder_files(folder: Path) -> list[Path]:
     """Every file under a model/classifier/judge folder (for `data_files`)."""
     return sorted(p for p in Path(folder).expanduser().rglob("*") if p.is_file())
@@ -321,13 +307,14 @@ def resolve_task(spec: TaskSpec, settings: TaskSettings | None, *, judge: dict[s
     an input the task needs is absent."""
     from datasets_registry.core import source_fingerprint
     from harness.cache import code_fingerprint, file_sha256
+    from harness.paths import data_label
 
     present = {"judge": bool(judge and judge.get("model")), "reference": has_reference,
                "reward_model": has_reward_model}
     for needed in spec.requires:
         if not present[needed]:
             raise MissingInput(f"{spec.name}: needs {_REQUIRED_HOW[needed]}")
-    data = {data_file_label(p): file_sha256(p) for p in (spec.data_files(settings) if spec.data_files else [])}
+    data = {data_label(p): file_sha256(p) for p in (spec.data_files(settings) if spec.data_files else [])}
     datasets = {}
     for name in spec.datasets(settings) if spec.datasets else []:
         datasets[name] = source_fingerprint(name)
