@@ -455,7 +455,6 @@ def source_fingerprint(name: str) -> dict[str, Any]:
     from harness.paths import data_label
 
     spec = DATASETS.get(name)
-    module = sys.modules.get(_REGISTERED_IN.get(name, __name__)) or sys.modules[__name__]
     raw: dict[str, Any]
     if spec.components:
         raw = {"components": {component: source_fingerprint(component) for component, _ in spec.components}}
@@ -472,7 +471,9 @@ def source_fingerprint(name: str) -> dict[str, Any]:
         raw = {"inputs": spec.raw_inputs()}
     else:
         raw = {"generated": True}
-    return {"dataset": name, "code": code_fingerprint(module, "datasets_registry"), "raw": raw}
+    # The package's __init__ only imports every dataset module: not a dependency of any one of them.
+    code = code_fingerprint(_REGISTERED_IN.get(name, __name__), ("datasets_registry",), exclude=("datasets_registry",))
+    return {"dataset": name, "code": code, "raw": raw}
 
 
 def unavailable_message(spec: DatasetSpec) -> str:

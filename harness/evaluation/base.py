@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,7 +168,7 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     if unknown or not set(spec.requires) <= set(spec.used_inputs):
         raise ValueError(f"task {spec.name!r}: uses {spec.uses} / requires {spec.requires} must be among "
                          f"{CONTEXT_INPUTS}, and what it requires must be among what it uses")
-    for other in TASKS._items.values():
+    for _, other in TASKS.items():
         if other.group == spec.group and type(other.settings) is not type(spec.settings):
             raise ValueError(f"task {spec.name!r}: settings group {spec.group!r} is {type(other.settings).__name__} "
                              f"in task {other.name!r}; tasks sharing a group share one settings class")
@@ -285,8 +284,8 @@ def settings_from_config(groups: dict[str, dict[str, Any] | None], task_names: l
 # ---------------------------------------------------------------------------------------------
 
 def judge_endpoint(judge: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The judge fields that decide verdicts (model, base_url); never a key, never the prompt-set or
-    reference choices of the after-the-fact `harness judge` step."""
+    """The judge fields that decide verdicts (model, base_url): never the API key or its variable, never
+    the prompt-set or reference choices of the after-the-fact `harness judge` step."""
     if not judge:
         return None
     return {"model": judge.get("model"), "base_url": judge.get("base_url")}
@@ -320,12 +319,10 @@ def resolve_task(spec: TaskSpec, settings: TaskSettings | None, *, judge: dict[s
         datasets[name] = source_fingerprint(name)
         if datasets[name]["raw"].get("unavailable"):
             raise MissingInput(f"{spec.name}: dataset {name!r} has no local raw file and the hub is not used")
-    run = inspect.unwrap(spec.run)
-    module = inspect.getmodule(run) or sys.modules[__name__]
+    module = inspect.getmodule(inspect.unwrap(spec.run))
     fingerprint: dict[str, Any] = {
         "task": spec.name, "version": spec.version,
-        # The base module (this contract) is left out: it computes no task's numbers.
-        "code": code_fingerprint(module, "harness.evaluation", exclude=(__name__,)),
+        "code": code_fingerprint(module.__name__ if module else spec.name, CODE_PACKAGES, exclude=CODE_NOT_DEPENDED_ON),
         "settings": settings.model_dump(mode="json") if settings is not None else None,
         "data": data, "datasets": datasets,
     }
@@ -333,6 +330,11 @@ def resolve_task(spec: TaskSpec, settings: TaskSettings | None, *, judge: dict[s
         fingerprint["judge"] = judge_endpoint(judge)
     return fingerprint
 
+
+# A task's code fingerprint: its module and what it imports (anywhere in its body) from these packages,
+# except this contract (it computes no task's numbers) and package __init__s that only re-export.
+CODE_PACKAGES = ("harness.evaluation", "harness.judge", "datasets_registry")
+CODE_NOT_DEPENDED_ON = ("harness.evaluation", __name__, "harness.judge", "datasets_registry")
 
 _REQUIRED_HOW = {
     "judge": "an LLM judge (set the grid's `judge: {model, base_url}` or `harness eval --judge-model`); no "
