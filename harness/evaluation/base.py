@@ -111,8 +111,9 @@ class TaskSpec:
     run: Callable[[EvalContext], TaskResult]
     description: str = ""
     score_rule: str = ""  # how `score` is derived from the metric, as in the paper's tables
-    # Bump when what the task computes changes through code outside its module (a shared scorer, an
-    # upgraded package); its own module's code is fingerprinted anyway.
+    # Bump when what the task computes changes through code its code fingerprint does not cover (the
+    # generation engine, an upgraded package such as lm-eval); its module and the harness.evaluation /
+    # harness.judge / datasets_registry code it imports are fingerprinted anyway.
     version: int = 1
     # Default settings (an instance of the task's TaskSettings subclass, whose fields document them);
     # None = the task has no settings. Grids set them under `eval.settings.<group>`.
