@@ -33,35 +33,28 @@ from harness.evaluation.base import EvalContext, TaskResult, TaskSettings, TaskS
 DEFAULT_PROMPTS = "smoke-lowercase-eval"
 
 
-def _registered_prompt_set(name: str) -> str:
-    from datasets_registry import DATASETS
+class PromptSetSettings(TaskSettings):
+    prompt_set: str = Field(DEFAULT_PROMPTS, description="registry prompt set the policy answers")
 
-    DATASETS.get(name)  # an unknown name fails listing the valid ones
-    return name
+    @field_validator("prompt_set")
+    @classmethod
+    def registered_prompt_set(cls, name: str) -> str:
+        from datasets_registry import DATASETS
+
+        DATASETS.get(name)  # an unknown name fails listing the valid ones
+        return name
 
 
-class PolicyKLSettings(TaskSettings):
-    prompt_set: str = Field(DEFAULT_PROMPTS, description="registry prompt set the policy samples on")
+class PolicyKLSettings(PromptSetSettings):
     samples_per_prompt: int = Field(2, ge=1, description=">1 so the std reflects sampling noise, not just "
                                     "prompt-to-prompt spread")
     max_new_tokens: int = Field(48, ge=1, description="the smoke_lowercase answer budget")
     batch_size: int = Field(8, ge=1, description="prompts per generate / scoring call")
 
-    @field_validator("prompt_set")
-    @classmethod
-    def registered_prompt_set(cls, name: str) -> str:
-        return _registered_prompt_set(name)
 
-
-class RMRewardSettings(TaskSettings):
-    prompt_set: str = Field(DEFAULT_PROMPTS, description="registry prompt set the policy answers")
+class RMRewardSettings(PromptSetSettings):
     max_new_tokens: int = Field(48, ge=1, description="answer budget")
     temperature: float = Field(0.0, ge=0, description="greedy: deterministic, the same decoding as smoke_lowercase")
-
-    @field_validator("prompt_set")
-    @classmethod
-    def registered_prompt_set(cls, name: str) -> str:
-        return _registered_prompt_set(name)
 
 
 def load_prompt_rows(prompt_set: str, limit: int | None) -> list[dict[str, Any]]:
