@@ -93,6 +93,8 @@ register(source_spec(
     curate=curate_2023,
     hub_id="lmsys/chatbot_arena_conversations",
     split="train",
+    # The id a public project pins this dataset to (found in the stored code corpus); the dataset has had one
+    # data release (2023).
     revision="1b6335d42a1d2c7e34870c905d03ab964f7f2bd8",
     license="prompts CC-BY-4.0, outputs CC-BY-NC-4.0",
     paper_size=20_465,

@@ -116,7 +116,7 @@ register(source_spec(
     hub_id="openai/gsm8k",
     hub_config="main",
     split="train",
-    revision="740312add88f781978c0658806c59bc2815b9866",
+    revision="740312add88f781978c0658806c59bc2815b9866",  # main (7,473 / 1,319 rows), pinned by public code
     license="MIT",
     paper_size=7_473,
     expected_size=7_473,
@@ -135,7 +135,7 @@ register(source_spec(
     curate=curate_first_user_turn("wildchat"),
     hub_id="allenai/WildChat",
     split="train",
-    revision="f66566ceaaeb619dd98ffb0f3bf3ce1f86775ac4",
+    revision="f66566ceaaeb619dd98ffb0f3bf3ce1f86775ac4",  # the tree a public project links as its pinned source
     rule="the first user turn of every conversation",
     rule_source="App. J (prompts mined from WildChat)",
     license="ODC-BY (earlier releases: AI2 ImpACT low-risk)",
@@ -152,7 +152,7 @@ register(source_spec(
     curate=curate_first_user_turn("lmsys-chat-1m"),
     hub_id="lmsys/lmsys-chat-1m",
     split="train",
-    revision="200748d9d3cddcc9d782887541057aca0b18c5da",
+    revision="200748d9d3cddcc9d782887541057aca0b18c5da",  # pinned by two public projects' code
     rule="the first user turn of every conversation",
     rule_source="App. J (prompts mined from LMSYS-1M)",
     license="LMSYS-Chat-1M Dataset License Agreement",

@@ -55,6 +55,12 @@ H4_REVISION = "3949bf5f8c17c394422ccfab0c31ea9c20bdeb85"
 PAPER_SIZE = 60_908
 RELEASED_OVERALL_SIZE = 58_933  # allenai/tulu-2.5-preference-data `ultrafeedback_overall`
 SUBSET_SIZE = 10_000
+# The raw release every re-binarised spec reads (kwargs of `source_spec`).
+RAW_SOURCE: dict[str, Any] = dict(
+    kind="preference", source_type="synthetic", hub_id="openbmb/UltraFeedback", split="train",
+    revision=RAW_REVISION, license="MIT",
+    how_to_get="download the hub repo openbmb/UltraFeedback (jsonl or parquet) into <data dir>/openbmb/UltraFeedback/",
+)
 
 # Table 8: models bucketed by their average fine-grained score.
 MODEL_GROUPS: dict[str, tuple[str, ...]] = {
@@ -352,24 +358,18 @@ register(UF_OVERALL)
 for _flavour, _label in (("fine_grained", "fg"), ("overall", "overall")):
     register(source_spec(
         name=f"ultrafeedback-{_label}-rebinarised",
-        kind="preference",
-        source_type="synthetic",
         group="variant",
         description=f"UltraFeedback re-binarised here from raw openbmb rows by the {_flavour.replace('_', '-')} "
                     "score (TruthfulQA prompts and ties dropped), downsampled to 60,908.",
         curate=_curate_rebinarised(_flavour, f"ultrafeedback-{_label}-rebinarised"),
-        hub_id="openbmb/UltraFeedback",
-        split="train",
-        revision=RAW_REVISION,
-        license="MIT",
         downsample_to=PAPER_SIZE,
         local_files=RAW_FILES,
-        how_to_get="download the hub repo openbmb/UltraFeedback (jsonl or parquet) into <data dir>/openbmb/UltraFeedback/",
         rule=("best " + ("mean aspect rating" if _flavour == "fine_grained" else "critique overall_score")
               + " completion vs a random strictly lower one; all-tied prompts and TruthfulQA prompts dropped; "
               "downsample to 60,908"),
         rule_source="this harness's binarisation of raw openbmb/UltraFeedback (Zephyr/Argilla style); not the "
                     "authors' build",
+        **RAW_SOURCE,
     ))
 
 
@@ -396,24 +396,17 @@ def _source_curate(label: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 for _group, _models in MODEL_GROUPS.items():
     register(source_spec(
         name=f"ultrafeedback-{_group}",
-        kind="preference",
-        source_type="synthetic",
         group="variant",
         description=f"UltraFeedback FG pairs using only {_group}-group models (Table 8), 10,000 prompts (Table 7).",
         curate=_group_curate(_group),
-        hub_id="openbmb/UltraFeedback",
-        split="train",
-        revision=RAW_REVISION,
-        license="MIT",
         paper_size=SUBSET_SIZE,
         downsample_to=SUBSET_SIZE,
         local_files=RAW_FILES,
-        how_to_get="download the hub repo openbmb/UltraFeedback (jsonl or parquet) into "
-                   "<data dir>/openbmb/UltraFeedback/ (binarised releases lack the per-model completions)",
         rule=f"raw rows, only completions of the Table 8 {_group} models; best mean aspect rating vs a random "
              "strictly lower one; ties and TruthfulQA prompts dropped; downsample to 10,000",
         rule_source="App. E, Tables 7-8 (the authors' build script for these subsets is not published)",
         released_as=f"tulu25-{RELEASED_GROUP_SPLITS[_group]}",
+        **RAW_SOURCE,
     ))
 
 for _label in PROMPT_SOURCES:
@@ -421,19 +414,13 @@ for _label in PROMPT_SOURCES:
     _files = RAW_FILES if _label == "truthfulqa" else (*RAW_FILES, *ARGILLA_FILES, SHARED_ARGILLA)
     register(source_spec(
         name=f"ultrafeedback-src-{_label}",
-        kind="preference",
-        source_type="synthetic",
         group="variant",
         description=f"UltraFeedback FG pairs whose prompts come from {_label} (Table 7).",
         curate=_source_curate(_label),
-        hub_id="openbmb/UltraFeedback",
-        split="train",
-        revision=RAW_REVISION,
-        license="MIT",
         local_files=_files,
-        how_to_get="download the hub repo openbmb/UltraFeedback (jsonl or parquet) into <data dir>/openbmb/UltraFeedback/",
         rule=f"prompts whose UltraFeedback source is {'/'.join(PROMPT_SOURCES[_label])}; FG binarisation (raw rows "
              "re-binarised, Argilla rows taken when rated strictly higher); ties dropped",
         rule_source="App. E, Table 7 (the authors' build script for these subsets is not published)",
         released_as=f"tulu25-{RELEASED_SOURCE_SPLITS[_label]}",
+        **RAW_SOURCE,
     ))

@@ -157,3 +157,14 @@ def test_readme_table_covers_every_table1_dataset():
         name = line.split("`")[1]
         if name in DATASETS and DATASETS.get(name).expected_size:
             assert f"{DATASETS.get(name).expected_size:,}" in line, name
+
+
+def test_fig3_ultrafeedback_prompt_set_is_20k_random_prompts(tmp_path):
+    # 20,500 prompts in Argilla's schema: the named Fig. 3 set keeps a seeded 20,000 of them.
+    raw = tmp_path / "argilla.jsonl"
+    raw.write_text("".join(f'{{"source": "sharegpt", "prompt": "Question number {i}?"}}\n' for i in range(20_500)))
+    full = prepare("prompts-ultrafeedback", files=[raw])
+    fig3 = prepare("prompts-ultrafeedback-20k", files=[raw])
+    assert (full.kept, fig3.kept) == (20_500, 20_000)
+    assert {r["id"] for r in fig3.rows} <= {r["id"] for r in full.rows}
+    assert prepare("prompts-ultrafeedback-20k", seed=1, files=[raw]).fingerprint != fig3.fingerprint
