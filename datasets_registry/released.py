@@ -18,8 +18,8 @@ name to its split (each rebuilt spec's `released_as`) and fails, before any comp
 authors did not release.
 
 Pinned to 6e87e7ba11eeb2a21db459cf13267f62d1feea23 ("fix uf files", the main branch when the split sizes
-below were read from the hub's datasets-server). That commit re-uploaded the UltraFeedback files after
-the paper: `ultrafeedback_overall` has 58,933 rows there (Table 1 prints 60,908).
+below were read from the hub's datasets-server). That commit changed UltraFeedback files after the paper:
+`ultrafeedback_overall` has 58,933 rows there (Table 1 prints 60,908).
 """
 
 from __future__ import annotations
@@ -77,6 +77,18 @@ RELEASED_SPLITS: dict[str, tuple[int, str, str]] = {
     "ultrafeedback_top_10k": (10_000, "synthetic", "MIT"),
     "ultrafeedback_truthful_qa": (811, "synthetic", "MIT"),
     "ultrafeedback_ultrachat": (9_929, "synthetic", "MIT"),
+}
+
+# What is known to differ in a released split from what the paper describes.
+RELEASED_NOTES = {
+    "helpsteer": "the authors' script takes chosen = samples[0] of an ascending sort (the lowest mean score), so "
+                 "chosen and rejected may be swapped here relative to the paper's 'best = chosen'",
+    "ultrafeedback_overall": f"58,933 rows at {RELEASED_REVISION[:7]} ('fix uf files', a commit after the paper that "
+                             "changed UltraFeedback files); Table 1 prints 60,908",
+    "ultrafeedback_mean_aspects": f"{RELEASED_REVISION[:7]} ('fix uf files', after the paper) changed UltraFeedback "
+                                  "files; which ones is not recorded here",
+    "prm800k_pairs_phase2": "ground-truth solution vs a found_error generation (the script), not App. B's correct vs "
+                            "incorrect generation",
 }
 
 
@@ -173,6 +185,7 @@ for _split, (_rows, _type, _licence) in RELEASED_SPLITS.items():
                    f"<data dir>/{RELEASE}/data/",
         rule="rows as released: prompt = the longest shared prefix of chosen and rejected, completions = the "
              "rest; duplicates kept; no downsampling",
+        deviation=RELEASED_NOTES.get(_split, ""),
         rule_source=f"{RELEASE} at {RELEASED_REVISION[:7]} (dataset card: built with "
                     f"{AUTHORS_SCRIPT} for most splits)",
     ))
