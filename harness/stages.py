@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 STAGE_TAGS_FILE = "tags.json"
 
 # train_reward_model 2: also scores RewardBench when its data is local (`rewardbench` in its config).
-STAGE_VERSIONS = {"prepare_data": 1, "train_reward_model": 2, "train_policy": 1, "evaluate": 2}
+# train_policy 2, evaluate 3: generation ignores a checkpoint's generation_config sampling settings, and PPO
+# zeroes functional dropout (attention_dropout); both change what models that ship such settings produce.
+STAGE_VERSIONS = {"prepare_data": 1, "train_reward_model": 2, "train_policy": 2, "evaluate": 3}
 
 # Default Ray resource requests per kind (a user on a GPU cluster overrides with `resources:`).
 DEFAULT_RESOURCES = {
