@@ -9,7 +9,7 @@ the evaluation tasks, optionally the judge, and a seed. `algorithm: null` is the
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,6 +22,9 @@ class DatasetRef(Strict):
     name: str
     max_rows: int | None = Field(default=None, ge=1, description="random subsample after curation")
     seed: int | None = Field(default=None, description="subsampling seed; defaults to the cell seed")
+    # "released": the authors' published split of this dataset (allenai/tulu-2.5-preference-data); `name`
+    # is resolved to its registry name (tulu25-*) here, so the data stage's key and the logged name are its.
+    build: Literal["rebuilt", "released"] = "rebuilt"
 
     @model_validator(mode="before")
     @classmethod
@@ -35,6 +38,14 @@ class DatasetRef(Strict):
 
         DATASETS.get(name)  # raises UnknownNameError listing valid names
         return name
+
+    @model_validator(mode="after")
+    def _resolve_build(self) -> DatasetRef:
+        if self.build == "released":
+            from datasets_registry import released_name
+
+            self.name = released_name(self.name)  # no released split: ValueError naming those that have one
+        return self
 
 
 class AlgorithmRef(BaseModel):

@@ -40,8 +40,10 @@ STAGE_TAGS_FILE = "tags.json"
 
 # prepare_data 2: the raw source in the key, checked at execution. train_reward_model 2: also scores
 # RewardBench when its data is local; 3: the seeded held-out split that never leaves a side empty.
-# evaluate 3: per-task fingerprints, missing tasks apart, finished tasks reused from the task store.
-STAGE_VERSIONS = {"prepare_data": 2, "train_reward_model": 3, "train_policy": 1, "evaluate": 3}
+# train_policy 2, evaluate 3: generation ignores a checkpoint's generation_config sampling settings, and PPO
+# zeroes functional dropout (attention_dropout); both change what models that ship such settings produce.
+# evaluate 4: per-task fingerprints, missing tasks apart, finished tasks reused from the task store.
+STAGE_VERSIONS = {"prepare_data": 2, "train_reward_model": 3, "train_policy": 2, "evaluate": 4}
 
 # Default Ray resource requests per kind (a user on a GPU cluster overrides with `resources:`).
 DEFAULT_RESOURCES = {

@@ -28,6 +28,23 @@ no reward normalisation; no reward whitening; advantage whitening; fixed KL coef
 controller); no KL clamping; 1 rollout per prompt; forward passes at minibatch level (App. G: log-probs
 and values recomputed per minibatch with the current models, unlike most implementations).
 
+One deliberate deviation from the authors' code, a switch like Table 10's: `logprobs_at_sampling_temperature`.
+Rollouts are sampled at tau = 0.7 (Table 9). By default (True) every log-prob (policy, old policy,
+reference) is log_softmax(logits / tau), the distribution the tokens were drawn from, as TRL's PPO and
+AlpacaFarm do. The authors' EasyLM takes them at tau = 1 (False here): `liujch1998/EasyLM` branch
+`ppo3.2` (62e217a), `EasyLM/models/llama/llama_train_ppo.py`, samples at FLAGS.temperature (l. 196) but
+takes `log_softmax` of the raw logits for the policy, old policy and reference (ll. 133-134, 262-268). This is not a no-op: it changes Eq. 4's KL penalty, the policy ratio of
+Eq. 5 and the gradient scale (d log pi / d logits is divided by tau). On the tiny random Llama, 6 updates
+of 8 rollouts with the same seed: train/kl 0.90 (True) vs 0.71 (False) nats at the last update, policy
+gradient norms 2.27 vs 1.59 (ratio 1/tau) at the first. Set False to reproduce EasyLM;
+`ablations/table10_ppo_switches.yaml` runs both.
+
+Sampling is from exactly logits/tau: no top-k / top-p, and none of the sampling settings a checkpoint
+ships in `generation_config.json` (repetition_penalty, min_p, no_repeat_ngram_size, ...), which
+`harness.generation` ignores, so the tokens come from the distribution Eq. 4-5 score. Dropout is 0
+(Table 9) wherever the model applies it, `nn.Dropout` modules and functional dropout such as Llama's
+`attention_dropout` alike (`disable_dropout`, verified by `check_no_dropout` before training).
+
 Generation goes through `harness.generation.HFGenerator.generate_samples` (batched `model.generate`
 with KV cache); a vLLM engine can implement the same `TokenGenerator` interface. Runs on CPU (fp32)
 for tests; on CUDA it keeps fp32 master weights and runs forwards under bf16 autocast.
@@ -43,6 +60,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -84,7 +102,8 @@ class PPOConfig:
     cliprange: float = 0.2  # epsilon, policy ratio clipping
     cliprange_value: float = 0.2  # epsilon, value clipping (Table 9 uses the same epsilon for both)
     vf_coef: float = 0.1  # alpha, value loss coefficient
-    # Table 9's dropout 0.0 is always applied (dropout would make the old/new log-probs disagree).
+    # Table 9's dropout 0.0 is always applied (dropout would make the old/new log-probs disagree); every
+    # dropout probability of the policy and value model is zeroed (`disable_dropout`), not a switch.
     # --- Table 9, OPTIMIZATION (AdamW) ---
     learning_rate: float = 1e-6  # eta
     warmup_ratio: float = 0.1  # linear warm-up over the first 10% of optimizer steps
@@ -107,8 +126,9 @@ class PPOConfig:
     kl_clamp: bool = False  # clamp per-token KL at >= 0 in the reward (AlpacaFarm)
     # --- Table 11 / App. G ---
     forward_at_minibatch_level: bool = True  # log-probs/values from the current models, per minibatch
+    # --- Deliberate deviation from the authors' code, a Table-10-style switch (see the module docstring) ---
+    logprobs_at_sampling_temperature: bool = True  # log pi = log_softmax(logits/tau); False: at tau = 1 (EasyLM)
     # --- engineering (no effect on the maths) ---
-    logprobs_at_sampling_temperature: bool = True  # log-probs of logits/tau: the distribution sampled from
     generation_batch_size: int = 64
     log_samples_per_step: int = 4  # rows per step written to artifacts/ppo_samples.jsonl
 
@@ -435,10 +455,66 @@ def response_tokens(batch: Rollouts) -> torch.Tensor:
     return batch.input_ids[:, batch.prompt_width :]
 
 
-def _disable_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
+# Names of dropout probabilities in model configs and modules: attention_dropout (Llama, Mistral, Qwen2:
+# applied as a number inside the attention kernel), hidden_dropout_prob, classifier_dropout, attn_pdrop,
+# resid_pdrop, embd_pdrop, encoder_layerdrop, ...
+_DROPOUT_NAME = re.compile(r"dropout|pdrop|layerdrop")
+
+
+def disable_dropout(model: torch.nn.Module) -> list[str]:
+    """Table 9's dropout 0.0, everywhere the model applies dropout in train mode; returns what was non-zero.
+
+    Zeroing `nn.Dropout` modules is not enough: Llama-family attention passes `config.attention_dropout`,
+    copied into each attention module at init, as a number to the attention kernel (0.27 nats between
+    two train-mode forwards of a tiny Llama at 0.3), and other models read such probabilities from their
+    config at forward time. So the config fields and the module attributes whose names say dropout are
+    zeroed too (so the saved policy's config records the dropout it was trained with, 0);
+    `check_no_dropout` then verifies the result by running the model."""
+    from transformers import PretrainedConfig
+
+    changed: list[str] = []
+    configs = {id(c): c for m in model.modules() if isinstance(c := getattr(m, "config", None), PretrainedConfig)}
+    for config in configs.values():
+        for sub in [config, *(getattr(config, k) for k in config.sub_configs)]:
+            for key, value in list(vars(sub).items()):
+                if _DROPOUT_NAME.search(key) and _is_positive_number(value):
+                    setattr(sub, key, 0.0)
+                    changed.append(f"config.{key}={value}")
+    for name, module in model.named_modules():
         if isinstance(module, torch.nn.Dropout):
+            if module.p:
+                changed.append(f"{name or type(module).__name__}.p={module.p}")
             module.p = 0.0
+            continue
+        for key, value in list(vars(module).items()):
+            if _DROPOUT_NAME.search(key) and _is_positive_number(value):
+                setattr(module, key, 0.0)
+                changed.append(f"{name}.{key}={value}")
+    return changed
+
+
+def _is_positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def check_no_dropout(model: torch.nn.Module, what: str) -> None:
+    """Two train-mode forwards of the same tokens must agree, or the policy ratio of Eq. 5 and the
+    values would carry dropout noise. Raises (before any training) when a model still applies dropout
+    that `disable_dropout` could not find, e.g. a probability hard-coded in its forward."""
+    device = next(model.parameters()).device
+    ids = torch.arange(3, 11, device=device).unsqueeze(0) % model.config.vocab_size
+    was_training = model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            first, second = (model(input_ids=ids, use_cache=False).logits.float() for _ in range(2))
+    finally:
+        model.train(was_training)
+    gap = float((first - second).abs().max())
+    if gap > 1e-4 * (1.0 + float(first.abs().max())):
+        raise ValueError(f"the {what} applies dropout in train mode after every dropout probability in its config and "
+                         f"modules was set to 0 (two forwards of the same tokens differ by {gap:.3g}): PPO needs "
+                         "Table 9's dropout 0.0; use a model without hard-coded dropout")
 
 
 def _last_user_text(prompt: Messages) -> str:
@@ -580,8 +656,9 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     value_model = AutoModelForSequenceClassification.from_pretrained(
         value_source, num_labels=1, dtype=torch.float32).to(device)
     value_model.config.pad_token_id = tokenizer.pad_token_id
-    for model in (policy, value_model):
-        _disable_dropout(model)
+    for model, what in ((policy, "policy"), (value_model, "value model")):
+        disable_dropout(model)
+        check_no_dropout(model, what)
         model.train()
     # Reference and reward model: inference only, a full copy on every rank (no DDP, no gradients).
     score_fn, _scorer = _reward_source(ctx, str(device))
@@ -627,7 +704,8 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     last: dict[str, float] = {}
     global_optimizer_step = 0
 
-    tau = cfg.temperature if cfg.logprobs_at_sampling_temperature else 1.0
+    # The temperature of every log-prob (policy, pi_old, reference): tau, or 1 as in the authors' EasyLM.
+    logprob_tau = cfg.temperature if cfg.logprobs_at_sampling_temperature else 1.0
 
     def rollout_stats(batch: Rollouts, batch_scores: torch.Tensor, logprobs: torch.Tensor,
                       values: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -635,7 +713,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         rewards, GAE advantages and returns, whitened as configured."""
         mask = batch.response_mask
         with torch.no_grad(), autocast():  # in chunks of b: full-vocabulary logits of a whole batch are large
-            ref_logprobs = torch.cat([gather_logprobs(response_logits(reference, mb, tau), response_tokens(mb))
+            ref_logprobs = torch.cat([gather_logprobs(response_logits(reference, mb, logprob_tau), response_tokens(mb))
                                       for mb in _chunks(batch, local_minibatch)]) * mask
         rewards, _ = token_rewards(batch_scores, logprobs, ref_logprobs, mask, kl_ctl.value, cfg.kl_clamp)
         # Whitening over the global (mini)batch: every rank calls this at the same point of the loop
@@ -649,7 +727,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
                 "returns": returns, "rewards": rewards, "kl_seq": ((logprobs - ref_logprobs) * mask).sum(1)}
 
     for update in range(1, num_updates + 1):
-        # ---- 1. Rollout: r samples per prompt from the current policy at temperature tau. ----
+        # ---- 1. Rollout: r samples per prompt from the current policy at temperature tau (cfg.temperature). ----
         t0 = time.perf_counter()
         # Every rank draws the same global batch from the same seeded stream and keeps its own slice.
         global_prompts = [next(stream) for _ in range(cfg.prompt_batch_size)]
@@ -688,7 +766,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
             # Most implementations: one forward pass over the whole rollout batch, before any update, so
             # later minibatches see log-probs and values from models that have since changed.
             with torch.no_grad(), autocast():
-                logprobs = torch.cat([gather_logprobs(response_logits(policy, mb, tau), response_tokens(mb))
+                logprobs = torch.cat([gather_logprobs(response_logits(policy, mb, logprob_tau), response_tokens(mb))
                                       for mb in _chunks(rollouts, local_minibatch)])
                 values = torch.cat([response_values(value_model, mb) for mb in _chunks(rollouts, local_minibatch)])
             _store(stats_by_index, torch.arange(len(flat)), rollout_stats(rollouts, scores, logprobs, values),
@@ -709,7 +787,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
                 stepping = (k + 1) % cfg.gradient_accumulation_steps == 0
                 with autocast():
                     # Through the DDP-wrapped module, so backward averages the gradients over ranks.
-                    logits, new_values = trained(mb, tau)
+                    logits, new_values = trained(mb, logprob_tau)
                     new_logprobs = gather_logprobs(logits, response_tokens(mb))
                 with torch.no_grad():
                     entropy = masked_mean(entropy_from_logits(logits), mask)
@@ -838,7 +916,8 @@ def evaluate_policy_reward(
     """Mean reward of a policy's samples on (held-out) prompts, and its KL to a reference policy.
 
     KL is estimated on the sampled tokens as the mean over samples of sum_t (log pi - log pi_ref), with
-    log-probs at the sampling temperature (the quantity PPO's `train/kl` logs). Returns (metrics, rows).
+    log-probs at the sampling temperature (what PPO's `train/kl` logs with the default
+    `logprobs_at_sampling_temperature=True`; with False, training logs it at tau = 1). Returns (metrics, rows).
     """
     from transformers import AutoModelForCausalLM
 

@@ -7,6 +7,8 @@ Kept out of `base.py` because it imports nothing heavy at module level either, b
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from harness.algorithms.base import TrainContext
@@ -110,12 +112,37 @@ def prompt_dataset(rows: list[dict[str, Any]]):
     return Dataset.from_list([{"prompt": r["prompt"], **{c: r[c] for c in keep}} for r in rows])
 
 
+@contextmanager
+def generate_with_neutral_config(model: Any) -> Iterator[None]:
+    """Within the block, every `model.generate` call (the online trainers' rollouts) ignores the sampling
+    settings of the checkpoint's `generation_config.json` (`harness.generation.neutral_generation_config`).
+
+    TRL passes its own GenerationConfig (temperature, top_k, top_p, ...), but transformers 5 fills each
+    field left unset in it (min_p, no_repeat_ngram_size, typical_p, ...) from the model's: rollouts would
+    be drawn from another distribution than the logits/temperature the loss and the KL use. Only the
+    calls are wrapped: checkpoints saved during training keep the model's own generation config."""
+    from harness.generation import neutral_generation_config
+
+    generate = model.generate
+
+    def neutral_generate(*args: Any, **kwargs: Any) -> Any:
+        with neutral_generation_config(model):
+            return generate(*args, **kwargs)
+
+    model.generate = neutral_generate
+    try:
+        yield
+    finally:
+        del model.generate  # the instance attribute; the class's generate is visible again
+
+
 def train_and_save(trainer: Any, tok: Any, ctx: TrainContext) -> dict[str, float]:
     """Train (quietly: metrics go to the history, not stdout), save to out_dir/model, return the summary."""
     from harness.algorithms.dpo import quiet_trainer
 
     quiet_trainer(trainer)
-    result = trainer.train()
+    with generate_with_neutral_config(trainer.model):
+        result = trainer.train()
     trainer.save_model(str(ctx.out_dir / "model"))
     tok.save_pretrained(str(ctx.out_dir / "model"))
     runtime = float(result.metrics.get("train_runtime", 0.0))

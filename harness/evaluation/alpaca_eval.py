@@ -4,8 +4,9 @@
 - AlpacaEval 2: length-controlled win rate against gpt-4-1106-preview (GPT-4 turbo) outputs,
   AlpacaEval's `weighted_alpaca_eval_gpt4_turbo` annotator.
 The judging, the annotator prompts (read from the installed `alpaca_eval` package) and the
-length-controlled GLM are the judge module's (`harness.judge.alpaca.evaluate_alpaca_eval`); this
-module generates the model's outputs and turns the result into a task.
+length-controlled win rate (the package's own `length_controlled_v1`, the leaderboard's) are the judge
+module's (`harness.judge.alpaca.evaluate_alpaca_eval`); this module generates the model's outputs and
+turns the result into a task.
 
 Generation (App. D): each instruction as one user turn in the chat template, greedy, up to 8192 new
 tokens, no stop sequence. AlpacaEval 1 and 2 use the same 805 instructions, so the outputs are
@@ -21,7 +22,12 @@ Settings (`AlpacaEvalSettings`, grid `eval.settings.alpaca_eval`, shared by both
 default for CPU runs), logged as `<task>/max_new_tokens`.
 
 Scores for the category average (0-100): AlpacaEval 1 `alpaca_eval1/win_rate` (ties count half),
-AlpacaEval 2 `alpaca_eval2/lc_win_rate`, as in the paper's tables.
+AlpacaEval 2 `alpaca_eval2/lc_win_rate`, as in the paper's tables. The LC GLM reads `df_gamed.csv` from
+`benchmarks/alpaca_eval/` in a local data dir, or from the hub. When neither has it, AlpacaEval 2's
+score is its raw win rate `alpaca_eval2/win_rate`, labelled: `alpaca_eval2/score_is_length_controlled`
+is 0 (1 when the score is the LC win rate), no `alpaca_eval2/lc_win_rate` is logged, and the task's
+note (results.json `notes`, the `harness eval` table) says that the score is the raw win rate and why
+LC is unavailable.
 """
 
 from __future__ import annotations
@@ -47,8 +53,6 @@ from harness.paths import find_data_file
 MAX_NEW_TOKENS = 8192  # open-instruct's AlpacaEval setting
 MAX_NEW_TOKENS_ENV = "HARNESS_ALPACA_EVAL_MAX_NEW_TOKENS"  # a lower budget for CPU runs (logged)
 OUTPUTS_FILE = "alpaca_eval.outputs.jsonl"
-# Read by AlpacaEval 2's length-controlled win rate when present (alpaca_eval's hub files, local copies).
-LC_FILES = ("benchmarks/alpaca_eval/instruction_difficulty.csv", "benchmarks/alpaca_eval/df_gamed.csv")
 
 
 class AlpacaEvalSettings(TaskSettings):
@@ -58,15 +62,24 @@ class AlpacaEvalSettings(TaskSettings):
 
 
 def data_files(version: int) -> list[Path]:
-    """The reference outputs of `version` (and, for AlpacaEval 2, the LC files that are present)."""
-    from harness.judge.alpaca import REFERENCE_FILES
+    """What the result of `version` is computed from besides the judge: the reference outputs, the
+    alpaca_eval package's annotator prompt, and for AlpacaEval 2 the package's LC GLM module and the
+    local copies of its hub files (one first copied in turns the score from raw into LC)."""
+    from harness.judge.alpaca import ANNOTATORS, LC_DATA_DIR, LC_HUB_FILES, REFERENCE_FILES, _package_dir
 
     reference = find_data_file(REFERENCE_FILES[version])
     if reference is None:
         raise MissingDataError(f"{REFERENCE_FILES[version]} not found under the local data dirs "
                                "(HARNESS_DATA_DIR or ../shared/data)")
-    optional = [find_data_file(rel) for rel in LC_FILES] if version == 2 else []
-    return [reference, *(p for p in optional if p is not None)]
+    files = [reference]
+    package = _package_dir()
+    if package is not None:
+        files.append(package / "evaluators_configs" / ANNOTATORS[version]["file"])
+        if version == 2:
+            files.append(package / "metrics" / "glm_winrate.py")
+    if version == 2:
+        files.extend(find_data_file(f"{LC_DATA_DIR}/{name}") for name in LC_HUB_FILES)
+    return [p for p in files if p is not None and p.is_file()]
 
 
 def _outputs_key(ctx: EvalContext, max_new_tokens: int) -> dict[str, Any]:
@@ -94,7 +107,7 @@ def generate_outputs(ctx: EvalContext, instructions: list[str], max_new_tokens: 
 
 def run_version(ctx: EvalContext, version: int, max_new_tokens: int | None = None) -> TaskResult:
     from harness.judge import JudgeError, judge_client_from_settings
-    from harness.judge.alpaca import evaluate_alpaca_eval, load_instruction_difficulty, load_reference
+    from harness.judge.alpaca import evaluate_alpaca_eval, load_reference
 
     task = f"alpaca_eval{version}"
     try:
@@ -111,20 +124,27 @@ def run_version(ctx: EvalContext, version: int, max_new_tokens: int | None = Non
     if max_new_tokens is None:
         max_new_tokens = ctx.settings_for(task).max_new_tokens
     outputs = generate_outputs(ctx, instructions, max_new_tokens)
-    difficulty = load_instruction_difficulty(len(instructions)) if version == 2 else None
     try:
         result = evaluate_alpaca_eval(judge, instructions, outputs, references, version=version,  # type: ignore[arg-type]
-                                      seed=ctx.seed, instruction_difficulty=difficulty)
+                                      seed=ctx.seed)
     except JudgeError as err:  # the planned judge did not answer: not a result, retried next run
         raise TaskUnavailable(f"{task}: judge calls failed ({err}); the outputs are kept in "
                               f"{ctx.out_dir / OUTPUTS_FILE}") from err
     metrics = {**result.metrics(task), f"{task}/max_new_tokens": float(max_new_tokens)}
-    score = result.win_rate if version == 1 else result.lc_win_rate
+    score: float | None = result.win_rate
+    note = None
+    if version == 2:
+        metrics[f"{task}/score_is_length_controlled"] = float(result.lc_win_rate is not None)
+        if result.lc_win_rate is not None:
+            score = result.lc_win_rate
+        else:
+            note = (f"{task}: score is the raw win rate, not length-controlled (LC unavailable: "
+                    f"{result.lc_unavailable_reason})")
     reason = None
-    if score is None or score != score:  # NaN: no valid annotation; LC needs > 2 valid ones
+    if score is None or score != score:  # NaN: no valid annotation
         score, reason = None, f"{task}: too few valid judge annotations ({result.n}) for a win rate"
     samples = [{**a, "judge_template": result.template_source} for a in result.annotations]
-    return TaskResult(metrics, score, samples, skipped_reason=reason)
+    return TaskResult(metrics, score, samples, skipped_reason=reason, note=note)
 
 
 register_task(TaskSpec(
@@ -149,5 +169,5 @@ register_task(TaskSpec(
     uses=("judge",),
     requires=("judge",),
     description="AlpacaEval 2: 805 instructions vs GPT-4 turbo, weighted gpt4_turbo annotator, length-controlled.",
-    score_rule="length-controlled win rate % against gpt-4-1106-preview",
+    score_rule="length-controlled win rate % against gpt-4-1106-preview (alpaca_eval's length_controlled_v1)",
 ))

@@ -98,6 +98,9 @@ class TaskResult:
     score: float | None  # 0-100, what enters the category average
     samples: list[dict[str, Any]] = field(default_factory=list)
     skipped_reason: str | None = None
+    # What the score is when it is not what the task's `score_rule` says, and why (e.g. AlpacaEval 2's raw
+    # win rate when its length-controlled one cannot be computed): in results.json `notes` and the table.
+    note: str | None = None
 
 
 # What a task may read from its context besides the evaluated model (`TaskSpec.uses`).
@@ -484,6 +487,7 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
     skipped: dict[str, str] = {}
     unavailable: dict[str, str] = {}
     reused: list[str] = []
+    notes: dict[str, str] = {}
     by_category: dict[str, list[float]] = {}
     for name, spec in specs.items():
         samples_path = ctx.out_dir / f"{name}.samples.jsonl"
@@ -502,7 +506,7 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
             if echo is not None:
                 echo(f"{name}: finished earlier, resumed from {'the task store' if stored else checkpoint}")
             reused.append(name)
-            result = TaskResult(saved["metrics"], saved["score"], [], saved["skipped_reason"])
+            result = TaskResult(saved["metrics"], saved["score"], [], saved["skipped_reason"], saved.get("note"))
             seconds = float(saved["seconds"])
         else:
             start = time.perf_counter()
@@ -517,7 +521,7 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
                     fh.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
             if result.skipped_reason is None:  # only finished results are ever reused
                 record = {"fingerprint": fingerprint, "metrics": result.metrics, "score": result.score,
-                          "skipped_reason": None, "seconds": seconds}
+                          "skipped_reason": None, "note": result.note, "seconds": seconds}
                 partial = checkpoint.with_name(checkpoint.name + ".tmp")
                 partial.write_text(json.dumps(record, indent=2, default=float))
                 partial.replace(checkpoint)  # atomic: a checkpoint is whole or absent
@@ -527,6 +531,8 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
         flat[f"{name}/seconds"] = seconds
         if result.skipped_reason is not None:
             skipped[name] = result.skipped_reason
+        if result.note is not None:
+            notes[name] = result.note
         if result.score is not None:
             flat[f"{name}/score"] = float(result.score)
             by_category.setdefault(spec.category, []).append(float(result.score))
@@ -538,6 +544,6 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
     if paper_cats and len(paper_cats) == len(CATEGORIES):
         flat["overall"] = statistics.fmean(paper_cats.values())
     (ctx.out_dir / "results.json").write_text(json.dumps(
-        {"metrics": flat, "skipped": skipped, "missing": missing, "unavailable": unavailable, "reused": reused},
-        indent=2, default=float))
+        {"metrics": flat, "skipped": skipped, "notes": notes, "missing": missing, "unavailable": unavailable,
+         "reused": reused}, indent=2, default=float))
     return flat

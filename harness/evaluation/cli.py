@@ -174,11 +174,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics.update(with_fallbacks(metrics, tasks))
     metrics["eval/wall_seconds"] = time.perf_counter() - start  # this invocation
     metrics["eval/task_seconds_total"] = sum(metrics.get(f"{t}/seconds", 0.0) for t in tasks)  # incl. resumed
-    skipped = json.loads((out / "results.json").read_text()).get("skipped", {})
-    (out / "results.json").write_text(json.dumps({"metrics": metrics, "skipped": skipped, "tasks": tasks,
-                                                  "model": args.model, "model_path": model_path,
+    saved = json.loads((out / "results.json").read_text())
+    skipped, notes = saved.get("skipped", {}), saved.get("notes", {})
+    (out / "results.json").write_text(json.dumps({"metrics": metrics, "skipped": skipped, "notes": notes,
+                                                  "tasks": tasks, "model": args.model, "model_path": model_path,
                                                   "limit": args.limit}, indent=2, default=float))
-    table = format_table(metrics, skipped, tasks)
+    table = format_table(metrics, skipped, tasks, notes)
     table += (f"\nwall time: {metrics['eval/wall_seconds']:.0f} s this run, {metrics['eval/task_seconds_total']:.0f} s "
               f"summed over tasks (resumed ones included); outputs in {out}")
     (out / "table.txt").write_text(table + "\n")

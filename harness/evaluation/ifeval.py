@@ -20,10 +20,21 @@ are part of the task's fingerprint, like the prompt file.
 Settings (`IFEvalSettings`, grid `eval.settings.ifeval`): `max_new_tokens` (default 1280, lm-eval's;
 HARNESS_IFEVAL_MAX_NEW_TOKENS supplies another default for CPU runs). The budget used is logged as
 `ifeval/max_new_tokens`.
+
+Reproducible rescoring: where a prompt's kwargs leave a checker setting unset or invalid, the official
+checker draws it from Python's global `random`. Of the 541 prompts, two do: keys 1122 and 1129 ask for
+at least 4 "#" / 6 "!", which `letter_frequency` does not accept as a letter, so it checks a random
+letter instead, and identical responses could score up to 2 prompts apart from one run to the next.
+Each prompt is therefore scored with `random` seeded by the prompt's key (and the caller's random state
+restored afterwards): the same responses always get the same scores. The letter is still the checker's
+draw, not the "#" / "!" the prompt asks for, as in the official scorer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +92,25 @@ def load_rows(limit: int | None) -> list[dict[str, Any]]:
     return apply_limit(rows, limit)
 
 
+@contextlib.contextmanager
+def seeded_global_random(seed: int) -> Iterator[None]:
+    """The global `random` seeded for the duration (the checkers draw from it), then restored."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def score_one(row: dict[str, Any], response: str) -> dict[str, Any]:
-    """lm-eval's official-checker results for one response (bools and per-instruction bool lists)."""
+    """lm-eval's official-checker results for one response (bools and per-instruction bool lists); the
+    checkers' random draws are seeded by the prompt's key (see the module docstring)."""
     ensure_nltk_data()  # before the import: lm-eval tries (and offline fails) to download punkt_tab
     from lm_eval.tasks.ifeval.utils import process_results
 
-    return process_results(row, [response])
+    with seeded_global_random(int(row["key"])):
+        return process_results(row, [response])
 
 
 def score_responses(rows: list[dict[str, Any]], responses: list[str]) -> TaskResult:
@@ -132,6 +156,7 @@ register_task(TaskSpec(
     settings=IFEvalSettings(),
     data_files=data_files,
     uses=(),
-    description="IFEval 541 prompts, chat template, greedy; lm-eval's copy of the official checkers.",
+    description=("IFEval 541 prompts, chat template, greedy; lm-eval's copy of the official checkers (their "
+                 "random draws seeded by the prompt key)."),
     score_rule="loose prompt-level accuracy, % of prompts (0-100)",
 ))
