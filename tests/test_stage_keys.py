@@ -90,7 +90,7 @@ def cell_runs(experiment: str) -> dict[str, object]:
 
 def test_prepare_key_follows_raw_file_data_dir_and_loader_code(tmp_path: Path, monkeypatch):
     from datasets_registry import DATASETS
-    from datasets_registry.core import source_fingerprint
+    from datasets_registry.core import register, source_fingerprint, variant
 
     monkeypatch.setenv("HARNESS_DATA_DIR", str(write_hh(tmp_path / "a", 10)))
     before = keys(two_datasets_grid())
@@ -114,9 +114,15 @@ def test_prepare_key_follows_raw_file_data_dir_and_loader_code(tmp_path: Path, m
     # A hub source (no local file, hub allowed) is its id and pinned revision; an unpinned one says so;
     # with the hub switched off too, the fingerprint says the data is unavailable (the stage then fails).
     monkeypatch.setattr("datasets_registry.core.hub_disabled", lambda: False)
-    assert source_fingerprint("nectar")["raw"]["revision"] == DATASETS.get("nectar").revision
-    assert source_fingerprint("prompts-wildchat")["raw"] == {
-        "hub": "allenai/WildChat", "revision": None, "config": None, "split": "train", "files": []}
+    nectar = DATASETS.get("nectar")
+    assert source_fingerprint("nectar")["raw"] == {"hub": nectar.hub_id, "revision": nectar.revision,
+                                                   "config": nectar.hub_config, "split": nectar.split,
+                                                   "files": list(nectar.hub_files)}
+    if "_keys-unpinned" not in DATASETS:
+        register(variant(nectar, name="_keys-unpinned", group="other", paper_size=None, expected_size=None,
+                         released_as=None, revision=None,
+                         unpinned_reason="a test's variant"))
+    assert source_fingerprint("_keys-unpinned")["raw"]["revision"] is None
     monkeypatch.setattr("datasets_registry.core.hub_disabled", lambda: True)
     assert source_fingerprint("nectar")["raw"] == {"unavailable": True}
     # A mix is its components' fingerprints.
