@@ -14,10 +14,11 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import Field
 
 from harness import tracking
 from harness.evaluation import TASKS, TaskResult, TaskSpec, register_task
-from harness.evaluation.base import TaskUnavailable
+from harness.evaluation.base import TaskSettings, TaskUnavailable
 from harness.evaluation.common import benchmark_file
 from harness.grid import GridError, build_grid
 from harness.runner import describe_plan, plan_grid, run_grid
@@ -40,10 +41,23 @@ def _probe(name: str):
     return run
 
 
+class ProbeSettings(TaskSettings):
+    level: int = Field(1, ge=1, description="a setting that changes the probe's result")
+
+
+def _run_with_settings(ctx) -> TaskResult:
+    CALLS.append("_keys_set")
+    level = ctx.settings_for("_keys_set").level
+    return TaskResult({"_keys_set/level": float(level)}, 10.0 * level, [{"level": level}])
+
+
 for _name, _files in (("_keys_done", None), ("_keys_data", lambda _s: [benchmark_file("_keys_probe/items.jsonl")]),
                       ("_keys_flaky", None)):
     if _name not in TASKS:
         register_task(TaskSpec(name=_name, category="custom", run=_probe(_name), data_files=_files, uses=()))
+if "_keys_set" not in TASKS:
+    register_task(TaskSpec(name="_keys_set", category="custom", run=_run_with_settings, settings=ProbeSettings(),
+                           uses=()))
 
 
 def write_hh(folder: Path, rows: int, tag: str = "") -> Path:
@@ -234,7 +248,7 @@ def test_judge_step_settings_leave_the_evaluate_key():
 
 def test_eval_settings_are_validated_with_their_yaml_path(monkeypatch):
     cases = [({"codng": {"n_samples": 10}}, r"base\.eval\.settings\.codng: no task has settings named 'codng'; "
-                                            r"settings groups: alpaca_eval, coding,"),
+                                            r"settings groups: .*alpaca_eval, coding, ifeval,"),
              ({"coding": {"n_sample": 10}}, r"base\.eval\.settings\.coding\.n_sample: Extra inputs"),
              ({"coding": {"n_samples": 0}}, r"base\.eval\.settings\.coding\.n_samples: Input should be greater"),
              ({"policy_kl": {"prompt_set": "nope"}}, r"base\.eval\.settings\.policy_kl\.prompt_set: unknown dataset")]
@@ -272,8 +286,8 @@ def test_exactly_the_affected_stages_rerun(tmp_path: Path, monkeypatch, tiny_mod
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("HARNESS_DATA_DIR", str(write_hh(tmp_path / "a", 10)))
     hh, smoke = "dataset=hh-rlhf", "dataset=smoke-lowercase"
-    spec = two_datasets_grid(settings={"policy_kl": {"max_new_tokens": 4, "samples_per_prompt": 1}})
-    spec["base"]["eval"]["tasks"] = ["smoke_lowercase", "policy_kl"]
+    spec = two_datasets_grid(settings={"_keys_set": {"level": 1}})
+    spec["base"]["eval"]["tasks"] = ["smoke_lowercase", "_keys_set"]
     first = run_grid(build_grid(spec), echo=lambda _: None)
     assert kinds(first.executed_stages) == ["evaluate"] * 3 + ["prepare_data"] * 2 + ["train_policy"] * 2
     fingerprint_a = cell_runs("keys")[hh].data.tags["harness.data_fingerprint.hh-rlhf"]
@@ -294,14 +308,16 @@ def test_exactly_the_affected_stages_rerun(tmp_path: Path, monkeypatch, tiny_mod
     assert kinds(moved.executed_stages) == ["evaluate", "prepare_data", "train_policy"]
     assert moved.logged_cells == [hh] and sorted(moved.skipped_cells) == sorted(["sft", smoke])
 
-    spec["base"]["eval"]["settings"]["policy_kl"]["samples_per_prompt"] = 2  # a task setting
+    spec["base"]["eval"]["settings"]["_keys_set"]["level"] = 2  # a task setting
+    CALLS.clear()
     changed = run_grid(build_grid(spec), echo=lambda _: None)
     assert kinds(changed.executed_stages) == ["evaluate"] * 3
     assert sorted(changed.logged_cells) == sorted(["sft", hh, smoke])
+    assert CALLS == ["_keys_set"] * 3
     for run in cell_runs("keys").values():
-        assert run.data.params["eval.settings.policy_kl.samples_per_prompt"] == "2"
+        assert run.data.params["eval.settings._keys_set.level"] == "2"
         assert run.data.tags["harness.eval.reused"] == "smoke_lowercase"  # not rerun: the task store
-        assert run.data.metrics["policy_kl/n_samples"] == 2 * run.data.metrics["policy_kl/n_prompts"]
+        assert run.data.metrics["_keys_set/level"] == 2.0
     assert run_grid(build_grid(spec), echo=lambda _: None).executed_stages == []
 
 
