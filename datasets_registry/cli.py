@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.cli import print_error
 from harness.registry import UnknownNameError
 
 _ERRORS: tuple[type[BaseException], ...] = (UnknownNameError, FileNotFoundError, ValueError)
@@ -110,7 +111,7 @@ def _guard(func):
         try:
             return func(args)
         except _ERRORS as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print_error(exc, args)
             return 2
     return run
 

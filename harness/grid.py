@@ -155,16 +155,17 @@ def _dataclass_field_errors(raw: dict[str, Any], label: str, axes_keys: dict[str
 
 def _validate_cell(raw: dict[str, Any], label: str, axes_keys: dict[str, int]) -> tuple[CellConfig | None, list[str]]:
     errors = _dataclass_field_errors(raw, label, axes_keys)
-    if errors:
-        return None, errors
     try:
-        return CellConfig.model_validate(raw), []
+        cell = CellConfig.model_validate(raw)
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+            if errors and loc in ("algorithm", "reward_model"):
+                continue  # the block's own check, already reported field by field above
             msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
             errors.append(f"{_locate(loc, axes_keys, label)}: {msg}")
         return None, errors
+    return (None, errors) if errors else (cell, [])
 
 
 def read_yaml(path: Path, what: str, error: type[Exception]) -> Any:
@@ -232,7 +233,8 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
         raise GridError(f"{where}: invalid grid file:\n  " + "\n  ".join(_format_errors(exc, "")).replace(" .", " ")) from None
 
     structure = _axes_errors(spec)
-    if structure:
+    if structure:  # an empty axis expands to nothing: check only the names of the exclude entries
+        structure += _exclude_errors(spec, [], None)
         raise GridError(f"{where}: invalid grid:\n  " + "\n  ".join(structure))
 
     errors: list[tuple[str, str]] = []
@@ -344,14 +346,18 @@ def _axes_errors(spec: GridFile) -> list[str]:
     return errors
 
 
-def _exclude_errors(spec: GridFile, expanded: list[dict[str, Any]], hits: list[int]) -> list[str]:
-    """Exclude entries that name a field no cell config has, or match no cell of the axes."""
-    algorithms = {get_dotted(c, "algorithm.name") for c in expanded} - {None}
+def _exclude_errors(spec: GridFile, expanded: list[dict[str, Any]], hits: list[int] | None) -> list[str]:
+    """Exclude entries that name a field no cell config has, or (given the `hits` per entry over the
+    `expanded` axes cells) match no cell of the axes."""
+    algorithms = {get_dotted(c, "algorithm.name") for c in [*expanded, spec.base, *spec.include]}
+    for value in [*spec.axes.get("algorithm", []), *spec.axes.get("algorithm.name", [])]:
+        algorithms.add(value.get("name") if isinstance(value, dict) else value)
+    algorithms = {name for name in algorithms if isinstance(name, str)}
     errors = []
     for i, entry in enumerate(spec.exclude):
         unknown = [(key, problem) for key in entry if (problem := config_path_problem(key, algorithms))]
         errors += [f"exclude[{i}].{key}: {problem}" for key, problem in unknown]
-        if not unknown and hits[i] == 0:
+        if not unknown and hits is not None and hits[i] == 0:
             values = {key: sorted({_fmt(get_dotted(c, key)) for c in expanded}) for key in entry}
             errors.append(f"exclude[{i}]: {entry} matches no cell of the axes (their values: "
                           + "; ".join(f"{k}: {', '.join(v)}" for k, v in values.items()) + ")")

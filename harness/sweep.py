@@ -75,7 +75,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness import tracking
-from harness.grid import Cell, GridError, build_grid, cell_name, set_dotted
+from harness.cli import print_error
+from harness.grid import Cell, GridError, build_grid, cell_name, read_yaml, set_dotted
 
 SUITE_AVERAGE = "suite_average"  # objective metric: mean of `<task>/score` over the cell's eval tasks
 
@@ -216,12 +217,10 @@ def parse_sweep(raw: dict[str, Any], where: str = "<sweep>") -> SweepFile:
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepFile:
     """Read a sweep YAML; `overrides` are `dotted.key=yaml_value` strings applied to the raw file."""
     path = Path(path)
-    if not path.exists():
-        raise SweepError(f"sweep file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path, "sweep", SweepError) or {}
+    if isinstance(raw, dict) and "search" not in raw and "base" in raw:
+        raise SweepError(f"{path} has no `search` block: a grid file is run with `harness run {path}`; "
+                         "a sweep file adds `search` and `objective` (see ablations/kl_sweep.yaml)")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -794,7 +793,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         spec = load_sweep(args.sweep, args.overrides)
     except SweepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, args)
         return 2
     if args.workers < 1:
         print("error: --workers must be >= 1", file=sys.stderr)
@@ -814,7 +813,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                               backend_options=options, source=Path(args.sweep), worker_argv=worker_argv,
                               quotas=json.loads(args.quotas) if args.quotas else None)
     except SweepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, args)
         return 2
     for name, summary in summaries.items():
         if "best" in summary:
