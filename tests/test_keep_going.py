@@ -35,8 +35,8 @@ def broken_helpsteer(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def grid_spec(datasets: list[dict], **extra) -> dict:
-    return {"experiment": "keep_going", **extra,
+def grid_spec(datasets: list[dict], experiment: str = "keep_going") -> dict:
+    return {"experiment": experiment,
             "base": {"model": "tiny-random-llama", "dataset": SMOKE, "algorithm": TINY_DPO,
                      "eval": {"tasks": ["smoke_lowercase"], "limit": 2}},
             "axes": {"dataset": datasets}}
