@@ -11,7 +11,10 @@
 
 A string given for a block (`algorithm: ppo`) replaces the whole block with `{name: ppo}`.
 Everything is validated before anything runs; errors name the YAML path (`base.algorithm.betta`,
-`axes.dataset[2]`, `include[0].reward_model`) and, for registry names, list the valid ones.
+`axes.dataset[2]`, `include[0].reward_model`) and, for registry names, list the valid ones. Values are
+checked against each config field's range (`harness.config_fields`); the grid's shape too: an empty or
+repeated axis value, an exclude entry naming an unknown field or matching no cell, an include repeating a
+cell, zero cells, and (in the file) a key repeated in one mapping are errors, not silent surprises.
 """
 
 from __future__ import annotations

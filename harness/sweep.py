@@ -76,6 +76,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from harness import tracking
 from harness.cli import print_error
+from harness.config_fields import Seed
 from harness.grid import Cell, GridError, build_grid, cell_name, read_yaml, set_dotted
 
 SUITE_AVERAGE = "suite_average"  # objective metric: mean of `<task>/score` over the cell's eval tasks
@@ -91,10 +92,10 @@ class Strict(BaseModel):
 
 class SearchParam(Strict):
     type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
+    low: float | None = Field(default=None, allow_inf_nan=False)
+    high: float | None = Field(default=None, allow_inf_nan=False)
     log: bool = False
-    step: float | None = None
+    step: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     choices: list[Any] | None = None
 
     @model_validator(mode="after")
@@ -116,8 +117,9 @@ class SearchParam(Strict):
             raise ValueError(f"log: true needs low > 0, got {self.low}")
         if self.log and self.step is not None:
             raise ValueError("`step` cannot be combined with log: true (Optuna does not support it)")
-        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
-            raise ValueError("an int parameter needs integer `low` and `high`")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)
+                                   or (self.step is not None and self.step != int(self.step))):
+            raise ValueError("an int parameter needs integer `low`, `high` and `step`")
         return self
 
     def probe_values(self) -> list[Any]:
@@ -129,19 +131,19 @@ class SearchParam(Strict):
 
 
 class ObjectiveSpec(Strict):
-    metric: str
+    metric: str = Field(min_length=1)
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
 class SamplerSpec(Strict):
     name: Literal["tpe", "random", "grid", "nsgaii", "qmc"] = "tpe"
-    seed: int | None = 0
+    seed: Seed | None = 0
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class PrunerSpec(Strict):
     name: Literal["median", "percentile", "successive_halving", "hyperband", "threshold", "none"] = "median"
-    metric: str = "train/loss"  # a key of the train stage's history.jsonl
+    metric: str = Field(default="train/loss", min_length=1)  # a key of the train stage's history.jsonl
     direction: Literal["maximize", "minimize"] = "minimize"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -209,7 +211,8 @@ def parse_sweep(raw: dict[str, Any], where: str = "<sweep>") -> SweepFile:
                     trial_grid(spec, partition, {name: value})
                 except GridError as exc:
                     # The trial's parameters are single-valued axes of its grid: name them as search fields.
-                    message = str(exc).split(":", 1)[-1].strip().replace(f"axes.{name}[0]", f"search.{name}")
+                    message = str(exc).split(":", 1)[-1].strip().removeprefix("invalid grid:").strip()
+                    message = message.replace(f"axes.{name}[0]", f"search.{name}")
                     raise SweepError(f"{where}: search.{name} = {value!r} makes an invalid cell:\n  {message}") from None
     return spec
 
