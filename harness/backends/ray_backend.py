@@ -150,7 +150,7 @@ class RayBackend:
             self._run(stages, on_done, echo, on_failed)
 
     def _run(self, stages: list[Stage], on_done: Callable[[Stage], None], echo: Callable[[str], None],
-             on_failed: OnFailed | None) -> None:
+             on_failed: OnFailed | None = None) -> None:
         import ray
 
         task = ray.remote(_run_stage_task)
