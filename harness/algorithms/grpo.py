@@ -31,6 +31,7 @@ from harness.algorithms.trl_common import (
     prompt_dataset,
     require_rows,
     train_and_save,
+    whole_groups_problems,
 )
 from harness.config_fields import (
     CheckedConfig,
@@ -77,13 +78,7 @@ class GRPOAlgoConfig(CheckedConfig):
     logging_steps: PositiveInt = 1
 
     def cross_field_problems(self) -> list[Problem]:
-        if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
-            return [("num_generations",
-                     f"num_generations ({self.num_generations}) must divide per_device_train_batch_size x "
-                     f"gradient_accumulation_steps ({self.per_device_train_batch_size} x "
-                     f"{self.gradient_accumulation_steps}): each update must hold whole groups "
-                     "(per_device_train_batch_size x gradient_accumulation_steps must be a multiple of num_generations)")]
-        return []
+        return whole_groups_problems(self)
 
 
 @dataclass
