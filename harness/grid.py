@@ -358,7 +358,7 @@ def _exclude_errors(spec: GridFile, expanded: list[dict[str, Any]], hits: list[i
     algorithms = {name for name in algorithms if isinstance(name, str)}
     errors = []
     for i, entry in enumerate(spec.exclude):
-        unknown = [(key, problem) for key in entry if (problem := config_path_problem(key, algorithms))]
+        unknown = [(key, problem) for key in entry if (problem := _config_path_problem(key, algorithms))]
         errors += [f"exclude[{i}].{key}: {problem}" for key, problem in unknown]
         if not unknown and hits is not None and hits[i] == 0:
             values = {key: sorted({_fmt(get_dotted(c, key)) for c in expanded}) for key in entry}
@@ -367,7 +367,7 @@ def _exclude_errors(spec: GridFile, expanded: list[dict[str, Any]], hits: list[i
     return errors
 
 
-def config_path_problem(dotted: str, algorithms: set[str]) -> str | None:
+def _config_path_problem(dotted: str, algorithms: set[str]) -> str | None:
     """None when `dotted` names a field of a cell config, else why not (with the valid names).
 
     `algorithm.<field>` is checked against the config dataclasses of `algorithms` (every registered one when

@@ -244,12 +244,12 @@ def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = p
          f"{len(summary.cached_stages)} cached")
     flush_ready_cells()
     if to_run:
-        runner = get_backend(backend, **(backend_options or {}))
-        with runner.session():
+        executor = get_backend(backend, **(backend_options or {}))
+        with executor.session():
             for phase in data_first_phases(to_run):
                 runnable = [s for s in phase if not _failed_input(s, summary.failed_stages)]
                 if runnable:
-                    runner.run(runnable, on_stage_done, echo, on_stage_failed if keep_going else None)
+                    executor.run(runnable, on_stage_done, echo, on_stage_failed if keep_going else None)
     flush_ready_cells()
     _record_failed_cells(summary, pending, logged)
     return summary
