@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,21 @@ class RunSummary:
     executed_stages: list[str] = field(default_factory=list)
     cached_stages: list[str] = field(default_factory=list)
     cell_run_ids: dict[str, str] = field(default_factory=dict)
+    # Under keep-going: stage id -> its error (one message), cell -> why it was not logged, and stage id ->
+    # the full traceback (printed with `harness -v`).
+    failed_stages: dict[str, str] = field(default_factory=dict)
+    failed_cells: dict[str, str] = field(default_factory=dict)
+    tracebacks: dict[str, str] = field(default_factory=dict)
+
+    def failure_report(self) -> str:
+        """What failed and why, one cell per line (empty when nothing failed)."""
+        if not self.failed_cells:
+            return ""
+        lines = [f"FAILED: {len(self.failed_cells)} cell(s) not logged:"]
+        lines += [f"  cell {name}: {why}" for name, why in self.failed_cells.items()]
+        lines.append("Cells that did not depend on a failed stage ran and were logged; after fixing the cause, "
+                     "rerun the same command (finished stages are cached, logged cells skipped).")
+        return "\n".join(lines)
 
 
 def plan_grid(grid: Grid) -> list[CellPlan]:
@@ -173,7 +189,14 @@ def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
 
 
 def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = print,
-             backend_options: dict[str, Any] | None = None) -> RunSummary:
+             backend_options: dict[str, Any] | None = None, keep_going: bool = False) -> RunSummary:
+    """Run the grid's missing stages, every `prepare_data` stage first (a data error shows before any
+    training starts), and log each cell whose stages are all published.
+
+    keep_going=False: the first failed stage raises (the Ray backend lets running tasks finish first).
+    keep_going=True: a failed stage stops only the stages that depend on it; the others run and their cells
+    are logged, and the summary's `failed_cells` / `failed_stages` say what failed and why.
+    """
     from harness.backends import get_backend
 
     plans = plan_grid(grid)
@@ -201,6 +224,11 @@ def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = p
         echo(f"  done {stage.label} {stage.key}")
         flush_ready_cells()
 
+    def on_stage_failed(stage: Stage, exc: BaseException) -> None:
+        summary.failed_stages[stage.id] = failure_message(exc)
+        summary.tracebacks[stage.id] = "".join(traceback.format_exception(exc))
+        echo(f"  FAILED {stage.label} {stage.key}: {summary.failed_stages[stage.id]}")
+
     def flush_ready_cells() -> None:
         for plan in pending:
             if plan.cell.name in logged or not all(s.complete for s in plan.stages):
@@ -216,9 +244,52 @@ def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = p
          f"{len(summary.cached_stages)} cached")
     flush_ready_cells()
     if to_run:
-        get_backend(backend, **(backend_options or {})).run(to_run, on_stage_done, echo)
+        executor = get_backend(backend, **(backend_options or {}))
+        with executor.session():
+            for phase in data_first_phases(to_run):
+                runnable = [s for s in phase if not _failed_input(s, summary.failed_stages)]
+                if runnable:
+                    executor.run(runnable, on_stage_done, echo, on_stage_failed if keep_going else None)
     flush_ready_cells()
+    _record_failed_cells(summary, pending, logged)
     return summary
+
+
+def data_first_phases(stages: list[Stage]) -> list[list[Stage]]:
+    """Every `prepare_data` stage, then the rest (order kept): a broken data file fails the grid (or, under
+    keep-going, its cells) before any model is trained, not after the cells listed before it have trained."""
+    return [[s for s in stages if s.kind == "prepare_data"], [s for s in stages if s.kind != "prepare_data"]]
+
+
+def _failed_input(stage: Stage, failed: dict[str, str]) -> Stage | None:
+    """The failed stage `stage` depends on (directly or through its inputs), if any."""
+    for dep in stage.inputs.values():
+        if dep.id in failed:
+            return dep
+        upstream = _failed_input(dep, failed)
+        if upstream is not None:
+            return upstream
+    return None
+
+
+def _record_failed_cells(summary: RunSummary, pending: list[CellPlan], logged: set[str]) -> None:
+    for plan in pending:
+        if plan.cell.name in logged:
+            continue
+        for stage in plan.stages:
+            root = stage if stage.id in summary.failed_stages else _failed_input(stage, summary.failed_stages)
+            if root is not None:
+                summary.failed_cells[plan.cell.name] = f"{root.label} failed: {summary.failed_stages[root.id]}"
+                break
+
+
+def failure_message(exc: BaseException) -> str:
+    """A stage's error as one message (Ray wraps the stage's own exception in a RayTaskError)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def clear_stage(stage: Stage) -> None:

@@ -75,7 +75,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness import tracking
-from harness.grid import Cell, GridError, build_grid, cell_name, set_dotted
+from harness.cli import print_error
+from harness.config_fields import Seed
+from harness.grid import Cell, GridError, build_grid, cell_name, read_yaml, set_dotted
 
 SUITE_AVERAGE = "suite_average"  # objective metric: mean of `<task>/score` over the cell's eval tasks
 
@@ -90,10 +92,10 @@ class Strict(BaseModel):
 
 class SearchParam(Strict):
     type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
+    low: float | None = Field(default=None, allow_inf_nan=False)
+    high: float | None = Field(default=None, allow_inf_nan=False)
     log: bool = False
-    step: float | None = None
+    step: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     choices: list[Any] | None = None
 
     @model_validator(mode="after")
@@ -115,8 +117,9 @@ class SearchParam(Strict):
             raise ValueError(f"log: true needs low > 0, got {self.low}")
         if self.log and self.step is not None:
             raise ValueError("`step` cannot be combined with log: true (Optuna does not support it)")
-        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
-            raise ValueError("an int parameter needs integer `low` and `high`")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)
+                                   or (self.step is not None and self.step != int(self.step))):
+            raise ValueError("an int parameter needs integer `low`, `high` and `step`")
         return self
 
     def probe_values(self) -> list[Any]:
@@ -128,19 +131,19 @@ class SearchParam(Strict):
 
 
 class ObjectiveSpec(Strict):
-    metric: str
+    metric: str = Field(min_length=1)
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
 class SamplerSpec(Strict):
     name: Literal["tpe", "random", "grid", "nsgaii", "qmc"] = "tpe"
-    seed: int | None = 0
+    seed: Seed | None = 0
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class PrunerSpec(Strict):
     name: Literal["median", "percentile", "successive_halving", "hyperband", "threshold", "none"] = "median"
-    metric: str = "train/loss"  # a key of the train stage's history.jsonl
+    metric: str = Field(default="train/loss", min_length=1)  # a key of the train stage's history.jsonl
     direction: Literal["maximize", "minimize"] = "minimize"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -208,7 +211,8 @@ def parse_sweep(raw: dict[str, Any], where: str = "<sweep>") -> SweepFile:
                     trial_grid(spec, partition, {name: value})
                 except GridError as exc:
                     # The trial's parameters are single-valued axes of its grid: name them as search fields.
-                    message = str(exc).split(":", 1)[-1].strip().replace(f"axes.{name}[0]", f"search.{name}")
+                    message = str(exc).split(":", 1)[-1].strip().removeprefix("invalid grid:").strip()
+                    message = message.replace(f"axes.{name}[0]", f"search.{name}")
                     raise SweepError(f"{where}: search.{name} = {value!r} makes an invalid cell:\n  {message}") from None
     return spec
 
@@ -216,12 +220,10 @@ def parse_sweep(raw: dict[str, Any], where: str = "<sweep>") -> SweepFile:
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepFile:
     """Read a sweep YAML; `overrides` are `dotted.key=yaml_value` strings applied to the raw file."""
     path = Path(path)
-    if not path.exists():
-        raise SweepError(f"sweep file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path, "sweep", SweepError) or {}
+    if isinstance(raw, dict) and "search" not in raw and "base" in raw:
+        raise SweepError(f"{path} has no `search` block: a grid file is run with `harness run {path}`; "
+                         "a sweep file adds `search` and `objective` (see ablations/kl_sweep.yaml)")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -794,7 +796,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         spec = load_sweep(args.sweep, args.overrides)
     except SweepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, args)
         return 2
     if args.workers < 1:
         print("error: --workers must be >= 1", file=sys.stderr)
@@ -814,7 +816,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                               backend_options=options, source=Path(args.sweep), worker_argv=worker_argv,
                               quotas=json.loads(args.quotas) if args.quotas else None)
     except SweepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, args)
         return 2
     for name, summary in summaries.items():
         if "best" in summary:

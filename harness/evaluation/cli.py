@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.cli import print_error
+
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MLFLOW_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]")
 
@@ -134,12 +136,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if preflight is not None:
                 preflight()
         except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
+            print_error(err, args)
             return 2
     try:
         model_path = resolve_eval_model(args.model)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err, args)
         return 2
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.model).name)
     out = Path(args.out) if args.out else results_dir() / "eval" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
