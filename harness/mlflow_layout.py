@@ -173,10 +173,10 @@ def open_stage_run(experiment_id: str, parent_id: str, info: StageRunInfo,
         return None
     for run in existing:
         client.delete_run(run.info.run_id)
-    run = client.create_run(experiment_id, start_time=start_time_ms, run_name=info.kind, tags={
-        TAG_PARENT: parent_id, TAG_RUN_TYPE: RUN_TYPE_STAGE, TAG_STAGE_KIND: info.kind,
-        TAG_STAGE_HASH: info.key, TAG_STAGE_DIR: info.stage_dir,
-    })
+    tags = {TAG_PARENT: parent_id, TAG_RUN_TYPE: RUN_TYPE_STAGE, TAG_STAGE_KIND: info.kind, TAG_STAGE_HASH: info.key}
+    if info.stage_dir:
+        tags[TAG_STAGE_DIR] = info.stage_dir
+    run = client.create_run(experiment_id, start_time=start_time_ms, run_name=info.kind, tags=tags)
     tracking.log_params(run.info.run_id, tracking.flatten(info.config))
     return run.info.run_id
 

@@ -167,15 +167,27 @@ def _flat_keys(overrides: dict[str, Any], prefix: str = "") -> list[str]:
 # Table 9's symbols for PPO's batch settings, and short names for the usual swept knobs.
 _ABBREVIATIONS = {"prompt_batch_size": "B", "minibatch_size": "b", "rollouts_per_prompt": "r",
                   "gradient_accumulation_steps": "g", "kl_coef": "kl", "beta": "β", "learning_rate": "lr",
-                  "num_train_epochs": "epochs", "max_steps": "steps"}
+                  "num_train_epochs": "epochs", "max_steps": "steps", "sft_weight": "SFT-loss weight"}
+
+
+def _short_key(key: str) -> str:
+    """`algorithm.kl_coef` -> "kl", `reward_model.train.max_steps` -> "RM steps" (whose field it is)."""
+    section, _, _ = key.partition(".")
+    short = key.rsplit(".", 1)[-1]
+    short = _ABBREVIATIONS.get(short, short)
+    owner = {"reward_model": "RM ", "dataset": "data ", "prompts": "prompts "}.get(section, "") if "." in key else ""
+    return owner + short
 
 
 def compact_labels(groups: list[list[CellRun]], max_len: int = 72) -> list[str]:
-    """Short labels for configurations (figures, rows): only what differs between them.
+    """Short labels for configurations (figures, rows) that name what distinguishes each one.
 
-    Naming fields (algorithm, dataset, reward model, prompts) appear when they vary across the groups;
-    a swept hyperparameter (any grid override such as `algorithm.kl_coef`) appears as `name=value` when
-    it varies among the groups of the same algorithm (so DPO's β never labels a PPO cell)."""
+    Naming fields (algorithm, dataset, reward model, prompts) appear when they vary across the groups.
+    Then, swept field by swept field (any grid override, e.g. `algorithm.beta`, in the grid's order),
+    configurations whose labels are still alike get that field's value (`β=0.1`) on every one of them
+    when it differs among them: each label names its value of every field that tells it apart from a
+    configuration it would otherwise share its label with, and nothing more. A field that is the same
+    across such configurations is left out, so DPO's β never labels a PPO cell."""
     firsts = [g[0] for g in groups]
     policies = [c for c in firsts if not c.is_baseline]
     # A naming field is shown when configurations disagree on it (a field only some have, such as the
@@ -187,23 +199,23 @@ def compact_labels(groups: list[list[CellRun]], max_len: int = 72) -> list[str]:
     named_keys = {k for k, _ in _NAMED_KEYS} | {"dataset", "prompts", "reward_model", "algorithm", "model"}
     swept = [k for k in dict.fromkeys(k for c in policies for k in _flat_keys(c.overrides))
              if k not in named_keys and k not in SEED_KEYS]
+    parts: dict[int, list[str]] = {}
+    for i, cell in enumerate(firsts):
+        if not cell.is_baseline:
+            parts[i] = [fmt.format(cell.param(k)) for k, fmt in named if cell.param(k)]
+            if parts[i] and parts[i][0] == cell.algorithm:
+                parts[i][0] = parts[i][0].upper()
+    for key in swept:
+        alike: dict[tuple[str, ...], list[int]] = {}
+        for i, label in parts.items():
+            alike.setdefault(tuple(label), []).append(i)
+        for members in alike.values():
+            if len({firsts[i].param(key) for i in members}) > 1:
+                for i in members:
+                    parts[i].append(f"{_short_key(key)}={firsts[i].param(key) or '—'}")
     labels = []
-    for cell in firsts:
-        if cell.is_baseline:
-            labels.append("SFT")
-            continue
-        parts = [fmt.format(cell.param(k)) for k, fmt in named if cell.param(k)]
-        if parts and parts[0] == cell.algorithm:
-            parts[0] = parts[0].upper()
-        family = [c for c in policies if c.algorithm == cell.algorithm]
-        for key in swept:
-            values = [c.param(key) for c in family]
-            # Only a value that departs from the family's usual one is worth a label (the swept cells).
-            usual = max(set(values), key=values.count)
-            if len(set(values)) > 1 and cell.param(key) is not None and cell.param(key) != usual:
-                short = key.rsplit(".", 1)[-1]
-                parts.append(f"{_ABBREVIATIONS.get(short, short)}={cell.param(key)}")
-        label = " · ".join(parts) or cell.cell
+    for i, cell in enumerate(firsts):
+        label = "SFT" if cell.is_baseline else (" · ".join(parts[i]) or cell.cell)
         labels.append(label if len(label) <= max_len else label[: max_len - 1] + "…")
     for i, label in enumerate(labels):  # still ambiguous (a difference outside the overrides): name the cell
         if labels.count(label) > 1:
