@@ -23,7 +23,8 @@ GRID = {
         "reward_model": {"base": "tiny-random-llama", "dataset": {"name": "smoke-lowercase", "max_rows": 24},
                          "train": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
                                    "max_length": 64, "max_steps": 2, "learning_rate": 1e-3, "heldout_fraction": 0.3}},
-        "eval": {"tasks": ["smoke_lowercase", "policy_kl", "rm_reward"], "limit": 4},
+        # Checkpoints evaluated at step 1 of 2: Figs. 6-7 plot evaluations over training, not training curves.
+        "eval": {"tasks": ["smoke_lowercase", "policy_kl", "rm_reward"], "limit": 4, "checkpoint_every": 1},
     },
     "axes": {"algorithm": [
         {"name": "dpo", **TINY_TRAIN, "max_length": 64, "per_device_train_batch_size": 4,
