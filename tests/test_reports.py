@@ -8,10 +8,9 @@ import csv
 from pathlib import Path
 
 import pytest
+from conftest import run_grids_in, use_results
 
 from harness import tracking
-from harness.grid import build_grid
-from harness.runner import run_grid
 
 EXPERIMENT = "reports-tiny"
 TINY_TRAIN = {"max_steps": 2, "learning_rate": 1e-4}
@@ -41,11 +40,7 @@ EXPECTED_FIGURES = {"fig1", "fig6", "fig7", "reward_boxplot", "reward_vs_kl", "r
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_model) -> Path:
     results = tmp_path_factory.mktemp("tiny_grid_results")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_RESULTS_DIR", str(results))
-        mp.setenv("OMP_NUM_THREADS", "1")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        summary = run_grid(build_grid(GRID), echo=lambda _: None)
+    (summary,) = run_grids_in(results, GRID)
     assert sorted(summary.logged_cells) == ["algorithm=dpo", "algorithm=ppo", "sft"]
     return results
 
@@ -53,9 +48,7 @@ def store(tmp_path_factory, tiny_model) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_results(store, monkeypatch) -> Path:
     """Overrides the per-test results dir: every test here reads the module's runner-made store."""
-    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(store))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return store
+    return use_results(monkeypatch, store)
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +56,7 @@ def report(store, tmp_path_factory):
     from reports.build import build_report
 
     with pytest.MonkeyPatch.context() as mp:
-        # mlflow.set_tracking_uri (called by tracking.client) exports MLFLOW_TRACKING_URI, which would
-        # otherwise keep pointing at the store of whichever module ran before.
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("HARNESS_RESULTS_DIR", str(store))
+        use_results(mp, store)
         return build_report(EXPERIMENT, tmp_path_factory.mktemp("tiny_report"), n_boot=300)
 
 

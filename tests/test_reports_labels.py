@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_grids_in, use_results
 
 from harness import tracking
-from harness.grid import build_grid
-from harness.runner import run_grid
 
 DPO = {"name": "dpo", "beta": 0.1, "max_steps": 2, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
        "max_length": 64, "learning_rate": 1e-4}
@@ -28,28 +27,20 @@ PREFIX = "DPO · smoke-lowercase"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_model) -> Path:
     results = tmp_path_factory.mktemp("labels_results")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_RESULTS_DIR", str(results))
-        mp.setenv("OMP_NUM_THREADS", "1")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        for spec in (SMOKE_LIKE, TWO_FIELDS):  # one stage store: the second grid reuses the first's cells
-            run_grid(build_grid(spec), echo=lambda _: None)
+    run_grids_in(results, SMOKE_LIKE, TWO_FIELDS)  # one stage store: the second grid reuses the first's cells
     return results
 
 
 @pytest.fixture(autouse=True)
 def isolated_results(store, monkeypatch) -> Path:
-    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(store))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return store
+    return use_results(monkeypatch, store)
 
 
 def _report(store: Path, out: Path, experiment: str):
     from reports.build import build_report
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("HARNESS_RESULTS_DIR", str(store))
+        use_results(mp, store)
         return build_report(experiment, out, tables=["table5"], figures=["fig1", "fig6", "fig7"], n_boot=100)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import use_results
 
 from harness import mlflow_layout as layout
 from harness import tracking
@@ -272,8 +273,7 @@ def build_synthetic_store() -> dict[str, str]:
 def synth_results(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("synth_results")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_RESULTS_DIR", str(results))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        use_results(mp, results)
         build_synthetic_store()
     return results
 
@@ -281,9 +281,7 @@ def synth_results(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_results(synth_results, monkeypatch) -> Path:
     """Overrides the per-test results dir: every test here reads the one module-wide store."""
-    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(synth_results))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return synth_results
+    return use_results(monkeypatch, synth_results)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,10 +294,7 @@ def report(synth_results, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("synth_report")
     with pytest.MonkeyPatch.context() as mp:
-        # mlflow.set_tracking_uri (called by tracking.client) exports MLFLOW_TRACKING_URI, which would
-        # otherwise keep pointing at the store of whichever module ran before.
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("HARNESS_RESULTS_DIR", str(synth_results))
+        use_results(mp, synth_results)
         return build_report(EXPERIMENT, out, n_boot=400)
 
 
