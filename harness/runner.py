@@ -1,7 +1,8 @@
 """Run a grid: plan the stage DAG, execute missing stages on a backend, log each cell to MLflow.
 
-MLflow is written only from published stage outputs, through `harness.mlflow_layout`, so logging is idempotent and a rerun after a
-crash (even `kill -9`) converges to the same state as an uninterrupted run:
+MLflow is written only from published stage outputs, through `harness.mlflow_layout`, so logging is
+idempotent and a rerun after a crash (even `kill -9`) converges to the same state as an uninterrupted
+run:
 - a cell whose parent run is FINISHED is skipped (never duplicated, never overwritten);
 - a cell whose parent run exists but is unfinished is resumed: its identity (tags, params, resolved
   config) is written again, finished stage runs are kept, unfinished ones are deleted and re-logged

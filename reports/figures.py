@@ -328,8 +328,8 @@ def fig6(ctx: ReportContext) -> FigureOutput:
     configs = _configurations(ctx)
     series = _checkpoint_curves(ctx, configs)
     if series:
-        caption = ("Checkpoint evaluations over training steps: intermediate checkpoints scored with the cell's "
-                   "evaluation tasks (step 0: the SFT model), one line per configuration.")
+        caption = ("Evaluation metrics over training steps, from checkpoint evaluations (intermediate checkpoints "
+                   "scored with the cell's evaluation tasks; step 0: the SFT model), one line per configuration.")
     else:
         series = _training_curves(ctx, configs)
         caption = ("Training curves over optimizer steps, one line per configuration. No intermediate checkpoint "
