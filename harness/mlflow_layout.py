@@ -282,7 +282,9 @@ def open_cell_run(experiment_id: str, info: CellRunInfo, start_time_ms: int | No
     A resumed run gets the whole identity written again: a crash can stop its first writing anywhere
     (right after `create_run` it has tags but no params and no resolved config), and a resumed cell
     must end as an uninterrupted one does. A leftover whose params contradict this cell's is not this
-    cell's run (it holds nothing the stage store cannot give again): it is replaced.
+    cell's run (it holds nothing the stage store cannot give again): it is replaced. Called again on
+    the cell's unfinished run (say, opened when the cell starts, then again once its data fingerprints
+    are known), it rewrites the identity and returns the same run.
     """
     client = tracking.client()
     existing = cell_runs(experiment_id, info.name, info.key)
