@@ -10,8 +10,9 @@ and estimated side by side (harness/cost.py; docs/cost.md "Calibration on this m
 
 The profile describes a dedicated 2-core machine; this one is shared, so next to wall time every
 measurement records the process's CPU time (all threads) divided by its threads: what the wall time
-would be with both cores to itself. That is the number compared (with the wall time and the load
-printed beside it). Prints one line per measurement, `measured X s (wall W s), estimated Y s,
+would be with the cores to itself. That is the number compared (with the wall time and the load printed
+beside it). On a loaded machine two OpenMP threads spin while waiting for each other and inflate CPU
+time too: `--threads 1` measures one core, against the profile scaled to half the machine. Prints one line per measurement, `measured X s (wall W s), estimated Y s,
 estimate/measured Z`; `--json` writes the numbers for harness/device_profiles.yaml's `calibration`.
 
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python benchmarks/bench_cost_cpu.py
@@ -28,14 +29,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+CORES = 2  # the cpu-2core profile's
 WORDS = " the cat sat on a mat and looked at every bird that flew over the old green house by the river"
 
 
-def text_of_tokens(tok: Any, n: int) -> str:
+def text_of_tokens(tok: Any, n: int, offset: int = 0) -> str:
     """A text that the tokenizer splits into exactly `n` tokens (common words, repeated)."""
     ids: list[int] = []
     words = WORDS.split(" ")[1:]
-    i = 0
+    i = offset
     while len(ids) < n:
         ids.extend(tok(" " + words[i % len(words)], add_special_tokens=False).input_ids)
         i += 1
@@ -57,7 +59,7 @@ def measure_dpo(model_name: str, batch: int, tokens: int, steps: int) -> dict[st
         tok.pad_token = tok.eos_token
     pairs = batch * steps
     rows = [{"prompt": text_of_tokens(tok, tokens) + f" {i}", "chosen": text_of_tokens(tok, tokens),
-             "rejected": text_of_tokens(tok, tokens)[::-1]} for i in range(pairs)]
+             "rejected": text_of_tokens(tok, tokens, offset=5)} for i in range(pairs)]
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
@@ -125,9 +127,15 @@ def measure_generation(model_name: str, batch: int, tokens: int, new_tokens: int
 
 
 def estimates(dpo: dict[str, Any], gen: dict[str, Any], profile_name: str = "cpu-2core") -> dict[str, float]:
+    """The estimates of the measured workloads. Measured on fewer threads than the profile's cores, the
+    profile is scaled to that share of the machine (peak FLOP/s and memory bandwidth x threads / 2)."""
     from harness import cost
 
     profile = cost.device_profile(profile_name)
+    share = min(dpo["threads"], CORES) / CORES
+    if share < 1:
+        profile = cost.with_profile_overrides(profile, peak_flops=profile.peak_flops * share,
+                                              memory_bandwidth=profile.memory_bandwidth * share)
     shape = cost.model_shape(dpo["model"])
     lengths = dpo["mean_tokens"]
     one_step = cost.PairwiseTraining(
@@ -162,8 +170,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens of each prompt and each answer")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=CORES,
+                        help="torch threads; 1 avoids OpenMP spin-waits inflating CPU time on a loaded machine")
     parser.add_argument("--json", type=Path, help="write the measurements and estimates here")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     dpo = measure_dpo(args.model, args.batch, args.tokens, args.steps)
     gen = measure_generation(args.model, args.batch, args.tokens, args.new_tokens)

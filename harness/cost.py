@@ -600,9 +600,10 @@ def format_table(estimates: Sequence[StageEstimate]) -> str:
         return f"{x:.3g}{unit}"
 
     rows = [*estimates, total(estimates)] if len(estimates) > 1 else list(estimates)
-    lines = [f"{'stage':<40} {'trained':>8} {'fwd':>8} {'gen':>8} {'FLOPs':>8} {'hours':>9} {'dev-h':>9} {'USD':>9}"]
+    lines = [f"{'stage':<40} {'profile':<11} {'trained':>8} {'fwd':>8} {'gen':>8} {'FLOPs':>8} {'hours':>9} "
+             f"{'dev-h':>9} {'USD':>9}"]
     for e in rows:
         usd = "n/a" if e.usd is None else f"{e.usd:,.2f}"
-        lines.append(f"{e.label[:40]:<40} {human(e.tokens_trained):>8} {human(e.tokens_forward):>8} "
+        lines.append(f"{e.label[:40]:<40} {e.profile[:11]:<11} {human(e.tokens_trained):>8} {human(e.tokens_forward):>8} "
                      f"{human(e.tokens_generated):>8} {human(e.flops):>8} {e.hours:>9.3g} {e.device_hours:>9.3g} {usd:>9}")
     return "\n".join(lines)
