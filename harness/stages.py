@@ -318,13 +318,14 @@ def run_train_reward_model(config: dict[str, Any], inputs: dict[str, Path], out:
 
 def _rewardbench(config: dict[str, Any], out: Path, batch_size: int) -> dict[str, float]:
     """RewardBench metrics when the data was there at plan time; otherwise none, and a tag saying why."""
+    from harness.mlflow_layout import TAG_REWARDBENCH
     from harness.reward_model import evaluate_rewardbench, rewardbench_fingerprint, rewardbench_missing_reason
 
     planned = config.get("rewardbench")
     if planned is None:
         reason = rewardbench_missing_reason()
         logger.warning("train_reward_model: RewardBench skipped: %s", reason)
-        _write_tags(out, {"harness.rewardbench": f"skipped: {reason}"})
+        _write_tags(out, {TAG_REWARDBENCH: f"skipped: {reason}"})
         return {}
     found = rewardbench_fingerprint()
     if found != planned:
@@ -336,7 +337,7 @@ def _rewardbench(config: dict[str, Any], out: Path, batch_size: int) -> dict[str
     metrics, skipped = evaluate_rewardbench(str(out / "model"), out, batch_size=batch_size)
     if skipped:  # the files vanished between the two checks
         raise RuntimeError(skipped)
-    _write_tags(out, {"harness.rewardbench": f"scored {int(metrics['rewardbench/n'])} pairs (data {planned})"})
+    _write_tags(out, {TAG_REWARDBENCH: f"scored {int(metrics['rewardbench/n'])} pairs (data {planned})"})
     return metrics
 
 
@@ -439,6 +440,7 @@ def _checked_results(out_dir: Path, block: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
+    from harness.mlflow_layout import evaluation_tags
     from harness.models import resolve_model
 
     model_path = str(inputs["policy"] / "model") if "policy" in inputs else resolve_model(config["model"])
@@ -451,25 +453,15 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
     metrics, results = _run_planned(ctx, config, store=True)
     del ctx  # frees the evaluated model's generator before another model (a checkpoint, the SFT sampler) loads
     gc.collect()
-    tags = _task_tags("harness.eval", results)
+    tags = evaluation_tags(results)  # which tasks have no result and why, which were reused
     if config.get("checkpoint_every") and "policy" in inputs:
         _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward_model_path, metrics, out)
     if config.get("best_of_n"):
         bon_metrics, bon_results = _best_of_n(config, reward_model_path, out)
         metrics.update(bon_metrics)
-        tags.update(_task_tags("harness.eval.bon", bon_results))
+        tags.update(evaluation_tags(bon_results, best_of_n=True))
     _write_tags(out, tags)
     return metrics
-
-
-def _task_tags(prefix: str, results: dict[str, Any]) -> dict[str, str]:
-    """MLflow tags saying which tasks have no result and why (documented in the README):
-    `<prefix>.missing` (comma list: not run, an input was missing), `<prefix>.skipped.<task>` (the
-    reason of every task without a score), `<prefix>.reused` (comma list: taken from the task store)."""
-    tags = {f"{prefix}.skipped.{name}": reason for name, reason in results["skipped"].items()}
-    tags[f"{prefix}.missing"] = ",".join(results["missing"])
-    tags[f"{prefix}.reused"] = ",".join(results["reused"])
-    return tags
 
 
 def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Path | None,

@@ -115,17 +115,11 @@ def _write_figure(name: str, output: FigureOutput, folder: Path) -> list[Path]:
 
 
 def _tasks_without_result(exp: Experiment) -> list[str]:
-    """Evaluation tasks a cell asked for that have no score, and why (the runner's `harness.eval.*` tags:
-    `skipped.<task>` for each, `missing` for those not run because an input was missing)."""
-    rows = []
-    for cell in exp.cells:
-        missing = set(filter(None, cell.tags.get("harness.eval.missing", "").split(",")))
-        for tag, reason in sorted(cell.tags.items()):
-            for prefix, what in (("harness.eval.skipped.", ""), ("harness.eval.bon.skipped.", "best-of-N ")):
-                if tag.startswith(prefix):
-                    task = tag[len(prefix):]
-                    status = "not run (input missing)" if what == "" and task in missing else "no score"
-                    rows.append(f"- `{cell.cell}` · {what}`{task}`: {status}: {reason}")
+    """Evaluation tasks a cell asked for that have no score, and why (from the cell runs' tags)."""
+    from harness.mlflow_layout import tasks_without_result
+
+    rows = [f"- `{cell.cell}` · `{task}`: {status}: {reason}"
+            for cell in exp.cells for task, status, reason in tasks_without_result(cell.tags)]
     if not rows:
         return []
     return ["## Evaluation tasks without a result", "",
@@ -133,14 +127,21 @@ def _tasks_without_result(exp: Experiment) -> list[str]:
             "grid runs it once the input exists (the cell's other tasks are not rerun).", "", *rows, ""]
 
 
+def _intervals_note(ctx: ReportContext, result: ReportResult) -> str:
+    if not ctx.ci:
+        return "Intervals hidden (`--no-ci`)."
+    entries = [e for t in result.tables.values() for row in t.rows for e in row.entries]
+    note = (f"Intervals: 95% percentile bootstrap over evaluation examples (and seeds where a configuration has "
+            f"several), {ctx.bank.n_boot} replicates")
+    return note + ("; Δ p-values from the paired bootstrap." if any(e.p_value is not None for e in entries) else ".")
+
+
 def _index(exp: Experiment, ctx: ReportContext, result: ReportResult, order: list[str]) -> str:
     lines = [f"# Report: {exp.name}", "",
              f"Built from MLflow alone (`{tracking.tracking_uri()}`, experiment id {exp.experiment_id}): "
              f"{len(exp.cells)} cell runs. Every number links to the MLflow run it came from (footnotes; the CSV "
              "files carry the run ids).",
-             "", ("Intervals: 95% percentile bootstrap over evaluation examples (and seeds where a configuration has "
-                  f"several), {ctx.bank.n_boot} replicates; Δ p-values from the paired bootstrap." if ctx.ci else
-                  "Intervals hidden (`--no-ci`)."), "", "## Grid summary", "", result.summary_markdown, ""]
+             "", _intervals_note(ctx, result), "", "## Grid summary", "", result.summary_markdown, ""]
     lines += _tasks_without_result(exp)
     for name in order:
         if name in result.tables:

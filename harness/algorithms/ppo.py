@@ -66,13 +66,29 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, register
+from harness.config_fields import (
+    CheckedConfig,
+    FiniteFloat,
+    MaxSteps,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Problem,
+    WarmupRatio,
+)
 from harness.models import cuda_bf16_forward
+
+# AdamW's moment decay rates: in [0, 1) (torch rejects 1 and beyond).
+AdamBeta = Annotated[float, Field(ge=0, lt=1)]
 
 Messages = list[dict[str, str]]
 
@@ -83,89 +99,70 @@ Messages = list[dict[str, str]]
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(CheckedConfig):
     # --- Table 9, TRAINING ---
-    prompt_batch_size: int = 64  # B: prompts per rollout batch
-    rollouts_per_prompt: int = 1  # r: completions sampled per prompt (Table 10 "multiple rollouts": off)
-    minibatch_size: int = 64  # b: rollouts per forward-backward pass
-    gradient_accumulation_steps: int = 1  # g: minibatches per optimizer step
-    num_epochs: float = 1.0  # E: passes over the prompt set (App. G: >1 epoch did not help)
-    inner_epochs: int = 1  # e: passes over each rollout batch (App. G: >1 destabilises)
-    max_prompt_length: int = 1024  # L_p: longer prompts are dropped (counted and logged)
-    max_new_tokens: int = 1024  # L_c: completion budget; hitting it = truncated completion
-    max_steps: int = -1  # rollout batches to run; -1 = E epochs over the prompts (small grids set it)
+    prompt_batch_size: PositiveInt = 64  # B: prompts per rollout batch
+    rollouts_per_prompt: PositiveInt = 1  # r: completions sampled per prompt (Table 10 "multiple rollouts": off)
+    minibatch_size: PositiveInt = 64  # b: rollouts per forward-backward pass
+    gradient_accumulation_steps: PositiveInt = 1  # g: minibatches per optimizer step
+    num_epochs: NonNegativeFloat = 1.0  # E: passes over the prompt set (App. G: >1 epoch did not help)
+    inner_epochs: PositiveInt = 1  # e: passes over each rollout batch (App. G: >1 destabilises)
+    max_prompt_length: PositiveInt = 1024  # L_p: longer prompts are dropped (counted and logged)
+    max_new_tokens: PositiveInt = 1024  # L_c: completion budget; hitting it = truncated completion
+    max_steps: MaxSteps = -1  # rollout batches to run; -1 = E epochs over the prompts (small grids set it)
     # --- Table 9, RL ---
-    temperature: float = 0.7  # tau: rollout sampling temperature
-    kl_coef: float = 0.05  # beta (0.0325 for the paper's 70B reward models)
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
-    cliprange: float = 0.2  # epsilon, policy ratio clipping
-    cliprange_value: float = 0.2  # epsilon, value clipping (Table 9 uses the same epsilon for both)
-    vf_coef: float = 0.1  # alpha, value loss coefficient
+    temperature: PositiveFloat = 0.7  # tau: rollout sampling temperature (PPO samples its rollouts)
+    kl_coef: NonNegativeFloat = 0.05  # beta (0.0325 for the paper's 70B reward models)
+    gamma: Probability = 1.0  # discount
+    lam: Probability = 0.95  # GAE lambda
+    cliprange: PositiveFloat = 0.2  # epsilon, policy ratio clipping
+    cliprange_value: PositiveFloat = 0.2  # epsilon, value clipping (Table 9 uses the same epsilon for both)
+    vf_coef: NonNegativeFloat = 0.1  # alpha, value loss coefficient
     # Table 9's dropout 0.0 is always applied (dropout would make the old/new log-probs disagree); every
     # dropout probability of the policy and value model is zeroed (`disable_dropout`), not a switch.
     # --- Table 9, OPTIMIZATION (AdamW) ---
-    learning_rate: float = 1e-6  # eta
-    warmup_ratio: float = 0.1  # linear warm-up over the first 10% of optimizer steps
-    lr_decay: str = "constant"  # after warm-up: "constant" (what App. F.2 states) or "linear" to 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # clipped per model (policy, value), as two separately optimised models
+    learning_rate: PositiveFloat = 1e-6  # eta
+    warmup_ratio: WarmupRatio = 0.1  # linear warm-up over the first 10% of optimizer steps
+    lr_decay: Literal["constant", "linear"] = "constant"  # after warm-up: constant (App. F.2) or linear to 0
+    adam_beta1: AdamBeta = 0.9
+    adam_beta2: AdamBeta = 0.95
+    adam_eps: PositiveFloat = 1e-5
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: PositiveFloat = 1.0  # clipped per model (policy, value), as two separately optimised models
     # --- Table 10 switches (paper's choice is the default) ---
-    value_init: str = "reward"  # "reward": value model = copy of the RM (InstructGPT); "policy": SFT + new head
+    # "reward": value model = copy of the RM (InstructGPT); "policy": SFT + new head
+    value_init: Literal["reward", "policy"] = "reward"
     eos_trick: bool = True  # completions that never emit EOS get `eos_penalty` instead of the RM score
-    eos_penalty: float = -10.0
+    eos_penalty: FiniteFloat = -10.0
     reward_normalization: bool = False  # standardise scores with a gain/bias fixed from the first batch
     reward_whitening: bool = False  # scale token rewards by their batch std (mean kept: shift_mean=False)
     advantage_whitening: bool = True  # standardise advantages over the (mini)batch
     adaptive_kl: bool = False  # Ziegler et al. (2019) proportional controller instead of a fixed beta
-    adaptive_kl_target: float = 6.0  # target KL (nats per sequence) for the adaptive controller
-    adaptive_kl_horizon: int = 10000  # controller horizon, in rollouts
+    adaptive_kl_target: PositiveFloat = 6.0  # target KL (nats per sequence) for the adaptive controller
+    adaptive_kl_horizon: PositiveInt = 10000  # controller horizon, in rollouts
     kl_clamp: bool = False  # clamp per-token KL at >= 0 in the reward (AlpacaFarm)
     # --- Table 11 / App. G ---
     forward_at_minibatch_level: bool = True  # log-probs/values from the current models, per minibatch
     # --- Deliberate deviation from the authors' code, a Table-10-style switch (see the module docstring) ---
     logprobs_at_sampling_temperature: bool = True  # log pi = log_softmax(logits/tau); False: at tau = 1 (EasyLM)
     # --- engineering (no effect on the maths) ---
-    generation_batch_size: int = 64
-    log_samples_per_step: int = 4  # rows per step written to artifacts/ppo_samples.jsonl
+    generation_batch_size: PositiveInt = 64
+    log_samples_per_step: NonNegativeInt = 4  # rows per step written to artifacts/ppo_samples.jsonl
 
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("prompt_batch_size", "rollouts_per_prompt", "minibatch_size", "gradient_accumulation_steps",
-                     "inner_epochs", "max_prompt_length", "max_new_tokens", "generation_batch_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+    def cross_field_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         rollouts = self.prompt_batch_size * self.rollouts_per_prompt
-        if self.minibatch_size >= 1 and rollouts % self.minibatch_size:
-            problems.append(f"prompt_batch_size*rollouts_per_prompt ({rollouts}) must be a multiple of "
-                            f"minibatch_size ({self.minibatch_size})")
-        elif self.minibatch_size >= 1 and self.gradient_accumulation_steps >= 1 and \
-                (rollouts // self.minibatch_size) % self.gradient_accumulation_steps:
-            problems.append(f"the {rollouts // self.minibatch_size} minibatches per rollout batch must be a "
-                            f"multiple of gradient_accumulation_steps ({self.gradient_accumulation_steps})")
+        if rollouts % self.minibatch_size:
+            problems.append(("minibatch_size", f"minibatch_size ({self.minibatch_size}) must divide "
+                             f"prompt_batch_size*rollouts_per_prompt ({rollouts}): prompt_batch_size*rollouts_per_prompt "
+                             f"must be a multiple of minibatch_size"))
+        elif (rollouts // self.minibatch_size) % self.gradient_accumulation_steps:
+            problems.append(("gradient_accumulation_steps",
+                             f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide the "
+                             f"{rollouts // self.minibatch_size} minibatches per rollout batch"))
         if self.num_epochs <= 0 and self.max_steps <= 0:
-            problems.append("set num_epochs > 0 or max_steps > 0")
-        if self.temperature <= 0:
-            problems.append(f"temperature must be > 0 (PPO samples rollouts), got {self.temperature}")
-        if self.kl_coef < 0:
-            problems.append(f"kl_coef must be >= 0, got {self.kl_coef}")
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            problems.append("gamma and lam must be in [0, 1]")
-        if self.cliprange <= 0 or self.cliprange_value <= 0:
-            problems.append("cliprange and cliprange_value must be > 0")
-        if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
-            problems.append("learning_rate must be > 0 and warmup_ratio in [0, 1)")
-        if self.lr_decay not in ("constant", "linear"):
-            problems.append(f"lr_decay must be 'constant' or 'linear', got {self.lr_decay!r}")
-        if self.value_init not in ("reward", "policy"):
-            problems.append(f"value_init must be 'reward' or 'policy', got {self.value_init!r}")
-        if self.adaptive_kl and (self.adaptive_kl_target <= 0 or self.adaptive_kl_horizon < 1):
-            problems.append("adaptive_kl needs adaptive_kl_target > 0 and adaptive_kl_horizon >= 1")
-        if problems:
-            raise ValueError("invalid PPOConfig: " + "; ".join(problems))
+            problems.append(("num_epochs", "num_epochs is 0 and max_steps is -1: set num_epochs > 0 or max_steps > 0"))
+        return problems
 
 
 def check_world_size(cfg: PPOConfig, world_size: int) -> list[str]:

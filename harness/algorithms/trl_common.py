@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.algorithms.base import TrainContext
 from harness.checkpoints import trainer_save_kwargs
+from harness.config_fields import Problem
 
 
 def device_kwargs() -> dict[str, Any]:
@@ -49,6 +50,19 @@ def common_trainer_kwargs(ctx: TrainContext, cfg: Any) -> dict[str, Any]:
         "disable_tqdm": True,
         **device_kwargs(),
     }
+
+
+def whole_groups_problems(cfg: Any) -> list[Problem]:
+    """GRPO/RLOO sample `num_generations` completions per prompt and compare them within the group: TRL needs
+    every update (per_device_train_batch_size x gradient_accumulation_steps completions) to hold whole groups."""
+    per_update = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    if per_update % cfg.num_generations:
+        return [("num_generations",
+                 f"num_generations ({cfg.num_generations}) must divide per_device_train_batch_size x "
+                 f"gradient_accumulation_steps ({cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps}): "
+                 "each update must hold whole groups (per_device_train_batch_size x gradient_accumulation_steps "
+                 "must be a multiple of num_generations)")]
+    return []
 
 
 def load_policy(ctx: TrainContext):
