@@ -45,7 +45,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -55,7 +54,14 @@ from typing import Any
 import numpy as np
 
 from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
-from harness.evaluation.sandbox import GiB, MiB, SandboxLimits, SandboxPool, run_sandboxed
+from harness.evaluation.code_grading import (
+    SplitSpec,
+    args_texts,
+    compute_expected,
+    differential_check,
+    split_budget,
+)
+from harness.evaluation.sandbox import GiB, MiB, SandboxLimits, SandboxPool
 from harness.paths import data_dirs, find_data_file, results_dir
 
 HUMANEVAL_PLUS_FILE = "benchmarks/humanevalplus/HumanEvalPlus.jsonl.gz"
@@ -325,9 +331,10 @@ def program_from_completion(problem: CodeProblem, completion: str) -> str:
 
 @dataclass
 class Verdict:
-    base: str  # "pass" | "fail" | "timeout" | "crashed"
+    base: str  # "pass" | "fail" | "timeout" | "crashed" | "skipped" (see code_grading.SplitVerdict)
     plus: str
-    error: str | None = None  # the first failure, for reading samples
+    error: str | None = None  # the first failure, for reading samples (the code's own text, cut)
+    isolation: str = ""  # "bubblewrap" | "fallback": how the code was isolated
 
     @property
     def passed_base(self) -> bool:
@@ -341,11 +348,12 @@ class Verdict:
 
 @dataclass
 class Expected:
-    outputs: dict[str, list[Any]]
+    outputs: dict[str, list[str]]  # per split, each input's expected output line (code_grading.compute_expected)
     times: dict[str, list[float]]
 
 
-ORACLE_VERSION = "1"  # bump when the oracle's outputs or timing change meaning (invalidates the cache)
+ORACLE_VERSION = "2"  # bump when the oracle's outputs or timing change meaning (invalidates the cache)
+SPLITS = ("base", "plus")
 
 
 def _expected_cache_dir() -> Path:
@@ -356,82 +364,75 @@ class CodeChecker:
     """Expected outputs per problem and sandboxed differential checks of candidate programs.
 
     Expected outputs and reference times are computed once per problem and data file, like EvalPlus's
-    ground-truth cache, and kept in memory and under `results/cache/coding_expected/` (some canonical
-    solutions take minutes on the "extreme" plus inputs, e.g. Mbpp/599). The cache holds pickles
-    written by this process only: the sandboxed code cannot write there.
+    ground-truth cache, and kept in memory and under `results/cache/coding_expected/` as plain-data JSON
+    (some canonical solutions take minutes on the "extreme" plus inputs, e.g. Mbpp/599). The cache is
+    written by this process only and is never visible to sandboxed code.
     """
 
     def __init__(self, config: CodingConfig = CodingConfig(), disk_cache: bool = True):
         self.config = config
         self.disk_cache = disk_cache
         self._expected: dict[tuple[str, str], Expected] = {}
+        self._specs: dict[tuple[str, str], list[SplitSpec]] = {}
 
     def _cache_file(self, problem: CodeProblem) -> Path:
-        name = f"{problem.dataset}-{problem.task_id.replace('/', '_')}-{problem.source_digest}-v{ORACLE_VERSION}.pkl"
+        name = f"{problem.dataset}-{problem.task_id.replace('/', '_')}-{problem.source_digest}-v{ORACLE_VERSION}.json"
         return _expected_cache_dir() / name
 
     def expected(self, problem: CodeProblem) -> Expected:
         key = (problem.dataset, problem.task_id)
         cache_file = self._cache_file(problem) if self.disk_cache and problem.source_digest else None
         if key not in self._expected and cache_file is not None and cache_file.exists():
-            with cache_file.open("rb") as fh:
-                self._expected[key] = pickle.load(fh)
+            data = json.loads(cache_file.read_text(encoding="utf-8"))
+            self._expected[key] = Expected(data["outputs"], data["times"])
         if key not in self._expected:
-            request = {
-                "mode": "oracle", "code": problem.reference_program, "entry_point": problem.entry_point,
-                "dataset": problem.dataset, "splits": {"base": problem.base_input, "plus": problem.plus_input},
-            }
             limits = SandboxLimits(wall_seconds=600, cpu_seconds=600, memory_bytes=max(4 * GiB, self.config.memory_bytes),
                                    max_processes=self.config.max_processes, file_size_bytes=1024 * MiB)
-            run = run_sandboxed(request, limits, trusted_pickle_result=True)
-            if run.status != "ok" or run.result is None or "error" in run.result:
-                detail = (run.result or {}).get("error") or run.output_tail[-500:]
-                raise RuntimeError(f"{problem.task_id}: the canonical solution did not run ({run.status}): {detail}")
-            self._expected[key] = Expected(run.result["outputs"], run.result["times"])
+            try:
+                outputs, times = compute_expected(
+                    problem.reference_program, problem.entry_point, problem.dataset,
+                    {"base": problem.base_input, "plus": problem.plus_input}, limits)
+            except RuntimeError as err:
+                raise RuntimeError(f"{problem.task_id}: {err}") from err
+            self._expected[key] = Expected(outputs, times)
             if cache_file is not None:
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-                with tmp.open("wb") as fh:
-                    pickle.dump(self._expected[key], fh, protocol=pickle.HIGHEST_PROTOCOL)
+                tmp.write_text(json.dumps({"outputs": outputs, "times": times}), encoding="utf-8")
                 os.replace(tmp, cache_file)  # atomic: concurrent evaluations never read half a file
         return self._expected[key]
 
     def time_limits(self, times: Sequence[float]) -> list[float]:
         return [max(self.config.min_time_limit, self.config.gt_time_limit_factor * t) for t in times]
 
+    def split_specs(self, problem: CodeProblem) -> list[SplitSpec]:
+        """The problem's splits as the grader takes them; built once and shared by all its samples."""
+        key = (problem.dataset, problem.task_id)
+        if key not in self._specs:
+            exp = self.expected(problem)
+            self._specs[key] = [
+                SplitSpec(name, inputs, args_texts(inputs), exp.outputs[name], self.time_limits(exp.times[name]))
+                for name, inputs in (("base", problem.base_input), ("plus", problem.plus_input))
+            ]
+        return self._specs[key]
+
     def check(self, problem: CodeProblem, program: str) -> Verdict:
-        exp = self.expected(problem)
-        splits, wall = [], 3.0  # 3 s for interpreter start-up and the request
-        for name, inputs in (("base", problem.base_input), ("plus", problem.plus_input)):
-            limits = self.time_limits(exp.times[name])
-            splits.append({"name": name, "inputs": inputs, "expected": exp.outputs[name], "time_limits": limits})
-            wall += min(60.0, sum(limits)) + 2.0  # EvalPlus's per-split process timeout
-        preload = problem.atol != 0 or any(
-            isinstance(o, float) or (isinstance(o, (list, tuple)) and o and all(isinstance(i, float) for i in o))
-            for outs in exp.outputs.values() for o in outs
-        )
-        request = {"mode": "differential", "code": program, "entry_point": problem.entry_point,
-                   "dataset": problem.dataset, "atol": problem.atol, "splits": splits, "preload_numpy": preload}
+        specs = self.split_specs(problem)
+        wall = 5.0 + sum(split_budget(spec) for spec in specs)  # + interpreter start-up and the request
         limits = SandboxLimits(wall_seconds=wall, cpu_seconds=math.ceil(wall), memory_bytes=self.config.memory_bytes,
                                max_processes=self.config.max_processes)
-        run = run_sandboxed(request, limits)
-        reported = (run.result or {}).get("splits", {})
-        statuses, error = {}, None
-        for name in ("base", "plus"):
-            if name in reported:
-                statuses[name] = reported[name]["status"]
-                error = error or reported[name].get("error")
-            else:  # the process ended before reaching this split
-                statuses[name] = run.status if run.status != "ok" else "crashed"
-        if run.status != "ok" and error is None:
-            error = f"sandbox {run.status}"
-        return Verdict(statuses["base"], statuses["plus"], error)
+        # EvalPlus checks code in a process that has numpy imported; importing it after the guard fails.
+        result = differential_check(program, problem.entry_point, problem.dataset, problem.atol, specs, limits,
+                                    preload_numpy="numpy" in program)
+        base, plus = (result.splits[name] for name in SPLITS)
+        error = next((v.error for v in (base, plus) if v.status != "pass" and v.error), None)
+        return Verdict(base.status, plus.status, error, result.isolation)
 
     def check_many(self, items: Sequence[tuple[CodeProblem, str]], workers: int | None = None) -> list[Verdict]:
         with SandboxPool(workers or self.config.workers) as pool:
             # expected outputs first (one oracle run per problem), then all candidates
             unique = list({(p.dataset, p.task_id): p for p, _ in items}.values())
-            pool.map(self.expected, unique)
+            pool.map(self.split_specs, unique)
             return pool.map(lambda item: self.check(*item), list(items))
 
 
