@@ -395,7 +395,7 @@ def check_assertions(prompt: str, completion: str, test: str, entry_point: str, 
                 report = json.loads(line[1:])  # trusted: the driver runs only the problem's own code
                 return AssertionVerdict(str(report["outcome"]), code_proc.isolation)
             remaining = deadline - time.monotonic()
-            call = f'{{"op":"call","limit":{max(remaining, 0.001)!r},"args":{line[1:].decode()}}}'
+            call = f"c{max(remaining, 0.001)!r} ".encode() + line[1:]
             try:
                 reply = _TIMED_OUT_REPLY if not code_proc.send(call, deadline) else code_proc.receive(deadline)
             except (SandboxClosed, SandboxProtocolError) as err:

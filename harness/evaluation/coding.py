@@ -504,11 +504,14 @@ def score_completions(
             n_pass += v.passed
             n_base += v.passed_base
             samples.append({"task_id": problem.task_id, "sample": i, "completion": completion, "base": v.base,
-                            "plus": v.plus, "passed_base": v.passed_base, "passed": v.passed, "error": v.error})
+                            "plus": v.plus, "passed_base": v.passed_base, "passed": v.passed, "error": v.error,
+                            "isolation": v.isolation})
         plus_counts.append((len(cs), n_pass))
         base_counts.append((len(cs), n_base))
     n_min = min(n for n, _ in plus_counts)
     metrics: dict[str, float] = {f"{task}/n_problems": float(len(problems)), f"{task}/n_samples": float(n_min)}
+    if samples:  # how the code was isolated (see harness.evaluation.sandbox): 1.0 = all under bubblewrap
+        metrics[f"{task}/sandbox_bubblewrap"] = sum(s["isolation"] == "bubblewrap" for s in samples) / len(samples)
     for k in config.ks:
         if n_min >= k:
             # MLflow metric names cannot contain "@": pass@k is logged as pass_at_k.

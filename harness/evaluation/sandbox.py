@@ -13,7 +13,7 @@ and hands it the channel.
 
 Isolation, preferred (`isolation == "bubblewrap"`): the interpreter runs under bubblewrap (`bwrap`, Debian
 package `bubblewrap`), a kept tool that builds a new root from bind mounts:
-- new PID, IPC, UTS, network (only a loopback that is down) and cgroup namespaces, a new session;
+- new PID, IPC, UTS, network (only its own loopback) and cgroup namespaces, a new session;
 - a filesystem of read-only system directories (/usr and its /bin, /lib symlinks), /etc/ld.so.cache and
   /etc/localtime only (no /etc/passwd, shadow, ssl keys, ...), the interpreter's prefix and site-packages
   (read-only), the runner's few files under /opt/prefharness, a fresh /proc (this PID namespace only) and
