@@ -24,14 +24,20 @@ Protocol (paper App. D, the Tulu/open-instruct evaluation it extends):
   MBPP+ here is the pre-release v0.1.0 (399 problems, no `test` field): its JSON inputs are turned back
   into the tuples/sets/complex numbers the functions take, as EvalPlus does when loading it.
   Differences from EvalPlus, deliberate: inputs are deep-copied before the canonical solution runs (as
-  EvalPlus >= 0.2.2 does; 0.2.1 could hand a candidate inputs the canonical solution had mutated), and
-  both splits run in one sandboxed process (fresh `exec` per split) instead of two.
+  EvalPlus >= 0.2.2 does; 0.2.1 could hand a candidate inputs the canonical solution had mutated);
+  both splits run in one sandboxed process (fresh `exec` per split) instead of two; the comparison
+  happens in the harness, on the outputs as plain data (`harness.evaluation.code_grading`), so an
+  object of the candidate's own class (an `__eq__` that is always true) compares as nothing and outputs
+  over 16 MiB of text are compared exactly by digest (Mbpp/255 only); a sample that runs out of time in
+  one split is not run on the next ("skipped"), since it has failed already.
   Checked on all 563 problems: every canonical solution passes its own base and plus tests except
   Mbpp/599, whose canonical solution needs minutes on its "extreme" plus inputs, beyond EvalPlus's 60 s
   per-split budget on this CPU (EvalPlus fails it the same way; later MBPP+ releases dropped such inputs).
-- Execution: every program, canonical ones included, runs in `harness.evaluation.sandbox`
-  (separate process, no network, private temp dir, CPU/wall/memory/process limits), at most `workers`
-  at a time (2 by default).
+- Execution: every program, canonical ones included, runs in `harness.evaluation.sandbox` (bubblewrap
+  where installed: separate namespaces, no network, read-only system, a private tmpfs; CPU/wall/memory/
+  process limits), at most `workers` at a time (2 by default); the verdict is decided outside it
+  (`harness.evaluation.code_grading`, whose docstring has the threat model). Each sample records the
+  isolation it had; `<task>/sandbox_bubblewrap` is the fraction checked under bubblewrap.
 
 Configuration: `CodingConfig`; the registered tasks read overrides from the environment:
 HARNESS_CODING_N_SAMPLES, HARNESS_CODING_MAX_NEW_TOKENS, HARNESS_CODING_WORKERS.

@@ -112,6 +112,19 @@ def _tagged(tag: str, body: str) -> str:
     return f'{{"$":"{tag}","items":[{body}]}}'
 
 
+def _all_json_scalars(items: list) -> bool:
+    """Whether json.dumps writes `items` exactly as `_emit` would: exact str/float/bool/None and ints
+    within the plain range."""
+    for x in items:
+        cls = type(x)
+        if cls is int:
+            if not -_INT_LIMIT <= x < _INT_LIMIT:
+                return False
+        elif cls is not float and cls is not str and cls is not bool and x is not None:
+            return False
+    return True
+
+
 def _emit(value: Any, out: list[str], depth: int) -> None:
     if depth > MAX_DEPTH:
         out.append('{"$":"opaque","type":"nesting too deep"}')
@@ -128,6 +141,9 @@ def _emit(value: Any, out: list[str], depth: int) -> None:
     elif cls is float:
         out.append(_float_text(value))
     elif cls is list:
+        if _all_json_scalars(value):  # the common large case (numbers, strings): C speed, same text
+            out.append(json.dumps(value, separators=(",", ":")))
+            return
         out.append("[")
         for i, item in enumerate(value):
             if i:
