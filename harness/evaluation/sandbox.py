@@ -75,13 +75,7 @@ DEFAULT_MAX_LINE_BYTES = 4 * MiB  # a longer message from the sandbox is a proto
 
 _UID_BASE = 2_000_000_000  # far above any real or subordinate-uid range (those stop well below 2^31)
 _UID_SPAN = 100_000_000
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWNET = 0x40000000
-_PR_SET_PDEATHSIG = 1
-_PR_SET_KEEPCAPS = 8
-_PR_SET_NO_NEW_PRIVS = 38
-_CAP_DAC_READ_SEARCH = 2
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_F_SETPIPE_SZ = 1031
 
 
 @dataclass(frozen=True)
@@ -339,6 +333,7 @@ class SandboxProcess:
 
     def __init__(self, modules: dict[str, Path], request: str, limits: SandboxLimits,
                  layers: SandboxLayers = SandboxLayers(), max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
+        import fcntl
         import random
         import select
         import shutil
@@ -395,6 +390,9 @@ class SandboxProcess:
             self._in, self._out = self._proc.stdin, self._proc.stdout
             os.set_blocking(self._in.fileno(), False)
             os.set_blocking(self._out.fileno(), False)
+            for stream in (self._in, self._out):  # large outputs: fewer wake-ups than 64 KiB pipes give
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, MiB)
             self._out_poller, self._in_poller = select.poll(), select.poll()  # writable to it, readable from it
             self._out_poller.register(self._in.fileno(), select.POLLOUT)
             self._in_poller.register(self._out.fileno(), select.POLLIN)
