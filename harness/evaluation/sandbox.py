@@ -405,9 +405,8 @@ class SandboxProcess:
                 raise SandboxSetupError(f"sandbox setup failed ({self.isolation}): {detail}")
             self.applied = setup["setup"]
         except (SandboxClosed, SandboxProtocolError, ValueError) as err:
-            self.close()
-            raise SandboxSetupError(f"sandbox setup failed ({getattr(self, 'isolation', '?')}): {err}: "
-                                    f"{self._tail()}") from err
+            tail = self.close().output_tail  # the bootstrap's own output: nothing untrusted has run yet
+            raise SandboxSetupError(f"sandbox setup failed ({getattr(self, 'isolation', '?')}): {err}: {tail}") from err
         except BaseException:
             self.close()
             raise
@@ -488,7 +487,7 @@ class SandboxProcess:
                 with contextlib.suppress(OSError):
                     stream.close()
             returncode = proc.poll()
-            survivors = _kill_run(proc.pid, self._uid)
+            survivors = _kill_run(proc.pid, getattr(self, "_uid", None))
             proc.wait()
             returncode = proc.returncode if returncode is None else returncode
         wall = time.monotonic() - self._start
