@@ -200,6 +200,9 @@ def _bwrap_argv(bwrap: str, limits: SandboxLimits, lib_files: dict[str, Path], u
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         argv += ["--cap-drop", "ALL"]
+    # The private /tmp first, so that read-only mounts below it (a venv in /tmp) stay visible. 0777: under
+    # a root harness the bootstrap becomes the run's uid only after bwrap has made it.
+    argv += ["--perms", "0777" if uid is not None else "0700", "--size", str(limits.tmp_bytes), "--tmpfs", SANDBOX_TMP]
     argv += ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = f"/{name}"
@@ -214,7 +217,7 @@ def _bwrap_argv(bwrap: str, limits: SandboxLimits, lib_files: dict[str, Path], u
         out = []
         for parent in reversed(Path(path).parents):
             p = str(parent)
-            if p not in made and not p.startswith("/usr/") and p not in ("/tmp", "/proc", "/dev"):
+            if p not in made and not p.startswith("/usr/") and p not in (SANDBOX_TMP, "/proc", "/dev"):
                 made.add(p)
                 out += ["--perms", "0755", "--dir", p]
         return out
@@ -231,9 +234,7 @@ def _bwrap_argv(bwrap: str, limits: SandboxLimits, lib_files: dict[str, Path], u
     for name, source in lib_files.items():
         target = f"{SANDBOX_LIB}/{name}.py"
         argv += parents(target) + ["--ro-bind", str(source), target]
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "0777" if uid is not None else "0700", "--size", str(limits.tmp_bytes), "--tmpfs", SANDBOX_TMP,
-             "--chdir", SANDBOX_TMP]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--chdir", SANDBOX_TMP]
     for key, value in _child_env(SANDBOX_TMP).items():
         argv += ["--setenv", key, value]
     return argv + ["--"]
