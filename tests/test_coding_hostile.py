@@ -333,24 +333,9 @@ def _exfiltration_body(canary: Path) -> str:
     )
 
 
-@pytest.fixture
-def canary(tmp_path):
-    """A root-only file (0600) with a fresh secret, and the secret lines of /etc/shadow when readable."""
-    secret = secrets.token_hex(16)
-    path = Path(f"/tmp/prefharness-canary-{secrets.token_hex(4)}")
-    path.write_text(secret)
-    path.chmod(0o600)
-    try:
-        shadow = [line for line in Path("/etc/shadow").read_text().splitlines() if ":" in line]
-    except OSError:
-        shadow = []
-    yield path, [secret, *shadow]
-    path.unlink()
-
-
 @needs_bwrap
-def test_error_text_leaks_nothing_into_verdicts_or_samples(checker, canary):
-    path, secrets_ = canary
+def test_error_text_leaks_nothing_into_verdicts_or_samples(checker, root_only_canary):
+    path, secrets_ = root_only_canary
     body = _exfiltration_body(path)
     result = score_completions("hostile", [SQUARES], [[body, HONEST]], CodingConfig(n_samples=2), checker)
     text = json.dumps(result.samples)
@@ -376,12 +361,13 @@ class _CannedGenerator:
 
 
 @needs_bwrap
-def test_no_leak_into_samples_jsonl_or_mlflow_artifacts(shared_data, canary, isolated_results, tmp_path, monkeypatch):
+def test_no_leak_into_samples_jsonl_or_mlflow_artifacts(shared_data, root_only_canary, isolated_results, tmp_path,
+                                                         monkeypatch):
     # End to end: the real HumanEval+ task with hostile completions, its output folder logged to MLflow.
     from harness import tracking
     from harness.evaluation import EvalContext, run_tasks
 
-    path, secrets_ = canary
+    path, secrets_ = root_only_canary
     body = _exfiltration_body(path)
     ctx = EvalContext(model_path="unused", out_dir=tmp_path / "eval", limit=1, seed=0,
                       _generator=_CannedGenerator([body] * 10))
