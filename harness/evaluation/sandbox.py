@@ -440,7 +440,7 @@ class SandboxProcess:
         while True:
             newline = self._buffer.find(b"\n", self._scanned)
             if newline >= 0:
-                line = bytes(self._buffer[:newline])
+                line = bytes(memoryview(self._buffer)[:newline])  # one copy (large outputs are MBs)
                 del self._buffer[: newline + 1]
                 self._scanned = 0
                 return line

@@ -51,9 +51,12 @@ class Channel:
             self._position = 0
 
     def write_line(self, line: str | bytes) -> None:
-        data = memoryview((line.encode() if isinstance(line, str) else line) + b"\n")
-        while data:
-            data = data[self._write(self._write_fd, data):]
+        data = line.encode() if isinstance(line, str) else line
+        # Small lines in one write; large ones (MBs of output) without copying them once more.
+        for part in ((data + b"\n",) if len(data) < 65536 else (data, b"\n")):
+            view = memoryview(part)
+            while view:
+                view = view[self._write(self._write_fd, view):]
 
 
 def _libc():
