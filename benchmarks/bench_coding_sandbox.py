@@ -1,11 +1,12 @@
 """What the coding sandbox costs honest code: the canonical solutions of N HumanEval+ and N MBPP+
-problems checked by two checkouts of the harness (e.g. main and a branch), in alternating rounds.
+problems, each checked S times (a model's samples), by two checkouts of the harness (e.g. main and a
+branch), in alternating rounds.
 
-Each measurement is a fresh interpreter with PYTHONPATH at one checkout, timing only
-`CodeChecker.check_many` (the expected outputs are computed once per checkout beforehand, untimed, and
-read from that checkout's own cache). Prints each round's seconds side by side and the ratio of medians.
+Each measurement is a fresh interpreter with PYTHONPATH at one checkout, timing `CodeChecker.check_many`
+(which reads the expected outputs from that checkout's own cache; they are computed beforehand, untimed).
+Prints each round's seconds side by side and the ratio of medians.
 
-    .venv/bin/python benchmarks/bench_coding_sandbox.py --roots /work/main . [--problems 20] [--rounds 5]
+    .venv/bin/python benchmarks/bench_coding_sandbox.py --roots /work/main . [--problems 20] [--samples 5] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ _WORKER = r"""
 import json, sys, time
 from harness.evaluation.coding import CodeChecker, CodingConfig, load_humaneval_plus, load_mbpp_plus
 
-n, workers, warm = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "warm"
+n, samples, workers, warm = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "warm"
 problems = load_humaneval_plus()[:n] + load_mbpp_plus()[:n]
 checker = CodeChecker(CodingConfig(workers=workers))
-items = [(p, p.reference_program) for p in problems]
+items = [(p, p.reference_program) for p in problems for _ in range(samples)]
 if warm:
     for p in problems:
         checker.expected(p)
@@ -35,14 +36,15 @@ if warm:
 start = time.perf_counter()
 verdicts = checker.check_many(items)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "failed": [p.task_id for p, v in zip(problems, verdicts) if not v.passed]}))
+print(json.dumps({"seconds": seconds, "failed": sorted({p.task_id for (p, _), v in zip(items, verdicts) if not v.passed})}))
 """
 
 
-def _measure(root: Path, results_dir: Path, problems: int, workers: int, warm: bool = False) -> dict:
+def _measure(root: Path, results_dir: Path, problems: int, samples: int, workers: int, warm: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root), "HARNESS_RESULTS_DIR": str(results_dir),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", _WORKER, str(problems), str(workers), "warm" if warm else "time"],
+    done = subprocess.run([sys.executable, "-c", _WORKER, str(problems), str(samples), str(workers),
+                           "warm" if warm else "time"],
                           env=env, cwd=root, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{root}: worker failed:\n{done.stderr[-3000:]}")
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--roots", nargs=2, type=Path, required=True, metavar=("A", "B"),
                         help="two checkouts of the harness (A is the reference, e.g. main)")
     parser.add_argument("--problems", type=int, default=20, help="first N problems of each of HumanEval+ and MBPP+")
+    parser.add_argument("--samples", type=int, default=5, help="checks of each canonical solution")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
@@ -61,14 +64,15 @@ def main() -> None:
     roots = [r.resolve() for r in args.roots]
     stores = {root: Path(tempfile.mkdtemp(prefix="bench-coding-sandbox-")) for root in roots}
     for root in roots:  # expected outputs, untimed
-        _measure(root, stores[root], args.problems, args.workers, warm=True)
+        _measure(root, stores[root], args.problems, args.samples, args.workers, warm=True)
     times: dict[Path, list[float]] = {root: [] for root in roots}
-    print(f"{2 * args.problems} canonical solutions, workers={args.workers}; load {os.getloadavg()}")
+    print(f"{2 * args.problems} canonical solutions x {args.samples} checks, workers={args.workers}; "
+          f"load {os.getloadavg()}")
     for i in range(args.rounds):
         order = roots if i % 2 == 0 else roots[::-1]
         row = {}
         for root in order:
-            result = _measure(root, stores[root], args.problems, args.workers)
+            result = _measure(root, stores[root], args.problems, args.samples, args.workers)
             if result["failed"]:
                 print(f"  {root}: canonical solutions failed: {result['failed']}")
             times[root].append(result["seconds"])

@@ -131,9 +131,9 @@ def check_output(dataset: str, entry_point: str, inp: Any, out: Any, exp: Any, a
 # --------------------------------------------------------------------------------------------------
 
 
-def expected_size(line: str) -> int:
+def expected_size(line: bytes) -> int:
     """Length of the plain text an expected output line stands for (a digest records it)."""
-    return int(line.rsplit(":", 1)[1]) if line.startswith("#") else len(line) - 1
+    return int(line.rsplit(b":", 1)[1]) if line[:1] == b"#" else len(line) - 1
 
 
 def inputs_text(inputs: Sequence[Any]) -> str:
@@ -142,14 +142,14 @@ def inputs_text(inputs: Sequence[Any]) -> str:
 
 
 def compute_expected(code: str, entry_point: str, dataset: str, splits: dict[str, Sequence[Any]],
-                     limits: SandboxLimits) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
+                     limits: SandboxLimits) -> tuple[dict[str, list[bytes]], dict[str, list[float]]]:
     """Run the trusted canonical `code` on every input (EvalPlus's `trusted_exec`): per split, the output
     lines (`=` plain text or `#` digest, see `code_runner.output_line`) and the seconds each call took."""
     names = list(splits)
     request = ('{"mode":"oracle","code":' + json.dumps(code) + ',"entry_point":' + json.dumps(entry_point)
                + ',"dataset":' + json.dumps(dataset) + ',"splits":['
                + ",".join(inputs_text(splits[n]) for n in names) + "]}")
-    outputs: dict[str, list[str]] = {n: [] for n in names}
+    outputs: dict[str, list[bytes]] = {n: [] for n in names}
     times: dict[str, list[float]] = {n: [] for n in names}
     with SandboxProcess(RUNNER_MODULES, request, limits, max_line_bytes=32 * MiB) as proc:
         try:
@@ -159,7 +159,7 @@ def compute_expected(code: str, entry_point: str, dataset: str, splits: dict[str
                     if timing is None or output is None:
                         raise TimeoutError(f"the canonical solution took longer than {limits.wall_seconds:.0f} s")
                     times[name].append(float(json.loads(timing[1:])["t"]))
-                    outputs[name].append(output.decode())
+                    outputs[name].append(output)
         except (SandboxClosed, SandboxProtocolError, TimeoutError, ValueError, KeyError) as err:
             raise RuntimeError(f"the canonical solution did not run: {err}: {proc.close().output_tail[-1500:]}") from err
     return outputs, times
@@ -179,11 +179,11 @@ class SplitSpec:
     name: str
     inputs: Sequence[Any]  # the argument lists (find_zero's oracle reads them)
     args_texts: Sequence[str]  # plain text of each argument list (see `args_texts`)
-    expected: Sequence[str]  # expected output lines (see `compute_expected`)
+    expected: Sequence[bytes]  # expected output lines (see `compute_expected`)
     time_limits: Sequence[float]
     _decoded: dict[int, Any] = field(default_factory=dict)
     _call_lines: list[bytes] | None = None
-    _same_text: list[bytes | None] | None = None
+    _same_text: list[bool] | None = None
 
     def expected_value(self, i: int) -> Any:
         if i not in self._decoded:
@@ -197,15 +197,13 @@ class SplitSpec:
             self._call_lines = [f"c{limit!r} {args}".encode() for limit, args in zip(self.time_limits, self.args_texts)]
         return self._call_lines
 
-    def same_text_passes(self, dataset: str, entry_point: str) -> list[bytes | None]:
-        """Per input, the expected plain text whose exact repetition is a pass, or None where equal text
+    def same_text_passes(self, dataset: str, entry_point: str) -> list[bool]:
+        """Per input, whether repeating the expected plain text exactly is a pass. Not where equal text
         does not settle it: an opaque value or NaN (neither equals itself), a special oracle, a digest."""
         if self._same_text is None:
             special = (dataset, entry_point) in _SPECIAL
-            self._same_text = [
-                None if special or not line.startswith("=") or '"opaque"' in line or "NaN" in line
-                else line[1:].encode() for line in self.expected
-            ]
+            self._same_text = [not special and line[:1] == b"=" and b'"opaque"' not in line and b"NaN" not in line
+                               for line in self.expected]
         return self._same_text
 
 
@@ -248,12 +246,13 @@ def _error_text(line: bytes) -> tuple[str, bool]:
 
 
 def _judge(line: bytes, spec: SplitSpec, i: int, dataset: str, entry_point: str, atol: float,
-           same_text: bytes | None) -> tuple[str, str | None, float]:
+           same_text: bool) -> tuple[str, str | None, float]:
     """(status, error, atol to carry) for the reply to input `i`."""
+    expected = spec.expected[i]
     if line[:1] == b"=":
-        if same_text is not None and memoryview(line)[1:] == same_text:  # no copy of a large output
+        if same_text and line == expected:  # equal canonical text (a bytes compare, even for MBs)
             return "pass", None, atol
-        if spec.expected[i][:1] != "=":
+        if expected[:1] != b"=":
             return "fail", f"wrong output for input {i}", atol
         try:
             out = plain_data.loads(line[1:])
@@ -267,7 +266,7 @@ def _judge(line: bytes, spec: SplitSpec, i: int, dataset: str, entry_point: str,
     if line[:1] == b"!":
         error, timed_out = _error_text(line)
         return ("timeout" if timed_out else "fail"), error, atol
-    if line[:1] == b"#" and line.decode("ascii", "replace") == spec.expected[i]:
+    if line[:1] == b"#" and line == expected:
         return "pass", None, atol
     return "fail", f"wrong output for input {i}" + (" (compared by digest)" if line[:1] == b"#" else ""), atol
 

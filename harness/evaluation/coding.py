@@ -354,12 +354,35 @@ class Verdict:
 
 @dataclass
 class Expected:
-    outputs: dict[str, list[str]]  # per split, each input's expected output line (code_grading.compute_expected)
+    outputs: dict[str, list[bytes]]  # per split, each input's expected output line (code_grading.compute_expected)
     times: dict[str, list[float]]
 
 
 ORACLE_VERSION = "2"  # bump when the oracle's outputs or timing change meaning (invalidates the cache)
 SPLITS = ("base", "plus")
+
+
+def _write_expected(path: Path, expected: Expected) -> None:
+    # A JSON header (times, and how many lines each split has), then the output lines as they are: no
+    # line contains a newline, and reading them back is a split, not a parse (some are MBs of text).
+    header = {"times": expected.times, "counts": {name: len(lines) for name, lines in expected.outputs.items()}}
+    with path.open("wb") as fh:
+        fh.write(json.dumps(header).encode() + b"\n")
+        for name in expected.outputs:
+            for line in expected.outputs[name]:
+                fh.write(line + b"\n")
+
+
+def _read_expected(path: Path) -> Expected:
+    header_line, *lines = path.read_bytes().split(b"\n")
+    header = json.loads(header_line)
+    lines.pop()  # the empty string after the last newline
+    outputs, start = {}, 0
+    for name, count in header["counts"].items():
+        outputs[name], start = lines[start:start + count], start + count
+    if start != len(lines):
+        raise ValueError(f"{path}: {len(lines)} output lines, the header counts {start}")
+    return Expected(outputs, header["times"])
 
 
 def _expected_cache_dir() -> Path:
@@ -382,15 +405,14 @@ class CodeChecker:
         self._specs: dict[tuple[str, str], list[SplitSpec]] = {}
 
     def _cache_file(self, problem: CodeProblem) -> Path:
-        name = f"{problem.dataset}-{problem.task_id.replace('/', '_')}-{problem.source_digest}-v{ORACLE_VERSION}.json"
+        name = f"{problem.dataset}-{problem.task_id.replace('/', '_')}-{problem.source_digest}-v{ORACLE_VERSION}.lines"
         return _expected_cache_dir() / name
 
     def expected(self, problem: CodeProblem) -> Expected:
         key = (problem.dataset, problem.task_id)
         cache_file = self._cache_file(problem) if self.disk_cache and problem.source_digest else None
         if key not in self._expected and cache_file is not None and cache_file.exists():
-            data = json.loads(cache_file.read_text(encoding="utf-8"))
-            self._expected[key] = Expected(data["outputs"], data["times"])
+            self._expected[key] = _read_expected(cache_file)
         if key not in self._expected:
             limits = SandboxLimits(wall_seconds=600, cpu_seconds=600, memory_bytes=max(4 * GiB, self.config.memory_bytes),
                                    max_processes=self.config.max_processes, file_size_bytes=1024 * MiB)
@@ -404,7 +426,7 @@ class CodeChecker:
             if cache_file is not None:
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps({"outputs": outputs, "times": times}), encoding="utf-8")
+                _write_expected(tmp, self._expected[key])
                 os.replace(tmp, cache_file)  # atomic: concurrent evaluations never read half a file
         return self._expected[key]
 
