@@ -308,10 +308,16 @@ def _run_split(proc: SandboxProcess, spec: SplitSpec, code: str, entry_point: st
         if status != "pass":
             # Fast check: the split stops here. Answers already requested are read and dropped (a time-out
             # among them ends the sample: the next split would start in a busy process).
+            verdict = SplitVerdict(status, i, i, error)
             for j in range(i + 1, len(sent_at)):
-                if proc.receive(min(split_deadline, time.monotonic() + spec.time_limits[j] + RESPONSE_SLACK_SECONDS)) is None:
-                    return SplitVerdict(status, i, i, error), False
-            return SplitVerdict(status, i, i, error), True
+                proc.max_line_bytes = max(_MIN_LINE_BYTES, 4 * expected_size(spec.expected[j]) + 65536)
+                try:
+                    dropped = proc.receive(min(split_deadline, time.monotonic() + spec.time_limits[j] + RESPONSE_SLACK_SECONDS))
+                except (SandboxClosed, SandboxProtocolError):
+                    dropped = None
+                if dropped is None:
+                    return verdict, False
+            return verdict, True
     return SplitVerdict("pass", n), True
 
 
@@ -397,8 +403,9 @@ def check_assertions(prompt: str, completion: str, test: str, entry_point: str, 
             if line is None:
                 return AssertionVerdict("timed out", driver.isolation)
             if line.startswith(b"!"):
-                report = json.loads(line[1:])  # trusted: the driver runs only the problem's own code
-                return AssertionVerdict(str(report["outcome"]), code_proc.isolation)
+                report = json.loads(line[1:])  # the driver runs only the problem's own code, but a
+                # failure message may quote the candidate's error text: cut it like any other.
+                return AssertionVerdict(str(report["outcome"])[:ERROR_CHARS + len("failed: ")], code_proc.isolation)
             remaining = deadline - time.monotonic()
             call = f"c{max(remaining, 0.001)!r} ".encode() + line[1:]
             try:
