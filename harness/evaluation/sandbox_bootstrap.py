@@ -241,8 +241,10 @@ def main() -> None:
         if uid is not None:
             try:
                 applied["identity"] = _drop_privileges(uid, keep_read_search=not bubblewrap)
-            except OSError as e:  # e.g. a root without CAP_SETUID: carry on, reporting the missing layer
-                applied["identity"] = f"unavailable ({e})"
+            except OSError as e:
+                if bubblewrap:  # it holds CAP_SETUID/CAP_SETGID for this alone: never run code with them
+                    raise
+                applied["identity"] = f"unavailable ({e})"  # e.g. a root without CAP_SETUID: carry on, reported
         elif layers["drop_privileges"]:
             applied["identity"] = f"unavailable (not root; shares uid {os.getuid()})"
         if not bubblewrap:
