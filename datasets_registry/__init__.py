@@ -1,7 +1,9 @@
 """Preference datasets, prompt sets and mixes, registered by name (see `core.py` for the row schema).
 
 Adding a dataset: one module that calls `register(DatasetSpec(...))` (or `source_spec(...)` for a
-dataset read from local files / the hub), plus one import line below.
+dataset read from local files / the hub), plus one import line below. Give it its curation `rule`, the
+rule's `rule_source` (paper section, authors' script), a pinned hub `revision` (or `unpinned_reason`), and
+`released_as` when the authors released a split of it.
 """
 
 from datasets_registry import (  # noqa: F401  (importing registers the datasets)
@@ -15,6 +17,7 @@ from datasets_registry import (  # noqa: F401  (importing registers the datasets
     orca,
     prm800k,
     prompts,
+    released,
     shp2,
     smoke_lowercase,
     stack_exchange,
@@ -34,8 +37,9 @@ from datasets_registry.core import (
     stable_id,
     write_prepared,
 )
+from datasets_registry.released import released_name
 
 __all__ = [
     "DATASETS", "DataFormatError", "DataUnavailableError", "DatasetSpec", "DropRow", "PreparedSplit",
-    "fingerprint_rows", "prepare", "register", "stable_id", "write_prepared",
+    "fingerprint_rows", "prepare", "register", "released_name", "stable_id", "write_prepared",
 ]

@@ -42,9 +42,11 @@ def curate_gpt4(raw: dict[str, Any]) -> dict[str, Any]:
     return _curate("alpacafarm-gpt4", raw)
 
 
-for _name, _file, _curate_fn, _type, _size, _what in (
-    ("alpacafarm-human", "alpaca_human_preference.json", curate_human, "human", 9_686, "human"),
-    ("alpacafarm-gpt4", "alpaca_gpt4_preference.json", curate_gpt4, "synthetic", 19_465, "GPT-4"),
+for _name, _file, _curate_fn, _type, _size, _what, _released in (
+    ("alpacafarm-human", "alpaca_human_preference.json", curate_human, "human", 9_686, "human",
+     "alpaca_farm_human_pref"),
+    ("alpacafarm-gpt4", "alpaca_gpt4_preference.json", curate_gpt4, "synthetic", 19_465, "GPT-4",
+     "alpaca_farm_gpt4_pref"),
 ):
     register(source_spec(
         name=_name,
@@ -59,6 +61,12 @@ for _name, _file, _curate_fn, _type, _size, _what in (
         hub_files=(_file,),
         license="CC-BY-NC-4.0",
         paper_size=_size,
+        expected_size=_size,
+        rule="prompt = instruction (+ blank line + input when present); preference 1 -> output_1 chosen, "
+             "2 -> output_2 chosen",
+        rule_source="App. B (the 'preference' splits); the authors' script has no branch for it (released split "
+                    f"{_released})",
+        released_as=f"tulu25-{_released}",
         local_files=(f"tatsu-lab/alpaca_farm/{_file}", f"alpaca_farm/{_file}"),
         how_to_get=f"download {_file} of the hub repo tatsu-lab/alpaca_farm into <data dir>/tatsu-lab/alpaca_farm/",
     ))

@@ -93,9 +93,17 @@ register(source_spec(
     curate=curate_2023,
     hub_id="lmsys/chatbot_arena_conversations",
     split="train",
-    revision=None,  # no commit id could be verified offline; the dataset has had one release
+    # The id a public project pins this dataset to (found in the stored code corpus); the dataset has had one
+    # data release (2023).
+    revision="1b6335d42a1d2c7e34870c905d03ab964f7f2bd8",
     license="prompts CC-BY-4.0, outputs CC-BY-NC-4.0",
     paper_size=20_465,
+    expected_size=20_465,
+    rule="single-turn battles only (turn == 1, one user and one assistant message per side), ties "
+         "(tie, tie (bothbad)) removed; chosen = the winner's reply",
+    rule_source="App. B (Chatbot Arena Conversations); the authors' script has no branch for it (released split "
+                "chatbot_arena_2023, 20,465 rows)",
+    released_as="tulu25-chatbot_arena_2023",
     local_files=("lmsys/chatbot_arena_conversations/data/*.parquet", "lmsys/chatbot_arena_conversations/*.jsonl*",
                  "chatbot_arena_conversations/*.jsonl*"),
     how_to_get="accept the terms of the gated hub repo lmsys/chatbot_arena_conversations, then download "
@@ -111,10 +119,18 @@ register(source_spec(
     curate=curate_2024,
     hub_id="lmsys/lmsys-arena-human-preference-55k",
     split="train",
-    revision=None,  # only the short id 18c2983 (May 2024) is known offline
+    # "Update README.md", 2024-05-17, the last commit listed on the hub (the repo now lives at
+    # lmarena-ai/arena-human-preference-55k; the old id redirects).
+    revision="18c298340948c0e7f7727399fd459cca6ce0ca6f",
     hub_files=("train.csv",),
     license="Apache-2.0",
     paper_size=34_269,
+    expected_size=34_269,
+    rule="single-turn battles only (one prompt and one response per side in the JSON lists), ties removed; "
+         "chosen = the winner's response",
+    rule_source="App. B (Chatbot Arena Preferences); the authors' script has no branch for it (released split "
+                "chatbot_arena_2024, 34,269 rows)",
+    released_as="tulu25-chatbot_arena_2024",
     local_files=("lmsys/lmsys-arena-human-preference-55k/train.csv", "lmarena-ai/arena-human-preference-55k/train.csv",
                  "preferences/arena_55k/*.csv"),
     how_to_get="download train.csv of the hub repo lmsys/lmsys-arena-human-preference-55k into "

@@ -20,6 +20,7 @@ are grouped before curation, e.g. all PRM800K labels of one problem).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import gzip
@@ -38,8 +39,15 @@ from harness.registry import Registry
 DatasetKind = Literal["preference", "prompts"]
 SourceType = Literal["human", "web", "synthetic", "mixed", "built-in"]
 # Where an entry sits in the paper: the 14 datasets of Table 1, variants (Tables 2, 7), mixes
-# (Table 6), prompt sets for policy training (§3.4, App. J), or built-in smoke data.
-Group = Literal["table1", "variant", "mix", "prompts", "built-in", "other"]
+# (Table 6), prompt sets for policy training (§3.4, App. J), built-in smoke data, or the authors'
+# released splits (allenai/tulu-2.5-preference-data, read as published).
+Group = Literal["table1", "variant", "mix", "prompts", "built-in", "released", "other"]
+GROUPS: tuple[str, ...] = ("table1", "variant", "mix", "prompts", "built-in", "released", "other")
+
+
+# The authors' preference-data build script (named by the allenai/tulu-2.5-preference-data card); specs cite it
+# in `rule_source`, followed by the script's branch (its `--input_dataset`).
+AUTHORS_SCRIPT = "hamishivi/EasyLM conversion_scripts/convert_preference_data.py"
 
 
 class DropRow(Exception):
@@ -90,6 +98,22 @@ class DatasetSpec:
     # For specs built by `source_spec`: how one raw file is read, and the optional grouping of raw rows.
     read: Callable[[Path], Iterable[dict[str, Any]]] | None = None
     group_raw: Callable[[Iterable[dict[str, Any]]], Iterable[Any]] | None = None
+    # --- provenance of the curation rule (shown by `harness data show`, tabled in the README) ---
+    rule: str = ""  # what the code does to raw rows, in one or two sentences
+    rule_source: str = ""  # where the rule comes from: paper section and/or the authors' script
+    deviation: str = ""  # where paper and authors' code disagree, or the code departs from both, and why
+    expected_size: int | None = None  # rows expected after curation at full scale (may differ from paper_size)
+    # Why `revision` is None for a hub source (no commit id could be found); required for unpinned hub sources.
+    unpinned_reason: str = ""
+    # The generic "identical chosen and rejected" drop; off where the authors' build keeps such rows.
+    drop_identical: bool = True
+    # Registry name of the authors' released split of this dataset (`build: released` in a grid).
+    released_as: str | None = None
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the hub source (if any) is pinned to a commit; local-only data counts as pinned."""
+        return self.hub_id is None or self.revision is not None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -146,8 +170,11 @@ def fingerprint_rows(rows: list[dict[str, Any]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_preference_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Generic malformed-row rules (App. B footnote: 'we filter out any malformed examples')."""
+def check_preference_row(row: dict[str, Any], *, drop_identical: bool = True) -> dict[str, Any]:
+    """Generic malformed-row rules (App. B footnote: 'we filter out any malformed examples').
+
+    `drop_identical=False` keeps pairs whose chosen and rejected texts are equal: the authors' build
+    script has no such rule, and where Table 1's count equals the source's size they were kept."""
     for key in ("prompt", "chosen", "rejected"):
         if key not in row or not row[key]:
             raise DropRow(f"missing_{key}")
@@ -155,7 +182,8 @@ def check_preference_row(row: dict[str, Any]) -> dict[str, Any]:
         for message in row[key]:
             if not isinstance(message.get("content"), str) or not message["content"].strip():
                 raise DropRow(f"empty_turn_{key}")
-    if [m["content"].strip() for m in row["chosen"]] == [m["content"].strip() for m in row["rejected"]]:
+    if drop_identical and ([m["content"].strip() for m in row["chosen"]]
+                           == [m["content"].strip() for m in row["rejected"]]):
         raise DropRow("identical_chosen_rejected")
     return row
 
@@ -198,7 +226,8 @@ def prepare_spec(spec: DatasetSpec, *, seed: int = 0, max_rows: int | None = Non
         if spec.load_files is None:
             raise ValueError(f"dataset {name!r} does not read raw files")
         raw_rows: Iterable[Any] = spec.load_files([Path(f) for f in files])
-        sources = [str(f) for f in files]
+        # a loader may read more than the files given (e.g. a prompt filter's own source)
+        sources = list(getattr(raw_rows, "sources", [str(f) for f in files]))
     else:
         raw_rows = spec.load_raw(seed)
         sources = []
@@ -213,7 +242,12 @@ def _curate_and_sample(spec: DatasetSpec, raw_rows: Iterable[Any], *, seed: int,
     heap: list[tuple[int, str, dict[str, Any]]] = []  # (-key, id, row): max-heap of the k smallest keys
     kept_all: list[dict[str, Any]] = []
     raw_count = 0
-    check = check_preference_row if spec.kind == "preference" else check_prompt_row
+
+    def check(row: dict[str, Any]) -> dict[str, Any]:
+        if spec.kind == "preference":
+            return check_preference_row(row, drop_identical=spec.drop_identical)
+        return check_prompt_row(row)
+
     for raw in raw_rows:
         raw_count += 1
         if isinstance(raw, DropRow):
@@ -259,8 +293,9 @@ def _prepare_mix(spec: DatasetSpec, *, seed: int, max_rows: int | None) -> Prepa
             dropped[f"{component}/short_by"] += count - part.kept
         pooled.extend({**row, "source": component} for row in part.rows)
 
-    mixed = _curate_and_sample(dataclasses.replace(spec, curate=lambda row: row), pooled, seed=seed,
-                               max_rows=max_rows, sources=sources)
+    # Components already applied their own rules (some keep identical pairs, as the authors did).
+    pooled_spec = dataclasses.replace(spec, curate=lambda row: row, drop_identical=False)
+    mixed = _curate_and_sample(pooled_spec, pooled, seed=seed, max_rows=max_rows, sources=sources)
     mixed.raw_count = raw_count
     for reason, n in mixed.dropped.items():
         dropped[reason] += n
@@ -273,9 +308,9 @@ def _prepare_mix(spec: DatasetSpec, *, seed: int, max_rows: int | None) -> Prepa
 # ---------------------------------------------------------------------------------------------
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """JSON lines (optionally .gz); a bad line fails naming file and line."""
+    """JSON lines (optionally .gz); a bad line (or a non-UTF-8 byte) fails naming file and line."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with opener(path, "rt", encoding="utf-8") as fh, _utf8_errors_name_the_line(path):
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -288,10 +323,22 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             yield row
 
 
+@contextlib.contextmanager
+def _utf8_errors_name_the_line(path: Path) -> Iterator[None]:
+    """A decoding error while reading `path` becomes a DataFormatError naming the file and the line
+    (the text reader decodes whole blocks, so its own error knows neither)."""
+    from harness.text_files import non_utf8_message
+
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise DataFormatError(non_utf8_message(path)) from None
+
+
 def read_json_array(path: Path) -> Iterator[dict[str, Any]]:
     """A JSON file holding a list of objects (AlpacaFarm's layout); JSON lines are accepted too."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with opener(path, "rt", encoding="utf-8") as fh, _utf8_errors_name_the_line(path):
         text = fh.read()
     if not text.lstrip().startswith("["):
         yield from read_jsonl(path)
@@ -310,7 +357,7 @@ def read_csv(path: Path) -> Iterator[dict[str, Any]]:
     """CSV with a header; rows carry `_line` (the file line the record starts on) for error messages."""
     csv.field_size_limit(2**31 - 1)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+    with opener(path, "rt", encoding="utf-8", newline="") as fh, _utf8_errors_name_the_line(path):
         reader = csv.DictReader(fh)
         if not reader.fieldnames:
             raise DataFormatError(f"{path}:1: empty CSV (no header)")

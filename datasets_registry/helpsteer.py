@@ -1,9 +1,18 @@
 """HelpSteer (Wang et al. 2023): nvidia/HelpSteer, train split (App. B).
 
 Each prompt has several responses, each rated 0-4 on helpfulness, correctness, coherence, complexity
-and verbosity. The overall score is the mean of the first four (verbosity excluded, App. B). One pair
-per prompt: the highest-scored response is chosen, the lowest-scored rejected; prompts whose responses
-all score the same (ties) or with a single response are dropped.
+and verbosity. The score of a response is the mean of the first four (verbosity excluded, App. B).
+One pair per prompt with at least two responses: the best-scored response is chosen (among equal best
+scores, the first in file order), and the rejected one is drawn at random among the others (a fixed
+per-prompt draw); no tie filter, so a rejected response may score as high as the chosen one. This is
+the authors' script's selection (~9,270 pairs, Table 1) with the paper's stated intent (best = chosen).
+
+Note on the authors' script (EasyLM `convert_preference_data.py`, every version): it sorts the
+responses by ascending mean score and takes `chosen = samples[0]`, i.e. the *lowest*-scored response,
+and the rejected one at random among the rest. The released split `helpsteer` of
+allenai/tulu-2.5-preference-data may therefore have chosen and rejected swapped (use `tulu25-helpsteer`
+to train on it exactly as released). This loader keeps the paper's intent.
+
 Raw units: one per prompt (responses are grouped first); responses with a non-numeric rating are
 dropped on their own and counted.
 """
@@ -14,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from datasets_registry.core import (
+    AUTHORS_SCRIPT,
     DropRow,
     preference_row,
     register,
@@ -52,14 +62,10 @@ def curate(group: dict[str, Any]) -> dict[str, Any]:
     responses = group["responses"]
     if len(responses) < 2:
         raise DropRow("single_response")
-    ranked = sorted(responses, key=lambda r: (overall(r), r["response"]))
-    low, high = overall(ranked[0]), overall(ranked[-1])
-    if low == high:
-        raise DropRow("tie")
-    best = [r for r in ranked if overall(r) == high]
-    worst = [r for r in ranked if overall(r) == low]
-    pick = row_rng("helpsteer", group["prompt"])
-    chosen, rejected = best[pick % len(best)], worst[(pick >> 20) % len(worst)]
+    best = max(range(len(responses)), key=lambda i: (overall(responses[i]), -i))  # first of the best
+    chosen = responses[best]
+    others = [r for i, r in enumerate(responses) if i != best]
+    rejected = others[row_rng("helpsteer", group["prompt"]) % len(others)]
     scores = {f"{side}_{aspect}": resp[aspect] for side, resp in (("chosen", chosen), ("rejected", rejected))
               for aspect in (*ASPECTS, "verbosity") if aspect in resp}
     scores.update(chosen_overall=overall(chosen), rejected_overall=overall(rejected))
@@ -72,7 +78,7 @@ register(source_spec(
     kind="preference",
     source_type="human",
     group="table1",
-    description="HelpSteer: best vs worst response per prompt by the mean of 4 ratings (verbosity excluded).",
+    description="HelpSteer: best response per prompt (mean of 4 ratings, verbosity excluded) vs a random other one.",
     curate=curate,
     group_raw=group_by_prompt,
     hub_id="nvidia/HelpSteer",
@@ -81,6 +87,17 @@ register(source_spec(
     hub_files=("train.jsonl.gz",),
     license="CC-BY-4.0",
     paper_size=9_270,
+    expected_size=9_270,
+    drop_identical=False,
+    rule="group responses by prompt; prompts with >= 2 responses give one pair: best mean of helpfulness, "
+         "correctness, coherence, complexity (verbosity excluded) = chosen, a random other response = rejected; "
+         "no tie filter",
+    rule_source="App. B (average of the fine-grained scores except verbosity); "
+                f"{AUTHORS_SCRIPT} (nvidia/HelpSteer: >= 2 responses, random rejected)",
+    deviation="every version of the authors' script sorts ascending and takes chosen = samples[0] (the lowest "
+              "score), so the released split may have chosen and rejected swapped; the paper's stated intent "
+              "(best = chosen) is kept here",
+    released_as="tulu25-helpsteer",
     # HelpSteer2 (../shared/data/preferences/helpsteer/) has the same columns but is another dataset: it is
     # not substituted here; pass it explicitly with `harness data prepare helpsteer --file ...`.
     local_files=("nvidia/HelpSteer/train.jsonl.gz", "nvidia/HelpSteer/train.jsonl", "helpsteer/train.jsonl*"),

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasets_registry.core import DropRow, preference_row, register, source_spec, text_field, variant
+from datasets_registry.core import (
+    AUTHORS_SCRIPT,
+    DropRow,
+    preference_row,
+    register,
+    source_spec,
+    text_field,
+    variant,
+)
 from datasets_registry.transcripts import check_alternating, parse_transcript
 
 SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
@@ -39,10 +47,20 @@ HH_RLHF = register(source_spec(
     curate=curate,
     hub_id="Anthropic/hh-rlhf",
     split="train",
-    revision="53bb19af48e3dc246069b4a2e757a5ee5caeb549",
+    # main since 2023-05-26 (160,800 train rows); the previous pin 53bb19a... could not be found on the hub.
+    revision="09be8c5bbc57cb3887f3a9732ad6aa7ec602a1fa",
     hub_files=tuple(f"{subset}/train.jsonl.gz" for subset in SUBSETS),
     license="MIT",
     paper_size=158_530,
+    expected_size=158_530,
+    rule="all four train subsets; transcripts split into messages, prompt = every turn before the final "
+         "assistant reply; dropped: unparseable / non-alternating transcripts, chosen and rejected prompts that "
+         "differ, empty turns, identical chosen and rejected",
+    rule_source=f"App. B ('the publicly available HuggingFace train split'); {AUTHORS_SCRIPT} (Anthropic/hh-rlhf: split at "
+                "the first differing turn; identical transcripts skipped)",
+    deviation="the authors' script keeps the turns up to the first difference when transcripts differ earlier; "
+              "here such pairs are dropped (prompt_mismatch)",
+    released_as="tulu25-hh_rlhf",
     local_files=(
         "Anthropic/hh-rlhf/*/train.jsonl.gz",  # hub layout (red-team-attempts has no train.jsonl.gz)
         "hh-rlhf/*/train.jsonl.gz",
@@ -53,13 +71,17 @@ HH_RLHF = register(source_spec(
 ))
 
 register(variant(HH_RLHF, name="hh-rlhf-60k", group="variant", downsample_to=SIZE_MATCHED,
-                 paper_size=SIZE_MATCHED,
+                 paper_size=SIZE_MATCHED, expected_size=SIZE_MATCHED, released_as="tulu25-hh_rlhf_60k",
+                 rule="hh-rlhf's pairs, seeded random downsample to 60,908",
+                 rule_source="App. B (size-matched splits for Table 2); released split hh_rlhf_60k",
                  description="HH-RLHF randomly downsampled to 60,908 pairs (size-matched, Table 2 / Table 6)."))
 
 # Not in Table 1: held-out human pairs (e.g. reward-model accuracy on real data); the real file ships in
 # ../shared/data, so this is the one full HH-RLHF split available offline.
 register(variant(
-    HH_RLHF, name="hh-rlhf-harmless-test", group="variant", split="test", paper_size=None,
+    HH_RLHF, name="hh-rlhf-harmless-test", group="variant", split="test", paper_size=None, expected_size=None,
+    released_as=None, rule="hh-rlhf's curation on the harmless-base test split", rule_source="not in the paper",
+    deviation="",
     description="HH-RLHF harmless-base test split (2,312 raw pairs): held-out evaluation pairs.",
     hub_files=("harmless-base/test.jsonl.gz",),
     local_files=("Anthropic/hh-rlhf/harmless-base/test.jsonl.gz", "hh-rlhf/harmless-base/test.jsonl.gz",

@@ -27,5 +27,9 @@ register(mix_spec(
     description="Reward-model mixture (Table 6): UltraFeedback FG, StackExchange, HH-RLHF, HelpSteer, PRM800K, Nectar.",
     components=RM_MIX,
     paper_size=RM_MIX_SIZE,
+    expected_size=RM_MIX_SIZE,
+    rule="the Table 6 counts taken from each component as prepared by its own loader (seeded), pooled",
+    rule_source="§4, App. B Table 6; released split preference_big_mixture (259,851 rows)",
+    released_as="tulu25-preference_big_mixture",
     license="per component",
 ))

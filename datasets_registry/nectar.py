@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from datasets_registry.core import (
+    AUTHORS_SCRIPT,
     DataFormatError,
     DropRow,
     preference_row,
@@ -66,10 +67,19 @@ NECTAR = register(source_spec(
     revision="4d713235890585261a631274742843c65434224c",
     license="Apache-2.0 (not to be used to compete with OpenAI)",
     paper_size=180_099,
+    expected_size=180_099,
+    rule="prompt transcript parsed into messages (empty final Assistant cue removed); rank-1 answer = chosen, "
+         "a random lower-ranked answer = rejected; ties and malformed transcripts dropped",
+    rule_source=f"App. B ('the publicly available HuggingFace train split'); {AUTHORS_SCRIPT} (berkeley-nest/Nectar: "
+                "rank-sorted, chosen = answers[0], rejected = random of the rest)",
+    released_as="tulu25-nectar",
     local_files=("berkeley-nest/Nectar/data/*.parquet", "berkeley-nest/Nectar/*.jsonl*", "nectar/*.jsonl*"),
     how_to_get="download data/rlaif.parquet of the hub repo berkeley-nest/Nectar into "
                "<data dir>/berkeley-nest/Nectar/data/",
 ))
 
 register(variant(NECTAR, name="nectar-60k", group="variant", downsample_to=SIZE_MATCHED, paper_size=SIZE_MATCHED,
+                 expected_size=SIZE_MATCHED, released_as="tulu25-nectar_60k",
+                 rule="nectar's pairs, seeded random downsample to 60,908",
+                 rule_source="App. B (size-matched splits for Table 2); released split nectar_60k",
                  description="Nectar downsampled to 60,908 pairs (size-matched, Table 2 / Table 6)."))

@@ -1,6 +1,7 @@
-"""Prompt sets for policy training (§3.4, App. J): UltraFeedback prompts, GSM8K train prompts, the
-candidate pools the math/code prompts are mined from (WildChat, LMSYS-Chat-1M), and the remixed
-60,908-prompt set. The mined math / code sets themselves are in `tagging.py`.
+"""Prompt sets for policy training (§3.4, App. J): UltraFeedback prompts, the 20K random UltraFeedback
+prompts of Fig. 3, GSM8K train prompts, the candidate pools the math/code prompts are mined from
+(WildChat, LMSYS-Chat-1M), and the remixed 60,908-prompt set. The mined math / code sets themselves are
+in `tagging.py`.
 
 Prompt rows: {"id", "prompt": [user message], "source", optional "answer"}. The id hashes only the
 prompt text, so the same prompt from two pools is one row in a mix (counted as a duplicate).
@@ -19,12 +20,21 @@ from datasets_registry.core import (
     register,
     source_spec,
     text_field,
+    variant,
     where,
 )
-from datasets_registry.ultrafeedback import ARGILLA_FILES, RAW_FILES, SHARED_ARGILLA, prompt_source
+from datasets_registry.ultrafeedback import (
+    ARGILLA_FILES,
+    ARGILLA_REVISION,
+    RAW_FILES,
+    SHARED_ARGILLA,
+    prompt_source,
+)
 
 REMIX_SIZE = 60_908
 MINED_PER_DOMAIN = 20_000
+FIG3_PROMPTS = 20_000  # Fig. 3: '20K random prompts from UltraFeedback'
+
 
 
 def prompt_row(source: str, text: str, **extra: Any) -> dict[str, Any]:
@@ -68,7 +78,7 @@ def curate_first_user_turn(source: str):
     return curate
 
 
-register(source_spec(
+PROMPTS_ULTRAFEEDBACK = register(source_spec(
     name="prompts-ultrafeedback",
     kind="prompts",
     source_type="synthetic",
@@ -77,12 +87,23 @@ register(source_spec(
     curate=curate_ultrafeedback_prompt,
     hub_id="argilla/ultrafeedback-binarized-preferences-cleaned",
     split="train",
-    revision="d4ade186a32a67516f0b41c021d1e837062724dc",
+    revision=ARGILLA_REVISION,
     license="MIT",
     paper_size=REMIX_SIZE,
     local_files=(*ARGILLA_FILES, *RAW_FILES, SHARED_ARGILLA),
     how_to_get="as for ultrafeedback-fg: argilla/ultrafeedback-binarized-preferences-cleaned (or raw "
                "openbmb/UltraFeedback) under <data dir>",
+    rule="the prompt of every UltraFeedback row (Argilla's cleaned release; raw rows: TruthfulQA prompts removed)",
+    rule_source="§3.4 (PPO prompts = the UltraFeedback prompts); Tulu 2.5 PPO model cards (prompts of the "
+                "ultrafeedback_mean_aspects split)",
+))
+
+register(variant(
+    PROMPTS_ULTRAFEEDBACK, name="prompts-ultrafeedback-20k", downsample_to=FIG3_PROMPTS, paper_size=FIG3_PROMPTS,
+    expected_size=FIG3_PROMPTS,
+    description="20,000 random UltraFeedback prompts: the UltraFeedback prompt set of Fig. 3.",
+    rule="prompts-ultrafeedback, seeded random downsample to 20,000",
+    rule_source="§3.4 / Fig. 3 ('20K random prompts from UltraFeedback')",
 ))
 
 register(source_spec(
@@ -95,9 +116,12 @@ register(source_spec(
     hub_id="openai/gsm8k",
     hub_config="main",
     split="train",
-    revision=None,  # no commit id could be verified offline
+    revision="740312add88f781978c0658806c59bc2815b9866",  # main (7,473 / 1,319 rows), pinned by public code
     license="MIT",
     paper_size=7_473,
+    expected_size=7_473,
+    rule="every train question, with the number after '####' as the answer (commas removed)",
+    rule_source="§3.4 / Fig. 3 (prompts from the GSM train set)",
     local_files=("openai/gsm8k/main/train-*.parquet", "benchmarks/gsm8k/train.jsonl", "gsm8k/train.jsonl"),
     how_to_get="download main/train-*.parquet of the hub repo openai/gsm8k into <data dir>/openai/gsm8k/main/",
 ))
@@ -111,7 +135,9 @@ register(source_spec(
     curate=curate_first_user_turn("wildchat"),
     hub_id="allenai/WildChat",
     split="train",
-    revision=None,
+    revision="f66566ceaaeb619dd98ffb0f3bf3ce1f86775ac4",  # the tree a public project links as its pinned source
+    rule="the first user turn of every conversation",
+    rule_source="App. J (prompts mined from WildChat)",
     license="ODC-BY (earlier releases: AI2 ImpACT low-risk)",
     local_files=("allenai/WildChat/data/*.parquet", "allenai/WildChat/*.jsonl*"),
     how_to_get="download data/*.parquet of the hub repo allenai/WildChat into <data dir>/allenai/WildChat/data/",
@@ -126,7 +152,9 @@ register(source_spec(
     curate=curate_first_user_turn("lmsys-chat-1m"),
     hub_id="lmsys/lmsys-chat-1m",
     split="train",
-    revision=None,
+    revision="200748d9d3cddcc9d782887541057aca0b18c5da",  # pinned by two public projects' code
+    rule="the first user turn of every conversation",
+    rule_source="App. J (prompts mined from LMSYS-1M)",
     license="LMSYS-Chat-1M Dataset License Agreement",
     local_files=("lmsys/lmsys-chat-1m/data/*.parquet", "lmsys/lmsys-chat-1m/*.jsonl*"),
     how_to_get="accept the terms of the gated hub repo lmsys/lmsys-chat-1m, then download data/*.parquet "
@@ -143,5 +171,9 @@ register(mix_spec(
                 ("prompts-ultrafeedback", None)),
     downsample_to=REMIX_SIZE,
     paper_size=REMIX_SIZE,
+    expected_size=REMIX_SIZE,
     license="per component",
+    rule="20k mined math + 20k mined code + all UltraFeedback prompts pooled (duplicates once), seeded random "
+         "downsample to 60,908",
+    rule_source="§3.4 (remixed prompts, Table 4), App. J",
 ))

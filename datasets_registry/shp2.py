@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from datasets_registry.core import (
+    AUTHORS_SCRIPT,
     DropRow,
     preference_row,
     register,
@@ -46,6 +47,11 @@ register(source_spec(
     revision="bacea6264d733debecd4677d932e02f2579c0ff5",
     license="CC BY-SA (StackExchange part); Reddit part under the Reddit API terms",
     paper_size=500_000,
+    expected_size=500_000,
+    rule="prompt = history; labels == 1 -> human_ref_A chosen, else human_ref_B; seeded random downsample "
+         "to 500,000",
+    rule_source=f"App. B ('train split, randomly down-sample to 500,000'); {AUTHORS_SCRIPT} (stanfordnlp/SHP-2)",
+    released_as="tulu25-shp_2",
     downsample_to=500_000,
     local_files=("stanfordnlp/SHP-2/**/train.json", "stanfordnlp/SHP-2/**/train.jsonl", "shp-2/train.jsonl*"),
     how_to_get="download the train.json files (reddit/<domain>/, stackexchange/<domain>/) of the hub repo "

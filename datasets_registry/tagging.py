@@ -3,8 +3,8 @@ Fig. 5, then keep prompts tagged Coding (resp. Math) with as few other tags as p
 tagged Unclear or Multilingual.
 
 The tagger is any OpenAI-compatible chat endpoint (`openai_complete`), or any `complete(messages) -> str`
-callable. Every answer is cached in SQLite (`results/tagging/prompt_tags.sqlite`, keyed by tagger model
-and prompt id) before it is used, so a rerun makes no new calls; unparseable answers are cached too and
+callable. The prompt is Fig. 5's, verbatim. Every answer is cached in SQLite
+(`results/tagging/prompt_tags.sqlite`, keyed by tagging template, tagger model and prompt id) before it is used, so a rerun makes no new calls; unparseable answers are cached too and
 counted as drops (`tag_parse_failed`), never silently retried.
 
     harness data tag-prompts --pool prompts-ultrafeedback --pool prompts-wildchat \\
@@ -34,14 +34,15 @@ TAGS = ("Coding", "Math", "Asking for Advice", "Brainstorming", "Classification"
         "Rewriting", "Summarization", "Multilingual", "Unclear")
 EXCLUDED = ("Unclear", "Multilingual")
 
-# The tag list and output format follow Fig. 5 (task tags with a one-line gloss each, JSON answer).
+# Fig. 5 of the paper, verbatim as printed (its line breaks inside the long tag comments included);
+# `{$instruction}` is where the unlabelled prompt goes.
 TAG_PROMPT = """# Instruction
 
 Please label the task tags for the user query.
 
 ## User Query
 '''
-{instruction}
+{$instruction}
 '''
 
 ## Tagging the user input
@@ -49,43 +50,55 @@ Please label the task tags for the user query.
 ### Task Tags
 
 all_task_tags = [
-    "Coding", # Writing, reviewing or fixing program code.
-    "Math", # Mathematical concepts, problems and calculations.
-    "Asking for Advice", # Recommendations, suggestions or advice on a topic.
-    "Brainstorming", # Generating ideas or exploring possibilities.
-    "Classification", # Sorting or organising information into groups or classes.
-    "Closed Question Answering", # Questions with a specific, short answer.
-    "Creative Writing", # Stories, poems or other creative texts.
-    "Extraction", # Pulling specific details out of a larger text.
-    "Inhabiting a Character/Persona", # The model plays a character or persona.
-    "Open Question Answering", # Questions needing detailed or elaborate answers.
-    "Rewriting", # Rephrasing, summarising or rewriting text.
-    "Summarization", # Condensing content into a shorter form.
-    "Multilingual", # Queries in natural languages other than English.
-    "Unclear", # Ambiguous, vague or unclear queries.
+    "Coding", # Users seek help with writing, reviewing, or fixing code in programming.
+    "Math", # Queries related to mathematical concepts, problems, and calculations.
+    "Asking for Advice", # Users seek recommendations, suggestions,
+    or advice on various topics.
+    "Brainstorming", # Involves generating ideas, creative thinking,
+    or exploring possibilities.
+    "Classification", # Queries require categorizing or organizing information into
+    groups or classes.
+    "Closed Question Answering", # Users ask questions that require a specific
+    answer or a short response.
+    "Creative Writing", # Users seek assistance with crafting stories, poems,
+    or other creative texts.
+    "Extraction", # Involves extracting specific information or details from
+    a larger body of text.
+    "Inhabiting a Character/Persona", # Users engage in scenarios requiring
+    the model to adopt a character or persona.
+    "Open Question Answering", # Users ask questions that require detailed
+    or elaborate responses.
+    "Rewriting", # Users ask for help in rephrasing, summarizing, or rewriting text.
+    "Summarization", # Involves condensing information, text, or content
+    into a shorter form.
+    "Multilingual", # Queries involving non-English natural languages.
+    "Unclear", # Queries that are ambiguous, vague, or unclear.
 ]
 
 ## Output Format
 
-Select only the most relevant task types.
-Use the multilingual tag if the query is not in English.
-Use the unclear tag if the query has no obvious question to answer.
-Output your tags in JSON, filling in the placeholders in []:
+Note that you can only select the most relevant task types.
+Please use the multilingual tag if the query is in a language other than English.
+Add the unclear tag if there is no obvious question to answer in the prompt.
+Now, please output your tags below in a json format by filling in the placeholders in []:
 '''
-{{
+{
     "tags": ["[tag 1]", "[tag 2]", ... ]
-}}
+}
 '''
-Do not add any other characters.
-"""
+Do not add any additional characters."""
+TAG_PLACEHOLDER = "{$instruction}"
 
-TAG_TEMPLATE_ID = "prompt-task-tags-fig5/v1"  # names the template in the judge client's cache key
+# Names the template in both caches' keys (this module's tags table and the judge client's request cache):
+# v1 was a paraphrase of Fig. 5; its answers are not reused for the verbatim prompt.
+TAG_TEMPLATE_ID = "prompt-task-tags-fig5/v2-verbatim"
 _CANONICAL = {tag.lower(): tag for tag in TAGS}
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
 def tag_messages(prompt_text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": TAG_PROMPT.format(instruction=prompt_text)}]
+    # str.replace, not str.format: the template's JSON braces are literal.
+    return [{"role": "user", "content": TAG_PROMPT.replace(TAG_PLACEHOLDER, prompt_text)}]
 
 
 def parse_tags(response: str) -> list[str] | None:
@@ -114,9 +127,12 @@ def _connect(path: Path | None = None) -> sqlite3.Connection:
     path = path or cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path)
-    conn.execute("""CREATE TABLE IF NOT EXISTS tags (
-        model TEXT NOT NULL, prompt_id TEXT NOT NULL, pool TEXT NOT NULL, prompt TEXT NOT NULL,
-        response TEXT NOT NULL, tags TEXT, created REAL NOT NULL, PRIMARY KEY (model, prompt_id))""")
+    # `task_tags` replaces the template-less `tags` table of earlier versions (left untouched, never read):
+    # answers to another template are other data.
+    conn.execute("""CREATE TABLE IF NOT EXISTS task_tags (
+        template TEXT NOT NULL, model TEXT NOT NULL, prompt_id TEXT NOT NULL, pool TEXT NOT NULL,
+        prompt TEXT NOT NULL, response TEXT NOT NULL, tags TEXT, created REAL NOT NULL,
+        PRIMARY KEY (template, model, prompt_id))""")
     return conn
 
 
@@ -137,16 +153,17 @@ def tag_prompts(rows: Iterable[dict[str, Any]], complete: Complete, *, model: st
             if limit is not None and index >= limit:
                 break
             text = row["prompt"][-1]["content"]
-            if conn.execute("SELECT 1 FROM tags WHERE model = ? AND prompt_id = ?", (model, row["id"])).fetchone():
+            if conn.execute("SELECT 1 FROM task_tags WHERE template = ? AND model = ? AND prompt_id = ?",
+                            (TAG_TEMPLATE_ID, model, row["id"])).fetchone():
                 stats.cached += 1
                 continue
             response = complete(tag_messages(text))
             tags = parse_tags(response)
             stats.called += 1
             stats.parse_failed += tags is None
-            conn.execute("INSERT INTO tags VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (model, row["id"], pool, text, response, None if tags is None else json.dumps(tags),
-                          time.time()))
+            conn.execute("INSERT INTO task_tags VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (TAG_TEMPLATE_ID, model, row["id"], pool, text, response,
+                          None if tags is None else json.dumps(tags), time.time()))
             if stats.called % 50 == 0:
                 conn.commit()  # a crash loses at most 50 paid calls
         conn.commit()
@@ -162,10 +179,10 @@ def cached_tags(path: Path | None = None, model: str | None = None) -> list[dict
         return []
     conn = _connect(path)
     try:
-        query = "SELECT model, prompt_id, pool, prompt, tags FROM tags"
-        params: tuple[Any, ...] = ()
+        query = "SELECT model, prompt_id, pool, prompt, tags FROM task_tags WHERE template = ?"
+        params: tuple[Any, ...] = (TAG_TEMPLATE_ID,)
         if model:
-            query, params = query + " WHERE model = ?", (model,)
+            query, params = query + " AND model = ?", (*params, model)
         records = conn.execute(query + " ORDER BY prompt_id, model", params).fetchall()
     finally:
         conn.close()
@@ -212,7 +229,11 @@ def _mined_spec(name: str, domain: str, label: str) -> DatasetSpec:
     spec = DatasetSpec(
         name=name, kind="prompts", source_type="mixed", group="prompts",
         description=f"Mined {label} prompts (App. J): tagged {domain}, fewest other tags, no Unclear/Multilingual; 20k.",
-        load_raw=load_raw, curate=curate, paper_size=MINED_PER_DOMAIN, license="per pool",
+        load_raw=load_raw, curate=curate, paper_size=MINED_PER_DOMAIN, expected_size=MINED_PER_DOMAIN,
+        license="per pool",
+        rule=f"prompts tagged {domain} with the Fig. 5 prompt (verbatim), fewest tags first, Unclear / Multilingual "
+             "dropped, at most 20,000",
+        rule_source="App. J and Fig. 5; §3.4 (20K math and 20K code prompts)",
         how_to_get="run `harness data tag-prompts --pool prompts-ultrafeedback --pool prompts-wildchat "
                    "--pool prompts-lmsys-chat-1m --model M --base-url URL --api-key-env VAR` first",
     )

@@ -3,11 +3,18 @@
 `HFGenerator` runs `model.generate` with left padding and the KV cache, in batches sorted by prompt
 length (less padding), applies the model's chat template, and cuts outputs at stop sequences.
 `make_generator` returns a vLLM engine when vLLM is installed and a GPU is present, otherwise the HF one.
+
+`SamplingParams` is the whole decoding specification: sampling settings a checkpoint ships in its
+`generation_config.json` (repetition_penalty, min_p, no_repeat_ngram_size, top_k, ...) are ignored
+(`neutral_generation_config`), as vLLM ignores them when given explicit sampling parameters. Otherwise
+PPO would sample from another distribution than the logits/tau its KL and gradient use, and an
+evaluation's decoding would depend on a file next to the weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,6 +72,30 @@ def render_prompt(tokenizer: Any, prompt: Messages | str, chat: bool) -> str:
     if not chat:
         return "\n\n".join(m["content"] for m in prompt)
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+# The fields of a generation config that name tokens rather than shape the sampling distribution.
+GENERATION_TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+@contextmanager
+def neutral_generation_config(model: Any) -> Iterator[None]:
+    """Within the block, `model.generate` sees transformers' global defaults, not the checkpoint's own
+    generation config (only its token ids are kept); the original is restored (and saved with the model).
+
+    Passing a `GenerationConfig` to `generate` is not enough: transformers fills each of its unset
+    (None) fields from `model.generation_config`, and the neutral value of several logits processors
+    (min_p, suppress_tokens, sequence_bias, ...) is None itself."""
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper's model
+    original = target.generation_config
+    token_ids = {k: getattr(original, k, None) for k in GENERATION_TOKEN_ID_FIELDS}
+    target.generation_config = GenerationConfig(**{k: v for k, v in token_ids.items() if v is not None})
+    try:
+        yield
+    finally:
+        target.generation_config = original
 
 
 class HFGenerator:
@@ -128,7 +159,7 @@ class HFGenerator:
                     kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
                 else:
                     kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-                with torch.no_grad():
+                with torch.no_grad(), neutral_generation_config(self.model):
                     out = self.model.generate(**batch, **kwargs)
                 new_tokens = out[:, batch["input_ids"].shape[1] :]
                 decoded = tok.batch_decode(new_tokens, skip_special_tokens=True)

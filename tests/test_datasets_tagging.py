@@ -135,3 +135,47 @@ def test_remix_pools_mined_and_ultrafeedback_prompts(tagger_url, monkeypatch, tm
     # prompts: the overlap is counted once, as a duplicate
     assert remix.kept == 4
     assert remix.dropped["duplicate"] == 1 and remix.dropped["prompts-mined-code/short_by"] == 20_000
+
+
+def test_tag_prompt_is_figure5_verbatim():
+    """The template is the paper's Fig. 5 text, compared with the paper itself when ../shared/seeds is here."""
+    from datasets_registry.tagging import TAG_PLACEHOLDER, TAG_PROMPT, tag_messages
+
+    paper = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "004_70e872f392b3e839.txt"
+    if not paper.is_file():
+        pytest.skip("the paper's text (../shared/seeds/004_70e872f392b3e839.txt) is not present")
+    text = paper.read_text()
+    start = text.index("# Instruction\n\nPlease label the task tags")
+    end = text.index("Do not add any additional characters.", start) + len("Do not add any additional characters.")
+    assert TAG_PROMPT == text[start:end]
+    (message,) = tag_messages("Solve 3x + 5 = 20.")
+    assert TAG_PLACEHOLDER not in message["content"]
+    assert "'''\nSolve 3x + 5 = 20.\n'''" in message["content"]
+    assert '{\n    "tags": ["[tag 1]", "[tag 2]", ... ]\n}' in message["content"]  # JSON braces kept literally
+
+
+def test_tag_cache_is_keyed_by_template(tmp_path):
+    """Answers cached for another template (the earlier paraphrase) are not reused for Fig. 5's prompt."""
+    import sqlite3
+
+    from datasets_registry.tagging import TAG_TEMPLATE_ID, cache_path
+
+    calls: list[str] = []
+
+    def complete(messages):
+        calls.append(messages[-1]["content"])
+        return '{"tags": ["Math"]}'
+
+    rows = prepare("prompts-wildchat", files=[FIXTURES / "wildchat.jsonl"]).rows
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as conn:  # the cache as an older template left it
+        conn.execute("""CREATE TABLE task_tags (template TEXT NOT NULL, model TEXT NOT NULL, prompt_id TEXT NOT NULL,
+            pool TEXT NOT NULL, prompt TEXT NOT NULL, response TEXT NOT NULL, tags TEXT, created REAL NOT NULL,
+            PRIMARY KEY (template, model, prompt_id))""")
+        conn.executemany("INSERT INTO task_tags VALUES ('prompt-task-tags-fig5/v1', 'm', ?, 'p', ?, '', '[\"Coding\"]', 0)",
+                         [(r["id"], r["prompt"][0]["content"]) for r in rows])
+    assert cached_tags() == []
+    stats = tag_prompts(rows, complete, model="m", pool="prompts-wildchat")
+    assert (stats.called, stats.cached, len(calls)) == (2, 0, 2)
+    assert {r["tags"][0] for r in cached_tags()} == {"Math"} and TAG_TEMPLATE_ID.endswith("verbatim")
