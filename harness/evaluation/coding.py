@@ -33,8 +33,8 @@ Protocol (paper App. D, the Tulu/open-instruct evaluation it extends):
   Checked on all 563 problems: every canonical solution passes its own base and plus tests except
   Mbpp/599, whose canonical solution needs minutes on its "extreme" plus inputs, beyond EvalPlus's 60 s
   per-split budget on this CPU (EvalPlus fails it the same way; later MBPP+ releases dropped such inputs).
-  With the plain-data grader: all 563 passed in one full run, 561 and 562 in two others, the misses being
-  time-outs of Mbpp/599 and HumanEval/139 (timing-sensitive under load, as under EvalPlus).
+  With the plain-data grader (at load ~7-10): all 563 passed in one full run; in another, HumanEval/139
+  timed out (it and Mbpp/599 are timing-sensitive under load, as under EvalPlus).
 - Execution: every program, canonical ones included, runs in `harness.evaluation.sandbox` (bubblewrap
   where installed: separate namespaces, no network, read-only system, a private tmpfs; CPU/wall/memory/
   process limits), at most `workers` at a time (2 by default); the verdict is decided outside it
