@@ -79,6 +79,7 @@ def test_harness_eval_cli_logs_to_mlflow(tiny_model: str, tmp_path: Path, capsys
     assert "category/safety" not in results["metrics"] and results["metrics"]["category/reasoning"] == 40.0
     assert "overall_with_offline_fallbacks" in results["metrics"]  # the labelled offline average still is
     assert "category safety withheld: no score for toxigen" in printed
+    assert results["incomplete_categories"] == {"safety": ["toxigen"]}
     assert (out / "_fixed_factuality_0.samples.jsonl").read_text() == '{"x": 1}\n'
     client = tracking.client()
     exp = client.get_experiment_by_name("eval-test")

@@ -51,7 +51,7 @@ from harness.evaluation.base import (
     TaskUnavailable,
     register_task,
 )
-from harness.evaluation.common import MissingDataError, describe_decoding, skipped
+from harness.evaluation.common import MissingDataError, count_rows, describe_decoding, skipped
 from harness.evaluation.open_instruct import (
     BOS_RULE,
     CHAT_FORMAT,
@@ -179,10 +179,7 @@ def run_version(ctx: EvalContext, version: int, max_new_tokens: int | None = Non
 def describe(version: int, settings: AlpacaEvalSettings, limit: int | None) -> TaskProtocol:
     from harness.judge.alpaca import ANNOTATORS, load_reference
 
-    try:
-        size: int | None = len(load_reference(version, limit)[0])  # type: ignore[arg-type]
-    except FileNotFoundError:
-        size = None
+    size = count_rows(lambda: load_reference(version, limit)[0])
     subset = "all 805 instructions" + (f"; --limit {limit}: the first {limit}" if limit else "")
     reference = "text-davinci-003" if version == 1 else "gpt-4-1106-preview"
     judge = (f"alpaca_eval's {ANNOTATORS[version]['config']} annotator via the judge endpoint, vs "

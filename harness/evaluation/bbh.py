@@ -59,6 +59,7 @@ from harness.evaluation.common import (
     MissingDataError,
     benchmark_file,
     chat_prompt_with_prefix,
+    count_rows,
     describe_decoding,
     mean_pct,
     skipped,
@@ -239,10 +240,7 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
 
 
 def describe(settings: BBHSettings, limit: int | None) -> TaskProtocol:
-    try:
-        size: int | None = len(rows_for(settings, limit)[0])
-    except MissingDataError:
-        size = None
+    size = count_rows(lambda: rows_for(settings, limit)[0])
     per_task = f"; --limit {limit}: the first {per_subtask_limit(limit)} of each sub-task" if limit else ""
     decoding = describe_decoding(sampling_params(settings, 0))
     if settings.setting == "paper":

@@ -233,8 +233,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     saved = json.loads((out / "results.json").read_text())
     skipped, notes = saved.get("skipped", {}), saved.get("notes", {})
     (out / "results.json").write_text(json.dumps({"metrics": metrics, "skipped": skipped, "notes": notes,
+                                                  "categories": saved.get("categories", {}),
+                                                  "incomplete_categories": saved.get("incomplete_categories", {}),
                                                   "tasks": tasks, "model": args.model, "model_path": model_path,
-                                                  "limit": args.limit}, indent=2, default=float))
+                                                  "limit": args.limit, "setting": args.setting},
+                                                 indent=2, default=float))
     table = format_table(metrics, skipped, tasks, notes)
     table += (f"\nwall time: {metrics['eval/wall_seconds']:.0f} s this run, {metrics['eval/task_seconds_total']:.0f} s "
               f"summed over tasks (resumed ones included); outputs in {out}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,15 @@ def chat_prompt_with_prefix(ctx: EvalContext, messages: Messages, assistant_pref
     if assistant_prefix:
         text += assistant_prefix
     return text
+
+
+def count_rows(load: Callable[[], Sized]) -> int | None:
+    """How many rows `load()` gives; None when its data is missing (a task's `describe`: the dry run then
+    says the size is unknown, and why the task will not run)."""
+    try:
+        return len(load())
+    except FileNotFoundError:  # MissingDataError, MissingInput
+        return None
 
 
 def describe_decoding(params: Any) -> str:

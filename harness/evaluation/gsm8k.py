@@ -57,6 +57,7 @@ from harness.evaluation.common import (
     apply_limit,
     benchmark_file,
     chat_prompt_with_prefix,
+    count_rows,
     describe_decoding,
     mean_pct,
     read_jsonl,
@@ -279,10 +280,7 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
 
 
 def describe(settings: GSM8KSettings, limit: int | None) -> TaskProtocol:
-    try:
-        size: int | None = len(rows_for(settings, limit))
-    except MissingDataError:
-        size = None
+    size = count_rows(lambda: rows_for(settings, limit))
     decoding = describe_decoding(sampling_params(settings, 0))
     if settings.setting == "paper":
         return TaskProtocol(

@@ -61,6 +61,7 @@ from harness.evaluation.common import (
     MissingDataError,
     apply_limit,
     benchmark_file,
+    count_rows,
     describe_decoding,
     ensure_nltk_data,
     mean_pct,
@@ -185,10 +186,7 @@ def build_prompts(ctx: EvalContext, rows: list[dict[str, Any]], settings: IFEval
 
 
 def describe(settings: IFEvalSettings, limit: int | None) -> TaskProtocol:
-    try:
-        size: int | None = len(load_rows(limit))
-    except MissingDataError:
-        size = None
+    size = count_rows(lambda: load_rows(limit))
     subset = "all 541 prompts" + (f"; --limit {limit}: the first {limit}" if limit else "")
     decoding = describe_decoding(sampling_params(settings, 0))
     judge = "official checkers (lm-eval's copy, random draws seeded per prompt key); loose prompt-level accuracy"

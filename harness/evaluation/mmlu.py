@@ -46,6 +46,7 @@ from harness.evaluation.common import (
     MissingDataError,
     chat_prompt_with_prefix,
     continuation_logprobs,
+    count_rows,
     encoded_logprobs,
     mean_pct,
     scoring_model,
@@ -196,10 +197,7 @@ def run(ctx: EvalContext, chat: bool | None = None) -> TaskResult:
 
 
 def describe(settings: MMLUSettings, limit: int | None) -> TaskProtocol:
-    try:
-        size: int | None = len(load_rows(limit))
-    except MissingDataError:
-        size = None
+    size = count_rows(lambda: load_rows(limit))
     subset = "all test questions of the 57 subjects (14,042), 0-shot" + (
         f"; --limit {limit}: the first {max(1, math.ceil(limit / 57))} of each subject" if limit else "")
     if settings.setting == "paper":

@@ -50,7 +50,14 @@ from harness.evaluation.base import (
     folder_files,
     register_task,
 )
-from harness.evaluation.common import MissingDataError, benchmark_file, describe_decoding, mean_pct, skipped
+from harness.evaluation.common import (
+    MissingDataError,
+    benchmark_file,
+    count_rows,
+    describe_decoding,
+    mean_pct,
+    skipped,
+)
 from harness.evaluation.open_instruct import (
     BOS_RULE,
     CHAT_FORMAT,
@@ -245,10 +252,7 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
 
 
 def describe(settings: ToxiGenSettings, limit: int | None) -> TaskProtocol:
-    try:
-        size: int | None = len(rows_for(settings, limit))
-    except MissingDataError:
-        size = None
+    size = count_rows(lambda: rows_for(settings, limit))
     judge = f"classifier {classifier_source(settings)} (argmax, label 1 = toxic); score = 100 - % toxic"
     if settings.setting == "paper":
         per = f"; --limit {limit}: the first {min(PER_GROUP, max(1, math.ceil(limit / 14)))} of each" if limit else ""

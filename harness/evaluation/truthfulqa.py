@@ -91,6 +91,7 @@ from harness.evaluation.common import (
     benchmark_file,
     chat_prompt_with_prefix,
     continuation_logprobs,
+    count_rows,
     describe_decoding,
     mean_pct,
     scoring_model,
@@ -516,10 +517,7 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
 
 
 def describe(settings: TruthfulQASettings, limit: int | None) -> TaskProtocol:
-    try:
-        size: int | None = len(load_gen_rows(limit))
-    except MissingDataError:
-        size = None
+    size = count_rows(lambda: load_gen_rows(limit))
     subset = "all 817 questions" + (f"; --limit {limit}: the first {limit}" if limit else "")
     if settings.setting == "paper":
         judges = []

@@ -47,7 +47,14 @@ from harness.evaluation.base import (
     register_task,
     unparsed_reason,
 )
-from harness.evaluation.common import MissingDataError, benchmark_file, describe_decoding, mean_pct, skipped
+from harness.evaluation.common import (
+    MissingDataError,
+    benchmark_file,
+    count_rows,
+    describe_decoding,
+    mean_pct,
+    skipped,
+)
 from harness.evaluation.open_instruct import (
     BOS_RULE,
     CHAT_FORMAT,
@@ -229,10 +236,7 @@ def run(ctx: EvalContext, max_new_tokens: int | None = None) -> TaskResult:
 def describe(settings: XSTestSettings, limit: int | None) -> TaskProtocol:
     from harness.judge.prompts import XSTEST_PAPER_JUDGE_MODEL
 
-    try:
-        size: int | None = len(load_rows(limit))
-    except MissingDataError:
-        size = None
+    size = count_rows(lambda: load_rows(limit))
     subset = "all 450 prompts (250 safe, 200 unsafe)" + (
         f"; --limit {limit}: the first safe and unsafe ones in proportion" if limit else "")
     decoding = describe_decoding(sampling_params(settings, 0))
