@@ -42,12 +42,11 @@ class DPOAlgoConfig:
 
 
 def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
-    import torch
     from trl import DPOConfig
 
+    from harness.algorithms.trl_common import device_kwargs
     from harness.checkpoints import trainer_save_kwargs
 
-    on_gpu = torch.cuda.is_available()
     loss_types = [cfg.loss_type] + (["sft"] if cfg.sft_weight > 0 else [])
     weights = [1.0] + ([cfg.sft_weight] if cfg.sft_weight > 0 else [])
     return DPOConfig(
@@ -74,8 +73,7 @@ def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
         report_to=[],
         seed=ctx.seed,
         data_seed=ctx.seed,
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        **device_kwargs(ctx.engine),
         dataloader_num_workers=0,
         disable_tqdm=True,
         **extra,

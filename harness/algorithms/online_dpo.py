@@ -12,11 +12,13 @@ compared with. The pair size (2 samples per prompt) is fixed by the method.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
 from harness.algorithms.reward_wrappers import EOS_TRICK_MODES, build_reward
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
+    generation_backend_kwargs,
     load_policy,
     prompt_dataset,
     require_rows,
@@ -43,6 +45,10 @@ class OnlineDPOAlgoConfig:
     gradient_checkpointing: bool = False
     weight_decay: float = 0.0
     logging_steps: int = 1
+    # TRL's vLLM generation (`vllm_mode` as TRL's; GPU only: untested here; the precision comes from
+    # `ctx.engine`). TRL's Online DPO offers no transformers continuous batching.
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
 
     def __post_init__(self) -> None:
         if self.loss_type not in ("sigmoid", "ipo"):
@@ -56,6 +62,7 @@ def train_online_dpo(ctx: TrainContext) -> dict[str, float]:
 
     cfg: OnlineDPOAlgoConfig = ctx.config
     require_rows(ctx, ("prompt",), "online-dpo")
+    backends = generation_backend_kwargs(cfg, "online-dpo")  # checked before any model loads
     model, tok = load_policy(ctx)
     reward_fn, stats = build_reward(ctx, tok, model, cfg.eos_trick, cfg.eos_penalty_reward)
     args = OnlineDPOConfig(
@@ -68,6 +75,7 @@ def train_online_dpo(ctx: TrainContext) -> dict[str, float]:
         max_new_tokens=cfg.max_new_tokens,
         max_length=cfg.max_length,
         missing_eos_penalty=None,  # the EOS trick lives in the reward wrapper, identical for all online methods
+        **backends,
     )
     trainer = OnlineDPOTrainer(
         model=model, reward_funcs=[reward_fn], args=args, train_dataset=prompt_dataset(ctx.train_rows),

@@ -28,9 +28,12 @@ no reward normalisation; no reward whitening; advantage whitening; fixed KL coef
 controller); no KL clamping; 1 rollout per prompt; forward passes at minibatch level (App. G: log-probs
 and values recomputed per minibatch with the current models, unlike most implementations).
 
-Generation goes through `harness.generation.HFGenerator.generate_samples` (batched `model.generate`
-with KV cache); a vLLM engine can implement the same `TokenGenerator` interface. Runs on CPU (fp32)
-for tests; on CUDA it keeps fp32 master weights and runs forwards under bf16 autocast.
+Generation goes through `harness.generation.HFGenerator.generate_samples`, the engine every generation
+task uses (`ctx.engine`, default `EngineSettings()`: the detected fastest batching and precision for the
+device; rollouts need the sampled token ids and fresh weights after every update, so the engine must be
+in-process, kind `hf`). Policy and value model keep fp32 master weights; where the engine's precision
+is bf16 (CUDA, and CPUs with AMX/AVX-512 BF16) rollouts and every forward run under bf16 autocast and the
+frozen reference model is held in bf16; `engine: {dtype: float32}` gives the fp32 path.
 
 Data-parallel under `accelerate launch --num_processes N` (docs/scale-out.md): policy + value model
 in DDP, reference and reward model replicated; each rank samples B/N of every prompt batch and
@@ -54,7 +57,6 @@ import torch
 import torch.nn.functional as F
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, register
-from harness.models import cuda_bf16_forward
 
 Messages = list[dict[str, str]]
 
@@ -541,7 +543,13 @@ def _make_accelerator() -> Any:
 def train_ppo(ctx: TrainContext) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from harness.generation import HFGenerator, SamplingParams, render_prompt
+    from harness.generation import (
+        EngineSettings,
+        HFGenerator,
+        SamplingParams,
+        autocast_context,
+        render_prompt,
+    )
     from harness.models import load_tokenizer, resolve_model
 
     cfg: PPOConfig = ctx.config
@@ -556,10 +564,17 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     sum_across_ranks: SumAcrossRanks | None = all_reduce_sum if world > 1 else None
     torch.manual_seed(ctx.seed)  # the same on every rank (DDP also broadcasts rank 0's weights when wrapping)
     device = accelerator.device
-    on_cuda = device.type == "cuda"
-    # bf16 forwards without cuDNN attention (its backward gave NaN on left-padded rows; see models.py)
-    autocast = cuda_bf16_forward if on_cuda else nullcontext
-    frozen_dtype = torch.bfloat16 if on_cuda else torch.float32
+    engine = (ctx.engine or EngineSettings()).resolved(device.type)
+    if engine.kind != "hf":
+        raise ValueError(f"engine.kind: PPO samples its rollouts in-process (it trains on the sampled token ids and "
+                         f"updates the weights between rollouts); use kind 'hf', not {engine.kind!r}")
+
+    def autocast() -> Any:
+        # bf16 at the engine's precision (on CUDA without cuDNN attention, whose backward gave NaN on
+        # left-padded rows; see models.py), nothing in fp32.
+        return autocast_context(device, engine)
+
+    frozen_dtype = torch.bfloat16 if engine.train_bf16 else torch.float32
     artifacts = ctx.out_dir / "artifacts"
     if is_main:  # the stage writer convention: only the main process writes into the stage folder
         artifacts.mkdir(parents=True, exist_ok=True)
@@ -587,7 +602,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     score_fn, _scorer = _reward_source(ctx, str(device))
     # Sampling uses the bare policy (DDP has no `generate`); its weights are the ones DDP trains.
     generator = HFGenerator(policy, tokenizer, batch_size=cfg.generation_batch_size,
-                            max_prompt_tokens=cfg.max_prompt_length)
+                            max_prompt_tokens=cfg.max_prompt_length, batching=engine.batching or "auto")
 
     # ---- Schedule: rollout batches, minibatches, optimizer steps (global: the same for any N). ----
     n_rollouts = cfg.prompt_batch_size * cfg.rollouts_per_prompt  # per rollout batch, all ranks together
