@@ -19,39 +19,6 @@ from harness.generation import (
     prompt_seeds_for,
 )
 
-PROMPTS = ["hello there", "The quick brown fox jumps over the lazy dog and then", "Question: what is 12 plus 7?",
-           "def add(a, b):", "Paris is", "I cannot help", "Natalia sold clips"]
-
-
-@pytest.fixture(scope="session")
-def varied_model(tmp_path_factory, tiny_model: str) -> str:
-    """The tiny random Llama with seeded noise on every weight (its greedy answers then vary with the
-    prompt), saved with an EOS that some answers reach at different steps and others never do."""
-    import torch
-
-    from harness.models import load_causal_lm
-
-    model, tok = load_causal_lm(tiny_model, dtype="float32")
-    noise = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=noise) * 0.2)
-    answers = [row[0].completion_ids for row in HFGenerator(model, tok, batching="static").generate_samples(
-        PROMPTS, SamplingParams(max_new_tokens=24), chat=False)]
-
-    def spread(token: int) -> tuple[int, int]:  # (distinct first positions, answers without it)
-        firsts = {a.index(token) for a in answers if token in a}
-        return len(firsts), sum(token not in a for a in answers)
-
-    eos = max(sorted({t for a in answers for t in a}), key=lambda t: min(spread(t)))
-    assert min(spread(eos)) >= 2, "no token splits the answers; change the noise seed"
-    tok.eos_token = tok.convert_ids_to_tokens(eos)
-    model.config.eos_token_id = model.generation_config.eos_token_id = eos
-    out = tmp_path_factory.mktemp("varied") / "model"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
-
 
 def _generator(path: str, batching: str, dtype: str = "float32", batch_size: int = 3) -> HFGenerator:
     return HFGenerator.from_name(path, batch_size=batch_size, engine=EngineSettings(dtype=dtype, batching=batching))
@@ -66,9 +33,9 @@ STOPPED = SamplingParams(max_new_tokens=24, stop=("alt", "re "))
 SAMPLED = SamplingParams(max_new_tokens=16, temperature=0.9, top_p=0.9, num_return_sequences=2, seed=11)
 
 
-def test_finished_rows_end_at_different_steps(varied_model: str):
+def test_finished_rows_end_at_different_steps(varied_model: str, varied_prompts: list[str]):
     """The fixture does what the equality tests below need: some rows end early, others run out."""
-    rows = _generator(varied_model, "static").generate_samples(PROMPTS, GREEDY, chat=False)
+    rows = _generator(varied_model, "static").generate_samples(varied_prompts, GREEDY, chat=False)
     lengths = [len(r[0].completion_ids) for r in rows]
     assert any(r[0].finished for r in rows) and not all(r[0].finished for r in rows)
     assert len(set(lengths)) >= 3, lengths
@@ -77,65 +44,65 @@ def test_finished_rows_end_at_different_steps(varied_model: str):
 
 
 @pytest.mark.parametrize("batching", ["compact", "continuous"])
-def test_every_batching_returns_the_static_fp32_greedy_answers(varied_model: str, batching: str):
+def test_every_batching_returns_the_static_fp32_greedy_answers(varied_model: str, varied_prompts: list[str], batching: str):
     static = _generator(varied_model, "static")
     other = _generator(varied_model, batching)
     for params in (GREEDY, STOPPED):
-        expected = _as_tuples(static.generate_samples(PROMPTS, params, chat=False))
-        assert _as_tuples(other.generate_samples(PROMPTS, params, chat=False)) == expected
-    stopped = [s for row in static.generate_samples(PROMPTS, STOPPED, chat=False) for s in row]
+        expected = _as_tuples(static.generate_samples(varied_prompts, params, chat=False))
+        assert _as_tuples(other.generate_samples(varied_prompts, params, chat=False)) == expected
+    stopped = [s for row in static.generate_samples(varied_prompts, STOPPED, chat=False) for s in row]
     eos = static.tokenizer.eos_token_id
     assert any(s.finished and s.completion_ids[-1] != eos for s in stopped)  # ended by a stop string
     assert all("alt" not in s.text and "re " not in s.text for s in stopped)
 
 
-def test_compaction_matches_static_at_bf16_too(varied_model: str):
+def test_compaction_matches_static_at_bf16_too(varied_model: str, varied_prompts: list[str]):
     """Equal precision, equal answers: the bf16 engines agree with each other as the fp32 ones do."""
     static = _generator(varied_model, "static", dtype="bfloat16")
     compact = _generator(varied_model, "compact", dtype="bfloat16")
-    assert _as_tuples(compact.generate_samples(PROMPTS, GREEDY, chat=False)) == \
-        _as_tuples(static.generate_samples(PROMPTS, GREEDY, chat=False))
+    assert _as_tuples(compact.generate_samples(varied_prompts, GREEDY, chat=False)) == \
+        _as_tuples(static.generate_samples(varied_prompts, GREEDY, chat=False))
 
 
-def test_seeded_sampling_is_reproducible_and_independent_of_batching(varied_model: str):
+def test_seeded_sampling_is_reproducible_and_independent_of_batching(varied_model: str, varied_prompts: list[str]):
     static = _generator(varied_model, "static")
     compact = _generator(varied_model, "compact", batch_size=2)
     one_by_one = _generator(varied_model, "compact", batch_size=1)
-    first = _as_tuples(static.generate_samples(PROMPTS, SAMPLED, chat=False))
-    assert _as_tuples(static.generate_samples(PROMPTS, SAMPLED, chat=False)) == first
-    assert _as_tuples(compact.generate_samples(PROMPTS, SAMPLED, chat=False)) == first
-    assert _as_tuples(one_by_one.generate_samples(PROMPTS, SAMPLED, chat=False)) == first
+    first = _as_tuples(static.generate_samples(varied_prompts, SAMPLED, chat=False))
+    assert _as_tuples(static.generate_samples(varied_prompts, SAMPLED, chat=False)) == first
+    assert _as_tuples(compact.generate_samples(varied_prompts, SAMPLED, chat=False)) == first
+    assert _as_tuples(one_by_one.generate_samples(varied_prompts, SAMPLED, chat=False)) == first
     assert all(len(row) == 2 for row in first) and any(row[0] != row[1] for row in first)  # n samples differ
     other_seed = SamplingParams(**{**SAMPLED.__dict__, "seed": 12})
-    assert _as_tuples(compact.generate_samples(PROMPTS, other_seed, chat=False)) != first
+    assert _as_tuples(compact.generate_samples(varied_prompts, other_seed, chat=False)) != first
     # A prompt's samples depend on its own seed only: alone, with its seed, it gets the same answers.
     alone = compact.generate_from_ids([first[3][0][1]], SAMPLED, prompt_seeds=[prompt_seeds_for(11, 7)[3]])
     assert _as_tuples(alone) == [first[3]]
 
 
-def test_continuous_batching_sampling_is_reproducible(varied_model: str):
+def test_continuous_batching_sampling_is_reproducible(varied_model: str, varied_prompts: list[str]):
     continuous = _generator(varied_model, "continuous")
-    first = _as_tuples(continuous.generate_samples(PROMPTS[:3], SAMPLED, chat=False))
-    assert _as_tuples(continuous.generate_samples(PROMPTS[:3], SAMPLED, chat=False)) == first
+    first = _as_tuples(continuous.generate_samples(varied_prompts[:3], SAMPLED, chat=False))
+    assert _as_tuples(continuous.generate_samples(varied_prompts[:3], SAMPLED, chat=False)) == first
 
 
-def test_prompts_are_left_truncated_and_the_checkpoint_sampling_config_is_ignored(varied_model: str):
+def test_prompts_are_left_truncated_and_the_checkpoint_sampling_config_is_ignored(varied_model: str, varied_prompts: list[str]):
     """An over-long prompt loses its start (as before); a repetition penalty in the checkpoint's
     generation config changes nothing (the engine samples from the logits alone)."""
     static = _generator(varied_model, "static")
     compact = _generator(varied_model, "compact")
-    long_prompt = "word " * 50 + PROMPTS[2]
+    long_prompt = "word " * 50 + varied_prompts[2]
     for generator in (static, compact):
         generator.max_prompt_tokens = 8
     full_ids = static.tokenizer(long_prompt, add_special_tokens=False)["input_ids"]
     for generator in (static, compact):
         (sample,) = generator.generate_samples([long_prompt], GREEDY, chat=False)[0]
         assert sample.prompt_ids == full_ids[-8:]
-    baseline = _as_tuples(static.generate_samples(PROMPTS, GREEDY, chat=False))
+    baseline = _as_tuples(static.generate_samples(varied_prompts, GREEDY, chat=False))
     for generator in (static, compact):
         generator.model.generation_config.repetition_penalty = 5.0
         generator.model.generation_config.top_k = 3
-        assert _as_tuples(generator.generate_samples(PROMPTS, GREEDY, chat=False)) == baseline
+        assert _as_tuples(generator.generate_samples(varied_prompts, GREEDY, chat=False)) == baseline
 
 
 def test_finish_row_cuts_at_eos_or_the_first_stop_string(tiny_model: str):

@@ -304,8 +304,12 @@ class ModelBackend:
         for (req, prompt_ids), samples in zip(reqs, rows):
             replies = []
             for sample in samples:
-                # The returned text's tokens (the text is cut at a stop string; its ids may run past it).
-                gen_ids = self.tokenizer(sample.text, add_special_tokens=False)["input_ids"]
+                gen_ids = list(sample.completion_ids)
+                if gen_ids and gen_ids[-1] == self.tokenizer.eos_token_id:
+                    gen_ids.pop()  # not part of the answer, as OpenAI's servers count it
+                if self.tokenizer.decode(gen_ids, skip_special_tokens=True) != sample.text:
+                    # Cut at a stop string inside the last token: the returned text's own tokens.
+                    gen_ids = self.tokenizer(sample.text, add_special_tokens=False)["input_ids"]
                 finish = "stop" if sample.finished else "length"
                 logprobs, prompt_logprobs = self._logprobs(prompt_ids, gen_ids, req.top_logprobs,
                                                            prompt=req.echo and req.logprobs) if req.logprobs else (None, None)
