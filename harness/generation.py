@@ -262,6 +262,15 @@ def default_batching(device: str) -> Batching:
     return "compact" if device == "cpu" else "static"
 
 
+def record_engine(out_dir: Path, resolved: ResolvedEngine) -> None:
+    """`<out_dir>/artifacts/engine.json`: what the engine resolved to for a stage (the runner logs a
+    stage's artifacts/ to MLflow)."""
+    import json
+
+    (out_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+    (out_dir / "artifacts" / "engine.json").write_text(json.dumps(resolved.params(), indent=2))
+
+
 def autocast_context(device: Any, resolved: ResolvedEngine) -> Any:
     """The forward context for training at `resolved.dtype`: bf16 autocast (on CUDA also without the
     cuDNN attention kernel, see `models.cuda_bf16_forward`), or nothing for float32."""

@@ -98,6 +98,8 @@ def train_dpo(ctx: TrainContext) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
+    from harness.generation import EngineSettings, record_engine
+
     cfg: DPOAlgoConfig = ctx.config
     tok = AutoTokenizer.from_pretrained(ctx.policy_path)
     if tok.pad_token is None:
@@ -114,6 +116,7 @@ def train_dpo(ctx: TrainContext) -> dict[str, float]:
     result = trainer.train()
     trainer.save_model(str(ctx.out_dir / "model"))
     tok.save_pretrained(str(ctx.out_dir / "model"))
+    record_engine(ctx.out_dir, (ctx.engine or EngineSettings()).resolved())
     return {"train/runtime_seconds": float(result.metrics.get("train_runtime", 0.0)),
             "train/final_loss": float(result.training_loss), "train/steps": float(result.global_step)}
 

@@ -548,6 +548,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         HFGenerator,
         SamplingParams,
         autocast_context,
+        record_engine,
         render_prompt,
     )
     from harness.models import load_tokenizer, resolve_model
@@ -578,6 +579,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     artifacts = ctx.out_dir / "artifacts"
     if is_main:  # the stage writer convention: only the main process writes into the stage folder
         artifacts.mkdir(parents=True, exist_ok=True)
+        record_engine(ctx.out_dir, engine)
 
     # ---- Models: policy pi_theta (trained), reference pi_ref (frozen SFT), value V_phi, reward r. ----
     policy_path = resolve_model(ctx.policy_path)

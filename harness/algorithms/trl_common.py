@@ -141,11 +141,13 @@ def prompt_dataset(rows: list[dict[str, Any]]):
 def train_and_save(trainer: Any, tok: Any, ctx: TrainContext) -> dict[str, float]:
     """Train (quietly: metrics go to the history, not stdout), save to out_dir/model, return the summary."""
     from harness.algorithms.dpo import quiet_trainer
+    from harness.generation import EngineSettings, record_engine
 
     quiet_trainer(trainer)
     result = trainer.train()
     trainer.save_model(str(ctx.out_dir / "model"))
     tok.save_pretrained(str(ctx.out_dir / "model"))
+    record_engine(ctx.out_dir, (ctx.engine or EngineSettings()).resolved())
     runtime = float(result.metrics.get("train_runtime", 0.0))
     steps = float(result.global_step)
     return {
