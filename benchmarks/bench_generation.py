@@ -22,7 +22,11 @@ prompt set (AlpacaEval last) reads
 
 with N the prompts whose greedy output differs between the default engine and lm-eval at equal dtype.
 
-Full size (an idle machine; roughly an hour on 2 cores):
+Also printed: how many default-engine outputs differ from `static` at the same dtype, from lm-eval at
+equal dtype and after how many characters they part, and static float32 vs lm-eval float32 (where
+batching alone, without bf16 rounding, would show).
+
+Full size (an idle machine; two to three hours on 2 cores, most of it lm-eval's batch-of-1 runs):
 
     nice .venv/bin/python benchmarks/bench_generation.py --model smollm2-135m-instruct --prompts 32 \\
         --repeats 2 --json results/bench_generation.json
@@ -66,8 +70,9 @@ def _count(tokenizer, texts: list[str]) -> int:
 
 
 def _engines(args: argparse.Namespace, stop: list[str], max_new_tokens: int
-             ) -> tuple[dict[str, Callable[[list[str]], list[str]]], str, str]:
-    """{label: run(prompts) -> outputs}, the default engine's label, the equal-dtype lm-eval label."""
+             ) -> tuple[dict[str, Callable[[list[str]], list[str]]], str, str, str]:
+    """({label: run(prompts) -> outputs}, the default engine's label, the equal-dtype lm-eval label,
+    lm-eval's default dtype)."""
     import torch
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -109,7 +114,18 @@ def _engines(args: argparse.Namespace, stop: list[str], max_new_tokens: int
         equal_label = f"{LMEVAL} {default.dtype}"
         engines[equal_label], _ = lmeval(default.dtype)
     torch.manual_seed(0)
-    return engines, default_label, equal_label
+    return engines, default_label, equal_label, lm_default_dtype
+
+
+def _differing(a: list[str], b: list[str]) -> list[int]:
+    return [i for i, (x, y) in enumerate(zip(a, b)) if x.strip() != y.strip()]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def run_prompt_set(args: argparse.Namespace, prompt_set: str) -> dict:
@@ -117,7 +133,7 @@ def run_prompt_set(args: argparse.Namespace, prompt_set: str) -> dict:
 
     tok = load_tokenizer(args.model)
     prompts, stop = _prompts(tok, args.prompts, prompt_set)
-    engines, default_label, equal_label = _engines(args, stop, args.max_new_tokens)
+    engines, default_label, equal_label, lm_dtype = _engines(args, stop, args.max_new_tokens)
     for run in engines.values():  # warm-up: one short prompt each, untimed
         run(prompts[:1])
     totals = {label: {"wall_s": 0.0, "cpu_s": 0.0, "tokens": 0} for label in engines}
@@ -144,14 +160,24 @@ def run_prompt_set(args: argparse.Namespace, prompt_set: str) -> dict:
               f"{t['tok_per_wall_s'] / reference['tok_per_wall_s']:5.2f}x wall "
               f"{t['tok_per_cpu_s'] / reference['tok_per_cpu_s']:5.2f}x cpu vs lm-eval defaults")
     ours, equal = outputs[default_label], outputs[equal_label]
-    differing = [i for i, (a, b) in enumerate(zip(ours, equal)) if a.strip() != b.strip()]
+    differing = _differing(ours, equal)
     static_same = outputs[f"static {default_label.split()[1]}"]
+    # Why outputs differ at equal dtype: the same comparison in float32 (batched vs lm-eval's batch of 1),
+    # and how far into the answer they first part.
+    fp32_differing = _differing(outputs["static float32"], outputs[f"{LMEVAL} defaults"]) \
+        if lm_dtype == "float32" else None
+    parted_at = sorted(_common_prefix(ours[i].strip(), equal[i].strip()) for i in differing)
+    print(f"differing at equal dtype: {len(differing)}; they part after a median of "
+          f"{parted_at[len(parted_at) // 2] if parted_at else 0} characters (of {sum(len(o) for o in ours) // len(ours)} "
+          f"on average); static float32 vs lm-eval float32: "
+          f"{'n/a' if fp32_differing is None else len(fp32_differing)} differing")
     result = {
         "prompt_set": prompt_set, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size, "repeats": args.repeats, "default": default_label,
         "equal_dtype_reference": equal_label, "totals": totals, "differing_prompts": differing,
-        "differing_vs_static_same_dtype": [i for i, (a, b) in enumerate(zip(ours, static_same))
-                                           if a.strip() != b.strip()],
+        "differing_vs_static_same_dtype": _differing(ours, static_same),
+        "differing_fp32_static_vs_lmeval_fp32": fp32_differing, "parted_after_chars": parted_at,
+        "outputs": outputs,
         "ratio_wall": totals[default_label]["tok_per_wall_s"] / reference["tok_per_wall_s"],
         "ratio_cpu": totals[default_label]["tok_per_cpu_s"] / reference["tok_per_cpu_s"],
         "ratio_equal_dtype_wall": totals[default_label]["tok_per_wall_s"] / totals[equal_label]["tok_per_wall_s"],

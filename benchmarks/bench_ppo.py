@@ -29,6 +29,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -59,12 +60,15 @@ def run_setting(policy: str, prompts: list, overrides: dict, engine: object, arg
         ctx = TrainContext(policy_path=policy, train_rows=prompts, config=cfg, out_dir=Path(tmp), seed=0,
                            reward_function=REWARD_FUNCTIONS.get("lowercase"), engine=engine,
                            log=lambda m, s, logs=logs: logs.append(m))
+        cpu = time.process_time()
         spec.train(ctx)
+        cpu = time.process_time() - cpu
     rollout = statistics.fmean(m["train/rollout_seconds"] for m in logs)
     update = statistics.fmean(m["train/update_seconds"] for m in logs)
     return {"rollouts_per_batch": cfg.prompt_batch_size * cfg.rollouts_per_prompt, "rollout_seconds": rollout,
             "update_seconds": update, "step_seconds": rollout + update, "rollout_share": rollout / (rollout + update),
-            "response_length": statistics.fmean(m["train/response_length"] for m in logs)}
+            "response_length": statistics.fmean(m["train/response_length"] for m in logs),
+            "run_cpu_seconds": cpu}  # the whole run, model loading included
 
 
 def main() -> None:
@@ -88,7 +92,11 @@ def main() -> None:
     print(f"model {args.model}; default engine here: {default.key()} ({default.dtype_reason}); "
           f"load {os.getloadavg()[0]:.1f}")
     results = []
-    print(f"{'setting':<22} {'engine':<12} {'rollouts':>8} {'rollout s':>10} {'update s':>10} {'rollout %':>10}")
+    for engine in engines.values():  # warm-up: imports, kernels (bf16 ones are built on first use), untimed
+        run_setting(policy, prompts, {"prompt_batch_size": 2, "minibatch_size": 2, "max_steps": 1}, engine,
+                    argparse.Namespace(**{**vars(args), "steps": 1, "max_new_tokens": 4}))
+    print(f"{'setting':<22} {'engine':<12} {'rollouts':>8} {'rollout s':>10} {'update s':>10} {'rollout %':>10} "
+          f"{'run cpu s':>10}")
     for label, overrides in SETTINGS:
         if args.only and args.only not in label:
             continue
@@ -98,11 +106,14 @@ def main() -> None:
                 row = run_setting(policy, prompts, overrides, engines[name], args)
                 runs[name].append(row)
                 print(f"{label:<22} {name:<12} {row['rollouts_per_batch']:>8} {row['rollout_seconds']:>10.2f} "
-                      f"{row['update_seconds']:>10.2f} {100 * row['rollout_share']:>9.1f}%", flush=True)
+                      f"{row['update_seconds']:>10.2f} {100 * row['rollout_share']:>9.1f}% "
+                      f"{row['run_cpu_seconds']:>10.1f}", flush=True)
         summary = {name: {k: statistics.fmean(r[k] for r in rows) for k in rows[0]} for name, rows in runs.items()}
         ratio = summary["fp32 static"]["step_seconds"] / summary["default"]["step_seconds"]
+        cpu_ratio = summary["fp32 static"]["run_cpu_seconds"] / summary["default"]["run_cpu_seconds"]
         results.append({"setting": label, "model": args.model, "runs": runs, "summary": summary, "step_ratio": ratio,
-                        "load": os.getloadavg()[0]})
+                        "run_cpu_ratio": cpu_ratio, "load": os.getloadavg()[0]})
+        print(f"whole-run cpu-time ratio fp32-static/default: {cpu_ratio:.2f}")
         print(f"step-time ratio fp32-static/default: {ratio:.2f} (rollout share: default "
               f"{100 * summary['default']['rollout_share']:.0f}%, fp32 static "
               f"{100 * summary['fp32 static']['rollout_share']:.0f}%)", flush=True)

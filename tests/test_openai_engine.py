@@ -60,13 +60,10 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    import httpx
+
+    reply = httpx.post(url, json=body, timeout=60)
+    return reply.status_code, reply.json()
 
 
 def test_engine_over_http_returns_the_in_process_answers(varied_model: str, varied_prompts: list[str]):

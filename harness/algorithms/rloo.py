@@ -47,9 +47,7 @@ class RLOOAlgoConfig:
     gradient_checkpointing: bool = False
     weight_decay: float = 0.0
     logging_steps: int = 1
-    # TRL's generation backends (the precision comes from `ctx.engine`): transformers' paged continuous
-    # batching (measured 0.54x of `generate` on a 2-core CPU; meant for GPUs, unmeasured there; with bf16
-    # training TRL casts the policy to bf16 for it) and vLLM (`vllm_mode` as TRL's; GPU only: untested here).
+    # TRL's generation backends, as GRPOAlgoConfig's (see there)
     use_transformers_paged: bool = False
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
