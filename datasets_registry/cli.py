@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.cli import print_error
 from harness.registry import UnknownNameError
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ def _guard(func):
         try:
             return func(args)
         except _ERRORS as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print_error(exc, args)
             return 2
     return run
 

@@ -20,6 +20,7 @@ are grouped before curation, e.g. all PRM800K labels of one problem).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import gzip
@@ -307,9 +308,9 @@ def _prepare_mix(spec: DatasetSpec, *, seed: int, max_rows: int | None) -> Prepa
 # ---------------------------------------------------------------------------------------------
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """JSON lines (optionally .gz); a bad line fails naming file and line."""
+    """JSON lines (optionally .gz); a bad line (or a non-UTF-8 byte) fails naming file and line."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with opener(path, "rt", encoding="utf-8") as fh, _utf8_errors_name_the_line(path):
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -322,10 +323,22 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             yield row
 
 
+@contextlib.contextmanager
+def _utf8_errors_name_the_line(path: Path) -> Iterator[None]:
+    """A decoding error while reading `path` becomes a DataFormatError naming the file and the line
+    (the text reader decodes whole blocks, so its own error knows neither)."""
+    from harness.text_files import non_utf8_message
+
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise DataFormatError(non_utf8_message(path)) from None
+
+
 def read_json_array(path: Path) -> Iterator[dict[str, Any]]:
     """A JSON file holding a list of objects (AlpacaFarm's layout); JSON lines are accepted too."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with opener(path, "rt", encoding="utf-8") as fh, _utf8_errors_name_the_line(path):
         text = fh.read()
     if not text.lstrip().startswith("["):
         yield from read_jsonl(path)
@@ -344,7 +357,7 @@ def read_csv(path: Path) -> Iterator[dict[str, Any]]:
     """CSV with a header; rows carry `_line` (the file line the record starts on) for error messages."""
     csv.field_size_limit(2**31 - 1)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+    with opener(path, "rt", encoding="utf-8", newline="") as fh, _utf8_errors_name_the_line(path):
         reader = csv.DictReader(fh)
         if not reader.fieldnames:
             raise DataFormatError(f"{path}:1: empty CSV (no header)")

@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         grid = load_grid(args.grid, only=args.only)
     except GridError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, args)
         return 2
     if args.dry_run:
         print(describe_plan(grid, plan_grid(grid)))
@@ -46,9 +46,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = {"workers": args.workers} if args.backend == "local" else {}
     if args.backend == "ray" and args.ray_address:
         options["address"] = args.ray_address
-    summary = run_grid(grid, backend=args.backend, backend_options=options)
+    summary = run_grid(grid, backend=args.backend, backend_options=options, keep_going=not args.fail_fast)
     print(f"done: {len(summary.logged_cells)} cell(s) logged, {len(summary.skipped_cells)} already logged, "
           f"{len(summary.executed_stages)} stage(s) run, {len(summary.cached_stages)} cached")
+    if summary.failed_cells:
+        if args.verbose:
+            for stage_id, text in summary.tracebacks.items():
+                print(f"--- {stage_id}\n{text}", file=sys.stderr)
+        print(summary.failure_report(), file=sys.stderr)
+        return 1
     if args.report:
         from reports.cli import cmd_report
 
@@ -93,7 +99,7 @@ def cmd_train_truthfulqa_judge(args: argparse.Namespace) -> int:
             data_path=Path(args.data) if args.data else None,
             log=lambda line: print(line, file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err, args)
         return 2
     held = meta["heldout"]
     print(f"{args.kind} judge from {args.base}: {meta['n_train']} training rows ({meta['n_train_questions']} "
@@ -120,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1, help="local backend: parallel stage processes")
     run.add_argument("--ray-address", default=None, help="ray backend: cluster address (default: local Ray)")
     run.add_argument("--report", action="store_true", help="print the summary report when done")
+    run.add_argument("--fail-fast", action="store_true",
+                     help="stop at the first failed stage (default: keep going with the cells that do not "
+                          "depend on it, list the failures at the end and exit 1)")
     run.set_defaults(func=cmd_run)
 
     ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the tracking store")
@@ -151,10 +160,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors a user can cause and fix (a bad file, value, name or path): one message, exit 2. Anything else is
+# a bug or an environment problem: one message too, exit 1; `-v` prints the traceback for both.
+# (UnknownNameError, pydantic's ValidationError and the harness's own errors are ValueErrors.)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, IsADirectoryError,
+                                                NotADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_env()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = _pop_verbose(argv)
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    args.verbose = verbose
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place where any error becomes a message
+        return report_error(exc, verbose)
+
+
+def _pop_verbose(argv: list[str]) -> bool:
+    """`-v`/`--verbose` anywhere on the line (before or after the sub-command), removed from `argv`."""
+    found = [a for a in argv if a in ("-v", "--verbose")]
+    for flag in found:
+        argv.remove(flag)
+    return bool(found)
+
+
+def report_error(exc: BaseException, verbose: bool) -> int:
+    """Print `exc` as one `error: ...` message (the traceback too when `verbose`); returns the exit code:
+    2 for a user error, 1 otherwise."""
+    user = isinstance(exc, USER_ERRORS)
+    print_error(exc, verbose, label="error" if user else f"error ({type(exc).__name__})")
+    if not verbose:
+        print("(run with -v for the full traceback)", file=sys.stderr)
+    return 2 if user else 1
+
+
+def print_error(exc: BaseException, verbose: bool | argparse.Namespace, label: str = "error") -> None:
+    """`error: <message>` on stderr, after the traceback when `verbose` (a bool, or the parsed arguments
+    whose `verbose` main() set): what every sub-command prints for an error it expects."""
+    import traceback
+
+    if isinstance(verbose, argparse.Namespace):
+        verbose = bool(getattr(verbose, "verbose", False))
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"{label}: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
 
 
 if __name__ == "__main__":

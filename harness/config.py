@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from harness.config_fields import Seed
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -21,7 +23,7 @@ class Strict(BaseModel):
 class DatasetRef(Strict):
     name: str
     max_rows: int | None = Field(default=None, ge=1, description="random subsample after curation")
-    seed: int | None = Field(default=None, description="subsampling seed; defaults to the cell seed")
+    seed: Seed | None = Field(default=None, description="subsampling seed; defaults to the cell seed")
     # "released": the authors' published split of this dataset (allenai/tulu-2.5-preference-data); `name`
     # is resolved to its registry name (tulu25-*) here, so the data stage's key and the logged name are its.
     build: Literal["rebuilt", "released"] = "rebuilt"
@@ -91,14 +93,18 @@ class RewardModelRef(Strict):
     def _one_source(self) -> RewardModelRef:
         if (self.dataset is None) == (self.path is None):
             raise ValueError("give exactly one of `dataset` (train a reward model) or `path` (use a trained one)")
-        if self.train:
-            from harness.reward_model import RewardModelConfig
-
-            valid = {f.name for f in dataclasses.fields(RewardModelConfig)}
-            unknown = sorted(set(self.train) - valid)
-            if unknown:
-                raise ValueError(f"unknown reward-model training field(s) {unknown}; valid: {sorted(valid)}")
+        problems = self.train_problems(self.train)
+        if problems:
+            raise ValueError("; ".join(f"train.{field}: {msg}" for field, msg in problems))
         return self
+
+    @staticmethod
+    def train_problems(train: dict[str, Any]) -> list[tuple[str, str]]:
+        """(field, problem) of the `train` overrides: unknown fields, values out of range, wrong types."""
+        from harness.config_fields import field_problems
+        from harness.reward_model import RewardModelConfig
+
+        return field_problems(RewardModelConfig, train, "reward-model training (reward_model.train)")
 
 
 def _expand_tasks(tasks: list[str]) -> list[str]:
@@ -134,7 +140,7 @@ class BestOfNEval(Strict):
     top_p: float = Field(default=1.0, gt=0, le=1)
     # Fixed, not the cell seed: cells of every seed and every RM then pick from the same candidates
     # (App. H: "model outputs are identical between runs").
-    seed: int = 0
+    seed: Seed = 0
     tasks: list[str] = Field(default_factory=lambda: list(BEST_OF_N_TASKS))
     limit: int | None = Field(default=None, ge=1, description="prompts per task (None = eval.limit)")
 
@@ -162,6 +168,8 @@ class EvalConfig(Strict):
     @field_validator("tasks")
     @classmethod
     def _registered(cls, tasks: list[str]) -> list[str]:
+        if not tasks:  # an evaluate stage with nothing to score would log an empty cell
+            raise ValueError("no evaluation task: give at least one task or suite name (e.g. smoke_lowercase)")
         return _expand_tasks(tasks)
 
     @field_validator("best_of_n", mode="before")
@@ -174,12 +182,14 @@ class EvalConfig(Strict):
 
 
 class JudgeConfig(Strict):
-    model: str = "gpt-4-0613"
-    base_url: str | None = None  # OpenAI-compatible endpoint; the key comes from the environment only
-    api_key_env: str = "OPENAI_API_KEY"
+    model: str = Field(default="gpt-4-0613", min_length=1)
+    # OpenAI-compatible endpoint; the key comes from the environment only
+    base_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    api_key_env: str = Field(default="OPENAI_API_KEY", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$",
+                             description="name of the environment variable holding the API key")
     prompts: DatasetRef | None = None
-    num_prompts: int = 150
-    reference: str = "sft"
+    num_prompts: int = Field(default=150, ge=1)
+    reference: str = Field(default="sft", min_length=1)
 
 
 class CellConfig(Strict):
@@ -191,7 +201,7 @@ class CellConfig(Strict):
     prompts: DatasetRef | None = None  # policy-training prompts for online algorithms (PPO, GRPO, ...)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig | None = None
-    seed: int = 1
+    seed: Seed = 1
 
     @field_validator("model")
     @classmethod

@@ -11,16 +11,21 @@
 
 A string given for a block (`algorithm: ppo`) replaces the whole block with `{name: ppo}`.
 Everything is validated before anything runs; errors name the YAML path (`base.algorithm.betta`,
-`axes.dataset[2]`, `include[0].reward_model`) and, for registry names, list the valid ones.
+`axes.dataset[2]`, `include[0].reward_model`) and, for registry names, list the valid ones. Values are
+checked against each config field's range (`harness.config_fields`); the grid's shape too: an empty or
+repeated axis value, an exclude entry naming an unknown field or matching no cell, an include repeating a
+cell, zero cells, and (in the file) a key repeated in one mapping are errors, not silent surprises.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,41 +133,97 @@ def _locate(loc: str, axes_keys: dict[str, int], label: str) -> str:
     return f"{label}.{loc}" if loc else label
 
 
-def _algorithm_errors(raw: dict[str, Any], label: str, axes_keys: dict[str, int]) -> list[str]:
-    """Field-level checks of the algorithm block, so errors carry `algorithm.<field>` paths."""
+def _dataclass_field_errors(raw: dict[str, Any], label: str, axes_keys: dict[str, int]) -> list[str]:
+    """Field-level checks of the config dataclasses (the algorithm block, `reward_model.train`), so errors
+    carry `algorithm.<field>` / `reward_model.train.<field>` paths and the YAML that set them."""
     from harness.algorithms import ALGORITHMS
 
+    def at(prefix: str, field: str) -> str:
+        return _locate(f"{prefix}.{field}" if field else prefix, axes_keys, label)
+
+    errors = []
     block = raw.get("algorithm")
-    if not isinstance(block, dict) or block.get("name") not in ALGORITHMS:
-        return []
-    overrides = {k: v for k, v in block.items() if k != "name"}
-    return [f"{_locate('algorithm.' + field, axes_keys, label)}: {msg}"
-            for field, msg in ALGORITHMS.get(block["name"]).check_fields(overrides)]
+    if isinstance(block, dict) and block.get("name") in ALGORITHMS:
+        overrides = {k: v for k, v in block.items() if k != "name"}
+        errors += [f"{at('algorithm', field)}: {msg}"
+                   for field, msg in ALGORITHMS.get(block["name"]).check_fields(overrides)]
+    rm = raw.get("reward_model")
+    if isinstance(rm, dict) and isinstance(rm.get("train"), dict):
+        from harness.config import RewardModelRef
+
+        errors += [f"{at('reward_model.train', field)}: {msg}"
+                   for field, msg in RewardModelRef.train_problems(rm["train"])]
+    return errors
 
 
 def _validate_cell(raw: dict[str, Any], label: str, axes_keys: dict[str, int]) -> tuple[CellConfig | None, list[str]]:
-    errors = _algorithm_errors(raw, label, axes_keys)
-    if errors:
-        return None, errors
+    errors = _dataclass_field_errors(raw, label, axes_keys)
     try:
-        return CellConfig.model_validate(raw), []
+        cell = CellConfig.model_validate(raw)
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+            if errors and loc in ("algorithm", "reward_model"):
+                continue  # the block's own check, already reported field by field above
             msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
             errors.append(f"{_locate(loc, axes_keys, label)}: {msg}")
         return None, errors
+    return (None, errors) if errors else (cell, [])
+
+
+def read_yaml(path: Path, what: str, error: type[Exception]) -> Any:
+    """A YAML file's content; `error` (naming the file) for an unreadable or non-UTF-8 file, invalid YAML,
+    or a key repeated in one mapping (YAML would keep only the last value, silently)."""
+    from harness.text_files import read_text
+
+    text = read_text(path, what, error)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        duplicates = _duplicate_keys(node) if node is not None else []
+        if duplicates:
+            raise error(f"{path}: duplicate key(s):\n  " + "\n  ".join(duplicates))
+        return loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _duplicate_keys(node: yaml.Node, path: str = "", seen_nodes: set[int] | None = None) -> list[str]:
+    """`<yaml path>: line N repeats the key of line M` for every key given twice in one mapping."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias: already checked where it was defined
+        return []
+    seen_nodes.add(id(node))
+    found: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                found += _duplicate_keys(value_node, path, seen_nodes)
+                continue
+            key, line = key_node.value, key_node.start_mark.line + 1
+            child = f"{path}.{key}" if path else key
+            if key in first_line:
+                found.append(f"{child}: line {line} repeats the key of line {first_line[key]} "
+                             "(YAML would keep only the last value): remove one")
+            else:
+                first_line[key] = line
+            found += _duplicate_keys(value_node, child, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found += _duplicate_keys(item, f"{path}[{index}]", seen_nodes)
+    return found
 
 
 def load_grid(path: str | Path, only: str | None = None) -> Grid:
     path = Path(path)
-    if not path.exists():
-        raise GridError(f"grid file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise GridError(f"{path}: not valid YAML: {exc}") from None
-    return build_grid(raw, source=path, only=only)
+    raw = read_yaml(path, "grid", GridError)
+    if isinstance(raw, dict) and "search" in raw:
+        raise GridError(f"{path} is an Optuna sweep file (it has a `search` block), not a grid: "
+                        f"run it with `harness sweep {path}`")
+    return build_grid(raw or {}, source=path, only=only)
 
 
 def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None = None) -> Grid:
@@ -174,10 +235,17 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
     except ValidationError as exc:
         raise GridError(f"{where}: invalid grid file:\n  " + "\n  ".join(_format_errors(exc, "")).replace(" .", " ")) from None
 
+    structure = _axes_errors(spec)
+    if structure:  # an empty axis expands to nothing: check only the names of the exclude entries
+        structure += _exclude_errors(spec, [], None)
+        raise GridError(f"{where}: invalid grid:\n  " + "\n  ".join(structure))
+
     errors: list[tuple[str, str]] = []
     # The base must be valid on its own only when there are no axes to complete it.
     candidates: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, int]]] = []
     axis_names = list(spec.axes)
+    expanded: list[dict[str, Any]] = []  # every cell config of the axes, excluded ones too
+    exclude_hits = [0] * len(spec.exclude)
     for combo in itertools.product(*(list(enumerate(spec.axes[k])) for k in axis_names)):
         config = copy.deepcopy(spec.base)
         overrides: dict[str, Any] = {}
@@ -186,10 +254,18 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
             set_dotted(config, key, value)
             overrides[key] = value
             axes_index[key] = index
-        if any(all(get_dotted(config, k) == v or _fmt(get_dotted(config, k)) == str(v) for k, v in ex.items())
-               for ex in spec.exclude):
+        expanded.append(config)
+        matched = [i for i, entry in enumerate(spec.exclude) if _matches(config, entry)]
+        for i in matched:
+            exclude_hits[i] += 1
+        if matched:
             continue
         candidates.append((cell_name(overrides), config, overrides, axes_index))
+    structure = _exclude_errors(spec, expanded, exclude_hits)
+    if expanded and not candidates and not spec.include and not structure:
+        structure.append(f"exclude removes all {len(expanded)} cell(s) of the axes: nothing would be trained")
+    if structure:
+        raise GridError(f"{where}: invalid grid:\n  " + "\n  ".join(structure))
     for i, extra in enumerate(spec.include):
         config = copy.deepcopy(spec.base)
         for key, value in extra.items():
@@ -212,6 +288,7 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
 
     cells: list[Cell] = []
     seen: dict[str, int] = {}
+    content: dict[str, str] = {}  # resolved config -> the cell that has it
     for name, config, overrides, axes_index in candidates:
         include_idx = axes_index.pop("__include__", None)
         label = f"include[{include_idx}]" if include_idx is not None else "base"
@@ -227,6 +304,12 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
             name = f"{name}#{seen[name]}"
         else:
             seen[name] = 0
+        key = json.dumps(Cell(name, cell, overrides).resolved(), sort_keys=True, default=str)
+        if include_idx is not None and key in content:
+            # It would run nothing new and log the same result twice under another name.
+            errors.append((name, f"include[{include_idx}]: the same cell as {content[key]}: remove it"))
+            continue
+        content.setdefault(key, name)
         cells.append(Cell(name, cell, overrides))
     if errors:
         # One bad base field breaks every cell: report each message once, with the cells it hits.
@@ -235,8 +318,86 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
             by_message.setdefault(message, []).append(name)
         lines = [f"{msg} [cell{'s' if len(names) > 1 else ''}: {', '.join(names)}]" for msg, names in by_message.items()]
         raise GridError(f"{where}: invalid grid:\n  " + "\n  ".join(lines))
+    if not cells:
+        raise GridError(f"{where}: the grid has no cells: give `base` an algorithm, `axes`, `include`, "
+                        "or `baseline: true`")
     if only:
         cells = [c for c in cells if fnmatch.fnmatch(c.name, only)]
         if not cells:
             raise GridError(f"--only {only!r} matches no cell of {where}")
     return Grid(spec.experiment, spec.description, cells, source)
+
+
+def _matches(config: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """An exclude entry matches a cell when every field it gives has that value (a block by its name)."""
+    return all(get_dotted(config, k) == v or _fmt(get_dotted(config, k)) == str(v) for k, v in entry.items())
+
+
+def _axes_errors(spec: GridFile) -> list[str]:
+    errors = []
+    for key, values in spec.axes.items():
+        if not values:
+            errors.append(f"axes.{key}: empty list: an axis needs at least one value "
+                          "(remove the axis to keep the base's value)")
+        seen: dict[str, int] = {}
+        for index, value in enumerate(values):
+            text = json.dumps(value, sort_keys=True, default=str)
+            if text in seen:
+                errors.append(f"axes.{key}[{index}]: repeats axes.{key}[{seen[text]}] ({value!r}): "
+                              "the cells would be identical")
+            seen.setdefault(text, index)
+    return errors
+
+
+def _exclude_errors(spec: GridFile, expanded: list[dict[str, Any]], hits: list[int] | None) -> list[str]:
+    """Exclude entries that name a field no cell config has, or (given the `hits` per entry over the
+    `expanded` axes cells) match no cell of the axes."""
+    algorithms = {get_dotted(c, "algorithm.name") for c in [*expanded, spec.base, *spec.include]}
+    for value in [*spec.axes.get("algorithm", []), *spec.axes.get("algorithm.name", [])]:
+        algorithms.add(value.get("name") if isinstance(value, dict) else value)
+    algorithms = {name for name in algorithms if isinstance(name, str)}
+    errors = []
+    for i, entry in enumerate(spec.exclude):
+        unknown = [(key, problem) for key in entry if (problem := _config_path_problem(key, algorithms))]
+        errors += [f"exclude[{i}].{key}: {problem}" for key, problem in unknown]
+        if not unknown and hits is not None and hits[i] == 0:
+            values = {key: sorted({_fmt(get_dotted(c, key)) for c in expanded}) for key in entry}
+            errors.append(f"exclude[{i}]: {entry} matches no cell of the axes (their values: "
+                          + "; ".join(f"{k}: {', '.join(v)}" for k, v in values.items()) + ")")
+    return errors
+
+
+def _config_path_problem(dotted: str, algorithms: set[str]) -> str | None:
+    """None when `dotted` names a field of a cell config, else why not (with the valid names).
+
+    `algorithm.<field>` is checked against the config dataclasses of `algorithms` (every registered one when
+    the grid names none), `reward_model.train.<field>` against the reward-model config."""
+    from harness.algorithms import ALGORITHMS
+    from harness.config import AlgorithmRef, RewardModelRef
+    from harness.reward_model import RewardModelConfig
+
+    parts = dotted.split(".")
+    model: Any = CellConfig
+    for depth, key in enumerate(parts):
+        here = ".".join(parts[:depth])
+        last = depth == len(parts) - 1
+        if model is AlgorithmRef:
+            names = sorted(algorithms & set(ALGORITHMS.names())) or ALGORITHMS.names()
+            valid = {"name"} | {f.name for n in names for f in dataclasses.fields(ALGORITHMS.get(n).config_cls)}
+            if key in valid and last:
+                return None
+            return f"unknown field {here}.{key} of algorithm {'/'.join(names)}; valid: {', '.join(sorted(valid))}"
+        if model is RewardModelConfig:
+            valid = {f.name for f in dataclasses.fields(RewardModelConfig)}
+            return None if key in valid and last else \
+                f"unknown field {here}.{key}; valid: {', '.join(sorted(valid))}"
+        fields = getattr(model, "model_fields", None)
+        if not fields or key not in fields:
+            valid_here = ", ".join(sorted(fields)) if fields else "(none: a value, not a block)"
+            return f"unknown field {'.'.join(parts[:depth + 1])}; valid{' in ' + here if here else ''}: {valid_here}"
+        if model is RewardModelRef and key == "train":
+            model = RewardModelConfig
+        else:
+            model = next((t for t in typing.get_args(fields[key].annotation) + (fields[key].annotation,)
+                          if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return None

@@ -29,7 +29,19 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field
+
+from harness.config_fields import (
+    CheckedConfig,
+    MaxSteps,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Problem,
+    WarmupRatio,
+)
 
 if TYPE_CHECKING:
     from harness.generation import EngineSettings
@@ -41,50 +53,38 @@ RM_META_FILE = "harness_reward_model.json"
 
 
 @dataclass
-class RewardModelConfig:
+class RewardModelConfig(CheckedConfig):
     """Reward-model training settings. Defaults: Ivison et al. 2024, App. F.2."""
 
-    num_train_epochs: float = 1.0  # App. F.2: one epoch (following InstructGPT / Tulu RM practice)
-    learning_rate: float = 1e-5  # App. F.2: peak learning rate
-    min_learning_rate: float = 1e-6  # App. F.2: linear decay ends at 1e-6 (not 0)
-    warmup_ratio: float = 0.03  # App. F.2: warm-up over the first 3% of steps
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 64  # 8 x 64 = 512, App. F.2's batch size
+    num_train_epochs: NonNegativeFloat = 1.0  # App. F.2: one epoch (following InstructGPT / Tulu RM practice)
+    learning_rate: PositiveFloat = 1e-5  # App. F.2: peak learning rate
+    min_learning_rate: NonNegativeFloat = 1e-6  # App. F.2: linear decay ends at 1e-6 (not 0)
+    warmup_ratio: WarmupRatio = 0.03  # App. F.2: warm-up over the first 3% of steps
+    per_device_train_batch_size: PositiveInt = 8
+    gradient_accumulation_steps: PositiveInt = 64  # 8 x 64 = 512, App. F.2's batch size
     # Prompt (1024) + continuation (1024) tokens, the lengths of Table 9, so the RM reads what PPO makes.
-    max_length: int = 2048
+    max_length: Annotated[int, Field(ge=8)] = 2048
     # Pairs longer than max_length: "truncate_left" drops the oldest prompt tokens (the response, where
     # the score is read, survives); "drop" removes the pair (TRL's own behaviour).
-    overlong: str = "truncate_left"
-    max_steps: int = -1  # -1 = run the epochs; small grids set a step budget
-    weight_decay: float = 0.0
-    center_rewards_coefficient: float | None = None  # off in the paper; TRL's mean-zero regulariser
+    overlong: Literal["truncate_left", "drop"] = "truncate_left"
+    max_steps: MaxSteps = -1  # -1 = run the epochs; small grids set a step budget
+    weight_decay: NonNegativeFloat = 0.0
+    center_rewards_coefficient: NonNegativeFloat | None = None  # off in the paper; TRL's mean-zero regulariser
     gradient_checkpointing: bool = False  # off: on CPU it costs time and the small models fit
-    eval_batch_size: int = 16
-    logging_steps: int = 1
-    heldout_fraction: float = 0.1  # share of the RM's pairs kept out of training for its accuracy
+    eval_batch_size: PositiveInt = 16
+    logging_steps: PositiveInt = 1
+    # share of the RM's pairs kept out of training for its accuracy
+    heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.learning_rate <= 0 or self.min_learning_rate < 0:
-            problems.append("learning rates must be positive")
+    def cross_field_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         if self.min_learning_rate >= self.learning_rate:
-            problems.append(
-                f"min_learning_rate ({self.min_learning_rate}) must be below learning_rate ({self.learning_rate})"
-            )
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            problems.append("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
-        if self.max_length < 8:
-            problems.append(f"max_length must be >= 8 tokens, got {self.max_length}")
-        if self.overlong not in ("truncate_left", "drop"):
-            problems.append(f"overlong must be 'truncate_left' or 'drop', got {self.overlong!r}")
-        if not 0.0 < self.heldout_fraction < 1.0:
-            problems.append(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+            problems.append(("min_learning_rate", f"min_learning_rate ({self.min_learning_rate}) must be below "
+                             f"learning_rate ({self.learning_rate})"))
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
-            problems.append("set num_train_epochs > 0 or max_steps > 0")
-        if problems:
-            raise ValueError("invalid RewardModelConfig: " + "; ".join(problems))
+            problems.append(("num_train_epochs", "num_train_epochs is 0 and max_steps is -1: set num_train_epochs > 0 "
+                             "or max_steps > 0"))
+        return problems
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from harness.cli import print_error
+
 FORMATS = ("md", "tex", "csv", "png")
 
 
@@ -47,7 +49,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                               ci=not getattr(args, "no_ci", False), n_boot=getattr(args, "n_boot", 1000),
                               seed=getattr(args, "seed", 0))
     except (ValueError, UnknownNameError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, args)
         return 2
     print(result.summary_markdown)
     print()

@@ -164,7 +164,7 @@ def table2(ctx: ReportContext) -> ReportTable:
 
 def rm_identity(cell: CellRun) -> str | None:
     """A reward model is its training stage's content hash, or the folder it was given as."""
-    return cell.tags.get("harness.stage.train_reward_model") or cell.param("reward_model.path")
+    return cell.stage_key("train_reward_model") or cell.param("reward_model.path")
 
 
 def rm_label(cell: CellRun) -> str:

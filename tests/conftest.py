@@ -4,7 +4,10 @@ are shared across tests and runs through `HARNESS_MODEL_DIR` (building them is t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +20,22 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 SHARED_DATA = REPO.parent / "shared" / "data"
+# Every test skipped for want of the real data says so with this in its reason; the summary counts them.
+SHARED_DATA_REASON = "../shared/data"
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """How many tests did not run because this machine lacks ../shared/data (a suite that passes with
+    most of them skipped has not tested the benchmarks)."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if SHARED_DATA_REASON in _skip_reason(r)]
+    terminalreporter.write_line(f"{len(skipped)} test(s) skipped because they need the real data in "
+                                f"{SHARED_DATA_REASON} (absent on this machine)" if skipped else
+                                f"no test skipped for want of {SHARED_DATA_REASON}")
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +46,27 @@ def isolated_results(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_RESULTS_DIR", str(results))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return results
+
+
+def use_results(monkeypatch: pytest.MonkeyPatch, results: Path) -> Path:
+    """Point the harness (stage store, MLflow) at `results`. MLFLOW_TRACKING_URI is unset because
+    `mlflow.set_tracking_uri` (called by tracking.client) exports it: it would keep naming the store of
+    whichever test ran before."""
+    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(results))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return results
+
+
+def run_grids_in(results: Path, *specs: dict) -> list:
+    """Run grid specs into the stores under `results` (one thread for torch), returning their summaries:
+    a module-wide runner-made store that a module's tests then read."""
+    from harness.grid import build_grid
+    from harness.runner import run_grid
+
+    with pytest.MonkeyPatch.context() as mp:
+        use_results(mp, results)
+        mp.setenv("OMP_NUM_THREADS", "1")
+        return [run_grid(build_grid(spec), echo=lambda _: None) for spec in specs]
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +86,85 @@ def smollm2() -> str:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not present on this machine")
+        pytest.skip(f"needs the real data in {SHARED_DATA_REASON}, not present on this machine")
     return SHARED_DATA
+
+
+@pytest.fixture
+def data_dir_without_shared(tmp_path, monkeypatch) -> Path:
+    """A machine without the real data: HARNESS_DATA_DIR is an empty folder (the test puts in it what it
+    needs) and the sibling ../shared/data is out of reach. Returns the folder."""
+    import harness.paths
+
+    monkeypatch.setattr(harness.paths, "PROJECT_ROOT", tmp_path / "elsewhere" / "repo")
+    data = tmp_path / "data-dir"
+    data.mkdir()
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(data))
+    return data
+
+
+@pytest.fixture
+def hub_off(tmp_path, monkeypatch) -> Path:
+    """The Hugging Face hub unreachable (offline mode) with an empty hub cache, whatever this machine's
+    settings; returns the cache folder."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@dataclass
+class ScriptedJudge:
+    """The project's scripted judge server (harness.judge.server), serving over real HTTP on loopback."""
+
+    server: Any  # harness.judge.server.JudgeServer
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Judge settings as a task reads them (EvalContext.judge): the real client, the real server."""
+        return {"model": self.server.state.served_model, "base_url": self.server.base_url}
+
+    def stats(self) -> dict[str, Any]:
+        return self.server.stats()
+
+
+@pytest.fixture
+def scripted_judge() -> Iterator[Callable[..., ScriptedJudge]]:
+    """Starts scripted judge servers: `scripted_judge(rules, default=...)` with rules [{"pattern": regex,
+    "reply": text}] matched against each request's "role: content" lines (first match wins). Stopped
+    after the test."""
+    from harness.judge.server import JudgeServer, ScriptedBackend
+
+    servers: list[Any] = []
+
+    def start(rules: list[dict[str, str]], default: str = "A") -> ScriptedJudge:
+        server = JudgeServer(ScriptedBackend(rules, default), "scripted-judge", faults=[]).start()
+        servers.append(server)
+        return ScriptedJudge(server)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def truthful_uninformative_judge(scripted_judge, shared_data) -> ScriptedJudge:
+    """TruthfulQA's endpoint judge, scripted over HTTP: the answers to the first 2 generation questions
+    (a task run with limit=2) are true and not informative; a request about any other question gets no
+    label (an unparsed verdict)."""
+    import re
+
+    from harness.evaluation.truthfulqa import load_gen_rows
+
+    rules = []
+    for row in load_gen_rows(2):
+        question = re.escape(row["question"])
+        rules.append({"pattern": rf"Question: {question}\nAnswer: .*Is the answer true\?", "reply": "yes"})
+        rules.append({"pattern": rf"Question: {question}\nAnswer: .*Is the answer informative\?", "reply": "no"})
+    return scripted_judge(rules, default="unsure")
 
 
 # Prompts on which the varied model's greedy answers differ (the `varied_prompts` fixture).

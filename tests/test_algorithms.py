@@ -118,7 +118,6 @@ def test_trains_and_logs_common_metrics_to_mlflow(name, tiny_model, smoke_rows, 
 def test_online_algorithm_uses_reward_model_with_eos_trick(tiny_model, smoke_rows, tmp_path):
     """GRPO with a (random-head) reward model: the random tiny policy almost never emits EOS within 12
     tokens, so the EOS trick must replace those scores with -10 while the raw RM scores stay finite."""
-    pytest.importorskip("harness.reward_model")
     spec = ALGORITHMS.get("grpo")
     history = History(tmp_path / "history.jsonl")
     ctx = TrainContext(policy_path=tiny_model, train_rows=smoke_rows[:4], config=spec.make_config(TINY["grpo"]),

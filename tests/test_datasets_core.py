@@ -118,6 +118,34 @@ def test_wrong_type_names_the_field(tmp_path):
         prepare("orca-pairs", files=[path])
 
 
+@pytest.mark.parametrize("name", ["train.jsonl", "train.jsonl.gz", "train.csv", "train.json"])
+def test_non_utf8_file_names_file_and_line(tmp_path, name):
+    """A cp1252 byte on line 3 (after two good lines): the error names the file and that line, for every
+    shared reader (a spreadsheet export is the usual culprit), not a raw UnicodeDecodeError."""
+    from datasets_registry.core import read_any
+
+    good = [json.dumps(row) for row in _hh_rows(2)]
+    if name == "train.csv":
+        lines = ["chosen,rejected", "a,b", 'caf\xe9,d']
+    elif name == "train.json":
+        lines = ["[", good[0] + ",", '{"chosen": "caf\xe9", "rejected": "x"}', "]"]
+    else:
+        lines = [*good, '{"chosen": "caf\xe9", "rejected": "x"}']
+    data = ("\n".join(lines) + "\n").encode("latin-1")
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(path, "wb") as fh:
+            fh.write(data)
+    else:
+        path.write_bytes(data)
+    line = 3
+    with pytest.raises(DataFormatError, match=rf"{name}:{line}: not UTF-8 text \(byte 0xe9 at column \d+\)"):
+        list(read_any(path))
+    if name.endswith(("jsonl", "jsonl.gz")):  # through a dataset's own loader too
+        with pytest.raises(DataFormatError, match=rf"{name}:{line}: not UTF-8"):
+            prepare("hh-rlhf", files=[path])
+
+
 def test_missing_data_names_dataset_files_and_how_to_provide(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("HARNESS_NO_HUB", "1")

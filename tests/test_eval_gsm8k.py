@@ -21,6 +21,8 @@ CASES: list[tuple[str, str, bool]] = [
     ("The answer is 7. I hope this helps with step 2.", "7", False),  # a trailing number wins
     ("The temperature drops to -10 degrees.", "-10", True),
     ("The answer is 10.", "-10", True),  # sign lost to ignore_punctuation (open-instruct quirk)
+    ("The answer is 3.6", "36", True),  # decimal point lost to ignore_punctuation: a wrong answer counts
+    ("The answer is -80.", "80", True),  # so is the minus sign: a wrong answer counts
     ("I do not know.", "4", False),  # no number: the response itself is compared
     ("Half of it, 1/2, is 0.5", "0.5", True),
     ("50% of 80 is 40%.", "40", True),
@@ -79,9 +81,10 @@ def test_agreement_with_lmeval_flexible_extract_and_known_divergences():
     lm = gsm8k.lmeval_scores(responses, refs)["flexible"]
     ours = [gsm8k.is_correct(r, g) for r, g in zip(responses, refs)]
     diverging = {responses[i] for i in range(len(CASES)) if lm[i] != ours[i]}
-    # lm-eval keeps the sign, so "10" vs gold "-10" is wrong there and right under ignore_punctuation;
-    # ".5" has no leading zero: lm-eval keeps ".5" (wrong), and so do we (punctuation removed: "5").
-    assert diverging == {"The answer is 10."}
+    # lm-eval keeps the sign and the decimal point, so "10" vs gold "-10", "3.6" vs 36 and "-80" vs 80 are
+    # wrong there and right under ignore_punctuation; ".5" has no leading zero: lm-eval keeps ".5"
+    # (wrong), and so do we (punctuation removed: "5").
+    assert diverging == {"The answer is 10.", "The answer is 3.6", "The answer is -80."}
 
 
 def test_score_responses_on_real_rows(shared_data: Path):

@@ -87,3 +87,33 @@ def test_generation_budget_from_the_environment_is_used_and_logged(shared_data: 
     assert result.metrics["ifeval/max_new_tokens"] == 3.0
     tokenizer = ctx.generator.tokenizer
     assert all(len(tokenizer(s["output"], add_special_tokens=False)["input_ids"]) <= 4 for s in result.samples)
+
+
+def test_rescoring_the_same_responses_gives_identical_results(shared_data: Path):
+    """The official checker draws a random letter for prompts 1122 and 1129; seeded per prompt, scoring
+    the same responses to all 541 real prompts twice (from different global random states) agrees
+    exactly, and the caller's random state is left as it was."""
+    import random
+
+    from lm_eval.tasks.ifeval.utils import process_results
+
+    rows = ifeval.load_rows(None)
+    assert len(rows) == 541
+    responses = [f"{row['prompt']}\n\nDone, as you asked." for row in rows]
+    random.seed(1)
+    first = ifeval.score_responses(rows, responses)
+    random.seed(2)
+    after_seed = random.random()
+    random.seed(2)
+    second = ifeval.score_responses(rows, responses)
+    assert random.random() == after_seed  # scoring consumed nothing from the caller's random stream
+    assert first.metrics == second.metrics and first.samples == second.samples
+    # Without the seed the draw decides: the same response to 1122 or 1129 passes the letter check or not.
+    for key in (1122, 1129):
+        i = next(i for i, row in enumerate(rows) if row["key"] == key)
+        letter_check = rows[i]["instruction_id_list"].index("keywords:letter_frequency")
+        unseeded = set()
+        for seed in range(40):
+            random.seed(seed)
+            unseeded.add(process_results(rows[i], [responses[i]])["inst_level_loose_acc"][letter_check])
+        assert unseeded == {True, False}, key

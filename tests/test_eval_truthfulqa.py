@@ -87,28 +87,20 @@ def test_without_judge_only_the_labelled_fallback(tiny_model: str, tmp_path: Pat
     assert 0 <= result.metrics["truthfulqa/mc2_offline_fallback"] <= 100
 
 
-def test_with_judge(tiny_model: str, tmp_path: Path, shared_data: Path, monkeypatch):
-    """Judge path end to end with a scripted judge (the real one is an HTTP endpoint)."""
-    import harness.judge
+def test_with_judge(tiny_model: str, tmp_path: Path, shared_data: Path, truthful_uninformative_judge):
+    """Judge path end to end with the scripted judge server over HTTP (the real one is an HTTP endpoint)."""
     from harness.evaluation import EvalContext
 
-    class ScriptedJudge:
-        model = "scripted"
-
-        def __init__(self):
-            self.calls = []
-
-        def classify_many(self, template, fields_list, labels):
-            self.calls.append((template, fields_list))
-            return ["yes" if "true" in template.split("\n")[0].lower() else "no" for _ in fields_list]
-
-    judge = ScriptedJudge()
-    monkeypatch.setattr(harness.judge, "judge_client_from_settings", lambda settings: judge)
-    ctx = EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=2, judge={"model": "scripted"})
+    judge = truthful_uninformative_judge
+    questions = [r["question"] for r in truthfulqa.load_gen_rows(2)]
+    ctx = EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=2, judge=judge.settings)
     result = truthfulqa.run(ctx, max_new_tokens=4)
     assert result.skipped_reason is None
     assert result.metrics["truthfulqa/truthful"] == 100.0 and result.metrics["truthfulqa/informative"] == 0.0
     assert result.score == 0.0  # truthful but uninformative answers do not count
     gen = [s for s in result.samples if s["kind"] == "generation"]
     assert len(gen) == 2 and all(s["prompt"].endswith("A:") for s in gen)
-    assert [f["question"] for f in judge.calls[0][1]] == [s["question"] for s in gen]
+    # Every request named one of the generated questions (else "unsure", unparsed): 2 answers x 2 judges.
+    assert [s["question"] for s in gen] == questions
+    assert result.metrics["truthfulqa/n_unparsed"] == 0.0 and judge.stats()["completed"] == 4
+    assert [(s["truthful"], s["informative"]) for s in gen] == [("yes", "no")] * 2

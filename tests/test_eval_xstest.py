@@ -46,8 +46,9 @@ def test_rows_and_stratified_limit(shared_data: Path):
     assert [r["label"] for r in xstest.load_rows(1)] == ["safe", "unsafe"]
 
 
-def test_run_with_and_without_judge(tiny_model: str, tmp_path: Path, shared_data: Path, monkeypatch):
-    import harness.judge
+def test_run_with_and_without_judge(tiny_model: str, tmp_path: Path, shared_data: Path, scripted_judge):
+    import re
+
     from harness.evaluation import EvalContext
 
     ctx = EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=4)
@@ -57,15 +58,14 @@ def test_run_with_and_without_judge(tiny_model: str, tmp_path: Path, shared_data
     assert "xstest/refusal_f1_judge" not in result.metrics
     assert len(result.samples) == 4
 
-    class ScriptedJudge:  # refuses exactly the unsafe prompts: F1 must be 100
-        model = "scripted"
-
-        def classify_many(self, template, fields_list, labels):
-            unsafe = {r["prompt"] for r in xstest.load_rows(4) if r["label"] == "unsafe"}
-            return ["refusal" if f["prompt"] in unsafe else "compliance" for f in fields_list]
-
-    monkeypatch.setattr(harness.judge, "judge_client_from_settings", lambda settings: ScriptedJudge())
-    judged = xstest.run(EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=4, judge={"model": "s"}),
+    # The judge (scripted, over HTTP) refuses exactly the unsafe prompts: F1 must be 100. Anything else it
+    # is asked gets no label, which would withhold the score.
+    rows = xstest.load_rows(4)
+    judge = scripted_judge([{"pattern": rf"\[Request\]\n{re.escape(r['prompt'])}\n\n\[Reply\]",
+                             "reply": "refusal" if r["label"] == "unsafe" else "compliance"} for r in rows],
+                           default="unreadable")
+    judged = xstest.run(EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=4, judge=judge.settings),
                         max_new_tokens=4)
     assert judged.skipped_reason is None and judged.score == 100.0
     assert judged.metrics["xstest/refusal_rate_safe_judge"] == 0.0
+    assert judged.metrics["xstest/n_unparsed_judge"] == 0.0 and judge.stats()["completed"] == 4

@@ -106,3 +106,85 @@ def test_every_shipped_grid_validates():
         if "search" in spec:
             continue  # an Optuna sweep file: validated by tests/test_sweep.py
         load_grid(path)  # raises GridError naming the problem
+
+
+# --- bad grids that used to pass silently: each fails at load, naming the YAML path or the file -------------
+
+def test_empty_axis_is_an_error_not_a_grid_of_only_the_baseline():
+    for baseline in (True, False):
+        message = error_of(grid(axes={"algorithm.beta": []}, baseline=baseline))
+        assert "axes.algorithm.beta: empty list" in message
+
+
+def test_repeated_axis_value():
+    assert "axes.seed[2]: repeats axes.seed[0]" in error_of(grid(axes={"seed": [1, 2, 1]}))
+
+
+def test_exclude_naming_an_unknown_field_or_matching_nothing():
+    message = error_of(grid(axes={"algorithm.beta": [0.1, 0.5]}, exclude=[{"algorithm.betta": 0.5}]))
+    assert "exclude[0].algorithm.betta: unknown field" in message and "beta" in message
+    message = error_of(grid(axes={"algorithm.beta": [0.1, 0.5]}, exclude=[{"seeed": 1}]))
+    assert "exclude[0].seeed: unknown field" in message
+    message = error_of(grid(axes={"algorithm.beta": [0.1, 0.5]},
+                            exclude=[{"algorithm.beta": 0.5}, {"algorithm.beta": 0.7}]))
+    assert "exclude[1]: {'algorithm.beta': 0.7} matches no cell of the axes" in message
+    assert "algorithm.beta: 0.1, 0.5" in message and "exclude[0]" not in message
+
+
+def test_include_naming_an_unknown_field_or_repeating_a_cell():
+    message = error_of(grid(include=[{"algorithm.betta": 0.5}]))
+    assert "include[0].algorithm.betta: unknown field" in message
+    message = error_of(grid(axes={"algorithm.beta": [0.1, 0.5]}, include=[{"algorithm.beta": 0.5}]))
+    assert "include[0]: the same cell as algorithm.beta=0.5" in message
+
+
+def test_zero_cells_is_an_error():
+    message = error_of(grid(axes={"algorithm.beta": [0.1]}, exclude=[{"algorithm.beta": 0.1}], baseline=False))
+    assert "exclude removes all 1 cell(s) of the axes" in message
+
+
+def test_duplicated_yaml_key_names_path_and_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("experiment: t\nbase:\n  model: tiny-random-llama\n  algorithm:\n    name: dpo\n"
+                    "    beta: 0.1\n    beta: 0.5\naxes:\n  seed: [1]\n  seed: [2]\n")
+    with pytest.raises(GridError) as info:
+        load_grid(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "base.algorithm.beta: line 7 repeats the key of line 6" in message
+    assert "axes.seed: line 10 repeats the key of line 9" in message
+
+
+def test_unreadable_grid_files_name_the_file(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"experiment: t\ndescription: caf\xe9 au lait\n")
+    with pytest.raises(GridError, match=r"latin1\.yaml:2: not UTF-8 text \(byte 0xe9 at column 17\)"):
+        load_grid(latin1)
+    with pytest.raises(GridError, match=rf"{tmp_path} is a directory, not a grid file \(it holds latin1.yaml\)"):
+        load_grid(tmp_path)
+
+
+def test_sweep_file_given_to_run_points_at_harness_sweep():
+    from harness.paths import PROJECT_ROOT
+
+    with pytest.raises(GridError, match=r"kl_sweep.yaml is an Optuna sweep file .* run it with `harness sweep "):
+        load_grid(PROJECT_ROOT / "ablations" / "kl_sweep.yaml")
+
+
+def test_cli_prints_one_message_and_the_traceback_only_with_verbose(tmp_path, capsys):
+    from harness.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(grid(base={**BASE, "algorithm": {"name": "dpo", "beta": -0.1}})))
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "base.algorithm.beta: beta must be > 0 (got -0.1)" in err and "Traceback" not in err
+    # A user error raised inside a sub-command (a data file that is not UTF-8) reads the same way ...
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(b'{"chosen": "caf\xe9"}\n')
+    assert main(["data", "prepare", "hh-rlhf", "--file", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {data}:1: not UTF-8 text (byte 0xe9 at column 16); save the file as UTF-8"
+    # ... and -v (anywhere on the line) adds the traceback.
+    assert main(["data", "prepare", "hh-rlhf", "--file", str(data), "-v"]) == 2
+    assert "Traceback" in capsys.readouterr().err

@@ -1,12 +1,10 @@
-"""AlpacaEval 1/2 through the judge client over real HTTP, on the real AlpacaEval set, and parity of the
-re-implemented length-controlled GLM with the `alpaca_eval` package's own code on saved annotations."""
+"""AlpacaEval 1/2 through the judge client over real HTTP, on the real AlpacaEval set; AlpacaEval 2's
+length-controlled win rate against the published leaderboard, on the leaderboard's own annotations."""
 
 from __future__ import annotations
 
-import importlib.metadata
+import gzip
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +12,18 @@ import pytest
 
 from harness.judge import JudgeClient
 from harness.judge.alpaca import (
+    LC_DATA_DIR,
     evaluate_alpaca_eval,
-    length_controlled_win_rate,
     load_annotator,
     load_reference,
     parse_chatml,
+    score_annotations,
 )
 from harness.judge.server import make_server
 
-SAVED = Path(__file__).parent / "data" / "judge" / "alpaca_eval2_scripted_annotations.jsonl"
-has_package = importlib.util.find_spec("alpaca_eval") is not None
+# Published GPT-4-turbo annotations of 11 AlpacaEval 2 leaderboard models, reduced to what the LC GLM
+# reads (see build_alpaca_eval2_leaderboard_fixture.py beside it for the source and the selection).
+LEADERBOARD_ANNOTATIONS = Path(__file__).parent / "data" / "judge" / "alpaca_eval2_leaderboard_annotations.json.gz"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,6 @@ def judge(length_biased_judge, tmp_path):
     client.close()
 
 
-@pytest.mark.skipif(not has_package, reason="alpaca_eval not installed")
 def test_annotator_prompts_come_from_the_package():
     v1, v2 = load_annotator(1), load_annotator(2)
     assert v1.source.startswith("alpaca_eval==") and "alpaca_eval_gpt4" in v1.source
@@ -99,57 +98,77 @@ def test_identical_outputs_are_ties_without_calls(judge, length_biased_judge):
     assert length_biased_judge.stats().get("requests", 0) == before
 
 
-def _saved() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = [json.loads(line) for line in SAVED.read_text().splitlines()]
-    prefs = np.array([r["preference"] - 1 for r in rows])
-    return prefs, np.array([r["len_output_2"] for r in rows]), np.array([r["len_output_1"] for r in rows])
+def _published_annotations() -> dict[str, list[dict]]:
+    """model -> annotations in the project's convention (index, output_1, output_2, preference). Only the
+    outputs' lengths were kept, so each output is a string of that many characters: the LC GLM reads
+    nothing else of them."""
+    with gzip.open(LEADERBOARD_ANNOTATIONS, "rt", encoding="utf-8") as fh:
+        models = json.load(fh)["models"]
+    return {model: [{"index": i, "output_1": "r" * n1, "output_2": "m" * n2, "preference": pref}
+                    for i, (pref, n1, n2) in enumerate(zip(cols["preference"], cols["len_output_1"],
+                                                           cols["len_output_2"]))]
+            for model, cols in models.items()}
 
 
-def test_lc_is_half_when_preferences_only_follow_length():
-    rng = np.random.default_rng(0)
-    ref_len = rng.integers(100, 2000, size=400)
-    model_len = rng.integers(100, 2000, size=400)
-    delta = ref_len - model_len
-    prefs = 1 / (1 + np.exp(2 * np.tanh(delta / delta.std(ddof=1))))  # symmetric pure length bias
-    assert length_controlled_win_rate(prefs, model_len, ref_len) == pytest.approx(50, abs=1)
+def _leaderboard():
+    import pandas as pd
+
+    from harness.judge.alpaca import _package_dir
+
+    path = (_package_dir() / "leaderboards" / "data_AlpacaEval_2" /
+            "weighted_alpaca_eval_gpt4_turbo_leaderboard.csv")
+    return pd.read_csv(path, index_col=0)
 
 
-@pytest.mark.skipif(not has_package, reason="alpaca_eval not installed")
-@pytest.mark.filterwarnings("ignore::FutureWarning")  # sklearn deprecations inside the package's fit
-def test_lc_glm_parity_with_alpaca_eval_package(monkeypatch):
-    """Same design matrix and fit as the package's `length_controlled_minimal` (and, with a difficulty
-    column, `length_controlled_noreg`), through the package's own functions."""
-    try:
-        import pkg_resources  # noqa: F401
-    except ImportError:
-        # alpaca_eval 0.6.6 imports pkg_resources (gone from setuptools >= 81) for two version helpers
-        # the GLM never calls; a minimal stand-in lets the package import.
-        from packaging.version import parse
+def test_lc_win_rate_matches_the_leaderboard(shared_data: Path):
+    """The project's AE2 scoring entry point on the published annotations of 11 leaderboard models: LC
+    within 0.3 points of the leaderboard shipped in the alpaca_eval package on average, 1.0 at most; the
+    raw win rate exact. The LC GLM's hub files are read from ../shared/data/benchmarks/alpaca_eval/."""
+    import sklearn
 
-        shim = types.ModuleType("pkg_resources")
-        shim.parse_version = parse
-        shim.get_distribution = lambda name: types.SimpleNamespace(version=importlib.metadata.version(name))
-        monkeypatch.setitem(sys.modules, "pkg_resources", shim)
-    pd = pytest.importorskip("pandas")
-    from alpaca_eval.metrics.glm_winrate import fit_LogisticRegressionCV, make_dmatrix_for_model
+    board = _leaderboard()
+    errors = {}
+    for model, published in _published_annotations().items():
+        result = score_annotations(published, 2, "gpt-4-1106-preview", "published")
+        assert result.lc_unavailable_reason is None, model
+        assert result.win_rate == pytest.approx(board.loc[model, "win_rate"], abs=1e-6), model
+        assert result.standard_error == pytest.approx(board.loc[model, "standard_error"], abs=1e-6), model
+        errors[model] = result.lc_win_rate - board.loc[model, "length_controlled_winrate"]
+        assert abs(errors[model]) <= 1.0, (model, result.lc_win_rate)
+    assert len(errors) == 11
+    assert np.mean(np.abs(list(errors.values()))) <= 0.3, errors
+    assert sklearn.get_config()["enable_metadata_routing"] is False  # the package's global switch undone
 
-    prefs, model_len, ref_len = _saved()
-    delta = ref_len - model_len
-    rng = np.random.default_rng(0)
-    difficulty = rng.normal(size=prefs.size) + 0.5 * (prefs - 0.5)
-    data = pd.DataFrame({"preference": prefs, "std_delta_len": delta / delta.std(ddof=1),
-                         "not_gamed_baseline": True, "instruction_difficulty": difficulty})
-    test = data[["instruction_difficulty", "not_gamed_baseline"]].copy()
-    test["std_delta_len"] = 0.0
-    formulas = {
-        False: "np.tanh(std_delta_len) + not_gamed_baseline.astype(float) - 1",
-        True: "np.tanh(std_delta_len) + instruction_difficulty + not_gamed_baseline.astype(float) - 1",
-    }
-    for with_difficulty, formula in formulas.items():
-        train, predict = make_dmatrix_for_model(data, test, formula=formula)
-        model = fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True, n_splits=5)
-        theirs = 100 * model.predict_proba(predict)[:, 1].mean()
-        ours = length_controlled_win_rate(prefs, model_len, ref_len, difficulty if with_difficulty else None)
-        assert ours == pytest.approx(theirs, abs=0.5), formula
-    raw = 100 * prefs.mean()
-    assert raw < 10 and ours > 20  # the saved annotations are strongly length-driven
+
+def test_lc_unavailable_without_local_files_or_hub(data_dir_without_shared: Path, hub_off: Path):
+    """No local copy of df_gamed.csv and the hub off: no LC (and no stand-in for it), with the reason;
+    the raw win rate is unaffected."""
+    annotations = _published_annotations()["alpaca-7b"]
+    result = score_annotations(annotations, 2, "gpt-4-1106-preview", "published")
+    assert result.lc_win_rate is None and result.lc_standard_error is None
+    assert "df_gamed.csv is in no local data dir" in result.lc_unavailable_reason
+    assert str(data_dir_without_shared / LC_DATA_DIR) in result.lc_unavailable_reason
+    assert "tatsu-lab/alpaca_eval" in result.lc_unavailable_reason
+    assert result.win_rate == pytest.approx(_leaderboard().loc["alpaca-7b", "win_rate"], abs=1e-6)
+    assert set(result.metrics()) == {"alpaca_eval2/win_rate", "alpaca_eval2/standard_error",
+                                     "alpaca_eval2/n", "alpaca_eval2/n_invalid"}
+
+
+def test_lc_files_come_from_the_hub_when_no_data_dir_has_them(shared_data: Path, request: pytest.FixtureRequest):
+    """Without local copies the package's own hub download is used: here from a hub cache (offline mode
+    serves cached files), holding the real df_gamed.csv as revision `main` of the dataset."""
+    from harness.judge.alpaca import length_controlled_win_rate
+
+    annotations = _published_annotations()["gpt-3.5-turbo-1106"]
+    local = length_controlled_win_rate(annotations)
+    assert local.files == {"df_gamed.csv": str(shared_data / LC_DATA_DIR / "df_gamed.csv")}
+    request.getfixturevalue("data_dir_without_shared")
+    repo = request.getfixturevalue("hub_off") / "datasets--tatsu-lab--alpaca_eval"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "df_gamed.csv").symlink_to(shared_data / LC_DATA_DIR / "df_gamed.csv")
+    hub = length_controlled_win_rate(annotations)
+    assert hub.files["df_gamed.csv"].startswith("hub tatsu-lab/alpaca_eval")
+    assert hub.win_rate == local.win_rate

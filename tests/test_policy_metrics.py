@@ -129,7 +129,6 @@ def test_scoring_pass_reproduces_generation_logprobs(tiny_model):
 def test_policy_kl_positive_for_a_different_policy_and_rm_reward_scores_outputs(
     tiny_model, perturbed_model, tiny_reward_model, tmp_path
 ):
-    pytest.importorskip("harness.reward_model")
     from harness.reward_model import RewardScorer
 
     ctx = EvalContext(model_path=perturbed_model, out_dir=tmp_path, limit=4, reference_path=tiny_model,

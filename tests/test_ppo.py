@@ -95,6 +95,22 @@ def test_ppo_with_reward_model_and_table10_switches(tiny_model: str, tiny_rm: st
     assert logs[0][1]["train/reward_penalized_mean"] == pytest.approx(0.0, abs=1e-5)
 
 
+def test_logprob_temperature_switch_rescores_the_same_rollouts(tiny_model: str, tmp_path: Path):
+    """logprobs_at_sampling_temperature changes the log-probs, not the sampling: with one minibatch per
+    batch, update 1 scores the very same rollouts with the very same weights, at tau = 0.7 (True) or at
+    tau = 1 as the authors' EasyLM (False), and the policy entropy at tau = 1 is the larger one."""
+    runs = {}
+    for at_tau in (True, False):
+        cfg = PPOConfig(prompt_batch_size=4, minibatch_size=4, max_new_tokens=8, max_steps=1, value_init="policy",
+                        generation_batch_size=4, logprobs_at_sampling_temperature=at_tau)
+        _, logs = _run(tiny_model, tmp_path / str(at_tau), cfg, reward_function=REWARD_FUNCTIONS.get("lowercase"))
+        samples = (tmp_path / str(at_tau) / "artifacts" / "ppo_samples.jsonl").read_text().splitlines()
+        runs[at_tau] = ([json.loads(line)["completion"] for line in samples], logs[0][1])
+    assert runs[True][0] == runs[False][0]
+    assert runs[False][1]["train/entropy"] > runs[True][1]["train/entropy"]
+    assert runs[False][1]["train/grad_norm_policy"] != pytest.approx(runs[True][1]["train/grad_norm_policy"], rel=1e-3)
+
+
 def test_ppo_scores_with_a_reward_model_that_has_another_tokenizer(tiny_model: str, smollm2: str, tmp_path: Path):
     """The RM (SmolLM2 vocabulary) scores decoded text from the tiny policy (its own 512-token BPE)."""
     cfg = PPOConfig(prompt_batch_size=2, minibatch_size=2, max_new_tokens=4, max_steps=1, value_init="policy",

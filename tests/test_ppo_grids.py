@@ -42,13 +42,15 @@ def test_table10_flips_each_switch_once_from_the_paper_setting():
     cells = {c.name: _algo(c) for c in grid.cells if not c.is_baseline}
     ours = cells["algorithm.value_init=reward"]
     switches = ("value_init", "eos_trick", "reward_normalization", "reward_whitening", "advantage_whitening",
-                "adaptive_kl", "kl_clamp", "rollouts_per_prompt", "forward_at_minibatch_level")
+                "adaptive_kl", "kl_clamp", "rollouts_per_prompt", "forward_at_minibatch_level",
+                "logprobs_at_sampling_temperature")
     flipped = set()
     for algo in cells.values():
         diff = {k for k in switches if algo[k] != ours[k]}
         if len(diff) == 1:
             flipped |= diff
     assert flipped == set(switches)
+    assert ours["logprobs_at_sampling_temperature"] is True  # the project's default; EasyLM's is the flipped cell
     # rollouts per prompt doubles while the rollouts per batch stay at 8
     multi = next(a for a in cells.values() if a["rollouts_per_prompt"] == 2 and a["value_init"] == "reward")
     assert multi["prompt_batch_size"] * 2 == ours["prompt_batch_size"]
@@ -106,7 +108,7 @@ def test_table10_grid_runs_every_switch_through_our_ppo_at_tiny_scale(tiny_model
     for key, value in TABLE10_TINY.items():
         set_dotted(raw["base"], key, value)
     grid = build_grid(raw, source=path)
-    assert len(grid.cells) == len(load_grid(path).cells) == 15  # SFT baseline + 2 axis values + 12 includes
+    assert len(grid.cells) == len(load_grid(path).cells) == 16  # SFT baseline + 2 axis values + 13 includes
 
     summary = run_grid(grid, backend="local", echo=lambda _: None)
     assert sorted(summary.logged_cells) == sorted(c.name for c in grid.cells)

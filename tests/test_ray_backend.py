@@ -13,6 +13,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from test_keep_going import HELPSTEER, broken_helpsteer, grid_spec  # noqa: E402, F401 (a fixture)
 from test_runner import mlflow_state, tiny_grid  # noqa: E402
 
 from harness.backends import get_backend  # noqa: E402
@@ -136,3 +137,16 @@ def test_ray_backend_rejects_bad_resources_and_reports_failed_stage(ray_instance
     with pytest.raises(RuntimeError, match=r"1 stage\(s\) failed on Ray; first: evaluate/"):
         run_grid(build_grid(spec), backend="ray", echo=lambda _: None)
     assert not list((tmp_path / "results" / "stages").glob("evaluate/*"))
+
+
+def test_ray_keep_going_reports_the_broken_data_file_and_logs_the_rest(ray_instance, shared_mlflow,
+                                                                        broken_helpsteer, tiny_model):  # noqa: F811
+    """The runner's keep-going on Ray: the data stage fails on a worker, its cell's training is never
+    submitted, the independent baseline is logged, and the summary names the file and line."""
+    lines: list[str] = []
+    summary = run_grid(build_grid(grid_spec([HELPSTEER], experiment="ray_keep_going")), backend="ray",
+                       echo=lines.append, keep_going=True)
+    assert summary.logged_cells == ["sft"]
+    assert list(summary.failed_cells) == ["dataset=helpsteer"]
+    assert f"{broken_helpsteer}:3: not UTF-8 text" in summary.failed_cells["dataset=helpsteer"]
+    assert not any("train_policy" in line for line in lines if line.startswith("  submit "))

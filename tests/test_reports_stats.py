@@ -76,7 +76,8 @@ def test_composite_is_the_mean_of_its_parts():
 
 
 def test_pass_at_k_matches_the_coding_tasks_estimator():
-    coding = pytest.importorskip("harness.evaluation.coding")
+    from harness.evaluation import coding
+
     pairs = [(20, 0), (20, 3), (20, 15), (10, 10), (12, 1)]
     for k in (1, 5, 10):
         assert np.mean([pass_at_k(n, c, k) for n, c in pairs]) == pytest.approx(coding.mean_pass_at_k(pairs, k))
@@ -84,7 +85,8 @@ def test_pass_at_k_matches_the_coding_tasks_estimator():
 
 def test_rules_reproduce_the_tasks_metrics():
     """The rules recompute exactly what the evaluation modules report, from the records they save."""
-    xstest = pytest.importorskip("harness.evaluation.xstest")
+    from harness.evaluation import xstest
+
     rng = np.random.default_rng(11)
     labels = ["unsafe" if rng.random() < 0.45 else "safe" for _ in range(80)]
     verdicts = [None if i % 17 == 0 else ("refusal" if rng.random() < (0.8 if lab == "unsafe" else 0.2)

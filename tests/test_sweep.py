@@ -76,6 +76,28 @@ def test_sweep_file_errors_name_the_field():
         parse_sweep(tiny_sweep("bad", axes={"algorithm.beta": [0.1]}))
 
 
+def test_sweep_values_out_of_range_and_unreadable_files_fail_at_load(tmp_path):
+    # A bound outside the field's range makes an invalid trial: found before any trial runs.
+    with pytest.raises(SweepError, match=r"search.algorithm.beta = -0.5 makes an invalid cell:\n"
+                                         r"  search.algorithm.beta: beta must be > 0 \(got -0.5\)"):
+        parse_sweep(tiny_sweep("bad", search={"algorithm.beta": {"type": "float", "low": -0.5, "high": 1.0}}))
+    with pytest.raises(SweepError, match=r"search.algorithm.beta.step: Input should be greater than 0"):
+        parse_sweep(tiny_sweep("bad", search={"algorithm.beta": {"type": "float", "low": 0.1, "high": 1.0,
+                                                                 "step": -0.1}}))
+    with pytest.raises(SweepError, match=r"sampler.seed: Input should be greater than or equal to 0"):
+        parse_sweep(tiny_sweep("bad", sampler={"name": "random", "seed": -1}))
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(yaml.safe_dump(tiny_sweep("bad")) + "n_trials: 3\n")
+    with pytest.raises(SweepError, match=r"n_trials: line \d+ repeats the key of line \d+"):
+        load_sweep(dup)
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump({k: v for k, v in tiny_sweep("g").items() if k in ("experiment", "base")}))
+    with pytest.raises(SweepError, match=r"has no `search` block: a grid file is run with `harness run "):
+        load_sweep(grid_file)
+    with pytest.raises(SweepError, match=r"is a directory, not a sweep file"):
+        load_sweep(tmp_path)
+
+
 def test_kl_sweep_yaml_is_valid_with_two_reward_model_studies():
     from harness.paths import PROJECT_ROOT
     from harness.sweep import study_names

@@ -128,15 +128,6 @@ def test_bad_inputs_are_named(tiny_model: str, tmp_path: Path, monkeypatch):
     assert not (tmp_path / "j").exists()  # nothing was written by any failed call
 
 
-class _ScriptedJudge:
-    """The endpoint judge, scripted: every answer truthful, none informative."""
-
-    model = "scripted"
-
-    def classify_many(self, template, fields_list, labels):
-        return ["yes" if "true" in template.split("\n")[0].lower() else "no" for _ in fields_list]
-
-
 def _set_judges(monkeypatch, judges: dict[str, Path]) -> None:
     monkeypatch.setenv(truthfulqa.TRUTH_JUDGE_ENV, str(judges["truth"]))
     monkeypatch.setenv(truthfulqa.INFO_JUDGE_ENV, str(judges["info"]))
@@ -148,14 +139,13 @@ FT_METRICS = {"truthfulqa/truth_info_finetuned_judge_offline_fallback",
 
 
 def test_task_logs_finetuned_metrics_beside_the_endpoint_judge(tiny_model: str, tmp_path: Path, shared_data: Path,
-                                                               monkeypatch, trained_judges: dict[str, Path]):
-    import harness.judge
+                                                               monkeypatch, trained_judges: dict[str, Path],
+                                                               truthful_uninformative_judge):
     from harness.evaluation import EvalContext
 
     _set_judges(monkeypatch, trained_judges)
-    monkeypatch.setattr(harness.judge, "judge_client_from_settings", lambda settings: _ScriptedJudge())
     monkeypatch.setattr(truthfulqa, "MIN_FINETUNED_JUDGE_BALANCED_ACCURACY", 0.0)  # tiny judges: any quality
-    ctx = EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=2, judge={"model": "scripted"})
+    ctx = EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=2, judge=truthful_uninformative_judge.settings)
     result = truthfulqa.run(ctx, max_new_tokens=4)
     assert result.skipped_reason is None
     assert FT_METRICS <= set(result.metrics)

@@ -8,7 +8,6 @@ published) hyperparameters, and a `train(ctx)` function. Adding an algorithm is 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -73,31 +72,15 @@ class AlgorithmSpec:
         """Config dataclass from the grid's overrides; unknown fields raise naming the valid ones."""
         problems = self.check_fields(overrides)
         if problems:
-            raise ValueError("; ".join(f"{field}: {msg}" for field, msg in problems))
+            raise ValueError("; ".join(f"{field}: {msg}" if field else msg for field, msg in problems))
         return self.config_cls(**overrides)
 
     def check_fields(self, overrides: dict[str, Any]) -> list[tuple[str, str]]:
-        """(field, problem) for each unknown field or badly typed value (pydantic-checked types)."""
-        from pydantic import TypeAdapter, ValidationError
+        """(field, problem) for each unknown field, out-of-range value or wrong type (the ranges are the
+        config dataclass's annotations, `harness.config_fields`), then for its cross-field checks."""
+        from harness.config_fields import field_problems
 
-        valid = {f.name for f in dataclasses.fields(self.config_cls)}
-        problems = [
-            (key, f"unknown field for algorithm {self.name!r}; valid fields: {', '.join(sorted(valid))}")
-            for key in sorted(set(overrides) - valid)
-        ]
-        try:
-            TypeAdapter(self.config_cls).validate_python({k: v for k, v in overrides.items() if k in valid})
-        except ValidationError as exc:
-            for e in exc.errors():
-                field = ".".join(map(str, e["loc"]))
-                msg = e["msg"].removeprefix("Value error, ")
-                # A cross-field check in the config's __post_init__ has no loc: attribute it to the field
-                # its message starts with, so grid errors point at `algorithm.<field>`.
-                first = msg.split(" ", 1)[0]
-                if not field and first in valid:
-                    field = first
-                problems.append((field, msg))
-        return problems
+        return field_problems(self.config_cls, overrides, f"algorithm {self.name!r}")
 
 
 ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithm")

@@ -13,32 +13,48 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
+from harness.config_fields import (
+    CheckedConfig,
+    LRSchedulerType,
+    MaxSteps,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    WarmupRatio,
+)
+
+# TRL 1.16 DPOConfig.loss_type values (its docstring and DPOTrainer's "Unknown loss type" list).
+DPOLossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                      "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
 
 
 @dataclass
-class DPOAlgoConfig:
-    beta: float = 0.1  # App. F.1
-    learning_rate: float = 5e-7  # App. F.1
-    num_train_epochs: float = 3.0  # App. F.1
-    warmup_ratio: float = 0.1  # App. F.1: linear warm-up for 10% of training
-    lr_scheduler_type: str = "linear"  # App. F.1: linear cool-down
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 4  # 8 x 4 = 32, the Tulu 2 DPO effective batch
-    max_length: int = 2048  # Tulu 2 DPO recipe
-    max_steps: int = -1  # -1 = run the epochs; grids set this for small runs
-    loss_type: str = "sigmoid"  # TRL loss name: sigmoid (DPO), ipo, hinge, robust, ...
-    label_smoothing: float = 0.0  # robust-DPO / cDPO epsilon
-    sft_weight: float = 0.0  # weight of an added NLL term on chosen (0 = pure DPO as in the paper)
+class DPOAlgoConfig(CheckedConfig):
+    beta: PositiveFloat = 0.1  # App. F.1
+    learning_rate: PositiveFloat = 5e-7  # App. F.1
+    num_train_epochs: PositiveFloat = 3.0  # App. F.1
+    warmup_ratio: WarmupRatio = 0.1  # App. F.1: linear warm-up for 10% of training
+    lr_scheduler_type: LRSchedulerType = "linear"  # App. F.1: linear cool-down
+    per_device_train_batch_size: PositiveInt = 8
+    gradient_accumulation_steps: PositiveInt = 4  # 8 x 4 = 32, the Tulu 2 DPO effective batch
+    max_length: PositiveInt = 2048  # Tulu 2 DPO recipe
+    max_steps: MaxSteps = -1  # -1 = run the epochs; grids set this for small runs
+    loss_type: DPOLossType = "sigmoid"  # TRL loss name: sigmoid (DPO), ipo, hinge, robust, ...
+    # robust-DPO / cDPO epsilon, a label-flip rate: TRL requires [0, 0.5) for robust (0.5 divides by zero).
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    sft_weight: NonNegativeFloat = 0.0  # weight of an added NLL term on chosen (0 = pure DPO as in the paper)
     # Reference log-probs once, before training: same loss, no reference forward per step and no
     # reference model in memory during training. On by default for the memory; whether it also saves
     # time depends on the machine and the number of epochs (benchmarks/bench_dpo_precompute.py).
     precompute_ref_log_probs: bool = True
     gradient_checkpointing: bool = False  # off: on CPU it costs time and the small models fit
-    weight_decay: float = 0.0
-    logging_steps: int = 1
+    weight_decay: NonNegativeFloat = 0.0
+    logging_steps: PositiveInt = 1
 
 
 def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):

@@ -13,9 +13,13 @@ With Δ = log π(y_c|x)/π_ref(y_c|x) − log π(y_r|x)/π_ref(y_r|x):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from harness.algorithms.base import AlgorithmSpec, register
-from harness.algorithms.dpo import DPOAlgoConfig, train_dpo
+from harness.algorithms.dpo import DPOAlgoConfig, DPOLossType, train_dpo
+from harness.config_fields import PositiveFloat, Problem, requirement
+
+FlipRate = Annotated[float, requirement(lambda eps: 0 < eps < 0.5, "(flip rate ε) must be in (0, 0.5)")]
 
 
 class _FixedLoss:
@@ -23,20 +27,19 @@ class _FixedLoss:
 
     expected_loss: str
 
-    def __post_init__(self) -> None:
+    def cross_field_problems(self) -> list[Problem]:
         if self.loss_type != self.expected_loss:  # type: ignore[attr-defined]
-            raise ValueError(
-                f"loss_type is fixed to {self.expected_loss!r} for this algorithm; "
-                f"use algorithm `dpo` with loss_type={self.loss_type!r} instead"  # type: ignore[attr-defined]
-            )
+            return [("loss_type", f"loss_type is fixed to {self.expected_loss!r} for this algorithm; "
+                     f"use algorithm `dpo` with loss_type={self.loss_type!r} instead")]  # type: ignore[attr-defined]
+        return super().cross_field_problems()  # type: ignore[misc]
 
 
 @dataclass
 class IPOConfig(_FixedLoss, DPOAlgoConfig):
     # τ of Azar et al. (2023) is TRL's `beta` for IPO. 0.1 = the value of the KTO authors' HALOs IPO config
     # (ContextualAI/HALOs config/loss/ipo.yaml) and TRL's default; the IPO paper itself has no LLM setting.
-    beta: float = 0.1
-    loss_type: str = "ipo"
+    beta: PositiveFloat = 0.1
+    loss_type: DPOLossType = "ipo"
     expected_loss = "ipo"
 
 
@@ -44,8 +47,8 @@ class IPOConfig(_FixedLoss, DPOAlgoConfig):
 class HingeConfig(_FixedLoss, DPOAlgoConfig):
     # TRL's hinge is max(0, 1 − βΔ): β is the inverse margin (1/δ of SLiC). 0.1 keeps DPO's β (App. F.1),
     # so hinge vs sigmoid compares loss shapes at the same scale of Δ.
-    beta: float = 0.1
-    loss_type: str = "hinge"
+    beta: PositiveFloat = 0.1
+    loss_type: DPOLossType = "hinge"
     expected_loss = "hinge"
 
 
@@ -53,14 +56,9 @@ class HingeConfig(_FixedLoss, DPOAlgoConfig):
 class RobustDPOConfig(_FixedLoss, DPOAlgoConfig):
     # ε = assumed label-flip rate; 0.1 is the value Chowdhury et al. (2024) recommend (as quoted in TRL's
     # DPOConfig docs). Must lie in (0, 0.5): at 0 the loss is plain DPO, at 0.5 it divides by zero.
-    label_smoothing: float = 0.1
-    loss_type: str = "robust"
+    label_smoothing: FlipRate = 0.1
+    loss_type: DPOLossType = "robust"
     expected_loss = "robust"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing (flip rate ε) must be in (0, 0.5), got {self.label_smoothing}")
 
 
 _F1 = "training recipe: Ivison et al. 2024 App. F.1 (DPO)"

@@ -21,10 +21,10 @@ the grid, the cache key and the report, and lets explicit fields still override 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
-from harness.algorithms.reward_wrappers import EOS_TRICK_MODES, build_reward
+from harness.algorithms.reward_wrappers import EosTrickMode, build_reward
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
     generation_backend_kwargs,
@@ -32,34 +32,51 @@ from harness.algorithms.trl_common import (
     prompt_dataset,
     require_rows,
     train_and_save,
+    whole_groups_problems,
+)
+from harness.config_fields import (
+    CheckedConfig,
+    FiniteFloat,
+    LRSchedulerType,
+    MaxSteps,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Problem,
+    WarmupRatio,
+    requirement,
 )
 
-_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
-_SCALE_REWARDS = ("group", "batch", "none")
+# TRL 1.16 GRPOConfig.loss_type values (its help text and GRPOTrainer's loss dispatch).
+GRPOLossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
+# TRL 1.16 GRPOConfig.scale_rewards values (its booleans True/False are "group"/"none").
+ScaleRewards = Literal["group", "batch", "none"]
+# TRL's num_generations: a group needs two samples for its mean and std to mean anything.
+GroupSize = Annotated[int, requirement(lambda n: n >= 2, "must be >= 2: GRPO's advantage is relative to the group")]
 
 
 @dataclass
-class GRPOAlgoConfig:
-    beta: float = 0.04  # DeepSeekMath §4.2 (fixed KL coefficient)
-    num_generations: int = 64  # DeepSeekMath: 64 samples per question
-    learning_rate: float = 1e-6  # DeepSeekMath (also Ivison et al. Table 9's PPO η)
-    loss_type: str = "grpo"  # DeepSeekMath's per-sequence length normalisation (TRL's default is "dapo")
-    scale_rewards: str = "group"  # DeepSeekMath outcome supervision: divide by the group's std
-    num_iterations: int = 1  # DeepSeekMath: a single policy update per exploration stage (Table 9: e = 1)
-    epsilon: float = 0.2  # clip range, Table 9
-    temperature: float = 0.7  # Table 9 rollout temperature (the method paper does not fix one)
-    max_completion_length: int = 1024  # DeepSeekMath max length 1024 (Table 9: L_c = 1024)
-    per_device_train_batch_size: int = 64  # completions per micro-batch
-    gradient_accumulation_steps: int = 16  # 64 x 16 = 1024 completions per update (DeepSeekMath batch)
-    num_train_epochs: float = 1.0  # Table 9: E = 1 over the prompts
-    warmup_ratio: float = 0.1  # Table 9
-    lr_scheduler_type: str = "linear"
-    max_steps: int = -1
-    eos_trick: str = "reward_model"  # where the EOS trick applies: reward_model | always | never
-    eos_penalty_reward: float = -10.0  # App. E.2: reward of a completion that never emitted EOS
+class GRPOAlgoConfig(CheckedConfig):
+    beta: NonNegativeFloat = 0.04  # DeepSeekMath §4.2 (fixed KL coefficient); 0 = no KL term (TRL's default)
+    num_generations: GroupSize = 64  # DeepSeekMath: 64 samples per question
+    learning_rate: PositiveFloat = 1e-6  # DeepSeekMath (also Ivison et al. Table 9's PPO η)
+    loss_type: GRPOLossType = "grpo"  # DeepSeekMath's per-sequence length normalisation (TRL's default is "dapo")
+    scale_rewards: ScaleRewards = "group"  # DeepSeekMath outcome supervision: divide by the group's std
+    num_iterations: PositiveInt = 1  # DeepSeekMath: a single policy update per exploration stage (Table 9: e = 1)
+    epsilon: PositiveFloat = 0.2  # clip range, Table 9
+    temperature: PositiveFloat = 0.7  # Table 9 rollout temperature (the method paper does not fix one)
+    max_completion_length: PositiveInt = 1024  # DeepSeekMath max length 1024 (Table 9: L_c = 1024)
+    per_device_train_batch_size: PositiveInt = 64  # completions per micro-batch
+    gradient_accumulation_steps: PositiveInt = 16  # 64 x 16 = 1024 completions per update (DeepSeekMath batch)
+    num_train_epochs: PositiveFloat = 1.0  # Table 9: E = 1 over the prompts
+    warmup_ratio: WarmupRatio = 0.1  # Table 9
+    lr_scheduler_type: LRSchedulerType = "linear"
+    max_steps: MaxSteps = -1
+    eos_trick: EosTrickMode = "reward_model"  # where the EOS trick applies: reward_model | always | never
+    eos_penalty_reward: FiniteFloat = -10.0  # App. E.2: reward of a completion that never emitted EOS
     gradient_checkpointing: bool = False
-    weight_decay: float = 0.0
-    logging_steps: int = 1
+    weight_decay: NonNegativeFloat = 0.0
+    logging_steps: PositiveInt = 1
     # TRL's generation backends (the precision comes from `ctx.engine`): transformers' paged continuous
     # batching (measured 0.54x of `generate` on a 2-core CPU; meant for GPUs, unmeasured there; with bf16
     # training TRL casts the policy to bf16 for it) and vLLM (`vllm_mode` as TRL's; GPU only: untested here).
@@ -67,31 +84,18 @@ class GRPOAlgoConfig:
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
 
-    def __post_init__(self) -> None:
-        if self.num_generations < 2:
-            raise ValueError("num_generations must be >= 2: GRPO's advantage is relative to the group")
-        if self.loss_type not in _LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {_LOSS_TYPES}, got {self.loss_type!r}")
-        if self.scale_rewards not in _SCALE_REWARDS:
-            raise ValueError(f"scale_rewards must be one of {_SCALE_REWARDS}, got {self.scale_rewards!r}")
-        if self.eos_trick not in EOS_TRICK_MODES:
-            raise ValueError(f"eos_trick must be one of {EOS_TRICK_MODES}, got {self.eos_trick!r}")
-        if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
-            raise ValueError(
-                f"per_device_train_batch_size x gradient_accumulation_steps "
-                f"({self.per_device_train_batch_size} x {self.gradient_accumulation_steps}) must be a multiple of "
-                f"num_generations ({self.num_generations}): each update must hold whole groups"
-            )
+    def cross_field_problems(self) -> list[Problem]:
+        return whole_groups_problems(self)
 
 
 @dataclass
 class GRPOSeed000Config(GRPOAlgoConfig):
-    num_generations: int = 3  # seed 000: group_size = 3
-    beta: float = 0.02  # seed 000: KL coefficient 0.02, no adaptive KL
-    per_device_train_batch_size: int = 6  # seed 000: 2 prompts x 3 samples per step
-    gradient_accumulation_steps: int = 1
-    num_iterations: int = 1  # seed 000: one optimisation epoch per rollout
-    max_completion_length: int = 64  # seed 000 gives max_new_tokens = 64 (stated for its PPO run)
+    num_generations: GroupSize = 3  # seed 000: group_size = 3
+    beta: NonNegativeFloat = 0.02  # seed 000: KL coefficient 0.02, no adaptive KL
+    per_device_train_batch_size: PositiveInt = 6  # seed 000: 2 prompts x 3 samples per step
+    gradient_accumulation_steps: PositiveInt = 1
+    num_iterations: PositiveInt = 1  # seed 000: one optimisation epoch per rollout
+    max_completion_length: PositiveInt = 64  # seed 000 gives max_new_tokens = 64 (stated for its PPO run)
 
 
 def train_grpo(ctx: TrainContext) -> dict[str, float]:

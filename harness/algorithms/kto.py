@@ -14,6 +14,7 @@ KTO-vs-DPO cell differs in the loss and the data view only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
 from harness.algorithms.trl_common import (
@@ -23,31 +24,38 @@ from harness.algorithms.trl_common import (
     train_and_save,
     unpaired_dataset,
 )
+from harness.config_fields import (
+    CheckedConfig,
+    LRSchedulerType,
+    MaxSteps,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    WarmupRatio,
+    requirement,
+)
 
 
 @dataclass
-class KTOAlgoConfig:
-    beta: float = 0.1  # KTO paper / HALOs kto.yaml
-    desirable_weight: float = 1.0  # λ_D; 1 because unpairing pairs gives a 1:1 desirable:undesirable ratio
-    undesirable_weight: float = 1.0  # λ_U
-    learning_rate: float = 5e-7  # HALOs config.yaml (also DPO's App. F.1 value)
-    num_train_epochs: float = 3.0  # App. F.1 (DPO recipe)
-    warmup_ratio: float = 0.1  # App. F.1
-    lr_scheduler_type: str = "linear"  # App. F.1
-    per_device_train_batch_size: int = 8  # must be > 1: the KL reference point is estimated within a batch
-    gradient_accumulation_steps: int = 4  # 8 x 4 = 32, App. F.1's effective batch
-    max_length: int = 2048  # App. F.1
-    max_steps: int = -1
+class KTOAlgoConfig(CheckedConfig):
+    beta: PositiveFloat = 0.1  # KTO paper / HALOs kto.yaml
+    desirable_weight: PositiveFloat = 1.0  # λ_D; 1 because unpairing pairs gives a 1:1 desirable:undesirable ratio
+    undesirable_weight: PositiveFloat = 1.0  # λ_U
+    learning_rate: PositiveFloat = 5e-7  # HALOs config.yaml (also DPO's App. F.1 value)
+    num_train_epochs: PositiveFloat = 3.0  # App. F.1 (DPO recipe)
+    warmup_ratio: WarmupRatio = 0.1  # App. F.1
+    lr_scheduler_type: LRSchedulerType = "linear"  # App. F.1
+    per_device_train_batch_size: Annotated[int, requirement(
+        lambda n: n >= 2, "must be >= 2: KTO estimates its KL term within a batch")] = 8
+    gradient_accumulation_steps: PositiveInt = 4  # 8 x 4 = 32, App. F.1's effective batch
+    max_length: PositiveInt = 2048  # App. F.1
+    max_steps: MaxSteps = -1
     # As for DPO: reference log-probs (also of the in-batch KL pairs, fixed by sequential sampling) computed
     # once before training; same loss, no reference model kept in memory during training.
     precompute_ref_log_probs: bool = True
     gradient_checkpointing: bool = False
-    weight_decay: float = 0.0
-    logging_steps: int = 1
-
-    def __post_init__(self) -> None:
-        if self.per_device_train_batch_size < 2:
-            raise ValueError("per_device_train_batch_size must be >= 2: KTO estimates its KL term within a batch")
+    weight_decay: NonNegativeFloat = 0.0
+    logging_steps: PositiveInt = 1
 
 
 def train_kto(ctx: TrainContext) -> dict[str, float]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
-from harness.algorithms.reward_wrappers import EOS_TRICK_MODES, build_reward
+from harness.algorithms.reward_wrappers import EosTrickMode, build_reward
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
     generation_backend_kwargs,
@@ -24,37 +24,41 @@ from harness.algorithms.trl_common import (
     require_rows,
     train_and_save,
 )
+from harness.config_fields import (
+    CheckedConfig,
+    FiniteFloat,
+    LRSchedulerType,
+    MaxSteps,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    WarmupRatio,
+)
 
 
 @dataclass
-class OnlineDPOAlgoConfig:
-    beta: float = 0.1  # App. F.1 (DPO β)
-    loss_type: str = "sigmoid"  # DPO; TRL also offers "ipo"
-    learning_rate: float = 5e-7  # App. F.1
-    temperature: float = 0.7  # Table 9 rollout temperature
-    max_new_tokens: int = 1024  # Table 9: L_c
-    max_length: int = 2048  # prompt + completion budget (Table 9: 1024 + 1024)
-    per_device_train_batch_size: int = 8  # prompts per micro-batch (2 samples each)
-    gradient_accumulation_steps: int = 4  # 8 x 4 = 32 pairs per update, App. F.1's batch
-    num_train_epochs: float = 1.0  # Table 9: one pass over the prompts
-    warmup_ratio: float = 0.1  # App. F.1
-    lr_scheduler_type: str = "linear"  # App. F.1
-    max_steps: int = -1
-    eos_trick: str = "reward_model"  # reward_model | always | never
-    eos_penalty_reward: float = -10.0  # App. E.2
+class OnlineDPOAlgoConfig(CheckedConfig):
+    beta: PositiveFloat = 0.1  # App. F.1 (DPO β)
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"  # DPO; the other of TRL 1.16 OnlineDPOConfig's choices is IPO
+    learning_rate: PositiveFloat = 5e-7  # App. F.1
+    temperature: PositiveFloat = 0.7  # Table 9 rollout temperature
+    max_new_tokens: PositiveInt = 1024  # Table 9: L_c
+    max_length: PositiveInt = 2048  # prompt + completion budget (Table 9: 1024 + 1024)
+    per_device_train_batch_size: PositiveInt = 8  # prompts per micro-batch (2 samples each)
+    gradient_accumulation_steps: PositiveInt = 4  # 8 x 4 = 32 pairs per update, App. F.1's batch
+    num_train_epochs: PositiveFloat = 1.0  # Table 9: one pass over the prompts
+    warmup_ratio: WarmupRatio = 0.1  # App. F.1
+    lr_scheduler_type: LRSchedulerType = "linear"  # App. F.1
+    max_steps: MaxSteps = -1
+    eos_trick: EosTrickMode = "reward_model"  # reward_model | always | never
+    eos_penalty_reward: FiniteFloat = -10.0  # App. E.2
     gradient_checkpointing: bool = False
-    weight_decay: float = 0.0
-    logging_steps: int = 1
+    weight_decay: NonNegativeFloat = 0.0
+    logging_steps: PositiveInt = 1
     # TRL's vLLM generation (`vllm_mode` as TRL's; GPU only: untested here; the precision comes from
     # `ctx.engine`). TRL's Online DPO offers no transformers continuous batching.
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
-
-    def __post_init__(self) -> None:
-        if self.loss_type not in ("sigmoid", "ipo"):
-            raise ValueError(f"loss_type must be 'sigmoid' or 'ipo' (TRL's OnlineDPO), got {self.loss_type!r}")
-        if self.eos_trick not in EOS_TRICK_MODES:
-            raise ValueError(f"eos_trick must be one of {EOS_TRICK_MODES}, got {self.eos_trick!r}")
 
 
 def train_online_dpo(ctx: TrainContext) -> dict[str, float]:

@@ -21,23 +21,34 @@ from harness.algorithms.trl_common import (
     require_rows,
     train_and_save,
 )
+from harness.config_fields import (
+    CheckedConfig,
+    LRSchedulerType,
+    MaxSteps,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    WarmupRatio,
+)
 
 
 @dataclass
-class ORPOAlgoConfig:
-    beta: float = 0.1  # λ of the paper (`--alpha 0.1` in the authors' script; TRL calls it beta)
-    learning_rate: float = 5e-6  # authors' script
-    num_train_epochs: float = 5.0  # authors' script
-    lr_scheduler_type: str = "inverse_sqrt"  # authors' script
-    warmup_steps: int = 200  # authors' script (absolute steps; grids at tiny scale set 0 or use warmup_ratio)
-    warmup_ratio: float = 0.0  # used only when warmup_steps == 0
-    per_device_train_batch_size: int = 8  # authors' script (x 4 GPUs)
-    gradient_accumulation_steps: int = 4  # 8 x 4 = 32, the authors' global batch on one device
-    max_length: int = 2048  # authors' script (response_max_length)
-    max_steps: int = -1
+class ORPOAlgoConfig(CheckedConfig):
+    beta: PositiveFloat = 0.1  # λ of the paper (`--alpha 0.1` in the authors' script; TRL calls it beta)
+    learning_rate: PositiveFloat = 5e-6  # authors' script
+    num_train_epochs: PositiveFloat = 5.0  # authors' script
+    lr_scheduler_type: LRSchedulerType = "inverse_sqrt"  # authors' script
+    # authors' script (absolute steps; grids at tiny scale set 0 or use warmup_ratio)
+    warmup_steps: NonNegativeInt = 200
+    warmup_ratio: WarmupRatio = 0.0  # used only when warmup_steps == 0
+    per_device_train_batch_size: PositiveInt = 8  # authors' script (x 4 GPUs)
+    gradient_accumulation_steps: PositiveInt = 4  # 8 x 4 = 32, the authors' global batch on one device
+    max_length: PositiveInt = 2048  # authors' script (response_max_length)
+    max_steps: MaxSteps = -1
     gradient_checkpointing: bool = False
-    weight_decay: float = 0.0
-    logging_steps: int = 1
+    weight_decay: NonNegativeFloat = 0.0
+    logging_steps: PositiveInt = 1
 
 
 def train_orpo(ctx: TrainContext) -> dict[str, float]:

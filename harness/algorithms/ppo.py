@@ -28,6 +28,23 @@ no reward normalisation; no reward whitening; advantage whitening; fixed KL coef
 controller); no KL clamping; 1 rollout per prompt; forward passes at minibatch level (App. G: log-probs
 and values recomputed per minibatch with the current models, unlike most implementations).
 
+One deliberate deviation from the authors' code, a switch like Table 10's: `logprobs_at_sampling_temperature`.
+Rollouts are sampled at tau = 0.7 (Table 9). By default (True) every log-prob (policy, old policy,
+reference) is log_softmax(logits / tau), the distribution the tokens were drawn from, as TRL's PPO and
+AlpacaFarm do. The authors' EasyLM takes them at tau = 1 (False here): `liujch1998/EasyLM` branch
+`ppo3.2` (62e217a), `EasyLM/models/llama/llama_train_ppo.py`, samples at FLAGS.temperature (l. 196) but
+takes `log_softmax` of the raw logits for the policy, old policy and reference (ll. 133-134, 262-268). This is not a no-op: it changes Eq. 4's KL penalty, the policy ratio of
+Eq. 5 and the gradient scale (d log pi / d logits is divided by tau). On the tiny random Llama, 6 updates
+of 8 rollouts with the same seed: train/kl 0.90 (True) vs 0.71 (False) nats at the last update, policy
+gradient norms 2.27 vs 1.59 (ratio 1/tau) at the first. Set False to reproduce EasyLM;
+`ablations/table10_ppo_switches.yaml` runs both.
+
+Sampling is from exactly logits/tau: no top-k / top-p, and none of the sampling settings a checkpoint
+ships in `generation_config.json` (repetition_penalty, min_p, no_repeat_ngram_size, ...), which
+`harness.generation` ignores, so the tokens come from the distribution Eq. 4-5 score. Dropout is 0
+(Table 9) wherever the model applies it, `nn.Dropout` modules and functional dropout such as Llama's
+`attention_dropout` alike (`disable_dropout`, verified by `check_no_dropout` before training).
+
 Generation goes through `harness.generation.HFGenerator.generate_samples`, the engine every generation
 task uses (`ctx.engine`, default `EngineSettings()`: the detected fastest batching and precision for the
 device; rollouts need the sampled token ids and fresh weights after every update, so the engine must be
@@ -46,17 +63,34 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, register
+from harness.config_fields import (
+    CheckedConfig,
+    FiniteFloat,
+    MaxSteps,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Problem,
+    WarmupRatio,
+)
+
+# AdamW's moment decay rates: in [0, 1) (torch rejects 1 and beyond).
+AdamBeta = Annotated[float, Field(ge=0, lt=1)]
 
 Messages = list[dict[str, str]]
 
@@ -67,87 +101,70 @@ Messages = list[dict[str, str]]
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(CheckedConfig):
     # --- Table 9, TRAINING ---
-    prompt_batch_size: int = 64  # B: prompts per rollout batch
-    rollouts_per_prompt: int = 1  # r: completions sampled per prompt (Table 10 "multiple rollouts": off)
-    minibatch_size: int = 64  # b: rollouts per forward-backward pass
-    gradient_accumulation_steps: int = 1  # g: minibatches per optimizer step
-    num_epochs: float = 1.0  # E: passes over the prompt set (App. G: >1 epoch did not help)
-    inner_epochs: int = 1  # e: passes over each rollout batch (App. G: >1 destabilises)
-    max_prompt_length: int = 1024  # L_p: longer prompts are dropped (counted and logged)
-    max_new_tokens: int = 1024  # L_c: completion budget; hitting it = truncated completion
-    max_steps: int = -1  # rollout batches to run; -1 = E epochs over the prompts (small grids set it)
+    prompt_batch_size: PositiveInt = 64  # B: prompts per rollout batch
+    rollouts_per_prompt: PositiveInt = 1  # r: completions sampled per prompt (Table 10 "multiple rollouts": off)
+    minibatch_size: PositiveInt = 64  # b: rollouts per forward-backward pass
+    gradient_accumulation_steps: PositiveInt = 1  # g: minibatches per optimizer step
+    num_epochs: NonNegativeFloat = 1.0  # E: passes over the prompt set (App. G: >1 epoch did not help)
+    inner_epochs: PositiveInt = 1  # e: passes over each rollout batch (App. G: >1 destabilises)
+    max_prompt_length: PositiveInt = 1024  # L_p: longer prompts are dropped (counted and logged)
+    max_new_tokens: PositiveInt = 1024  # L_c: completion budget; hitting it = truncated completion
+    max_steps: MaxSteps = -1  # rollout batches to run; -1 = E epochs over the prompts (small grids set it)
     # --- Table 9, RL ---
-    temperature: float = 0.7  # tau: rollout sampling temperature
-    kl_coef: float = 0.05  # beta (0.0325 for the paper's 70B reward models)
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
-    cliprange: float = 0.2  # epsilon, policy ratio clipping
-    cliprange_value: float = 0.2  # epsilon, value clipping (Table 9 uses the same epsilon for both)
-    vf_coef: float = 0.1  # alpha, value loss coefficient
-    # Table 9's dropout 0.0 is always applied (dropout would make the old/new log-probs disagree).
+    temperature: PositiveFloat = 0.7  # tau: rollout sampling temperature (PPO samples its rollouts)
+    kl_coef: NonNegativeFloat = 0.05  # beta (0.0325 for the paper's 70B reward models)
+    gamma: Probability = 1.0  # discount
+    lam: Probability = 0.95  # GAE lambda
+    cliprange: PositiveFloat = 0.2  # epsilon, policy ratio clipping
+    cliprange_value: PositiveFloat = 0.2  # epsilon, value clipping (Table 9 uses the same epsilon for both)
+    vf_coef: NonNegativeFloat = 0.1  # alpha, value loss coefficient
+    # Table 9's dropout 0.0 is always applied (dropout would make the old/new log-probs disagree); every
+    # dropout probability of the policy and value model is zeroed (`disable_dropout`), not a switch.
     # --- Table 9, OPTIMIZATION (AdamW) ---
-    learning_rate: float = 1e-6  # eta
-    warmup_ratio: float = 0.1  # linear warm-up over the first 10% of optimizer steps
-    lr_decay: str = "constant"  # after warm-up: "constant" (what App. F.2 states) or "linear" to 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # clipped per model (policy, value), as two separately optimised models
+    learning_rate: PositiveFloat = 1e-6  # eta
+    warmup_ratio: WarmupRatio = 0.1  # linear warm-up over the first 10% of optimizer steps
+    lr_decay: Literal["constant", "linear"] = "constant"  # after warm-up: constant (App. F.2) or linear to 0
+    adam_beta1: AdamBeta = 0.9
+    adam_beta2: AdamBeta = 0.95
+    adam_eps: PositiveFloat = 1e-5
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: PositiveFloat = 1.0  # clipped per model (policy, value), as two separately optimised models
     # --- Table 10 switches (paper's choice is the default) ---
-    value_init: str = "reward"  # "reward": value model = copy of the RM (InstructGPT); "policy": SFT + new head
+    # "reward": value model = copy of the RM (InstructGPT); "policy": SFT + new head
+    value_init: Literal["reward", "policy"] = "reward"
     eos_trick: bool = True  # completions that never emit EOS get `eos_penalty` instead of the RM score
-    eos_penalty: float = -10.0
+    eos_penalty: FiniteFloat = -10.0
     reward_normalization: bool = False  # standardise scores with a gain/bias fixed from the first batch
     reward_whitening: bool = False  # scale token rewards by their batch std (mean kept: shift_mean=False)
     advantage_whitening: bool = True  # standardise advantages over the (mini)batch
     adaptive_kl: bool = False  # Ziegler et al. (2019) proportional controller instead of a fixed beta
-    adaptive_kl_target: float = 6.0  # target KL (nats per sequence) for the adaptive controller
-    adaptive_kl_horizon: int = 10000  # controller horizon, in rollouts
+    adaptive_kl_target: PositiveFloat = 6.0  # target KL (nats per sequence) for the adaptive controller
+    adaptive_kl_horizon: PositiveInt = 10000  # controller horizon, in rollouts
     kl_clamp: bool = False  # clamp per-token KL at >= 0 in the reward (AlpacaFarm)
     # --- Table 11 / App. G ---
     forward_at_minibatch_level: bool = True  # log-probs/values from the current models, per minibatch
+    # --- Deliberate deviation from the authors' code, a Table-10-style switch (see the module docstring) ---
+    logprobs_at_sampling_temperature: bool = True  # log pi = log_softmax(logits/tau); False: at tau = 1 (EasyLM)
     # --- engineering (no effect on the maths) ---
-    logprobs_at_sampling_temperature: bool = True  # log-probs of logits/tau: the distribution sampled from
-    generation_batch_size: int = 64
-    log_samples_per_step: int = 4  # rows per step written to artifacts/ppo_samples.jsonl
+    generation_batch_size: PositiveInt = 64
+    log_samples_per_step: NonNegativeInt = 4  # rows per step written to artifacts/ppo_samples.jsonl
 
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("prompt_batch_size", "rollouts_per_prompt", "minibatch_size", "gradient_accumulation_steps",
-                     "inner_epochs", "max_prompt_length", "max_new_tokens", "generation_batch_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+    def cross_field_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
         rollouts = self.prompt_batch_size * self.rollouts_per_prompt
-        if self.minibatch_size >= 1 and rollouts % self.minibatch_size:
-            problems.append(f"prompt_batch_size*rollouts_per_prompt ({rollouts}) must be a multiple of "
-                            f"minibatch_size ({self.minibatch_size})")
-        elif self.minibatch_size >= 1 and self.gradient_accumulation_steps >= 1 and \
-                (rollouts // self.minibatch_size) % self.gradient_accumulation_steps:
-            problems.append(f"the {rollouts // self.minibatch_size} minibatches per rollout batch must be a "
-                            f"multiple of gradient_accumulation_steps ({self.gradient_accumulation_steps})")
+        if rollouts % self.minibatch_size:
+            problems.append(("minibatch_size", f"minibatch_size ({self.minibatch_size}) must divide "
+                             f"prompt_batch_size*rollouts_per_prompt ({rollouts}): prompt_batch_size*rollouts_per_prompt "
+                             f"must be a multiple of minibatch_size"))
+        elif (rollouts // self.minibatch_size) % self.gradient_accumulation_steps:
+            problems.append(("gradient_accumulation_steps",
+                             f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide the "
+                             f"{rollouts // self.minibatch_size} minibatches per rollout batch"))
         if self.num_epochs <= 0 and self.max_steps <= 0:
-            problems.append("set num_epochs > 0 or max_steps > 0")
-        if self.temperature <= 0:
-            problems.append(f"temperature must be > 0 (PPO samples rollouts), got {self.temperature}")
-        if self.kl_coef < 0:
-            problems.append(f"kl_coef must be >= 0, got {self.kl_coef}")
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            problems.append("gamma and lam must be in [0, 1]")
-        if self.cliprange <= 0 or self.cliprange_value <= 0:
-            problems.append("cliprange and cliprange_value must be > 0")
-        if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
-            problems.append("learning_rate must be > 0 and warmup_ratio in [0, 1)")
-        if self.lr_decay not in ("constant", "linear"):
-            problems.append(f"lr_decay must be 'constant' or 'linear', got {self.lr_decay!r}")
-        if self.value_init not in ("reward", "policy"):
-            problems.append(f"value_init must be 'reward' or 'policy', got {self.value_init!r}")
-        if self.adaptive_kl and (self.adaptive_kl_target <= 0 or self.adaptive_kl_horizon < 1):
-            problems.append("adaptive_kl needs adaptive_kl_target > 0 and adaptive_kl_horizon >= 1")
-        if problems:
-            raise ValueError("invalid PPOConfig: " + "; ".join(problems))
+            problems.append(("num_epochs", "num_epochs is 0 and max_steps is -1: set num_epochs > 0 or max_steps > 0"))
+        return problems
 
 
 def check_world_size(cfg: PPOConfig, world_size: int) -> list[str]:
@@ -437,10 +454,66 @@ def response_tokens(batch: Rollouts) -> torch.Tensor:
     return batch.input_ids[:, batch.prompt_width :]
 
 
-def _disable_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
+# Names of dropout probabilities in model configs and modules: attention_dropout (Llama, Mistral, Qwen2:
+# applied as a number inside the attention kernel), hidden_dropout_prob, classifier_dropout, attn_pdrop,
+# resid_pdrop, embd_pdrop, encoder_layerdrop, ...
+_DROPOUT_NAME = re.compile(r"dropout|pdrop|layerdrop")
+
+
+def disable_dropout(model: torch.nn.Module) -> list[str]:
+    """Table 9's dropout 0.0, everywhere the model applies dropout in train mode; returns what was non-zero.
+
+    Zeroing `nn.Dropout` modules is not enough: Llama-family attention passes `config.attention_dropout`,
+    copied into each attention module at init, as a number to the attention kernel (0.27 nats between
+    two train-mode forwards of a tiny Llama at 0.3), and other models read such probabilities from their
+    config at forward time. So the config fields and the module attributes whose names say dropout are
+    zeroed too (so the saved policy's config records the dropout it was trained with, 0);
+    `check_no_dropout` then verifies the result by running the model."""
+    from transformers import PretrainedConfig
+
+    changed: list[str] = []
+    configs = {id(c): c for m in model.modules() if isinstance(c := getattr(m, "config", None), PretrainedConfig)}
+    for config in configs.values():
+        for sub in [config, *(getattr(config, k) for k in config.sub_configs)]:
+            for key, value in list(vars(sub).items()):
+                if _DROPOUT_NAME.search(key) and _is_positive_number(value):
+                    setattr(sub, key, 0.0)
+                    changed.append(f"config.{key}={value}")
+    for name, module in model.named_modules():
         if isinstance(module, torch.nn.Dropout):
+            if module.p:
+                changed.append(f"{name or type(module).__name__}.p={module.p}")
             module.p = 0.0
+            continue
+        for key, value in list(vars(module).items()):
+            if _DROPOUT_NAME.search(key) and _is_positive_number(value):
+                setattr(module, key, 0.0)
+                changed.append(f"{name}.{key}={value}")
+    return changed
+
+
+def _is_positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def check_no_dropout(model: torch.nn.Module, what: str) -> None:
+    """Two train-mode forwards of the same tokens must agree, or the policy ratio of Eq. 5 and the
+    values would carry dropout noise. Raises (before any training) when a model still applies dropout
+    that `disable_dropout` could not find, e.g. a probability hard-coded in its forward."""
+    device = next(model.parameters()).device
+    ids = torch.arange(3, 11, device=device).unsqueeze(0) % model.config.vocab_size
+    was_training = model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            first, second = (model(input_ids=ids, use_cache=False).logits.float() for _ in range(2))
+    finally:
+        model.train(was_training)
+    gap = float((first - second).abs().max())
+    if gap > 1e-4 * (1.0 + float(first.abs().max())):
+        raise ValueError(f"the {what} applies dropout in train mode after every dropout probability in its config and "
+                         f"modules was set to 0 (two forwards of the same tokens differ by {gap:.3g}): PPO needs "
+                         "Table 9's dropout 0.0; use a model without hard-coded dropout")
 
 
 def _last_user_text(prompt: Messages) -> str:
@@ -597,8 +670,9 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     value_model = AutoModelForSequenceClassification.from_pretrained(
         value_source, num_labels=1, dtype=torch.float32).to(device)
     value_model.config.pad_token_id = tokenizer.pad_token_id
-    for model in (policy, value_model):
-        _disable_dropout(model)
+    for model, what in ((policy, "policy"), (value_model, "value model")):
+        disable_dropout(model)
+        check_no_dropout(model, what)
         model.train()
     # Reference and reward model: inference only, a full copy on every rank (no DDP, no gradients).
     score_fn, _scorer = _reward_source(ctx, str(device))
@@ -644,7 +718,8 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     last: dict[str, float] = {}
     global_optimizer_step = 0
 
-    tau = cfg.temperature if cfg.logprobs_at_sampling_temperature else 1.0
+    # The temperature of every log-prob (policy, pi_old, reference): tau, or 1 as in the authors' EasyLM.
+    logprob_tau = cfg.temperature if cfg.logprobs_at_sampling_temperature else 1.0
 
     def rollout_stats(batch: Rollouts, batch_scores: torch.Tensor, logprobs: torch.Tensor,
                       values: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -652,7 +727,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         rewards, GAE advantages and returns, whitened as configured."""
         mask = batch.response_mask
         with torch.no_grad(), autocast():  # in chunks of b: full-vocabulary logits of a whole batch are large
-            ref_logprobs = torch.cat([gather_logprobs(response_logits(reference, mb, tau), response_tokens(mb))
+            ref_logprobs = torch.cat([gather_logprobs(response_logits(reference, mb, logprob_tau), response_tokens(mb))
                                       for mb in _chunks(batch, local_minibatch)]) * mask
         rewards, _ = token_rewards(batch_scores, logprobs, ref_logprobs, mask, kl_ctl.value, cfg.kl_clamp)
         # Whitening over the global (mini)batch: every rank calls this at the same point of the loop
@@ -666,7 +741,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
                 "returns": returns, "rewards": rewards, "kl_seq": ((logprobs - ref_logprobs) * mask).sum(1)}
 
     for update in range(1, num_updates + 1):
-        # ---- 1. Rollout: r samples per prompt from the current policy at temperature tau. ----
+        # ---- 1. Rollout: r samples per prompt from the current policy at temperature tau (cfg.temperature). ----
         t0 = time.perf_counter()
         # Every rank draws the same global batch from the same seeded stream and keeps its own slice.
         global_prompts = [next(stream) for _ in range(cfg.prompt_batch_size)]
@@ -705,7 +780,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
             # Most implementations: one forward pass over the whole rollout batch, before any update, so
             # later minibatches see log-probs and values from models that have since changed.
             with torch.no_grad(), autocast():
-                logprobs = torch.cat([gather_logprobs(response_logits(policy, mb, tau), response_tokens(mb))
+                logprobs = torch.cat([gather_logprobs(response_logits(policy, mb, logprob_tau), response_tokens(mb))
                                       for mb in _chunks(rollouts, local_minibatch)])
                 values = torch.cat([response_values(value_model, mb) for mb in _chunks(rollouts, local_minibatch)])
             _store(stats_by_index, torch.arange(len(flat)), rollout_stats(rollouts, scores, logprobs, values),
@@ -726,7 +801,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
                 stepping = (k + 1) % cfg.gradient_accumulation_steps == 0
                 with autocast():
                     # Through the DDP-wrapped module, so backward averages the gradients over ranks.
-                    logits, new_values = trained(mb, tau)
+                    logits, new_values = trained(mb, logprob_tau)
                     new_logprobs = gather_logprobs(logits, response_tokens(mb))
                 with torch.no_grad():
                     entropy = masked_mean(entropy_from_logits(logits), mask)
@@ -855,7 +930,8 @@ def evaluate_policy_reward(
     """Mean reward of a policy's samples on (held-out) prompts, and its KL to a reference policy.
 
     KL is estimated on the sampled tokens as the mean over samples of sum_t (log pi - log pi_ref), with
-    log-probs at the sampling temperature (the quantity PPO's `train/kl` logs). Returns (metrics, rows).
+    log-probs at the sampling temperature (what PPO's `train/kl` logs with the default
+    `logprobs_at_sampling_temperature=True`; with False, training logs it at tau = 1). Returns (metrics, rows).
     """
     from transformers import AutoModelForCausalLM
 

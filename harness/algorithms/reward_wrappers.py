@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 RewardFn = Callable[..., list[float]]
 
@@ -85,7 +85,9 @@ def eos_token_ids(tokenizer: Any, model: Any | None = None) -> set[int]:
     return ids
 
 
-EOS_TRICK_MODES = ("reward_model", "always", "never")
+# Where the EOS trick applies (the config field `eos_trick` of the online algorithms).
+EosTrickMode = Literal["reward_model", "always", "never"]
+EOS_TRICK_MODES: tuple[str, ...] = get_args(EosTrickMode)
 
 
 def build_reward(

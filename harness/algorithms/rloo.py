@@ -13,10 +13,10 @@ continuation up to 1024 tokens, 1 epoch, 10% warm-up, one update per batch).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
-from harness.algorithms.reward_wrappers import EOS_TRICK_MODES, build_reward
+from harness.algorithms.reward_wrappers import EosTrickMode, build_reward
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
     generation_backend_kwargs,
@@ -24,44 +24,51 @@ from harness.algorithms.trl_common import (
     prompt_dataset,
     require_rows,
     train_and_save,
+    whole_groups_problems,
+)
+from harness.config_fields import (
+    CheckedConfig,
+    FiniteFloat,
+    LRSchedulerType,
+    MaxSteps,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Problem,
+    WarmupRatio,
+    requirement,
 )
 
 
 @dataclass
-class RLOOAlgoConfig:
-    num_generations: int = 2  # k; Ahmadian et al. use k in {2, 4}
-    beta: float = 0.05  # Table 9 KL coefficient (fixed)
-    learning_rate: float = 1e-6  # Table 9
-    temperature: float = 0.7  # Table 9
-    max_completion_length: int = 1024  # Table 9: L_c
-    per_device_train_batch_size: int = 8  # completions per micro-batch
-    gradient_accumulation_steps: int = 16  # 8 x 16 = 128 completions = 64 prompts x k (Table 9: B = 64)
-    num_iterations: int = 1  # Table 9: e = 1 inner epoch
-    epsilon: float = 0.2  # Table 9 clip range (inactive with one update per batch, kept for parity)
-    num_train_epochs: float = 1.0  # Table 9: E = 1
-    warmup_ratio: float = 0.1  # Table 9
-    lr_scheduler_type: str = "linear"
-    max_steps: int = -1
-    eos_trick: str = "reward_model"  # reward_model | always | never
-    eos_penalty_reward: float = -10.0  # App. E.2
+class RLOOAlgoConfig(CheckedConfig):
+    # k; Ahmadian et al. use k in {2, 4}
+    num_generations: Annotated[int, requirement(
+        lambda k: k >= 2, "must be >= 2: the leave-one-out baseline needs another sample")] = 2
+    beta: NonNegativeFloat = 0.05  # Table 9 KL coefficient (fixed); 0 = no KL term
+    learning_rate: PositiveFloat = 1e-6  # Table 9
+    temperature: PositiveFloat = 0.7  # Table 9
+    max_completion_length: PositiveInt = 1024  # Table 9: L_c
+    per_device_train_batch_size: PositiveInt = 8  # completions per micro-batch
+    gradient_accumulation_steps: PositiveInt = 16  # 8 x 16 = 128 completions = 64 prompts x k (Table 9: B = 64)
+    num_iterations: PositiveInt = 1  # Table 9: e = 1 inner epoch
+    epsilon: PositiveFloat = 0.2  # Table 9 clip range (inactive with one update per batch, kept for parity)
+    num_train_epochs: PositiveFloat = 1.0  # Table 9: E = 1
+    warmup_ratio: WarmupRatio = 0.1  # Table 9
+    lr_scheduler_type: LRSchedulerType = "linear"
+    max_steps: MaxSteps = -1
+    eos_trick: EosTrickMode = "reward_model"  # reward_model | always | never
+    eos_penalty_reward: FiniteFloat = -10.0  # App. E.2
     gradient_checkpointing: bool = False
-    weight_decay: float = 0.0
-    logging_steps: int = 1
+    weight_decay: NonNegativeFloat = 0.0
+    logging_steps: PositiveInt = 1
     # TRL's generation backends, as GRPOAlgoConfig's (see there)
     use_transformers_paged: bool = False
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
 
-    def __post_init__(self) -> None:
-        if self.num_generations < 2:
-            raise ValueError("num_generations must be >= 2: the leave-one-out baseline needs another sample")
-        if self.eos_trick not in EOS_TRICK_MODES:
-            raise ValueError(f"eos_trick must be one of {EOS_TRICK_MODES}, got {self.eos_trick!r}")
-        if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
-            raise ValueError(
-                f"per_device_train_batch_size x gradient_accumulation_steps must be a multiple of "
-                f"num_generations ({self.num_generations}): each update must hold whole groups"
-            )
+    def cross_field_problems(self) -> list[Problem]:
+        return whole_groups_problems(self)
 
 
 def train_rloo(ctx: TrainContext) -> dict[str, float]:

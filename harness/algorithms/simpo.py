@@ -21,24 +21,33 @@ from harness.algorithms.trl_common import (
     require_rows,
     train_and_save,
 )
+from harness.config_fields import (
+    CheckedConfig,
+    LRSchedulerType,
+    MaxSteps,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    WarmupRatio,
+)
 
 
 @dataclass
-class SimPOConfig:
-    beta: float = 2.5  # llama-3-8b-instruct-simpo.yaml
-    gamma_beta_ratio: float = 0.55  # same file; TRL's simpo_gamma = ratio * beta
-    sft_weight: float = 0.0  # TRL's cpo_alpha: 0 = pure SimPO (the paper adds no NLL term)
-    learning_rate: float = 1e-6  # same file
-    num_train_epochs: float = 1.0  # same file
-    warmup_ratio: float = 0.1  # same file
-    lr_scheduler_type: str = "cosine"  # same file
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 16  # 8 x 16 = 128, the SimPO paper's batch size
-    max_length: int = 2048  # same file
-    max_steps: int = -1
+class SimPOConfig(CheckedConfig):
+    beta: PositiveFloat = 2.5  # llama-3-8b-instruct-simpo.yaml
+    gamma_beta_ratio: NonNegativeFloat = 0.55  # same file; TRL's simpo_gamma = ratio * beta
+    sft_weight: NonNegativeFloat = 0.0  # TRL's cpo_alpha: 0 = pure SimPO (the paper adds no NLL term)
+    learning_rate: PositiveFloat = 1e-6  # same file
+    num_train_epochs: PositiveFloat = 1.0  # same file
+    warmup_ratio: WarmupRatio = 0.1  # same file
+    lr_scheduler_type: LRSchedulerType = "cosine"  # same file
+    per_device_train_batch_size: PositiveInt = 8
+    gradient_accumulation_steps: PositiveInt = 16  # 8 x 16 = 128, the SimPO paper's batch size
+    max_length: PositiveInt = 2048  # same file
+    max_steps: MaxSteps = -1
     gradient_checkpointing: bool = False
-    weight_decay: float = 0.0
-    logging_steps: int = 1
+    weight_decay: NonNegativeFloat = 0.0
+    logging_steps: PositiveInt = 1
 
 
 def train_simpo(ctx: TrainContext) -> dict[str, float]:

@@ -7,10 +7,13 @@ Kept out of `base.py` because it imports nothing heavy at module level either, b
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from harness.algorithms.base import TrainContext
 from harness.checkpoints import trainer_save_kwargs
+from harness.config_fields import Problem
 
 if TYPE_CHECKING:
     from harness.generation import EngineSettings
@@ -77,6 +80,19 @@ def common_trainer_kwargs(ctx: TrainContext, cfg: Any) -> dict[str, Any]:
     }
 
 
+def whole_groups_problems(cfg: Any) -> list[Problem]:
+    """GRPO/RLOO sample `num_generations` completions per prompt and compare them within the group: TRL needs
+    every update (per_device_train_batch_size x gradient_accumulation_steps completions) to hold whole groups."""
+    per_update = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    if per_update % cfg.num_generations:
+        return [("num_generations",
+                 f"num_generations ({cfg.num_generations}) must divide per_device_train_batch_size x "
+                 f"gradient_accumulation_steps ({cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps}): "
+                 "each update must hold whole groups (per_device_train_batch_size x gradient_accumulation_steps "
+                 "must be a multiple of num_generations)")]
+    return []
+
+
 def load_policy(ctx: TrainContext):
     """(model, tokenizer) from the SFT policy folder; fp32 weights (TRL casts for bf16 training on GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -138,13 +154,38 @@ def prompt_dataset(rows: list[dict[str, Any]]):
     return Dataset.from_list([{"prompt": r["prompt"], **{c: r[c] for c in keep}} for r in rows])
 
 
+@contextmanager
+def generate_with_neutral_config(model: Any) -> Iterator[None]:
+    """Within the block, every `model.generate` call (the online trainers' rollouts) ignores the sampling
+    settings of the checkpoint's `generation_config.json` (`harness.generation.neutral_generation_config`).
+
+    TRL passes its own GenerationConfig (temperature, top_k, top_p, ...), but transformers 5 fills each
+    field left unset in it (min_p, no_repeat_ngram_size, typical_p, ...) from the model's: rollouts would
+    be drawn from another distribution than the logits/temperature the loss and the KL use. Only the
+    calls are wrapped: checkpoints saved during training keep the model's own generation config."""
+    from harness.generation import neutral_generation_config
+
+    generate = model.generate
+
+    def neutral_generate(*args: Any, **kwargs: Any) -> Any:
+        with neutral_generation_config(model):
+            return generate(*args, **kwargs)
+
+    model.generate = neutral_generate
+    try:
+        yield
+    finally:
+        del model.generate  # the instance attribute; the class's generate is visible again
+
+
 def train_and_save(trainer: Any, tok: Any, ctx: TrainContext) -> dict[str, float]:
     """Train (quietly: metrics go to the history, not stdout), save to out_dir/model, return the summary."""
     from harness.algorithms.dpo import quiet_trainer
     from harness.generation import EngineSettings, record_engine
 
     quiet_trainer(trainer)
-    result = trainer.train()
+    with generate_with_neutral_config(trainer.model):
+        result = trainer.train()
     trainer.save_model(str(ctx.out_dir / "model"))
     tok.save_pretrained(str(ctx.out_dir / "model"))
     record_engine(ctx.out_dir, (ctx.engine or EngineSettings()).resolved())

@@ -1,13 +1,29 @@
 """Execution backends for the grid runner. A backend runs a list of stages (already in dependency
-order) and calls `on_done(stage)` as each is published; the runner does all MLflow logging."""
+order) and calls `on_done(stage)` as each is published; the runner does all MLflow logging.
+
+The interface, `backend.run(stages, on_done, echo, on_failed=None)` inside `with backend.session():`
+(a session may span several `run` calls, e.g. Ray's connection): a stage that raises stops the run, or,
+when `on_failed(stage, exc)` is given (the runner's keep-going), is reported to it while every stage not
+depending on it still runs; stages depending on a failed one are left out without being reported."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from harness.registry import Registry
 
+if TYPE_CHECKING:
+    from harness.stages import Stage
+
 BACKENDS: Registry[Any] = Registry("backend")
+
+OnFailed = Callable[["Stage", BaseException], None]
+
+
+def blocked_by(stage: Stage, failed: set[str]) -> bool:
+    """Whether one of `stage`'s inputs is among the `failed` (or left-out) stage ids."""
+    return any(dep.id in failed for dep in stage.inputs.values())
 
 
 def get_backend(name: str, **options: Any):

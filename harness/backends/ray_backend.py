@@ -26,12 +26,13 @@ runs its stages under `accelerate launch` on the task's GPUs (multi-GPU training
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from harness.backends import BACKENDS
+from harness.backends import BACKENDS, OnFailed, blocked_by
 from harness.stages import DEFAULT_RESOURCES, Stage, execute_stage
 
 RESOURCES_ENV = "HARNESS_RAY_RESOURCES"
@@ -129,17 +130,27 @@ class RayBackend:
         ray.init(**kwargs)
         return True
 
-    def run(self, stages: list[Stage], on_done: Callable[[Stage], None], echo: Callable[[str], None] = print) -> None:
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """One Ray connection for several `run` calls (the runner's data phase, then the rest)."""
         import ray
 
         started = self._ensure_ray()
         try:
-            self._run(stages, on_done, echo)
+            yield
         finally:
             if started:
                 ray.shutdown()
 
-    def _run(self, stages: list[Stage], on_done: Callable[[Stage], None], echo: Callable[[str], None]) -> None:
+    def run(self, stages: list[Stage], on_done: Callable[[Stage], None], echo: Callable[[str], None] = print,
+            on_failed: OnFailed | None = None) -> None:
+        """Run `stages` as Ray tasks. Without `on_failed`, failures are collected while the independent
+        stages finish, then raised together; with it, each failed stage is reported to it."""
+        with self.session():
+            self._run(stages, on_done, echo, on_failed)
+
+    def _run(self, stages: list[Stage], on_done: Callable[[Stage], None], echo: Callable[[str], None],
+             on_failed: OnFailed | None = None) -> None:
         import ray
 
         task = ray.remote(_run_stage_task)
@@ -186,15 +197,19 @@ class RayBackend:
                     try:
                         ray.get(ref)
                     except Exception as exc:  # keep going: independent stages still finish and get cached
+                        blocked = blocked_by(stage, {f.id for f, _ in failures})
                         failures.append((stage, exc))
-                        echo(f"  FAILED {stage.label} {stage.key}: {type(exc).__name__}")
+                        if on_failed is None:
+                            echo(f"  FAILED {stage.label} {stage.key}: {type(exc).__name__}")
+                        elif not blocked:  # Ray failed it for its failed input: the runner reports the root
+                            on_failed(stage, exc)
                         continue
                     on_done(stage)
         except BaseException:
             for ref in pending:  # Ctrl-C or a logging error: do not leave tasks running on the cluster
                 ray.cancel(ref, force=True)
             raise
-        if failures:
+        if failures and on_failed is None:
             # A stage failed because its input failed carries the input's error: report the roots.
             roots = [(s, e) for s, e in failures if not any(d.id in {f.id for f, _ in failures}
                                                              for d in s.inputs.values())]

@@ -4,8 +4,9 @@
 - AlpacaEval 2: length-controlled win rate against gpt-4-1106-preview (GPT-4 turbo) outputs,
   AlpacaEval's `weighted_alpaca_eval_gpt4_turbo` annotator.
 The judging, the annotator prompts (read from the installed `alpaca_eval` package) and the
-length-controlled GLM are the judge module's (`harness.judge.alpaca.evaluate_alpaca_eval`); this
-module generates the model's outputs and turns the result into a task.
+length-controlled win rate (the package's own `length_controlled_v1`, the leaderboard's) are the judge
+module's (`harness.judge.alpaca.evaluate_alpaca_eval`); this module generates the model's outputs and
+turns the result into a task.
 
 Generation (App. D): each instruction as one user turn in the chat template, greedy, up to 8192 new
 tokens, no stop sequence. AlpacaEval 1 and 2 use the same 805 instructions, so the outputs are
@@ -17,11 +18,17 @@ substitute for a pairwise GPT-4 preference). A judge failure skips the task with
 invented.
 
 Scores for the category average (0-100): AlpacaEval 1 `alpaca_eval1/win_rate` (ties count half),
-AlpacaEval 2 `alpaca_eval2/lc_win_rate`, as in the paper's tables.
+AlpacaEval 2 `alpaca_eval2/lc_win_rate`, as in the paper's tables. The LC GLM reads `df_gamed.csv` from
+`benchmarks/alpaca_eval/` in a local data dir, or from the hub. When neither has it, AlpacaEval 2's
+score is its raw win rate `alpaca_eval2/win_rate`, labelled: `alpaca_eval2/score_is_length_controlled`
+is 0 (1 when the score is the LC win rate), no `alpaca_eval2/lc_win_rate` is logged, and the task's
+note (results.json `notes`, the `harness eval` table) says that the score is the raw win rate and why
+LC is unavailable.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from typing import Any
 
@@ -59,7 +66,7 @@ def generate_outputs(ctx: EvalContext, instructions: list[str], max_new_tokens: 
 
 def run_version(ctx: EvalContext, version: int, max_new_tokens: int | None = None) -> TaskResult:
     from harness.judge import JudgeError, judge_client_from_settings
-    from harness.judge.alpaca import evaluate_alpaca_eval, load_instruction_difficulty, load_reference
+    from harness.judge.alpaca import evaluate_alpaca_eval, load_reference
 
     task = f"alpaca_eval{version}"
     try:
@@ -76,20 +83,39 @@ def run_version(ctx: EvalContext, version: int, max_new_tokens: int | None = Non
     if max_new_tokens is None:
         max_new_tokens = max_new_tokens_from_env(MAX_NEW_TOKENS_ENV, MAX_NEW_TOKENS)
     outputs = generate_outputs(ctx, instructions, max_new_tokens)
-    difficulty = load_instruction_difficulty(len(instructions)) if version == 2 else None
     try:
         result = evaluate_alpaca_eval(judge, instructions, outputs, references, version=version,  # type: ignore[arg-type]
-                                      seed=ctx.seed, instruction_difficulty=difficulty)
+                                      seed=ctx.seed)
     except JudgeError as err:
         samples = [{"instruction": i, "output": o} for i, o in zip(instructions, outputs)]
         return TaskResult({}, None, samples, skipped_reason=f"{task}: judge calls failed ({err}); outputs saved")
     metrics = {**result.metrics(task), f"{task}/max_new_tokens": float(max_new_tokens)}
-    score = result.win_rate if version == 1 else result.lc_win_rate
+    score: float | None = result.win_rate
+    note = None
+    if version == 2:
+        metrics[f"{task}/score_is_length_controlled"] = float(result.lc_win_rate is not None)
+        if result.lc_win_rate is not None:
+            score = result.lc_win_rate
+        else:
+            note = (f"{task}: score is the raw win rate, not length-controlled (LC unavailable: "
+                    f"{result.lc_unavailable_reason})")
     reason = None
-    if score is None or score != score:  # NaN: no valid annotation; LC needs > 2 valid ones
+    if score is None or score != score:  # NaN: no valid annotation
         score, reason = None, f"{task}: too few valid judge annotations ({result.n}) for a win rate"
     samples = [{**a, "judge_template": result.template_source} for a in result.annotations]
-    return TaskResult(metrics, score, samples, skipped_reason=reason)
+    return TaskResult(metrics, score, samples, skipped_reason=reason, note=note)
+
+
+def lc_fingerprint() -> dict[str, Any]:
+    """What AlpacaEval 2's LC win rate depends on beyond the task's code: the package's version and the
+    local copies of its hub files (a file first copied in changes the result from raw to LC)."""
+    from harness.judge.alpaca import lc_data_fingerprint
+
+    try:
+        package = importlib.metadata.version("alpaca_eval")
+    except importlib.metadata.PackageNotFoundError:
+        package = None
+    return {"alpaca_eval": package, "lc_files": lc_data_fingerprint()}
 
 
 def check_budget() -> None:
@@ -112,6 +138,7 @@ register_task(TaskSpec(
     run=lambda ctx: run_version(ctx, 2),
     env_prefixes=(MAX_NEW_TOKENS_ENV,),
     preflight=check_budget,
+    fingerprint_extra=lc_fingerprint,
     description="AlpacaEval 2: 805 instructions vs GPT-4 turbo, weighted gpt4_turbo annotator, length-controlled.",
-    score_rule="length-controlled win rate % against gpt-4-1106-preview",
+    score_rule="length-controlled win rate % against gpt-4-1106-preview (alpaca_eval's length_controlled_v1)",
 ))

@@ -50,6 +50,9 @@ class TaskResult:
     score: float | None  # 0-100, what enters the category average
     samples: list[dict[str, Any]] = field(default_factory=list)
     skipped_reason: str | None = None
+    # What the score is when it is not what the task's `score_rule` says, and why (e.g. AlpacaEval 2's raw
+    # win rate when its length-controlled one cannot be computed): in results.json `notes` and the table.
+    note: str | None = None
 
 
 @dataclass
@@ -155,6 +158,7 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     flat: dict[str, float] = {}
     skipped: dict[str, str] = {}
+    notes: dict[str, str] = {}
     by_category: dict[str, list[float]] = {}
     for name in task_names:
         spec = TASKS.get(name)
@@ -164,7 +168,7 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
         if saved is not None:
             if echo is not None:
                 echo(f"{name}: finished earlier, resumed from {checkpoint}")
-            result = TaskResult(saved["metrics"], saved["score"], [], saved["skipped_reason"])
+            result = TaskResult(saved["metrics"], saved["score"], [], saved["skipped_reason"], saved.get("note"))
             seconds = float(saved["seconds"])
         else:
             start = time.perf_counter()
@@ -176,12 +180,14 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
             partial = checkpoint.with_name(checkpoint.name + ".tmp")
             partial.write_text(json.dumps({"fingerprint": fingerprint, "metrics": result.metrics,
                                            "score": result.score, "skipped_reason": result.skipped_reason,
-                                           "seconds": seconds}, indent=2, default=float))
+                                           "note": result.note, "seconds": seconds}, indent=2, default=float))
             partial.replace(checkpoint)  # atomic: a checkpoint is whole or absent
         flat.update(result.metrics)
         flat[f"{name}/seconds"] = seconds
         if result.skipped_reason is not None:
             skipped[name] = result.skipped_reason
+        if result.note is not None:
+            notes[name] = result.note
         if result.score is not None:
             flat[f"{name}/score"] = float(result.score)
             by_category.setdefault(spec.category, []).append(float(result.score))
@@ -193,6 +199,6 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
     if paper_cats and len(paper_cats) == len(CATEGORIES):
         flat["overall"] = statistics.fmean(paper_cats.values())
     (ctx.out_dir / "results.json").write_text(
-        json.dumps({"metrics": flat, "skipped": skipped}, indent=2, default=float)
+        json.dumps({"metrics": flat, "skipped": skipped, "notes": notes}, indent=2, default=float)
     )
     return flat

@@ -7,7 +7,7 @@
         --base-url http://127.0.0.1:8000/v1 --engine-model smollm2   # any OpenAI-compatible server
 
 `--model` is a zoo name, a model folder, a hub id, or an MLflow run id whose run carries the
-trained model's folder (tag `harness.model_path` on a stage run, `harness.policy_path` on a cell).
+trained model's folder (a stage run's model, or a cell run's policy: `mlflow_layout.model_path_of_run`).
 Writes `<out>/<task>.samples.jsonl` (every generation, so any metric can be recomputed),
 `<out>/results.json`, `<out>/table.txt`; prints the per-benchmark, per-category and overall table;
 logs params, metrics (including `*_with_offline_fallbacks`) and the output folder as artifacts.
@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.cli import print_error
+
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MLFLOW_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]")
 
@@ -46,14 +48,9 @@ def resolve_eval_model(name: str) -> str:
     from harness.models import is_known_model, resolve_model
 
     if _RUN_ID.match(name) and not Path(name).exists():
-        from harness import tracking
+        from harness.mlflow_layout import model_path_of_run
 
-        run = tracking.client().get_run(name)
-        tags = run.data.tags
-        for tag in ("harness.model_path", "harness.policy_path"):
-            if tags.get(tag):
-                return resolve_model(tags[tag])
-        raise ValueError(f"MLflow run {name} has no harness.model_path / harness.policy_path tag")
+        return resolve_model(model_path_of_run(name))
     if not is_known_model(name):
         raise ValueError(f"--model {name!r}: not a zoo name, a folder, a hub id or an MLflow run id")
     return resolve_model(name)
@@ -117,23 +114,16 @@ def _engine_settings(args: argparse.Namespace) -> Any:
 
 def _log_mlflow(args: argparse.Namespace, model_path: str, tasks: list[str], metrics: dict[str, float],
                 out: Path, engine_params: dict[str, str]) -> str | None:
-    import mlflow
-
     from harness import tracking
+    from harness.mlflow_layout import log_eval_run
 
     experiment_id = tracking.setup_experiment(args.experiment)
     finite = {mlflow_metric_name(k): float(v) for k, v in metrics.items()
               if isinstance(v, (int, float)) and not math.isnan(v)}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval {Path(args.model).name}") as run:
-        mlflow.set_tags({"harness.run_type": "eval", "harness.model_path": model_path,
-                         "harness.git_sha": tracking.git_sha()})
-        mlflow.log_params({"model": args.model, "model_path": model_path, "suite": args.suite or "",
-                           "tasks": ",".join(tasks), "limit": str(args.limit), "seed": str(args.seed),
-                           "batch_size": str(args.batch_size), "judge_model": args.judge_model or "",
-                           **engine_params})
-        tracking.log_metrics(run.info.run_id, finite)
-        mlflow.log_artifacts(str(out), artifact_path="eval")
-        return run.info.run_id
+    params = {"model": args.model, "model_path": model_path, "suite": args.suite or "", "tasks": ",".join(tasks),
+              "limit": str(args.limit), "seed": str(args.seed), "batch_size": str(args.batch_size),
+              "judge_model": args.judge_model or "", **engine_params}
+    return log_eval_run(experiment_id, f"eval {Path(args.model).name}", model_path, params, finite, out)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -163,12 +153,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if preflight is not None:
                 preflight()
         except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
+            print_error(err, args)
             return 2
     try:
         model_path = resolve_eval_model(args.model)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err, args)
         return 2
     try:
         engine = _engine_settings(args)
@@ -205,12 +195,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics.update(with_fallbacks(metrics, tasks))
     metrics["eval/wall_seconds"] = time.perf_counter() - start  # this invocation
     metrics["eval/task_seconds_total"] = sum(metrics.get(f"{t}/seconds", 0.0) for t in tasks)  # incl. resumed
-    skipped = json.loads((out / "results.json").read_text()).get("skipped", {})
-    (out / "results.json").write_text(json.dumps({"metrics": metrics, "skipped": skipped, "tasks": tasks,
-                                                  "model": args.model, "model_path": model_path,
+    saved = json.loads((out / "results.json").read_text())
+    skipped, notes = saved.get("skipped", {}), saved.get("notes", {})
+    (out / "results.json").write_text(json.dumps({"metrics": metrics, "skipped": skipped, "notes": notes,
+                                                  "tasks": tasks, "model": args.model, "model_path": model_path,
                                                   "limit": args.limit, "engine": resolved.params()},
                                                  indent=2, default=float))
-    table = format_table(metrics, skipped, tasks)
+    table = format_table(metrics, skipped, tasks, notes)
     table += (f"\nwall time: {metrics['eval/wall_seconds']:.0f} s this run, {metrics['eval/task_seconds_total']:.0f} s "
               f"summed over tasks (resumed ones included); outputs in {out}")
     (out / "table.txt").write_text(table + "\n")

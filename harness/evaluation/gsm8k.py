@@ -14,8 +14,10 @@ Setting, as the paper's Tulu evaluation (open-instruct) runs it on chat models:
   when it has no number). The reference is the text after "####" with the same comma removal.
 - Scoring: HF `evaluate`'s exact_match with ignore_case and ignore_punctuation, as open-instruct calls
   it (lm-eval ships the same function as `exact_match_hf_evaluate`; the parity tests compare against it).
-  Note the consequence of ignore_punctuation, kept for parity: "-5" and "5" compare equal, "18.00" and
-  "18" do not.
+  ignore_punctuation strips every punctuation character from both strings before comparing, the
+  decimal point and the minus sign included, so this rule (kept for parity with open-instruct) also
+  counts wrong answers as right: a prediction "3.6" matches the gold answer 36, "-80" matches 80, "-5"
+  matches 5. It is a string comparison, not a numeric one: "18.00" does not match 18.
 
 Secondary metrics, computed on the same outputs with lm-eval's own `gsm8k_cot` filters and metric
 (`strict-match`: "The answer is N."; `flexible-extract`: last number-like span), for comparison with

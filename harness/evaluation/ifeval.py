@@ -15,10 +15,21 @@ as following an instruction if any of 8 variants (first/last line removed, '*' r
 
 NLTK `punkt_tab` is required by two checkers: NLTK_DATA is pointed at the shared copy when unset;
 without it the task reports itself skipped with instructions (see `common.ensure_nltk_data`).
+
+Reproducible rescoring: where a prompt's kwargs leave a checker setting unset or invalid, the official
+checker draws it from Python's global `random`. Of the 541 prompts, two do: keys 1122 and 1129 ask for
+at least 4 "#" / 6 "!", which `letter_frequency` does not accept as a letter, so it checks a random
+letter instead, and identical responses could score up to 2 prompts apart from one run to the next.
+Each prompt is therefore scored with `random` seeded by the prompt's key (and the caller's random state
+restored afterwards): the same responses always get the same scores. The letter is still the checker's
+draw, not the "#" / "!" the prompt asks for, as in the official scorer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
+from collections.abc import Iterator
 from typing import Any
 
 from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
@@ -51,12 +62,25 @@ def load_rows(limit: int | None) -> list[dict[str, Any]]:
     return apply_limit(rows, limit)
 
 
+@contextlib.contextmanager
+def seeded_global_random(seed: int) -> Iterator[None]:
+    """The global `random` seeded for the duration (the checkers draw from it), then restored."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def score_one(row: dict[str, Any], response: str) -> dict[str, Any]:
-    """lm-eval's official-checker results for one response (bools and per-instruction bool lists)."""
+    """lm-eval's official-checker results for one response (bools and per-instruction bool lists); the
+    checkers' random draws are seeded by the prompt's key (see the module docstring)."""
     ensure_nltk_data()  # before the import: lm-eval tries (and offline fails) to download punkt_tab
     from lm_eval.tasks.ifeval.utils import process_results
 
-    return process_results(row, [response])
+    with seeded_global_random(int(row["key"])):
+        return process_results(row, [response])
 
 
 def score_responses(rows: list[dict[str, Any]], responses: list[str]) -> TaskResult:
@@ -106,6 +130,7 @@ register_task(TaskSpec(
     run=run,
     env_prefixes=(MAX_NEW_TOKENS_ENV,),
     preflight=check_budget,
-    description="IFEval 541 prompts, chat template, greedy; lm-eval's copy of the official checkers.",
+    description=("IFEval 541 prompts, chat template, greedy; lm-eval's copy of the official checkers (their "
+                 "random draws seeded by the prompt key)."),
     score_rule="loose prompt-level accuracy, % of prompts (0-100)",
 ))

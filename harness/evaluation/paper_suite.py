@@ -110,14 +110,17 @@ def _fmt(x: Any) -> str:
     return f"{x:6.1f}" if _finite(x) else "     -"
 
 
-def format_table(metrics: dict[str, float], skipped: dict[str, str], tasks: list[str]) -> str:
-    """Plain-text table: per benchmark (score, offline fallback, seconds, status), per category, overall."""
+def format_table(metrics: dict[str, float], skipped: dict[str, str], tasks: list[str],
+                 notes: dict[str, str] | None = None) -> str:
+    """Plain-text table: per benchmark (score, offline fallback, seconds, status), per category, overall.
+    The status is the skipped reason, else the task's note on what its score is, else its score rule."""
     fb = with_fallbacks(metrics, tasks)
+    notes = notes or {}
     lines = [f"{'benchmark':<16} {'category':<22} {'score':>6} {'fallbk':>6} {'secs':>7}  status / score rule",
              "-" * 100]
     for name in tasks:
         spec = TASKS.get(name)
-        status = skipped.get(name) or spec.score_rule
+        status = skipped.get(name) or notes.get(name) or spec.score_rule
         lines.append(
             f"{name:<16} {spec.category:<22} {_fmt(metrics.get(f'{name}/score'))} "
             f"{_fmt(metrics.get(f'{name}/offline_fallback_score'))} "

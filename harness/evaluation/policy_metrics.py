@@ -73,6 +73,8 @@ def sample_completions(
     drawn from the untruncated policy distribution (temperature 1, top_k 0, top_p 1)."""
     import torch
 
+    from harness.generation import neutral_generation_config
+
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
     torch.manual_seed(seed)
@@ -83,7 +85,9 @@ def sample_completions(
         for start in range(0, len(prompts), batch_size):
             texts = [_render(tokenizer, p) for p in prompts[start : start + batch_size]]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.no_grad():
+            # neutral_generation_config: a checkpoint's own sampling settings (min_p, repetition_penalty, ...)
+            # would draw y from another distribution than pi and bias the estimate.
+            with torch.no_grad(), neutral_generation_config(model):
                 generated = model.generate(
                     **batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
                     num_return_sequences=n, pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos_ids),

@@ -6,6 +6,8 @@ a persistent cache, win-rate statistics, AlpacaEval 1/2, experiment-level judgin
     verdict = judge.pairwise(instruction, output_a, output_b)   # asked in both orders
     instructions, refs = load_reference(2)                      # AlpacaEval 2 set, gpt-4-1106 references
     result = evaluate_alpaca_eval(judge, instructions, outputs, refs, version=2)  # .win_rate, .lc_win_rate
+    # .lc_win_rate is alpaca_eval's own length_controlled_v1 (the leaderboard's), or None with
+    # .lc_unavailable_reason; `score_annotations` scores saved annotations the same way.
 """
 
 from harness.judge.alpaca import (
@@ -13,6 +15,7 @@ from harness.judge.alpaca import (
     evaluate_alpaca_eval,
     length_controlled_win_rate,
     load_reference,
+    score_annotations,
 )
 from harness.judge.client import (
     Completion,
@@ -30,5 +33,5 @@ __all__ = [
     "AlpacaEvalResult", "Completion", "JudgeClient", "JudgeError", "JudgeParseError", "PairVerdict",
     "TRUTHFULQA_INFO", "TRUTHFULQA_TRUTH", "WinRate", "XSTEST_LABELS", "XSTEST_REFUSAL", "YES_NO",
     "bootstrap_ci", "bradley_terry", "evaluate_alpaca_eval", "judge_client_from_settings",
-    "length_controlled_win_rate", "load_reference", "usage_metrics", "win_rate",
+    "length_controlled_win_rate", "load_reference", "score_annotations", "usage_metrics", "win_rate",
 ]

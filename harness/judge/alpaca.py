@@ -1,29 +1,29 @@
-"""AlpacaEval 1 and 2 through the harness's judge client, with the length-controlled win rate.
+"""AlpacaEval 1 and 2 through the harness's judge client, with AlpacaEval 2's length-controlled win rate.
 
-What comes from the `alpaca_eval` package (pip `alpaca-eval==0.6.6`, read from its installed files, not
-copied): the annotator prompts, i.e. `alpaca_eval_gpt4` for AlpacaEval 1 (the judge ranks two outputs)
-and `alpaca_eval_clf_gpt4_turbo` for AlpacaEval 2 (the judge names the better output by one token,
-"m" or "M", and the preference is read from the logprobs of that token, as in
-`weighted_alpaca_eval_gpt4_turbo`), with their decoding settings. Calls go through `JudgeClient`, so
-they are cached, retried and costed like every other judgement, against whatever OpenAI-compatible
-endpoint the client points at. As in the package, the order of the two outputs is randomised per
-instruction (seeded), and identical outputs are a tie without asking.
+What comes from the `alpaca_eval` package (pip `alpaca-eval==0.6.6`, a main dependency; read from its
+installed files or called, never copied): the annotator prompts, i.e. `alpaca_eval_gpt4` for AlpacaEval 1
+(the judge ranks two outputs) and `alpaca_eval_clf_gpt4_turbo` for AlpacaEval 2 (the judge names the
+better output by one token, "m" or "M", and the preference is read from the logprobs of that token, as
+in `weighted_alpaca_eval_gpt4_turbo`), with their decoding settings; and the length-controlled win rate.
+Calls go through `JudgeClient`, so they are cached, retried and costed like every other judgement,
+against whatever OpenAI-compatible endpoint the client points at. As in the package, the order of the
+two outputs is randomised per instruction (seeded), and identical outputs are a tie without asking.
 
-Why not the package's own pipeline: its length-controlled win rate downloads `df_gamed.csv` and
-`instruction_difficulty.csv` from the Hugging Face hub at run time, which the project's machines cannot
-reach. So the GLM is re-implemented here (`length_controlled_win_rate`):
+AlpacaEval 2's length-controlled (LC) win rate is the leaderboard's: the package's own
+`get_length_controlled_winrate(..., glm_name="length_controlled_v1")` (a GLM on the length difference
+and the instruction difficulty, regularised towards two "gamed" baselines), called on the annotations
+(`length_controlled_win_rate`). That function downloads `df_gamed.csv` (and, for `predict_winrate`,
+`instruction_difficulty.csv`) from the Hugging Face dataset `tatsu-lab/alpaca_eval`; here each file is
+read from the local data dirs first (`benchmarks/alpaca_eval/<file>`, `harness.paths.find_data_file`)
+and from the hub second. On the published annotations of 11 leaderboard models it reproduces the
+leaderboard's LC within 0.8 points, 0.24 on average (`tests/test_judge_alpaca.py`; 0.19 on average
+over all 56 models whose annotations are public); the package's simpler `length_controlled_minimal`
+formula, which this module re-implemented before, was 9.8 points off on average on the same 11 models,
+up to 27 (6.6 on average over the 56).
 
-    P(model output preferred) = sigmoid(theta + beta_len * tanh(delta_len / sd(delta_len))
-                                         [+ beta_diff * instruction_difficulty])
-
-fitted by maximum likelihood on the soft preferences (in [0, 1]) with a weak L2 penalty (1/C, C=100);
-the LC win rate is the mean predicted preference with delta_len set to 0. Differences from the package,
-all because of the unreachable hub files: (1) no regularisation towards the "gamed" baseline models
-(the package's `length_controlled_v1` adds them with weight 0.2); (2) `instruction_difficulty` is used
-only when given (e.g. from a local `benchmarks/alpaca_eval/instruction_difficulty.csv`), otherwise the
-model is the package's `length_controlled_minimal` formula; (3) an L2 penalty at fixed C instead of
-the package's cross-validated L1. `tests/test_judge_alpaca.py` checks parity with the package's own
-design-matrix and logistic-regression code on saved annotations.
+When the package cannot fit it (the files are in no data dir and the hub is unreachable, or the
+package does not import), `lc_win_rate` is None and `lc_unavailable_reason` says why: no approximation
+is computed in its place. The AlpacaEval 2 task then scores the raw win rate and says so.
 
 Without the package installed, the harness's own annotator wording is used and the result says so
 (`template_source`): such numbers are not comparable with published AlpacaEval scores.
@@ -37,7 +37,9 @@ import importlib.util
 import json
 import math
 import re
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +47,7 @@ from typing import Any, Literal
 import numpy as np
 
 from harness.judge.client import JudgeClient, JudgeError
-from harness.paths import find_data_file
+from harness.paths import data_dirs, find_data_file
 
 Messages = list[dict[str, str]]
 
@@ -58,6 +60,12 @@ ANNOTATORS = {
 }
 REFERENCE_FILES = {1: "benchmarks/alpaca_eval/text_davinci_003_outputs.json",
                    2: "benchmarks/alpaca_eval/gpt4_1106_preview_outputs.json"}
+
+# AlpacaEval 2's length-controlled win rate: the leaderboard's GLM, and the files the package's GLM module
+# downloads from the hub (dataset tatsu-lab/alpaca_eval), looked for first under this local data dir.
+LC_GLM = "length_controlled_v1"
+LC_DATA_DIR = "benchmarks/alpaca_eval"
+LC_HUB_FILES = ("df_gamed.csv", "instruction_difficulty.csv")
 
 # Used only when the alpaca_eval package is missing (the harness's own wording, same output formats).
 _FALLBACK = {
@@ -136,22 +144,6 @@ def load_reference(version: Literal[1, 2], limit: int | None = None) -> tuple[li
     return [r["instruction"] for r in rows], [r["output"] for r in rows]
 
 
-def load_instruction_difficulty(n: int) -> np.ndarray | None:
-    """Per-instruction difficulty (AlpacaEval's `instruction_difficulty.csv`, index,value) if a copy is
-    present locally; None otherwise (the hub file cannot be fetched here)."""
-    path = find_data_file("benchmarks/alpaca_eval/instruction_difficulty.csv")
-    if path is None:
-        return None
-    values: dict[int, float] = {}
-    for line in path.read_text().splitlines()[1:]:
-        parts = line.split(",")
-        if len(parts) >= 2 and parts[0].strip().isdigit():
-            values[int(parts[0])] = float(parts[-1])
-    if not all(i in values for i in range(n)):
-        return None
-    return np.array([values[i] for i in range(n)])
-
-
 def _swapped(instruction: str, seed: int) -> bool:
     return hashlib.sha256(f"{seed}:{instruction}".encode()).digest()[0] & 1 == 1
 
@@ -183,17 +175,30 @@ def _p_first_v2(text: str, top: dict[str, float]) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class LengthControlled:
+    """AlpacaEval 2's length-controlled win rate as the leaderboard computes it, or why there is none."""
+
+    win_rate: float | None  # percent; None when unavailable
+    standard_error: float | None
+    unavailable_reason: str | None
+    files: dict[str, str] = field(default_factory=dict)  # hub file name -> where it was read from
+
+
 @dataclass
 class AlpacaEvalResult:
     version: int
-    win_rate: float  # percent, ties count half
+    win_rate: float  # percent, ties count half (the raw win rate)
     standard_error: float
-    lc_win_rate: float | None  # percent, length-controlled
     n: int
     n_invalid: int
     judge_model: str
     template_source: str
-    lc_method: str
+    # AlpacaEval 2 only: the leaderboard's length-controlled win rate (percent) and its standard error;
+    # None with `lc_unavailable_reason` when it could not be computed (never an approximation).
+    lc_win_rate: float | None = None
+    lc_standard_error: float | None = None
+    lc_unavailable_reason: str | None = None
     annotations: list[dict[str, Any]] = field(default_factory=list)
 
     def metrics(self, prefix: str | None = None) -> dict[str, float]:
@@ -202,41 +207,118 @@ class AlpacaEvalResult:
                f"{prefix}/n": float(self.n), f"{prefix}/n_invalid": float(self.n_invalid)}
         if self.lc_win_rate is not None:
             out[f"{prefix}/lc_win_rate"] = self.lc_win_rate
+        if self.lc_standard_error is not None:
+            out[f"{prefix}/lc_standard_error"] = self.lc_standard_error
         return out
 
 
-def length_controlled_win_rate(preferences: Sequence[float], model_lengths: Sequence[int],
-                               reference_lengths: Sequence[int],
-                               instruction_difficulty: Sequence[float] | None = None,
-                               C: float = 100.0) -> float:
-    """Length-controlled win rate in percent (see the module docstring for the GLM).
+class LCFilesUnavailable(RuntimeError):
+    """A file the length-controlled GLM needs is in no local data dir and the hub did not provide it."""
 
-    preferences: P(model output preferred) per example, in [0, 1] (0.5 = tie)."""
-    y = np.asarray(preferences, dtype=float)
-    if y.size == 0:
-        return math.nan
-    if np.any((y < 0) | (y > 1)):
-        raise ValueError("preferences must lie in [0, 1]")
-    delta = np.asarray(reference_lengths, dtype=float) - np.asarray(model_lengths, dtype=float)
-    sd = delta.std(ddof=1) if delta.size > 1 else 0.0
-    x_len = np.tanh(delta / sd) if sd > 0 else np.zeros_like(delta)
-    columns = [np.ones_like(y), x_len]
-    if instruction_difficulty is not None:
-        columns.append(np.asarray(instruction_difficulty, dtype=float))
-    X = np.stack(columns, axis=1)
-    w = np.zeros(X.shape[1])
-    lam = 1.0 / C
-    for _ in range(200):  # Newton's method; the penalised soft-label log-likelihood is strictly concave
-        p = 1 / (1 + np.exp(-(X @ w)))
-        grad = X.T @ (y - p) - lam * w
-        hess = -(X.T * (p * (1 - p))) @ X - lam * np.eye(X.shape[1])
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    X0 = X.copy()
-    X0[:, 1] = 0.0  # counterfactual: no length difference
-    return float(100 * np.mean(1 / (1 + np.exp(-(X0 @ w)))))
+
+# The package's GLM module reads its hub files through a module-level `hf_hub_download`, which is
+# pointed at the local data dirs for the duration of one call; the lock keeps concurrent calls from
+# restoring each other's resolver.
+_GLM_LOCK = threading.Lock()
+
+
+def _local_first(hub_download: Any, files: dict[str, str]) -> Any:
+    def download(repo_id: str, filename: str, **kwargs: Any) -> str:
+        local = find_data_file(f"{LC_DATA_DIR}/{filename}")
+        if local is not None:
+            files[filename] = str(local)
+            return str(local)
+        try:
+            path = hub_download(repo_id=repo_id, filename=filename, **kwargs)
+        except Exception as err:  # offline mode, no network, no cached copy: the hub's many error types
+            searched = ", ".join(str(d / LC_DATA_DIR) for d in data_dirs())
+            raise LCFilesUnavailable(
+                f"{filename} is in no local data dir (searched {searched}) and the hub dataset {repo_id} "
+                f"did not provide it ({type(err).__name__}: {err})") from err
+        files[filename] = f"hub {repo_id} ({path})"
+        return str(path)
+
+    return download
+
+
+def length_controlled_win_rate(annotations: Sequence[Mapping[str, Any]]) -> LengthControlled:
+    """AlpacaEval 2's length-controlled win rate of `annotations`, computed by the `alpaca_eval` package's
+    `get_length_controlled_winrate` with the leaderboard's GLM (`length_controlled_v1`).
+
+    Each annotation: `index` (the instruction's position in the 805-instruction AlpacaEval set, which
+    selects its difficulty), `output_1` (the reference's output), `output_2` (the model's), `preference`
+    in [1, 2] (2 = model preferred) or None when the judge's reply was unreadable (left out of the fit,
+    as the package does). The package's hub files are read from the local data dirs first."""
+    valid = [a for a in annotations if a["preference"] is not None]
+    if len(valid) < 2:
+        return LengthControlled(None, None, f"needs at least 2 valid annotations, got {len(valid)}")
+    deltas = {len(a["output_1"]) - len(a["output_2"]) for a in annotations}
+    if len(deltas) < 2:
+        return LengthControlled(None, None, "every output differs from its reference by the same length: "
+                                            "the GLM's standardised length difference is undefined")
+    try:
+        import pandas as pd
+        import sklearn
+
+        with warnings.catch_warnings():  # setuptools 81 deprecates pkg_resources, which the package imports
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            from alpaca_eval.metrics import glm_winrate
+    except ImportError as err:
+        return LengthControlled(None, None, f"the alpaca_eval package does not import ({err})")
+    frame = pd.DataFrame(
+        {"output_1": [a["output_1"] for a in annotations], "output_2": [a["output_2"] for a in annotations],
+         "preference": [math.nan if a["preference"] is None else float(a["preference"]) for a in annotations],
+         "generator_1": "reference", "generator_2": "model"},
+        index=pd.Index([int(a["index"]) for a in annotations]),  # the package reads it via reset_index()
+    )
+    files: dict[str, str] = {}
+    with _GLM_LOCK:
+        hub_download = glm_winrate.hf_hub_download
+        glm_winrate.hf_hub_download = _local_first(hub_download, files)
+        try:
+            # config_context: the package switches on sklearn's global metadata routing; restored after.
+            with sklearn.config_context(), warnings.catch_warnings():
+                # scikit-learn 1.8-1.9 deprecations in the package's LogisticRegressionCV call (pinned <1.10).
+                warnings.simplefilter("ignore", FutureWarning)
+                out = glm_winrate.get_length_controlled_winrate(
+                    frame, glm_name=LC_GLM, save_weights_dir=None, is_add_glm_preference_inplace=False)
+        except LCFilesUnavailable as err:
+            return LengthControlled(None, None, str(err), files)
+        finally:
+            glm_winrate.hf_hub_download = hub_download
+    return LengthControlled(float(out["length_controlled_winrate"]), float(out["lc_standard_error"]), None, files)
+
+
+def lc_data_fingerprint() -> dict[str, str | None]:
+    """sha256 of each local copy of the LC GLM's hub files (None: not local, read from the hub)."""
+    from harness.cache import file_sha256
+
+    out: dict[str, str | None] = {}
+    for name in LC_HUB_FILES:
+        path = find_data_file(f"{LC_DATA_DIR}/{name}")
+        out[name] = file_sha256(path) if path is not None else None
+    return out
+
+
+def score_annotations(annotations: list[dict[str, Any]], version: Literal[1, 2], judge_model: str,
+                      template_source: str) -> AlpacaEvalResult:
+    """Win rate, its standard error and (AlpacaEval 2) the length-controlled win rate of annotations in
+    AlpacaEval's convention (see `length_controlled_win_rate`); None preferences are counted invalid."""
+    valid = [a for a in annotations if a["preference"] is not None]
+    prefs = np.array([a["preference"] - 1 for a in valid], dtype=float)
+    if prefs.size:
+        wr = float(100 * prefs.mean())
+        se = float(100 * prefs.std(ddof=1) / math.sqrt(prefs.size)) if prefs.size > 1 else math.nan
+    else:
+        wr = se = math.nan
+    result = AlpacaEvalResult(version=version, win_rate=wr, standard_error=se, n=len(valid),
+                              n_invalid=len(annotations) - len(valid), judge_model=judge_model,
+                              template_source=template_source, annotations=annotations)
+    if version == 2:
+        lc = length_controlled_win_rate(annotations)
+        result.lc_win_rate, result.lc_standard_error = lc.win_rate, lc.standard_error
+        result.lc_unavailable_reason = lc.unavailable_reason
+    return result
 
 
 def evaluate_alpaca_eval(
@@ -246,13 +328,14 @@ def evaluate_alpaca_eval(
     reference_outputs: Sequence[str],
     version: Literal[1, 2] = 2,
     seed: int = 0,
-    instruction_difficulty: Sequence[float] | None = None,
     on_error: Literal["raise", "skip"] = "raise",
 ) -> AlpacaEvalResult:
-    """Win rate (and LC win rate) of `outputs` against `reference_outputs` on `instructions`, judged by
-    `client` with AlpacaEval's annotator prompt for `version`. Annotations follow AlpacaEval's
-    convention: output_1 = reference, output_2 = model, preference in [1, 2] (2 = model preferred,
-    1.5 = tie), None when the judge's reply could not be read (excluded, counted in n_invalid)."""
+    """Win rate (and, for AlpacaEval 2, the LC win rate) of `outputs` against `reference_outputs` on
+    `instructions`, judged by `client` with AlpacaEval's annotator prompt for `version`. Annotations
+    follow AlpacaEval's convention: output_1 = reference, output_2 = model, preference in [1, 2]
+    (2 = model preferred, 1.5 = tie), None when the judge's reply could not be read (excluded, counted in
+    n_invalid). `instructions` are the first n of the AlpacaEval set (`load_reference`): the LC GLM
+    reads each one's difficulty by its position."""
     if not len(instructions) == len(outputs) == len(reference_outputs):
         raise ValueError("instructions, outputs and reference_outputs must have the same length")
     annotator = load_annotator(version)
@@ -292,22 +375,4 @@ def evaluate_alpaca_eval(
                 pref = None if p_first is None else (1 + p_first if swapped else 2 - p_first)
                 row.update(preference=pref, swapped=swapped, raw=result.text)
         annotations.append(row)
-    valid = [a for a in annotations if a["preference"] is not None]
-    prefs = np.array([a["preference"] - 1 for a in valid], dtype=float)
-    if prefs.size:
-        wr = float(100 * prefs.mean())
-        se = float(100 * prefs.std(ddof=1) / math.sqrt(prefs.size)) if prefs.size > 1 else math.nan
-    else:
-        wr = se = math.nan
-    difficulty = None
-    if instruction_difficulty is not None:
-        difficulty = [instruction_difficulty[a["index"]] for a in valid]
-    lc = length_controlled_win_rate(prefs, [len(a["output_2"]) for a in valid],
-                                    [len(a["output_1"]) for a in valid], difficulty) if prefs.size > 2 else None
-    method = ("GLM tanh(std_delta_len) + instruction_difficulty, no gamed-baseline regularisation"
-              if difficulty is not None else "GLM tanh(std_delta_len) (length_controlled_minimal)")
-    return AlpacaEvalResult(
-        version=version, win_rate=wr, standard_error=se, lc_win_rate=lc, n=len(valid),
-        n_invalid=len(annotations) - len(valid), judge_model=client.model,
-        template_source=annotator.source, lc_method=method, annotations=annotations,
-    )
+    return score_annotations(annotations, version, client.model, annotator.source)

@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from harness.cli import print_error
+
 
 def cmd_serve_judge(args: argparse.Namespace) -> int:
     from harness.generation import EngineSettings
@@ -41,7 +43,7 @@ def cmd_serve_judge(args: argparse.Namespace) -> int:
             retry_after=args.retry_after, engine=EngineSettings(dtype=args.dtype, batching=args.batching),
         )
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, args)
         return 2
     stop = threading.Event()
 
@@ -122,7 +124,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     try:
         _, policies = find_policies(args.experiment)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, args)
         return 2
     params = next((p.params for p in policies if p.params.get("judge.model")), {})
     server = None
@@ -145,7 +147,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
             n_boot=args.bootstrap, seed=args.seed, log_mlflow=not args.no_mlflow,
         )
     except (JudgeError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc, args)
         return 1
     finally:
         if server is not None:
