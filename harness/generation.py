@@ -495,6 +495,8 @@ class HFGenerator:
         if params.num_return_sequences < 1 or params.max_new_tokens < 1:
             raise ValueError("num_return_sequences and max_new_tokens must be >= 1")
         prompts = [[int(t) for t in p][-self.max_prompt_tokens:] for p in prompt_ids]
+        if not prompts:
+            return []
         if any(not p for p in prompts):
             raise ValueError("an empty prompt cannot be generated from")
         seeds = list(prompt_seeds) if prompt_seeds is not None else prompt_seeds_for(params.seed, len(prompts))

@@ -60,10 +60,18 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
-    import httpx
+    """(status, JSON body) of a POST, error statuses included."""
+    import http.client
+    from urllib.parse import urlsplit
 
-    reply = httpx.post(url, json=body, timeout=60)
-    return reply.status_code, reply.json()
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        connection.request("POST", parts.path, json.dumps(body), {"Content-Type": "application/json"})
+        reply = connection.getresponse()
+        return reply.status, json.loads(reply.read())
+    finally:
+        connection.close()
 
 
 def test_engine_over_http_returns_the_in_process_answers(varied_model: str, varied_prompts: list[str]):
