@@ -167,6 +167,24 @@ def truthful_uninformative_judge(scripted_judge, shared_data) -> ScriptedJudge:
     return scripted_judge(rules, default="unsure")
 
 
+@pytest.fixture
+def root_only_canary():
+    """A root-only file (0600) in /tmp holding a fresh secret, and the strings sandboxed code must never
+    leak: that secret and the lines of /etc/shadow (when this process can read it)."""
+    import secrets
+
+    secret = secrets.token_hex(16)
+    path = Path(f"/tmp/prefharness-canary-{secrets.token_hex(4)}")
+    path.write_text(secret)
+    path.chmod(0o600)
+    try:
+        shadow = [line for line in Path("/etc/shadow").read_text().splitlines() if ":" in line]
+    except OSError:
+        shadow = []
+    yield path, [secret, *shadow]
+    path.unlink()
+
+
 # Prompts on which the varied model's greedy answers differ (the `varied_prompts` fixture).
 VARIED_PROMPTS = ["hello there", "The quick brown fox jumps over the lazy dog and then", "Question: what is 12 plus 7?",
                   "def add(a, b):", "Paris is", "I cannot help", "Natalia sold clips"]
