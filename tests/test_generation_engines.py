@@ -172,3 +172,15 @@ def test_training_precision_follows_the_engine():
     assert device_kwargs(EngineSettings(dtype="float32"))["bf16"] is False
     assert device_kwargs(EngineSettings(dtype="bfloat16"))["bf16"] is True
     assert device_kwargs()["bf16"] == EngineSettings().resolved().train_bf16
+
+
+def test_harness_eval_engine_flags_fail_naming_the_flag(tiny_model: str, tmp_path: Path, capsys):
+    from harness.cli import main
+
+    common = ["eval", "--model", tiny_model, "--tasks", "gsm8k", "--no-mlflow", "--out", str(tmp_path)]
+    assert main([*common, "--engine", "openai", "--engine-model", "m"]) == 2
+    assert "--base-url: required when kind is 'openai'" in capsys.readouterr().err
+    assert main([*common, "--batching", "static", "--engine", "openai", "--engine-model", "m",
+                 "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    assert "--batching: only for kind 'hf'" in capsys.readouterr().err
+    assert not (tmp_path / "gsm8k.samples.jsonl").exists()

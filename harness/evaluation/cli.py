@@ -163,7 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         engine = _engine_settings(args)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err, args)
         return 2
     resolved = engine.resolved()
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.model).name)
