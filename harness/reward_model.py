@@ -187,6 +187,7 @@ def train_reward_model(
 
     from harness.algorithms.base import history_callback
     from harness.algorithms.trl_common import device_kwargs
+    from harness.generation import EngineSettings, record_engine
     from harness.models import load_reward_model
 
     check_preference_rows(rows)
@@ -238,6 +239,7 @@ def train_reward_model(
     result = trainer.train()
     model_dir = out_dir / "model"
     trainer.save_model(str(model_dir))
+    record_engine(out_dir, (engine or EngineSettings()).resolved())
     tokenizer.save_pretrained(str(model_dir))
     meta = {"max_length": config.max_length, "base_model": base_model, "config": asdict(config), "seed": seed}
     (model_dir / RM_META_FILE).write_text(json.dumps(meta, indent=2))

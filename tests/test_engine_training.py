@@ -106,3 +106,16 @@ def test_dpo_takes_its_precision_from_the_engine(tiny_model: str, tmp_path: Path
     assert summary["train/steps"] == 1 and math.isfinite(summary["train/final_loss"])
     recorded = json.loads((tmp_path / "default" / "artifacts" / "engine.json").read_text())
     assert recorded["engine.dtype"] == EngineSettings().resolved().dtype
+
+
+def test_reward_model_training_takes_and_records_the_engine(tiny_model: str, tmp_path: Path):
+    from harness.reward_model import RewardModelConfig, train_reward_model
+
+    cfg = RewardModelConfig(per_device_train_batch_size=4, gradient_accumulation_steps=1, max_length=64,
+                            learning_rate=1e-3, min_learning_rate=1e-4, max_steps=1)
+    rows = prepare("smoke-lowercase", seed=0, max_rows=8).rows
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        metrics = train_reward_model(rows, tiny_model, cfg, out, seed=0, engine=EngineSettings(dtype=dtype))
+        assert metrics["rm_train/steps"] == 1 and math.isfinite(metrics["rm_train/final_loss"])
+        assert json.loads((out / "artifacts" / "engine.json").read_text())["engine.dtype"] == dtype
