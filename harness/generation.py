@@ -19,9 +19,10 @@ Engines (`kind`):
     `static`: `model.generate` per bucket; a bucket runs until its longest answer ends.
     `compact`: the project's decode loop (KV cache, same forward as `generate`) that drops finished
       rows from the batch, so a bucket costs what its live rows cost ("finished-row compaction").
-    `continuous`: transformers' continuous batching (`generate_batch`, paged attention). Measured
-      0.54x of `model.generate` on this 2-core CPU; selectable, never the CPU default; its GPU speed was
-      not measured here.
+    `continuous`: transformers' continuous batching (`generate_batch`, paged attention). Slower on this
+      2-core CPU (0.54x of `model.generate` in the issue's measurement; 0.81x of `static` in CPU time at
+      bf16, 16 AlpacaEval prompts x 256 tokens); selectable, never the CPU default; its GPU speed was not
+      measured here.
 - `openai`: `harness.openai_engine.OpenAIGenerator`, any server speaking the OpenAI API (vllm serve,
   SGLang, TGI, llama.cpp's server, `harness serve-judge`), with bounded concurrency and retries;
   log-likelihoods through the completions endpoint's prompt log-probs (`echo` + `logprobs`).
