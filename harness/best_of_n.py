@@ -114,8 +114,10 @@ class BestOfNGenerator:
         self.records: list[dict[str, Any]] = []
 
     def _key(self, rendered: str, params: SamplingParams) -> str:
+        resolved = getattr(self.base, "resolved", None)  # the engine's precision changes the samples
         blob = json.dumps([self.model_key, rendered, params.max_new_tokens, list(params.stop), self.config.n,
-                           self.config.temperature, self.config.top_p, self.config.seed])
+                           self.config.temperature, self.config.top_p, self.config.seed,
+                           resolved.key() if resolved is not None else None])
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def candidates(self, prompts: Sequence[Messages | str], params: SamplingParams, chat: bool) -> list[list[str]]:

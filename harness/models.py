@@ -163,7 +163,8 @@ def default_device() -> str:
 
 
 def _device_and_dtype(device: str | None, dtype: str):
-    """fp32 on CPU (bf16 matmuls are slow there), bf16 on CUDA, unless a dtype name is given."""
+    """"auto": fp32 on CPU, bf16 on CUDA, unless a dtype name is given. The generation engine passes its
+    own per-device choice (`harness.generation.EngineSettings`: also bf16 on CPUs with native bf16)."""
     import torch
 
     device = device or default_device()

@@ -29,7 +29,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -42,6 +42,9 @@ from harness.config_fields import (
     Problem,
     WarmupRatio,
 )
+
+if TYPE_CHECKING:
+    from harness.generation import EngineSettings
 
 Messages = list[dict[str, str]]
 
@@ -174,14 +177,17 @@ def train_reward_model(
     out_dir: Path,
     seed: int,
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+    engine: EngineSettings | None = None,
 ) -> dict[str, float]:
-    """Train a Bradley-Terry RM (Eq. 1) on preference rows; save model + tokenizer to out_dir/"model"."""
-    import torch
+    """Train a Bradley-Terry RM (Eq. 1) on preference rows; save model + tokenizer to out_dir/"model".
+    `engine`: its precision (bf16 autocast where it resolves to bf16; default the detected choice)."""
     from datasets import Dataset
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
     from harness.algorithms.base import history_callback
+    from harness.algorithms.trl_common import device_kwargs
+    from harness.generation import EngineSettings, record_engine
     from harness.models import load_reward_model
 
     check_preference_rows(rows)
@@ -193,7 +199,6 @@ def train_reward_model(
             f"all {len(rows)} pairs are longer than max_length={config.max_length} and overlong='drop'"
         )
 
-    on_gpu = torch.cuda.is_available()
     # Optimizer steps as the Trainer counts them; warm-up is a whole number of steps, strictly fewer than
     # the total (transformers' polynomial schedule divides by the decay length).
     steps_per_epoch = math.ceil(math.ceil(len(pairs) / config.per_device_train_batch_size)
@@ -220,8 +225,7 @@ def train_reward_model(
         report_to=[],
         seed=seed,
         data_seed=seed,
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        **device_kwargs(engine),
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
@@ -235,6 +239,7 @@ def train_reward_model(
     result = trainer.train()
     model_dir = out_dir / "model"
     trainer.save_model(str(model_dir))
+    record_engine(out_dir, (engine or EngineSettings()).resolved())
     tokenizer.save_pretrained(str(model_dir))
     meta = {"max_length": config.max_length, "base_model": base_model, "config": asdict(config), "seed": seed}
     (model_dir / RM_META_FILE).write_text(json.dumps(meta, indent=2))

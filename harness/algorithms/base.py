@@ -13,9 +13,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.generation import EngineSettings
 
 DataKind = Literal["pairs", "unpaired", "prompts"]
 
@@ -49,6 +52,9 @@ class TrainContext:
     # Save the policy every N optimizer steps (PPO: updates) under out_dir/checkpoints (harness.checkpoints);
     # None = only the final model, as without `eval.checkpoint_every`.
     checkpoint_every: int | None = None
+    # Engine and precision (`harness.generation.EngineSettings`): training runs under bf16 autocast where
+    # it resolves to bf16; PPO samples its rollouts with it. None = `EngineSettings()` (the detected choice).
+    engine: EngineSettings | None = None
 
 
 @dataclass

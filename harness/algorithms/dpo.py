@@ -58,12 +58,11 @@ class DPOAlgoConfig(CheckedConfig):
 
 
 def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
-    import torch
     from trl import DPOConfig
 
+    from harness.algorithms.trl_common import device_kwargs
     from harness.checkpoints import trainer_save_kwargs
 
-    on_gpu = torch.cuda.is_available()
     loss_types = [cfg.loss_type] + (["sft"] if cfg.sft_weight > 0 else [])
     weights = [1.0] + ([cfg.sft_weight] if cfg.sft_weight > 0 else [])
     return DPOConfig(
@@ -90,8 +89,7 @@ def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
         report_to=[],
         seed=ctx.seed,
         data_seed=ctx.seed,
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        **device_kwargs(ctx.engine),
         dataloader_num_workers=0,
         disable_tqdm=True,
         **extra,
@@ -116,6 +114,8 @@ def train_dpo(ctx: TrainContext) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
+    from harness.generation import EngineSettings, record_engine
+
     cfg: DPOAlgoConfig = ctx.config
     tok = AutoTokenizer.from_pretrained(ctx.policy_path)
     if tok.pad_token is None:
@@ -132,6 +132,7 @@ def train_dpo(ctx: TrainContext) -> dict[str, float]:
     result = trainer.train()
     trainer.save_model(str(ctx.out_dir / "model"))
     tok.save_pretrained(str(ctx.out_dir / "model"))
+    record_engine(ctx.out_dir, (ctx.engine or EngineSettings()).resolved())
     return {"train/runtime_seconds": float(result.metrics.get("train_runtime", 0.0)),
             "train/final_loss": float(result.training_loss), "train/steps": float(result.global_step)}
 

@@ -18,6 +18,7 @@ from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callbac
 from harness.algorithms.reward_wrappers import EosTrickMode, build_reward
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
+    generation_backend_kwargs,
     load_policy,
     prompt_dataset,
     require_rows,
@@ -54,6 +55,10 @@ class OnlineDPOAlgoConfig(CheckedConfig):
     gradient_checkpointing: bool = False
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
+    # TRL's vLLM generation (`vllm_mode` as TRL's; GPU only: untested here; the precision comes from
+    # `ctx.engine`). TRL's Online DPO offers no transformers continuous batching.
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
 
 
 def train_online_dpo(ctx: TrainContext) -> dict[str, float]:
@@ -61,6 +66,7 @@ def train_online_dpo(ctx: TrainContext) -> dict[str, float]:
 
     cfg: OnlineDPOAlgoConfig = ctx.config
     require_rows(ctx, ("prompt",), "online-dpo")
+    backends = generation_backend_kwargs(cfg, "online-dpo")  # checked before any model loads
     model, tok = load_policy(ctx)
     reward_fn, stats = build_reward(ctx, tok, model, cfg.eos_trick, cfg.eos_penalty_reward)
     args = OnlineDPOConfig(
@@ -73,6 +79,7 @@ def train_online_dpo(ctx: TrainContext) -> dict[str, float]:
         max_new_tokens=cfg.max_new_tokens,
         max_length=cfg.max_length,
         missing_eos_penalty=None,  # the EOS trick lives in the reward wrapper, identical for all online methods
+        **backends,
     )
     trainer = OnlineDPOTrainer(
         model=model, reward_funcs=[reward_fn], args=args, train_dataset=prompt_dataset(ctx.train_rows),

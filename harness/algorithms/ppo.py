@@ -45,9 +45,12 @@ ships in `generation_config.json` (repetition_penalty, min_p, no_repeat_ngram_si
 (Table 9) wherever the model applies it, `nn.Dropout` modules and functional dropout such as Llama's
 `attention_dropout` alike (`disable_dropout`, verified by `check_no_dropout` before training).
 
-Generation goes through `harness.generation.HFGenerator.generate_samples` (batched `model.generate`
-with KV cache); a vLLM engine can implement the same `TokenGenerator` interface. Runs on CPU (fp32)
-for tests; on CUDA it keeps fp32 master weights and runs forwards under bf16 autocast.
+Generation goes through `harness.generation.HFGenerator.generate_samples`, the engine every generation
+task uses (`ctx.engine`, default `EngineSettings()`: the detected fastest batching and precision for the
+device; rollouts need the sampled token ids and fresh weights after every update, so the engine must be
+in-process, kind `hf`). Policy and value model keep fp32 master weights; where the engine's precision
+is bf16 (CUDA, and CPUs with AMX/AVX-512 BF16) rollouts and every forward run under bf16 autocast and the
+frozen reference model is held in bf16; `engine: {dtype: float32}` gives the fp32 path.
 
 Data-parallel under `accelerate launch --num_processes N` (docs/scale-out.md): policy + value model
 in DDP, reference and reward model replicated; each rank samples B/N of every prompt batch and
@@ -85,7 +88,6 @@ from harness.config_fields import (
     Problem,
     WarmupRatio,
 )
-from harness.models import cuda_bf16_forward
 
 # AdamW's moment decay rates: in [0, 1) (torch rejects 1 and beyond).
 AdamBeta = Annotated[float, Field(ge=0, lt=1)]
@@ -614,7 +616,14 @@ def _make_accelerator() -> Any:
 def train_ppo(ctx: TrainContext) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from harness.generation import HFGenerator, SamplingParams, render_prompt
+    from harness.generation import (
+        EngineSettings,
+        HFGenerator,
+        SamplingParams,
+        autocast_context,
+        record_engine,
+        render_prompt,
+    )
     from harness.models import load_tokenizer, resolve_model
 
     cfg: PPOConfig = ctx.config
@@ -629,13 +638,21 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     sum_across_ranks: SumAcrossRanks | None = all_reduce_sum if world > 1 else None
     torch.manual_seed(ctx.seed)  # the same on every rank (DDP also broadcasts rank 0's weights when wrapping)
     device = accelerator.device
-    on_cuda = device.type == "cuda"
-    # bf16 forwards without cuDNN attention (its backward gave NaN on left-padded rows; see models.py)
-    autocast = cuda_bf16_forward if on_cuda else nullcontext
-    frozen_dtype = torch.bfloat16 if on_cuda else torch.float32
+    engine = (ctx.engine or EngineSettings()).resolved(device.type)
+    if engine.kind != "hf":
+        raise ValueError(f"engine.kind: PPO samples its rollouts in-process (it trains on the sampled token ids and "
+                         f"updates the weights between rollouts); use kind 'hf', not {engine.kind!r}")
+
+    def autocast() -> Any:
+        # bf16 at the engine's precision (on CUDA without cuDNN attention, whose backward gave NaN on
+        # left-padded rows; see models.py), nothing in fp32.
+        return autocast_context(device, engine)
+
+    frozen_dtype = torch.bfloat16 if engine.train_bf16 else torch.float32
     artifacts = ctx.out_dir / "artifacts"
     if is_main:  # the stage writer convention: only the main process writes into the stage folder
         artifacts.mkdir(parents=True, exist_ok=True)
+        record_engine(ctx.out_dir, engine)
 
     # ---- Models: policy pi_theta (trained), reference pi_ref (frozen SFT), value V_phi, reward r. ----
     policy_path = resolve_model(ctx.policy_path)
@@ -661,7 +678,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     score_fn, _scorer = _reward_source(ctx, str(device))
     # Sampling uses the bare policy (DDP has no `generate`); its weights are the ones DDP trains.
     generator = HFGenerator(policy, tokenizer, batch_size=cfg.generation_batch_size,
-                            max_prompt_tokens=cfg.max_prompt_length)
+                            max_prompt_tokens=cfg.max_prompt_length, batching=engine.batching or "auto")
 
     # ---- Schedule: rollout batches, minibatches, optimizer steps (global: the same for any N). ----
     n_rollouts = cfg.prompt_batch_size * cfg.rollouts_per_prompt  # per rollout batch, all ranks together

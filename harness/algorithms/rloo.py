@@ -13,12 +13,13 @@ continuation up to 1024 tokens, 1 epoch, 10% warm-up, one update per batch).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
 from harness.algorithms.reward_wrappers import EosTrickMode, build_reward
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
+    generation_backend_kwargs,
     load_policy,
     prompt_dataset,
     require_rows,
@@ -61,6 +62,10 @@ class RLOOAlgoConfig(CheckedConfig):
     gradient_checkpointing: bool = False
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
+    # TRL's generation backends, as GRPOAlgoConfig's (see there)
+    use_transformers_paged: bool = False
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
 
     def cross_field_problems(self) -> list[Problem]:
         return whole_groups_problems(self)
@@ -71,6 +76,7 @@ def train_rloo(ctx: TrainContext) -> dict[str, float]:
 
     cfg: RLOOAlgoConfig = ctx.config
     require_rows(ctx, ("prompt",), "rloo")
+    backends = generation_backend_kwargs(cfg, "rloo")  # checked before any model loads
     model, tok = load_policy(ctx)
     reward_fn, stats = build_reward(ctx, tok, model, cfg.eos_trick, cfg.eos_penalty_reward)
     args = RLOOConfig(
@@ -83,6 +89,7 @@ def train_rloo(ctx: TrainContext) -> dict[str, float]:
         top_k=0,  # sample from the temperature-scaled policy itself
         top_p=1.0,
         max_completion_length=cfg.max_completion_length,
+        **backends,
     )
     trainer = RLOOTrainer(
         model=model, reward_funcs=[reward_fn], args=args, train_dataset=prompt_dataset(ctx.train_rows),

@@ -9,19 +9,47 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.algorithms.base import TrainContext
 from harness.checkpoints import trainer_save_kwargs
 from harness.config_fields import Problem
 
+if TYPE_CHECKING:
+    from harness.generation import EngineSettings
 
-def device_kwargs() -> dict[str, Any]:
-    """CPU needs `use_cpu=True` and no bf16 (TRL configs default to bf16); GPUs use bf16 when supported."""
+
+def device_kwargs(engine: EngineSettings | None = None) -> dict[str, Any]:
+    """`use_cpu` without a GPU (TRL configs assume one); `bf16` (autocast over fp32 weights) where the
+    engine's precision resolves to bf16: GPUs that support it, CPUs with AMX/AVX-512 BF16, unless pinned."""
     import torch
 
+    from harness.generation import EngineSettings
+
     on_gpu = torch.cuda.is_available()
-    return {"use_cpu": not on_gpu, "bf16": bool(on_gpu and torch.cuda.is_bf16_supported())}
+    resolved = (engine or EngineSettings()).resolved("cuda" if on_gpu else "cpu")
+    return {"use_cpu": not on_gpu, "bf16": resolved.train_bf16}
+
+
+def generation_backend_kwargs(cfg: Any, algorithm: str) -> dict[str, Any]:
+    """TRL's generation backends, from the algorithm config's `use_vllm`, `vllm_mode` and (where TRL offers
+    it) `use_transformers_paged`; vLLM is checked here (call it before loading models)."""
+    from harness.generation import vllm_available
+
+    if cfg.use_vllm and not vllm_available():
+        raise ValueError(f"algorithm {algorithm!r}: use_vllm needs vLLM installed and a CUDA GPU; this machine "
+                         "lacks one or both")
+    kwargs: dict[str, Any] = {"use_vllm": cfg.use_vllm, "vllm_mode": cfg.vllm_mode}
+    if getattr(cfg, "use_transformers_paged", False):
+        import torch
+
+        # TRL's name since 1.2 (`use_transformers_paged` is its deprecated alias). Its paged KV cache takes
+        # a share of the device's free memory; on a CPU that is the machine's RAM (the transformers default
+        # took 14 GB of a shared 24 GB machine and was OOM-killed), so a tenth of it there.
+        kwargs["use_transformers_continuous_batching"] = True
+        if not torch.cuda.is_available():
+            kwargs["transformers_continuous_batching_config"] = {"max_memory_percent": 0.1}
+    return kwargs
 
 
 def common_trainer_kwargs(ctx: TrainContext, cfg: Any) -> dict[str, Any]:
@@ -48,7 +76,7 @@ def common_trainer_kwargs(ctx: TrainContext, cfg: Any) -> dict[str, Any]:
         "data_seed": ctx.seed,
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
-        **device_kwargs(),
+        **device_kwargs(ctx.engine),
     }
 
 
@@ -153,12 +181,14 @@ def generate_with_neutral_config(model: Any) -> Iterator[None]:
 def train_and_save(trainer: Any, tok: Any, ctx: TrainContext) -> dict[str, float]:
     """Train (quietly: metrics go to the history, not stdout), save to out_dir/model, return the summary."""
     from harness.algorithms.dpo import quiet_trainer
+    from harness.generation import EngineSettings, record_engine
 
     quiet_trainer(trainer)
     with generate_with_neutral_config(trainer.model):
         result = trainer.train()
     trainer.save_model(str(ctx.out_dir / "model"))
     tok.save_pretrained(str(ctx.out_dir / "model"))
+    record_engine(ctx.out_dir, (ctx.engine or EngineSettings()).resolved())
     runtime = float(result.metrics.get("train_runtime", 0.0))
     steps = float(result.global_step)
     return {

@@ -159,11 +159,12 @@ def generate_answers(policy_path: str, prompts: Sequence[Messages], max_new_toke
                      batch_size: int = 8, cache: GenerationCache | None = None) -> tuple[list[str], int]:
     """(answers, how many were generated now) with the shared generation engine; cached answers are
     reused, and the model is loaded only when something is missing."""
-    from harness.generation import SamplingParams, make_generator
+    from harness.generation import EngineSettings, SamplingParams, make_generator
     from harness.models import resolve_model
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    params_key = json.dumps(asdict(params), sort_keys=True)
+    # The engine's precision changes answers: cached ones are reused only from the same engine.
+    params_key = json.dumps({**asdict(params), "engine": EngineSettings().resolved().key()}, sort_keys=True)
     identity = policy_identity(policy_path)
     keys = [stable_hash(p) for p in prompts]
     found = cache.get_many(identity, keys, params_key) if cache else {}
