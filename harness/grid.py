@@ -277,7 +277,7 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
         # The baseline keeps a fully specified base reward model so that its samples can be scored by
         # it (rm_reward); one completed only by the axes varies per cell and has no baseline meaning.
         base_rm = spec.base.get("reward_model")
-        if isinstance(base_rm, dict) and ("dataset" in base_rm or "path" in base_rm):
+        if isinstance(base_rm, dict) and any(k in base_rm for k in ("dataset", "path", "verifier", "ensemble")):
             config["reward_model"] = copy.deepcopy(base_rm)
         elif isinstance(config.get("eval"), dict):
             # Best-of-N needs a reward model to pick with; without one the baseline is what it is for the

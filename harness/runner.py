@@ -87,12 +87,18 @@ def _cell_tags(grid: Grid, plan: CellPlan) -> dict[str, str]:
     }
     if grid.source is not None:
         tags["harness.grid_file"] = str(grid.source)
+    rm_stages = [s for s in plan.stages if s.kind == "train_reward_model"]
     for stage in plan.stages:
-        tags[f"harness.stage.{stage.kind}" + (f".{stage.config['name']}" if stage.kind == "prepare_data" else "")] = stage.key
+        suffix = f".{stage.config['name']}" if stage.kind == "prepare_data" else ""
+        if stage.kind == "train_reward_model" and len(rm_stages) > 1:  # an ensemble: one tag per member
+            suffix = f".{rm_stages.index(stage)}"
+        tags[f"harness.stage.{stage.kind}" + suffix] = stage.key
     policy = plan.stage("train_policy")
     tags["harness.policy_path"] = str(policy.path / "model") if policy else plan.cell.config.model
     rm = plan.stage("train_reward_model")
-    if rm is not None:
+    if len(rm_stages) > 1:
+        tags["harness.reward_model_path"] = json.dumps([str(s.path / "model") for s in rm_stages])
+    elif rm is not None:
         tags["harness.reward_model_path"] = str(rm.path / "model")
     elif plan.cell.config.reward_model and plan.cell.config.reward_model.path:
         tags["harness.reward_model_path"] = plan.cell.config.reward_model.path

@@ -11,7 +11,6 @@ reward model, the same SFT evaluation) share its key, so it runs once. Bump a ki
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import logging
@@ -99,23 +98,62 @@ def _data_stage(ref: Any, seed: int) -> Stage:
                                   "max_rows": ref.max_rows})
 
 
-def _reward_model_stage(cfg: Any) -> tuple[Stage, Stage]:
-    """(data stage, train_reward_model stage) of a cell whose reward model is trained by the grid."""
+def _reward_model_stage(rm: Any, cell_seed: int) -> tuple[Stage, Stage]:
+    """(data stage, train_reward_model stage) of a reward model trained by the grid (`rm.dataset` set)."""
+    from harness.config_fields import resolved_fields
     from harness.reward_model import RewardModelConfig, rewardbench_fingerprint
 
-    rm_data = _data_stage(cfg.reward_model.dataset, cfg.seed)
-    rm_train = dataclasses.asdict(RewardModelConfig(**cfg.reward_model.train))
+    seed = rm.seed if rm.seed is not None else cell_seed  # the RM's training seed; its data is the cell's
+    rm_data = _data_stage(rm.dataset, cell_seed)
+    rm_train = resolved_fields(RewardModelConfig(**rm.train))
     # The RewardBench data's hash (None = absent): the stage is redone when the data appears or changes.
-    return rm_data, Stage("train_reward_model", {"base": cfg.reward_model.base, "train": rm_train,
-                                                 "seed": cfg.seed, "rewardbench": rewardbench_fingerprint()},
+    return rm_data, Stage("train_reward_model", {"base": rm.base, "train": rm_train,
+                                                 "seed": seed, "rewardbench": rewardbench_fingerprint()},
                           {"data": rm_data})
+
+
+@dataclass
+class RewardPlan:
+    """A cell's reward as stages: the RM stages to run (with their data), the inputs a consumer stage takes
+    (role -> RM stage) and the plain-data part of the reward (None: one trained RM, the input itself).
+
+    config: {"path": P} a given RM; {"verifier": V, "format_weight": w}; {"ensemble": [{"input": role} |
+    {"path": P}], "combine": c[, "uwo_lambda": l]} whose trained members are the inputs `reward_model.<i>`."""
+
+    stages: list[Stage] = field(default_factory=list)
+    inputs: dict[str, Stage] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+
+
+def reward_plan(rm: Any, cell_seed: int) -> RewardPlan:
+    plan = RewardPlan()
+    if rm.dataset is not None:
+        rm_data, rm_stage = _reward_model_stage(rm, cell_seed)
+        plan.stages, plan.inputs = [rm_data, rm_stage], {"reward_model": rm_stage}
+    elif rm.path is not None:
+        plan.config = {"path": rm.path}
+    elif rm.verifier is not None:
+        plan.config = {"verifier": rm.verifier, "format_weight": rm.format_weight}
+    else:
+        members: list[dict[str, str]] = []
+        for i, member in enumerate(rm.ensemble):
+            if member.dataset is not None:
+                rm_data, rm_stage = _reward_model_stage(member, cell_seed)
+                plan.stages += [rm_data, rm_stage]
+                plan.inputs[f"reward_model.{i}"] = rm_stage
+                members.append({"input": f"reward_model.{i}"})
+            else:
+                members.append({"path": member.path})
+        plan.config = {"ensemble": members, "combine": rm.combine,
+                       **({"uwo_lambda": rm.uwo_lambda} if rm.combine == "uwo" else {})}
+    return plan
 
 
 def plan_cell(cell: Cell) -> CellPlan:
     cfg = cell.config
     stages: list[Stage] = []
     policy_stage: Stage | None = None
-    rm_stage: Stage | None = None
+    rewarded_by = reward_plan(cfg.reward_model, cfg.seed) if cfg.reward_model is not None else RewardPlan()
     if cfg.algorithm is not None:
         inputs: dict[str, Stage] = {}
         if cfg.dataset is not None:
@@ -123,24 +161,19 @@ def plan_cell(cell: Cell) -> CellPlan:
         if cfg.prompts is not None:
             inputs["prompts"] = _data_stage(cfg.prompts, cfg.seed)
         stages.extend(inputs.values())
+        stages.extend(rewarded_by.stages)  # trained even when only the evaluation uses it (table3 groups by it)
         rm_config: dict[str, Any] | None = None
-        if cfg.reward_model is not None and cfg.reward_model.dataset is not None:
-            rm_data, rm_stage = _reward_model_stage(cfg)
-            if rm_data.key not in {s.key for s in stages}:
-                stages.append(rm_data)
-            stages.append(rm_stage)
-        elif cfg.reward_model is not None:
-            rm_config = {"path": cfg.reward_model.path}
         from harness.algorithms import ALGORITHMS
 
         if ALGORITHMS.get(cfg.algorithm.name).needs_reward:
-            if rm_stage is not None:
-                inputs["reward_model"] = rm_stage
-        else:
-            rm_config = None  # e.g. DPO with an RM only for evaluation: training must not depend on it
+            # (e.g. DPO with an RM only for evaluation: its training must not depend on the RM)
+            inputs.update(rewarded_by.inputs)
+            rm_config = rewarded_by.config
         policy_config: dict[str, Any] = {
             "model": cfg.model, "algorithm": cfg.algorithm.resolved(), "seed": cfg.seed,
-            "reward_function": cfg.reward_function, "reward_model": rm_config,
+            # `reward_function` stays (always None: verifiers are `reward_model` configs now) so that the keys
+            # of the cells that had none are unchanged.
+            "reward_function": None, "reward_model": rm_config,
         }
         if cfg.eval.checkpoint_every is not None:
             # Only when asked, so the keys (and cached models) of every other cell stay as they were.
@@ -149,16 +182,15 @@ def plan_cell(cell: Cell) -> CellPlan:
         stages.append(policy_stage)
     bon = cfg.eval.best_of_n
     uses_rm = "rm_reward" in cfg.eval.tasks or bon is not None  # the evaluation itself needs the RM
-    if policy_stage is None and uses_rm and cfg.reward_model is not None and cfg.reward_model.dataset is not None:
+    if policy_stage is None and uses_rm:
         # The SFT baseline's samples scored by the same reward model as the policies' (seed 000 plots),
         # or the baseline's best-of-N picked by it.
-        rm_data, rm_stage = _reward_model_stage(cfg)
-        stages.extend([rm_data, rm_stage])
+        stages.extend(rewarded_by.stages)
     eval_inputs: dict[str, Stage] = {}
     if policy_stage is not None:
         eval_inputs["policy"] = policy_stage
-    if rm_stage is not None and uses_rm:
-        eval_inputs["reward_model"] = rm_stage
+    if uses_rm:
+        eval_inputs.update(rewarded_by.inputs)
     eval_config = {
         "tasks": cfg.eval.tasks, "limit": cfg.eval.limit, "batch_size": cfg.eval.batch_size, "seed": cfg.seed,
         # The starting model is both the evaluated model of the baseline and the KL reference.
@@ -173,6 +205,8 @@ def plan_cell(cell: Cell) -> CellPlan:
         # cell's baseline (same key as the grid's own baseline cell, so shared and run once).
         baseline = Cell(f"{cell.name}/sft", cfg.model_copy(update={"algorithm": None}), {})
         eval_inputs["sft"] = plan_cell(baseline).stages[-1]
+    if uses_rm and rewarded_by.config is not None and "path" not in rewarded_by.config:
+        eval_config["reward"] = rewarded_by.config  # a verifier or an ensemble (only then: keys of the others kept)
     if bon is not None:
         # Only when asked: the keys (and cached results) of every other evaluation stay as they were.
         eval_config["best_of_n"] = {**bon.model_dump(), "limit": bon.limit or cfg.eval.limit}
@@ -289,18 +323,14 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     from harness.algorithms import ALGORITHMS, TrainContext
     from harness.algorithms.base import History
     from harness.models import resolve_model
-    from harness.rewards import REWARD_FUNCTIONS
+    from harness.reward_source import resolve
 
     algo = dict(config["algorithm"])
     spec = ALGORITHMS.get(algo.pop("name"))
     rows_from = inputs.get("prompts") or inputs.get("data")
     if rows_from is None:
         raise ValueError(f"algorithm {spec.name!r} got no training data")
-    reward_model_path = None
-    if "reward_model" in inputs:
-        reward_model_path = str(inputs["reward_model"] / "model")
-    elif config.get("reward_model"):
-        reward_model_path = resolve_model(config["reward_model"]["path"])
+    reward = resolve(config.get("reward_model"), inputs)
     history = History(out / "history.jsonl")
     ctx = TrainContext(
         policy_path=resolve_model(config["model"]),
@@ -308,10 +338,9 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
         config=spec.make_config(algo),
         out_dir=out,
         seed=config["seed"],
-        reward_model_path=reward_model_path,
-        reward_function=REWARD_FUNCTIONS.get(config["reward_function"]) if config.get("reward_function") else None,
         log=history.log,
         checkpoint_every=config.get("checkpoint_every"),
+        **(reward.train_fields() if reward is not None else {}),
     )
     (out / "artifacts").mkdir(exist_ok=True)
     start = time.perf_counter()
@@ -320,7 +349,7 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     if ctx.checkpoint_every:  # before trainer/ (where TRL saved them) is removed
         from harness.checkpoints import finalize
 
-        steps = finalize(out, ctx.checkpoint_every, int(metrics["train/steps"]))
+        steps = finalize(out, ctx.checkpoint_every, int(metrics["train/steps"]), base_model=ctx.policy_path)
         metrics["train/checkpoints"] = float(len(steps))
     shutil.rmtree(out / "trainer", ignore_errors=True)  # TRL's output_dir: nothing we need is left there
     if not (out / "model" / "config.json").exists():
@@ -343,13 +372,13 @@ def _eval_context(config: dict[str, Any], model_path: str, out_dir: Path, reward
 def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
     from harness.evaluation import run_tasks
     from harness.models import resolve_model
+    from harness.reward_source import resolve
 
     model_path = str(inputs["policy"] / "model") if "policy" in inputs else resolve_model(config["model"])
-    reward_model_path = None
-    if "reward_model" in inputs:
-        reward_model_path = str(inputs["reward_model"] / "model")
-    elif config.get("reward_model_path"):
-        reward_model_path = resolve_model(config["reward_model_path"])
+    reward = resolve(config.get("reward") or ({"path": config["reward_model_path"]}
+                                              if config.get("reward_model_path") else None), inputs)
+    # `rm_reward` scores with one reward model; a verifier or an ensemble has none to give it.
+    reward_model_path = reward.model_path if reward is not None else None
     ctx = _eval_context(config, model_path, out / "artifacts" / "samples", reward_model_path)
     metrics = run_tasks(ctx, config["tasks"])
     del ctx  # frees the evaluated model's generator before another model (a checkpoint, the SFT sampler) loads
@@ -357,7 +386,9 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
     if config.get("checkpoint_every") and "policy" in inputs:
         _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward_model_path, metrics, out)
     if config.get("best_of_n"):
-        metrics.update(_best_of_n(config, reward_model_path, out))
+        if reward is None:  # the config validator forbids it; a hand-made spec could still
+            raise ValueError("best-of-N needs the cell's reward model, and this evaluate stage has none")
+        metrics.update(_best_of_n(config, reward, out))
     return metrics
 
 
@@ -393,7 +424,7 @@ def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Pat
             fh.write(json.dumps(row, sort_keys=True) + "\n")
 
 
-def _best_of_n(config: dict[str, Any], reward_model_path: str | None, out: Path) -> dict[str, float]:
+def _best_of_n(config: dict[str, Any], reward: Any, out: Path) -> dict[str, float]:
     """`bon/<task>/<metric>`: the tasks on the reward model's picks among N samples of the SFT model.
 
     The SFT model is the cell's starting model (`reference_model`), whatever policy the cell trained;
@@ -405,13 +436,11 @@ def _best_of_n(config: dict[str, Any], reward_model_path: str | None, out: Path)
     from harness.models import resolve_model
 
     bon = config["best_of_n"]
-    if reward_model_path is None:  # the config validator forbids it; a hand-made spec could still
-        raise ValueError("best-of-N needs the cell's reward model, and this evaluate stage has none")
     sft_path = resolve_model(config["reference_model"])
     cache, model_key = default_cache(sft_path)
     settings = BestOfNConfig(n=bon["n"], temperature=bon["temperature"], top_p=bon["top_p"], seed=bon["seed"])
     base = make_generator(sft_path, batch_size=config["batch_size"])
-    found = best_of_n_tasks(base, sft_path, reward_model_path, bon["tasks"], out / "artifacts" / "bon", cache,
+    found = best_of_n_tasks(base, sft_path, reward, bon["tasks"], out / "artifacts" / "bon", cache,
                             model_key, settings, limit=bon["limit"], batch_size=config["batch_size"])
     # No RM label in the key: a cell has one reward model (the reports' `bon/<task>/score` shape).
     metrics = {f"bon/{key}": value for key, value in found.items()}
