@@ -141,6 +141,10 @@ def _log_stage_run(experiment_id: str, parent_id: str, stage: Stage) -> dict[str
     artifacts = stage.path / "artifacts"
     if artifacts.exists() and any(artifacts.iterdir()):
         client.log_artifacts(run_id, str(artifacts))
+    adapter = stage.path / "adapter"  # a LoRA run's adapter alone (harness.lora): small, always logged
+    if adapter.exists():
+        client.log_artifacts(run_id, str(adapter), artifact_path="adapter")
+        client.set_tag(run_id, "harness.adapter_path", str(adapter))
     model = stage.path / "model"
     if model.exists():
         if _dir_size(model) <= MAX_MODEL_ARTIFACT_BYTES:
