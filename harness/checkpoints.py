@@ -98,14 +98,3 @@ def final_step(stage_dir: Path) -> int:
         raise RuntimeError(f"{stage_dir} has no {CHECKPOINTS_DIR}/{INDEX_FILE}: it was trained without "
                            "checkpoint_every (its key should have differed: re-plan the grid)")
     return int(json.loads(index.read_text())["final_step"])
-
-
-def history_keys(path: Path) -> set[str]:
-    """Metric names a checkpoint history logs over steps (the runner logs them from there, not at step 0)."""
-    if not path.exists():
-        return set()
-    keys: set[str] = set()
-    for line in path.read_text().splitlines():
-        if line.strip():
-            keys.update(k for k in json.loads(line) if k != "step")
-    return keys

@@ -1,10 +1,12 @@
 """Run a grid: plan the stage DAG, execute missing stages on a backend, log each cell to MLflow.
 
-MLflow is written only from published stage outputs, so logging is idempotent and a rerun after a
-crash (even `kill -9`) converges to the same state as an uninterrupted run:
+MLflow is written only from published stage outputs, through `harness.mlflow_layout`, so logging is
+idempotent and a rerun after a crash (even `kill -9`) converges to the same state as an uninterrupted
+run:
 - a cell whose parent run is FINISHED is skipped (never duplicated, never overwritten);
-- a cell whose parent run exists but is unfinished is resumed: finished stage runs are kept,
-  unfinished ones are deleted and re-logged from the stage store;
+- a cell whose parent run exists but is unfinished is resumed: its identity (tags, params, resolved
+  config) is written again, finished stage runs are kept, unfinished ones are deleted and re-logged
+  from the stage store;
 - a stage that was published is never recomputed (the store is content-addressed).
 """
 
@@ -15,16 +17,13 @@ import shutil
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from harness import cache, tracking
-from harness.checkpoints import HISTORY_FILE, history_keys
+from harness import mlflow_layout as layout
+from harness.checkpoints import HISTORY_FILE
 from harness.grid import Grid
 from harness.stages import STAGE_TAGS_FILE, CellPlan, Stage, plan_cell, unique_stages
-
-# Models bigger than this are not copied into the MLflow artifact store; a tag points at the stage cache.
-MAX_MODEL_ARTIFACT_BYTES = 50 * 1024 * 1024
 
 
 @dataclass
@@ -75,127 +74,77 @@ def describe_plan(grid: Grid, plans: list[CellPlan]) -> str:
     return "\n".join(lines)
 
 
-def _cell_tags(grid: Grid, plan: CellPlan) -> dict[str, str]:
-    tags = {
-        "harness.run_type": "cell",
-        "harness.grid": grid.experiment,
-        "harness.cell": plan.cell.name,
-        "harness.cell_key": plan.key,
-        "harness.is_baseline": str(plan.cell.is_baseline).lower(),
-        "harness.git_sha": tracking.git_sha(),
-        "mlflow.runName": plan.cell.name,
-    }
-    if grid.source is not None:
-        tags["harness.grid_file"] = str(grid.source)
+def cell_run_info(grid: Grid, plan: CellPlan) -> layout.CellRunInfo:
+    """What the cell's MLflow run says about it: config, overrides, stage keys, model paths."""
+    stage_keys, fingerprints = {}, {}
     rm_stages = [s for s in plan.stages if s.kind == "train_reward_model"]
     for stage in plan.stages:
-        suffix = f".{stage.config['name']}" if stage.kind == "prepare_data" else ""
-        if stage.kind == "train_reward_model" and len(rm_stages) > 1:  # an ensemble: one tag per member
-            suffix = f".{rm_stages.index(stage)}"
-        tags[f"harness.stage.{stage.kind}" + suffix] = stage.key
+        if stage.kind == "prepare_data":
+            stage_keys[f"prepare_data.{stage.config['name']}"] = stage.key
+            if stage.complete:
+                fingerprints[stage.config["name"]] = (stage.path / "fingerprint.txt").read_text()
+        elif stage.kind == "train_reward_model" and len(rm_stages) > 1:  # an ensemble: one entry per member
+            stage_keys[f"train_reward_model.{rm_stages.index(stage)}"] = stage.key
+        else:
+            stage_keys[stage.kind] = stage.key
     policy = plan.stage("train_policy")
-    tags["harness.policy_path"] = str(policy.path / "model") if policy else plan.cell.config.model
     rm = plan.stage("train_reward_model")
+    rm_path = str(rm.path / "model") if rm is not None else (
+        plan.cell.config.reward_model.path if plan.cell.config.reward_model else None)
     if len(rm_stages) > 1:
-        tags["harness.reward_model_path"] = json.dumps([str(s.path / "model") for s in rm_stages])
-    elif rm is not None:
-        tags["harness.reward_model_path"] = str(rm.path / "model")
-    elif plan.cell.config.reward_model and plan.cell.config.reward_model.path:
-        tags["harness.reward_model_path"] = plan.cell.config.reward_model.path
-    for stage in plan.stages:
-        if stage.kind == "prepare_data" and stage.complete:
-            tags[f"harness.data_fingerprint.{stage.config['name']}"] = (stage.path / "fingerprint.txt").read_text()
-    return tags
+        rm_path = json.dumps([str(s.path / "model") for s in rm_stages])
+    return layout.CellRunInfo(
+        grid=grid.experiment, name=plan.cell.name, key=plan.key, is_baseline=plan.cell.is_baseline,
+        resolved_config=plan.cell.resolved(), overrides=plan.cell.overrides, stage_keys=stage_keys,
+        policy_path=str(policy.path / "model") if policy else plan.cell.config.model,
+        reward_model_path=rm_path or None, data_fingerprints=fingerprints,
+        grid_file=str(grid.source) if grid.source is not None else None,
+        stage_specs=[s.spec() for s in plan.stages])
 
 
-def _dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def stage_run_info(stage: Stage) -> layout.StageRunInfo:
+    return layout.StageRunInfo(stage.kind, stage.key, stage.config, str(stage.path))
 
 
-def _log_stage_run(experiment_id: str, parent_id: str, stage: Stage) -> dict[str, float]:
-    client = tracking.client()
-    metrics = json.loads((stage.path / "metrics.json").read_text())
-    existing = tracking.find_runs(experiment_id, {"harness.run_type": "stage", "harness.stage_hash": stage.key},
-                                  parent_run_id=parent_id)
-    if any(r.info.status == "FINISHED" for r in existing):
-        return metrics
-    for run in existing:  # left unfinished by a crash: replace it
-        client.delete_run(run.info.run_id)
+def stage_result(stage: Stage) -> layout.StageResult:
+    """A published stage's outputs, read from the stage store, for its MLflow run."""
     record = json.loads((stage.path / cache.RECORD).read_text())
     tags_file = stage.path / STAGE_TAGS_FILE  # what the stage itself has to say (e.g. an evaluation skipped)
-    stage_tags = json.loads(tags_file.read_text()) if tags_file.exists() else {}
-    run = client.create_run(experiment_id, run_name=stage.kind, tags={
-        **{k: str(v)[:5000] for k, v in stage_tags.items()},
-        "mlflow.parentRunId": parent_id, "harness.run_type": "stage", "harness.stage_kind": stage.kind,
-        "harness.stage_hash": stage.key, "harness.stage_dir": str(stage.path),
-        "harness.stage_seconds": f"{record.get('seconds', 0):.1f}",
-        **({"harness.data_fingerprint": record["fingerprint"]} if record.get("fingerprint") else {}),
-    })
-    run_id = run.info.run_id
-    tracking.log_params(run_id, tracking.flatten(stage.config))
-    tracking.log_metric_history(run_id, stage.path / "history.jsonl")
-    over_steps = _log_checkpoint_history(run_id, stage)
-    final = {k: v for k, v in metrics.items() if k not in over_steps}
-    tracking.log_metrics(run_id, {**final, "stage/seconds": float(record.get("seconds", 0.0))})
-    client.log_artifact(run_id, str(stage.path / "config.json"))
-    artifacts = stage.path / "artifacts"
-    if artifacts.exists() and any(artifacts.iterdir()):
-        client.log_artifacts(run_id, str(artifacts))
-    adapter = stage.path / "adapter"  # a LoRA run's adapter alone (harness.lora): small, always logged
-    if adapter.exists():
-        client.log_artifacts(run_id, str(adapter), artifact_path="adapter")
-        client.set_tag(run_id, "harness.adapter_path", str(adapter))
-    model = stage.path / "model"
-    if model.exists():
-        if _dir_size(model) <= MAX_MODEL_ARTIFACT_BYTES:
-            client.log_artifacts(run_id, str(model), artifact_path="model")
-        client.set_tag(run_id, "harness.model_path", str(model))
-    client.set_terminated(run_id, "FINISHED")
-    return metrics
-
-
-def _log_checkpoint_history(run_id: str, stage: Stage) -> set[str]:
-    """Log an evaluate stage's checkpoint evaluations as metric histories; returns their names.
-
-    Those names are then not logged again at step 0: their last point (the final step) already holds
-    the final model's value, which stays the run's reported value, and a step-0 duplicate of it would
-    read as a score before training on the curves.
-    """
-    path = stage.path / HISTORY_FILE
-    tracking.log_metric_history(run_id, path)
-    return history_keys(path)
+    return layout.StageResult(
+        metrics=json.loads((stage.path / "metrics.json").read_text()),
+        seconds=float(record.get("seconds", 0.0)),
+        step_history=tracking.read_metric_rows(stage.path / "history.jsonl"),
+        checkpoint_history=tracking.read_metric_rows(stage.path / HISTORY_FILE),
+        tags=json.loads(tags_file.read_text()) if tags_file.exists() else {},
+        fingerprint=record.get("fingerprint"),
+        files=[stage.path / "config.json"],
+        artifacts_dir=stage.path / "artifacts",
+        model_dir=stage.path / "model",
+        adapter_dir=stage.path / "adapter",
+    )
 
 
 def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
-    """Log a cell whose stages are all published; returns its parent run id (None if already done)."""
-    client = tracking.client()
-    existing = tracking.find_runs(experiment_id, {"harness.run_type": "cell", "harness.cell": plan.cell.name,
-                                                  "harness.cell_key": plan.key})
-    if any(r.info.status == "FINISHED" for r in existing):
+    """Log a cell whose stages are all published; returns its run id (None if it was already logged).
+
+    A cell's run is the union of its stages' runs: every stage is logged under it (skipped when already
+    there), and the cell run carries their metrics; the evaluate stage's checkpoint evaluations are
+    histories on the cell run too (the figures read `<task>/score` over steps there).
+    """
+    run_id = layout.open_cell_run(experiment_id, cell_run_info(grid, plan))
+    if run_id is None:
         return None
-    if existing:
-        parent_id = existing[0].info.run_id
-        for extra in existing[1:]:
-            client.delete_run(extra.info.run_id)
-        client.update_run(parent_id, status="RUNNING")
-    else:
-        parent_id = client.create_run(experiment_id, run_name=plan.cell.name, tags=_cell_tags(grid, plan)).info.run_id
-        tracking.log_params(parent_id, tracking.flatten(plan.cell.resolved()))
-        client.log_dict(parent_id, {"cell": plan.cell.name, "overrides": plan.cell.overrides,
-                                    "resolved_config": plan.cell.resolved(),
-                                    "stages": [s.spec() for s in plan.stages]}, "resolved_config.json")
     summary: dict[str, float] = {}
-    over_steps: set[str] = set()
+    checkpoints: list[dict[str, Any]] = []
     for stage in plan.stages:
-        metrics = _log_stage_run(experiment_id, parent_id, stage)
+        result = stage_result(stage)
+        layout.log_stage_run(experiment_id, run_id, stage_run_info(stage), result)
         if stage.kind != "prepare_data":
-            summary.update(metrics)
-        if stage.kind == "evaluate":  # the figures read the cell run's `<task>/score` histories
-            over_steps |= _log_checkpoint_history(parent_id, stage)
-    tracking.log_metrics(parent_id, {k: v for k, v in summary.items() if k not in over_steps})
-    client.set_tag(parent_id, "harness.overrides", json.dumps(plan.cell.overrides, default=str)[:5000])
-    client.set_terminated(parent_id, "FINISHED")
-    return parent_id
+            summary.update(result.metrics)
+        if stage.kind == "evaluate":
+            checkpoints += result.checkpoint_history
+    layout.finish_cell_run(run_id, summary, checkpoints)
+    return run_id
 
 
 def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = print,
@@ -216,11 +165,10 @@ def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = p
 
     pending: list[CellPlan] = []
     for plan in plans:
-        runs = tracking.find_runs(experiment_id, {"harness.run_type": "cell", "harness.cell": plan.cell.name,
-                                                  "harness.cell_key": plan.key})
-        if any(r.info.status == "FINISHED" for r in runs):
+        logged_run = layout.logged_cell_run(experiment_id, plan.cell.name, plan.key)
+        if logged_run is not None:
             summary.skipped_cells.append(plan.cell.name)
-            echo(f"cell {plan.cell.name}: already logged (run {runs[0].info.run_id}), skipped")
+            echo(f"cell {plan.cell.name}: already logged (run {logged_run.info.run_id}), skipped")
         else:
             pending.append(plan)
     needed = [s for s in unique_stages(pending)]

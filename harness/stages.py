@@ -290,13 +290,14 @@ def run_train_reward_model(config: dict[str, Any], inputs: dict[str, Path], out:
 
 def _rewardbench(config: dict[str, Any], out: Path, batch_size: int) -> dict[str, float]:
     """RewardBench metrics when the data was there at plan time; otherwise none, and a tag saying why."""
+    from harness.mlflow_layout import TAG_REWARDBENCH
     from harness.reward_model import evaluate_rewardbench, rewardbench_fingerprint, rewardbench_missing_reason
 
     planned = config.get("rewardbench")
     if planned is None:
         reason = rewardbench_missing_reason()
         logger.warning("train_reward_model: RewardBench skipped: %s", reason)
-        _write_tags(out, {"harness.rewardbench": f"skipped: {reason}"})
+        _write_tags(out, {TAG_REWARDBENCH: f"skipped: {reason}"})
         return {}
     found = rewardbench_fingerprint()
     if found != planned:
@@ -308,7 +309,7 @@ def _rewardbench(config: dict[str, Any], out: Path, batch_size: int) -> dict[str
     metrics, skipped = evaluate_rewardbench(str(out / "model"), out, batch_size=batch_size)
     if skipped:  # the files vanished between the two checks
         raise RuntimeError(skipped)
-    _write_tags(out, {"harness.rewardbench": f"scored {int(metrics['rewardbench/n'])} pairs (data {planned})"})
+    _write_tags(out, {TAG_REWARDBENCH: f"scored {int(metrics['rewardbench/n'])} pairs (data {planned})"})
     return metrics
 
 

@@ -64,7 +64,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,6 +73,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness import mlflow_layout as layout
 from harness import tracking
 from harness.cli import print_error
 from harness.config_fields import Seed
@@ -359,26 +359,9 @@ def suggest(trial: Any, name: str, param: SearchParam) -> Any:
 # MLflow: the study's parent run, trial nesting, summaries
 # ---------------------------------------------------------------------------------------------
 
-def _study_runs(experiment_id: str, study: str) -> list[Any]:
-    return tracking.find_runs(experiment_id, {"harness.run_type": "study", "harness.study": study})
-
-
 def ensure_study_run(spec: SweepFile, experiment_id: str, study: str, partition: dict[str, Any],
                      storage_url: str, source: Path | None) -> str:
     """The study's parent run, created on first use (call before workers start)."""
-    client = tracking.client()
-    existing = _study_runs(experiment_id, study)
-    if existing:
-        run_id = existing[0].info.run_id
-        if existing[0].info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")  # resumed (or extended with more trials)
-        return run_id
-    tags = {"harness.run_type": "study", "harness.study": study, "harness.grid": spec.experiment,
-            "harness.optuna_storage": redact(storage_url), "harness.git_sha": tracking.git_sha(),
-            "mlflow.runName": study}
-    if source is not None:
-        tags["harness.sweep_file"] = str(source)
-    run_id = client.create_run(experiment_id, run_name=study, tags=tags).info.run_id
     params = {
         "sweep.search": json.dumps({k: v.model_dump(exclude_none=True) for k, v in spec.search.items()}),
         "sweep.objectives": json.dumps([o.model_dump() for o in spec.objective_list]),
@@ -386,25 +369,23 @@ def ensure_study_run(spec: SweepFile, experiment_id: str, study: str, partition:
         "sweep.pruner": json.dumps(spec.pruner.model_dump() if spec.pruner else None),
         **{f"sweep.axis.{k}": json.dumps(v, default=str) for k, v in partition.items()},
     }
-    tracking.log_params(run_id, {k: v[:5000] for k, v in params.items()})
-    return run_id
+    return layout.open_study_run(experiment_id, study, spec.experiment, redact(storage_url), params,
+                                 str(source) if source is not None else None)
 
 
 def find_study_run(experiment_id: str, study: str) -> str:
-    runs = _study_runs(experiment_id, study)
-    if not runs:
+    run_id = layout.study_run_id(experiment_id, study)
+    if run_id is None:
         raise SweepError(f"no MLflow parent run for study {study!r}: start the sweep without --join first "
                          "(it creates the study and its run before workers start)")
-    return runs[0].info.run_id
+    return run_id
 
 
 def _cell_run(experiment_id: str, cell: Cell, cell_key: str) -> Any:
-    runs = [r for r in tracking.find_runs(experiment_id, {"harness.run_type": "cell", "harness.cell": cell.name,
-                                                          "harness.cell_key": cell_key})
-            if r.info.status == "FINISHED"]
-    if not runs:
+    run = layout.logged_cell_run(experiment_id, cell.name, cell_key)
+    if run is None:
         raise RuntimeError(f"cell {cell.name}: no FINISHED MLflow run after running it")
-    return runs[0]
+    return run
 
 
 def _kl_coefficient(cell: Cell) -> Any:
@@ -552,36 +533,15 @@ class SweepWorker:
                              f"history keys: {sorted({k for r in rows for k in r} - {'step'})}")
 
     def _nest(self, run_id: str, trial: Any, cell: Cell, state: str) -> None:
-        client = tracking.client()
-        tags = {"mlflow.parentRunId": self.study_run_id, "harness.study": self.study_name,
-                "harness.trial_number": str(trial.number), "harness.trial_state": state}
-        beta = _kl_coefficient(cell)
-        if beta is not None:
-            tags["harness.kl_coefficient"] = str(beta)
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
+        layout.nest_trial(run_id, self.study_run_id, self.study_name, trial.number, state, _kl_coefficient(cell))
 
     def _log_pruned(self, trial: Any, cell: Cell, plan: Any, reported: list[tuple[int, float]]) -> None:
         """A KILLED run under the study: the pruned trial's params and the values it reported."""
-        from mlflow.entities import Metric
-
-        client = tracking.client()
-        found = tracking.find_runs(self.experiment_id, {"harness.run_type": "trial", "harness.study": self.study_name,
-                                                        "harness.trial_number": str(trial.number)})
-        if any(r.info.status == "KILLED" for r in found):
-            return
-        for run in found:  # half-written by a crash: replace
-            client.delete_run(run.info.run_id)
-        run_id = client.create_run(self.experiment_id, run_name=f"{cell.name} (pruned)", tags={
-            "harness.run_type": "trial", "harness.cell": cell.name, "harness.cell_key": plan.key,
-            "harness.stage.train_policy": plan.stage("train_policy").key,
-        }).info.run_id
-        self._nest(run_id, trial, cell, "PRUNED")
-        tracking.log_params(run_id, tracking.flatten(cell.resolved()))
-        now = int(time.time() * 1000)
-        key = f"pruner/{self.spec.pruner.metric}"  # type: ignore[union-attr]
-        client.log_batch(run_id, metrics=[Metric(key, self.sign * v, now, s) for s, v in reported], synchronous=True)
-        client.set_terminated(run_id, "KILLED")
+        layout.log_pruned_trial(
+            self.experiment_id, self.study_run_id, self.study_name, trial.number, cell.name, plan.key,
+            plan.stage("train_policy").key, tracking.flatten(cell.resolved()),
+            f"pruner/{self.spec.pruner.metric}",  # type: ignore[union-attr]
+            [(s, self.sign * v) for s, v in reported], _kl_coefficient(cell))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,12 +584,10 @@ def create_studies(spec: SweepFile, storage: Any, storage_url: str, source: Path
 
 def log_study_summary(spec: SweepFile, storage: Any, study_name: str) -> dict[str, Any]:
     """Best params / value (single objective) or the Pareto front (several), as tags, metrics and a
-    `study.json` artifact on the parent run; cell runs on the front get `harness.pareto_front=true`."""
+    `study.json` artifact on the parent run; cell runs on the front are flagged (`mlflow_layout.log_study_summary`)."""
     import optuna
-    from mlflow.entities import Metric
     from optuna.trial import TrialState
 
-    client = tracking.client()
     experiment_id = tracking.setup_experiment(spec.experiment)
     run_id = find_study_run(experiment_id, study_name)
     study = optuna.load_study(study_name=study_name, storage=storage)
@@ -642,39 +600,28 @@ def log_study_summary(spec: SweepFile, storage: Any, study_name: str) -> dict[st
                     "cell": t.user_attrs.get("cell"), "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
                     "intermediate_values": t.intermediate_values} for t in trials],
     }
-    now = int(time.time() * 1000)
-    metrics: list[Metric] = [
-        Metric("study/n_complete", float(len(complete)), now, 0),
-        Metric("study/n_pruned", float(sum(t.state == TrialState.PRUNED for t in trials)), now, 0),
-        Metric("study/n_failed", float(sum(t.state == TrialState.FAIL for t in trials)), now, 0),
-    ]
+    logged = layout.StudySummary(metrics={
+        "study/n_complete": float(len(complete)),
+        "study/n_pruned": float(sum(t.state == TrialState.PRUNED for t in trials)),
+        "study/n_failed": float(sum(t.state == TrialState.FAIL for t in trials)),
+    }, document=summary)
     if complete and len(spec.objective_list) == 1:
         best = study.best_trial
         summary["best"] = {"number": best.number, "value": best.value, "params": best.params,
                            "cell": best.user_attrs.get("cell")}
-        client.set_tag(run_id, "harness.best_trial", str(best.number))
-        client.set_tag(run_id, "harness.best_cell", str(best.user_attrs.get("cell")))
-        for name, value in best.params.items():
-            client.set_tag(run_id, f"harness.best.{name}", str(value))
-        metrics.append(Metric(f"best/{spec.objective_list[0].metric}", float(best.value), now, 0))
+        logged.best_trial, logged.best_cell, logged.best_params = best.number, best.user_attrs.get("cell"), best.params
+        logged.metrics[f"best/{spec.objective_list[0].metric}"] = float(best.value)
     elif complete:
         front = study.best_trials
         front_numbers = {t.number for t in front}
         summary["pareto_front"] = [{"number": t.number, "values": t.values, "params": t.params,
                                     "cell": t.user_attrs.get("cell")} for t in front]
-        client.set_tag(run_id, "harness.pareto_front_trials", ",".join(str(n) for n in sorted(front_numbers)))
-        for t in complete:
-            cell_run = t.user_attrs.get("mlflow_run_id")
-            if cell_run:
-                client.set_tag(cell_run, "harness.pareto_front", str(t.number in front_numbers).lower())
-    client.log_batch(run_id, metrics=metrics, synchronous=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "study.json"
-        path.write_text(json.dumps(summary, indent=2, default=str))
-        client.log_artifact(run_id, str(path))
+        logged.pareto_front_trials = sorted(front_numbers)
+        logged.front_flags = {t.user_attrs["mlflow_run_id"]: t.number in front_numbers for t in complete
+                              if t.user_attrs.get("mlflow_run_id")}
     finished = len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)])
-    if finished >= spec.n_trials:
-        client.set_terminated(run_id, "FINISHED")
+    logged.finished = finished >= spec.n_trials
+    layout.log_study_summary(run_id, logged)
     return summary
 
 

@@ -1,4 +1,5 @@
-"""MLflow plumbing: the default local store, experiments, idempotent run lookup, flattening.
+"""MLflow plumbing: the default local store, experiments, run lookup by tags, flattening, batching.
+What is written where (tag names, run types, nesting) is `harness.mlflow_layout`'s, built on this.
 
 Default: a SQLite store at `results/mlflow.db` with artifacts under `results/mlartifacts/` (no server
 needed). Set `MLFLOW_TRACKING_URI` to use a team server (e.g. `http://mlflow:5000` backed by
@@ -138,24 +139,32 @@ def git_sha() -> str:
         return "unknown"
 
 
-def log_metric_history(run_id: str, history_path: Path) -> None:
-    """Replay a stage's step metrics (`history.jsonl`) into its run, in batches."""
+def read_metric_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows {"step": n, key: value, ...} of a stage's step-metrics file (`history.jsonl`); none if absent."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+
+def log_metric_rows(run_id: str, rows: Any) -> set[str]:
+    """Log step-metric rows {"step": n, key: value, ...} into a run, in batches; returns the keys."""
     from mlflow.entities import Metric
 
-    if not history_path.exists():
-        return
     metrics = []
     now = int(time.time() * 1000)
-    for line in history_path.read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in rows:
+        row = dict(row)
         step = int(row.pop("step", 0))
         metrics.extend(Metric(key, float(value), now, step) for key, value in row.items())
     mlflow_client = client()
     for start in range(0, len(metrics), 900):
         mlflow_client.log_batch(run_id, metrics=metrics[start : start + 900], synchronous=True)
+    return {m.key for m in metrics}
+
+
+def log_metric_history(run_id: str, history_path: Path) -> None:
+    """Replay a stage's step metrics (`history.jsonl`) into its run, in batches."""
+    log_metric_rows(run_id, read_metric_rows(history_path))
 
 
 def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
@@ -174,3 +183,11 @@ def log_params(run_id: str, params: dict[str, str]) -> None:
     batch = [Param(k, v) for k, v in params.items()]
     for start in range(0, len(batch), 90):
         client().log_batch(run_id, params=batch[start : start + 90], synchronous=True)
+
+
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    batch = [RunTag(k, v) for k, v in tags.items()]
+    for start in range(0, len(batch), 90):
+        client().log_batch(run_id, tags=batch[start : start + 90], synchronous=True)

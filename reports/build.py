@@ -114,14 +114,21 @@ def _write_figure(name: str, output: FigureOutput, folder: Path) -> list[Path]:
     return paths
 
 
+def _intervals_note(ctx: ReportContext, result: ReportResult) -> str:
+    if not ctx.ci:
+        return "Intervals hidden (`--no-ci`)."
+    entries = [e for t in result.tables.values() for row in t.rows for e in row.entries]
+    note = (f"Intervals: 95% percentile bootstrap over evaluation examples (and seeds where a configuration has "
+            f"several), {ctx.bank.n_boot} replicates")
+    return note + ("; Δ p-values from the paired bootstrap." if any(e.p_value is not None for e in entries) else ".")
+
+
 def _index(exp: Experiment, ctx: ReportContext, result: ReportResult, order: list[str]) -> str:
     lines = [f"# Report: {exp.name}", "",
              f"Built from MLflow alone (`{tracking.tracking_uri()}`, experiment id {exp.experiment_id}): "
              f"{len(exp.cells)} cell runs. Every number links to the MLflow run it came from (footnotes; the CSV "
              "files carry the run ids).",
-             "", ("Intervals: 95% percentile bootstrap over evaluation examples (and seeds where a configuration has "
-                  f"several), {ctx.bank.n_boot} replicates; Δ p-values from the paired bootstrap." if ctx.ci else
-                  "Intervals hidden (`--no-ci`)."), "", "## Grid summary", "", result.summary_markdown, ""]
+             "", _intervals_note(ctx, result), "", "## Grid summary", "", result.summary_markdown, ""]
     for name in order:
         if name in result.tables:
             table = result.tables[name]

@@ -1,76 +1,32 @@
 """Everything a report reads, read from MLflow only: cell runs, their stage runs, step histories and
 the per-example artifacts (downloaded through the MLflow client into a temporary folder).
 
-Layout read (written by `harness.runner`): one parent run per cell (`harness.run_type=cell`), one
-nested run per stage (`mlflow.parentRunId`, `harness.stage_kind`). Nothing here writes to MLflow.
+The layout and the rule choosing each cell's run (the latest FINISHED one) are
+`harness.mlflow_layout`'s: this module reads through its reader and writes nothing to MLflow.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import mlflow_layout as layout
 from harness import tracking
+from harness.mlflow_layout import CellRun, StageRun
+
+__all__ = ["CellRun", "StageRun", "Experiment", "compact_labels", "describe_overrides", "group_by_identity"]
 
 # Parameters that identify *what* a cell trains (used to label rows); seeds are averaged over instead.
 SEED_KEYS = ("seed",)
 
 
-@dataclass
-class StageRun:
-    run_id: str
-    kind: str
-    params: dict[str, str]
-    metrics: dict[str, float]
-    tags: dict[str, str]
-
-
-@dataclass
-class CellRun:
-    """The latest FINISHED parent run of one cell, with its finished stage runs."""
-
-    run_id: str
-    cell: str
-    is_baseline: bool
-    params: dict[str, str]
-    metrics: dict[str, float]
-    tags: dict[str, str]
-    overrides: dict[str, Any]
-    stages: list[StageRun] = field(default_factory=list)
-
-    def param(self, key: str) -> str | None:
-        value = self.params.get(key)
-        return None if value in (None, "None", "null", "") else value
-
-    def metric(self, key: str) -> float | None:
-        value = self.metrics.get(key)
-        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-    def stage(self, kind: str, name: str | None = None) -> StageRun | None:
-        for stage in self.stages:
-            if stage.kind == kind and (name is None or stage.params.get("name") == name):
-                return stage
-        return None
-
-    @property
-    def algorithm(self) -> str | None:
-        return self.param("algorithm.name")
-
-    @property
-    def seed(self) -> str:
-        return self.params.get("seed", "")
-
-    @property
-    def identity(self) -> str:
-        """What the cell is, minus its seed: cells equal here are seeds of one configuration."""
-        ident = {k: v for k, v in self.overrides.items() if k not in SEED_KEYS}
-        return json.dumps(ident, sort_keys=True, default=str)
+def identity(cell: CellRun) -> str:
+    """What the cell is, minus its seed: cells equal here are seeds of one configuration."""
+    return json.dumps({k: v for k, v in cell.overrides.items() if k not in SEED_KEYS}, sort_keys=True, default=str)
 
 
 class Experiment:
@@ -79,58 +35,14 @@ class Experiment:
     def __init__(self, name: str):
         self.name = name
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        self.client = tracking.client()
-        exp = self.client.get_experiment_by_name(name)
-        if exp is None:
-            names = [e.name for e in self.client.search_experiments()]
-            raise ValueError(f"no MLflow experiment {name!r} at {tracking.tracking_uri()}; have: {names}")
-        self.experiment_id: str = exp.experiment_id
-        self.cells: list[CellRun] = self._load_cells()
+        self.experiment_id: str = layout.find_experiment(name).experiment_id
+        self.cells: list[CellRun] = layout.read_cells(self.experiment_id)
         if not self.cells:
             raise ValueError(f"experiment {name!r} has no finished cell runs yet")
         self._tmp = Path(tempfile.mkdtemp(prefix="harness-report-"))
         self._jsonl_cache: dict[tuple[str, str], list[dict[str, Any]] | None] = {}
         self._history_cache: dict[tuple[str, str], list[tuple[int, float]]] = {}
         self._fetched: dict[tuple[str, str], Path | None] = {}
-
-    # -- loading ---------------------------------------------------------------------------------
-    def _search(self, filter_string: str) -> list[Any]:
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment_id], filter_string, max_results=5000,
-                                           order_by=["attributes.start_time DESC"], page_token=token)
-            runs.extend(page)
-            token = getattr(page, "token", None)
-            if not token:
-                return runs
-
-    def _load_cells(self) -> list[CellRun]:
-        parents = self._search("tags.`harness.run_type` = 'cell' and attributes.status = 'FINISHED'")
-        stages = self._search("tags.`harness.run_type` = 'stage' and attributes.status = 'FINISHED'")
-        by_parent: dict[str, list[StageRun]] = {}
-        for run in stages:
-            parent = run.data.tags.get("mlflow.parentRunId")
-            if parent:
-                by_parent.setdefault(parent, []).append(StageRun(
-                    run.info.run_id, run.data.tags.get("harness.stage_kind", ""), dict(run.data.params),
-                    dict(run.data.metrics), dict(run.data.tags)))
-        cells, seen = [], set()
-        for run in parents:  # newest first: an older run of the same cell name is superseded
-            name = run.data.tags.get("harness.cell", run.info.run_id)
-            if name in seen:
-                continue
-            seen.add(name)
-            try:
-                overrides = json.loads(run.data.tags.get("harness.overrides", "{}"))
-            except json.JSONDecodeError:
-                overrides = {}
-            cells.append(CellRun(
-                run.info.run_id, name, run.data.tags.get("harness.is_baseline") == "true", dict(run.data.params),
-                dict(run.data.metrics), dict(run.data.tags), overrides if isinstance(overrides, dict) else {},
-                by_parent.get(run.info.run_id, []),
-            ))
-        cells.sort(key=lambda c: (not c.is_baseline, c.cell))
-        return cells
 
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -171,10 +83,7 @@ class Experiment:
         if key not in self._fetched:
             dst = self._tmp / run_id
             dst.mkdir(exist_ok=True)
-            try:
-                self._fetched[key] = Path(self.client.download_artifacts(run_id, path, str(dst)))
-            except Exception:  # MLflow raises various errors for a missing artifact: absent is absent
-                self._fetched[key] = None
+            self._fetched[key] = layout.fetch_artifact(run_id, path, dst)
         return self._fetched[key]
 
     def jsonl_artifact(self, run_id: str, path: str) -> list[dict[str, Any]] | None:
@@ -204,9 +113,7 @@ class Experiment:
         """(step, value) of a step metric, in step order (last value per step)."""
         cache_key = (run_id, key)
         if cache_key not in self._history_cache:
-            points = {m.step: m.value for m in sorted(self.client.get_metric_history(run_id, key),
-                                                       key=lambda m: (m.step, m.timestamp))}
-            self._history_cache[cache_key] = sorted(points.items())
+            self._history_cache[cache_key] = layout.metric_history(run_id, key)
         return self._history_cache[cache_key]
 
 
@@ -218,7 +125,7 @@ def group_by_identity(cells: list[CellRun]) -> list[list[CellRun]]:
     """Cells grouped by configuration (seeds of one configuration together), in first-seen order."""
     groups: dict[str, list[CellRun]] = {}
     for cell in cells:
-        groups.setdefault(cell.identity, []).append(cell)
+        groups.setdefault(identity(cell), []).append(cell)
     return [sorted(g, key=lambda c: c.seed) for g in groups.values()]
 
 
@@ -260,15 +167,27 @@ def _flat_keys(overrides: dict[str, Any], prefix: str = "") -> list[str]:
 # Table 9's symbols for PPO's batch settings, and short names for the usual swept knobs.
 _ABBREVIATIONS = {"prompt_batch_size": "B", "minibatch_size": "b", "rollouts_per_prompt": "r",
                   "gradient_accumulation_steps": "g", "kl_coef": "kl", "beta": "β", "learning_rate": "lr",
-                  "num_train_epochs": "epochs", "max_steps": "steps"}
+                  "num_train_epochs": "epochs", "max_steps": "steps", "sft_weight": "SFT-loss weight"}
+
+
+def _short_key(key: str) -> str:
+    """`algorithm.kl_coef` -> "kl", `reward_model.train.max_steps` -> "RM steps" (whose field it is)."""
+    section, _, _ = key.partition(".")
+    short = key.rsplit(".", 1)[-1]
+    short = _ABBREVIATIONS.get(short, short)
+    owner = {"reward_model": "RM ", "dataset": "data ", "prompts": "prompts "}.get(section, "") if "." in key else ""
+    return owner + short
 
 
 def compact_labels(groups: list[list[CellRun]], max_len: int = 72) -> list[str]:
-    """Short labels for configurations (figures, rows): only what differs between them.
+    """Short labels for configurations (figures, rows) that name what distinguishes each one.
 
-    Naming fields (algorithm, dataset, reward model, prompts) appear when they vary across the groups;
-    a swept hyperparameter (any grid override such as `algorithm.kl_coef`) appears as `name=value` when
-    it varies among the groups of the same algorithm (so DPO's β never labels a PPO cell)."""
+    Naming fields (algorithm, dataset, reward model, prompts) appear when they vary across the groups.
+    Then, swept field by swept field (any grid override, e.g. `algorithm.beta`, in the grid's order),
+    configurations whose labels are still alike get that field's value (`β=0.1`) on every one of them
+    when it differs among them: each label names its value of every field that tells it apart from a
+    configuration it would otherwise share its label with, and nothing more. A field that is the same
+    across such configurations is left out, so DPO's β never labels a PPO cell."""
     firsts = [g[0] for g in groups]
     policies = [c for c in firsts if not c.is_baseline]
     # A naming field is shown when configurations disagree on it (a field only some have, such as the
@@ -280,23 +199,23 @@ def compact_labels(groups: list[list[CellRun]], max_len: int = 72) -> list[str]:
     named_keys = {k for k, _ in _NAMED_KEYS} | {"dataset", "prompts", "reward_model", "algorithm", "model"}
     swept = [k for k in dict.fromkeys(k for c in policies for k in _flat_keys(c.overrides))
              if k not in named_keys and k not in SEED_KEYS]
+    parts: dict[int, list[str]] = {}
+    for i, cell in enumerate(firsts):
+        if not cell.is_baseline:
+            parts[i] = [fmt.format(cell.param(k)) for k, fmt in named if cell.param(k)]
+            if parts[i] and parts[i][0] == cell.algorithm:
+                parts[i][0] = parts[i][0].upper()
+    for key in swept:
+        alike: dict[tuple[str, ...], list[int]] = {}
+        for i, label in parts.items():
+            alike.setdefault(tuple(label), []).append(i)
+        for members in alike.values():
+            if len({firsts[i].param(key) for i in members}) > 1:
+                for i in members:
+                    parts[i].append(f"{_short_key(key)}={firsts[i].param(key) or '—'}")
     labels = []
-    for cell in firsts:
-        if cell.is_baseline:
-            labels.append("SFT")
-            continue
-        parts = [fmt.format(cell.param(k)) for k, fmt in named if cell.param(k)]
-        if parts and parts[0] == cell.algorithm:
-            parts[0] = parts[0].upper()
-        family = [c for c in policies if c.algorithm == cell.algorithm]
-        for key in swept:
-            values = [c.param(key) for c in family]
-            # Only a value that departs from the family's usual one is worth a label (the swept cells).
-            usual = max(set(values), key=values.count)
-            if len(set(values)) > 1 and cell.param(key) is not None and cell.param(key) != usual:
-                short = key.rsplit(".", 1)[-1]
-                parts.append(f"{_ABBREVIATIONS.get(short, short)}={cell.param(key)}")
-        label = " · ".join(parts) or cell.cell
+    for i, cell in enumerate(firsts):
+        label = "SFT" if cell.is_baseline else (" · ".join(parts[i]) or cell.cell)
         labels.append(label if len(label) <= max_len else label[: max_len - 1] + "…")
     for i, label in enumerate(labels):  # still ambiguous (a difference outside the overrides): name the cell
         if labels.count(label) > 1:

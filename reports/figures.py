@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
@@ -19,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from reports.data import CellRun, compact_labels, group_by_identity  # noqa: E402
 from reports.model import Entry  # noqa: E402
+from reports.names import metric_name  # noqa: E402
 from reports.registry import AVERAGE, FigureOutput, Needs, ReportContext, Skip, register  # noqa: E402
 from reports.tables import reward_labels, rm_groups  # noqa: E402
 
@@ -26,11 +28,8 @@ plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "a
                      "axes.spines.right": False, "font.size": 9})
 
 
-def _metric_label(metric: str) -> str:
-    names = {"gsm8k/score": "GSM8K accuracy (%)", "overall": "Overall (avg. of categories)",
-             "alpaca_eval2/score": "AlpacaEval 2 win rate (%)", "ifeval/score": "IFEval (%)",
-             "rm_reward/mean": "reward-model score (mean)", "policy_kl/kl_mean": "KL(π ‖ π_ref) per completion (nats)"}
-    return names.get(metric, metric)
+def _names(metrics: Sequence[str]) -> str:
+    return ", ".join(metric_name(m) for m in metrics)
 
 
 def _available(ctx: ReportContext, preferred: Sequence[str]) -> tuple[list[str], str]:
@@ -41,7 +40,7 @@ def _available(ctx: ReportContext, preferred: Sequence[str]) -> tuple[list[str],
     scores = sorted(m for m in ctx.exp.metric_names() if m.endswith("/score") and not m.startswith(("bon/", "judge/")))
     if not scores:
         raise Skip(f"none of {', '.join(f'`{m}`' for m in preferred)} and no `<task>/score` metric")
-    return scores[:3], f" (The paper's {', '.join(preferred)} are absent: showing {', '.join(scores[:3])}.)"
+    return scores[:3], f" (The paper's {_names(preferred)} are not in this experiment: showing {_names(scores[:3])}.)"
 
 
 def _shared_legend(fig: Any, axes: Any) -> None:
@@ -103,7 +102,7 @@ def fig1(ctx: ReportContext) -> FigureOutput:
                         fmt="none", ecolor="black", capsize=2, label="95% CI")
         ax.axvline(0, color="black", lw=0.8)
         ax.set_xlabel(f"Δ vs SFT (SFT = {ctx.value([base], metric).fmt_value()})")
-        ax.set_title(_metric_label(metric))
+        ax.set_title(metric_name(metric))
         ax.legend(loc="lower right", fontsize=7)
         data += [_row("fig1", labels[i], "", metric, deltas[metric][i]) for i in order]
     axes[0][0].set_yticks(ys, [labels[i] for i in order], fontsize=7)
@@ -153,7 +152,7 @@ def fig3(ctx: ReportContext) -> FigureOutput:
     # RM names are long: wrapped horizontal tick labels (rotated ones ran off the left edge).
     ax.set_xticks(range(len(rms)), [textwrap.fill(rm, 26, break_on_hyphens=False) for rm in rms], fontsize=8)
     ax.set_xlabel("reward model (bars: policy-training prompts)")
-    ax.set_ylabel(_metric_label("gsm8k/score"))
+    ax.set_ylabel(metric_name("gsm8k/score"))
     ax.set_ylim(0, max(1.0, ax.get_ylim()[1]))  # accuracy: no negative axis, even when every bar is 0
     _shared_legend(fig, np.array([ax]))
     return FigureOutput(fig, "GSM8K accuracy of PPO policies by prompt source (bars) and reward model (groups); "
@@ -213,8 +212,8 @@ def fig4(ctx: ReportContext) -> FigureOutput:
             ax.axhline(base.metric(metric), color="grey", ls="--", lw=1, label="SFT")
         ax.set_xscale("log")
         ax.set_xlabel("KL coefficient β (log scale)")
-        ax.set_ylabel(_metric_label(metric))
-        ax.set_title(_metric_label(metric))
+        ax.set_ylabel(metric_name(metric))
+        ax.set_title(metric_name(metric))
     _shared_legend(fig, axes)
     return FigureOutput(fig, "Each metric against the KL penalty coefficient (PPO `kl_coef`, DPO-style `beta`), one "
                              "line per algorithm and reward model; 95% bootstrap intervals." + note, data)
@@ -237,38 +236,61 @@ def _checkpoint_metrics(ctx: ReportContext, run_id: str, keys: Sequence[str]) ->
     return [k for k in keys if len(ctx.exp.history(run_id, k)) > 1]
 
 
-def _curves(ctx: ReportContext, wanted: Sequence[str] | None, max_panels: int) -> tuple[list[tuple[str, list]], str]:
-    """[(metric, [(series label, run id, points)])]: checkpoint evaluations when the train stage logged
-    `eval/<metric>` over steps (or the cell run has a step history), else the train stage's own curves."""
-    series: dict[str, list[tuple[str, str, list[tuple[int, float]]]]] = {}
-    source = "checkpoint evaluations"
+Curve = tuple[str, str, list[tuple[int, float]]]  # (series label, run id, (step, value) points)
+
+
+@dataclass
+class _Configurations:
+    """The configurations drawn over training steps (one colour each) and what was left out."""
+
+    drawn: list[tuple[str, CellRun, Any]]  # (label, first cell of the configuration, its train stage run)
+    notes: list[str]
+
+
+def _configurations(ctx: ReportContext) -> _Configurations:
     groups = group_by_identity(ctx.exp.policies)
-    cells = [(label, g[0], g[0].stage("train_policy")) for label, g in zip(compact_labels(groups), groups)]
-    cells = [(label, c, s) for label, c, s in cells if s is not None][:MAX_CURVES]
-    if not cells:
+    with_stage = [(label, g[0], g[0].stage("train_policy")) for label, g in zip(compact_labels(groups), groups)]
+    with_stage = [(label, c, s) for label, c, s in with_stage if s is not None]
+    if not with_stage:
         raise Skip("no train_policy stage run")
-    for label, cell, stage in cells:
+    notes = []
+    if len(with_stage) > MAX_CURVES:
+        left = [label for label, _, _ in with_stage[MAX_CURVES:]]
+        notes.append(f"{len(left)} more configurations are not drawn (at most {MAX_CURVES} lines stay readable): "
+                     + "; ".join(left) + ".")
+    return _Configurations(with_stage[:MAX_CURVES], notes)
+
+
+def _checkpoint_curves(ctx: ReportContext, configs: _Configurations) -> dict[str, list[Curve]]:
+    """metric -> curves, from evaluations of intermediate checkpoints: `eval/<metric>` histories on the
+    train stage run, or `<task>/score` / `overall` histories on the cell run."""
+    series: dict[str, list[Curve]] = {}
+    for label, cell, stage in configs.drawn:
         evals = [k for k in stage.metrics if k.startswith("eval/")]
         keys = [(k, stage.run_id) for k in _checkpoint_metrics(ctx, stage.run_id, evals)]
         keys += [(k, cell.run_id) for k in _checkpoint_metrics(
             ctx, cell.run_id, [k for k in cell.metrics if k.endswith("/score") or k == "overall"])]
         for key, run_id in keys:
-            name = key.removeprefix("eval/")
-            if wanted is None or name in wanted:
-                series.setdefault(name, []).append((label, run_id, ctx.exp.history(run_id, key)))
-    if not series:
-        source = "train-stage step metrics (no intermediate-checkpoint evaluations were logged)"
-        for label, _, stage in cells:
-            for key in TRAIN_CURVE_PRIORITY:
-                if key in stage.metrics:
-                    points = ctx.exp.history(stage.run_id, key)
-                    if len(points) > 1:
-                        series.setdefault(key, []).append((label, stage.run_id, points))
-    if not series:
-        raise Skip("no metric has more than one training step logged")
-    order = list(wanted or []) + list(TRAIN_CURVE_PRIORITY)
-    ranked = sorted(series.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
-    return ranked[:max_panels], source
+            series.setdefault(key.removeprefix("eval/"), []).append((label, run_id, ctx.exp.history(run_id, key)))
+    return series
+
+
+def _training_curves(ctx: ReportContext, configs: _Configurations) -> dict[str, list[Curve]]:
+    """metric -> curves, from the train stage's own step metrics (loss, rewards, KL, ...)."""
+    series: dict[str, list[Curve]] = {}
+    for label, _, stage in configs.drawn:
+        for key in TRAIN_CURVE_PRIORITY:
+            if key in stage.metrics:
+                points = ctx.exp.history(stage.run_id, key)
+                if len(points) > 1:
+                    series.setdefault(key, []).append((label, stage.run_id, points))
+    return series
+
+
+def _ranked(series: dict[str, list[Curve]], first: Sequence[str], max_panels: int) -> list[tuple[str, list[Curve]]]:
+    order = list(first) + list(TRAIN_CURVE_PRIORITY)
+    ranked = sorted(series.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+    return ranked[:max_panels]
 
 
 def _epoch_boundaries(ctx: ReportContext, run_id: str) -> list[int]:
@@ -277,7 +299,8 @@ def _epoch_boundaries(ctx: ReportContext, run_id: str) -> list[int]:
     return [step for (step, e), (_, prev) in zip(epochs[1:], epochs[:-1]) if int(e) > int(prev) and step < last]
 
 
-def _plot_curves(ctx: ReportContext, name: str, panels: list[tuple[str, list]], source: str, title: str) -> FigureOutput:
+def _plot_curves(ctx: ReportContext, name: str, panels: list[tuple[str, list[Curve]]], caption: str,
+                 notes: list[str]) -> FigureOutput:
     ncol = min(3, len(panels))
     nrow = -(-len(panels) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
@@ -292,32 +315,55 @@ def _plot_curves(ctx: ReportContext, name: str, panels: list[tuple[str, list]], 
                 ax.axvline(boundary, color="grey", ls="--", lw=0.8)
             data += [{"figure": name, "series": label, "x": s, "metric": metric, "value": v, "mlflow_run_ids": run_id}
                      for s, v in points]
-        ax.set_title(metric)
+        ax.set_title(textwrap.fill(metric_name(metric), 40), fontsize=8.5)
         ax.set_xlabel("training step")
-        ax.set_ylabel(metric.rsplit("/", 1)[-1])
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     _shared_legend(fig, axes)
-    return FigureOutput(fig, f"{title} Source: {source}. Grey dashed lines: epoch boundaries (when logged).", data)
+    return FigureOutput(fig, caption + " Grey dashed lines: epoch boundaries (when logged).", data, notes)
 
 
 @register("fig6", "figure", "Fig. 6: all evaluations over training steps", Needs(params=(("algorithm.name", "*"),)))
 def fig6(ctx: ReportContext) -> FigureOutput:
-    panels, source = _curves(ctx, None, max_panels=6)
-    return _plot_curves(ctx, "fig6", panels, source, "Metrics over training steps, one line per configuration.")
+    configs = _configurations(ctx)
+    series = _checkpoint_curves(ctx, configs)
+    if series:
+        caption = ("Evaluation metrics over training steps, from checkpoint evaluations (intermediate checkpoints "
+                   "scored with the cell's evaluation tasks; step 0: the SFT model), one line per configuration.")
+    else:
+        series = _training_curves(ctx, configs)
+        caption = ("Training curves over optimizer steps, one line per configuration. No intermediate checkpoint "
+                   "was evaluated in this experiment (set `eval.checkpoint_every` for the paper's evaluations "
+                   "over training), so these are the training loop's own metrics, not evaluations.")
+    if not series:
+        raise Skip("no metric has more than one training step logged")
+    return _plot_curves(ctx, "fig6", _ranked(series, (), max_panels=6), caption, configs.notes)
+
+
+FIG7_METRICS = ("alpaca_eval2/score", "ifeval/score", "gsm8k/score")
 
 
 @register("fig7", "figure", "Fig. 7: AlpacaEval 2, IFEval, GSM over training steps",
           Needs(params=(("algorithm.name", "*"),)))
 def fig7(ctx: ReportContext) -> FigureOutput:
-    try:
-        panels, source = _curves(ctx, ["alpaca_eval2/score", "ifeval/score", "gsm8k/score"], max_panels=3)
-    except Skip:
-        panels = []
-    if not panels or "checkpoint" not in source:
-        # No checkpoint evals of the three paper metrics: the three headline train curves instead.
-        panels, source = _curves(ctx, None, max_panels=3)
-    return _plot_curves(ctx, "fig7", panels, source, "Headline metrics over training steps.")
+    configs = _configurations(ctx)
+    series = _checkpoint_curves(ctx, configs)
+    if not series:
+        raise Skip("no intermediate checkpoint was evaluated (set `eval.checkpoint_every`); Fig. 6 shows the "
+                   "training curves instead")
+    found = [m for m in FIG7_METRICS if m in series]
+    missing = [m for m in FIG7_METRICS if m not in series]
+    notes = list(configs.notes)
+    if found:
+        panels = _ranked({m: series[m] for m in found}, FIG7_METRICS, max_panels=3)
+        caption = "The paper's headline evaluations of intermediate checkpoints over training steps."
+        if missing:
+            notes.append(f"Not evaluated at checkpoints in this experiment: {_names(missing)}.")
+    else:
+        panels = _ranked(series, (), max_panels=3)
+        caption = (f"The paper's {_names(FIG7_METRICS)} were not evaluated at checkpoints in this experiment; "
+                   f"shown instead: {_names([m for m, _ in panels])} at intermediate checkpoints.")
+    return _plot_curves(ctx, "fig7", panels, caption, notes)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -393,8 +439,8 @@ def reward_vs_kl(ctx: ReportContext) -> FigureOutput:
     for alg in algs:
         ax.plot([], [], "o", color=f"C{algs.index(alg)}", label=alg.upper() if alg != "sft" else "SFT")
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto frontier")
-    ax.set_xlabel(_metric_label("policy_kl/kl_mean"))
-    ax.set_ylabel(_metric_label(y_metric))
+    ax.set_xlabel(metric_name("policy_kl/kl_mean"))
+    ax.set_ylabel(metric_name(y_metric))
     ax.legend(fontsize=7)
     fig.tight_layout()
     data = []

@@ -100,6 +100,19 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def legend_text(table: ReportTable, show_ci: bool = True) -> str:
+    """What the table's marks mean, for the marks it shows (no promise of a column it does not have)."""
+    shown = [e for row in table.rows for e in row.entries if e.is_number]
+    parts = []
+    if show_ci and any(e.ci is not None for e in shown):
+        parts.append("Brackets: 95% bootstrap interval over evaluation examples (and seeds where a row has several).")
+    if show_ci and any(e.p_value is not None for e in shown):
+        parts.append("p: two-sided paired bootstrap p-value of the difference.")
+    if any(e.colour is not None for e in shown):
+        parts.append("▲/▼: above/below the SFT baseline.")
+    return " ".join(parts)
+
+
 def to_markdown(table: ReportTable, run_url: Callable[[str], str], show_ci: bool = True,
                 footnote_prefix: str | None = None) -> str:
     """The table, its notes and one footnote per distinct set of source runs (linked to MLflow).
@@ -141,11 +154,9 @@ def to_markdown(table: ReportTable, run_url: Callable[[str], str], show_ci: bool
             labels = [f"*{x}*" if x and x != "—" else x for x in labels]
         lines.append("| " + " | ".join(labels + [cell(e, not shared) for e in row.entries]) + " |")
     out = [f"**{table.title}.** {table.caption}", "", *lines, ""]
-    if show_ci:
-        out.append("Brackets: 95% bootstrap interval over evaluation examples (and seeds where a row has several); "
-                   "p: paired bootstrap p-value of the difference. ▲/▼: above/below the SFT baseline.")
-    else:
-        out.append("▲/▼: above/below the SFT baseline.")
+    legend = legend_text(table, show_ci)
+    if legend:
+        out.append(legend)
     out.extend(f"- {note}" for note in table.notes)
     out.append("")
     for run_ids, label in footnotes.items():

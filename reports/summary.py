@@ -1,6 +1,6 @@
 """The grid summary table: one row per cell (SFT baseline first), one column per metric.
 
-Built from MLflow alone: the latest FINISHED parent run of each cell. Every row names the run id it
+Built from MLflow alone: the latest FINISHED run of each cell (`harness.mlflow_layout.read_cells`). Every row names the run id it
 came from, so each number traces back to a run.
 """
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness import mlflow_layout as layout
 from harness import tracking
 
 # Columns shown first when present; then every `*/score`, `category/*` and `overall`.
@@ -21,24 +22,13 @@ KEY_COLUMNS = (
 
 
 def cell_runs(experiment: str) -> pd.DataFrame:
-    """Latest finished parent run per cell: columns run_id, cell, is_baseline, params.*, metrics.*."""
-    client = tracking.client()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking.tracking_uri()}; have: {names}")
-    runs = client.search_runs([exp.experiment_id], "tags.`harness.run_type` = 'cell' and attributes.status = 'FINISHED'",
-                              max_results=5000, order_by=["attributes.start_time DESC"])
-    rows, seen = [], set()
-    for run in runs:
-        cell = run.data.tags.get("harness.cell", run.info.run_id)
-        if cell in seen:
-            continue  # an older run of the same cell name (config changed since): the latest wins
-        seen.add(cell)
-        row = {"cell": cell, "run_id": run.info.run_id,
-               "is_baseline": run.data.tags.get("harness.is_baseline") == "true"}
-        row.update({f"params.{k}": v for k, v in run.data.params.items()})
-        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+    """The chosen (latest FINISHED) run of each cell: columns run_id, cell, is_baseline, params.*, metrics.*."""
+    exp = layout.find_experiment(experiment)
+    rows = []
+    for cell in layout.read_cells(exp.experiment_id, with_stages=False):
+        row: dict[str, object] = {"cell": cell.cell, "run_id": cell.run_id, "is_baseline": cell.is_baseline}
+        row.update({f"params.{k}": v for k, v in cell.params.items()})
+        row.update({f"metrics.{k}": v for k, v in cell.metrics.items()})
         rows.append(row)
     if not rows:
         raise ValueError(f"experiment {experiment!r} has no finished cell runs yet")

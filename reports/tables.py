@@ -168,7 +168,7 @@ def rm_identity(cell: CellRun) -> str | None:
     if cell.param("reward_model.ensemble"):
         return "ensemble:" + "|".join(f"{k}={v}" for k, v in sorted(cell.params.items())
                                       if k.startswith("reward_model."))
-    return cell.tags.get("harness.stage.train_reward_model") or cell.param("reward_model.path")
+    return cell.stage_key("train_reward_model") or cell.param("reward_model.path")
 
 
 def rm_label(cell: CellRun) -> str:
@@ -203,15 +203,13 @@ def rm_groups(ctx: ReportContext) -> list[tuple[str, list[CellRun]]]:
 def reward_labels(ctx: ReportContext) -> dict[int, str]:
     """id(policy cell) -> the name of what rewarded it: its reward model, labelled as in `rm_groups`
     (two RMs that differ only in training settings get their hash, not one shared name), or its
-    verifier (or ensemble). Cells with none are absent."""
+    verifier. Cells with none are absent."""
     labels = {id(cell): label for label, cells in rm_groups(ctx) for cell in cells}
     for cell in ctx.exp.policies:
         if id(cell) in labels:
             continue
         if cell.param("reward_model.verifier"):
             labels[id(cell)] = f"{cell.param('reward_model.verifier')} (verifier)"
-        elif cell.param("reward_model.ensemble"):
-            labels[id(cell)] = f"ensemble ({cell.param('reward_model.combine')})"
         elif cell.param("reward_function"):  # runs logged before verifiers moved under reward_model
             labels[id(cell)] = f"{cell.param('reward_function')} (reward function)"
     return labels

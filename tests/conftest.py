@@ -48,6 +48,27 @@ def isolated_results(tmp_path, monkeypatch):
     return results
 
 
+def use_results(monkeypatch: pytest.MonkeyPatch, results: Path) -> Path:
+    """Point the harness (stage store, MLflow) at `results`. MLFLOW_TRACKING_URI is unset because
+    `mlflow.set_tracking_uri` (called by tracking.client) exports it: it would keep naming the store of
+    whichever test ran before."""
+    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(results))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return results
+
+
+def run_grids_in(results: Path, *specs: dict) -> list:
+    """Run grid specs into the stores under `results` (one thread for torch), returning their summaries:
+    a module-wide runner-made store that a module's tests then read."""
+    from harness.grid import build_grid
+    from harness.runner import run_grid
+
+    with pytest.MonkeyPatch.context() as mp:
+        use_results(mp, results)
+        mp.setenv("OMP_NUM_THREADS", "1")
+        return [run_grid(build_grid(spec), echo=lambda _: None) for spec in specs]
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
     from harness.models import resolve_model

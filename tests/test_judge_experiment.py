@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import mlflow_layout as layout
 from harness.judge.cache import GenerationCache, judge_dir
 from harness.judge.cli import main as judge_main
 from harness.judge.client import JudgeClient
@@ -54,21 +55,19 @@ def policies(tiny_model, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture
 def experiment(policies, isolated_results):
-    """An MLflow experiment laid out as the runner writes it: one parent run per cell."""
+    """An MLflow experiment written by the runner's own writers: one finished run per cell."""
     client = mlflow_client()
     exp_id = client.create_experiment(EXPERIMENT,
                                       artifact_location=(isolated_results / "mlartifacts" / EXPERIMENT).as_uri())
     run_ids = {}
     for cell, path in policies.items():
-        run = client.create_run(exp_id, run_name=cell, tags={
-            "harness.run_type": "cell", "harness.cell": cell, "harness.is_baseline": str(cell == "sft"),
-            "harness.policy_path": path})
-        client.log_param(run.info.run_id, "algorithm.name", cell)
-        client.log_metric(run.info.run_id, "eval/score", 42.0)
-        client.set_terminated(run.info.run_id)
-        run_ids[cell] = run.info.run_id
+        run_id = layout.open_cell_run(exp_id, layout.CellRunInfo(
+            grid=EXPERIMENT, name=cell, key=f"key-{cell}", is_baseline=cell == "sft",
+            resolved_config={"algorithm": {"name": cell}}, policy_path=path))
+        layout.finish_cell_run(run_id, {"eval/score": 42.0})
+        run_ids[cell] = run_id
     # A judge metric from an earlier judging of this cell: must survive (history is appended to).
-    client.log_metric(run_ids["dpo"], "judge/win_rate", 0.123, step=0)
+    layout.append_metrics(run_ids["dpo"], {"judge/win_rate": 0.123})
     return run_ids
 
 

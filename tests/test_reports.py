@@ -8,10 +8,9 @@ import csv
 from pathlib import Path
 
 import pytest
+from conftest import run_grids_in, use_results
 
 from harness import tracking
-from harness.grid import build_grid
-from harness.runner import run_grid
 
 EXPERIMENT = "reports-tiny"
 TINY_TRAIN = {"max_steps": 2, "learning_rate": 1e-4}
@@ -23,7 +22,8 @@ GRID = {
         "reward_model": {"base": "tiny-random-llama", "dataset": {"name": "smoke-lowercase", "max_rows": 24},
                          "train": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
                                    "max_length": 64, "max_steps": 2, "learning_rate": 1e-3, "heldout_fraction": 0.3}},
-        "eval": {"tasks": ["smoke_lowercase", "policy_kl", "rm_reward"], "limit": 4},
+        # Checkpoints evaluated at step 1 of 2: Figs. 6-7 plot evaluations over training, not training curves.
+        "eval": {"tasks": ["smoke_lowercase", "policy_kl", "rm_reward"], "limit": 4, "checkpoint_every": 1},
     },
     "axes": {"algorithm": [
         {"name": "dpo", **TINY_TRAIN, "max_length": 64, "per_device_train_batch_size": 4,
@@ -40,11 +40,7 @@ EXPECTED_FIGURES = {"fig1", "fig6", "fig7", "reward_boxplot", "reward_vs_kl", "r
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_model) -> Path:
     results = tmp_path_factory.mktemp("tiny_grid_results")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_RESULTS_DIR", str(results))
-        mp.setenv("OMP_NUM_THREADS", "1")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        summary = run_grid(build_grid(GRID), echo=lambda _: None)
+    (summary,) = run_grids_in(results, GRID)
     assert sorted(summary.logged_cells) == ["algorithm=dpo", "algorithm=ppo", "sft"]
     return results
 
@@ -52,9 +48,7 @@ def store(tmp_path_factory, tiny_model) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_results(store, monkeypatch) -> Path:
     """Overrides the per-test results dir: every test here reads the module's runner-made store."""
-    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(store))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return store
+    return use_results(monkeypatch, store)
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +56,7 @@ def report(store, tmp_path_factory):
     from reports.build import build_report
 
     with pytest.MonkeyPatch.context() as mp:
-        # mlflow.set_tracking_uri (called by tracking.client) exports MLFLOW_TRACKING_URI, which would
-        # otherwise keep pointing at the store of whichever module ran before.
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("HARNESS_RESULTS_DIR", str(store))
+        use_results(mp, store)
         return build_report(EXPERIMENT, tmp_path_factory.mktemp("tiny_report"), n_boot=300)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import use_results
 
 from harness import tracking
 from harness.grid import build_grid
@@ -74,9 +75,8 @@ def store(tmp_path_factory, tiny_model) -> Path:
         pytest.skip(f"real data not present: ../shared/data/{missing[0]}")
     results = tmp_path_factory.mktemp("grid_reports_results")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_RESULTS_DIR", str(results))
+        use_results(mp, results)
         mp.setenv("OMP_NUM_THREADS", "1")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         # GSM8K as registered (real test questions, 8-shot prompt, scoring) but with a short completion
         # budget, as its own fast tests run it: the random model never stops, so 512 tokens per question
         # would be most of this module's time, and no number checked here depends on the length. The
@@ -94,19 +94,14 @@ def store(tmp_path_factory, tiny_model) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_results(store, monkeypatch) -> Path:
     """Overrides the per-test results dir: every test here reads the module's runner-made stores."""
-    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(store))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return store
+    return use_results(monkeypatch, store)
 
 
 def _build(store: Path, out: Path, experiment: str, tables: list[str], figures: list[str]):
     from reports.build import build_report
 
     with pytest.MonkeyPatch.context() as mp:
-        # mlflow.set_tracking_uri (called by tracking.client) exports MLFLOW_TRACKING_URI, which would
-        # otherwise keep pointing at the store of whichever module ran before.
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("HARNESS_RESULTS_DIR", str(store))
+        use_results(mp, store)
         return build_report(experiment, out, tables=tables, figures=figures, n_boot=200)
 
 

@@ -1,8 +1,8 @@
-"""Report tables and figures on a synthetic MLflow store laid out exactly as the runner lays it out
-(parent cell runs, nested stage runs, per-example `samples/*.jsonl`, `rm_scores.jsonl`, step
-histories), for what a tiny real grid cannot produce on a CPU in seconds: 13 datasets' worth of DPO
-cells, PPO with several reward models and prompt sets, a KL sweep, best-of-N, RewardBench, judge win
-rates, multiple seeds. The per-example records are drawn at random; every logged metric is computed
+"""Report tables and figures on a synthetic MLflow store written by the runner's own writers
+(`harness.mlflow_layout`: cell runs, nested stage runs, per-example `samples/*.jsonl`, `rm_scores.jsonl`,
+step histories, checkpoint evaluations, judge win rates), for what a tiny real grid cannot produce on a
+CPU in seconds: 13 datasets' worth of DPO cells, PPO with several reward models and prompt sets, a KL
+sweep, best-of-N, RewardBench, judge win rates, multiple seeds. The per-example records are drawn at random; every logged metric is computed
 from them the way the evaluation task computes it, so the report's intervals must reproduce it.
 
 The tables' numbers are then checked against the logged metrics run by run.
@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import use_results
 
+from harness import mlflow_layout as layout
 from harness import tracking
 
 EXPERIMENT = "paper-synth"
@@ -124,52 +126,65 @@ def rm_records(rng: np.random.Generator, strength: float) -> tuple[list[dict], d
 
 
 # ------------------------------------------------------------------------------------------------
-# Logging in the runner's layout
+# Logging through the runner's own writers (harness.mlflow_layout), as `runner.log_cell` does
 # ------------------------------------------------------------------------------------------------
 
-def _stage(client, exp_id: str, parent: str, kind: str, params: dict, metrics: dict, files: dict[str, list[dict]],
-           history: dict[str, list[tuple[int, float]]] | None = None, key: str = "") -> str:
-    from mlflow.entities import Metric, Param
-
-    run = client.create_run(exp_id, run_name=kind, tags={
-        "mlflow.parentRunId": parent, "harness.run_type": "stage", "harness.stage_kind": kind,
-        "harness.stage_hash": key or kind})
-    batch = [Metric(k, float(v), 0, 0) for k, v in metrics.items()]
-    for k, points in (history or {}).items():
-        batch += [Metric(k, float(v), 0, s) for s, v in points]
-    for start in range(0, len(batch), 900):
-        client.log_batch(run.info.run_id, metrics=batch[start:start + 900],
-                         params=[Param(k, str(v)) for k, v in params.items()] if start == 0 else [], synchronous=True)
-    if files:
-        with tempfile.TemporaryDirectory() as tmp:
-            for rel, rows in files.items():
-                path = Path(tmp) / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            client.log_artifacts(run.info.run_id, tmp)
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+CHECKPOINT_TASKS = ("gsm8k/score", "ifeval/score", "alpaca_eval2/score")  # Fig. 7's evaluations over steps
 
 
-def log_cell(client, exp_id: str, name: str, params: dict, overrides: dict, *, quality: float, seed: int,
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'algorithm.beta': 0.1} -> {'algorithm': {'beta': 0.1}}: a resolved config, as the runner logs it."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _rows(history: dict[str, list[tuple[int, float]]]) -> list[dict[str, float]]:
+    """{'train/loss': [(1, 0.7), ...]} -> [{'step': 1, 'train/loss': 0.7, ...}, ...] (history.jsonl's form)."""
+    by_step: dict[int, dict[str, float]] = {}
+    for key, points in history.items():
+        for step, value in points:
+            by_step.setdefault(step, {})[key] = value
+    return [{"step": step, **values} for step, values in sorted(by_step.items())]
+
+
+def _stage(exp_id: str, parent: str, kind: str, config: dict, metrics: dict, files: dict[str, list[dict]],
+           history: dict[str, list[tuple[int, float]]] | None = None, key: str = "",
+           checkpoints: list[dict[str, float]] | None = None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for rel, rows in files.items():  # the stage's `artifacts/` folder
+            path = Path(tmp) / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        result = layout.StageResult(metrics=metrics, seconds=1.0, step_history=_rows(history or {}),
+                                    checkpoint_history=checkpoints or [], artifacts_dir=Path(tmp))
+        layout.log_stage_run(exp_id, parent, layout.StageRunInfo(kind, key or kind, config), result)
+
+
+def log_cell(exp_id: str, name: str, params: dict, overrides: dict, *, quality: float, seed: int,
              rm: tuple[str, float] | None = None, reward: float | None = None, algorithm: str | None = None,
-             extra_metrics: dict | None = None, train: dict | None = None, judge: float | None = None) -> str:
-    """One cell: parent run + prepare_data / train_reward_model / train_policy / evaluate stage runs."""
-    from mlflow.entities import Metric, Param
-
+             extra_metrics: dict | None = None, train: dict | None = None, judge: float | None = None,
+             checkpoints: bool = False) -> str:
+    """One cell: its run, then its prepare_data / train_reward_model / train_policy / evaluate stage runs,
+    then its summary; judge win rates appended afterwards, as `harness judge` does."""
     rng = np.random.default_rng(zlib.crc32(f"{name}/{seed}".encode()))
-    tags = {"harness.run_type": "cell", "harness.cell": name, "harness.is_baseline": str(algorithm is None).lower(),
-            "harness.overrides": json.dumps(overrides), "mlflow.runName": name}
-    if rm:
-        tags["harness.stage.train_reward_model"] = rm[0]
-    parent = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    info = layout.CellRunInfo(
+        grid=EXPERIMENT, name=name, key=f"synthetic-{zlib.crc32(name.encode()):08x}", is_baseline=algorithm is None,
+        resolved_config=_nested({**params, "seed": seed}), overrides=overrides,
+        stage_keys={"train_reward_model": rm[0]} if rm else {})
+    parent = layout.open_cell_run(exp_id, info)
     summary: dict[str, float] = {}
     if algorithm is not None:
         data = params.get("dataset.name") or params.get("prompts.name")
-        _stage(client, exp_id, parent, "prepare_data", {"name": data}, {"data/kept_rows": 1000 + len(data) * 7}, {})
+        _stage(exp_id, parent, "prepare_data", {"name": data}, {"data/kept_rows": 1000 + len(data) * 7}, {})
         if rm:
             rows, rm_metrics = rm_records(np.random.default_rng(zlib.crc32(rm[0].encode())), rm[1])
-            _stage(client, exp_id, parent, "train_reward_model", {"base": params.get("reward_model.base")}, rm_metrics,
+            _stage(exp_id, parent, "train_reward_model", {"base": params.get("reward_model.base")}, rm_metrics,
                    {"rm_scores.jsonl": rows}, key=rm[0])
             summary.update(rm_metrics)
         steps = range(1, 31)
@@ -182,28 +197,29 @@ def log_cell(client, exp_id: str, name: str, params: dict, overrides: dict, *, q
             history["train/rewards_chosen"] = [(s, 0.05 * s * quality) for s in steps]
         train_metrics = {"train/wall_seconds": 100.0 * (1 + rng.random()), "train/final_loss": history["train/loss"][-1][1],
                          **(train or {})}
-        _stage(client, exp_id, parent, "train_policy", {"algorithm.name": algorithm}, train_metrics, {}, history)
+        _stage(exp_id, parent, "train_policy", {"algorithm.name": algorithm}, train_metrics, {}, history)
         summary.update(train_metrics)
     recs, eval_metrics = eval_records(rng, quality, reward)
-    _stage(client, exp_id, parent, "evaluate", {}, eval_metrics,
-           {f"samples/{t}.samples.jsonl": r for t, r in recs.items()})
+    # Evaluations of intermediate checkpoints: the last one is the final model (the logged value).
+    ckpt = [{"step": s, **{k: eval_metrics[k] * (0.8 + 0.2 * s / 30) for k in CHECKPOINT_TASKS}}
+            for s in (0, 10, 20, 30)] if checkpoints else []
+    _stage(exp_id, parent, "evaluate", {}, eval_metrics, {f"samples/{t}.samples.jsonl": r for t, r in recs.items()},
+           checkpoints=ckpt)
     summary.update(eval_metrics)
-    if judge is not None:
-        summary.update({"judge/win_rate": judge, "judge/win_rate_ci_low": judge - 0.07, "judge/win_rate_ci_high": judge + 0.07})
     summary.update(extra_metrics or {})
-    client.log_batch(parent, metrics=[Metric(k, float(v), 0, 0) for k, v in summary.items()],
-                     params=[Param(k, str(v)) for k, v in {**params, "seed": seed}.items()], synchronous=True)
-    client.set_terminated(parent, "FINISHED")
+    layout.finish_cell_run(parent, summary, ckpt)
+    if judge is not None:
+        layout.append_metrics(parent, {"judge/win_rate": judge, "judge/win_rate_ci_low": judge - 0.07,
+                                       "judge/win_rate_ci_high": judge + 0.07})
     return parent
 
 
 def build_synthetic_store() -> dict[str, str]:
     """The synthetic experiment; returns cell name -> parent run id."""
-    client = tracking.client()
     exp_id = tracking.setup_experiment(EXPERIMENT)
     runs: dict[str, str] = {}
     base = {"model": "tiny-random-llama"}
-    runs["sft"] = log_cell(client, exp_id, "sft", {**base, "algorithm": None}, {"algorithm": None}, quality=0.55,
+    runs["sft"] = log_cell(exp_id, "sft", {**base, "algorithm": None}, {"algorithm": None}, quality=0.55,
                            seed=1, reward=0.0)
     dpo = [("hh-rlhf", 0.58, (1,)), ("nectar", 0.6, (1,)), ("ultrafeedback-fg", 0.66, (1, 2)),
            ("ultrafeedback-top", 0.6, (1,)), ("ultrafeedback-src-flan-v2", 0.62, (1,))]
@@ -211,14 +227,14 @@ def build_synthetic_store() -> dict[str, str]:
         for seed in seeds:
             name = f"dataset={data},algorithm=dpo" + (f",seed={seed}" if len(seeds) > 1 else "")
             over = {"dataset": data, "algorithm": "dpo", **({"seed": seed} if len(seeds) > 1 else {})}
-            runs[name] = log_cell(client, exp_id, name, {**base, "dataset.name": data, "algorithm.name": "dpo",
-                                                         "algorithm.beta": 0.1}, over, quality=q + 0.01 * seed,
-                                  seed=seed, algorithm="dpo", reward=0.2 + q, judge=q - 0.05)
+            runs[name] = log_cell(exp_id, name, {**base, "dataset.name": data, "algorithm.name": "dpo",
+                                                 "algorithm.beta": 0.1}, over, quality=q + 0.01 * seed,
+                                  seed=seed, algorithm="dpo", reward=0.2 + q, judge=q - 0.05, checkpoints=True)
     rms = {"hh-rlhf": ("rmhh0001", 0.8), "nectar": ("rmnec002", 1.0), "ultrafeedback-fg": ("rmuf0003", 1.3),
            "rm-mix": ("rmmix004", 1.6)}
 
     def ppo(name: str, data: str, rm: str, q: float, extra: dict | None = None, prompts: str | None = None,
-            train: dict | None = None, bon: bool = False) -> None:
+            train: dict | None = None, bon: bool = False, checkpoints: bool = False) -> None:
         params = {**base, "dataset.name": data, "algorithm.name": "ppo", "algorithm.kl_coef": 0.05,
                   "algorithm.prompt_batch_size": 64, "algorithm.minibatch_size": 64, "algorithm.rollouts_per_prompt": 1,
                   "algorithm.gradient_accumulation_steps": 1, "reward_model.base": "tiny-random-llama",
@@ -231,15 +247,16 @@ def build_synthetic_store() -> dict[str, str]:
         if bon:
             r = np.random.default_rng(zlib.crc32(rm.encode()))
             bon_metrics = {f"bon/{rm}/{t}/score": float(40 + 30 * r.random()) for t in BON_TASKS}
-        runs[name] = log_cell(client, exp_id, name, params, over, quality=q, seed=1, rm=rms[rm], algorithm="ppo",
-                              reward=q + rms[rm][1], extra_metrics=bon_metrics, train=train, judge=q)
+        runs[name] = log_cell(exp_id, name, params, over, quality=q, seed=1, rm=rms[rm], algorithm="ppo",
+                              reward=q + rms[rm][1], extra_metrics=bon_metrics, train=train, judge=q,
+                              checkpoints=checkpoints)
 
     steps = {"train/episodes": 6400.0, "train/optimizer_steps": 100.0}
     ppo("dataset=hh-rlhf,algorithm=ppo", "hh-rlhf", "hh-rlhf", 0.6, train=steps)
     ppo("dataset=nectar,algorithm=ppo", "nectar", "nectar", 0.63, train=steps)
     for kl, q in ((0.0325, 0.64), (0.05, 0.7), (0.1, 0.67)):
         ppo(f"ppo,kl_coef={kl}", "ultrafeedback-fg", "ultrafeedback-fg", q, {"algorithm.kl_coef": kl},
-            train=steps, bon=kl == 0.05)
+            train=steps, bon=kl == 0.05, checkpoints=True)
     for bsz, r, g, t in ((512, 1, 1, 0.2), (512, 2, 2, 0.27)):
         ppo(f"ppo,B={bsz},r={r},g={g}", "ultrafeedback-fg", "ultrafeedback-fg", 0.68,
             {"algorithm.prompt_batch_size": bsz, "algorithm.rollouts_per_prompt": r,
@@ -256,8 +273,7 @@ def build_synthetic_store() -> dict[str, str]:
 def synth_results(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("synth_results")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_RESULTS_DIR", str(results))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        use_results(mp, results)
         build_synthetic_store()
     return results
 
@@ -265,9 +281,7 @@ def synth_results(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_results(synth_results, monkeypatch) -> Path:
     """Overrides the per-test results dir: every test here reads the one module-wide store."""
-    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(synth_results))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return synth_results
+    return use_results(monkeypatch, synth_results)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,10 +294,7 @@ def report(synth_results, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("synth_report")
     with pytest.MonkeyPatch.context() as mp:
-        # mlflow.set_tracking_uri (called by tracking.client) exports MLFLOW_TRACKING_URI, which would
-        # otherwise keep pointing at the store of whichever module ran before.
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("HARNESS_RESULTS_DIR", str(synth_results))
+        use_results(mp, synth_results)
         return build_report(EXPERIMENT, out, n_boot=400)
 
 

@@ -5,7 +5,7 @@
     harness eval --model <mlflow run id> --suite paper11 --judge-model gpt-4o --judge-base-url URL
 
 `--model` is a zoo name, a model folder, a hub id, or an MLflow run id whose run carries the
-trained model's folder (tag `harness.model_path` on a stage run, `harness.policy_path` on a cell).
+trained model's folder (a stage run's model, or a cell run's policy: `mlflow_layout.model_path_of_run`).
 Writes `<out>/<task>.samples.jsonl` (every generation, so any metric can be recomputed),
 `<out>/results.json`, `<out>/table.txt`; prints the per-benchmark, per-category and overall table;
 logs params, metrics (including `*_with_offline_fallbacks`) and the output folder as artifacts.
@@ -39,14 +39,9 @@ def resolve_eval_model(name: str) -> str:
     from harness.models import is_known_model, resolve_model
 
     if _RUN_ID.match(name) and not Path(name).exists():
-        from harness import tracking
+        from harness.mlflow_layout import model_path_of_run
 
-        run = tracking.client().get_run(name)
-        tags = run.data.tags
-        for tag in ("harness.model_path", "harness.policy_path"):
-            if tags.get(tag):
-                return resolve_model(tags[tag])
-        raise ValueError(f"MLflow run {name} has no harness.model_path / harness.policy_path tag")
+        return resolve_model(model_path_of_run(name))
     if not is_known_model(name):
         raise ValueError(f"--model {name!r}: not a zoo name, a folder, a hub id or an MLflow run id")
     return resolve_model(name)
@@ -91,22 +86,16 @@ def _judge_settings(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def _log_mlflow(args: argparse.Namespace, model_path: str, tasks: list[str], metrics: dict[str, float],
                 out: Path) -> str | None:
-    import mlflow
-
     from harness import tracking
+    from harness.mlflow_layout import log_eval_run
 
     experiment_id = tracking.setup_experiment(args.experiment)
     finite = {mlflow_metric_name(k): float(v) for k, v in metrics.items()
               if isinstance(v, (int, float)) and not math.isnan(v)}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval {Path(args.model).name}") as run:
-        mlflow.set_tags({"harness.run_type": "eval", "harness.model_path": model_path,
-                         "harness.git_sha": tracking.git_sha()})
-        mlflow.log_params({"model": args.model, "model_path": model_path, "suite": args.suite or "",
-                           "tasks": ",".join(tasks), "limit": str(args.limit), "seed": str(args.seed),
-                           "batch_size": str(args.batch_size), "judge_model": args.judge_model or ""})
-        tracking.log_metrics(run.info.run_id, finite)
-        mlflow.log_artifacts(str(out), artifact_path="eval")
-        return run.info.run_id
+    params = {"model": args.model, "model_path": model_path, "suite": args.suite or "", "tasks": ",".join(tasks),
+              "limit": str(args.limit), "seed": str(args.seed), "batch_size": str(args.batch_size),
+              "judge_model": args.judge_model or ""}
+    return log_eval_run(experiment_id, f"eval {Path(args.model).name}", model_path, params, finite, out)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

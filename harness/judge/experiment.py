@@ -1,7 +1,7 @@
 """`harness judge <experiment>`: judge-based win rates of every policy of a grid against a reference.
 
-1. Read the experiment's cells from MLflow (parent runs tagged `harness.run_type=cell`; the policy is
-   `harness.policy_path`, a trained folder or a model-zoo name for the baseline).
+1. Read the experiment's cells from MLflow (`mlflow_layout.read_cells`: each cell's latest FINISHED run;
+   the policy is the run's policy path, a trained folder or a model-zoo name for the baseline).
 2. Generate each policy's answers to the prompt set (default: the first N AlpacaEval instructions from
    the local data dir, N=150 as in the win-rate table this reproduces) with the shared generation
    engine, greedy; answers are cached per (policy, prompt, sampling parameters).
@@ -11,7 +11,7 @@
    at the reference.
 5. Log to MLflow, additively: on each cell's parent run the metrics `judge/win_rate`,
    `judge/win_rate_ci_low`, `judge/win_rate_ci_high`, ... at the next free step of each key (earlier
-   values stay in the history; no other metric is touched); plus one run tagged `harness.run_type=judge`
+   values stay in the history; no other metric is touched); plus one judge run (`mlflow_layout.log_judge_run`)
    holding the table, the ranking, all verdicts and the judge's token usage and cost.
 """
 
@@ -25,7 +25,6 @@ import logging
 import math
 import re
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,31 +91,20 @@ def mlflow_client():
 
 
 def find_policies(experiment: str) -> tuple[str, list[Policy]]:
-    """(experiment id, cells with a policy) for an experiment name or id; the latest run of each cell."""
-    client = mlflow_client()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None and experiment.isdigit():
-        exp = client.get_experiment(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise ValueError(f"no MLflow experiment {experiment!r}; experiments: {', '.join(names) or '(none)'}")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`harness.run_type` = 'cell'",
-                              max_results=5000, order_by=["attributes.start_time ASC"])
-    by_cell: dict[str, Policy] = {}
-    for run in runs:
-        tags = run.data.tags
-        cell, path = tags.get("harness.cell"), tags.get("harness.policy_path")
-        if not cell:
+    """(experiment id, cells with a policy) for an experiment name or id: each cell's latest FINISHED
+    run (an unfinished one has no complete policy to judge, nor a place for its results)."""
+    from harness import mlflow_layout as layout
+
+    exp = layout.find_experiment(experiment)
+    by_cell: list[Policy] = []
+    for cell in layout.read_cells(exp.experiment_id, with_stages=False):
+        if not cell.policy_path:
+            log.warning("cell %s (run %s) has no policy path tag: skipped", cell.cell, cell.run_id)
             continue
-        if not path:
-            log.warning("cell %s (run %s) has no harness.policy_path tag: skipped", cell, run.info.run_id)
-            continue
-        by_cell[cell] = Policy(cell, run.info.run_id, path,
-                               tags.get("harness.is_baseline", "").lower() in ("true", "1"),
-                               dict(run.data.params))  # later runs of a cell replace earlier ones
+        by_cell.append(Policy(cell.cell, cell.run_id, cell.policy_path, cell.is_baseline, cell.params))
     if not by_cell:
-        raise ValueError(f"experiment {exp.name!r} has no cell runs with a harness.policy_path tag")
-    return exp.experiment_id, list(by_cell.values())
+        raise ValueError(f"experiment {exp.name!r} has no finished cell runs with a policy path")
+    return exp.experiment_id, by_cell
 
 
 def pick_reference(policies: Sequence[Policy], reference: str) -> Policy:
@@ -208,21 +196,6 @@ def metric_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
 
 
-def _next_step(client: Any, run_id: str, key: str) -> int:
-    return len(client.get_metric_history(run_id, key))
-
-
-def log_additive(client: Any, run_id: str, metrics: dict[str, float]) -> None:
-    """Log each metric at the next free step of its key: nothing already logged is replaced."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, _next_step(client, run_id, k)) for k, v in metrics.items()
-             if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    for start in range(0, len(batch), 900):
-        client.log_batch(run_id, metrics=batch[start : start + 900], synchronous=True)
-
-
 def judge_experiment(
     experiment: str,
     client: JudgeClient,
@@ -305,7 +278,8 @@ def _report_json(report: JudgeReport) -> dict[str, Any]:
 
 def _log_report(report: JudgeReport, experiment_id: str, policies: Sequence[Policy], judge: JudgeClient,
                 pairs: str, max_new_tokens: int) -> str:
-    client = mlflow_client()
+    from harness import mlflow_layout as layout
+
     rank_of = {cell: i + 1 for i, cell in enumerate(report.ranking)}
     for policy in policies:
         metrics: dict[str, float] = {}
@@ -317,21 +291,13 @@ def _log_report(report: JudgeReport, experiment_id: str, policies: Sequence[Poli
         if policy.cell in report.bt_scores:
             metrics["judge/bt_score"] = report.bt_scores[policy.cell]
             metrics["judge/bt_rank"] = rank_of[policy.cell]
-        log_additive(client, policy.run_id, metrics)
-
-    run = client.create_run(experiment_id, run_name="judge", tags={
-        "harness.run_type": "judge", "harness.judge.reference": report.reference,
-        "mlflow.note.content": "Pairwise LLM-judge win rates (both orders; ties half) and Bradley-Terry ranking.",
-    })
-    run_id = run.info.run_id
-    from mlflow.entities import Param
+        layout.append_metrics(policy.run_id, metrics)
 
     params = {"judge.model": judge.model, "judge.base_url": _safe_url(judge.base_url),
               "judge.api_key_env": judge.api_key_env, "judge.template": PAIRWISE.tag,
               "judge.reference": report.reference, "judge.prompt_set": report.prompt_set,
               "judge.num_prompts": str(report.num_prompts), "judge.pairs": pairs,
               "judge.generation.max_new_tokens": str(max_new_tokens), "judge.generation.temperature": "0.0"}
-    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], synchronous=True)
     metrics = usage_metrics(report.usage)
     for cell, wr in report.win_rates.items():
         name = metric_key(cell)
@@ -340,7 +306,6 @@ def _log_report(report: JudgeReport, experiment_id: str, policies: Sequence[Poli
     for cell, score in report.bt_scores.items():
         metrics[f"judge/bt_score/{metric_key(cell)}"] = score
         metrics[f"judge/bt_rank/{metric_key(cell)}"] = rank_of[cell]
-    log_additive(client, run_id, metrics)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "judge"
         folder.mkdir()
@@ -358,6 +323,7 @@ def _log_report(report: JudgeReport, experiment_id: str, policies: Sequence[Poli
         with (folder / "verdicts.jsonl").open("w") as fh:
             for row in report.verdicts:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        client.log_artifacts(run_id, str(folder), artifact_path="judge")
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
+        return layout.log_judge_run(
+            experiment_id, report.reference,
+            "Pairwise LLM-judge win rates (both orders; ties half) and Bradley-Terry ranking.", params, metrics,
+            folder)

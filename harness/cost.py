@@ -1,0 +1,609 @@
+"""Compute cost before compute: tokens, FLOPs, device-hours and money per stage, from plain data.
+
+Every input is a number a grid already knows or a dataset already tells (parameter counts from a model
+config, rows and mean token lengths, epochs, batch sizes, rollouts, generation budgets); every device
+is a profile in `harness/device_profiles.yaml` (peak FLOP/s, memory bandwidth, efficiency factors,
+each with its source). docs/cost.md says what is counted and how it was calibrated.
+
+    from harness import cost
+    policy = cost.model_shape("allenai/tulu-2-13b")
+    dpo = cost.PairwiseTraining("dpo", policy, cost.PreferencePairs(60908, 180, 280, 230),
+                                epochs=3, batch_size=32, max_length=2048)
+    est = cost.estimate(dpo, cost.device_profile("h100"))
+    est.flops, est.seconds, est.device_hours, est.usd
+
+What is counted (model FLOPs, the convention of MFU):
+- a forward pass over a sequence of T tokens: T x (2 x matmul parameters + 4 x layers x attention width x T)
+  (the attention term is Chowdhery et al. 2022's, full T: no saving for the causal mask);
+  a training pass (forward + backward) is 3 forwards;
+- generation: a prefill forward over the prompts, then one decode step per generated position for a
+  whole batch, whose time is the larger of its compute time and the time to read the weights and the
+  KV cache, plus a fixed latency per layer (`decode_layer_latency_s`): a static batch waits for its
+  longest answer, so a batch runs `decode_steps_per_batch` steps (default: the budget);
+- not counted: data preparation (tokenisation on the host), optimizer updates, evaluation judges
+  behind an API (the judge client reports their tokens and price), checkpoint I/O, compile time.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEVICE_PROFILES_FILE = Path(__file__).with_name("device_profiles.yaml")
+BYTES_PER_VALUE = {"bf16": 2, "fp16": 2, "fp32": 4}
+# Weights + gradients + AdamW moments + fp32 master weights (mixed precision), per trained parameter;
+# plain fp32 training holds the same 16 bytes (4 + 4 + 8). Activations are not counted.
+TRAINED_BYTES_PER_PARAM = 16
+
+
+class CostInputError(ValueError):
+    """An input the estimator cannot use; the message names the field (and the profile or model)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A decoder-only transformer (Llama layout: attention with grouped KV heads, a 3-matrix MLP)."""
+
+    name: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    vocab_size: int
+    tied_embeddings: bool
+
+    @property
+    def layer_params(self) -> int:
+        attention = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+        return attention + 3 * self.d_model * self.d_ff + 2 * self.d_model
+
+    @property
+    def params(self) -> int:
+        embeddings = self.vocab_size * self.d_model * (1 if self.tied_embeddings else 2)
+        return self.n_layers * self.layer_params + embeddings + self.d_model
+
+    def matmul_params(self, lm_head: bool = True) -> int:
+        """The weights a token is multiplied by: the layers, and the LM head unless the model scores with
+        a scalar head (reward and value models); the input embedding is a lookup."""
+        return self.n_layers * self.layer_params + (self.vocab_size * self.d_model if lm_head else 0)
+
+    def forward_flops_per_token(self, context: float, lm_head: bool = True) -> float:
+        return 2.0 * self.matmul_params(lm_head) + 4.0 * self.n_layers * self.n_heads * self.head_dim * context
+
+    def sequence_forward_flops(self, tokens: float, lm_head: bool = True) -> float:
+        """A forward pass over one sequence of `tokens` (every token attends over the full length)."""
+        return tokens * self.forward_flops_per_token(tokens, lm_head)
+
+    def kv_bytes_per_token(self, bytes_per_value: int) -> int:
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * bytes_per_value
+
+    @classmethod
+    def from_config(cls, name: str, config: Mapping[str, Any]) -> ModelShape:
+        """From a Hugging Face `config.json` of a Llama-layout model."""
+        try:
+            n_heads = int(config["num_attention_heads"])
+            d_model = int(config["hidden_size"])
+            return cls(name=name, n_layers=int(config["num_hidden_layers"]), d_model=d_model, n_heads=n_heads,
+                       n_kv_heads=int(config.get("num_key_value_heads") or n_heads),
+                       head_dim=int(config.get("head_dim") or d_model // n_heads),
+                       d_ff=int(config["intermediate_size"]), vocab_size=int(config["vocab_size"]),
+                       tied_embeddings=bool(config.get("tie_word_embeddings", False)))
+        except KeyError as exc:
+            raise CostInputError(f"model {name!r}: its config has no {exc.args[0]!r} (a Llama-layout "
+                                 "config.json is needed for a cost estimate)") from None
+
+
+# The paper's models and the zoo's SmolLM2, from their published `config.json` files, so a plan at the
+# paper's scale needs no download. Anything else is read from its local folder.
+KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
+    # huggingface.co/meta-llama/Llama-2-13b-hf/config.json (Tulu 2 13B keeps the architecture)
+    "meta-llama/Llama-2-13b-hf": {"num_hidden_layers": 40, "hidden_size": 5120, "num_attention_heads": 40,
+                                  "num_key_value_heads": 40, "intermediate_size": 13824, "vocab_size": 32000,
+                                  "tie_word_embeddings": False},
+    # huggingface.co/meta-llama/Llama-2-70b-hf/config.json (grouped-query attention, 8 KV heads)
+    "meta-llama/Llama-2-70b-hf": {"num_hidden_layers": 80, "hidden_size": 8192, "num_attention_heads": 64,
+                                  "num_key_value_heads": 8, "intermediate_size": 28672, "vocab_size": 32000,
+                                  "tie_word_embeddings": False},
+    # huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/config.json (the zoo's smollm2-135m-instruct)
+    "HuggingFaceTB/SmolLM2-135M-Instruct": {"num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9,
+                                            "num_key_value_heads": 3, "head_dim": 64, "intermediate_size": 1536,
+                                            "vocab_size": 49152, "tie_word_embeddings": True},
+}
+KNOWN_ALIASES = {
+    "allenai/tulu-2-13b": "meta-llama/Llama-2-13b-hf",
+    "allenai/tulu-2-dpo-13b": "meta-llama/Llama-2-13b-hf",
+    "allenai/tulu-2-70b": "meta-llama/Llama-2-70b-hf",
+    "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+
+def model_shape(name_or_path: str) -> ModelShape:
+    """A model's shape without downloading: a local folder's config.json, a built zoo model, the
+    paper's models and SmolLM2 from `KNOWN_CONFIGS`, or a zoo model built here (the tiny model)."""
+    from harness.models import MODEL_BUILDERS
+    from harness.paths import model_cache_dir
+
+    candidates = [Path(name_or_path).expanduser(), model_cache_dir() / name_or_path]
+    for folder in candidates:
+        if (folder / "config.json").is_file():
+            return ModelShape.from_config(name_or_path, json.loads((folder / "config.json").read_text()))
+    known = KNOWN_ALIASES.get(name_or_path, name_or_path)
+    if known in KNOWN_CONFIGS:
+        return ModelShape.from_config(name_or_path, KNOWN_CONFIGS[known])
+    if name_or_path in MODEL_BUILDERS:  # built locally from code, no download
+        from harness.models import resolve_model
+
+        return ModelShape.from_config(name_or_path, json.loads((Path(resolve_model(name_or_path)) / "config.json").read_text()))
+    raise CostInputError(
+        f"model {name_or_path!r}: no local config.json and not among the known shapes "
+        f"({', '.join(sorted({*KNOWN_CONFIGS, *KNOWN_ALIASES}))}); download its config.json into a folder and "
+        "name the folder, or add the hub id's config to harness.cost.KNOWN_CONFIGS")
+
+
+# ------------------------------------------------------------------------------------------------
+# Devices
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    description: str
+    devices: int
+    device: str
+    dtype: str
+    peak_flops: float
+    memory_bytes: float
+    memory_bandwidth: float
+    train_efficiency: float
+    decode_bandwidth_efficiency: float
+    decode_layer_latency_s: float
+    static_shapes: bool
+    scalable: bool
+    usd_per_device_hour: float | None
+    sources: dict[str, str] = field(default_factory=dict)
+    calibration: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def bytes_per_value(self) -> int:
+        return BYTES_PER_VALUE[self.dtype]
+
+
+_PROFILE_NUMBERS = ("peak_flops", "memory_bytes", "memory_bandwidth", "train_efficiency",
+                    "decode_bandwidth_efficiency", "decode_layer_latency_s")
+
+
+def _parse_profile(name: str, spec: Mapping[str, Any], origin: str) -> DeviceProfile:
+    where = f"{origin}: profiles.{name}"
+    known = {f for f in DeviceProfile.__dataclass_fields__ if f != "name"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise CostInputError(f"{where}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    missing = sorted(known - set(spec) - {"sources", "calibration"})
+    if missing:
+        raise CostInputError(f"{where}: missing {', '.join(missing)}")
+    for key in (*_PROFILE_NUMBERS, "devices"):
+        value = spec[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise CostInputError(f"{where}.{key}: expected a positive number, got {value!r}")
+    for key in ("train_efficiency", "decode_bandwidth_efficiency"):
+        if spec[key] > 1:
+            raise CostInputError(f"{where}.{key}: an efficiency is a fraction of peak (<= 1), got {spec[key]}")
+    if spec["dtype"] not in BYTES_PER_VALUE:
+        raise CostInputError(f"{where}.dtype: {spec['dtype']!r} is not one of {', '.join(BYTES_PER_VALUE)}")
+    rate = spec["usd_per_device_hour"]
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate < 0):
+        raise CostInputError(f"{where}.usd_per_device_hour: expected a number >= 0 or null, got {rate!r}")
+    return DeviceProfile(name=name, **{**spec, "devices": int(spec["devices"]),
+                                       "calibration": tuple(spec.get("calibration") or ()),
+                                       "sources": dict(spec.get("sources") or {})})
+
+
+@functools.cache
+def device_profiles(path: str | None = None) -> dict[str, DeviceProfile]:
+    file = Path(path) if path else DEVICE_PROFILES_FILE
+    raw = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(raw.get("profiles"), Mapping):
+        raise CostInputError(f"{file}: expected a `profiles` mapping")
+    return {name: _parse_profile(name, spec, str(file)) for name, spec in raw["profiles"].items()}
+
+
+def device_profile(name: str) -> DeviceProfile:
+    profiles = device_profiles()
+    if name not in profiles:
+        raise CostInputError(f"unknown device profile {name!r}; valid: {', '.join(sorted(profiles))}")
+    return profiles[name]
+
+
+# ------------------------------------------------------------------------------------------------
+# Workloads (plain data)
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PreferencePairs:
+    """A preference dataset: rows, and the mean tokens of a prompt and of each answer."""
+
+    pairs: int
+    prompt_tokens: float
+    chosen_tokens: float
+    rejected_tokens: float
+
+
+# How each offline algorithm uses a reference model: "precomputed" (one forward over the data before
+# training, TRL's precompute_ref_log_probs), "per_step" (a forward with every training step), "none".
+OFFLINE_REFERENCE = {"dpo": "precomputed", "ipo": "precomputed", "dpo-hinge": "precomputed",
+                     "dpo-robust": "precomputed", "kto": "per_step", "simpo": "none", "orpo": "none",
+                     "reward_model": "none"}
+ONLINE_ALGORITHMS = ("ppo", "grpo", "grpo-seed000", "rloo", "online-dpo")
+
+
+@dataclass(frozen=True)
+class PairwiseTraining:
+    """Training on both answers of each pair: the DPO family (`algorithm` a DPO-like name) or a
+    Bradley-Terry reward model (`algorithm="reward_model"`, scored with a scalar head)."""
+
+    algorithm: str
+    model: ModelShape
+    data: PreferencePairs
+    epochs: float
+    batch_size: int  # pairs per optimizer step, over all devices
+    max_length: int  # tokens per sequence (prompt + one answer)
+    max_steps: int = -1  # > 0 overrides the epochs, as in TRL
+    reference: str | None = None  # None: OFFLINE_REFERENCE[algorithm]
+    eval_pairs: int = 0  # pairs scored once after training (held-out accuracy, RewardBench)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class OnlineTraining:
+    """RL from a reward: the policy samples answers to prompts, a reward scores them, the policy
+    (and PPO's value model) trains on them. Per rollout, PPO runs forwards of the policy (old
+    log-probs), the reference, the value model and the reward model, then `inner_epochs` training
+    passes of policy and value model; GRPO/RLOO have no value model; online DPO samples 2 answers."""
+
+    algorithm: str
+    policy: ModelShape
+    reward_model: ModelShape | None  # None: a rule-based reward (no forward)
+    prompts: int
+    prompt_tokens: float  # mean
+    response_tokens: float  # mean generated per rollout
+    max_prompt_length: int
+    max_new_tokens: int
+    prompt_batch_size: int
+    epochs: float = 1.0
+    max_steps: int = -1  # rollout batches; > 0 overrides the epochs
+    rollouts_per_prompt: int = 1
+    inner_epochs: int = 1
+    reference: bool = True  # a KL penalty needs the reference's log-probs
+    value_model: ModelShape | None = None  # PPO: None = the reward model's shape (the paper's init)
+    generation_batch_size: int | None = None  # sequences decoded together; None = a whole rollout batch
+    decode_steps_per_batch: float | None = None  # None = max_new_tokens (a batch waits for its longest)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One benchmark: `examples` prompts, each scored (log-likelihood, `max_new_tokens=0`) or answered
+    `samples_per_example` times, optionally scored by another model (a reward model picking the best
+    of N, a toxicity classifier)."""
+
+    name: str
+    examples: int
+    prompt_tokens: float
+    max_new_tokens: int = 0
+    mean_new_tokens: float | None = None  # None = max_new_tokens
+    samples_per_example: int = 1
+    scored_tokens: float = 0.0  # continuation tokens scored per example (log-likelihood tasks)
+    batch_size: int = 16
+    decode_steps_per_batch: float | None = None  # None = max_new_tokens
+    scorer: ModelShape | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    model: ModelShape
+    tasks: tuple[EvalTask, ...]
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class DataPreparation:
+    """Curation and tokenisation on the host: counted as tokens read, no device time."""
+
+    rows: int
+    tokens: float
+    label: str = ""
+
+
+Workload = PairwiseTraining | OnlineTraining | Evaluation | DataPreparation
+
+
+# ------------------------------------------------------------------------------------------------
+# Estimates
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StageEstimate:
+    label: str
+    kind: str  # prepare_data | train_reward_model | train_policy | evaluate
+    profile: str
+    devices: int
+    tokens_trained: float  # tokens through training passes (each model counted)
+    tokens_forward: float  # tokens through forward-only passes (reference, reward, value, prefill, scoring)
+    tokens_generated: float  # answer tokens sampled
+    flops: float
+    seconds: float
+    device_hours: float
+    usd: float | None  # None: the profile has no rate and none was given
+    flops_by_part: dict[str, float] = field(default_factory=dict)
+    seconds_by_part: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def hours(self) -> float:
+        return self.seconds / 3600.0
+
+
+class _Tally:
+    """Accumulates the parts of one stage's estimate."""
+
+    def __init__(self, profile: DeviceProfile, devices: int):
+        self.profile, self.devices = profile, devices
+        self.flops: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+        self.trained = self.forward = self.generated = 0.0
+
+    def batched(self, part: str, flops: float) -> None:
+        """A compute-bound pass (training, scoring, prefill)."""
+        self.flops[part] = self.flops.get(part, 0.0) + flops
+        rate = self.devices * self.profile.peak_flops * self.profile.train_efficiency
+        self.seconds[part] = self.seconds.get(part, 0.0) + flops / rate
+
+    def decode(self, part: str, model: ModelShape, sequences: float, batch: int, prompt_len: float,
+               steps: float, new_tokens: float) -> None:
+        """Autoregressive sampling of `sequences` answers in batches of `batch`, `steps` steps a batch."""
+        if sequences <= 0 or steps <= 0:
+            return
+        p = self.profile
+        batches = math.ceil(sequences / batch)
+        rows = min(batch, sequences)
+        context = prompt_len + steps / 2.0  # mean attended length over the steps
+        step_flops = rows * model.forward_flops_per_token(context)
+        step_bytes = model.params * p.bytes_per_value + rows * context * model.kv_bytes_per_token(p.bytes_per_value)
+        compute = step_flops / (self.devices * p.peak_flops * p.train_efficiency)
+        memory = step_bytes / (self.devices * p.memory_bandwidth * p.decode_bandwidth_efficiency)
+        step_seconds = max(compute, memory) + model.n_layers * p.decode_layer_latency_s
+        self.flops[part] = self.flops.get(part, 0.0) + batches * steps * step_flops
+        self.seconds[part] = self.seconds.get(part, 0.0) + batches * steps * step_seconds
+        self.generated += sequences * new_tokens
+
+    def result(self, label: str, kind: str, notes: list[str], usd_per_device_hour: float | None) -> StageEstimate:
+        seconds = sum(self.seconds.values())
+        device_hours = seconds / 3600.0 * self.devices
+        rate = usd_per_device_hour if usd_per_device_hour is not None else self.profile.usd_per_device_hour
+        return StageEstimate(label=label, kind=kind, profile=self.profile.name, devices=self.devices,
+                             tokens_trained=self.trained, tokens_forward=self.forward, tokens_generated=self.generated,
+                             flops=sum(self.flops.values()), seconds=seconds, device_hours=device_hours,
+                             usd=None if rate is None else device_hours * rate, flops_by_part=dict(self.flops),
+                             seconds_by_part=dict(self.seconds), notes=tuple(notes))
+
+
+def _devices_for(profile: DeviceProfile, trained: Sequence[ModelShape], frozen: Sequence[ModelShape],
+                 notes: list[str]) -> int:
+    """Devices the stage runs on: the profile's, or more of them (scalable kinds) when the weights and
+    optimizer states do not fit; a note either way when they do not."""
+    need = (sum(m.params for m in trained) * TRAINED_BYTES_PER_PARAM
+            + sum(m.params for m in frozen) * profile.bytes_per_value)
+    devices_needed = math.ceil(need / profile.memory_bytes)
+    if devices_needed <= profile.devices:
+        return profile.devices
+    gb = need / 1e9
+    if profile.scalable:
+        notes.append(f"{gb:,.0f} GB of weights and optimizer states (activations not counted) need "
+                     f"{devices_needed} x {profile.device}: estimated on {devices_needed}")
+        return devices_needed
+    notes.append(f"does not fit: {gb:,.0f} GB of weights and optimizer states on {profile.devices} x "
+                 f"{profile.memory_bytes / 1e9:.0f} GB (activations not counted); estimated as if it did")
+    return profile.devices
+
+
+def _positive(value: float, name: str, label: str) -> None:
+    if not value > 0:
+        raise CostInputError(f"{label or 'stage'}: {name} must be > 0, got {value}")
+
+
+def _pairwise(w: PairwiseTraining, profile: DeviceProfile, rate: float | None) -> StageEstimate:
+    label = w.label or f"{w.algorithm} {w.model.name}"
+    reference = w.reference or OFFLINE_REFERENCE.get(w.algorithm)
+    if reference not in ("precomputed", "per_step", "none"):
+        raise CostInputError(f"{label}: reference must be precomputed, per_step or none (unknown algorithm "
+                             f"{w.algorithm!r} has no default; known: {', '.join(OFFLINE_REFERENCE)})")
+    for name in ("batch_size", "max_length"):
+        _positive(getattr(w, name), name, label)
+    if w.max_steps <= 0:  # otherwise the steps decide and the epochs are unused, as in TRL
+        _positive(w.epochs, "epochs", label)
+    _positive(w.data.pairs, "data.pairs", label)
+    notes: list[str] = []
+    is_rm = w.algorithm == "reward_model"
+    frozen = [w.model] if reference == "per_step" else []
+    tally = _Tally(profile, _devices_for(profile, [w.model], frozen, notes))
+    seen = w.max_steps * w.batch_size if w.max_steps > 0 else w.epochs * w.data.pairs
+
+    def length(answer: float) -> float:
+        return w.max_length if profile.static_shapes else min(w.data.prompt_tokens + answer, w.max_length)
+
+    chosen, rejected = length(w.data.chosen_tokens), length(w.data.rejected_tokens)
+    pair_forward = (w.model.sequence_forward_flops(chosen, lm_head=not is_rm)
+                    + w.model.sequence_forward_flops(rejected, lm_head=not is_rm))
+    tally.batched("train (forward + backward)", 3.0 * seen * pair_forward)
+    tally.trained += seen * (chosen + rejected)
+    if reference != "none":
+        ref_pairs = w.data.pairs if reference == "precomputed" else seen
+        tally.batched(f"reference forward ({reference})", ref_pairs * pair_forward)
+        tally.forward += ref_pairs * (chosen + rejected)
+    if w.eval_pairs:
+        tally.batched("scoring held-out pairs", w.eval_pairs * pair_forward)
+        tally.forward += w.eval_pairs * (chosen + rejected)
+    if w.algorithm == "kto":
+        notes.append("KTO's KL term (an extra policy and reference forward on mismatched pairs) is not counted")
+    if profile.static_shapes:
+        notes.append(f"static shapes: every sequence padded to {w.max_length} tokens")
+    return tally.result(label, "train_reward_model" if is_rm else "train_policy", notes, rate)
+
+
+def _online(w: OnlineTraining, profile: DeviceProfile, rate: float | None) -> StageEstimate:
+    label = w.label or f"{w.algorithm} {w.policy.name}"
+    if w.algorithm not in ONLINE_ALGORITHMS:
+        raise CostInputError(f"{label}: algorithm {w.algorithm!r} is not online; online: {', '.join(ONLINE_ALGORITHMS)}")
+    for name in ("prompt_batch_size", "rollouts_per_prompt", "inner_epochs", "max_new_tokens", "max_prompt_length"):
+        _positive(getattr(w, name), name, label)
+    if w.max_steps <= 0:
+        _positive(w.epochs, "epochs", label)
+    _positive(w.prompts, "prompts", label)
+    rollouts_per_prompt = 2 if w.algorithm == "online-dpo" else w.rollouts_per_prompt
+    value = (w.value_model or w.reward_model or w.policy) if w.algorithm == "ppo" else None
+    trained = [w.policy] + ([value] if value is not None else [])
+    frozen = ([w.policy] if w.reference else []) + ([w.reward_model] if w.reward_model is not None else [])
+    notes: list[str] = []
+    tally = _Tally(profile, _devices_for(profile, trained, frozen, notes))
+
+    prompts_seen = w.max_steps * w.prompt_batch_size if w.max_steps > 0 else w.epochs * w.prompts
+    rollouts = prompts_seen * rollouts_per_prompt
+    static = profile.static_shapes
+    prompt_len = w.max_prompt_length if static else min(w.prompt_tokens, w.max_prompt_length)
+    answer_len = w.max_new_tokens if static else min(w.response_tokens, w.max_new_tokens)
+    seq = prompt_len + answer_len
+
+    # Generation: prefill the prompts once per rollout, then decode.
+    batch = w.generation_batch_size or w.prompt_batch_size * rollouts_per_prompt
+    tally.batched("generation: prefill", rollouts * w.policy.sequence_forward_flops(prompt_len))
+    tally.forward += rollouts * prompt_len
+    steps = w.decode_steps_per_batch if w.decode_steps_per_batch is not None else w.max_new_tokens
+    tally.decode("generation: decode", w.policy, rollouts, batch, prompt_len, steps,
+                 min(w.response_tokens, w.max_new_tokens))
+
+    # Scoring and training passes over prompt + answer.
+    policy_fwd = w.policy.sequence_forward_flops(seq)
+    old_logprobs = w.algorithm == "ppo" or w.inner_epochs > 1
+    forwards = {"policy forward (old log-probs)": policy_fwd if old_logprobs else 0.0,
+                "reference forward": policy_fwd if w.reference else 0.0,
+                "reward forward": w.reward_model.sequence_forward_flops(seq, lm_head=False) if w.reward_model else 0.0,
+                "value forward": value.sequence_forward_flops(seq, lm_head=False) if value is not None else 0.0}
+    for part, flops in forwards.items():
+        if flops:
+            tally.batched(part, rollouts * flops)
+            tally.forward += rollouts * seq
+    tally.batched("policy train (forward + backward)", 3.0 * w.inner_epochs * rollouts * policy_fwd)
+    tally.trained += w.inner_epochs * rollouts * seq
+    if value is not None:
+        tally.batched("value train (forward + backward)",
+                      3.0 * w.inner_epochs * rollouts * value.sequence_forward_flops(seq, lm_head=False))
+        tally.trained += w.inner_epochs * rollouts * seq
+    if w.reward_model is None:
+        notes.append("rule-based reward: no reward-model forward")
+    if static:
+        notes.append(f"static shapes: prompts padded to {w.max_prompt_length}, answers to {w.max_new_tokens}")
+    return tally.result(label, "train_policy", notes, rate)
+
+
+def _evaluation(w: Evaluation, profile: DeviceProfile, rate: float | None) -> StageEstimate:
+    label = w.label or f"evaluate {w.model.name}"
+    notes: list[str] = []
+    scorers = [t.scorer for t in w.tasks if t.scorer is not None]
+    tally = _Tally(profile, _devices_for(profile, [], [w.model, *scorers], notes))
+    for task in w.tasks:
+        _positive(task.examples, f"tasks[{task.name}].examples", label)
+        _positive(task.batch_size, f"tasks[{task.name}].batch_size", label)
+        prompt = task.prompt_tokens
+        if task.max_new_tokens <= 0:
+            tokens = prompt + task.scored_tokens
+            tally.batched(f"{task.name}: scoring", task.examples * w.model.sequence_forward_flops(tokens))
+            tally.forward += task.examples * tokens
+            continue
+        sequences = task.examples * task.samples_per_example
+        new = task.mean_new_tokens if task.mean_new_tokens is not None else task.max_new_tokens
+        tally.batched(f"{task.name}: prefill", sequences * w.model.sequence_forward_flops(prompt))
+        tally.forward += sequences * prompt
+        steps = task.decode_steps_per_batch if task.decode_steps_per_batch is not None else task.max_new_tokens
+        tally.decode(f"{task.name}: decode", w.model, sequences, task.batch_size, prompt, steps, new)
+        if task.scorer is not None:
+            tally.batched(f"{task.name}: scorer forward",
+                          sequences * task.scorer.sequence_forward_flops(prompt + new, lm_head=False))
+            tally.forward += sequences * (prompt + new)
+    notes.append("API judges (AlpacaEval, XSTest, TruthfulQA's GPT judges) are not counted: the judge client "
+                 "reports their tokens and price")
+    return tally.result(label, "evaluate", notes, rate)
+
+
+def estimate(workload: Workload, profile: DeviceProfile | str, usd_per_device_hour: float | None = None) -> StageEstimate:
+    """The estimate of one stage on a device profile (money at the profile's rate unless one is given)."""
+    if isinstance(profile, str):
+        profile = device_profile(profile)
+    if usd_per_device_hour is not None and usd_per_device_hour < 0:
+        raise CostInputError(f"usd_per_device_hour must be >= 0, got {usd_per_device_hour}")
+    if isinstance(workload, PairwiseTraining):
+        return _pairwise(workload, profile, usd_per_device_hour)
+    if isinstance(workload, OnlineTraining):
+        return _online(workload, profile, usd_per_device_hour)
+    if isinstance(workload, Evaluation):
+        return _evaluation(workload, profile, usd_per_device_hour)
+    if isinstance(workload, DataPreparation):
+        return StageEstimate(label=workload.label or "prepare_data", kind="prepare_data", profile=profile.name,
+                             devices=0, tokens_trained=0.0, tokens_forward=workload.tokens, tokens_generated=0.0,
+                             flops=0.0, seconds=0.0, device_hours=0.0, usd=0.0,
+                             notes=("host-side curation and tokenisation: no device time estimated",))
+    raise CostInputError(f"no estimator for {type(workload).__name__}")
+
+
+def total(estimates: Iterable[StageEstimate], label: str = "total") -> StageEstimate:
+    """Sum of stage estimates (device-hours and money add; wall seconds add as if run one after another)."""
+    items = list(estimates)
+    if not items:
+        raise CostInputError("no stage estimates to add")
+    usd = None if any(e.usd is None for e in items) else sum(e.usd for e in items)  # type: ignore[misc]
+    return StageEstimate(label=label, kind="total", profile=",".join(dict.fromkeys(e.profile for e in items)),
+                         devices=max(e.devices for e in items),
+                         tokens_trained=sum(e.tokens_trained for e in items),
+                         tokens_forward=sum(e.tokens_forward for e in items),
+                         tokens_generated=sum(e.tokens_generated for e in items),
+                         flops=sum(e.flops for e in items), seconds=sum(e.seconds for e in items),
+                         device_hours=sum(e.device_hours for e in items), usd=usd,
+                         notes=tuple(dict.fromkeys(n for e in items for n in e.notes)))
+
+
+def with_profile_overrides(profile: DeviceProfile, **fields: Any) -> DeviceProfile:
+    """A copy with some fields changed (e.g. `devices=8` for a node of eight GPUs)."""
+    unknown = sorted(set(fields) - set(DeviceProfile.__dataclass_fields__))
+    if unknown:
+        raise CostInputError(f"unknown device profile field(s): {', '.join(unknown)}")
+    return replace(profile, **fields)
+
+
+def format_table(estimates: Sequence[StageEstimate]) -> str:
+    """A plain-text table: one line per stage and a total, for `--dry-run` and the docs."""
+    def human(x: float, unit: str = "") -> str:
+        for scale, suffix in ((1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(x) >= scale:
+                return f"{x / scale:.3g}{suffix}{unit}"
+        return f"{x:.3g}{unit}"
+
+    rows = [*estimates, total(estimates)] if len(estimates) > 1 else list(estimates)
+    lines = [f"{'stage':<40} {'profile':<11} {'trained':>8} {'fwd':>8} {'gen':>8} {'FLOPs':>8} {'hours':>9} "
+             f"{'dev-h':>9} {'USD':>9}"]
+    for e in rows:
+        usd = "n/a" if e.usd is None else f"{e.usd:,.2f}"
+        lines.append(f"{e.label[:40]:<40} {e.profile[:11]:<11} {human(e.tokens_trained):>8} {human(e.tokens_forward):>8} "
+                     f"{human(e.tokens_generated):>8} {human(e.flops):>8} {e.hours:>9.3g} {e.device_hours:>9.3g} {usd:>9}")
+    return "\n".join(lines)
