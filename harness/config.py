@@ -254,6 +254,25 @@ class JudgeConfig(Strict):
     reference: str = Field(default="sft", min_length=1)
 
 
+class MonitorConfig(Strict):
+    """The over-optimisation monitor (harness/monitor.py): runs at every checkpoint evaluation of a cell
+    with `eval.checkpoint_every` (nothing, and no change to any stage key, without it)."""
+
+    enabled: bool = True
+    # The held-out gold signal: another reward model (trained by the grid, given, or an ensemble), a
+    # verifier, or `judge` (win rate against the SFT model's samples, by the cell's `judge`). None: no gold
+    # signal, so the over-optimisation flag stays undetermined (KL, length, refusals are still measured).
+    gold: RewardModelRef | Literal["judge"] | None = None
+    prompts: DatasetRef | None = Field(default=None, description="prompt set (None = the cell's training prompts)")
+    limit: int = Field(default=16, ge=1, description="prompts measured per checkpoint")
+    samples_per_prompt: int = Field(default=2, ge=1)
+    max_new_tokens: int = Field(default=64, ge=1)
+    window: int = Field(default=3, ge=2, description="last k evaluated points the over-optimisation flag reads")
+    length_growth: float = Field(default=0.5, gt=0, allow_inf_nan=False,
+                                 description="flag when the final mean length exceeds the SFT model's by this fraction")
+    refusal_limit: int = Field(default=16, ge=0, description="XSTest prompts for the refusal rates (0 = off)")
+
+
 class CellConfig(Strict):
     model: str = "smollm2-135m-instruct"
     dataset: DatasetRef | None = None
@@ -264,6 +283,7 @@ class CellConfig(Strict):
     prompts: DatasetRef | None = None  # policy-training prompts for online algorithms (PPO, GRPO, ...)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig | None = None
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     seed: Seed = 1
 
     @field_validator("model")
@@ -316,6 +336,15 @@ class CellConfig(Strict):
                 raise ValueError(f"`eval.best_of_n` picks with the cell's reward, but verifier {rm.verifier!r} reads "
                                  f"per-prompt gold data ({', '.join(columns)}) that best-of-N's benchmark prompts do "
                                  "not carry: use a reward model, an ensemble or a verifier that reads none")
+        return self
+
+    @model_validator(mode="after")
+    def _monitor_judge_needs_a_judge(self) -> CellConfig:
+        if self.monitor.gold == "judge" and self.judge is None and self.algorithm is not None \
+                and self.eval.checkpoint_every is not None and self.monitor.enabled:
+            raise ValueError("monitor.gold: judge compares each checkpoint's samples with the SFT model's by the "
+                             "cell's judge, but this cell has no `judge`: set `judge` (e.g. a local `harness "
+                             "serve-judge` endpoint) or another gold signal")
         return self
 
     @model_validator(mode="after")

@@ -8,7 +8,8 @@ Layout, per MLflow experiment (one per grid):
   `harness.is_baseline`, `harness.git_sha`, `harness.overrides` (the cell's grid overrides, JSON),
   `harness.policy_path`, `harness.reward_model_path` (a JSON list for an RM ensemble),
   `harness.stage.<kind>[.<dataset>]` (stage keys; `train_reward_model.<i>` per ensemble member),
-  `harness.data_fingerprint.<dataset>`. Params: the flattened resolved config. Artifact
+  `harness.data_fingerprint.<dataset>`, `harness.monitor.*` (the over-optimisation monitor's verdicts,
+  harness/monitor.py). Params: the flattened resolved config. Artifact
   `resolved_config.json`. Metrics: every non-data stage's metrics; checkpoint evaluations as histories.
 - stage run (`harness.run_type=stage`), nested (`mlflow.parentRunId`) under each cell run that uses the
   stage. Tags: `harness.stage_kind`, `harness.stage_hash`, `harness.stage_dir`, `harness.stage_seconds`,
@@ -83,6 +84,8 @@ TAG_STAGE_DIR = "harness.stage_dir"
 TAG_STAGE_SECONDS = "harness.stage_seconds"
 TAG_MODEL_PATH = "harness.model_path"
 TAG_ADAPTER_PATH = "harness.adapter_path"  # a LoRA run's adapter folder (harness.lora)
+# the over-optimisation monitor's verdicts (harness.monitor), on the evaluate stage run and its cell run
+TAG_MONITOR_PREFIX = "harness.monitor."
 TAG_REWARDBENCH = "harness.rewardbench"  # written by the reward-model stage: scored, or skipped and why
 # sweeps
 TAG_STUDY = "harness.study"
@@ -319,10 +322,13 @@ def open_cell_run(experiment_id: str, info: CellRunInfo, start_time_ms: int | No
 
 
 def finish_cell_run(run_id: str, metrics: dict[str, float], checkpoint_history: Iterable[dict[str, Any]] = (),
-                    end_time_ms: int | None = None) -> None:
+                    end_time_ms: int | None = None, stage_tags: dict[str, str] | None = None) -> None:
     """The cell's summary: its stages' metrics (checkpoint evaluations as histories, not again at
     step 0: their last point is the final model's value, and a step-0 duplicate would read as a score
-    before training on the curves), then FINISHED."""
+    before training on the curves), the monitor's verdicts among its stages' tags, then FINISHED."""
+    verdicts = {k: _clip(v) for k, v in (stage_tags or {}).items() if k.startswith(TAG_MONITOR_PREFIX)}
+    if verdicts:
+        tracking.set_tags(run_id, verdicts)
     over_steps = log_steps(run_id, checkpoint_history)
     tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if k not in over_steps})
     tracking.client().set_terminated(run_id, "FINISHED", end_time=end_time_ms)

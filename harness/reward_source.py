@@ -73,13 +73,13 @@ class VerifierScorer:
         return [float(v) for v in self.reward(prompts=list(prompts), completions=completions, **(columns or {}))]
 
 
-def resolve(config: dict[str, Any] | None, inputs: dict[str, Path]) -> RewardSource | None:
+def resolve(config: dict[str, Any] | None, inputs: dict[str, Path], role: str = "reward_model") -> RewardSource | None:
     """The reward of a stage from its planned config (`RewardPlan.config`) and its published inputs:
-    `reward_model` (one trained RM) or `reward_model.<i>` (trained ensemble members)."""
+    `<role>` (one trained RM) or `<role>.<i>` (trained ensemble members)."""
     from harness.models import resolve_model
 
-    if "reward_model" in inputs:
-        return RewardSource(model_path=str(inputs["reward_model"] / "model"))
+    if role in inputs:
+        return RewardSource(model_path=str(inputs[role] / "model"))
     if not config:
         return None
     if "path" in config:

@@ -13,6 +13,7 @@ is verifier(y) + w * format(y), format(y) in {0, 1}.
 | `smoke_lowercase_fraction` | share of the answer's letters in lowercase (dense version) | - | - | `smoke-lowercase` |
 | `gsm8k` | 1 when the last number equals the gold answer (the GSM8K eval's own `is_correct`) | `answer` | "The answer is N." (lm-eval's strict-match) | `prompts-gsm8k-train` |
 | `ifeval` | share of the prompt's IFEval instructions followed (the official checkers, strict) | `key`, `instruction_id_list`, `instruction_kwargs` | - | `prompts-ifeval-synthetic` |
+| `length_bonus` | min(1, characters / 200): pays for length and nothing else; a deliberately hackable proxy, the over-optimisation monitor's negative control (harness/monitor.py) | - | - | any |
 
 The mined math prompts (`prompts-mined-math`) have no gold answer, so no verifier here can score them:
 a cell that pairs them with `gsm8k` fails when its training starts, naming the missing column.
@@ -105,6 +106,12 @@ def ifeval_reward(completions: Sequence[Any], key: Sequence[int] | None = None,
     return out
 
 
+def length_bonus_reward(completions: Sequence[Any], **_: Any) -> list[float]:
+    """Deliberately hackable: pays for length only (characters / 200, capped at 1). Not a reward to train a
+    useful policy with: the over-optimisation monitor's test case of a proxy a policy can game."""
+    return [min(1.0, len(completion_text(c)) / 200.0) for c in completions]
+
+
 @dataclass(frozen=True)
 class Verifier:
     name: str
@@ -130,6 +137,8 @@ register_verifier(Verifier("smoke_lowercase_fraction", lowercase_fraction_reward
 register_verifier(Verifier("gsm8k", gsm8k_reward, ("answer",),
                            "1 when the answer's last number is the gold answer (GSM8K eval's is_correct)",
                            gsm8k_format, 'the answer ends with "The answer is N." (lm-eval strict-match)'))
+register_verifier(Verifier("length_bonus", length_bonus_reward, (),
+                           "min(1, characters / 200): deliberately hackable (pays for length only)"))
 register_verifier(Verifier("ifeval", ifeval_reward, ("key", "instruction_id_list", "instruction_kwargs"),
                            "share of the prompt's IFEval instructions followed (official checkers, strict)"))
 

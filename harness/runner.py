@@ -136,6 +136,7 @@ def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
         return None
     summary: dict[str, float] = {}
     checkpoints: list[dict[str, Any]] = []
+    evaluate_tags: dict[str, str] = {}
     for stage in plan.stages:
         result = stage_result(stage)
         layout.log_stage_run(experiment_id, run_id, stage_run_info(stage), result)
@@ -143,7 +144,8 @@ def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
             summary.update(result.metrics)
         if stage.kind == "evaluate":
             checkpoints += result.checkpoint_history
-    layout.finish_cell_run(run_id, summary, checkpoints)
+            evaluate_tags.update(result.tags)
+    layout.finish_cell_run(run_id, summary, checkpoints, stage_tags=evaluate_tags)
     return run_id
 
 

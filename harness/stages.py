@@ -125,11 +125,12 @@ class RewardPlan:
     config: dict[str, Any] | None = None
 
 
-def reward_plan(rm: Any, cell_seed: int) -> RewardPlan:
+def reward_plan(rm: Any, cell_seed: int, role: str = "reward_model") -> RewardPlan:
+    """`role` names the input(s) of the trained RM(s): `role`, or `role.<i>` for ensemble members."""
     plan = RewardPlan()
     if rm.dataset is not None:
         rm_data, rm_stage = _reward_model_stage(rm, cell_seed)
-        plan.stages, plan.inputs = [rm_data, rm_stage], {"reward_model": rm_stage}
+        plan.stages, plan.inputs = [rm_data, rm_stage], {role: rm_stage}
     elif rm.path is not None:
         plan.config = {"path": rm.path}
     elif rm.verifier is not None:
@@ -140,8 +141,8 @@ def reward_plan(rm: Any, cell_seed: int) -> RewardPlan:
             if member.dataset is not None:
                 rm_data, rm_stage = _reward_model_stage(member, cell_seed)
                 plan.stages += [rm_data, rm_stage]
-                plan.inputs[f"reward_model.{i}"] = rm_stage
-                members.append({"input": f"reward_model.{i}"})
+                plan.inputs[f"{role}.{i}"] = rm_stage
+                members.append({"input": f"{role}.{i}"})
             else:
                 members.append({"path": member.path})
         plan.config = {"ensemble": members, "combine": rm.combine,
@@ -205,6 +206,8 @@ def plan_cell(cell: Cell) -> CellPlan:
         # cell's baseline (same key as the grid's own baseline cell, so shared and run once).
         baseline = Cell(f"{cell.name}/sft", cfg.model_copy(update={"algorithm": None}), {})
         eval_inputs["sft"] = plan_cell(baseline).stages[-1]
+    if policy_stage is not None and cfg.eval.checkpoint_every is not None and cfg.monitor.enabled:
+        eval_config["monitor"] = _monitor_plan(cfg, policy_stage, rewarded_by, stages, eval_inputs)
     if uses_rm and rewarded_by.config is not None and "path" not in rewarded_by.config:
         eval_config["reward"] = rewarded_by.config  # a verifier or an ensemble (only then: keys of the others kept)
     if bon is not None:
@@ -216,6 +219,32 @@ def plan_cell(cell: Cell) -> CellPlan:
     for stage in stages:
         unique.setdefault(stage.id, stage)
     return CellPlan(cell, list(unique.values()))
+
+
+def _monitor_plan(cfg: Any, policy: Stage, rewarded_by: RewardPlan, stages: list[Stage],
+                  eval_inputs: dict[str, Stage]) -> dict[str, Any]:
+    """The over-optimisation monitor's part of the evaluate stage (harness/monitor.py): its settings, the
+    proxy (the training reward: the policy's own reward inputs) and the gold signal (its RM stages as
+    `monitor_gold[.<i>]` inputs), and its prompts (`monitor_prompts`: a named set, else the training one)."""
+    from harness.algorithms import ALGORITHMS
+
+    monitor = cfg.monitor
+    prompts = _data_stage(monitor.prompts, cfg.seed) if monitor.prompts else (
+        policy.inputs.get("prompts") or policy.inputs["data"])
+    stages.append(prompts)
+    eval_inputs["monitor_prompts"] = prompts
+    config: dict[str, Any] = {**monitor.model_dump(exclude={"enabled", "gold", "prompts"}), "proxy": None, "gold": None}
+    if ALGORITHMS.get(cfg.algorithm.name).needs_reward and cfg.reward_model is not None:
+        eval_inputs.update(rewarded_by.inputs)
+        config["proxy"] = {"role": "reward_model", "reward": rewarded_by.config}
+    if monitor.gold == "judge":
+        config["gold"] = "judge"
+    elif monitor.gold is not None:
+        gold = reward_plan(monitor.gold, cfg.seed, role="monitor_gold")
+        stages.extend(gold.stages)
+        eval_inputs.update(gold.inputs)
+        config["gold"] = {"role": "monitor_gold", "reward": gold.config}
+    return config
 
 
 def unique_stages(plans: list[CellPlan]) -> list[Stage]:
@@ -255,8 +284,25 @@ def run_prepare_data(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     (out / "artifacts" / "data_summary.json").write_text(json.dumps(summary, indent=2))
     metrics = {"data/raw_rows": float(split.raw_count), "data/kept_rows": float(split.kept)}
     metrics.update({f"data/dropped_{reason}": float(n) for reason, n in split.dropped.items()})
+    metrics.update(preference_lengths(split.rows))
     (out / "fingerprint.txt").write_text(split.fingerprint)
     return metrics
+
+
+def preference_lengths(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Length statistics (characters) of preference pairs, for the length-controlled report views: the mean
+    chosen and rejected answer lengths and the share of pairs whose chosen answer is the longer one (a
+    preference for length in the data is what DPO-family training can turn into longer answers)."""
+    pairs = [r for r in rows if isinstance(r.get("chosen"), list) and isinstance(r.get("rejected"), list)]
+    if not pairs:
+        return {}
+
+    def chars(messages: list[dict[str, Any]]) -> int:
+        return sum(len(str(m.get("content", ""))) for m in messages)
+
+    chosen, rejected = [chars(r["chosen"]) for r in pairs], [chars(r["rejected"]) for r in pairs]
+    return {"data/chosen_chars_mean": sum(chosen) / len(pairs), "data/rejected_chars_mean": sum(rejected) / len(pairs),
+            "data/chosen_longer_rate": sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)}
 
 
 def split_heldout(rows: list[dict[str, Any]], fraction: float) -> tuple[list[dict], list[dict]]:
@@ -385,7 +431,14 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
     del ctx  # frees the evaluated model's generator before another model (a checkpoint, the SFT sampler) loads
     gc.collect()
     if config.get("checkpoint_every") and "policy" in inputs:
-        _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward_model_path, metrics, out)
+        rows = _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward_model_path, metrics, out)
+        if config.get("monitor"):
+            _monitor(config, inputs, rows, metrics, out)
+        from harness.checkpoints import HISTORY_FILE
+
+        with (out / HISTORY_FILE).open("w") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, sort_keys=True) + "\n")
     if config.get("best_of_n"):
         if reward is None:  # the config validator forbids it; a hand-made spec could still
             raise ValueError("best-of-N needs the cell's reward model, and this evaluate stage has none")
@@ -394,15 +447,15 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
 
 
 def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Path | None,
-                          reward_model_path: str | None, final: dict[str, float], out: Path) -> None:
-    """The cell's eval tasks (same limit, seed, judge) on each intermediate checkpoint of the policy,
-    written as `checkpoint_history.jsonl` rows {"step": s, metric: value} for the runner to log over steps.
+                          reward_model_path: str | None, final: dict[str, float], out: Path) -> list[dict[str, Any]]:
+    """The cell's eval tasks (same limit, seed, judge) on each intermediate checkpoint of the policy, as
+    rows {"step": s, metric: value} (written to `checkpoint_history.jsonl` for the runner to log over steps).
 
     Step 0 is the SFT model's metrics from the baseline evaluate stage (`sft_dir`, same settings); the
     last row is the final model's own metrics at the final step (not a re-evaluation), so a curve ends
     at exactly the number the cell reports. Samples go to artifacts/checkpoints/step-<s>/.
     """
-    from harness.checkpoints import HISTORY_FILE, final_step, list_checkpoints
+    from harness.checkpoints import final_step, list_checkpoints
     from harness.evaluation import run_tasks
 
     def curve_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -420,9 +473,55 @@ def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Pat
         del ctx
         gc.collect()
     rows.append({"step": final_step(policy_dir), **curve_metrics(final)})
-    with (out / HISTORY_FILE).open("w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
+    return rows
+
+
+def _monitor(config: dict[str, Any], inputs: dict[str, Path], rows: list[dict[str, Any]],
+             final: dict[str, float], out: Path) -> None:
+    """The over-optimisation monitor (harness/monitor.py) at step 0 (the SFT model), at every checkpoint and
+    at the final model: its metrics join the checkpoint rows (and `final`), its flags `final` and the
+    stage's tags."""
+    from harness import monitor
+    from harness.checkpoints import list_checkpoints
+    from harness.judge.client import judge_client_from_settings
+    from harness.models import load_causal_lm, resolve_model
+    from harness.reward_source import resolve
+
+    settings_config = config["monitor"]
+    settings = monitor.Settings.from_config(settings_config)
+    prompt_rows = _read_rows(inputs["monitor_prompts"])[: settings.limit]
+
+    def scorer(part: dict[str, Any] | str | None) -> Any:
+        if not isinstance(part, dict):
+            return None
+        source = resolve(part["reward"], inputs, role=part["role"])
+        return source.scorer(batch_size=config["batch_size"]) if source is not None else None
+
+    proxy, gold = scorer(settings_config["proxy"]), scorer(settings_config["gold"])
+    judge = judge_client_from_settings(config.get("judge")) if settings_config["gold"] == "judge" else None
+    refusal_rows, refusal_note = monitor.refusal_prompts(settings.refusal_limit)
+    sft_path = resolve_model(config["reference_model"])
+    reference, reference_tok = load_causal_lm(sft_path)
+    points = [(0, sft_path), *[(step, str(folder)) for step, folder in list_checkpoints(inputs["policy"])],
+              (rows[-1]["step"], str(inputs["policy"] / "model"))]
+    by_step = {row["step"]: row for row in rows}
+    sft_texts: list[str] | None = None
+    for step, path in points:
+        sampled = monitor.measure(path, reference, reference_tok, prompt_rows, proxy, gold, settings,
+                                  seed=config["seed"], batch_size=config["batch_size"], judge=judge,
+                                  sft_texts=sft_texts, refusal_rows=refusal_rows)
+        if step == 0:
+            sft_texts = sampled.texts
+            if judge is not None:  # the SFT model against itself: a tie by definition
+                sampled.metrics[monitor.GOLD] = 0.5
+        by_step.setdefault(step, {"step": step}).update(sampled.metrics)
+    rows[:] = [by_step[s] for s in sorted(by_step)]
+    final.update(rows[-1])
+    final.pop("step", None)
+    flag_metrics, tags = monitor.flags(rows, settings)
+    final.update(flag_metrics)
+    tags[monitor.TAG_REFUSAL] = refusal_note or f"XSTest string-match on {len(refusal_rows)} prompts"
+    _write_tags(out, tags)
 
 
 def _best_of_n(config: dict[str, Any], reward: Any, out: Path) -> dict[str, float]:

@@ -14,6 +14,8 @@ import torch
 from harness.algorithms import ALGORITHMS, TrainContext
 from harness.rewards import VerifierReward
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend
+
 ADAPTER = {"r": 4}
 OFFLINE = dict(max_steps=2, learning_rate=1e-2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
                warmup_ratio=0.0, max_length=64)

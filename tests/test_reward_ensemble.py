@@ -14,6 +14,8 @@ from harness.reward_ensemble import EnsembleScorer, EnsembleSpec, combine_scores
 from harness.runner import plan_grid
 from harness.stages import unique_stages
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend
+
 # member m's scores of samples 0..3
 SCORES = [[1.0, 2.0, 3.0, 0.0],
           [3.0, 2.0, -1.0, 0.0],

@@ -18,6 +18,8 @@ from harness.evaluation.gsm8k import LMEVAL_STRICT, is_correct
 from harness.grid import GridError, build_grid
 from harness.rewards import VERIFIERS, VerifierReward
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend
+
 BASE = {"model": "tiny-random-llama", "prompts": "smoke-lowercase", "eval": {"tasks": ["smoke_lowercase"]}}
 GRPO = {"name": "grpo", "num_generations": 2, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1}
 
