@@ -103,7 +103,8 @@ def get_dotted(config: dict[str, Any], dotted: str) -> Any:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, dict):
-        return str(value.get("name", hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]))
+        named = value.get("name") or value.get("verifier")  # a registered name says what the block is
+        return str(named or hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6])
     return str(value)
 
 

@@ -152,3 +152,23 @@ def test_ppo_is_rewarded_by_the_worst_case_of_the_ensemble(two_tiny_rms, tiny_mo
     for step, metrics in enumerate(logs, start=1):  # every rollout is logged (4 per update): its mean is PPO's
         scores = [s["score"] for s in samples if s["step"] == step]
         assert len(scores) == 4 and metrics["train/reward_mean"] == pytest.approx(statistics.fmean(scores))
+
+
+def test_best_of_n_picks_with_the_ensemble(two_tiny_rms, tiny_model, tmp_path):
+    """Coste et al.'s best-of-N setting: the pick is the candidate with the best combined (here WCO) score."""
+    from harness.best_of_n import BestOfNConfig, SampleCache, best_of_n_tasks
+    from harness.generation import make_generator
+    from harness.reward_model import RewardScorer
+    from harness.reward_source import RewardSource
+
+    best_of_n_tasks(make_generator(tiny_model, batch_size=4), tiny_model,
+                    RewardSource(ensemble=EnsembleSpec(two_tiny_rms, "wco")), ["smoke_lowercase"], tmp_path / "bon",
+                    SampleCache(tmp_path / "cache.jsonl"), "tiny", BestOfNConfig(n=3, temperature=1.0), limit=2,
+                    batch_size=4)
+    records = [json.loads(line) for line in (tmp_path / "bon" / "bon_selections.jsonl").read_text().splitlines()]
+    members = [RewardScorer(p) for p in two_tiny_rms]
+    for record, candidates in zip(records, SampleCache(tmp_path / "cache.jsonl")._entries.values(), strict=True):
+        prompt = [{"role": "user", "content": record["prompt"]}]
+        expected = [min(a, b) for a, b in zip(*(m.score([prompt] * len(candidates), candidates) for m in members))]
+        assert record["scores"] == pytest.approx(expected, abs=1e-5)
+        assert record["chosen"] == candidates[max(range(len(expected)), key=expected.__getitem__)]

@@ -227,3 +227,23 @@ def test_every_verifier_is_documented():
     text = Path(__file__).resolve().parent.parent.joinpath("harness", "rewards.py").read_text()
     for name in VERIFIERS.names():
         assert f"| `{name}` |" in text
+
+
+def test_best_of_n_picks_with_a_verifier(tiny_model, tmp_path):
+    """Best-of-N with a verifier that reads no prompt column: each pick is the verifier's best candidate."""
+    from harness.best_of_n import BestOfNConfig, SampleCache, best_of_n_tasks
+    from harness.generation import make_generator
+    from harness.reward_source import RewardSource
+
+    verifier = VerifierReward("smoke_lowercase_fraction")
+    metrics = best_of_n_tasks(make_generator(tiny_model, batch_size=4), tiny_model, RewardSource(verifier=verifier),
+                              ["smoke_lowercase"], tmp_path / "bon", SampleCache(tmp_path / "cache.jsonl"), "tiny",
+                              BestOfNConfig(n=4, temperature=1.0), limit=3, batch_size=4)
+    assert "smoke_lowercase/score" in metrics
+    records = [json.loads(line) for line in (tmp_path / "bon" / "bon_selections.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    cache = SampleCache(tmp_path / "cache.jsonl")
+    for record, candidates in zip(records, cache._entries.values(), strict=True):
+        assert record["scores"] == verifier(completions=[_messages(c) for c in candidates])
+        assert record["scores"][record["chosen_index"]] == max(record["scores"])
+        assert record["chosen"] == candidates[record["chosen_index"]]
