@@ -69,14 +69,15 @@ def overoptimisation(ctx: ReportContext) -> ReportTable:
                             *[label for _, label in FLAGS]])
     for label, cell in _monitored(ctx):
         entries: list[Entry] = []
+        # (derived numbers name what they are derived from, not a logged metric they would be mistaken for)
         for key in (PROXY, GOLD):
             first, last = _at_step_zero(ctx, cell, key), cell.metric(key)
-            entries.append(Entry(value=last - first, metric=key, digits=3, signed=True, run_ids=(cell.run_id,))
-                           if first is not None and last is not None else Entry(metric=key))
+            entries.append(Entry(value=last - first, metric=f"{key} (final - step 0)", digits=3, signed=True,
+                                 run_ids=(cell.run_id,)) if first is not None and last is not None else Entry())
         entries.append(Entry(value=cell.metric(KL), metric=KL, digits=2, run_ids=(cell.run_id,)))
         first = _at_step_zero(ctx, cell, LENGTH)
-        entries.append(Entry(value=cell.metric(LENGTH) / first, metric=LENGTH, digits=2, run_ids=(cell.run_id,))
-                       if first else Entry(metric=LENGTH))
+        entries.append(Entry(value=cell.metric(LENGTH) / first, metric=f"{LENGTH} (final / step 0)", digits=2,
+                             run_ids=(cell.run_id,)) if first else Entry())
         for key in (TRUNCATION, REFUSAL_SAFE, REFUSAL_UNSAFE):
             entries.append(Entry(value=cell.metric(key), metric=key, digits=2, run_ids=(cell.run_id,)))
         entries += [Entry(text=_verdict(cell, flag)) for flag, _ in FLAGS]
@@ -157,11 +158,12 @@ def length_control(ctx: ReportContext) -> ReportTable:
                    ctx.value(group, "alpaca_eval2/win_rate"), ctx.value(group, "alpaca_eval2/lc_win_rate")]
         tasks = _output_tasks(cell)
         own, run_id = _mean_output_chars(ctx, cell, tasks)
-        entries.append(Entry(value=own, digits=0, run_ids=(run_id,) if run_id else ()))
+        entries.append(Entry(value=own, digits=0, run_ids=(run_id,) if run_id else (),
+                             metric="mean characters of the evaluation answers"))
         base = _mean_output_chars(ctx, baseline, [t for t in tasks if t in _output_tasks(baseline)])[0] \
             if baseline is not None else None
-        entries.append(Entry(value=100 * (own / base - 1), digits=1, signed=True, run_ids=(run_id,) if run_id else ())
-                       if own is not None and base else Entry())
+        entries.append(Entry(value=100 * (own / base - 1), digits=1, signed=True, run_ids=(run_id,) if run_id else (),
+                             metric="answer characters vs the SFT model's (%)") if own is not None and base else Entry())
         data = cell.stage("prepare_data", cell.param("dataset.name")) if cell.param("dataset.name") else None
         for metric, scale, digits in (("data/chosen_chars_mean", 1.0, 0), ("data/rejected_chars_mean", 1.0, 0),
                                       ("data/chosen_longer_rate", 100.0, 1)):

@@ -102,7 +102,7 @@ def _load_error(base: dict) -> str:
     ({"algorithm": GRPO, "reward_model": {"verifier": "gsm8k", "weight": 1.0}},
      "base.reward_model.weight: Extra inputs are not permitted"),
     ({"algorithm": GRPO, "reward_model": {"verifier": "gsm9k"}}, "unknown verifier 'gsm9k'; valid verifier names: "
-                                                                   "gsm8k, ifeval, smoke_lowercase"),
+                                                                   "gsm8k, ifeval, length_bonus, smoke_lowercase"),
     ({"algorithm": GRPO, "reward_model": {"verifier": "ifeval", "format_weight": 1.0}},
      "format_weight: verifier 'ifeval' has no format check; verifiers with one: gsm8k"),
     ({"algorithm": GRPO, "reward_model": {"path": "tiny-random-llama", "format_weight": 1.0}},
