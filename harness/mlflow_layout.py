@@ -8,13 +8,17 @@ Layout, per MLflow experiment (one per grid):
   `harness.is_baseline`, `harness.git_sha`, `harness.overrides` (the cell's grid overrides, JSON),
   `harness.policy_path`, `harness.reward_model_path` (a JSON list for an RM ensemble),
   `harness.stage.<kind>[.<dataset>]` (stage keys; `train_reward_model.<i>` per ensemble member),
-  `harness.data_fingerprint.<dataset>`, `harness.monitor.*` (the over-optimisation monitor's verdicts,
-  harness/monitor.py). Params: the flattened resolved config. Artifact
-  `resolved_config.json`. Metrics: every non-data stage's metrics; checkpoint evaluations as histories.
+  `harness.data_fingerprint.<dataset>`, the evaluation's `harness.eval.*` tags (below) and the
+  over-optimisation monitor's verdicts `harness.monitor.*` (harness/monitor.py). Params: the flattened
+  resolved config. Artifact `resolved_config.json`. Metrics: every non-data stage's metrics; checkpoint
+  evaluations as histories.
 - stage run (`harness.run_type=stage`), nested (`mlflow.parentRunId`) under each cell run that uses the
   stage. Tags: `harness.stage_kind`, `harness.stage_hash`, `harness.stage_dir`, `harness.stage_seconds`,
   `harness.data_fingerprint`, `harness.model_path`, `harness.adapter_path` (LoRA), plus the stage's own tags (e.g.
-  `harness.rewardbench`). Params: the stage config. Metrics: final values, step histories (training
+  `harness.rewardbench`; the evaluate stage's `harness.eval.missing` (comma list: tasks not run because
+  an input was missing), `harness.eval.skipped.<task>` (why a task has no score), `harness.eval.reused`
+  (comma list: tasks taken from the task store instead of rerun), and the same three under
+  `harness.eval.bon.` for best-of-N; `harness.monitor.*`). Params: the stage config. Metrics: final values, step histories (training
   curves), checkpoint evaluations over steps. Artifacts: `config.json`, the stage's `artifacts/` folder
   (e.g. `samples/<task>.samples.jsonl`, `rm_scores.jsonl`), `model/` when small, `adapter/` (LoRA).
 - study run (`harness.run_type=study`) per Optuna study; a trial's cell run is re-parented under it
@@ -87,6 +91,9 @@ TAG_ADAPTER_PATH = "harness.adapter_path"  # a LoRA run's adapter folder (harnes
 # the over-optimisation monitor's verdicts (harness.monitor), on the evaluate stage run and its cell run
 TAG_MONITOR_PREFIX = "harness.monitor."
 TAG_REWARDBENCH = "harness.rewardbench"  # written by the reward-model stage: scored, or skipped and why
+# written by the evaluate stage (`evaluation_tags`), copied onto the cell run
+TAG_EVAL_PREFIX = "harness.eval."
+TAG_EVAL_BON_PREFIX = "harness.eval.bon."
 # sweeps
 TAG_STUDY = "harness.study"
 TAG_OPTUNA_STORAGE = "harness.optuna_storage"
@@ -322,16 +329,47 @@ def open_cell_run(experiment_id: str, info: CellRunInfo, start_time_ms: int | No
 
 
 def finish_cell_run(run_id: str, metrics: dict[str, float], checkpoint_history: Iterable[dict[str, Any]] = (),
-                    end_time_ms: int | None = None, stage_tags: dict[str, str] | None = None) -> None:
+                    end_time_ms: int | None = None, tags: dict[str, str] | None = None) -> None:
     """The cell's summary: its stages' metrics (checkpoint evaluations as histories, not again at
     step 0: their last point is the final model's value, and a step-0 duplicate would read as a score
-    before training on the curves), the monitor's verdicts among its stages' tags, then FINISHED."""
-    verdicts = {k: _clip(v) for k, v in (stage_tags or {}).items() if k.startswith(TAG_MONITOR_PREFIX)}
-    if verdicts:
-        tracking.set_tags(run_id, verdicts)
+    before training on the curves) and `tags` (the evaluation's, `evaluation_tags_of`), then FINISHED."""
     over_steps = log_steps(run_id, checkpoint_history)
     tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if k not in over_steps})
+    if tags:
+        tracking.set_tags(run_id, {k: _clip(v) for k, v in tags.items()})
     tracking.client().set_terminated(run_id, "FINISHED", end_time=end_time_ms)
+
+
+# -- evaluations: which tasks have no result, and why -----------------------------------------------
+
+def evaluation_tags(results: dict[str, Any], best_of_n: bool = False) -> dict[str, str]:
+    """The evaluate stage's tags from `run_tasks`' results.json: `missing` (comma list), `skipped.<task>`
+    (the reason of every task without a score), `reused` (comma list), under `harness.eval.` (or
+    `harness.eval.bon.` for the best-of-N tasks)."""
+    prefix = TAG_EVAL_BON_PREFIX if best_of_n else TAG_EVAL_PREFIX
+    tags = {f"{prefix}skipped.{task}": reason for task, reason in results["skipped"].items()}
+    tags[f"{prefix}missing"] = ",".join(results["missing"])
+    tags[f"{prefix}reused"] = ",".join(results["reused"])
+    return tags
+
+
+def evaluation_tags_of(tags: dict[str, str]) -> dict[str, str]:
+    """The evaluation's tags among a stage run's (what the cell run carries too): which tasks have no result
+    and why, and the over-optimisation monitor's verdicts."""
+    return {k: v for k, v in tags.items() if k.startswith((TAG_EVAL_PREFIX, TAG_MONITOR_PREFIX))}
+
+
+def tasks_without_result(tags: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(task, "not run (input missing)" | "no score", reason) from a cell or evaluate run's tags; a
+    best-of-N task is named `best-of-N <task>`."""
+    rows = []
+    for prefix, label in ((TAG_EVAL_PREFIX, ""), (TAG_EVAL_BON_PREFIX, "best-of-N ")):
+        missing = set(filter(None, tags.get(f"{prefix}missing", "").split(",")))
+        for tag, reason in sorted(tags.items()):
+            if tag.startswith(f"{prefix}skipped."):
+                task = tag[len(f"{prefix}skipped."):]
+                rows.append((label + task, "not run (input missing)" if task in missing else "no score", reason))
+    return rows
 
 
 # -- sweeps -----------------------------------------------------------------------------------------

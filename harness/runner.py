@@ -69,6 +69,10 @@ def describe_plan(grid: Grid, plans: list[CellPlan]) -> str:
             status = "cached" if stage.complete else "will run"
             shared = f" (shared by {users[stage.id]} cells)" if users[stage.id] > 1 else ""
             lines.append(f"    {stage.label:<40} {stage.key}  {status}{shared}")
+            if stage.kind == "prepare_data" and stage.config["source"]["raw"].get("unavailable"):
+                lines.append("      raw data not found locally and the hub is not used: this stage will fail")
+            for reason in stage.missing.values():  # not run; retried once its input is there
+                lines.append(f"      not run: {reason}")
     todo = [s for s in unique_stages(plans) if not s.complete]
     lines.append(f"{len(todo)} stage(s) will run, {len(unique_stages(plans)) - len(todo)} cached")
     return "\n".join(lines)
@@ -136,7 +140,7 @@ def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
         return None
     summary: dict[str, float] = {}
     checkpoints: list[dict[str, Any]] = []
-    evaluate_tags: dict[str, str] = {}
+    evaluation: dict[str, str] = {}
     for stage in plan.stages:
         result = stage_result(stage)
         layout.log_stage_run(experiment_id, run_id, stage_run_info(stage), result)
@@ -144,8 +148,8 @@ def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
             summary.update(result.metrics)
         if stage.kind == "evaluate":
             checkpoints += result.checkpoint_history
-            evaluate_tags.update(result.tags)
-    layout.finish_cell_run(run_id, summary, checkpoints, stage_tags=evaluate_tags)
+            evaluation = layout.evaluation_tags_of(result.tags)  # which tasks have no result, and why
+    layout.finish_cell_run(run_id, summary, checkpoints, tags=evaluation)
     return run_id
 
 

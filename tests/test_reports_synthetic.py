@@ -219,7 +219,7 @@ def log_cell(exp_id: str, name: str, params: dict, overrides: dict, *, quality: 
            checkpoints=ckpt)
     summary.update(eval_metrics)
     summary.update(extra_metrics or {})
-    layout.finish_cell_run(parent, summary, ckpt, stage_tags=monitor_tags)
+    layout.finish_cell_run(parent, summary, ckpt, tags=monitor_tags)
     if judge is not None:
         layout.append_metrics(parent, {"judge/win_rate": judge, "judge/win_rate_ci_low": judge - 0.07,
                                        "judge/win_rate_ci_high": judge + 0.07, "judge/lc_win_rate": judge - 0.03})
