@@ -69,6 +69,18 @@ def run_grids_in(results: Path, *specs: dict) -> list:
         return [run_grid(build_grid(spec), echo=lambda _: None) for spec in specs]
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test: with the 2-layer tiny model more threads only contend (measured: a
+    tiny GRPO grid ran 5x slower with the default threads on a busy 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
     from harness.models import resolve_model

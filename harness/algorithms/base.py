@@ -48,6 +48,7 @@ class TrainContext:
     seed: int = 0
     reward_model_path: str | None = None  # a trained sequence-classification RM folder
     reward_function: Callable[..., list[float]] | None = None  # verifiable reward (TRL reward_funcs style)
+    reward_ensemble: Any = None  # harness.reward_ensemble.EnsembleSpec: several RMs, scores combined
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     # Save the policy every N optimizer steps (PPO: updates) under out_dir/checkpoints (harness.checkpoints);
     # None = only the final model, as without `eval.checkpoint_every`.

@@ -27,6 +27,7 @@ from harness.config_fields import (
     PositiveInt,
     WarmupRatio,
 )
+from harness.lora import PeftField
 
 # TRL 1.16 DPOConfig.loss_type values (its docstring and DPOTrainer's "Unknown loss type" list).
 DPOLossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -35,6 +36,8 @@ DPOLossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust
 
 @dataclass
 class DPOAlgoConfig(CheckedConfig):
+    OMITTED_AT_DEFAULT = ("peft",)  # added later: left out of the stage key while null (older keys unchanged)
+
     beta: PositiveFloat = 0.1  # App. F.1
     learning_rate: PositiveFloat = 5e-7  # App. F.1
     num_train_epochs: PositiveFloat = 3.0  # App. F.1
@@ -52,6 +55,7 @@ class DPOAlgoConfig(CheckedConfig):
     # reference model in memory during training. On by default for the memory; whether it also saves
     # time depends on the machine and the number of epochs (benchmarks/bench_dpo_precompute.py).
     precompute_ref_log_probs: bool = True
+    peft: PeftField = None  # LoRA / QLoRA (harness/lora.py); null = full fine-tuning
     gradient_checkpointing: bool = False  # off: on CPU it costs time and the small models fit
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
@@ -111,28 +115,23 @@ def quiet_trainer(trainer: Any) -> None:
 
 
 def train_dpo(ctx: TrainContext) -> dict[str, float]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
-    from harness.generation import EngineSettings, record_engine
+    from harness.algorithms.trl_common import load_policy, peft_kwargs, save_policy
 
     cfg: DPOAlgoConfig = ctx.config
-    tok = AutoTokenizer.from_pretrained(ctx.policy_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(ctx.policy_path)
+    model, tok = load_policy(ctx)
     trainer = DPOTrainer(
         model=model,
         args=make_dpo_config(cfg, ctx),
         train_dataset=preference_dataset(ctx.train_rows),
         processing_class=tok,
         callbacks=[history_callback(ctx.log)],
+        **peft_kwargs(cfg),
     )
     quiet_trainer(trainer)
     result = trainer.train()
-    trainer.save_model(str(ctx.out_dir / "model"))
-    tok.save_pretrained(str(ctx.out_dir / "model"))
-    record_engine(ctx.out_dir, (ctx.engine or EngineSettings()).resolved())
+    save_policy(trainer, tok, ctx)
     return {"train/runtime_seconds": float(result.metrics.get("train_runtime", 0.0)),
             "train/final_loss": float(result.training_loss), "train/steps": float(result.global_step)}
 

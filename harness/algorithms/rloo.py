@@ -21,6 +21,7 @@ from harness.algorithms.trl_common import (
     common_trainer_kwargs,
     generation_backend_kwargs,
     load_policy,
+    peft_kwargs,
     prompt_dataset,
     require_rows,
     train_and_save,
@@ -38,10 +39,13 @@ from harness.config_fields import (
     WarmupRatio,
     requirement,
 )
+from harness.lora import PeftField
 
 
 @dataclass
 class RLOOAlgoConfig(CheckedConfig):
+    OMITTED_AT_DEFAULT = ("peft",)  # added later: left out of the stage key while null (older keys unchanged)
+
     # k; Ahmadian et al. use k in {2, 4}
     num_generations: Annotated[int, requirement(
         lambda k: k >= 2, "must be >= 2: the leave-one-out baseline needs another sample")] = 2
@@ -59,6 +63,7 @@ class RLOOAlgoConfig(CheckedConfig):
     max_steps: MaxSteps = -1
     eos_trick: EosTrickMode = "reward_model"  # reward_model | always | never
     eos_penalty_reward: FiniteFloat = -10.0  # App. E.2
+    peft: PeftField = None  # LoRA / QLoRA (harness/lora.py); null = full fine-tuning
     gradient_checkpointing: bool = False
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
@@ -93,7 +98,7 @@ def train_rloo(ctx: TrainContext) -> dict[str, float]:
     )
     trainer = RLOOTrainer(
         model=model, reward_funcs=[reward_fn], args=args, train_dataset=prompt_dataset(ctx.train_rows),
-        processing_class=tok, callbacks=[history_callback(ctx.log, extra=stats.drain)],
+        processing_class=tok, callbacks=[history_callback(ctx.log, extra=stats.drain)], **peft_kwargs(cfg),
     )
     return train_and_save(trainer, tok, ctx)
 

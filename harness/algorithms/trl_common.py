@@ -94,14 +94,27 @@ def whole_groups_problems(cfg: Any) -> list[Problem]:
 
 
 def load_policy(ctx: TrainContext):
-    """(model, tokenizer) from the SFT policy folder; fp32 weights (TRL casts for bf16 training on GPU)."""
+    """(model, tokenizer) from the SFT policy folder; fp32 weights (TRL casts for bf16 training on GPU), or
+    4-bit base weights for QLoRA (`peft.quantization`, checked first: it needs CUDA and bitsandbytes)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from harness import lora
+
+    peft = getattr(ctx.config, "peft", None)
+    lora.check_quantization(peft)
     tok = AutoTokenizer.from_pretrained(ctx.policy_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(ctx.policy_path)
+    model = AutoModelForCausalLM.from_pretrained(ctx.policy_path, **lora.load_kwargs(peft))
     return model, tok
+
+
+def peft_kwargs(cfg: Any) -> dict[str, Any]:
+    """The trainer's `peft_config` for a LoRA config (none for full fine-tuning). With it, TRL trains the
+    adapters only and takes the reference model's log-probs with the adapter disabled (no second copy)."""
+    from harness import lora
+
+    return {"peft_config": lora.lora_config(cfg.peft, "CAUSAL_LM")} if getattr(cfg, "peft", None) else {}
 
 
 def require_rows(ctx: TrainContext, keys: tuple[str, ...], algorithm: str) -> None:
@@ -138,8 +151,13 @@ def unpaired_dataset(rows: list[dict[str, Any]], seed: int):
     return Dataset.from_list(out)
 
 
-# Row fields that verifiable reward functions read (TRL passes extra dataset columns as keyword arguments).
-REWARD_COLUMNS = ("answer", "constraint")
+def reward_columns() -> tuple[str, ...]:
+    """Row fields that verifiers read (TRL passes extra dataset columns as keyword arguments), plus
+    `constraint` (the smoke prompts' label, kept for reward functions written against it)."""
+    from harness.rewards import VERIFIERS
+
+    return tuple(dict.fromkeys([c for name in VERIFIERS.names() for c in VERIFIERS.get(name).columns]
+                               + ["constraint"]))
 
 
 def prompt_dataset(rows: list[dict[str, Any]]):
@@ -150,7 +168,7 @@ def prompt_dataset(rows: list[dict[str, Any]]):
     """
     from datasets import Dataset
 
-    keep = [c for c in REWARD_COLUMNS if all(c in r for r in rows)]
+    keep = [c for c in reward_columns() if all(c in r for r in rows)]
     return Dataset.from_list([{"prompt": r["prompt"], **{c: r[c] for c in keep}} for r in rows])
 
 
@@ -181,14 +199,11 @@ def generate_with_neutral_config(model: Any) -> Iterator[None]:
 def train_and_save(trainer: Any, tok: Any, ctx: TrainContext) -> dict[str, float]:
     """Train (quietly: metrics go to the history, not stdout), save to out_dir/model, return the summary."""
     from harness.algorithms.dpo import quiet_trainer
-    from harness.generation import EngineSettings, record_engine
 
     quiet_trainer(trainer)
     with generate_with_neutral_config(trainer.model):
         result = trainer.train()
-    trainer.save_model(str(ctx.out_dir / "model"))
-    tok.save_pretrained(str(ctx.out_dir / "model"))
-    record_engine(ctx.out_dir, (ctx.engine or EngineSettings()).resolved())
+    save_policy(trainer, tok, ctx)
     runtime = float(result.metrics.get("train_runtime", 0.0))
     steps = float(result.global_step)
     return {
@@ -197,3 +212,18 @@ def train_and_save(trainer: Any, tok: Any, ctx: TrainContext) -> dict[str, float
         "train/steps": steps,
         "train/steps_per_second": steps / runtime if runtime > 0 else 0.0,
     }
+
+
+def save_policy(trainer: Any, tok: Any, ctx: TrainContext) -> None:
+    """The trained policy to out_dir/model; with LoRA, the adapter to out_dir/adapter and the merged model to
+    out_dir/model (`harness.lora`: what every consumer loads)."""
+    from harness import lora
+    from harness.generation import EngineSettings, record_engine
+
+    # What the precision resolved to, beside the weights it produced (artifacts/engine.json).
+    record_engine(ctx.out_dir, (ctx.engine or EngineSettings()).resolved())
+    if lora.is_peft_model(trainer.model):
+        lora.save_adapter_and_merged(trainer.model, tok, ctx.out_dir, ctx.config.peft, ctx.policy_path)
+        return
+    trainer.save_model(str(ctx.out_dir / "model"))
+    tok.save_pretrained(str(ctx.out_dir / "model"))
