@@ -363,14 +363,19 @@ def test_paper_prompts_get_the_bos_the_tokenizer_adds(tiny_model: str, smollm2_t
         assert tok(prompt, add_special_tokens=False)["input_ids"][0] == tok.bos_token_id
 
 
-def test_vllm_engine_gets_the_text_unchanged(tiny_model: str):
-    """vLLM adds the tokenizer's special tokens to a text prompt itself (untested here: no GPU)."""
-    from harness.generation import VLLMGenerator
+def test_a_server_fed_text_gets_the_text_unchanged(tiny_model: str):
+    """An OpenAI-compatible engine that sends text leaves the encoding (and the BOS) to the server, as
+    vLLM's own tokenization did for open-instruct (the server side is not run here); one that sends token
+    ids, the default, gets the BOS written in like the in-process engine."""
+    from harness.openai_engine import OpenAIGenerator
 
-    engine = VLLMGenerator.__new__(VLLMGenerator)  # not started: only its type matters here
-    engine.tokenizer = bos_adding_tokenizer(tiny_model)
-    wrapped = SimpleNamespace(base=engine, tokenizer=engine.tokenizer)  # as best-of-N wraps an engine
-    assert generation_prompts(wrapped, ["<|user|>\nhi\n<|assistant|>\n"]) == ["<|user|>\nhi\n<|assistant|>\n"]
+    text = "<|user|>\nhi\n<|assistant|>\n"
+    tok = bos_adding_tokenizer(tiny_model)
+    for tokenized, expected in ((False, [text]), (True, [tok.bos_token + text])):
+        engine = OpenAIGenerator.__new__(OpenAIGenerator)  # not connected: only how it sends prompts matters
+        engine.tokenizer, engine.tokenized_prompts = tok, tokenized
+        wrapped = SimpleNamespace(base=engine, tokenizer=tok)  # as best-of-N wraps an engine
+        assert generation_prompts(wrapped, [text]) == expected
 
 
 def test_bos_that_cannot_be_reproduced_fails_before_generating(tiny_model: str):
@@ -384,7 +389,7 @@ def test_bos_that_cannot_be_reproduced_fails_before_generating(tiny_model: str):
         return original(self, text, *args, **kwargs)
 
     tok.__class__ = type("Odd", (tok.__class__,), {"__call__": encode_bos_text_apart})
-    with pytest.raises(ValueError, match="run the paper setting with the vLLM engine"):
+    with pytest.raises(ValueError, match="engine.tokenized_prompts: false"):
         generation_prompts(SimpleNamespace(tokenizer=tok), ["<|user|>\nhi\n<|assistant|>\n"])
 
 

@@ -32,10 +32,9 @@ at least 4 "#" / 6 "!", which `letter_frequency` does not accept as a letter, so
 letter instead, and identical responses could score up to 2 prompts apart from one run to the next.
 Each prompt is therefore scored with `random` seeded by the prompt's key (and the caller's random state
 restored afterwards): the same responses always get the same scores. The letter is still the checker's
-draw, not the "#" / "!" the prompt asks for, as in the official scorer. The two checkers that call
-langdetect (`language:response_language`, `change_case:english_capital`) are seeded the same way: its
-detectors otherwise seed themselves from the OS on every call, and the same response could pass on one
-scoring and fail on the next (seen here: inst-level loose accuracy 45.68 vs 45.80 on one set of responses).
+draw, not the "#" / "!" the prompt asks for, as in the official scorer. The `language:response_language`
+checker runs langdetect, which is randomised too (it reseeds from the OS on each call); scoring sets
+langdetect's documented `DetectorFactory.seed = 0` for the same reason.
 """
 
 from __future__ import annotations
@@ -114,19 +113,21 @@ def load_rows(limit: int | None) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def seeded_global_random(seed: int) -> Iterator[None]:
-    """The global `random` seeded for the duration (the checkers draw from it), then restored; and the
-    language checker's langdetect, whose detectors otherwise seed themselves from the OS each call (the
-    same response could pass `language:response_language` on one scoring and fail on the next)."""
-    from langdetect.detector_factory import DetectorFactory
+    """The checkers' two sources of chance seeded for the duration, then restored: the global `random`
+    (the letter draw) and langdetect's detector (`language:response_language` runs langdetect, whose
+    detector reseeds a private `random.Random` from the OS on every call unless `DetectorFactory.seed`
+    is set: measured, the same 541 responses scored twice differed by one instruction)."""
+    from langdetect import DetectorFactory
 
-    state, langdetect_seed = random.getstate(), DetectorFactory.seed
+    state = random.getstate()
+    detector_seed = DetectorFactory.seed
     random.seed(seed)
-    DetectorFactory.seed = seed
+    DetectorFactory.seed = 0  # langdetect's documented way to make detection deterministic
     try:
         yield
     finally:
         random.setstate(state)
-        DetectorFactory.seed = langdetect_seed
+        DetectorFactory.seed = detector_seed
 
 
 def score_one(row: dict[str, Any], response: str) -> dict[str, Any]:

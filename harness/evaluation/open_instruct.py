@@ -15,9 +15,9 @@ its own paper choices (subset, prompt, decoding, judge); this module holds what 
   `add_special_tokens=True`, vLLM encodes text prompts with the tokenizer's defaults), so a Llama-2 / Tulu-2
   model sees `<s>` and a tokenizer that adds no BOS (SmolLM2's) sees none. The rule is keyed on the
   tokenizer itself, not on a list of model names. Scoring paths here (MMLU, TruthfulQA's judges) encode
-  with `add_special_tokens=True`; generation prompts get the BOS written in front when the engine does not
-  add special tokens itself (`generation_prompts`), each checked to encode to exactly the ids the
-  tokenizer gives with its special tokens.
+  with `add_special_tokens=True` (in-process, whatever the engine); generation prompts get the BOS written
+  in front, since the engines encode without special tokens (`generation_prompts`), each checked to
+  encode to exactly the ids the tokenizer gives with its special tokens.
 - Random subsets: every `run_eval.py` starts with `random.seed(42)`; GSM8K draws 200 questions, BBH 40 per
   task and ToxiGen shuffles each group's file with that one generator. BBH and ToxiGen draw file after
   file in `glob.glob` order, which is the file system's: the paper's exact draws cannot be rebuilt, and
@@ -85,16 +85,17 @@ def generation_prompts(generator: Any, texts: Sequence[str]) -> list[str]:
     """Prompts for `generator.generate(..., chat=False)` that reach the model as open-instruct's tokenizer
     encoded them: with the tokenizer's BOS when it adds one.
 
-    vLLM encodes text prompts with the tokenizer's special tokens itself: the texts go unchanged. The HF
-    engine encodes without them, so the BOS is written into the text, in the form that encodes to exactly
-    the ids of `tokenizer(text, add_special_tokens=True)`: its token followed directly by the text, or by a
-    space for sentencepiece-style tokenizers that mark a word start only at the start of the string (a
-    Llama tokenizer read with `legacy=False` turns "<s>" + " <|user|>" into the ids of "<|user|>" at the
-    start). Every prompt is checked; a tokenizer neither form reproduces fails here, before generating."""
-    from harness.generation import VLLMGenerator
-
+    The engines encode a prompt without special tokens (the in-process engine, and the OpenAI-compatible
+    one, which sends the ids it encodes), so the BOS is written into the text, in the form that encodes to
+    exactly the ids of `tokenizer(text, add_special_tokens=True)`: its token followed directly by the text,
+    or by a space for sentencepiece-style tokenizers that mark a word start only at the start of the
+    string (a Llama tokenizer read with `legacy=False` turns "<s>" + " <|user|>" into the ids of "<|user|>"
+    at the start). Every prompt is checked; a tokenizer neither form reproduces fails here, before
+    generating. An OpenAI-compatible engine set to send text (`tokenized_prompts: false`) leaves the
+    encoding to the server, which adds the special tokens itself (vLLM's default, as for open-instruct's
+    vLLM runs; not checked here): the texts go unchanged."""
     tokenizer = generator.tokenizer
-    if isinstance(_engine(generator), VLLMGenerator) or not texts or not tokenizer_adds_bos(tokenizer):
+    if getattr(_engine(generator), "tokenized_prompts", True) is False or not texts or not tokenizer_adds_bos(tokenizer):
         return list(texts)
 
     def encodes_as_open_instruct(prefix: str, text: str) -> bool:
@@ -106,6 +107,7 @@ def generation_prompts(generator: Any, texts: Sequence[str]) -> list[str]:
     if prefix is None or not all(encodes_as_open_instruct(prefix, t) for t in texts[1:]):
         raise ValueError(
             f"paper setting: tokenizer {getattr(tokenizer, 'name_or_path', '')!r} adds the BOS token {bos!r}, and no "
-            "text in front of the prompt makes the HF engine (which encodes without special tokens) see the same "
-            "ids as the tokenizer's own encoding; run the paper setting with the vLLM engine (it adds BOS itself)")
+            "text in front of the prompt makes the engine (which encodes without special tokens) see the same "
+            "ids as the tokenizer's own encoding; use an OpenAI-compatible server fed text "
+            "(engine.tokenized_prompts: false), which adds the special tokens itself")
     return [prefix + t for t in texts]

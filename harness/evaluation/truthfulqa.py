@@ -93,8 +93,8 @@ from harness.evaluation.common import (
     continuation_logprobs,
     count_rows,
     describe_decoding,
+    loglikelihoods,
     mean_pct,
-    scoring_model,
 )
 from harness.evaluation.open_instruct import (
     BOS_RULE,
@@ -321,9 +321,16 @@ def mc2_score(loglikes: list[float], labels: list[int]) -> float:
     return sum(p for p, lab in zip(probs, labels) if lab == 1) / total
 
 
+def mc2_pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(qa_prompt(r["question"]), f" {c}") for r in rows for c in r["choices"]]
+
+
 def mc2_loglikes(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int) -> list[list[float]]:
-    pairs = [(qa_prompt(r["question"]), f" {c}") for r in rows for c in r["choices"]]
-    flat = continuation_logprobs(model, tok, pairs, batch_size=batch_size)
+    """MC2 choices' log-likelihoods on an in-memory model."""
+    return mc2_split(rows, continuation_logprobs(model, tok, mc2_pairs(rows), batch_size=batch_size))
+
+
+def mc2_split(rows: list[dict[str, Any]], flat: list[tuple[float, bool]]) -> list[list[float]]:
     out, k = [], 0
     for r in rows:
         out.append([flat[k + j][0] for j in range(len(r["choices"]))])
@@ -392,9 +399,8 @@ def score_finetuned(truth: list[bool], info: list[bool]) -> dict[str, float]:
 
 
 def _mc2_fallback(ctx: EvalContext, mc_rows: list[dict[str, Any]], n: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """The MC2 offline fallback (metrics, samples), computed in both settings."""
-    model, tok = scoring_model(ctx)
-    lls = mc2_loglikes(model, tok, mc_rows, ctx.batch_size)
+    """The MC2 offline fallback (metrics, samples), computed in both settings, by the context's engine."""
+    lls = mc2_split(mc_rows, loglikelihoods(ctx, mc2_pairs(mc_rows)))
     mc2 = [mc2_score(ll, r["labels"]) for ll, r in zip(lls, mc_rows)]
     metrics: dict[str, float] = {
         f"{TASK}/mc2_offline_fallback": mean_pct(mc2),
