@@ -544,6 +544,10 @@ def test_suite_wide_setting_and_per_group_override(monkeypatch):
     settings = resolve_settings(TASKS.get("ifeval"), {"setting": "paper"})
     assert settings.max_new_tokens == 300 and ifeval.describe(settings, None).notes == (
         "max_new_tokens = 300 (paper: 2048)",)
+    # a field whose paper value is None (open-instruct's per task) says so, not "(paper: None)"
+    coding_settings = resolve_settings(TASKS.get("mbpp_plus"), {"setting": "paper", "top_p": 0.9})
+    assert coding_settings.departures_from_paper() == ["top_p = 0.9 (paper: unset: open-instruct's value per task)"]
+    assert coding_settings.departures_from_paper()[0] in TASKS.get("mbpp_plus").describe(coding_settings, 1).notes
     with pytest.raises(ValueError, match="setting must be one of 'harness', 'paper'"):
         resolve_eval_settings(["gsm8k"], {}, setting="papers")
     with pytest.raises(ValueError, match="gsm8k.setting: Input should be 'harness' or 'paper'"):
@@ -635,12 +639,37 @@ def test_dry_run_lists_what_each_task_will_do(capsys, hub_off, monkeypatch, shar
     assert "MISSING, not run" in blocks["truthfulqa"] and "no judge configured" in blocks["xstest"]
     assert "gpt-4-0613" in blocks["xstest"] and "glob.glob" in blocks["bbh"]
     assert "nothing was loaded or run" in out
+    # the averages that run would log: categories with a benchmark that cannot score, and overall, withheld
+    averages = out[out.index("\naverages: "):]
+    for category, names in (("factuality", "mmlu"), ("reasoning", "gsm8k, bbh"),
+                            ("coding", "humaneval_plus, mbpp_plus")):
+        assert f"  category/{category:<22} mean of {names}\n" in averages
+    for category, names in (("truthfulness", "truthfulqa"), ("safety", "toxigen, xstest"),
+                            ("instruction_following", "alpaca_eval1, alpaca_eval2")):
+        assert f"  category/{category:<22} WITHHELD: no score from {names}\n" in averages
+    assert f"  {'overall':<31} WITHHELD (3 categories withheld)\n" in averages
     # the default setting, one group switched, a model's BOS, a limit
     assert main(["eval", "--tasks", "gsm8k", "bbh", "--set", "bbh.setting=paper", "--limit", "27", "--dry-run",
                  "--model", tiny_model]) == 0
     out = capsys.readouterr().out
     assert "gsm8k (reasoning), setting harness" in out and "bbh (reasoning), setting paper" in out
     assert "size      27\n" in out and "tokenizer adds no BOS" in out
+    assert f"  {'overall':<31} WITHHELD (not evaluated: factuality, truthfulness, coding, safety, " \
+           "instruction_following)\n" in out
+
+
+def test_dry_run_overall_rule_is_the_aggregation_rule():
+    from harness.evaluation.base import aggregate_categories, aggregation_plan
+
+    averaged, incomplete, with_overall = aggregation_plan(list(PAPER11), set())
+    assert with_overall and incomplete == {} and averaged["safety"] == ["toxigen", "xstest"]
+    for missing in PAPER11:  # any one benchmark without a score withholds its category and overall
+        averaged, incomplete, with_overall = aggregation_plan(list(PAPER11), {missing})
+        assert not with_overall and incomplete == {TASKS.get(missing).category: [missing]}
+        scores = {f"{n}/score": 50.0 for n in PAPER11 if n != missing}
+        logged, unscored = aggregate_categories(list(PAPER11), scores)
+        assert unscored == incomplete and "overall" not in logged
+        assert sorted(logged) == sorted(f"category/{c}" for c in averaged)
 
 
 def _blocks(lines: list[str]) -> list[list[str]]:

@@ -82,8 +82,12 @@ class BenchmarkSettings(TaskSettings):
     def departures_from_paper(self) -> list[str]:
         """Fields set away from the paper setting's values (only meaningful under `setting: paper`)."""
         fields = type(self).model_fields
-        return [f"{name} = {getattr(self, name)!r} (paper: {value!r})" for name, value in self.paper_defaults.items()
-                if name in fields and getattr(self, name) != value]
+        out = []
+        for name, value in self.paper_defaults.items():
+            if name in fields and getattr(self, name) != value:
+                paper = "unset: open-instruct's value per task" if value is None else repr(value)
+                out.append(f"{name} = {getattr(self, name)!r} (paper: {paper})")
+        return out
 
 
 @dataclass(frozen=True)
@@ -650,6 +654,21 @@ def _has_score(metrics: dict[str, float], task: str) -> bool:
     return isinstance(value, (int, float)) and value == value  # not NaN
 
 
+def aggregation_plan(task_names: list[str], unscored: set[str]) -> tuple[dict[str, list[str]], dict[str, list[str]], bool]:
+    """The averaging rule of `aggregate_categories`, applied to which tasks will have no score: ({category:
+    its tasks} for the categories that will be averaged, {category: its tasks without a score} for those
+    withheld, whether `overall` will be computed). `harness eval --dry-run` states it before anything runs."""
+    averaged: dict[str, list[str]] = {}
+    incomplete: dict[str, list[str]] = {}
+    for category, names in category_members(task_names).items():
+        missing = [n for n in names if n in unscored]
+        if missing:
+            incomplete[category] = missing
+        else:
+            averaged[category] = names
+    return averaged, incomplete, len(averaged) == len(CATEGORIES)
+
+
 def aggregate_categories(task_names: list[str], metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, list[str]]]:
     """(`category/<name>` = mean of the `<task>/score` of its tasks, for every category whose tasks ALL
     have a score, and `overall` = mean of the six when all six are so complete; {category: its tasks
@@ -660,14 +679,10 @@ def aggregate_categories(task_names: list[str], metrics: dict[str, float]) -> tu
     measures (XSTest skipped would raise the paper's SFT overall of 56.8 by about a point). A category is the tasks
     the evaluation asked for: a task left out of `eval.tasks` on purpose is not in it (`results.json`
     `categories` lists what each one averaged)."""
-    averages: dict[str, float] = {}
-    incomplete: dict[str, list[str]] = {}
-    for category, names in category_members(task_names).items():
-        unscored = [n for n in names if not _has_score(metrics, n)]
-        if unscored:
-            incomplete[category] = unscored
-        else:
-            averages[f"category/{category}"] = statistics.fmean(float(metrics[f"{n}/score"]) for n in names)
-    if len(averages) == len(CATEGORIES):
+    averaged, incomplete, with_overall = aggregation_plan(
+        task_names, {n for n in task_names if not _has_score(metrics, n)})
+    averages = {f"category/{category}": statistics.fmean(float(metrics[f"{n}/score"]) for n in names)
+                for category, names in averaged.items()}
+    if with_overall:
         averages["overall"] = statistics.fmean(averages[f"category/{c}"] for c in CATEGORIES)
     return averages, incomplete

@@ -172,11 +172,12 @@ def format_dry_run(tasks: list[str], settings: dict[str, dict[str, Any]], limit:
     """Per task: setting, subset and size, seed, prompt source, decoding, judge, notes, and whether its
     inputs resolve now (`plan_tasks`, the grid's own check); nothing is loaded or run."""
     from harness.evaluation import TASKS
-    from harness.evaluation.base import plan_tasks, settings_from_config
+    from harness.evaluation.base import CATEGORIES, aggregation_plan, plan_tasks, settings_from_config
 
     resolved = settings_from_config(settings, tasks)
     _, missing = plan_tasks(tasks, settings, judge=judge, has_reference=False, has_reward_model=False)
     lines = []
+    unscored: set[str] = set()
     for name in tasks:
         spec = TASKS.get(name)
         task_settings = resolved.get(spec.group)
@@ -194,11 +195,26 @@ def format_dry_run(tasks: list[str], settings: dict[str, dict[str, Any]], limit:
             rows.append(("settings", ", ".join(f"{k}={v!r}" for k, v in task_settings.model_dump().items())))
         if name in missing:
             rows.append(("inputs", f"MISSING, not run: {missing[name]}"))
+            unscored.add(name)
         elif "judge" in spec.used_inputs and not (judge and judge.get("model")):
             rows.append(("inputs", "ready, but no judge configured (--judge-model): offline fallbacks only, no score"))
+            unscored.add(name)
         else:
             rows.append(("inputs", "ready" + (f"; judge {judge['model']}" if "judge" in spec.used_inputs else "")))
         lines += [f"  {key:<9} {value}" for key, value in rows]
+    averaged, incomplete, with_overall = aggregation_plan(tasks, unscored)
+    if averaged or incomplete:
+        lines.append("averages: a category, and overall, only when every benchmark in them has a score")
+        lines += [f"  category/{c:<22} mean of {', '.join(averaged[c])}" if c in averaged else
+                  f"  category/{c:<22} WITHHELD: no score from {', '.join(incomplete[c])}"
+                  for c in CATEGORIES if c in averaged or c in incomplete]
+        if with_overall:
+            lines.append(f"  {'overall':<31} mean of the {len(CATEGORIES)} categories")
+        else:
+            absent = [c for c in CATEGORIES if c not in averaged and c not in incomplete]
+            why = [f"{len(incomplete)} categor{'y' if len(incomplete) == 1 else 'ies'} withheld"] if incomplete else []
+            why += [f"not evaluated: {', '.join(absent)}"] if absent else []
+            lines.append(f"  {'overall':<31} WITHHELD ({'; '.join(why)})")
     return "\n".join(lines)
 
 
