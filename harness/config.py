@@ -237,6 +237,10 @@ class EvalConfig(Strict):
     # fully resolved (defaults, then the environment's HARNESS_* defaults, then these values), so the
     # stage keys and MLflow params carry the settings actually used.
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict, description="task settings by group")
+    # Every benchmark's `setting` at once ("paper": open-instruct's 2024 evaluation, as the paper ran it;
+    # "harness": the project's own, each task's default); a group's own `settings.<group>.setting` wins.
+    # Resolved into `settings` (and so into the stage keys and MLflow params) at load.
+    setting: Literal["harness", "paper"] | None = Field(default=None, description="every benchmark's setting")
 
     @field_validator("tasks")
     @classmethod
@@ -250,7 +254,7 @@ class EvalConfig(Strict):
         from harness.evaluation.base import resolve_eval_settings
 
         tasks = self.tasks + (self.best_of_n.tasks if self.best_of_n is not None else [])
-        self.settings = resolve_eval_settings(tasks, self.settings)
+        self.settings = resolve_eval_settings(tasks, self.settings, setting=self.setting)
         return self
 
     @field_validator("best_of_n", mode="before")

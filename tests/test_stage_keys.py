@@ -248,7 +248,7 @@ def test_judge_step_settings_leave_the_evaluate_key():
 
 def test_eval_settings_are_validated_with_their_yaml_path(monkeypatch):
     cases = [({"codng": {"n_samples": 10}}, r"base\.eval\.settings\.codng: no task has settings named 'codng'; "
-                                            r"settings groups: .*alpaca_eval, coding, ifeval,"),
+                                            r"settings groups: .*alpaca_eval, bbh, coding, gsm8k, ifeval, mmlu,"),
              ({"coding": {"n_sample": 10}}, r"base\.eval\.settings\.coding\.n_sample: Extra inputs"),
              ({"coding": {"n_samples": 0}}, r"base\.eval\.settings\.coding\.n_samples: Input should be greater"),
              ({"policy_kl": {"prompt_set": "nope"}}, r"base\.eval\.settings\.policy_kl\.prompt_set: unknown dataset")]
@@ -433,7 +433,7 @@ def test_harness_eval_set_and_env_map_into_the_same_settings(tmp_path: Path, mon
     monkeypatch.delenv("HARNESS_IFEVAL_MAX_NEW_TOKENS", raising=False)
     assert main([*args, "--set", "ifeval.max_new_tokens=2", "--experiment", "keys-cli"]) == 0
     saved = json.loads((out / "ifeval.result.json").read_text())
-    assert saved["fingerprint"]["settings"] == {"max_new_tokens": 2}
+    assert saved["fingerprint"]["settings"] == {"setting": "harness", "max_new_tokens": 2}
     assert saved["metrics"]["ifeval/max_new_tokens"] == 2.0
     client = tracking.client()
     (run,) = client.search_runs([client.get_experiment_by_name("keys-cli").experiment_id])
