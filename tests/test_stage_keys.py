@@ -333,7 +333,8 @@ def test_a_missing_task_is_retried_when_its_input_appears_and_finished_ones_are_
         "eval": {"tasks": ["_keys_done", "_keys_data"], "limit": 2}}}
     CALLS.clear()
     first = run_grid(build_grid(spec), echo=lambda _: None)
-    assert kinds(first.executed_stages) == ["evaluate", "evaluate", "prepare_data", "train_policy"]
+    assert kinds(first.executed_stages) == ["evaluate", "evaluate", "prepare_data", "reference_logps",
+                                            "train_policy"]
     assert CALLS == ["_keys_done", "_keys_done"]  # the data probe was not run (its file is missing)
     for run in cell_runs("keys-missing").values():
         assert run.data.tags["harness.eval.missing"] == "_keys_data"
