@@ -106,7 +106,8 @@ def test_ray_worker_killed_mid_stage_grid_completes(tiny_model, ray_instance, sh
     published = list((isolated_results / "stages" / "train_policy").iterdir())
     assert len(published) == 1 and (published[0] / "model" / "config.json").exists()
     metrics, children = mlflow_state("ray_kill")["algorithm.beta=0.1"]
-    assert "smoke_lowercase/clean_success_rate" in metrics and len(children) == 3
+    # prepare_data, reference_logps, train_policy, evaluate
+    assert "smoke_lowercase/clean_success_rate" in metrics and len(children) == 4
     # The killed attempt's temp folder is left behind (its writer died) and swept by the next run.
     leftovers = [p for p in (isolated_results / "stages" / ".tmp").iterdir() if f"__{killed[0]}__" in p.name]
     assert len(leftovers) == 1
