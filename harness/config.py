@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.config_fields import Seed
+from harness.generation import EngineSettings
 
 
 class Strict(BaseModel):
@@ -307,6 +308,10 @@ class CellConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig | None = None
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    # Engine and precision of every stage that computes with a model (`harness.generation.EngineSettings`;
+    # docs/engines.md). "auto" is resolved when the cell is loaded, i.e. on the machine that plans the grid
+    # (see `_pin_engine`), so stage keys, MLflow params and the workers all use that one choice.
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     seed: Seed = 1
 
     @field_validator("model")
@@ -371,6 +376,14 @@ class CellConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _pin_engine(self) -> CellConfig:
+        """"auto" (dtype, batching) becomes what it resolves to here, the planning machine: a worker of another
+        kind (a GPU node planned from a CPU laptop) then runs the planned engine instead of choosing its own.
+        A cluster whose workers differ from the planning machine should pin `engine.dtype` explicitly."""
+        self.engine = self.engine.pinned()
+        return self
+
+    @model_validator(mode="after")
     def _algorithm_needs(self) -> CellConfig:
         """Wrong combinations fail at plan time, naming the missing piece."""
         if self.algorithm is None:
@@ -379,6 +392,10 @@ class CellConfig(Strict):
         from harness.algorithms import ALGORITHMS
 
         spec = ALGORITHMS.get(self.algorithm.name)
+        if spec.rollout_engine and self.engine.kind != "hf":
+            raise ValueError(f"engine.kind: algorithm {spec.name!r} samples its rollouts in-process (it trains on the "
+                             f"sampled token ids and updates the weights between rollouts); use kind 'hf', not "
+                             f"{self.engine.kind!r}")
         if spec.needs_reward and self.reward_model is None:
             raise ValueError(
                 f"algorithm {spec.name!r} needs a reward: set `reward_model` (dataset, path, verifier or ensemble; "

@@ -132,6 +132,9 @@ class EvalContext:
     # Resolved settings per settings group (`TaskSpec.group`), filled by the caller (the grid's evaluate
     # stage from its planned config, `harness eval` from its flags) or by `run_tasks`.
     settings: dict[str, TaskSettings] = field(default_factory=dict)
+    # The engine that generates and scores (`harness.generation.EngineSettings`): a grid's evaluate stage passes
+    # its planned (pinned) settings; None = `EngineSettings()` resolved here (this call is the plan time).
+    engine: Any = None
     _generator: Any = None
 
     @property
@@ -140,8 +143,18 @@ class EvalContext:
         if self._generator is None:
             from harness.generation import make_generator
 
-            self._generator = make_generator(self.model_path, batch_size=self.batch_size)
+            self._generator = make_generator(self.model_path, batch_size=self.batch_size, engine=self.engine)
         return self._generator
+
+    def engine_key(self) -> dict[str, Any]:
+        """What the engine contributes to a task's result (`ResolvedEngine.key()`): the generator's own when it
+        was given built, else the settings' (resolved on this machine when they still say "auto")."""
+        resolved = getattr(self._generator, "resolved", None)
+        if resolved is None:
+            from harness.generation import EngineSettings
+
+            resolved = (self.engine or EngineSettings()).resolved()
+        return resolved.key()
 
     def settings_for(self, task: str) -> Any:
         """The settings task `task` runs with (its settings class's instance; None if it has none).
@@ -463,9 +476,10 @@ def _named(task: str, reason: str) -> str:
 
 def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
     """What a finished task's result depends on: `resolve_task`'s fingerprint plus the evaluated model's
-    content, the context's limit / seed / batch size and the reference and reward models it uses. A
-    finished result (a `harness eval --out` checkpoint, the grid's task store) is reused only when all of
-    it is unchanged; shared code (the generation engine) is not part of it."""
+    content, the context's limit / seed / batch size, the reference and reward models it uses and the engine
+    that generates and scores (kind, precision, batching: `EvalContext.engine_key`). A finished result (a
+    `harness eval --out` checkpoint, the grid's task store) is reused only when all of it is unchanged;
+    shared code (the generation engine's code) is not part of it."""
     from harness.best_of_n import model_fingerprint
 
     used = spec.used_inputs
@@ -478,6 +492,7 @@ def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
         "reference": model_fingerprint(ctx.reference_path) if ctx.reference_path and "reference" in used else None,
         "reward_model": (model_fingerprint(ctx.reward_model_path)
                          if ctx.reward_model_path and "reward_model" in used else None),
+        "engine": ctx.engine_key(),
     }
 
 

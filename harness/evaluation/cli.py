@@ -270,7 +270,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     resolved = engine.resolved()
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.model).name)
     out = Path(args.out) if args.out else results_dir() / "eval" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
-    # A task's resume key does not name the engine: results of another engine in this folder are not reused.
+    # Task resume keys name the engine, so another engine's results would not be reused anyway; say so now
+    # rather than silently redo every task into a folder that then mixes two engines' files.
     engine_file = out / "engine.json"
     if not args.no_resume and engine_file.exists() and json.loads(engine_file.read_text()) != resolved.key():
         print(f"error: {out} holds results from engine {engine_file.read_text().strip()}, this run uses "
@@ -285,7 +286,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         generator = make_generator(model_path, batch_size=args.batch_size, engine=engine)
     ctx = EvalContext(model_path=model_path, out_dir=out, limit=args.limit, seed=args.seed,
                       batch_size=args.batch_size, judge=_judge_settings(args),
-                      settings=settings_from_config(settings, tasks), _generator=generator)
+                      settings=settings_from_config(settings, tasks), engine=engine, _generator=generator)
     start = time.perf_counter()
     try:
         with _progress(tasks):
