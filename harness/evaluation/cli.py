@@ -281,7 +281,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     engine_file.write_text(json.dumps(resolved.key()))
     generator = None
     if engine != type(engine)():  # the default engine is built lazily, by the first task that generates
-        from harness.generation import make_generator
+        from harness.engines import make_generator
 
         generator = make_generator(model_path, batch_size=args.batch_size, engine=engine)
     ctx = EvalContext(model_path=model_path, out_dir=out, limit=args.limit, seed=args.seed,
