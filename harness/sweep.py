@@ -75,7 +75,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from harness import mlflow_layout as layout
 from harness import tracking
-from harness.cli import print_error
+from harness.cli_errors import print_error
 from harness.config_fields import Seed
 from harness.grid import Cell, GridError, build_grid, cell_name, read_yaml, set_dotted
 

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-from harness.backends import BACKENDS, OnFailed, blocked_by
+from harness.backends.base import BACKENDS, OnFailed, blocked_by
 from harness.stages import Stage, execute_stage
 
 

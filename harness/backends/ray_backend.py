@@ -32,7 +32,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from harness.backends import BACKENDS, OnFailed, blocked_by
+from harness.backends.base import BACKENDS, OnFailed, blocked_by
 from harness.stages import DEFAULT_RESOURCES, Stage, execute_stage
 
 RESOURCES_ENV = "HARNESS_RAY_RESOURCES"

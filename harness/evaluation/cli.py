@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli import print_error
+from harness.cli_errors import print_error
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MLFLOW_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]")
