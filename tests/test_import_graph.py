@@ -38,11 +38,29 @@ def _owner(name: str, modules: dict[str, Path]) -> str | None:
     return name or None
 
 
+def _imports_dynamically(tree: ast.AST) -> bool:
+    """Whether the module calls `importlib.import_module` or `__import__`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if called in ("import_module", "__import__"):
+                return True
+    return False
+
+
 def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the project modules it imports. A module that imports by name at run time (a plugin
+    list given to `importlib.import_module`) depends on every project module it names in a string, so
+    a dynamic import cannot hide an edge."""
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        if _imports_dynamically(tree):
+            graph[name] |= {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                            and isinstance(node.value, str) and node.value in modules and node.value != name}
+        for node in ast.walk(tree):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
@@ -111,6 +129,20 @@ def test_the_graph_checker_finds_a_planted_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_graph_sees_lazy_relative_and_dynamic_imports(tmp_path: Path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from pkg.a import thing\n")
+    (package / "a.py").write_text("def thing():\n    from . import b\n")
+    (package / "b.py").write_text("import importlib\nPLUGINS = ['pkg.c']\n"
+                                  "def load():\n    return [importlib.import_module(m) for m in PLUGINS]\n")
+    (package / "c.py").write_text("from pkg import a\n")
+    modules = {"pkg": package / "__init__.py", **{f"pkg.{m}": package / f"{m}.py" for m in "abc"}}
+    graph = import_graph(modules)
+    assert graph == {"pkg": {"pkg.a"}, "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.c"}, "pkg.c": {"pkg.a"}}
+    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
 
 
 def test_no_import_cycle_between_project_modules():
