@@ -3,6 +3,7 @@ the same MLflow results as the local backend, and a grid that survives a worker 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -13,7 +14,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from test_keep_going import HELPSTEER, broken_helpsteer, grid_spec  # noqa: E402, F401 (a fixture)
+from test_keep_going import HELPSTEER, grid_spec  # noqa: E402
 from test_runner import mlflow_state, tiny_grid  # noqa: E402
 
 from harness.backends import get_backend  # noqa: E402
@@ -71,13 +72,15 @@ def test_ray_grid_matches_local_backend(tiny_model, ray_instance, shared_mlflow,
 
 
 def _kill_training_worker(stage_root: Path, killed: list[int], stop: threading.Event) -> None:
-    """Wait for a train_policy temp folder with logged steps, then SIGKILL the process writing it
-    (its pid is part of the temp folder's name: see harness.cache.new_temp_dir)."""
+    """Wait for a train_policy working folder with logged steps, then SIGKILL the process writing it
+    (named in its lock: see harness.cache.work_state)."""
+    from harness import cache
+
     while not stop.is_set():
-        for folder in (stage_root / ".tmp").glob("train_policy__*"):
-            history = folder / "history.jsonl"
-            if history.exists() and history.read_text().strip():
-                pid = int(folder.name.split("__")[3])
+        for state in cache.running_work():
+            history = state.path / "history.jsonl"
+            if state.kind == "train_policy" and state.running and history.exists() and history.read_text().strip():
+                pid = int(state.writer["pid"])
                 assert pid != os.getpid()
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -107,11 +110,10 @@ def test_ray_worker_killed_mid_stage_grid_completes(tiny_model, ray_instance, sh
     assert len(published) == 1 and (published[0] / "model" / "config.json").exists()
     metrics, children = mlflow_state("ray_kill")["algorithm.beta=0.1"]
     assert "smoke_lowercase/clean_success_rate" in metrics and len(children) == 3
-    # The killed attempt's temp folder is left behind (its writer died) and swept by the next run.
-    leftovers = [p for p in (isolated_results / "stages" / ".tmp").iterdir() if f"__{killed[0]}__" in p.name]
-    assert len(leftovers) == 1
-    run_grid(build_grid(spec), backend="ray", echo=lambda _: None)
-    assert not leftovers[0].exists()
+    # The killed attempt's working folder was reclaimed by the retry (another writer), which published it.
+    record = json.loads((published[0] / "stage.json").read_text())
+    assert record["writer"]["pid"] != killed[0]
+    assert not list((isolated_results / "stages" / ".work").glob("*/*"))
 
 
 def test_ray_backend_rejects_bad_resources_and_reports_failed_stage(ray_instance, shared_mlflow, tmp_path,
