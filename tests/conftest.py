@@ -182,3 +182,21 @@ def truthful_uninformative_judge(scripted_judge, shared_data) -> ScriptedJudge:
         rules.append({"pattern": rf"Question: {question}\nAnswer: .*Is the answer true\?", "reply": "yes"})
         rules.append({"pattern": rf"Question: {question}\nAnswer: .*Is the answer informative\?", "reply": "no"})
     return scripted_judge(rules, default="unsure")
+
+
+@pytest.fixture
+def root_only_canary():
+    """A root-only file (0600) in /tmp holding a fresh secret, and the strings sandboxed code must never
+    leak: that secret and the lines of /etc/shadow (when this process can read it)."""
+    import secrets
+
+    secret = secrets.token_hex(16)
+    path = Path(f"/tmp/prefharness-canary-{secrets.token_hex(4)}")
+    path.write_text(secret)
+    path.chmod(0o600)
+    try:
+        shadow = [line for line in Path("/etc/shadow").read_text().splitlines() if ":" in line]
+    except OSError:
+        shadow = []
+    yield path, [secret, *shadow]
+    path.unlink()

