@@ -174,7 +174,7 @@ def test_step_metrics_reach_mlflow_while_the_stage_trains(tmp_path, tiny_model, 
 
 def test_kill_9_mid_training_then_rerun_leaves_one_curve_without_gaps_or_repeats(tmp_path, tiny_model,
                                                                                    isolated_results):
-    steps = 150
+    steps = 120
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(yaml.safe_dump(live_grid("killed_live", steps)))
     env = harness_env(isolated_results)
@@ -302,6 +302,7 @@ def test_status_after_a_failure_and_the_failed_run_in_mlflow(broken_helpsteer, t
     assert parent.info.status == "FAILED" and parent.data.tags["harness.cell"] == "dataset=helpsteer"
 
 
+@pytest.mark.slow
 def test_workers_die_with_a_killed_driver_and_published_stages_stay(tmp_path, tiny_model, isolated_results):
     """`harness run --workers 2` killed with SIGKILL: its pool workers die too (they used to finish their
     stage and stay alive); the rerun keeps the stages published before the kill. Meanwhile, `harness
@@ -389,7 +390,8 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+@pytest.mark.parametrize("stop", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGKILL],
+                         ids=["sigterm", "sigkill"])
 def test_stopping_harness_ui_stops_its_mlflow_server(stop, isolated_results):
     import urllib.request
 
@@ -444,3 +446,91 @@ def test_offline_flags_are_set_when_the_hub_is_unreachable_or_asked(monkeypatch)
         hub.hub_reachable.cache_clear()
         assert hub.set_offline_flags() == "online" and "HF_HUB_OFFLINE" not in os.environ
     hub.hub_reachable.cache_clear()
+
+
+def test_a_working_folder_has_one_writer_and_outlives_a_killed_one(tmp_path):
+    """The claim's lock: a second claimer gets nothing while the writer lives; a writer killed with SIGKILL
+    leaves its folder and its name, and the next claim takes both over (a new attempt)."""
+    claim = cache.claim_work_dir("train_policy", "k1")
+    assert claim is not None and claim.previous is None and claim.path == cache.work_dir("train_policy", "k1")
+    assert cache.claim_work_dir("train_policy", "k1") is None  # same process, another claimer: refused
+    state = cache.work_state("train_policy", "k1")
+    assert state.running and state.writer["pid"] == os.getpid() and state.attempt == claim.attempt
+    claim.release()
+
+    script = ("import os, signal; from harness import cache; c = cache.claim_work_dir('train_policy', 'k2'); "
+              "(c.path / 'history.jsonl').write_text('{\"step\": 1}\\n'); print(os.getpid(), flush=True); "
+              "os.kill(os.getpid(), signal.SIGKILL)")
+    died = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    dead_pid = int(died.stdout.split()[0])
+    left = cache.work_state("train_policy", "k2")
+    assert left is not None and not left.running and left.failure is None and left.writer["pid"] == dead_pid
+    retry = cache.claim_work_dir("train_policy", "k2")
+    assert retry.previous["pid"] == dead_pid and retry.attempt != left.attempt
+    assert (retry.path / "history.jsonl").exists()  # handed over as it was; the executor decides what to keep
+    cache.reset_work_dir(retry)
+    assert not any(retry.path.iterdir())
+    (retry.path / "stage.marker").write_text("x")
+    published = cache.publish(retry, {"seconds": 1.0})
+    retry.release()
+    assert cache.is_complete("train_policy", "k2") and (published / "stage.marker").exists()
+    assert cache.work_state("train_policy", "k2") is None and cache.claim_work_dir("train_policy", "k2") is None
+    record = cache.read_record("train_policy", "k2")
+    assert record["attempt"] == retry.attempt and record["started_at"] <= record["ended_at"]
+
+
+def test_a_failed_stage_says_why_in_its_working_folder(tmp_path):
+    from harness.stages import execute_stage
+
+    spec = {"kind": "prepare_data", "key": "broken", "config": {"name": "no-such-dataset", "seed": 0, "max_rows": 2},
+            "inputs": {}}
+    with pytest.raises(Exception) as raised:
+        execute_stage(spec)
+    state = cache.work_state("prepare_data", "broken")
+    assert state is not None and not state.running
+    assert state.failure["error"].startswith(type(raised.value).__name__)
+    assert state.failure["attempt"] == state.attempt and "Traceback" in state.failure["details"]
+    assert not cache.is_complete("prepare_data", "broken")
+
+
+def test_library_noise_is_off_unless_verbose(monkeypatch):
+    import warnings
+
+    from harness import console
+
+    for name in (console.QUIET_ENV, *console._QUIET_ENVIRONMENT):  # restored after the test
+        monkeypatch.delenv(name, raising=False)
+    with warnings.catch_warnings():
+        console.quiet_libraries(verbose=True)
+        assert console.QUIET_ENV not in os.environ and "TQDM_DISABLE" not in os.environ
+        console.quiet_libraries(verbose=False)
+        assert os.environ[console.QUIET_ENV] == "1" and os.environ["TQDM_DISABLE"] == "1"
+        assert os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.warn_explicit("gradient_checkpointing is deprecated", FutureWarning, "training_args.py", 1,
+                                   module="transformers.training_args")
+            warnings.warn_explicit("a harness warning", UserWarning, "x.py", 1, module="harness.stages")
+        assert [str(w.message) for w in caught] == ["a harness warning"]
+
+
+def test_plain_view_prints_events_and_a_progress_line_per_interval():
+    import io
+
+    from harness.console import PlainView, StageLine, stage_summary
+
+    out = io.StringIO()
+    view = PlainView(out, interval=0.0)
+    view.event("  run  train_policy[dpo] 0123456789abcdef0123")
+    line = StageLine("train_policy[dpo]", "0123456789abcdef0123", ["algorithm.beta=0.1", "other"], done=40, total=150,
+                     metrics={"train/loss": 0.6913, "train/margins": 0.02}, rate=3.2, tokens_rate=1500.0,
+                     eta_seconds=34.4, elapsed_seconds=12.0)
+    view.running([line])
+    view.event(stage_summary("train_policy[dpo]", "0123456789abcdef0123", ["algorithm.beta=0.1"], 133.0,
+                             "train_policy", {"train/final_loss": 0.412}))
+    assert out.getvalue().splitlines() == [
+        "  run  train_policy[dpo] 0123456789abcdef0123",
+        "  ... train_policy[dpo] 01234567  algorithm.beta=0.1 (+1 cells)  step 40/150  train/loss 0.6913  "
+        "train/margins 0.02  3.20 step/s  1.5k tok/s  elapsed 12s  ETA 34s",
+        "  done train_policy[dpo] 0123456789abcdef0123 in 2m13s: train/final_loss 0.412 (cell algorithm.beta=0.1)",
+    ]

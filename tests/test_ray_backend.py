@@ -152,3 +152,38 @@ def test_ray_keep_going_reports_the_broken_data_file_and_logs_the_rest(ray_insta
     assert list(summary.failed_cells) == ["dataset=helpsteer"]
     assert f"{broken_helpsteer}:3: not UTF-8 text" in summary.failed_cells["dataset=helpsteer"]
     assert not any("train_policy" in line for line in lines if line.startswith("  submit "))
+
+
+def test_ray_stage_metrics_are_logged_live(tiny_model, ray_instance, shared_mlflow, isolated_results):
+    """Under Ray, too, the driver follows the task's working folder: a step metric of the training stage
+    is in MLflow before the stage is published, and that live run is the one finished at publication."""
+    from harness import cache, tracking
+    from harness import mlflow_layout as layout
+
+    spec = _small("ray_live", 300, (0.1,))
+    spec["baseline"] = False
+    done: list = []
+    client = tracking.client()  # the store is created before the run's thread uses it (migrations are not thread-safe)
+    runner = threading.Thread(target=lambda: done.append(run_grid(build_grid(spec), backend="ray",
+                                                                  echo=lambda _: None)))
+    runner.start()
+    read_live = None
+    try:
+        while runner.is_alive() and read_live is None:
+            exp = client.get_experiment_by_name("ray_live")
+            runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") if exp else []
+            for run in runs:
+                if run.data.tags.get(layout.TAG_STAGE_KIND) != "train_policy":
+                    continue
+                key = run.data.tags[layout.TAG_STAGE_HASH]
+                if client.get_metric_history(run.info.run_id, "train/loss") and not cache.is_complete("train_policy", key):
+                    read_live = run
+            time.sleep(0.2)
+    finally:
+        runner.join()
+    assert done and done[0].logged_cells == ["algorithm.beta=0.1"]
+    assert read_live is not None, "no step metric was read while the Ray task trained"
+    finished = client.get_run(read_live.info.run_id)
+    record = cache.read_record("train_policy", read_live.data.tags[layout.TAG_STAGE_HASH])
+    assert finished.info.status == "FINISHED" and finished.data.tags[layout.TAG_STAGE_ATTEMPT] == record["attempt"]
+    assert sorted(m.step for m in client.get_metric_history(finished.info.run_id, "train/loss")) == list(range(1, 301))
