@@ -28,6 +28,7 @@ import hashlib
 import heapq
 import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -98,6 +99,9 @@ class DatasetSpec:
     # For specs built by `source_spec`: how one raw file is read, and the optional grouping of raw rows.
     read: Callable[[Path], Iterable[dict[str, Any]]] | None = None
     group_raw: Callable[[Iterable[dict[str, Any]]], Iterable[Any]] | None = None
+    # For a spec with its own `load_raw` that reads something besides its code (e.g. the prompt-tag
+    # cache of the mined prompt sets): what it reads, as JSON-able identity, for `source_fingerprint`.
+    raw_inputs: Callable[[], dict[str, Any]] | None = None
     # --- provenance of the curation rule (shown by `harness data show`, tabled in the README) ---
     rule: str = ""  # what the code does to raw rows, in one or two sentences
     rule_source: str = ""  # where the rule comes from: paper section and/or the authors' script
@@ -119,8 +123,13 @@ class DatasetSpec:
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
+# Dataset name -> the module that registered it (its code is part of `source_fingerprint`).
+_REGISTERED_IN: dict[str, str] = {}
+
+
 def register(spec: DatasetSpec) -> DatasetSpec:
     DATASETS.register(spec.name, spec)
+    _REGISTERED_IN[spec.name] = sys._getframe(1).f_globals.get("__name__", __name__)
     return spec
 
 
@@ -471,6 +480,47 @@ def hub_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
             yield row
 
     return rows()
+
+
+def source_fingerprint(name: str) -> dict[str, Any]:
+    """What `prepare(name)` would read now, resolved without reading any row: the identity of the raw
+    input plus the code that turns it into rows. Part of the `prepare_data` stage key, so pointing
+    HARNESS_DATA_DIR at other rows, editing a raw file or changing a loader reruns that stage (and
+    everything downstream), and nothing else.
+
+    {"dataset": name,
+     "code": hash of the dataset's module and the registry modules it uses (`harness.cache.code_fingerprint`),
+     "raw": one of
+        {"files": {path relative to its data dir: sha256}}      local files (`local_files` via `find_local`)
+        {"hub": id, "revision": commit | None, "config", "split", "files"}   no local file; None = unpinned
+        {"unavailable": True}                                    neither (prepare raises DataUnavailableError)
+        {"components": {name: source_fingerprint(name)}}         a mix
+        {"inputs": spec.raw_inputs()}                            a custom loader that declares its inputs
+        {"generated": True}                                      built-in data: the code is the data}
+    """
+    from harness.cache import code_fingerprint, file_sha256
+    from harness.paths import data_label
+
+    spec = DATASETS.get(name)
+    raw: dict[str, Any]
+    if spec.components:
+        raw = {"components": {component: source_fingerprint(component) for component, _ in spec.components}}
+    elif spec.read is not None:  # a `source_spec`: local files first, then the hub (as `load_raw` does)
+        paths = find_local(spec.local_files)
+        if paths:
+            raw = {"files": {data_label(p): file_sha256(p) for p in paths}}
+        elif spec.hub_id and not hub_disabled():
+            raw = {"hub": spec.hub_id, "revision": spec.revision, "config": spec.hub_config, "split": spec.split,
+                   "files": list(spec.hub_files)}
+        else:
+            raw = {"unavailable": True}
+    elif spec.raw_inputs is not None:
+        raw = {"inputs": spec.raw_inputs()}
+    else:
+        raw = {"generated": True}
+    # The package's __init__ only imports every dataset module: not a dependency of any one of them.
+    code = code_fingerprint(_REGISTERED_IN.get(name, __name__), ("datasets_registry",), exclude=("datasets_registry",))
+    return {"dataset": name, "code": code, "raw": raw}
 
 
 def unavailable_message(spec: DatasetSpec) -> str:

@@ -238,7 +238,17 @@ def _mined_spec(name: str, domain: str, label: str) -> DatasetSpec:
                    "--pool prompts-lmsys-chat-1m --model M --base-url URL --api-key-env VAR` first",
     )
     spec.is_available = lambda: cache_path().exists() and bool(cached_tags())
+    spec.raw_inputs = _tag_cache_identity
     return spec
+
+
+def _tag_cache_identity() -> dict[str, Any]:
+    """What the mined sets read: the tag cache (its bytes) and which tagger's tags are used."""
+    from harness.cache import file_sha256
+
+    path = cache_path()
+    return {"tag_cache": file_sha256(path) if path.exists() else None,
+            "tagger_model": os.environ.get("HARNESS_TAGGER_MODEL") or None}
 
 
 register(_mined_spec("prompts-mined-math", "Math", "math"))

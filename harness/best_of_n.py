@@ -162,9 +162,14 @@ def best_of_n_tasks(
     config: BestOfNConfig,
     limit: int | None = None,
     batch_size: int = 16,
+    task_settings: dict[str, Any] | None = None,
+    judge: dict[str, Any] | None = None,
+    planned: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Run `tasks` on one reward model's best-of-N picks; the tasks' own metric names (no prefix).
 
+    `task_settings` ({group: TaskSettings}, as planned; default: resolved now), `judge` (the endpoint
+    for judged tasks) and `planned` (the plan's task fingerprints) are passed to `run_tasks`.
     Writes the task samples, `results.json` and `bon_selections.jsonl` (candidate scores and the pick)
     under out_dir.
     """
@@ -174,8 +179,9 @@ def best_of_n_tasks(
     scorer = RewardScorer(reward_model_path, batch_size=batch_size)
     generator = BestOfNGenerator(base, scorer, cache, config, model_key)
     ctx = EvalContext(model_path=sft_path, out_dir=out_dir, limit=limit, seed=config.seed,
-                      batch_size=batch_size, reward_model_path=reward_model_path, _generator=generator)
-    metrics = run_tasks(ctx, tasks)
+                      batch_size=batch_size, reward_model_path=reward_model_path, judge=judge,
+                      settings=dict(task_settings or {}), _generator=generator)
+    metrics = run_tasks(ctx, tasks, planned=planned)
     with (out_dir / "bon_selections.jsonl").open("w") as fh:
         for record in generator.records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -14,10 +14,14 @@ there exists if and only if the stage finished; `kill -9` at any moment leaves e
 What a working folder holds while its stage runs (the executor writes it, the driver and `harness status`
 read it): the stage's outputs as they appear, `history.jsonl` (step metrics, appended as training goes),
 `progress.json` (`harness.progress`), and `failure.json` once the stage failed (`record_failure`).
+
+Small results published whole in one go (the evaluation's task store) use a private temp folder instead
+(`new_temp_dir` + `publish_temp`), swept when its writer died (`sweep_stale_temps`).
 """
 
 from __future__ import annotations
 
+import ast
 import errno
 import fcntl
 import hashlib
@@ -25,6 +29,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -246,6 +251,31 @@ def publish(claim: WorkClaim, record: dict[str, Any]) -> Path:
     return target
 
 
+def new_temp_dir(kind: str, key: str) -> Path:
+    """A private temp folder for a small result published whole in one go (`publish_temp`), such as the
+    evaluation's task store entries: no working folder or lock, a killed writer's folder is swept."""
+    # Host and pid in the name let a later run tell a dead writer's leftovers from a live one's.
+    tmp = stage_cache_dir() / ".tmp" / f"{kind}__{key}__{socket.gethostname()}__{os.getpid()}__{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish_temp(tmp: Path, kind: str, key: str, record: dict[str, Any]) -> Path:
+    """Write the completion record into `tmp`, then rename it into place; when another writer published
+    the same key first (same key => same content), keep theirs."""
+    record = {**record, "kind": kind, "key": key, "published_at": time.time()}
+    (tmp / RECORD).write_text(json.dumps(record, indent=2, default=str))
+    target = stage_dir(kind, key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not is_complete(kind, key):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def running_work() -> list[WorkState]:
     """Every working folder in the store (running, failed or left by a dead writer)."""
     root = stage_cache_dir() / WORK_ROOT
@@ -260,7 +290,7 @@ def running_work() -> list[WorkState]:
 
 
 def sweep_stale_temps() -> int:
-    """Remove the `stages/.tmp` folders of earlier harness versions' killed writers (this host, pid gone)."""
+    """Remove the temp folders (`new_temp_dir`) of killed writers of this host (their pid is gone)."""
     root = stage_cache_dir() / ".tmp"
     if not root.exists():
         return 0
@@ -286,10 +316,112 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (data files can be large)."""
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (data files can be large).
+
+    Remembered per (path, size, mtime) for the life of the process: planning a grid fingerprints the
+    same raw and benchmark files once per cell, and a rewritten file gets a new mtime."""
+    stat = path.stat()
+    ident = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if ident not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _FILE_HASHES[ident] = digest.hexdigest()
+    return _FILE_HASHES[ident]
+
+
+def code_fingerprint(module: str, packages: tuple[str, ...], exclude: tuple[str, ...] = ()) -> str:
+    """Hash of a module's source and of every module of `packages` it imports, transitively, minus
+    `exclude`: what a cached result computed by `module` depends on in code (a dataset loader and the
+    registry helpers it calls; a task and the scoring code it calls, including imports made inside
+    functions). Read from the files, nothing is imported; `from pkg import name` follows `name` to the
+    module that defines it when `pkg/__init__.py` only re-exports it."""
+    seen: dict[str, str] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or name in exclude:
+            continue
+        seen[name], imports = _module_info(name)
+        todo.extend(dep for dep in imports if any(dep == p or dep.startswith(p + ".") for p in packages))
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    for name in sorted(seen):
+        digest.update(f"{name}\n{seen[name]}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of module `name` (imported or not), or None (not a module, or no file)."""
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        file = getattr(loaded, "__file__", None)
+        return Path(file) if file and file.endswith(".py") else None
+    top = sys.modules.get(name.split(".")[0])
+    if top is None or not getattr(top, "__file__", None):
+        return None
+    folder = Path(top.__file__).parent.joinpath(*name.split(".")[1:])
+    for candidate in (folder.with_suffix(".py"), folder / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_MODULES: dict[tuple[str, str, int, int], tuple[str, list[str]]] = {}
+
+
+def _module_info(name: str) -> tuple[str, list[str]]:
+    """(source, imported modules) of module `name`; parsed once per file version."""
+    path = _module_file(name)
+    if path is None:
+        return name, []
+    stat = path.stat()
+    ident = (name, str(path), stat.st_size, stat.st_mtime_ns)
+    if ident not in _MODULES:
+        source = path.read_text(encoding="utf-8")
+        _MODULES[ident] = source, _imports(name, source)
+    return _MODULES[ident]
+
+
+def _imports(name: str, source: str) -> list[str]:
+    """Modules `source` (module `name`) imports anywhere in its body, re-exports resolved."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    is_package = _module_file(name) is not None and _module_file(name).name == "__init__.py"  # type: ignore[union-attr]
+    package = name if is_package else name.rpartition(".")[0]
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            for alias in node.names:
+                found.append(_defining_module(base, alias.name))
+    return found
+
+
+def _defining_module(package: str, attribute: str) -> str:
+    """`from package import attribute`: the submodule `attribute`, or the module `package`'s __init__
+    re-exports it from, or `package` itself."""
+    if _module_file(f"{package}.{attribute}") is not None:
+        return f"{package}.{attribute}"
+    init = _module_file(package)
+    if init is not None and init.name == "__init__.py":
+        try:
+            tree = ast.parse(init.read_text(encoding="utf-8"))
+        except SyntaxError:
+            return package
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                if any((alias.asname or alias.name) == attribute for alias in node.names):
+                    return node.module
+    return package

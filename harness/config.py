@@ -96,6 +96,12 @@ class RewardModelRef(Strict):
         problems = self.train_problems(self.train)
         if problems:
             raise ValueError("; ".join(f"train.{field}: {msg}" for field, msg in problems))
+        if self.dataset is not None and self.dataset.max_rows is not None and self.dataset.max_rows < 2:
+            # Known now; a dataset that curates to fewer rows is caught when train_reward_model starts.
+            raise ValueError(
+                f"dataset.max_rows={self.dataset.max_rows} leaves at most {self.dataset.max_rows} pair(s), but the "
+                "reward model holds some pairs out to measure its accuracy (`heldout_fraction`): it needs at "
+                "least 2 (one to train on, one held out)")
         return self
 
     @staticmethod
@@ -164,6 +170,11 @@ class EvalConfig(Strict):
     # Paper Figs. 6-7: also evaluate the policy saved every N training steps (PPO: updates), logged as
     # each task metric's history over steps. None = final model only (stage keys as without the field).
     checkpoint_every: int | None = Field(default=None, ge=1, description="evaluate a checkpoint every N steps")
+    # Task settings by settings group (`TaskSpec.group`: e.g. coding, ifeval, alpaca_eval, truthfulqa,
+    # toxigen), e.g. {coding: {n_samples: 10}}. After validation it holds every group of the cell's tasks
+    # fully resolved (defaults, then the environment's HARNESS_* defaults, then these values), so the
+    # stage keys and MLflow params carry the settings actually used.
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict, description="task settings by group")
 
     @field_validator("tasks")
     @classmethod
@@ -171,6 +182,14 @@ class EvalConfig(Strict):
         if not tasks:  # an evaluate stage with nothing to score would log an empty cell
             raise ValueError("no evaluation task: give at least one task or suite name (e.g. smoke_lowercase)")
         return _expand_tasks(tasks)
+
+    @model_validator(mode="after")
+    def _resolve_settings(self) -> EvalConfig:
+        from harness.evaluation.base import resolve_eval_settings
+
+        tasks = self.tasks + (self.best_of_n.tasks if self.best_of_n is not None else [])
+        self.settings = resolve_eval_settings(tasks, self.settings)
+        return self
 
     @field_validator("best_of_n", mode="before")
     @classmethod

@@ -156,14 +156,26 @@ def _dataclass_field_errors(raw: dict[str, Any], label: str, axes_keys: dict[str
     return errors
 
 
+def _eval_settings_errors(raw: dict[str, Any], label: str, axes_keys: dict[str, int]) -> list[str]:
+    """Field-level checks of `eval.settings`, so errors carry `eval.settings.<group>.<field>` paths."""
+    from harness.evaluation.base import settings_errors
+
+    block = raw.get("eval")
+    settings = block.get("settings") if isinstance(block, dict) else None
+    if not isinstance(settings, dict):
+        return []
+    return [f"{_locate('eval.settings.' + path, axes_keys, label)}: {msg}" for path, msg in settings_errors(settings)]
+
+
 def _validate_cell(raw: dict[str, Any], label: str, axes_keys: dict[str, int]) -> tuple[CellConfig | None, list[str]]:
-    errors = _dataclass_field_errors(raw, label, axes_keys)
+    settings_errors = _eval_settings_errors(raw, label, axes_keys)
+    errors = _dataclass_field_errors(raw, label, axes_keys) + settings_errors
     try:
         cell = CellConfig.model_validate(raw)
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-            if errors and loc in ("algorithm", "reward_model"):
+            if errors and loc in ("algorithm", "reward_model") or settings_errors and loc == "eval":
                 continue  # the block's own check, already reported field by field above
             msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
             errors.append(f"{_locate(loc, axes_keys, label)}: {msg}")

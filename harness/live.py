@@ -138,6 +138,7 @@ def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
     summary: dict[str, float] = {}
     costs: dict[str, float] = {}
     checkpoints: list[dict[str, Any]] = []
+    evaluation: dict[str, str] = {}
     inputs: list[layout.DataInput] = []
     models: list[str] = []
     for stage, (start, end) in zip(plan.stages, times):
@@ -150,12 +151,13 @@ def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
                 summary[key] = value
         if stage.kind == "evaluate":
             checkpoints += result.checkpoint_history
+            evaluation = layout.evaluation_tags_of(result.tags)  # which tasks have no result, and why
         inputs += data_inputs(stage)
         if stage.kind == "train_policy":
             model_id = layout.logged_model_of(experiment_id, stage.key)
             models += [model_id] if model_id else []
     layout.finish_cell_run(run_id, {**summary, **costs}, checkpoints, _ms(max(t[1] for t in times)),
-                           inputs=inputs, models=models)
+                           tags=evaluation, inputs=inputs, models=models)
     return run_id
 
 

@@ -7,17 +7,20 @@ Layout, per MLflow experiment (one per grid):
   `harness.cell_key` (content key of its final stage), `harness.grid`, `harness.grid_file`,
   `harness.is_baseline`, `harness.git_sha`, `harness.overrides` (the cell's grid overrides, JSON),
   `harness.policy_path`, `harness.reward_model_path`, `harness.stage.<kind>[.<dataset>]` (stage keys),
-  `harness.data_fingerprint.<dataset>`. Params: the flattened resolved config. Artifact
-  `resolved_config.json`. Metrics: every non-data stage's metrics; checkpoint evaluations as histories;
-  `cost/*` summed over its stages (a stage shared by cells counts in each). Inputs and outputs: its
-  stages' datasets and its trained policy's logged model. It starts with its first stage (created when
-  that stage starts, or at logging time from the stage records when all were cached) and ends with its
-  last stage's end.
+  `harness.data_fingerprint.<dataset>`, and the evaluation's `harness.eval.*` tags (below). Params: the
+  flattened resolved config. Artifact `resolved_config.json`. Metrics: every non-data stage's metrics;
+  checkpoint evaluations as histories; `cost/*` summed over its stages (a stage shared by cells counts in
+  each). Inputs and outputs: its stages' datasets and its trained policy's logged model. It starts with
+  its first stage (created when that stage starts, or at logging time from the stage records when all
+  were cached) and ends with its last stage's end.
 - stage run (`harness.run_type=stage`), nested (`mlflow.parentRunId`) under each cell run that uses the
   stage. Tags: `harness.stage_kind`, `harness.stage_hash`, `harness.stage_dir`, `harness.stage_attempt`
   (the working-folder claim whose curve a live run shows), `harness.stage_seconds`, `harness.device`,
   `harness.data_fingerprint`, `harness.model_path`, `harness.stage_error` (a FAILED run's error), plus the
-  stage's own tags (e.g. `harness.rewardbench`). Params: the stage config. Metrics: final values, step
+  stage's own tags (e.g. `harness.rewardbench`; the evaluate stage's `harness.eval.missing` (comma list:
+  tasks not run because an input was missing), `harness.eval.skipped.<task>` (why a task has no score),
+  `harness.eval.reused` (comma list: tasks taken from the task store instead of rerun), and the same
+  three under `harness.eval.bon.` for best-of-N). Params: the stage config. Metrics: final values, step
   histories (training curves, logged live while the stage runs), checkpoint evaluations over steps, its
   cost (`cost/wall_seconds`, `cost/tokens_trained`, `cost/tokens_generated`, `cost/gpu_hours` on GPU).
   Inputs: its training data (context `training`) or evaluation data (`evaluation`) as MLflow datasets
@@ -95,6 +98,9 @@ TAG_STAGE_ERROR = "harness.stage_error"
 TAG_DEVICE = "harness.device"
 TAG_MODEL_PATH = "harness.model_path"
 TAG_REWARDBENCH = "harness.rewardbench"  # written by the reward-model stage: scored, or skipped and why
+# written by the evaluate stage (`evaluation_tags`), copied onto the cell run
+TAG_EVAL_PREFIX = "harness.eval."
+TAG_EVAL_BON_PREFIX = "harness.eval.bon."
 # sweeps
 TAG_STUDY = "harness.study"
 TAG_OPTUNA_STORAGE = "harness.optuna_storage"
@@ -431,17 +437,51 @@ def open_cell_run(experiment_id: str, info: CellRunInfo, start_time_ms: int | No
 
 
 def finish_cell_run(run_id: str, metrics: dict[str, float], checkpoint_history: Iterable[dict[str, Any]] = (),
-                    end_time_ms: int | None = None, inputs: Iterable[DataInput] = (),
-                    models: Iterable[str] = ()) -> None:
+                    end_time_ms: int | None = None, tags: dict[str, str] | None = None,
+                    inputs: Iterable[DataInput] = (), models: Iterable[str] = ()) -> None:
     """The cell's summary: its stages' metrics (checkpoint evaluations as histories, not again at
     step 0: their last point is the final model's value, and a step-0 duplicate would read as a score
-    before training on the curves), its stages' datasets and logged models, then FINISHED."""
+    before training on the curves), `tags` (the evaluation's, `evaluation_tags_of`), its stages' datasets
+    and logged models, then FINISHED."""
     over_steps = log_steps(run_id, checkpoint_history)
     tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if k not in over_steps})
+    if tags:
+        tracking.set_tags(run_id, {k: _clip(v) for k, v in tags.items()})
     logged = {(i.dataset.name, i.dataset.digest) for i in (tracking.client().get_run(run_id).inputs.dataset_inputs or [])}
     log_data_inputs(run_id, [d for d in inputs if (d.name, d.digest[:36]) not in logged])
     link_models(run_id, models)
     tracking.client().set_terminated(run_id, "FINISHED", end_time=end_time_ms)
+
+
+# -- evaluations: which tasks have no result, and why -----------------------------------------------
+
+def evaluation_tags(results: dict[str, Any], best_of_n: bool = False) -> dict[str, str]:
+    """The evaluate stage's tags from `run_tasks`' results.json: `missing` (comma list), `skipped.<task>`
+    (the reason of every task without a score), `reused` (comma list), under `harness.eval.` (or
+    `harness.eval.bon.` for the best-of-N tasks)."""
+    prefix = TAG_EVAL_BON_PREFIX if best_of_n else TAG_EVAL_PREFIX
+    tags = {f"{prefix}skipped.{task}": reason for task, reason in results["skipped"].items()}
+    tags[f"{prefix}missing"] = ",".join(results["missing"])
+    tags[f"{prefix}reused"] = ",".join(results["reused"])
+    return tags
+
+
+def evaluation_tags_of(tags: dict[str, str]) -> dict[str, str]:
+    """The evaluation's tags among a stage run's (what the cell run carries too)."""
+    return {k: v for k, v in tags.items() if k.startswith(TAG_EVAL_PREFIX)}
+
+
+def tasks_without_result(tags: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(task, "not run (input missing)" | "no score", reason) from a cell or evaluate run's tags; a
+    best-of-N task is named `best-of-N <task>`."""
+    rows = []
+    for prefix, label in ((TAG_EVAL_PREFIX, ""), (TAG_EVAL_BON_PREFIX, "best-of-N ")):
+        missing = set(filter(None, tags.get(f"{prefix}missing", "").split(",")))
+        for tag, reason in sorted(tags.items()):
+            if tag.startswith(f"{prefix}skipped."):
+                task = tag[len(f"{prefix}skipped."):]
+                rows.append((label + task, "not run (input missing)" if task in missing else "no score", reason))
+    return rows
 
 
 # -- sweeps -----------------------------------------------------------------------------------------

@@ -46,6 +46,25 @@ def data_dirs() -> list[Path]:
     return dirs
 
 
+def data_label(path: Path) -> str:
+    """A data file's name in a fingerprint: relative to the data dir holding it (or to the installed
+    package root for package files, e.g. lm-eval's task yamls), so that the same files give the same
+    stage key on another machine; absolute otherwise. Characters MLflow refuses in a param name (stage
+    configs are logged as params) become "_"."""
+    import re
+    import sys
+
+    path = Path(path).resolve()
+    label = str(path)
+    for base in [*data_dirs(), *(Path(p).resolve() for p in sys.path if p and Path(p).is_dir())]:
+        try:
+            label = str(path.relative_to(base))
+            break
+        except ValueError:
+            continue
+    return re.sub(r"[^/\w.\- :]", "_", label)
+
+
 def find_data_file(*relative_candidates: str) -> Path | None:
     """First existing file among `relative_candidates` under any local data directory."""
     for base in data_dirs():

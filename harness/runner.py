@@ -76,6 +76,10 @@ def describe_plan(grid: Grid, plans: list[CellPlan]) -> str:
             status = "cached" if stage.complete else "will run"
             shared = f" (shared by {users[stage.id]} cells)" if users[stage.id] > 1 else ""
             lines.append(f"    {stage.label:<40} {stage.key}  {status}{shared}")
+            if stage.kind == "prepare_data" and stage.config["source"]["raw"].get("unavailable"):
+                lines.append("      raw data not found locally and the hub is not used: this stage will fail")
+            for reason in stage.missing.values():  # not run; retried once its input is there
+                lines.append(f"      not run: {reason}")
     todo = [s for s in unique_stages(plans) if not s.complete]
     lines.append(f"{len(todo)} stage(s) will run, {len(unique_stages(plans)) - len(todo)} cached")
     return "\n".join(lines)

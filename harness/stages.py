@@ -5,8 +5,16 @@
 
 Each stage is content-addressed (`harness.cache.stage_key`): the hash of its kind, its code version,
 its resolved config and the keys of its inputs. Cells that share a stage (the same data, the same
-reward model, the same SFT evaluation) share its key, so it runs once. Bump a kind's version in
-`STAGE_VERSIONS` when its code changes what it produces.
+reward model, the same SFT evaluation) share its key, so it runs once. The config holds everything the
+result depends on, resolved at plan time:
+- prepare_data: the dataset's `source_fingerprint` (raw files' sha256 or the hub revision, the
+  loader's code), so other rows, an edited file or a changed loader is another stage;
+- evaluate: per task, `resolve_task`'s fingerprint (version, code, resolved settings, data files'
+  sha256, the judge endpoint for tasks that use one); tasks whose inputs are missing are listed apart
+  (`missing`), not run, and retried once their input exists; judge settings of the after-the-fact
+  `harness judge` step (prompts, num_prompts, reference) are not in it.
+`STAGE_VERSIONS` versions each executor's own code; bump a kind's version when it changes what it
+produces (a task's own changes are in its fingerprint).
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ logger = logging.getLogger(__name__)
 # Optional file in a stage folder: {tag: value} the runner sets on the stage's MLflow run.
 STAGE_TAGS_FILE = "tags.json"
 
-# train_reward_model 2: also scores RewardBench when its data is local (`rewardbench` in its config).
+# prepare_data 2: the raw source in the key, checked at execution. train_reward_model 2: also scores
+# RewardBench when its data is local; 3: the seeded held-out split that never leaves a side empty.
 # train_policy 2, evaluate 3: generation ignores a checkpoint's generation_config sampling settings, and PPO
 # zeroes functional dropout (attention_dropout); both change what models that ship such settings produce.
-STAGE_VERSIONS = {"prepare_data": 1, "train_reward_model": 2, "train_policy": 2, "evaluate": 3}
+# evaluate 4: per-task fingerprints, missing tasks apart, finished tasks reused from the task store.
+STAGE_VERSIONS = {"prepare_data": 2, "train_reward_model": 3, "train_policy": 2, "evaluate": 4}
 
 # Default Ray resource requests per kind (a user on a GPU cluster overrides with `resources:`).
 DEFAULT_RESOURCES = {
@@ -50,6 +60,8 @@ class Stage:
     config: dict[str, Any]
     inputs: dict[str, Stage] = field(default_factory=dict)
     key: str = ""
+    # Plan-time notes, not part of the key: evaluate's {task: why it is not run} (for --dry-run).
+    missing: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.key = cache.stage_key(
@@ -95,8 +107,12 @@ class CellPlan:
 
 
 def _data_stage(ref: Any, seed: int) -> Stage:
+    from datasets_registry.core import source_fingerprint
+
+    # The raw input it will read and the loader's code, resolved now: other rows, an edited raw file or
+    # a changed loader is another stage (and so is everything downstream of it).
     return Stage("prepare_data", {"name": ref.name, "seed": ref.seed if ref.seed is not None else seed,
-                                  "max_rows": ref.max_rows})
+                                  "max_rows": ref.max_rows, "source": source_fingerprint(ref.name)})
 
 
 def _reward_model_stage(cfg: Any) -> tuple[Stage, Stage]:
@@ -111,7 +127,29 @@ def _reward_model_stage(cfg: Any) -> tuple[Stage, Stage]:
                           {"data": rm_data})
 
 
+def _task_uses(name: str) -> tuple[str, ...]:
+    from harness.evaluation import TASKS
+
+    return TASKS.get(name).used_inputs
+
+
+def _task_group(name: str) -> str:
+    from harness.evaluation import TASKS
+
+    return TASKS.get(name).group
+
+
+def _plan_tasks(cfg: Any, task_names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """({task: fingerprint} ready to run, {task: why not}) for a cell's tasks, resolved now."""
+    from harness.evaluation.base import judge_endpoint, plan_tasks
+
+    return plan_tasks(task_names, cfg.eval.settings, judge=judge_endpoint(cfg.judge.model_dump()) if cfg.judge else None,
+                      has_reference=True, has_reward_model=cfg.reward_model is not None)
+
+
 def plan_cell(cell: Cell) -> CellPlan:
+    from harness.evaluation.base import judge_endpoint
+
     cfg = cell.config
     stages: list[Stage] = []
     policy_stage: Stage | None = None
@@ -148,7 +186,8 @@ def plan_cell(cell: Cell) -> CellPlan:
         policy_stage = Stage("train_policy", policy_config, inputs)
         stages.append(policy_stage)
     bon = cfg.eval.best_of_n
-    uses_rm = "rm_reward" in cfg.eval.tasks or bon is not None  # the evaluation itself needs the RM
+    ready, missing = _plan_tasks(cfg, cfg.eval.tasks)
+    uses_rm = any("reward_model" in _task_uses(name) for name in ready) or bon is not None
     if policy_stage is None and uses_rm and cfg.reward_model is not None and cfg.reward_model.dataset is not None:
         # The SFT baseline's samples scored by the same reward model as the policies' (seed 000 plots),
         # or the baseline's best-of-N picked by it.
@@ -159,13 +198,19 @@ def plan_cell(cell: Cell) -> CellPlan:
         eval_inputs["policy"] = policy_stage
     if rm_stage is not None and uses_rm:
         eval_inputs["reward_model"] = rm_stage
+    uses_judge = any("judge" in _task_uses(name) for name in ready)
     eval_config = {
-        "tasks": cfg.eval.tasks, "limit": cfg.eval.limit, "batch_size": cfg.eval.batch_size, "seed": cfg.seed,
+        "tasks": ready,  # {task: resolve_task fingerprint}: what each result depends on
+        # Requested tasks whose input is missing now: not run; their settings, to say why at run time.
+        "missing": {name: cfg.eval.settings.get(_task_group(name)) for name in missing},
+        "limit": cfg.eval.limit, "batch_size": cfg.eval.batch_size, "seed": cfg.seed,
         # The starting model is both the evaluated model of the baseline and the KL reference.
         "reference_model": cfg.model,
         "model": cfg.model if policy_stage is None else None,
-        "reward_model_path": cfg.reward_model.path if cfg.reward_model and cfg.reward_model.path else None,
-        "judge": cfg.judge.model_dump(exclude={"api_key_env"}) if cfg.judge else None,
+        "reward_model_path": (cfg.reward_model.path if uses_rm and cfg.reward_model and cfg.reward_model.path
+                              else None),
+        # Only the endpoint, and only for tasks that call it (`harness judge`'s fields are not here).
+        "judge": judge_endpoint(cfg.judge.model_dump()) if uses_judge and cfg.judge else None,
     }
     if policy_stage is not None and cfg.eval.checkpoint_every is not None:
         eval_config["checkpoint_every"] = cfg.eval.checkpoint_every  # only when asked, as best_of_n below
@@ -175,8 +220,14 @@ def plan_cell(cell: Cell) -> CellPlan:
         eval_inputs["sft"] = plan_cell(baseline).stages[-1]
     if bon is not None:
         # Only when asked: the keys (and cached results) of every other evaluation stay as they were.
-        eval_config["best_of_n"] = {**bon.model_dump(), "limit": bon.limit or cfg.eval.limit}
-    stages.append(Stage("evaluate", eval_config, eval_inputs))
+        bon_ready, bon_missing = _plan_tasks(cfg, bon.tasks)
+        eval_config["best_of_n"] = {**bon.model_dump(exclude={"tasks"}), "limit": bon.limit or cfg.eval.limit,
+                                    "tasks": bon_ready,
+                                    "missing": {name: cfg.eval.settings.get(_task_group(name)) for name in bon_missing}}
+        if any("judge" in _task_uses(name) for name in bon_ready) and cfg.judge:
+            eval_config["judge"] = judge_endpoint(cfg.judge.model_dump())
+        missing.update({f"bon/{name}": f"best-of-N {reason}" for name, reason in bon_missing.items()})
+    stages.append(Stage("evaluate", eval_config, eval_inputs, missing=missing))
     # De-duplicate (the same data stage can feed both the policy and the reward model).
     unique: dict[str, Stage] = {}
     for stage in stages:
@@ -210,8 +261,12 @@ def _read_rows(folder: Path) -> list[dict[str, Any]]:
 
 def run_prepare_data(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
     from datasets_registry import prepare
+    from datasets_registry.core import source_fingerprint
 
+    _check_source(config, source_fingerprint(config["name"]))
     split = prepare(config["name"], seed=config["seed"], max_rows=config["max_rows"])
+    # What was read is what was planned (a file rewritten while it was read gets a new mtime, so a new hash).
+    _check_source(config, source_fingerprint(config["name"]))
     with (out / "rows.jsonl").open("w") as fh:
         for row in split.rows:
             fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
@@ -225,26 +280,33 @@ def run_prepare_data(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     return metrics
 
 
-def split_heldout(rows: list[dict[str, Any]], fraction: float) -> tuple[list[dict], list[dict]]:
-    """Deterministic held-out split by row id (a row is held out in every run, whatever the seed),
-    so reward-model accuracy is always measured on pairs never trained on."""
-    import hashlib
-
-    def bucket(row: dict[str, Any]) -> float:
-        return int(hashlib.sha256(f"heldout:{row['id']}".encode()).hexdigest()[:8], 16) / 16**8
-
-    heldout = [r for r in rows if bucket(r) < fraction]
-    train = [r for r in rows if bucket(r) >= fraction]
-    return train, heldout
+def _check_source(config: dict[str, Any], found: dict[str, Any]) -> None:
+    """The raw input here must be the one the stage key was computed from; otherwise this worker would
+    publish other rows under that key."""
+    if found != config["source"]:
+        raise RuntimeError(
+            f"prepare_data[{config['name']}]: the raw input here differs from what the plan saw "
+            f"(planned {json.dumps(config['source'], sort_keys=True)}, found {json.dumps(found, sort_keys=True)}); "
+            "re-run the grid so the stage is re-planned, or give this worker the same data dirs (HARNESS_DATA_DIR)")
 
 
 def run_train_reward_model(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
     from harness.algorithms.base import History
-    from harness.reward_model import RewardModelConfig, evaluate_reward_model, train_reward_model
+    from harness.reward_model import (
+        RewardModelConfig,
+        evaluate_reward_model,
+        split_heldout,
+        train_reward_model,
+    )
 
     rm_config = RewardModelConfig(**config["train"])
     rows = _read_rows(inputs["data"])
-    train_rows, heldout_rows = split_heldout(rows, getattr(rm_config, "heldout_fraction", 0.1))
+    try:
+        train_rows, heldout_rows = split_heldout(rows, rm_config.heldout_fraction, seed=config["seed"])
+    except ValueError as err:  # before any training: too few rows to hold some out
+        data = json.loads((inputs["data"] / "config.json").read_text())["config"]
+        raise ValueError(f"train_reward_model: dataset {data['name']!r} (max_rows={data['max_rows']}) has "
+                         f"{len(rows)} pair(s) after curation: {err}") from None
     history = History(out / "history.jsonl")
     metrics = train_reward_model(train_rows, config["base"], rm_config, out, config["seed"], history.log)
     metrics.update(evaluate_reward_model(str(out / "model"), heldout_rows, out))
@@ -329,8 +391,17 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     return metrics
 
 
+def _task_settings(block: dict[str, Any]) -> dict[str, Any]:
+    """The planned settings of a task block ({tasks: {name: fingerprint}, missing: {name: settings}})."""
+    from harness.evaluation.base import settings_from_config
+
+    groups = {fp["task"]: fp["settings"] for fp in block["tasks"].values()} | dict(block.get("missing", {}))
+    by_group = {_task_group(name): values for name, values in groups.items()}
+    return settings_from_config(by_group, list(groups))
+
+
 def _eval_context(config: dict[str, Any], model_path: str, out_dir: Path, reward_model_path: str | None) -> Any:
-    """The evaluate stage's settings (limit, seed, judge, reference, RM) applied to one model."""
+    """The evaluate stage's settings (limit, seed, judge, reference, RM, task settings) applied to one model."""
     from harness.evaluation import EvalContext
     from harness.models import resolve_model
 
@@ -338,11 +409,38 @@ def _eval_context(config: dict[str, Any], model_path: str, out_dir: Path, reward
         model_path=model_path, out_dir=out_dir, limit=config["limit"], seed=config["seed"],
         batch_size=config["batch_size"], judge=config.get("judge"),
         reference_path=resolve_model(config["reference_model"]), reward_model_path=reward_model_path,
+        settings=_task_settings(config),
     )
 
 
-def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
+def _planned_names(block: dict[str, Any]) -> list[str]:
+    """The tasks a block asked for: the planned ones, then those that were missing."""
+    return list(block["tasks"]) + [n for n in block.get("missing", {}) if n not in block["tasks"]]
+
+
+def _run_planned(ctx: Any, block: dict[str, Any], store: bool) -> tuple[dict[str, float], dict[str, Any]]:
+    """The planned tasks of `block` on ctx's model (each checked against its planned fingerprint), the
+    missing ones reported; returns (metrics, results.json)."""
     from harness.evaluation import run_tasks
+
+    metrics = run_tasks(ctx, _planned_names(block), store=store, planned=block["tasks"])
+    return metrics, _checked_results(ctx.out_dir, block)
+
+
+def _checked_results(out_dir: Path, block: dict[str, Any]) -> dict[str, Any]:
+    """`run_tasks`' results.json; raises when a planned task could not run (never published then)."""
+    results = json.loads((out_dir / "results.json").read_text())
+    if results["unavailable"]:
+        raise RuntimeError(
+            f"evaluate: task(s) {sorted(results['unavailable'])} could not run although their inputs resolved "
+            f"when the grid was planned ({'; '.join(results['unavailable'].values())}); the "
+            f"{len(block['tasks']) - len(results['unavailable'])} other task(s) finished and are kept in the "
+            "task store (results/stages/evaluate_task/): the next run of the grid reruns only these")
+    return results
+
+
+def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
+    from harness.mlflow_layout import evaluation_tags
     from harness.models import resolve_model
 
     model_path = str(inputs["policy"] / "model") if "policy" in inputs else resolve_model(config["model"])
@@ -352,13 +450,17 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
     elif config.get("reward_model_path"):
         reward_model_path = resolve_model(config["reward_model_path"])
     ctx = _eval_context(config, model_path, out / "artifacts" / "samples", reward_model_path)
-    metrics = run_tasks(ctx, config["tasks"])
+    metrics, results = _run_planned(ctx, config, store=True)
     del ctx  # frees the evaluated model's generator before another model (a checkpoint, the SFT sampler) loads
     gc.collect()
+    tags = evaluation_tags(results)  # which tasks have no result and why, which were reused
     if config.get("checkpoint_every") and "policy" in inputs:
         _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward_model_path, metrics, out)
     if config.get("best_of_n"):
-        metrics.update(_best_of_n(config, reward_model_path, out))
+        bon_metrics, bon_results = _best_of_n(config, reward_model_path, out)
+        metrics.update(bon_metrics)
+        tags.update(evaluation_tags(bon_results, best_of_n=True))
+    _write_tags(out, tags)
     return metrics
 
 
@@ -372,7 +474,6 @@ def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Pat
     at exactly the number the cell reports. Samples go to artifacts/checkpoints/step-<s>/.
     """
     from harness.checkpoints import HISTORY_FILE, final_step, list_checkpoints
-    from harness.evaluation import run_tasks
 
     def curve_metrics(metrics: dict[str, float]) -> dict[str, float]:
         # Timings are not a property of the checkpoint: left out of the curves.
@@ -385,7 +486,7 @@ def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Pat
         rows.append({"step": 0, **{k: v for k, v in curve_metrics(sft).items() if k in final}})
     for step, folder in list_checkpoints(policy_dir):
         ctx = _eval_context(config, str(folder), out / "artifacts" / "checkpoints" / f"step-{step}", reward_model_path)
-        rows.append({"step": step, **curve_metrics(run_tasks(ctx, config["tasks"]))})
+        rows.append({"step": step, **curve_metrics(_run_planned(ctx, config, store=True)[0])})
         del ctx
         gc.collect()
     rows.append({"step": final_step(policy_dir), **curve_metrics(final)})
@@ -394,7 +495,8 @@ def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Pat
             fh.write(json.dumps(row, sort_keys=True) + "\n")
 
 
-def _best_of_n(config: dict[str, Any], reward_model_path: str | None, out: Path) -> dict[str, float]:
+def _best_of_n(config: dict[str, Any], reward_model_path: str | None,
+               out: Path) -> tuple[dict[str, float], dict[str, Any]]:
     """`bon/<task>/<metric>`: the tasks on the reward model's picks among N samples of the SFT model.
 
     The SFT model is the cell's starting model (`reference_model`), whatever policy the cell trained;
@@ -412,13 +514,17 @@ def _best_of_n(config: dict[str, Any], reward_model_path: str | None, out: Path)
     cache, model_key = default_cache(sft_path)
     settings = BestOfNConfig(n=bon["n"], temperature=bon["temperature"], top_p=bon["top_p"], seed=bon["seed"])
     base = make_generator(sft_path, batch_size=config["batch_size"])
-    found = best_of_n_tasks(base, sft_path, reward_model_path, bon["tasks"], out / "artifacts" / "bon", cache,
-                            model_key, settings, limit=bon["limit"], batch_size=config["batch_size"])
+    # Not through the task store: the picks depend on the reward model and the candidates, which the
+    # task fingerprint of the SFT model does not say; the candidates themselves are cached.
+    found = best_of_n_tasks(base, sft_path, reward_model_path, _planned_names(bon), out / "artifacts" / "bon",
+                            cache, model_key, settings, limit=bon["limit"], batch_size=config["batch_size"],
+                            task_settings=_task_settings(bon), judge=config.get("judge"), planned=bon["tasks"])
+    results = _checked_results(out / "artifacts" / "bon", bon)
     # No RM label in the key: a cell has one reward model (the reports' `bon/<task>/score` shape).
     metrics = {f"bon/{key}": value for key, value in found.items()}
     metrics["bon/cache_hits"] = float(cache.hits)
     metrics["bon/cache_misses"] = float(cache.misses)
-    return metrics
+    return metrics, results
 
 
 EXECUTORS: dict[str, Callable[[dict[str, Any], dict[str, Path], Path], dict[str, float]]] = {

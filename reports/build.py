@@ -114,6 +114,19 @@ def _write_figure(name: str, output: FigureOutput, folder: Path) -> list[Path]:
     return paths
 
 
+def _tasks_without_result(exp: Experiment) -> list[str]:
+    """Evaluation tasks a cell asked for that have no score, and why (from the cell runs' tags)."""
+    from harness.mlflow_layout import tasks_without_result
+
+    rows = [f"- `{cell.cell}` · `{task}`: {status}: {reason}"
+            for cell in exp.cells for task, status, reason in tasks_without_result(cell.tags)]
+    if not rows:
+        return []
+    return ["## Evaluation tasks without a result", "",
+            "Nothing is invented for them. A task whose input was missing was not run; the next `harness run` of the "
+            "grid runs it once the input exists (the cell's other tasks are not rerun).", "", *rows, ""]
+
+
 def _intervals_note(ctx: ReportContext, result: ReportResult) -> str:
     if not ctx.ci:
         return "Intervals hidden (`--no-ci`)."
@@ -129,6 +142,7 @@ def _index(exp: Experiment, ctx: ReportContext, result: ReportResult, order: lis
              f"{len(exp.cells)} cell runs. Every number links to the MLflow run it came from (footnotes; the CSV "
              "files carry the run ids).",
              "", _intervals_note(ctx, result), "", "## Grid summary", "", result.summary_markdown, ""]
+    lines += _tasks_without_result(exp)
     for name in order:
         if name in result.tables:
             table = result.tables[name]

@@ -65,9 +65,9 @@ def test_parity_with_hf_evaluate_exact_match():
 def test_lmeval_pattern_matches_installed_template():
     import yaml
 
-    from harness.evaluation.gsm8k import _lmeval_task_dir
+    from harness.evaluation.lmeval_bridge import lmeval_tasks_dir
 
-    cfg = yaml.safe_load((_lmeval_task_dir() / "bbh/cot_fewshot/_cot_fewshot_template_yaml").read_text())
+    cfg = yaml.safe_load((lmeval_tasks_dir() / "bbh/cot_fewshot/_cot_fewshot_template_yaml").read_text())
     assert cfg["filter_list"][0]["filter"][0]["regex_pattern"] == bbh.LMEVAL_PATTERN
 
 

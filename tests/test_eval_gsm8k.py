@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from harness.evaluation import gsm8k
+from harness.evaluation.lmeval_bridge import lmeval_tasks_dir
 
 # (response, gold after ####, correct under App. D's last-number rule + open-instruct normalisation)
 CASES: list[tuple[str, str, bool]] = [
@@ -43,7 +44,7 @@ def test_exemplars_are_wei_et_al_from_lmeval():
 
 def test_lmeval_constants_match_installed_yaml():
     """The secondary metrics use lm-eval's gsm8k_cot filters; guard against the yaml drifting."""
-    path = gsm8k._lmeval_task_dir() / "gsm8k" / "gsm8k-cot.yaml"
+    path = lmeval_tasks_dir() / "gsm8k" / "gsm8k-cot.yaml"
     cfg = yaml.safe_load(path.read_text())
     patterns = {f["name"]: f["filter"][0] for f in cfg["filter_list"]}
     assert patterns["strict-match"]["regex_pattern"] == gsm8k.LMEVAL_STRICT
@@ -124,7 +125,7 @@ def test_gsm8k_runs_end_to_end_on_tiny_model(tiny_model: str, tmp_path: Path, sh
 @pytest.mark.slow
 def test_secondary_metrics_equal_lmeval_pipeline(shared_data: Path):
     """lm-eval's whole gsm8k_cot pipeline (yaml, filters, metric) on the same fixed responses."""
-    from harness.evaluation.lmeval_bridge import evaluate_fixed_outputs, lmeval_tasks_dir
+    from harness.evaluation.lmeval_bridge import evaluate_fixed_outputs
 
     rows = [json.loads(line) for line in (shared_data / "benchmarks/gsm8k/test.jsonl").open()][:len(CASES)]
     golds = [gsm8k.reference_answer(r["answer"]) for r in rows]

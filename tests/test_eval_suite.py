@@ -159,36 +159,46 @@ def test_judged_score_is_withheld_when_the_judge_mostly_fails_to_answer():
     assert unparsed_reason("truthfulqa", 0, 0, "m") is None and MAX_UNPARSED_FRACTION == 0.1
 
 
-def test_a_tasks_own_environment_knob_reruns_that_task_only(tmp_path: Path, monkeypatch):
-    """HARNESS_CODING_* is in the coding tasks' resume key and not in MMLU's; HARNESS_DATA_DIR is in all."""
+def test_a_tasks_own_environment_knob_reruns_that_task_only(tmp_path: Path, monkeypatch, shared_data: Path):
+    """HARNESS_CODING_* supplies the coding settings' defaults: in the coding tasks' key, not in MMLU's or
+    IFEval's; a data dir with another GSM8K test file changes GSM8K's key only (the files, not the
+    variable, are what the key holds)."""
     from harness.evaluation import TASKS, EvalContext
     from harness.evaluation.base import task_fingerprint
 
     ctx = EvalContext(model_path="unused-model", out_dir=tmp_path)
     for var in ("HARNESS_CODING_N_SAMPLES", "HARNESS_DATA_DIR", "HARNESS_IFEVAL_MAX_NEW_TOKENS"):
         monkeypatch.delenv(var, raising=False)
-    before = {name: task_fingerprint(ctx, TASKS.get(name)) for name in ("mmlu", "mbpp_plus", "ifeval")}
+    names = ("mmlu", "mbpp_plus", "ifeval", "gsm8k")
+    before = {name: task_fingerprint(ctx, TASKS.get(name)) for name in names}
     monkeypatch.setenv("HARNESS_CODING_N_SAMPLES", "10")
-    after = {name: task_fingerprint(ctx, TASKS.get(name)) for name in before}
-    assert after["mbpp_plus"]["env"] == {"HARNESS_CODING_N_SAMPLES": "10"} and after["mbpp_plus"] != before["mbpp_plus"]
-    assert after["mmlu"] == before["mmlu"] and after["ifeval"] == before["ifeval"]
+    after = {name: task_fingerprint(ctx, TASKS.get(name)) for name in names}
+    assert after["mbpp_plus"]["settings"]["n_samples"] == 10 and after["mbpp_plus"] != before["mbpp_plus"]
+    assert before["mbpp_plus"]["settings"]["n_samples"] == 20
+    assert all(after[n] == before[n] for n in ("mmlu", "ifeval", "gsm8k"))
     monkeypatch.setenv("HARNESS_IFEVAL_MAX_NEW_TOKENS", "256")
-    assert task_fingerprint(ctx, TASKS.get("ifeval"))["env"] == {"HARNESS_IFEVAL_MAX_NEW_TOKENS": "256"}
+    assert task_fingerprint(ctx, TASKS.get("ifeval"))["settings"] == {"max_new_tokens": 256}
+    (tmp_path / "benchmarks" / "gsm8k").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "gsm8k" / "test.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
     monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
-    assert all(task_fingerprint(ctx, TASKS.get(n))["env"].get("HARNESS_DATA_DIR") == str(tmp_path) for n in before)
+    moved = {name: task_fingerprint(ctx, TASKS.get(name)) for name in names}
+    assert moved["gsm8k"]["data"] != after["gsm8k"]["data"]
+    assert all(moved[n] == after[n] for n in ("mmlu", "mbpp_plus"))  # their files still come from ../shared/data
 
 
-@pytest.mark.parametrize("task, var", [("ifeval", "HARNESS_IFEVAL_MAX_NEW_TOKENS"),
-                                       ("alpaca_eval1", "HARNESS_ALPACA_EVAL_MAX_NEW_TOKENS")])
-def test_generation_budget_knob_is_checked_before_any_task_runs(tmp_path: Path, monkeypatch, task: str, var: str):
-    from harness.evaluation import EvalContext, run_tasks
-    from harness.evaluation.common import max_new_tokens_from_env
+@pytest.mark.parametrize("task, var, default", [("ifeval", "HARNESS_IFEVAL_MAX_NEW_TOKENS", 1280),
+                                                ("alpaca_eval1", "HARNESS_ALPACA_EVAL_MAX_NEW_TOKENS", 8192)])
+def test_generation_budget_knob_is_checked_before_any_task_runs(tmp_path: Path, monkeypatch, task: str, var: str,
+                                                                default: int):
+    from harness.evaluation import TASKS, EvalContext, run_tasks
+    from harness.evaluation.base import resolve_settings
 
     monkeypatch.setenv(var, "0")
     with pytest.raises(ValueError, match=f"{var} must be a positive integer"):
         run_tasks(EvalContext(model_path="unused-model", out_dir=tmp_path), ["mmlu", task])
     assert not (tmp_path / "mmlu.result.json").exists()  # failed before MMLU ran
     monkeypatch.setenv(var, "384")
-    assert max_new_tokens_from_env(var, 1280) == 384
+    assert resolve_settings(TASKS.get(task)).max_new_tokens == 384
+    assert resolve_settings(TASKS.get(task), {"max_new_tokens": 64}).max_new_tokens == 64  # a grid's value wins
     monkeypatch.delenv(var)
-    assert max_new_tokens_from_env(var, 1280) == 1280
+    assert resolve_settings(TASKS.get(task)).max_new_tokens == default

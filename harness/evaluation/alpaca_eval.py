@@ -13,9 +13,13 @@ tokens, no stop sequence. AlpacaEval 1 and 2 use the same 805 instructions, so t
 generated once per evaluation and reused by both tasks (also saved as
 `<out_dir>/alpaca_eval.outputs.jsonl`, which a later run with the same model and limit reuses).
 
-Without a judge (`ctx.judge` unset) both tasks are skipped before generating (there is no offline
-substitute for a pairwise GPT-4 preference). A judge failure skips the task with the error; nothing is
-invented.
+Without a judge both tasks are not run (they require one: there is no offline substitute for a
+pairwise GPT-4 preference). A judge that fails at run time raises `TaskUnavailable`: nothing is
+invented or cached, and the task is retried on the next run.
+
+Settings (`AlpacaEvalSettings`, grid `eval.settings.alpaca_eval`, shared by both tasks):
+`max_new_tokens` (default 8192, open-instruct's; HARNESS_ALPACA_EVAL_MAX_NEW_TOKENS supplies another
+default for CPU runs), logged as `<task>/max_new_tokens`.
 
 Scores for the category average (0-100): AlpacaEval 1 `alpaca_eval1/win_rate` (ties count half),
 AlpacaEval 2 `alpaca_eval2/lc_win_rate`, as in the paper's tables. The LC GLM reads `df_gamed.csv` from
@@ -28,17 +32,54 @@ LC is unavailable.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
+from pathlib import Path
 from typing import Any
 
-from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
-from harness.evaluation.common import max_new_tokens_from_env, skipped
+from pydantic import Field
+
+from harness.evaluation.base import (
+    EvalContext,
+    TaskResult,
+    TaskSettings,
+    TaskSpec,
+    TaskUnavailable,
+    register_task,
+)
+from harness.evaluation.common import MissingDataError, skipped
 from harness.generation import SamplingParams
+from harness.paths import find_data_file
 
 MAX_NEW_TOKENS = 8192  # open-instruct's AlpacaEval setting
 MAX_NEW_TOKENS_ENV = "HARNESS_ALPACA_EVAL_MAX_NEW_TOKENS"  # a lower budget for CPU runs (logged)
 OUTPUTS_FILE = "alpaca_eval.outputs.jsonl"
+
+
+class AlpacaEvalSettings(TaskSettings):
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="generation budget per output "
+                                "(open-instruct's 8192); lower it for CPU runs")
+    env = {"max_new_tokens": MAX_NEW_TOKENS_ENV}
+
+
+def data_files(version: int) -> list[Path]:
+    """What the result of `version` is computed from besides the judge: the reference outputs, the
+    alpaca_eval package's annotator prompt, and for AlpacaEval 2 the package's LC GLM module and the
+    local copies of its hub files (one first copied in turns the score from raw into LC)."""
+    from harness.judge.alpaca import ANNOTATORS, LC_DATA_DIR, LC_HUB_FILES, REFERENCE_FILES, _package_dir
+
+    reference = find_data_file(REFERENCE_FILES[version])
+    if reference is None:
+        raise MissingDataError(f"{REFERENCE_FILES[version]} not found under the local data dirs "
+                               "(HARNESS_DATA_DIR or ../shared/data)")
+    files = [reference]
+    package = _package_dir()
+    if package is not None:
+        files.append(package / "evaluators_configs" / ANNOTATORS[version]["file"])
+        if version == 2:
+            files.append(package / "metrics" / "glm_winrate.py")
+    if version == 2:
+        files.extend(find_data_file(f"{LC_DATA_DIR}/{name}") for name in LC_HUB_FILES)
+    return [p for p in files if p is not None and p.is_file()]
 
 
 def _outputs_key(ctx: EvalContext, max_new_tokens: int) -> dict[str, Any]:
@@ -81,14 +122,14 @@ def run_version(ctx: EvalContext, version: int, max_new_tokens: int | None = Non
         return skipped(task, "needs an LLM judge (set judge settings: model, base_url); no offline "
                              "substitute for AlpacaEval's pairwise preference")
     if max_new_tokens is None:
-        max_new_tokens = max_new_tokens_from_env(MAX_NEW_TOKENS_ENV, MAX_NEW_TOKENS)
+        max_new_tokens = ctx.settings_for(task).max_new_tokens
     outputs = generate_outputs(ctx, instructions, max_new_tokens)
     try:
         result = evaluate_alpaca_eval(judge, instructions, outputs, references, version=version,  # type: ignore[arg-type]
                                       seed=ctx.seed)
-    except JudgeError as err:
-        samples = [{"instruction": i, "output": o} for i, o in zip(instructions, outputs)]
-        return TaskResult({}, None, samples, skipped_reason=f"{task}: judge calls failed ({err}); outputs saved")
+    except JudgeError as err:  # the planned judge did not answer: not a result, retried next run
+        raise TaskUnavailable(f"{task}: judge calls failed ({err}); the outputs are kept in "
+                              f"{ctx.out_dir / OUTPUTS_FILE}") from err
     metrics = {**result.metrics(task), f"{task}/max_new_tokens": float(max_new_tokens)}
     score: float | None = result.win_rate
     note = None
@@ -106,29 +147,15 @@ def run_version(ctx: EvalContext, version: int, max_new_tokens: int | None = Non
     return TaskResult(metrics, score, samples, skipped_reason=reason, note=note)
 
 
-def lc_fingerprint() -> dict[str, Any]:
-    """What AlpacaEval 2's LC win rate depends on beyond the task's code: the package's version and the
-    local copies of its hub files (a file first copied in changes the result from raw to LC)."""
-    from harness.judge.alpaca import lc_data_fingerprint
-
-    try:
-        package = importlib.metadata.version("alpaca_eval")
-    except importlib.metadata.PackageNotFoundError:
-        package = None
-    return {"alpaca_eval": package, "lc_files": lc_data_fingerprint()}
-
-
-def check_budget() -> None:
-    """Preflight: a bad HARNESS_ALPACA_EVAL_MAX_NEW_TOKENS fails before any task of the suite runs."""
-    max_new_tokens_from_env(MAX_NEW_TOKENS_ENV, MAX_NEW_TOKENS)
-
-
 register_task(TaskSpec(
     name="alpaca_eval1",
     category="instruction_following",
     run=lambda ctx: run_version(ctx, 1),
-    env_prefixes=(MAX_NEW_TOKENS_ENV,),
-    preflight=check_budget,
+    settings=AlpacaEvalSettings(),
+    settings_group="alpaca_eval",
+    data_files=lambda _settings: data_files(1),
+    uses=("judge",),
+    requires=("judge",),
     description="AlpacaEval 1: 805 instructions vs text-davinci-003, alpaca_eval_gpt4 annotator via the judge.",
     score_rule="win rate % against text-davinci-003 (ties count half)",
 ))
@@ -136,9 +163,11 @@ register_task(TaskSpec(
     name="alpaca_eval2",
     category="instruction_following",
     run=lambda ctx: run_version(ctx, 2),
-    env_prefixes=(MAX_NEW_TOKENS_ENV,),
-    preflight=check_budget,
-    fingerprint_extra=lc_fingerprint,
+    settings=AlpacaEvalSettings(),
+    settings_group="alpaca_eval",
+    data_files=lambda _settings: data_files(2),
+    uses=("judge",),
+    requires=("judge",),
     description="AlpacaEval 2: 805 instructions vs GPT-4 turbo, weighted gpt4_turbo annotator, length-controlled.",
     score_rule="length-controlled win rate % against gpt-4-1106-preview (alpaca_eval's length_controlled_v1)",
 ))

@@ -1,25 +1,60 @@
 """Evaluation task contract and registry (lm-eval style: a task is one module and one register line).
 
-A task gets an `EvalContext` (the model, a lazily built shared generator, a limit, a seed, where to
-write) and returns a `TaskResult`: raw metrics (named `<task>/<metric>`), a 0-100 `score` used for
-category averages (or None with `skipped_reason` when it cannot run: never a made-up number), and
-per-example `samples` (saved as a JSONL artifact so any metric can be recomputed without regenerating).
+A task gets an `EvalContext` (the model, a lazily built shared generator, a limit, a seed, its resolved
+settings, where to write) and returns a `TaskResult`: raw metrics (named `<task>/<metric>`), a 0-100
+`score` used for category averages (or None with `skipped_reason` when it cannot run: never a made-up
+number), and per-example `samples` (saved as a JSONL artifact so any metric can be recomputed without
+regenerating).
+
+What a task's result depends on is declared on its `TaskSpec` and resolved once, before anything runs
+(`resolve_task`): its `version`, its code, its typed `settings` (defaults, then the environment, then a
+grid's `eval.settings` / `harness eval --set`), the sha256 of every file it reads (`data_files`), the
+registry datasets it prepares (`datasets`) and the context inputs it `uses` (judge endpoint, reference
+model, reward model). That one fingerprint is the task's part of the grid's `evaluate` stage key and of
+`harness eval`'s resume key. An input that is absent (`MissingInput`) means the task is not run and
+says why; it is retried once the input exists (the key then changes).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from harness.registry import Registry
+
+
+class TaskSettings(BaseModel):
+    """Base class of a task's typed settings: one field per knob, each with its documented default.
+
+    `env` maps a field to the environment variable that may supply its default (the old CPU knobs such
+    as HARNESS_CODING_N_SAMPLES). Settings are resolved once, at plan time (`resolve_settings`), so they
+    are in the stage key and the MLflow params; tasks read them from the `EvalContext`, never from the
+    environment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    env: ClassVar[dict[str, str]] = {}
+
+
+class MissingInput(FileNotFoundError):
+    """An input a task needs is absent (a data file, a classifier, a judge, a reference or reward model):
+    the task is not run, its reason is reported, and it is retried once the input exists."""
+
+
+class TaskUnavailable(RuntimeError):
+    """Raised by a task when an input it was planned with fails at run time (a judge endpoint that does
+    not answer, a classifier that does not load). Not a result: never cached; `run_tasks` records it as
+    skipped (and unavailable) and goes on, and the grid's evaluate stage then fails, keeping the tasks
+    that finished, so the next run retries only this one."""
 
 
 @dataclass
@@ -32,6 +67,9 @@ class EvalContext:
     judge: dict[str, Any] | None = None  # judge endpoint settings, for judge-based tasks
     reference_path: str | None = None  # the SFT/reference policy, for KL-to-reference measurements
     reward_model_path: str | None = None  # a trained RM folder, for reward-of-samples measurements
+    # Resolved settings per settings group (`TaskSpec.group`), filled by the caller (the grid's evaluate
+    # stage from its planned config, `harness eval` from its flags) or by `run_tasks`.
+    settings: dict[str, TaskSettings] = field(default_factory=dict)
     _generator: Any = None
 
     @property
@@ -42,6 +80,16 @@ class EvalContext:
 
             self._generator = make_generator(self.model_path, batch_size=self.batch_size)
         return self._generator
+
+    def settings_for(self, task: str) -> Any:
+        """The settings task `task` runs with (its settings class's instance; None if it has none).
+
+        A context built by hand without them (a test, a notebook) resolves them here, from the defaults
+        and the environment: that call is its plan time."""
+        spec = TASKS.get(task)
+        if spec.group in self.settings:
+            return self.settings[spec.group]
+        return resolve_settings(spec)
 
 
 @dataclass
@@ -55,6 +103,10 @@ class TaskResult:
     note: str | None = None
 
 
+# What a task may read from its context besides the evaluated model (`TaskSpec.uses`).
+CONTEXT_INPUTS = ("judge", "reference", "reward_model")
+
+
 @dataclass
 class TaskSpec:
     name: str
@@ -62,17 +114,35 @@ class TaskSpec:
     run: Callable[[EvalContext], TaskResult]
     description: str = ""
     score_rule: str = ""  # how `score` is derived from the metric, as in the paper's tables
-    # What else a finished result depends on, beyond `task_fingerprint`'s shared fields (e.g. the content
-    # of a judge folder named by an environment variable): part of this task's resume key only, so
-    # configuring it does not rerun the other tasks. Must not raise on a misconfiguration.
-    fingerprint_extra: Callable[[], dict[str, Any]] | None = None
-    # Raises ValueError/FileNotFoundError on a misconfiguration; `run_tasks` calls it for every task
-    # before running any, so a bad setting fails at once and not hours into a suite.
-    preflight: Callable[[], None] | None = None
-    # Prefixes of environment variables that change what this task computes (e.g. HARNESS_CODING_ for a
-    # generation budget): part of this task's resume key only, so a CPU knob for one task does not
-    # rerun the others. HARNESS_DATA_DIR is in every task's key.
-    env_prefixes: tuple[str, ...] = ()
+    # Bump when what the task computes changes through code its code fingerprint does not cover (the
+    # generation engine, an upgraded package such as lm-eval); its module and the harness.evaluation /
+    # harness.judge / datasets_registry code it imports are fingerprinted anyway.
+    version: int = 1
+    # Default settings (an instance of the task's TaskSettings subclass, whose fields document them);
+    # None = the task has no settings. Grids set them under `eval.settings.<group>`.
+    settings: TaskSettings | None = None
+    # Name of the settings under `eval.settings` (default: the task name); tasks that share settings
+    # share it (humaneval_plus and mbpp_plus: "coding"; alpaca_eval1/2: "alpaca_eval").
+    settings_group: str | None = None
+    # data_files(settings) -> the files the task reads (benchmark files, a classifier's or judge's folder
+    # content), each fingerprinted by sha256 at plan time. Raises MissingInput (common.MissingDataError)
+    # naming what is absent: the task is then not run.
+    data_files: Callable[[Any], list[Path]] | None = None
+    # datasets(settings) -> registry datasets the task prepares (fingerprinted by their source).
+    datasets: Callable[[Any], list[str]] | None = None
+    # Context inputs (CONTEXT_INPUTS) the task reads: each is in its key, and only in its key. None = not
+    # declared: all of them are (the safe default for a task that did not say).
+    uses: tuple[str, ...] | None = None
+    # Of `uses`, those without which the task cannot run (it is then not run, and says why).
+    requires: tuple[str, ...] = ()
+
+    @property
+    def group(self) -> str:
+        return self.settings_group or self.name
+
+    @property
+    def used_inputs(self) -> tuple[str, ...]:
+        return CONTEXT_INPUTS if self.uses is None else self.uses
 
 
 # The paper's six categories (Sec. 2.2, App. D).
@@ -98,36 +168,260 @@ def unparsed_reason(task: str, n_unparsed: int, n_verdicts: int, judge_model: st
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
+    unknown = set(spec.used_inputs) - set(CONTEXT_INPUTS)
+    if unknown or not set(spec.requires) <= set(spec.used_inputs):
+        raise ValueError(f"task {spec.name!r}: uses {spec.uses} / requires {spec.requires} must be among "
+                         f"{CONTEXT_INPUTS}, and what it requires must be among what it uses")
+    for _, other in TASKS.items():
+        if other.group == spec.group and type(other.settings) is not type(spec.settings):
+            raise ValueError(f"task {spec.name!r}: settings group {spec.group!r} is {type(other.settings).__name__} "
+                             f"in task {other.name!r}; tasks sharing a group share one settings class")
     TASKS.register(spec.name, spec)
     return spec
 
 
-# Environment variables every task's result depends on; tasks add their own (`TaskSpec.env_prefixes`).
-_SHARED_ENV_PREFIXES = ("HARNESS_DATA_DIR",)
+# ---------------------------------------------------------------------------------------------
+# Settings: defaults, then the environment, then the grid / command line; resolved at plan time
+# ---------------------------------------------------------------------------------------------
+
+def settings_groups() -> dict[str, TaskSettings]:
+    """Settings group -> the default settings of its (first registered) task."""
+    groups: dict[str, TaskSettings] = {}
+    for _, spec in TASKS.items():
+        if spec.settings is not None:
+            groups.setdefault(spec.group, spec.settings)
+    return groups
+
+
+def _env_defaults(settings: TaskSettings, group: str) -> dict[str, Any]:
+    """Field values the environment supplies; a bad value fails naming the variable."""
+    cls = type(settings)
+    values: dict[str, Any] = {}
+    for name, var in cls.env.items():
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            continue
+        info = cls.model_fields[name]
+        try:
+            target = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            values[name] = TypeAdapter(target).validate_python(raw)
+        except ValidationError as err:
+            error = err.errors()[0]
+            expected = {"int_parsing": "an integer", "float_parsing": "a number"}.get(error["type"])
+            if expected is None and error["type"] in ("greater_than_equal", "greater_than") and info.annotation is int:
+                bound = error["ctx"].get("ge", error["ctx"].get("gt"))
+                expected = "a positive integer" if bound in (0, 1) else f"an integer >= {bound}"
+            raise ValueError(f"{var} must be {expected or 'valid'}, got {raw!r} (the default of task setting "
+                             f"{group}.{name}: {error['msg']})") from None
+    return values
+
+
+def resolve_settings(spec: TaskSpec, overrides: dict[str, Any] | None = None) -> TaskSettings | None:
+    """A task's settings: its declared defaults, then the environment's (`TaskSettings.env`), then
+    `overrides` (a grid's `eval.settings.<group>`, `harness eval --set`). ValueError on a bad value,
+    naming the variable or the field."""
+    if spec.settings is None:
+        if overrides:
+            raise ValueError(f"task {spec.name!r} has no settings; got {sorted(overrides)}")
+        return None
+    values = {**spec.settings.model_dump(), **_env_defaults(spec.settings, spec.group), **(overrides or {})}
+    try:
+        return type(spec.settings).model_validate(values)
+    except ValidationError as err:
+        raise ValueError("; ".join(f"{path}: {msg}" for path, msg in _settings_error_lines(spec.group, err))) from None
+
+
+def _settings_error_lines(group: str, err: ValidationError) -> list[tuple[str, str]]:
+    return [(".".join([group, *(str(p) for p in e["loc"])]), e["msg"].removeprefix("Value error, ")) for e in err.errors()]
+
+
+def settings_errors(overrides: dict[str, Any]) -> list[tuple[str, str]]:
+    """(path under eval.settings, message) for every problem in a grid's `eval.settings` block: an
+    unknown group (listing the valid ones), an unknown field or a bad value (the settings class's own
+    validation, environment defaults included)."""
+    groups = settings_groups()
+    problems: list[tuple[str, str]] = []
+    for group, values in overrides.items():
+        if group not in groups:
+            problems.append((group, f"no task has settings named {group!r}; settings groups: {', '.join(sorted(groups))}"))
+            continue
+        if not isinstance(values, dict):
+            problems.append((group, f"expected a mapping of setting -> value, got {values!r}"))
+            continue
+        default = groups[group]
+        try:
+            type(default).model_validate({**default.model_dump(), **_env_defaults(default, group), **values})
+        except ValidationError as err:
+            problems.extend(_settings_error_lines(group, err))
+        except ValueError as err:  # an environment default that does not parse
+            problems.append((group, str(err)))
+    return problems
+
+
+def resolve_eval_settings(task_names: list[str], overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every settings group of `task_names` (and of `overrides`) fully resolved, as JSON values: what a
+    grid cell's `eval.settings` becomes at load time, so the keys and MLflow params hold it."""
+    problems = settings_errors(overrides)
+    if problems:
+        raise ValueError("; ".join(f"settings.{path}: {msg}" for path, msg in problems))
+    specs = {TASKS.get(n).group: TASKS.get(n) for n in task_names if TASKS.get(n).settings is not None}
+    for group in overrides:
+        specs.setdefault(group, next(s for _, s in TASKS.items() if s.group == group))
+    return {group: resolve_settings(spec, overrides.get(group)).model_dump(mode="json")  # type: ignore[union-attr]
+            for group, spec in sorted(specs.items())}
+
+
+def settings_from_config(groups: dict[str, dict[str, Any] | None], task_names: list[str]) -> dict[str, TaskSettings]:
+    """Resolved settings (JSON, as a plan wrote them) back into settings objects, per group; no
+    environment is read."""
+    out: dict[str, TaskSettings] = {}
+    for name in task_names:
+        spec = TASKS.get(name)
+        values = groups.get(spec.group)
+        if spec.settings is not None and values is not None:
+            out[spec.group] = type(spec.settings).model_validate(values)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# What a task's result depends on, resolved before it runs
+# ---------------------------------------------------------------------------------------------
+
+def judge_endpoint(judge: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The judge fields that decide verdicts (model, base_url): never the API key or its variable, never
+    the prompt-set or reference choices of the after-the-fact `harness judge` step."""
+    if not judge:
+        return None
+    return {"model": judge.get("model"), "base_url": judge.get("base_url")}
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """Every file under a model/classifier/judge folder (for `data_files`)."""
+    return sorted(p for p in Path(folder).expanduser().rglob("*") if p.is_file())
+
+
+def resolve_task(spec: TaskSpec, settings: TaskSettings | None, *, judge: dict[str, Any] | None = None,
+                 has_reference: bool = True, has_reward_model: bool = True) -> dict[str, Any]:
+    """The task's fingerprint: version, code, resolved settings, sha256 of every data file it reads,
+    the source of every registry dataset it prepares, and the judge endpoint when it uses one.
+
+    One function for the grid (the `evaluate` stage key holds it per task, from `plan_cell`) and for
+    `harness eval` (its resume key adds the model, see `task_fingerprint`). Raises MissingInput when
+    an input the task needs is absent."""
+    from datasets_registry.core import source_fingerprint
+    from harness.cache import code_fingerprint, file_sha256
+    from harness.paths import data_label
+
+    present = {"judge": bool(judge and judge.get("model")), "reference": has_reference,
+               "reward_model": has_reward_model}
+    for needed in spec.requires:
+        if not present[needed]:
+            raise MissingInput(f"{spec.name}: needs {_REQUIRED_HOW[needed]}")
+    data = {data_label(p): file_sha256(p) for p in (spec.data_files(settings) if spec.data_files else [])}
+    datasets = {}
+    for name in spec.datasets(settings) if spec.datasets else []:
+        datasets[name] = source_fingerprint(name)
+        if datasets[name]["raw"].get("unavailable"):
+            raise MissingInput(f"{spec.name}: dataset {name!r} has no local raw file and the hub is not used")
+    module = inspect.getmodule(inspect.unwrap(spec.run))
+    fingerprint: dict[str, Any] = {
+        "task": spec.name, "version": spec.version,
+        "code": code_fingerprint(module.__name__ if module else spec.name, CODE_PACKAGES, exclude=CODE_NOT_DEPENDED_ON),
+        "settings": settings.model_dump(mode="json") if settings is not None else None,
+        "data": data, "datasets": datasets,
+    }
+    if "judge" in spec.used_inputs:
+        fingerprint["judge"] = judge_endpoint(judge)
+    return fingerprint
+
+
+# A task's code fingerprint: its module and what it imports (anywhere in its body) from these packages,
+# except this contract (it computes no task's numbers) and package __init__s that only re-export.
+CODE_PACKAGES = ("harness.evaluation", "harness.judge", "datasets_registry")
+CODE_NOT_DEPENDED_ON = ("harness.evaluation", __name__, "harness.judge", "datasets_registry")
+
+_REQUIRED_HOW = {
+    "judge": "an LLM judge (set the grid's `judge: {model, base_url}` or `harness eval --judge-model`); no "
+             "offline substitute",
+    "reference": "a reference model (ctx.reference_path)",
+    "reward_model": "a reward model, and this cell has none (set `reward_model`)",
+}
+
+
+def plan_tasks(task_names: list[str], settings: dict[str, dict[str, Any] | None], *, judge: dict[str, Any] | None,
+               has_reference: bool, has_reward_model: bool) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """({task: fingerprint} of the tasks whose inputs resolve now, {task: reason} of the others)."""
+    resolved = settings_from_config(settings, task_names)
+    ready: dict[str, dict[str, Any]] = {}
+    missing: dict[str, str] = {}
+    for name in task_names:
+        spec = TASKS.get(name)
+        try:
+            ready[name] = resolve_task(spec, resolved.get(spec.group), judge=judge, has_reference=has_reference,
+                                       has_reward_model=has_reward_model)
+        except FileNotFoundError as err:  # MissingInput, common.MissingDataError, a folder that is not there
+            missing[name] = _named(name, str(err))
+    return ready, missing
+
+
+def _named(task: str, reason: str) -> str:
+    """A reason that starts with its task's name (as the tasks' own skipped reasons do)."""
+    return reason if reason.startswith(f"{task}:") else f"{task}: {reason}"
 
 
 def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
-    """What a finished task's result depends on: its code (the task module's source), the model's
-    content, the context's settings and the judge endpoint (never its key). A checkpoint is reused
-    only when all of it is unchanged; shared code (the generation engine) is not part of it."""
+    """What a finished task's result depends on: `resolve_task`'s fingerprint plus the evaluated model's
+    content, the context's limit / seed / batch size and the reference and reward models it uses. A
+    finished result (a `harness eval --out` checkpoint, the grid's task store) is reused only when all of
+    it is unchanged; shared code (the generation engine) is not part of it."""
     from harness.best_of_n import model_fingerprint
 
-    run = inspect.unwrap(spec.run)
-    module = inspect.getmodule(run)
-    source = inspect.getsource(module) if module is not None else spec.name
-    judge = {k: v for k, v in (ctx.judge or {}).items() if "key" not in k.lower()}
-    extra = {"extra": spec.fingerprint_extra()} if spec.fingerprint_extra is not None else {}
+    used = spec.used_inputs
     return {
-        "task": spec.name,
-        "task_code": hashlib.sha256(source.encode()).hexdigest()[:16],
+        **resolve_task(spec, ctx.settings_for(spec.name), judge=ctx.judge,
+                       has_reference=ctx.reference_path is not None,
+                       has_reward_model=ctx.reward_model_path is not None),
         "model": model_fingerprint(ctx.model_path),
-        "limit": ctx.limit, "seed": ctx.seed, "batch_size": ctx.batch_size, "judge": judge,
-        "reference": model_fingerprint(ctx.reference_path) if ctx.reference_path else None,
-        "reward_model": model_fingerprint(ctx.reward_model_path) if ctx.reward_model_path else None,
-        "env": {k: v for k, v in sorted(os.environ.items())
-                if k.startswith(_SHARED_ENV_PREFIXES + spec.env_prefixes)},
-        **extra,
+        "limit": ctx.limit, "seed": ctx.seed, "batch_size": ctx.batch_size,
+        "reference": model_fingerprint(ctx.reference_path) if ctx.reference_path and "reference" in used else None,
+        "reward_model": (model_fingerprint(ctx.reward_model_path)
+                         if ctx.reward_model_path and "reward_model" in used else None),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished task results, reused across evaluations (the grid's task store)
+# ---------------------------------------------------------------------------------------------
+
+TASK_STORE_KIND = "evaluate_task"  # results/stages/evaluate_task/<key>/: one finished task each
+
+
+def _store_key(fingerprint: dict[str, Any]) -> str:
+    from harness.cache import stage_key
+
+    return stage_key(TASK_STORE_KIND, 1, fingerprint, {})
+
+
+def _store_load(fingerprint: dict[str, Any]) -> tuple[dict[str, Any], Path] | None:
+    from harness import cache
+
+    key = _store_key(fingerprint)
+    if not cache.is_complete(TASK_STORE_KIND, key):
+        return None
+    folder = cache.stage_dir(TASK_STORE_KIND, key)
+    return json.loads((folder / "result.json").read_text()), folder / "samples.jsonl"
+
+
+def _store_save(fingerprint: dict[str, Any], saved: dict[str, Any], samples: Path) -> None:
+    from harness import cache
+
+    key = _store_key(fingerprint)
+    if cache.is_complete(TASK_STORE_KIND, key):
+        return
+    tmp = cache.new_temp_dir(TASK_STORE_KIND, key)
+    (tmp / "result.json").write_text(json.dumps(saved, indent=2, default=float))
+    shutil.copyfile(samples, tmp / "samples.jsonl")
+    cache.publish_temp(tmp, TASK_STORE_KIND, key, {"task": fingerprint["task"]})
 
 
 def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
@@ -138,50 +432,101 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] 
     return saved if saved.get("fingerprint") == fingerprint else None
 
 
+def _planned_part(fingerprint: dict[str, Any], planned: dict[str, Any]) -> dict[str, Any]:
+    return {k: fingerprint.get(k) for k in planned}
+
+
 def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
-              echo: Callable[[str], None] | None = None) -> dict[str, float]:
+              echo: Callable[[str], None] | None = None, store: bool = False,
+              planned: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
     """Run tasks, write `<task>.samples.jsonl` + `results.json` under ctx.out_dir, return flat metrics.
 
     Besides each task's metrics: `<task>/score` (0-100), `<task>/seconds`, category averages
     `category/<name>` over the tasks that produced a score, and `overall` (mean of categories) when
     every paper category has a score.
 
-    Each finished task also leaves `<task>.result.json` (its metrics and a fingerprint of what they
-    depend on, written after its samples). With `resume`, a task whose checkpoint matches is not run
-    again: a suite that takes hours on a CPU survives being stopped, and rerunning the same command
-    with the same `--out` finishes it.
+    Before anything runs, every task's settings and fingerprint are resolved (a bad setting fails now,
+    not hours into a suite); a task with a missing input is not run (`results.json` lists it under
+    `missing` and `skipped`, with the reason). A finished task's result can be reused without running it:
+    - `resume`: from `<task>.result.json` in ctx.out_dir (a stopped `harness eval` rerun with the same
+      `--out` finishes the suite);
+    - `store`: from the task store (results/stages/evaluate_task/), shared by every grid evaluation, so
+      an evaluation whose key changed for one task (its data appeared) reruns only that task.
+    Both hold only results without a `skipped_reason`: a task that could not run is retried next time.
+
+    `planned` ({task: resolve_task fingerprint}, the grid's plan): every planned task must resolve to the
+    same fingerprint here (else RuntimeError: this worker sees other data than the plan did); a task not
+    in it is reported missing and not run.
     """
-    for name in task_names:
-        spec = TASKS.get(name)
-        if spec.preflight is not None:
-            spec.preflight()
+    specs = {name: TASKS.get(name) for name in task_names}
+    for spec in specs.values():  # resolved once, before any task runs: a bad value fails now
+        if spec.settings is not None and spec.group not in ctx.settings:
+            ctx.settings[spec.group] = resolve_settings(spec)
+    fingerprints: dict[str, dict[str, Any]] = {}
+    missing: dict[str, str] = {}
+    for name, spec in specs.items():
+        try:
+            fingerprints[name] = task_fingerprint(ctx, spec)
+        except FileNotFoundError as err:
+            missing[name] = _named(name, str(err))
+    if planned is not None:
+        for name in list(fingerprints):
+            if name not in planned:
+                missing[name] = f"{name}: its inputs were missing when the grid was planned (present now: re-run the grid)"
+                del fingerprints[name]
+        changed = [name for name, fp in planned.items()
+                   if name in missing or _planned_part(fingerprints[name], fp) != fp]
+        if changed:
+            details = "; ".join(f"{n}: planned {json.dumps(planned[n], sort_keys=True)}, found "
+                                f"{missing.get(n) or json.dumps(_planned_part(fingerprints[n], planned[n]), sort_keys=True)}"
+                                for n in changed)
+            raise RuntimeError(f"evaluate: the inputs of task(s) {changed} differ from what the plan saw ({details}); "
+                               "re-run the grid so the stage is re-planned, or give this worker the same data dirs")
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     flat: dict[str, float] = {}
     skipped: dict[str, str] = {}
+    unavailable: dict[str, str] = {}
+    reused: list[str] = []
     notes: dict[str, str] = {}
     by_category: dict[str, list[float]] = {}
-    for name in task_names:
-        spec = TASKS.get(name)
+    for name, spec in specs.items():
+        samples_path = ctx.out_dir / f"{name}.samples.jsonl"
+        if name in missing:
+            skipped[name] = missing[name]
+            samples_path.write_text("")  # the task produced no samples
+            continue
         checkpoint = ctx.out_dir / f"{name}.result.json"
-        fingerprint = task_fingerprint(ctx, spec)
+        fingerprint = fingerprints[name]
         saved = _load_checkpoint(checkpoint, fingerprint) if resume else None
+        stored = _store_load(fingerprint) if store and saved is None else None
+        if stored is not None:
+            saved = stored[0]
+            shutil.copyfile(stored[1], samples_path)
         if saved is not None:
             if echo is not None:
-                echo(f"{name}: finished earlier, resumed from {checkpoint}")
+                echo(f"{name}: finished earlier, resumed from {'the task store' if stored else checkpoint}")
+            reused.append(name)
             result = TaskResult(saved["metrics"], saved["score"], [], saved["skipped_reason"], saved.get("note"))
             seconds = float(saved["seconds"])
         else:
             start = time.perf_counter()
-            result = spec.run(ctx)
+            try:
+                result = spec.run(ctx)
+            except TaskUnavailable as err:
+                skipped[name] = unavailable[name] = _named(name, str(err))
+                continue
             seconds = time.perf_counter() - start
-            with (ctx.out_dir / f"{name}.samples.jsonl").open("w") as fh:
+            with samples_path.open("w") as fh:
                 for sample in result.samples:
                     fh.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
-            partial = checkpoint.with_name(checkpoint.name + ".tmp")
-            partial.write_text(json.dumps({"fingerprint": fingerprint, "metrics": result.metrics,
-                                           "score": result.score, "skipped_reason": result.skipped_reason,
-                                           "note": result.note, "seconds": seconds}, indent=2, default=float))
-            partial.replace(checkpoint)  # atomic: a checkpoint is whole or absent
+            if result.skipped_reason is None:  # only finished results are ever reused
+                record = {"fingerprint": fingerprint, "metrics": result.metrics, "score": result.score,
+                          "skipped_reason": None, "note": result.note, "seconds": seconds}
+                partial = checkpoint.with_name(checkpoint.name + ".tmp")
+                partial.write_text(json.dumps(record, indent=2, default=float))
+                partial.replace(checkpoint)  # atomic: a checkpoint is whole or absent
+                if store:
+                    _store_save(fingerprint, record, samples_path)
         flat.update(result.metrics)
         flat[f"{name}/seconds"] = seconds
         if result.skipped_reason is not None:
@@ -198,7 +543,7 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
             flat[f"category/{category}"] = paper_cats[category]
     if paper_cats and len(paper_cats) == len(CATEGORIES):
         flat["overall"] = statistics.fmean(paper_cats.values())
-    (ctx.out_dir / "results.json").write_text(
-        json.dumps({"metrics": flat, "skipped": skipped, "notes": notes}, indent=2, default=float)
-    )
+    (ctx.out_dir / "results.json").write_text(json.dumps(
+        {"metrics": flat, "skipped": skipped, "notes": notes, "missing": missing, "unavailable": unavailable,
+         "reused": reused}, indent=2, default=float))
     return flat

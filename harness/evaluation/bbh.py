@@ -94,6 +94,12 @@ def per_subtask_limit(limit: int | None) -> int | None:
     return max(1, math.ceil(limit / len(SUBTASKS))) if limit else None
 
 
+def data_files(_settings: None = None) -> list[Path]:
+    """Each sub-task's examples and its CoT prompt."""
+    return [benchmark_file(f"bbh/{kind}/{sub}.{ext}") for sub in SUBTASKS
+            for kind, ext in (("tasks", "json"), ("cot-prompts", "txt"))]
+
+
 def load_rows(limit: int | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Rows `{subtask, index, input, target}` and each sub-task's CoT prompt."""
     k = per_subtask_limit(limit)
@@ -161,4 +167,6 @@ register_task(TaskSpec(
     run=run,
     description="BIG-Bench Hard, 27 sub-tasks, official 3-shot CoT prompts, chat template, greedy.",
     score_rule="exact match of the answer after 'the answer is', mean over the 27 sub-tasks (0-100)",
+    data_files=data_files,
+    uses=(),
 ))

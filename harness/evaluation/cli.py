@@ -3,12 +3,20 @@
     harness eval --model smollm2-135m-instruct --suite paper11 --limit 20
     harness eval --model results/stages/.../model --tasks gsm8k ifeval --out /tmp/eval
     harness eval --model <mlflow run id> --suite paper11 --judge-model gpt-4o --judge-base-url URL
+    harness eval --model smollm2-135m-instruct --tasks humaneval_plus --set coding.n_samples=10
 
 `--model` is a zoo name, a model folder, a hub id, or an MLflow run id whose run carries the
 trained model's folder (a stage run's model, or a cell run's policy: `mlflow_layout.model_path_of_run`).
 Writes `<out>/<task>.samples.jsonl` (every generation, so any metric can be recomputed),
 `<out>/results.json`, `<out>/table.txt`; prints the per-benchmark, per-category and overall table;
 logs params, metrics (including `*_with_offline_fallbacks`) and the output folder as artifacts.
+
+Task settings: `--set GROUP.FIELD=VALUE` (repeatable; GROUP as in a grid's `eval.settings`, e.g.
+`coding.n_samples=10`), on top of the defaults and the environment's (HARNESS_CODING_*, ...): resolved
+once at start by the same code as a grid's (`harness.evaluation.base.resolve_settings`), logged as
+`settings.<group>.<field>` params, and part of each task's resume key (`task_fingerprint`). A task whose
+input is missing (data, classifier, judge) is not run and says why; `--out` resume reruns it once the
+input is there.
 """
 
 from __future__ import annotations
@@ -78,6 +86,20 @@ def _progress(task_names: list[str]):
             TASKS.get(name).run = run
 
 
+def parse_settings(assignments: list[str]) -> dict[str, dict[str, Any]]:
+    """`["coding.n_samples=10", ...]` -> {"coding": {"n_samples": 10}} (values read as YAML scalars)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in assignments:
+        target, sep, value = item.partition("=")
+        group, dot, name = target.partition(".")
+        if not sep or not dot or not group or not name:
+            raise ValueError(f"--set {item!r}: expected GROUP.FIELD=VALUE, e.g. coding.n_samples=10")
+        out.setdefault(group, {})[name] = yaml.safe_load(value) if value else None
+    return out
+
+
 def _judge_settings(args: argparse.Namespace) -> dict[str, Any] | None:
     if not args.judge_model:
         return None
@@ -85,7 +107,7 @@ def _judge_settings(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _log_mlflow(args: argparse.Namespace, model_path: str, tasks: list[str], metrics: dict[str, float],
-                out: Path) -> str | None:
+                out: Path, settings: dict[str, dict[str, Any]]) -> str | None:
     from harness import tracking
     from harness.mlflow_layout import log_eval_run
 
@@ -94,12 +116,13 @@ def _log_mlflow(args: argparse.Namespace, model_path: str, tasks: list[str], met
               if isinstance(v, (int, float)) and not math.isnan(v)}
     params = {"model": args.model, "model_path": model_path, "suite": args.suite or "", "tasks": ",".join(tasks),
               "limit": str(args.limit), "seed": str(args.seed), "batch_size": str(args.batch_size),
-              "judge_model": args.judge_model or ""}
+              "judge_model": args.judge_model or "", **tracking.flatten({"settings": settings})}
     return log_eval_run(experiment_id, f"eval {Path(args.model).name}", model_path, params, finite, out)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from harness.evaluation import SUITES, TASKS, EvalContext, run_tasks
+    from harness.evaluation.base import resolve_eval_settings, settings_from_config
     from harness.evaluation.paper_suite import format_table, with_fallbacks
     from harness.paths import results_dir
 
@@ -119,14 +142,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown task(s) {unknown}; tasks: {', '.join(TASKS.names())}", file=sys.stderr)
         return 2
-    for name in tasks:  # misconfigured task settings fail now, not hours into the suite
-        preflight = TASKS.get(name).preflight
-        try:
-            if preflight is not None:
-                preflight()
-        except (ValueError, FileNotFoundError) as err:
-            print_error(err, args)
-            return 2
+    try:  # the settings, resolved once (defaults, environment, --set): a bad one fails now, not hours in
+        settings = resolve_eval_settings(tasks, parse_settings(args.set or []))
+    except ValueError as err:
+        print_error(err, args)
+        return 2
     try:
         model_path = resolve_eval_model(args.model)
     except (ValueError, FileNotFoundError) as err:
@@ -135,7 +155,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.model).name)
     out = Path(args.out) if args.out else results_dir() / "eval" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     ctx = EvalContext(model_path=model_path, out_dir=out, limit=args.limit, seed=args.seed,
-                      batch_size=args.batch_size, judge=_judge_settings(args))
+                      batch_size=args.batch_size, judge=_judge_settings(args),
+                      settings=settings_from_config(settings, tasks))
     start = time.perf_counter()
     with _progress(tasks):
         metrics = run_tasks(ctx, tasks, resume=not args.no_resume,
@@ -154,7 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     (out / "table.txt").write_text(table + "\n")
     print(table)
     if not args.no_mlflow:
-        run_id = _log_mlflow(args, model_path, tasks, metrics, out)
+        run_id = _log_mlflow(args, model_path, tasks, metrics, out, settings)
         print(f"MLflow run {run_id} (experiment {args.experiment!r})")
     return 0
 
@@ -173,6 +194,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-resume", action="store_true",
                    help="rerun every task even if --out holds a matching finished result (<task>.result.json)")
+    p.add_argument("--set", action="append", metavar="GROUP.FIELD=VALUE",
+                   help="a task setting, e.g. coding.n_samples=10 (as a grid's eval.settings; repeatable)")
     p.add_argument("--judge-model", help="judge model name at an OpenAI-compatible endpoint")
     p.add_argument("--judge-base-url", help="judge endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",

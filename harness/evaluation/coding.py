@@ -41,8 +41,10 @@ Protocol (paper App. D, the Tulu/open-instruct evaluation it extends):
   (`harness.evaluation.code_grading`, whose docstring has the threat model). Each sample records the
   isolation it had; `<task>/sandbox_bubblewrap` is the fraction checked under bubblewrap.
 
-Configuration: `CodingConfig`; the registered tasks read overrides from the environment:
-HARNESS_CODING_N_SAMPLES, HARNESS_CODING_MAX_NEW_TOKENS, HARNESS_CODING_WORKERS.
+Configuration: `CodingConfig`; the registered tasks take theirs from their settings (`CodingSettings`,
+grid `eval.settings.coding`, shared by both tasks): n_samples, max_new_tokens, temperature, top_p,
+workers, whose defaults the environment may supply (HARNESS_CODING_N_SAMPLES,
+HARNESS_CODING_MAX_NEW_TOKENS, HARNESS_CODING_WORKERS), resolved at plan time into the stage key.
 """
 
 from __future__ import annotations
@@ -60,8 +62,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
+from harness.evaluation.base import (
+    TASKS,
+    EvalContext,
+    TaskResult,
+    TaskSettings,
+    TaskSpec,
+    register_task,
+    resolve_settings,
+)
 from harness.evaluation.code_grading import (
     SplitSpec,
     args_texts,
@@ -109,19 +120,25 @@ class CodingConfig:
             raise ValueError(f"CodingConfig.workers must be >= 1, got {self.workers}")
 
 
-def config_from_env(base: CodingConfig | None = None) -> CodingConfig:
-    """`base` (default CodingConfig()) with HARNESS_CODING_* environment overrides applied."""
-    cfg = base or CodingConfig()
-    overrides: dict[str, Any] = {}
-    for env, name in (("HARNESS_CODING_N_SAMPLES", "n_samples"), ("HARNESS_CODING_MAX_NEW_TOKENS", "max_new_tokens"),
-                      ("HARNESS_CODING_WORKERS", "workers")):
-        raw = os.environ.get(env)
-        if raw:
-            try:
-                overrides[name] = int(raw)
-            except ValueError as err:
-                raise ValueError(f"{env} must be an integer, got {raw!r}") from err
-    return replace(cfg, **overrides)
+class CodingSettings(TaskSettings):
+    """The coding tasks' settings (CodingConfig's fields a grid or the environment may set)."""
+
+    n_samples: int = Field(20, ge=1, description="completions per problem; pass@10 needs >= 10 (open-instruct's 20)")
+    max_new_tokens: int = Field(512, ge=1, description="generation budget per completion")
+    temperature: float = Field(0.8, gt=0, description="sampling temperature (paper App. D)")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling (paper App. D)")
+    workers: int = Field(2, ge=1, description="sandboxed checks at once (per-input time limits are wall-clock)")
+    env = {"n_samples": "HARNESS_CODING_N_SAMPLES", "max_new_tokens": "HARNESS_CODING_MAX_NEW_TOKENS",
+           "workers": "HARNESS_CODING_WORKERS"}
+
+
+def coding_config(settings: CodingSettings) -> CodingConfig:
+    return replace(CodingConfig(), **settings.model_dump())
+
+
+def config_from_env() -> CodingConfig:
+    """CodingConfig with the coding settings' defaults, the environment's applied (HARNESS_CODING_*)."""
+    return coding_config(resolve_settings(TASKS.get("humaneval_plus")))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -551,7 +568,7 @@ def score_completions(
     if score_key not in metrics:
         return TaskResult(metrics, None, samples, skipped_reason=(
             f"{task}: pass@{config.score_k} needs n_samples >= {config.score_k} per problem (got {n_min}); "
-            "set HARNESS_CODING_N_SAMPLES / CodingConfig.n_samples"))
+            "set eval.settings.coding.n_samples (or HARNESS_CODING_N_SAMPLES)"))
     return TaskResult(metrics, 100.0 * metrics[score_key], samples)
 
 
@@ -563,18 +580,22 @@ def run_coding_task(ctx: EvalContext, task: str, problems: list[CodeProblem], co
 
 
 def run_humaneval_plus(ctx: EvalContext, config: CodingConfig | None = None) -> TaskResult:
-    return run_coding_task(ctx, "humaneval_plus", load_humaneval_plus(), config or config_from_env())
+    config = config or coding_config(ctx.settings_for("humaneval_plus"))
+    return run_coding_task(ctx, "humaneval_plus", load_humaneval_plus(), config)
 
 
 def run_mbpp_plus(ctx: EvalContext, config: CodingConfig | None = None) -> TaskResult:
-    return run_coding_task(ctx, "mbpp_plus", load_mbpp_plus(), config or config_from_env())
+    return run_coding_task(ctx, "mbpp_plus", load_mbpp_plus(), config or coding_config(ctx.settings_for("mbpp_plus")))
 
 
 register_task(TaskSpec(
     name="humaneval_plus",
     category="coding",
     run=run_humaneval_plus,
-    env_prefixes=("HARNESS_CODING_",),
+    settings=CodingSettings(),
+    settings_group="coding",
+    data_files=lambda _settings: [_data_path(HUMANEVAL_PLUS_FILE, None)],
+    uses=(),
     description="HumanEval+ (EvalPlus v0.2.1 base+plus tests), HumanEvalPack instructions, T=0.8, sandboxed",
     score_rule="pass@10 (base+plus tests, unbiased estimator, n samples/problem) x 100",
 ))
@@ -582,7 +603,10 @@ register_task(TaskSpec(
     name="mbpp_plus",
     category="coding",
     run=run_mbpp_plus,
-    env_prefixes=("HARNESS_CODING_",),
+    settings=CodingSettings(),
+    settings_group="coding",
+    data_files=lambda _settings: [_data_path(MBPP_PLUS_FILE, None)],
+    uses=(),
     description="MBPP+ v0.1.0 (EvalPlus v0.2.1 base+plus tests), open-instruct prompt, T=0.8, sandboxed",
     score_rule="pass@10 (base+plus tests, unbiased estimator, n samples/problem) x 100",
 ))

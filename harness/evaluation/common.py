@@ -14,13 +14,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.evaluation.base import EvalContext, TaskResult
+from harness.evaluation.base import EvalContext, MissingInput, TaskResult
 from harness.paths import find_data_file, shared_data_dir
 
 Messages = list[dict[str, str]]
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(MissingInput):
     """A benchmark file is not in any local data directory; the message says where it was looked for."""
 
 
@@ -59,22 +59,6 @@ def require_fields(row: dict[str, Any], fields: Iterable[str], where: str) -> No
         raise ValueError(f"{where}: missing field(s) {missing}; has {sorted(row)}")
 
 
-def max_new_tokens_from_env(env: str, default: int) -> int:
-    """A generation task's token budget: the paper's `default`, unless the environment variable `env`
-    sets another (a CPU run where one looping greedy answer would hold its whole batch for thousands
-    of steps). The variable is in the task's resume key and the budget used is logged as a metric."""
-    raw = os.environ.get(env, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as err:
-        raise ValueError(f"{env} must be a positive integer, got {raw!r}") from err
-    if value < 1:
-        raise ValueError(f"{env} must be a positive integer, got {raw!r}")
-    return value
-
-
 def apply_limit(rows: list[Any], limit: int | None) -> list[Any]:
     """First `limit` rows (deterministic, like lm-eval's --limit); all rows when limit is None/0."""
     return rows[:limit] if limit else rows
@@ -106,8 +90,9 @@ def chat_prompt_with_prefix(ctx: EvalContext, messages: Messages, assistant_pref
     return text
 
 
-def ensure_nltk_data() -> None:
+def ensure_nltk_data() -> Path:
     """IFEval's checkers need NLTK `punkt_tab`; point NLTK at the shared copy when the user has not.
+    Returns its English folder.
 
     Raises a RuntimeError telling how to provide it when it cannot be found (lm-eval would otherwise
     try a download that fails offline while printing that it succeeded).
@@ -122,13 +107,27 @@ def ensure_nltk_data() -> None:
     if folder and folder not in nltk.data.path:
         nltk.data.path.insert(0, folder)
     try:
-        nltk.data.find("tokenizers/punkt_tab/english/")
+        return Path(str(nltk.data.find("tokenizers/punkt_tab/english/")))
     except LookupError as err:
         raise RuntimeError(
             "IFEval needs the NLTK 'punkt_tab' tokenizer: set NLTK_DATA to a folder containing "
             "tokenizers/punkt_tab (e.g. ../shared/data/nltk_data), or run "
             "`python -m nltk.downloader punkt_tab` on a machine with internet access"
         ) from err
+
+
+def punkt_tab_dir() -> Path:
+    """NLTK punkt_tab's English folder (part of IFEval's fingerprint): looked up in NLTK_DATA first, so
+    planning a grid does not import NLTK (seconds); otherwise as `ensure_nltk_data` finds it."""
+    if not os.environ.get("NLTK_DATA"):
+        shared = shared_data_dir()
+        if shared is not None and (shared / "nltk_data").is_dir():
+            os.environ["NLTK_DATA"] = str(shared / "nltk_data")
+    for folder in os.environ.get("NLTK_DATA", "").split(os.pathsep):
+        english = Path(folder) / "tokenizers" / "punkt_tab" / "english"
+        if folder and english.is_dir():
+            return english
+    return ensure_nltk_data()
 
 
 def scoring_model(ctx: EvalContext) -> tuple[Any, Any]:

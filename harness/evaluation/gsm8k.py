@@ -45,6 +45,7 @@ from harness.evaluation.common import (
     require_fields,
     skipped,
 )
+from harness.evaluation.lmeval_bridge import lmeval_tasks_dir
 from harness.generation import SamplingParams
 
 TASK = "gsm8k"
@@ -62,18 +63,12 @@ LMEVAL_FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
 LMEVAL_IGNORE = (",", r"\$", "(?s).*#### ", r"\.$")
 
 
-def _lmeval_task_dir() -> Path:
-    import lm_eval
-
-    return Path(lm_eval.__file__).resolve().parent / "tasks"
-
-
 @functools.cache
 def wei_exemplars() -> list[dict[str, str]]:
     """Wei et al.'s 8 GSM8K chain-of-thought exemplars, as lm-eval ships them (question, target)."""
     import yaml
 
-    path = _lmeval_task_dir() / "gsm8k" / "gsm8k-cot.yaml"
+    path = lmeval_tasks_dir() / "gsm8k" / "gsm8k-cot.yaml"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: the GSM8K exemplars come from lm-eval's gsm8k-cot.yaml")
 
@@ -144,6 +139,11 @@ def lmeval_scores(responses: list[str], references: list[str]) -> dict[str, list
     return out
 
 
+def data_files(_settings: None = None) -> list[Path]:
+    """The test questions and lm-eval's file holding the 8 exemplars."""
+    return [benchmark_file("gsm8k/test.jsonl"), lmeval_tasks_dir() / "gsm8k" / "gsm8k-cot.yaml"]
+
+
 def load_rows(limit: int | None) -> list[dict[str, Any]]:
     path = benchmark_file("gsm8k/test.jsonl")
     rows = read_jsonl(path)
@@ -207,4 +207,6 @@ register_task(TaskSpec(
     run=run,
     description="GSM8K test, 8-shot CoT (Wei et al. exemplars), chat template, greedy, last number.",
     score_rule="exact match of the last number, % of test questions (0-100)",
+    data_files=data_files,
+    uses=(),
 ))

@@ -14,7 +14,12 @@ Metrics (0-100): `prompt_level_loose_acc` (the paper's number and the score), pl
 as following an instruction if any of 8 variants (first/last line removed, '*' removed) does.
 
 NLTK `punkt_tab` is required by two checkers: NLTK_DATA is pointed at the shared copy when unset;
-without it the task reports itself skipped with instructions (see `common.ensure_nltk_data`).
+without it the task is not run and says how to provide it (see `common.ensure_nltk_data`); its files
+are part of the task's fingerprint, like the prompt file.
+
+Settings (`IFEvalSettings`, grid `eval.settings.ifeval`): `max_new_tokens` (default 1280, lm-eval's;
+HARNESS_IFEVAL_MAX_NEW_TOKENS supplies another default for CPU runs). The budget used is logged as
+`ifeval/max_new_tokens`.
 
 Reproducible rescoring: where a prompt's kwargs leave a checker setting unset or invalid, the official
 checker draws it from Python's global `random`. Of the 541 prompts, two do: keys 1122 and 1129 ask for
@@ -30,16 +35,26 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
+from pydantic import Field
+
+from harness.evaluation.base import (
+    EvalContext,
+    TaskResult,
+    TaskSettings,
+    TaskSpec,
+    folder_files,
+    register_task,
+)
 from harness.evaluation.common import (
     MissingDataError,
     apply_limit,
     benchmark_file,
     ensure_nltk_data,
-    max_new_tokens_from_env,
     mean_pct,
+    punkt_tab_dir,
     read_jsonl,
     require_fields,
     skipped,
@@ -50,6 +65,21 @@ TASK = "ifeval"
 MAX_NEW_TOKENS = 1280
 MAX_NEW_TOKENS_ENV = "HARNESS_IFEVAL_MAX_NEW_TOKENS"  # a lower budget for CPU runs (logged)
 FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
+
+
+class IFEvalSettings(TaskSettings):
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="generation budget per response "
+                                "(lm-eval's max_gen_toks); lower it for CPU runs")
+    env = {"max_new_tokens": MAX_NEW_TOKENS_ENV}
+
+
+def data_files(_settings: IFEvalSettings | None = None) -> list[Path]:
+    """The prompts and NLTK's punkt_tab (two checkers tokenize with it)."""
+    try:
+        punkt = punkt_tab_dir()
+    except RuntimeError as err:
+        raise MissingDataError(str(err)) from None
+    return [benchmark_file("ifeval/input_data.jsonl"), *folder_files(punkt)]
 
 
 def load_rows(limit: int | None) -> list[dict[str, Any]]:
@@ -103,14 +133,14 @@ def score_responses(rows: list[dict[str, Any]], responses: list[str]) -> TaskRes
 
 
 def run(ctx: EvalContext, max_new_tokens: int | None = None) -> TaskResult:
-    """The registered task (paper settings); `max_new_tokens` is lowered only by fast tests."""
+    """The registered task; `max_new_tokens` (default: the settings') is lowered only by fast tests."""
     try:
         rows = load_rows(ctx.limit)
         ensure_nltk_data()  # fail before spending time on generation
     except (MissingDataError, RuntimeError) as err:
         return skipped(TASK, str(err))
     if max_new_tokens is None:
-        max_new_tokens = max_new_tokens_from_env(MAX_NEW_TOKENS_ENV, MAX_NEW_TOKENS)
+        max_new_tokens = ctx.settings_for(TASK).max_new_tokens
     prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=ctx.seed)
     outputs = ctx.generator.generate(prompts, params)
@@ -119,17 +149,13 @@ def run(ctx: EvalContext, max_new_tokens: int | None = None) -> TaskResult:
     return result
 
 
-def check_budget() -> None:
-    """Preflight: a bad HARNESS_IFEVAL_MAX_NEW_TOKENS fails before any task of the suite runs."""
-    max_new_tokens_from_env(MAX_NEW_TOKENS_ENV, MAX_NEW_TOKENS)
-
-
 register_task(TaskSpec(
     name=TASK,
     category="instruction_following",
     run=run,
-    env_prefixes=(MAX_NEW_TOKENS_ENV,),
-    preflight=check_budget,
+    settings=IFEvalSettings(),
+    data_files=data_files,
+    uses=(),
     description=("IFEval 541 prompts, chat template, greedy; lm-eval's copy of the official checkers (their "
                  "random draws seeded by the prompt key)."),
     score_rule="loose prompt-level accuracy, % of prompts (0-100)",

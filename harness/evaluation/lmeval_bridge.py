@@ -19,9 +19,13 @@ import yaml
 
 
 def lmeval_tasks_dir() -> Path:
-    import lm_eval
+    """lm-eval's built-in task configs, found without importing lm-eval (seconds; plans read these files)."""
+    import importlib.util
 
-    return Path(lm_eval.__file__).resolve().parent / "tasks"
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("lm-eval (lm_eval) is not installed")
+    return Path(spec.origin).resolve().parent / "tasks"
 
 
 def make_fixed_output_lm(respond: Callable[[dict[str, Any], str], str]):

@@ -146,4 +146,6 @@ register_task(TaskSpec(
     run=run,
     description="MMLU 57 subjects, 0-shot official prompt, chat template, answer-letter log-likelihood.",
     score_rule="accuracy over all test questions, % (0-100)",
+    data_files=lambda _settings: subject_files(),
+    uses=(),
 ))

@@ -78,7 +78,7 @@ def _register_missing() -> None:
             return TaskResult({}, None, [], skipped_reason=(
                 f"{_name}: task module not available in this checkout (no task registered under this name)"))
 
-        register_task(TaskSpec(name=name, category=category, run=run,
+        register_task(TaskSpec(name=name, category=category, run=run, uses=(),
                                description="placeholder: task module missing", score_rule="n/a"))
 
 

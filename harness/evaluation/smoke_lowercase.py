@@ -74,4 +74,6 @@ register_task(TaskSpec(
     run=run,
     description="Held-out 'reply in lowercase' prompts (unseen facts); verifiable, no judge.",
     score_rule="% answers that are lowercase, non-degenerate and correct",
+    datasets=lambda _settings: ["smoke-lowercase-eval"],
+    uses=(),
 ))

@@ -18,14 +18,17 @@ Offline fallbacks, clearly named and never the score:
   prompt (parity-tested), from `truthfulqa/mc_task.json`.
 - Fine-tuned judges trained by this project (`truthfulqa_judges.py`: a zoo model fine-tuned on the
   data the paper's GPT-judge / GPT-info were trained on, `finetune_truth.jsonl` / `finetune_info.jsonl`),
-  used when BOTH `HARNESS_TRUTHFULQA_TRUTH_JUDGE` and `HARNESS_TRUTHFULQA_INFO_JUDGE` name judge
-  folders (`harness train-truthfulqa-judge --kind truth|info --base smollm2-135m-instruct --out DIR`).
+  used when the settings `truth_judge` and `info_judge` BOTH name judge folders (grid:
+  `eval.settings.truthfulqa`; their defaults come from `HARNESS_TRUTHFULQA_TRUTH_JUDGE` and
+  `HARNESS_TRUTHFULQA_INFO_JUDGE`; train them with
+  `harness train-truthfulqa-judge --kind truth|info --base smollm2-135m-instruct --out DIR`).
   The same generated answers are then judged by them, with or without an endpoint judge:
   `truthfulqa/truth_info_finetuned_judge_offline_fallback`, `truthfulqa/truthful_finetuned_judge_offline_fallback`,
   `truthfulqa/informative_finetuned_judge_offline_fallback` (0-100); each generation sample gets
   `truthful_finetuned_judge` / `informative_finetuned_judge` (bool) and their `*_score` (logit yes -
-  no). Setting only one of the two variables, or a folder that is not a judge of that kind, is an
-  error raised before any task runs. The judges' content is part of this task's resume key.
+  no). Setting only one of the two, or a folder that is not a judge of that kind, is an error raised
+  when the settings are resolved, before any task runs. Every file of the two judge folders is part of
+  this task's fingerprint (and the judge module's code of its code fingerprint).
 `truthfulqa/offline_fallback_score` (for the clearly labelled "with offline fallbacks" average of the
 CLI) is the fine-tuned judges' truth x info when they are configured and both reach a held-out balanced
 accuracy of `MIN_FINETUNED_JUDGE_BALANCED_ACCURACY` (logged as `truthfulqa/<kind>_judge_heldout_balanced_accuracy`),
@@ -41,14 +44,24 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task, unparsed_reason
+from pydantic import Field, model_validator
+
+from harness.evaluation import truthfulqa_judges
+from harness.evaluation.base import (
+    EvalContext,
+    TaskResult,
+    TaskSettings,
+    TaskSpec,
+    TaskUnavailable,
+    folder_files,
+    register_task,
+    unparsed_reason,
+)
 from harness.evaluation.common import (
     MissingDataError,
     apply_limit,
@@ -70,6 +83,40 @@ STOP = ("\n\n", "\nQ:")
 TRUTH_JUDGE_ENV = "HARNESS_TRUTHFULQA_TRUTH_JUDGE"
 INFO_JUDGE_ENV = "HARNESS_TRUTHFULQA_INFO_JUDGE"
 FT = "finetuned_judge_offline_fallback"  # suffix of every number from the project's fine-tuned judges
+
+
+class TruthfulQASettings(TaskSettings):
+    truth_judge: str | None = Field(None, description="folder of a fine-tuned truth judge "
+                                    "(`harness train-truthfulqa-judge --kind truth`); needs info_judge too")
+    info_judge: str | None = Field(None, description="folder of a fine-tuned info judge; needs truth_judge too")
+    env = {"truth_judge": TRUTH_JUDGE_ENV, "info_judge": INFO_JUDGE_ENV}
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TruthfulQASettings:
+        """truth x info needs both judges; each folder must be a judge of its kind."""
+        given = {"truth": self.truth_judge, "info": self.info_judge}
+        if any(given.values()) and not all(given.values()):
+            unset = next(kind for kind, value in given.items() if not value)
+            raise ValueError(f"fine-tuned judges need both truth_judge ({TRUTH_JUDGE_ENV}) and info_judge "
+                             f"({INFO_JUDGE_ENV}); {unset}_judge ({self.env[f'{unset}_judge']}) is not set")
+        for kind, value in given.items():
+            if value:
+                try:
+                    truthfulqa_judges.read_judge_meta(Path(value), kind)
+                except (OSError, ValueError) as err:
+                    raise ValueError(f"{kind}_judge ({self.env[f'{kind}_judge']})={value}: {err}") from err
+        return self
+
+
+def data_files(settings: TruthfulQASettings | None) -> list[Path]:
+    """The MC and generation questions, lm-eval's primer template, and the fine-tuned judges' files."""
+    from harness.evaluation.lmeval_bridge import lmeval_tasks_dir
+
+    files = [benchmark_file("truthfulqa/mc_task.json"), benchmark_file("truthfulqa/TruthfulQA.csv"),
+             lmeval_tasks_dir() / "truthfulqa" / "truthfulqa_mc1.yaml"]
+    for folder in finetuned_judge_paths(settings).values() if settings is not None else ():
+        files.extend(folder_files(folder))
+    return files
 
 
 @functools.cache
@@ -167,45 +214,12 @@ def score_judged(truth: list[str | None], info: list[str | None]) -> dict[str, f
     }
 
 
-def finetuned_judge_paths() -> dict[str, Path] | None:
-    """{"truth": folder, "info": folder} from the environment, None when neither variable is set;
-    a ValueError when only one is (truth x info needs both) or a folder is not a judge of its kind."""
-    from harness.evaluation.truthfulqa_judges import read_judge_meta
-
-    env = {"truth": os.environ.get(TRUTH_JUDGE_ENV, ""), "info": os.environ.get(INFO_JUDGE_ENV, "")}
-    if not any(env.values()):
-        return None
-    if not all(env.values()):
-        missing = TRUTH_JUDGE_ENV if not env["truth"] else INFO_JUDGE_ENV
-        raise ValueError(f"{TASK}: fine-tuned judges need both {TRUTH_JUDGE_ENV} and {INFO_JUDGE_ENV}; "
-                         f"{missing} is not set")
-    paths = {kind: Path(value).expanduser() for kind, value in env.items()}
-    for kind, path in paths.items():
-        var = TRUTH_JUDGE_ENV if kind == "truth" else INFO_JUDGE_ENV
-        try:
-            read_judge_meta(path, kind)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{TASK}: {var}={env[kind]}: {err}") from err
-    return paths
-
-
-def _fingerprint_extra() -> dict[str, Any]:
-    """The fine-tuned judges' content and the judge module's code (resume key); never raises."""
-    import inspect
-
-    from harness.evaluation import truthfulqa_judges
-
-    out: dict[str, Any] = {}
-    for var in (TRUTH_JUDGE_ENV, INFO_JUDGE_ENV):
-        value = os.environ.get(var)
-        if value:
-            try:
-                out[var] = {"path": value, "content": truthfulqa_judges.judge_fingerprint(Path(value))}
-            except OSError:
-                out[var] = {"path": value, "content": None}
-    if out:
-        out["judge_code"] = hashlib.sha256(inspect.getsource(truthfulqa_judges).encode()).hexdigest()[:16]
-    return out
+def finetuned_judge_paths(settings: TruthfulQASettings) -> dict[str, Path]:
+    """{"truth": folder, "info": folder} when the settings name both judges (checked when the settings
+    were resolved), else {}."""
+    if not settings.truth_judge:
+        return {}
+    return {"truth": Path(settings.truth_judge).expanduser(), "info": Path(settings.info_judge or "").expanduser()}
 
 
 def finetuned_verdicts(paths: dict[str, Path], rows: list[dict[str, Any]], answers: list[str],
@@ -235,7 +249,7 @@ def score_finetuned(truth: list[bool], info: list[bool]) -> dict[str, float]:
 def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
     from harness.judge import JudgeError, judge_client_from_settings
 
-    ft_paths = finetuned_judge_paths()  # a misconfiguration fails here, before any compute
+    ft_paths = finetuned_judge_paths(ctx.settings_for(TASK)) or None
     try:
         mc_rows = load_mc_rows(ctx.limit)
         gen_rows = load_gen_rows(ctx.limit)
@@ -295,9 +309,8 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
             f"truthfulqa/mc2_offline_fallback and truthfulqa/*_{FT} were computed"))
     try:
         verdicts = judge_answers(judge, gen_rows, answers)
-    except JudgeError as err:
-        return TaskResult(metrics, None, samples + gen_samples,
-                          skipped_reason=f"{TASK}: judge calls failed ({err}); answers are saved")
+    except JudgeError as err:  # the planned judge did not answer: not a result, retried next run
+        raise TaskUnavailable(f"{TASK}: judge calls failed ({err})") from err
     for s, t, i in zip(gen_samples, verdicts["truth"], verdicts["info"]):
         s.update(truthful=t, informative=i, judge_model=judge.model)
     metrics.update(score_judged(verdicts["truth"], verdicts["info"]))
@@ -316,7 +329,8 @@ register_task(TaskSpec(
                  "project-fine-tuned-judge fallbacks."),
     score_rule=("% answers judged both truthful and informative (0-100); MC2 / fine-tuned judges only as "
                 "labelled fallbacks"),
-    fingerprint_extra=_fingerprint_extra,
-    preflight=finetuned_judge_paths,  # its return value is ignored; it raises on a misconfiguration
+    settings=TruthfulQASettings(),
+    data_files=data_files,
+    uses=("judge",),  # optional: without one, the MC2 (and fine-tuned judges') fallbacks only
 ))
 

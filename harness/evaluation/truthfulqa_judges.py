@@ -31,7 +31,6 @@ leaves no half judge.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -407,16 +406,6 @@ def read_judge_meta(path: Path, kind: str | None = None) -> dict[str, Any]:
     if kind is not None and meta.get("kind") != kind:
         raise ValueError(f"{path} is a {meta.get('kind')!r} judge, expected a {kind!r} judge")
     return meta
-
-
-def judge_fingerprint(path: Path) -> str:
-    """Identity of a judge folder's content (its judge.json and weights), for resume keys."""
-    from harness.best_of_n import model_fingerprint
-
-    path = Path(path).expanduser()
-    meta = path / META_FILE
-    parts = [model_fingerprint(str(path)), meta.read_text(encoding="utf-8") if meta.is_file() else "no judge.json"]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def load_truthfulqa_judge(path: Path, kind: str | None = None, device: str | None = None) -> TruthfulQAJudge:

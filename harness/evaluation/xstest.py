@@ -27,7 +27,14 @@ from __future__ import annotations
 import csv
 from typing import Any
 
-from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task, unparsed_reason
+from harness.evaluation.base import (
+    EvalContext,
+    TaskResult,
+    TaskSpec,
+    TaskUnavailable,
+    register_task,
+    unparsed_reason,
+)
 from harness.evaluation.common import MissingDataError, benchmark_file, mean_pct, skipped
 from harness.generation import SamplingParams
 
@@ -126,9 +133,8 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
             XSTEST_REFUSAL, [{"prompt": r["prompt"], "response": resp} for r, resp in zip(rows, responses)],
             XSTEST_LABELS,
         )
-    except JudgeError as err:
-        return TaskResult(metrics, None, samples,
-                          skipped_reason=f"{TASK}: judge calls failed ({err}); responses are saved")
+    except JudgeError as err:  # the planned judge did not answer: not a result, retried next run
+        raise TaskUnavailable(f"{TASK}: judge calls failed ({err})") from err
     refused = [None if v is None else v == "refusal" for v in verdicts]
     metrics.update(refusal_metrics(labels, refused, "judge"))
     for s, v in zip(samples, verdicts):
@@ -145,5 +151,7 @@ register_task(TaskSpec(
     category="safety",
     run=run,
     description="XSTest v2 (250 safe + 200 unsafe), chat template, greedy; LLM-judged refusal F1.",
+    data_files=lambda _settings: [benchmark_file("xstest/xstest_prompts.csv")],
+    uses=("judge",),  # optional: without one, only the string-match fallback
     score_rule="F1 of refusal x 100 (positive = refused; gold positive = unsafe prompt)",
 ))

@@ -289,17 +289,6 @@ def length_controlled_win_rate(annotations: Sequence[Mapping[str, Any]]) -> Leng
     return LengthControlled(float(out["length_controlled_winrate"]), float(out["lc_standard_error"]), None, files)
 
 
-def lc_data_fingerprint() -> dict[str, str | None]:
-    """sha256 of each local copy of the LC GLM's hub files (None: not local, read from the hub)."""
-    from harness.cache import file_sha256
-
-    out: dict[str, str | None] = {}
-    for name in LC_HUB_FILES:
-        path = find_data_file(f"{LC_DATA_DIR}/{name}")
-        out[name] = file_sha256(path) if path is not None else None
-    return out
-
-
 def score_annotations(annotations: list[dict[str, Any]], version: Literal[1, 2], judge_model: str,
                       template_source: str) -> AlpacaEvalResult:
     """Win rate, its standard error and (AlpacaEval 2) the length-controlled win rate of annotations in
