@@ -67,7 +67,8 @@ class StageLine:
         """The line as plain text (also the plain log's progress line)."""
         parts = [f"{self.label} {self.key[:8]}", self.cell_text]
         if self.done is not None and self.total:
-            parts.append(f"{self.unit} {int(self.done)}/{int(self.total)}")
+            parts.append(f"{self.unit} {int(self.done)}/{int(self.total)}"
+                         + (f" {self.phase}" if self.unit == "task" and self.phase else ""))
         elif self.phase:
             parts.append(self.phase)
         parts += [f"{k} {_number(v)}" for k, v in self.shown_metrics]
@@ -191,7 +192,8 @@ class RichView:
                 filled = int(round(_BAR_WIDTH * min(1.0, line.done / line.total)))
                 text.append("━" * filled, style="magenta")
                 text.append("━" * (_BAR_WIDTH - filled), style="grey37")
-                text.append(f" {line.unit} {int(line.done)}/{int(line.total)}")
+                text.append(f" {line.unit} {int(line.done)}/{int(line.total)}"
+                            + (f" {line.phase}" if line.unit == "task" and line.phase else ""))
             elif line.phase:
                 text.append(line.phase, style="dim")
             text.append(f"  ETA {format_duration(line.eta_seconds)}" if line.eta_seconds is not None

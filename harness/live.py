@@ -22,6 +22,7 @@ The terminal view (`harness.console`) is fed from the same polling: one line per
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -78,8 +79,14 @@ def cell_run_info(grid: Grid, plan: CellPlan) -> layout.CellRunInfo:
         stage_specs=[s.spec() for s in plan.stages])
 
 
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def data_inputs(stage: Stage) -> list[layout.DataInput]:
-    """The datasets a stage reads (its published `prepare_data` inputs), as MLflow run inputs."""
+    """The datasets a stage reads, as MLflow run inputs: a training stage's published `prepare_data` rows
+    (digest: their fingerprint), an evaluate stage's task data (digest: the task's data files' and
+    registry sources' hashes from its planned fingerprint), a `prepare_data` stage's raw source."""
     found = []
     for dep in stage.inputs.values():
         if dep.kind != "prepare_data" or not dep.complete:
@@ -90,6 +97,20 @@ def data_inputs(stage: Stage) -> list[layout.DataInput]:
             name=str(dep.config["name"]), digest=fingerprint.read_text().strip() if fingerprint.exists() else dep.key,
             source=str(dep.path / "rows.jsonl"), context="training",
             rows=int(metrics["data/kept_rows"]) if "data/kept_rows" in metrics else None))
+    if stage.kind == "evaluate":
+        blocks = [("", stage.config.get("tasks"))]
+        if isinstance(stage.config.get("best_of_n"), dict):
+            blocks.append(("bon/", stage.config["best_of_n"].get("tasks")))
+        for prefix, tasks in blocks:
+            for name, planned in (tasks.items() if isinstance(tasks, dict) else []):
+                data = {"files": planned.get("data") or {}, "datasets": planned.get("datasets") or {}}
+                source = ", ".join([*data["files"], *data["datasets"]]) or name
+                found.append(layout.DataInput(name=f"{prefix}{name}", digest=_digest(data), source=source,
+                                              context="evaluation"))
+    if stage.kind == "prepare_data" and isinstance(stage.config.get("source"), dict):
+        raw = stage.config["source"]
+        found.append(layout.DataInput(name=str(stage.config["name"]), digest=_digest(raw.get("raw", raw)),
+                                      source=str(raw.get("dataset", stage.config["name"])), context="source"))
     return found
 
 
@@ -152,7 +173,7 @@ def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
         if stage.kind == "evaluate":
             checkpoints += result.checkpoint_history
             evaluation = layout.evaluation_tags_of(result.tags)  # which tasks have no result, and why
-        inputs += data_inputs(stage)
+        inputs += [d for d in data_inputs(stage) if d.context != "source"]  # the raw source: on its stage run
         if stage.kind == "train_policy":
             model_id = layout.logged_model_of(experiment_id, stage.key)
             models += [model_id] if model_id else []

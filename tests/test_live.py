@@ -252,13 +252,22 @@ def test_runs_span_their_work_and_carry_datasets_models_and_costs(tiny_model, is
         assert evaluate.data.metrics["cost/tokens_generated"] > 0
         assert "cost/gpu_hours" not in cell.data.metrics  # on CPU
 
-        # The training data as a run input, with the data stage's fingerprint as digest.
+        # The data as run inputs: the training rows (digest: the data stage's fingerprint) on the train
+        # stage, the eval task's data on the evaluate stage, both on the cell; the raw source on the data stage.
         data_stage = next(c for c in children if c.data.tags[layout.TAG_STAGE_KIND] == "prepare_data")
         fingerprint = data_stage.data.tags[layout.TAG_DATA_FINGERPRINT]
-        for run in (train, cell):
-            inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
-            assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("smoke-lowercase", fingerprint[:36])]
-            assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
+
+        def inputs_of(run) -> list[tuple[str, str, str]]:
+            found = client.get_run(run.info.run_id).inputs.dataset_inputs
+            return sorted((i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+                          for i in found)
+
+        training = ("smoke-lowercase", fingerprint[:36], "training")
+        (evaluation,) = inputs_of(evaluate)
+        assert evaluation[0] == "smoke_lowercase" and evaluation[2] == "evaluation" and len(evaluation[1]) == 36
+        assert inputs_of(train) == [training]
+        assert inputs_of(cell) == sorted([training, evaluation])
+        assert [(name, context) for name, _, context in inputs_of(data_stage)] == [("smoke-lowercase", "source")]
         # The policy as a logged model, the output of its stage run and of its cell run.
         models = client.search_logged_models([exp.experiment_id],
                                              filter_string=f"tags.`{layout.TAG_STAGE_HASH}` = '{train.data.tags[layout.TAG_STAGE_HASH]}'")

@@ -489,7 +489,10 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
     reused: list[str] = []
     notes: dict[str, str] = {}
     by_category: dict[str, list[float]] = {}
-    for name, spec in specs.items():
+    from harness import progress
+
+    for index, (name, spec) in enumerate(specs.items()):
+        progress.report(done=index, total=len(specs), unit="task", phase=name, force=True)  # harness run/status
         samples_path = ctx.out_dir / f"{name}.samples.jsonl"
         if name in missing:
             skipped[name] = missing[name]
