@@ -88,16 +88,28 @@ class WorkClaim:
     kind: str
     key: str
     path: Path
-    attempt: str  # unique per claim: a new attempt means the stage's outputs (and curves) start again
-    started_at: float
+    attempt: str  # unique per claim: a new attempt's curve is logged afresh (a new live run)
+    claimed_at: float
     # The lock record of the writer that left this folder (dead or failed), None for a fresh folder.
     previous: dict[str, Any] | None = None
     _fd: int | None = field(default=None, repr=False)
+    started_at: float = 0.0  # when the stage's work began: the claim, unless a resumed writer says earlier
+
+    def __post_init__(self) -> None:
+        self.started_at = self.started_at or self.claimed_at
 
     @property
     def record(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "attempt": self.attempt,
-                "claimed_at": self.started_at, "started_at": self.started_at}
+                "claimed_at": self.claimed_at, "started_at": self.started_at}
+
+    def set_started_at(self, started_at: float) -> None:
+        """Say the stage started earlier (a writer resuming a dead one's work keeps its start): the lock
+        record, the live MLflow run's start and the published record's `started_at` follow."""
+        self.started_at = started_at
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, json.dumps(self.record).encode(), 0)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -158,8 +170,7 @@ def claim_work_dir(kind: str, key: str) -> WorkClaim | None:
     if previous is not None and not folder.exists():
         previous = None  # its writer published (or nothing was ever written): nothing is left to reclaim
     claim = WorkClaim(kind, key, folder, uuid.uuid4().hex[:12], time.time(), previous, fd)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(claim.record).encode(), 0)
+    claim.set_started_at(claim.started_at)  # writes the record
     folder.mkdir(parents=True, exist_ok=True)
     return claim
 

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STEP_HISTORY_FILE = "history.jsonl"
+# Called (in the logger thread) with each batch of new step-metric rows of a running stage, in order, once
+# they are on its MLflow run: (stage, attempt, rows). A new attempt replays its rows from its first step.
+RowsObserver = Callable[[Stage, str, list[dict[str, Any]]], None]
 # What each trained stage kind's model is, as an MLflow logged model.
 MODEL_TYPES = {"train_policy": "policy", "train_reward_model": "reward_model"}
 
@@ -206,7 +209,8 @@ class LiveLogger:
     and calls `close()`; an error writing MLflow is raised there."""
 
     def __init__(self, grid: Grid, experiment_id: str, plans: list[CellPlan], summary: RunSummary,
-                 echo: Callable[[str], None], view: ProgressView | None = None, poll_seconds: float = 1.0):
+                 echo: Callable[[str], None], view: ProgressView | None = None, poll_seconds: float = 1.0,
+                 on_rows: RowsObserver | None = None):
         self.grid = grid
         self.experiment_id = experiment_id
         self.plans = plans  # the cells still to log, in grid order
@@ -214,6 +218,7 @@ class LiveLogger:
         self.echo = echo
         self.view = view
         self.poll_seconds = poll_seconds
+        self.on_rows = on_rows
         self.watched: dict[str, Stage] = {}  # stages this run executes, until published or failed
         self.ended: set[str] = set()  # stages whose run was finished or failed here
         self.live: dict[str, _LiveStage] = {}
@@ -360,6 +365,8 @@ class LiveLogger:
                         live.warned = True
                     return
             live.offset += len(complete)
+            if rows and self.on_rows is not None:
+                self.on_rows(live.stage, live.attempt, rows)
             for row in rows:
                 live.last_row.update({k: v for k, v in row.items() if k not in ("step", tracking.WALL_TIME_KEY)})
                 live.last_row["step"] = row.get("step", 0)
@@ -383,6 +390,8 @@ class LiveLogger:
             elif parent is not None:
                 # Never seen running (too quick), or the attempt that published is not the one followed.
                 layout.log_stage_run(self.experiment_id, parent, stage_run_info(stage), result, _ms(start), _ms(end))
+                if self.on_rows is not None and result.step_history:
+                    self.on_rows(stage, str(record.get("attempt", "")), result.step_history)
         if self.view is not None:
             from harness.console import stage_summary
 

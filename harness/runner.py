@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from harness import cache, tracking
 from harness import mlflow_layout as layout
 from harness.grid import Grid
-from harness.live import LiveLogger
+from harness.live import LiveLogger, RowsObserver
 from harness.stages import CellPlan, Stage, plan_cell, unique_stages
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def describe_plan(grid: Grid, plans: list[CellPlan]) -> str:
 
 def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = print,
              backend_options: dict[str, Any] | None = None, keep_going: bool = False,
-             view: ProgressView | None = None) -> RunSummary:
+             view: ProgressView | None = None, on_rows: RowsObserver | None = None) -> RunSummary:
     """Run the grid's missing stages, every `prepare_data` stage first (a data error shows before any
     training starts), and log each cell whose stages are all published.
 
@@ -97,7 +97,8 @@ def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = p
 
     MLflow is written while the stages run, by one `harness.live.LiveLogger` thread: live curves from the
     running stages' working folders, each stage run finished at its publication, each cell logged once
-    complete. `view` (`harness.console`) shows the running stages in the terminal.
+    complete. `view` (`harness.console`) shows the running stages in the terminal; `on_rows` sees each
+    running stage's step metrics as they are logged (`harness.live.RowsObserver`).
     """
     from harness.backends import get_backend
 
@@ -118,7 +119,7 @@ def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = p
     summary.cached_stages = [s.id for s in needed if s.complete]
     to_run = [s for s in needed if not s.complete]
 
-    live = LiveLogger(grid, experiment_id, pending, summary, echo, view)
+    live = LiveLogger(grid, experiment_id, pending, summary, echo, view, on_rows=on_rows)
 
     def on_stage_done(stage: Stage) -> None:
         summary.executed_stages.append(stage.id)

@@ -251,7 +251,7 @@ def unique_stages(plans: list[CellPlan]) -> list[Stage]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Executors: run(config, inputs: role -> published input folder, out: temp folder) -> summary metrics
+# Executors: run(config, inputs: role -> published input folder, out: working folder) -> summary metrics
 # ---------------------------------------------------------------------------------------------
 
 def _read_rows(folder: Path) -> list[dict[str, Any]]:

@@ -174,7 +174,7 @@ def test_step_metrics_reach_mlflow_while_the_stage_trains(tmp_path, tiny_model, 
 
 def test_kill_9_mid_training_then_rerun_leaves_one_curve_without_gaps_or_repeats(tmp_path, tiny_model,
                                                                                    isolated_results):
-    steps = 120
+    steps = 250
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text(yaml.safe_dump(live_grid("killed_live", steps)))
     env = harness_env(isolated_results)
@@ -225,7 +225,15 @@ def test_runs_span_their_work_and_carry_datasets_models_and_costs(tiny_model, is
     from harness.grid import build_grid
     from harness.runner import run_grid
 
-    summary = run_grid(build_grid(live_grid("spans", 10, betas=(0.1, 0.3))), echo=lambda _: None)
+    observed: dict[str, list[int]] = {}  # what an observer of the live rows (a pruner) sees
+
+    def observe(stage, attempt: str, rows: list[dict]) -> None:
+        observed.setdefault(stage.id, []).extend(int(r["step"]) for r in rows)
+
+    summary = run_grid(build_grid(live_grid("spans", 10, betas=(0.1, 0.3))), echo=lambda _: None, on_rows=observe)
+    assert sorted(observed) == sorted(f"train_policy/{r}" for r in
+                                      {p.name for p in (isolated_results / "stages" / "train_policy").iterdir()})
+    assert all(steps == list(range(1, 11)) for steps in observed.values()), observed
     assert sorted(summary.logged_cells) == ["algorithm.beta=0.1", "algorithm.beta=0.3"]
     client = tracking.client()
     exp = client.get_experiment_by_name("spans")
@@ -278,6 +286,20 @@ def test_runs_span_their_work_and_carry_datasets_models_and_costs(tiny_model, is
     # The shared data stage: one publication, logged under both cells with the same times.
     data_runs = [r for r in runs if r.data.tags.get(layout.TAG_STAGE_KIND) == "prepare_data"]
     assert len(data_runs) == 2 and len({(r.info.start_time, r.info.end_time) for r in data_runs}) == 1
+
+    # The report's compute section: the distinct stages (the shared data stage once), measured.
+    from reports.build import build_report
+    from reports.costs import cost_of
+
+    index = build_report("spans", isolated_results / "report", tables=[], figures=[]).index.read_text()
+    distinct = {r.data.tags[layout.TAG_STAGE_HASH]: r for r in runs if r.data.tags.get(layout.TAG_RUN_TYPE) == "stage"}
+    assert len(distinct) == 5  # 1 data + 2 train + 2 evaluate
+    total = cost_of(layout.read_cells(exp.experiment_id))
+    assert total.stages == 5 and total.devices == {"cpu"}
+    assert total.wall_seconds == pytest.approx(sum(r.data.metrics["cost/wall_seconds"] for r in distinct.values()))
+    assert total.tokens_trained == sum(r.data.metrics["cost/tokens_trained"] for r in distinct.values()) > 0
+    assert "## Compute" in index and re.search(r"^\| all cells \| 5 \| [\dms.]+ \| — \| [\d.]+k? \| [\d.]+k? \| cpu \|$",
+                                               index, re.M), index
 
 
 def test_status_after_a_failure_and_the_failed_run_in_mlflow(broken_helpsteer, tmp_path, tiny_model, capsys):
