@@ -588,7 +588,7 @@ def execute_stage(spec: dict[str, Any]) -> str:
         (out / "config.json").write_text(json.dumps(spec, indent=2, default=str))
         try:
             with progress.stage_folder(out), usage.measuring() as measured:
-                progress.report(phase="starting", force=True)
+                progress.report(phase="loading", force=True)
                 metrics = EXECUTORS[kind](spec["config"], inputs, out)
         except BaseException as exc:
             cache.record_failure(kind, key, _error_text(exc), "".join(traceback.format_exception(exc)), claim.attempt)

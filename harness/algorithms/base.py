@@ -157,6 +157,10 @@ def history_callback(
     class _Forward(TrainerCallback):
         hook: Any = None
 
+        def on_init_end(self, args, state, control, **kwargs):
+            # Data tokenized; what follows until the first step (e.g. DPO's reference log-probs) is preparation.
+            progress.report(phase="preparing training", force=True)
+
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             if model is not None:
                 self.hook = usage.watch_training_forwards(model)
