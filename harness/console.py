@@ -73,7 +73,7 @@ class StageLine:
             parts.append(self.phase)
         parts += [f"{k} {_number(v)}" for k, v in self.shown_metrics]
         if self.rate:
-            parts.append(f"{self.rate:.2f} {self.unit}/s")
+            parts.append(_rate(self.rate, self.unit))
         if self.tokens_rate:
             parts.append(f"{_si(self.tokens_rate)} tok/s")
         parts.append(f"elapsed {format_duration(self.elapsed_seconds)}")
@@ -103,6 +103,11 @@ def format_duration(seconds: float) -> str:
 
 def _number(value: float) -> str:
     return f"{value:.4g}"
+
+
+def _rate(per_second: float, unit: str) -> str:
+    """`3.20 step/s`, or `79.0 s/step` when a unit takes longer than a second."""
+    return f"{per_second:.2f} {unit}/s" if per_second >= 1 else f"{1 / per_second:.1f} s/{unit}"
 
 
 def _si(value: float) -> str:
@@ -201,7 +206,7 @@ class RichView:
             for key, value in line.shown_metrics:
                 text.append(f"  {key.split('/')[-1]} {_number(value)}")
             if line.rate:
-                text.append(f"  {line.rate:.2f} {line.unit}/s", style="dim")
+                text.append(f"  {_rate(line.rate, line.unit)}", style="dim")
             if line.tokens_rate:
                 text.append(f"  {_si(line.tokens_rate)} tok/s", style="dim")
             rows.append(text)
