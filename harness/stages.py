@@ -19,7 +19,6 @@ produces (a task's own changes are in its fingerprint).
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import logging
@@ -115,16 +114,56 @@ def _data_stage(ref: Any, seed: int) -> Stage:
                                   "max_rows": ref.max_rows, "source": source_fingerprint(ref.name)})
 
 
-def _reward_model_stage(cfg: Any) -> tuple[Stage, Stage]:
-    """(data stage, train_reward_model stage) of a cell whose reward model is trained by the grid."""
+def _reward_model_stage(rm: Any, cell_seed: int) -> tuple[Stage, Stage]:
+    """(data stage, train_reward_model stage) of a reward model trained by the grid (`rm.dataset` set)."""
+    from harness.config_fields import resolved_fields
     from harness.reward_model import RewardModelConfig, rewardbench_fingerprint
 
-    rm_data = _data_stage(cfg.reward_model.dataset, cfg.seed)
-    rm_train = dataclasses.asdict(RewardModelConfig(**cfg.reward_model.train))
+    seed = rm.seed if rm.seed is not None else cell_seed  # the RM's training seed; its data is the cell's
+    rm_data = _data_stage(rm.dataset, cell_seed)
+    rm_train = resolved_fields(RewardModelConfig(**rm.train))
     # The RewardBench data's hash (None = absent): the stage is redone when the data appears or changes.
-    return rm_data, Stage("train_reward_model", {"base": cfg.reward_model.base, "train": rm_train,
-                                                 "seed": cfg.seed, "rewardbench": rewardbench_fingerprint()},
+    return rm_data, Stage("train_reward_model", {"base": rm.base, "train": rm_train,
+                                                 "seed": seed, "rewardbench": rewardbench_fingerprint()},
                           {"data": rm_data})
+
+
+@dataclass
+class RewardPlan:
+    """A cell's reward as stages: the RM stages to run (with their data), the inputs a consumer stage takes
+    (role -> RM stage) and the plain-data part of the reward (None: one trained RM, the input itself).
+
+    config: {"path": P} a given RM; {"verifier": V, "format_weight": w}; {"ensemble": [{"input": role} |
+    {"path": P}], "combine": c[, "uwo_lambda": l]} whose trained members are the inputs `reward_model.<i>`."""
+
+    stages: list[Stage] = field(default_factory=list)
+    inputs: dict[str, Stage] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+
+
+def reward_plan(rm: Any, cell_seed: int, role: str = "reward_model") -> RewardPlan:
+    """`role` names the input(s) of the trained RM(s): `role`, or `role.<i>` for ensemble members."""
+    plan = RewardPlan()
+    if rm.dataset is not None:
+        rm_data, rm_stage = _reward_model_stage(rm, cell_seed)
+        plan.stages, plan.inputs = [rm_data, rm_stage], {role: rm_stage}
+    elif rm.path is not None:
+        plan.config = {"path": rm.path}
+    elif rm.verifier is not None:
+        plan.config = {"verifier": rm.verifier, "format_weight": rm.format_weight}
+    else:
+        members: list[dict[str, str]] = []
+        for i, member in enumerate(rm.ensemble):
+            if member.dataset is not None:
+                rm_data, rm_stage = _reward_model_stage(member, cell_seed)
+                plan.stages += [rm_data, rm_stage]
+                plan.inputs[f"{role}.{i}"] = rm_stage
+                members.append({"input": f"{role}.{i}"})
+            else:
+                members.append({"path": member.path})
+        plan.config = {"ensemble": members, "combine": rm.combine,
+                       **({"uwo_lambda": rm.uwo_lambda} if rm.combine == "uwo" else {})}
+    return plan
 
 
 def _task_uses(name: str) -> tuple[str, ...]:
@@ -144,7 +183,9 @@ def _plan_tasks(cfg: Any, task_names: list[str]) -> tuple[dict[str, dict[str, An
     from harness.evaluation.base import judge_endpoint, plan_tasks
 
     return plan_tasks(task_names, cfg.eval.settings, judge=judge_endpoint(cfg.judge.model_dump()) if cfg.judge else None,
-                      has_reference=True, has_reward_model=cfg.reward_model is not None)
+                      has_reference=True,
+                      # tasks that score with a reward model take one RM (a verifier or an ensemble is none)
+                      has_reward_model=cfg.reward_model is not None and cfg.reward_model.is_single_model)
 
 
 def plan_cell(cell: Cell) -> CellPlan:
@@ -153,7 +194,7 @@ def plan_cell(cell: Cell) -> CellPlan:
     cfg = cell.config
     stages: list[Stage] = []
     policy_stage: Stage | None = None
-    rm_stage: Stage | None = None
+    rewarded_by = reward_plan(cfg.reward_model, cfg.seed) if cfg.reward_model is not None else RewardPlan()
     if cfg.algorithm is not None:
         inputs: dict[str, Stage] = {}
         if cfg.dataset is not None:
@@ -161,24 +202,19 @@ def plan_cell(cell: Cell) -> CellPlan:
         if cfg.prompts is not None:
             inputs["prompts"] = _data_stage(cfg.prompts, cfg.seed)
         stages.extend(inputs.values())
+        stages.extend(rewarded_by.stages)  # trained even when only the evaluation uses it (table3 groups by it)
         rm_config: dict[str, Any] | None = None
-        if cfg.reward_model is not None and cfg.reward_model.dataset is not None:
-            rm_data, rm_stage = _reward_model_stage(cfg)
-            if rm_data.key not in {s.key for s in stages}:
-                stages.append(rm_data)
-            stages.append(rm_stage)
-        elif cfg.reward_model is not None:
-            rm_config = {"path": cfg.reward_model.path}
         from harness.algorithms import ALGORITHMS
 
         if ALGORITHMS.get(cfg.algorithm.name).needs_reward:
-            if rm_stage is not None:
-                inputs["reward_model"] = rm_stage
-        else:
-            rm_config = None  # e.g. DPO with an RM only for evaluation: training must not depend on it
+            # (e.g. DPO with an RM only for evaluation: its training must not depend on the RM)
+            inputs.update(rewarded_by.inputs)
+            rm_config = rewarded_by.config
         policy_config: dict[str, Any] = {
             "model": cfg.model, "algorithm": cfg.algorithm.resolved(), "seed": cfg.seed,
-            "reward_function": cfg.reward_function, "reward_model": rm_config,
+            # `reward_function` stays (always None: verifiers are `reward_model` configs now) so that the keys
+            # of the cells that had none are unchanged.
+            "reward_function": None, "reward_model": rm_config,
         }
         if cfg.eval.checkpoint_every is not None:
             # Only when asked, so the keys (and cached models) of every other cell stay as they were.
@@ -188,16 +224,15 @@ def plan_cell(cell: Cell) -> CellPlan:
     bon = cfg.eval.best_of_n
     ready, missing = _plan_tasks(cfg, cfg.eval.tasks)
     uses_rm = any("reward_model" in _task_uses(name) for name in ready) or bon is not None
-    if policy_stage is None and uses_rm and cfg.reward_model is not None and cfg.reward_model.dataset is not None:
+    if policy_stage is None and uses_rm:
         # The SFT baseline's samples scored by the same reward model as the policies' (seed 000 plots),
         # or the baseline's best-of-N picked by it.
-        rm_data, rm_stage = _reward_model_stage(cfg)
-        stages.extend([rm_data, rm_stage])
+        stages.extend(rewarded_by.stages)
     eval_inputs: dict[str, Stage] = {}
     if policy_stage is not None:
         eval_inputs["policy"] = policy_stage
-    if rm_stage is not None and uses_rm:
-        eval_inputs["reward_model"] = rm_stage
+    if uses_rm:
+        eval_inputs.update(rewarded_by.inputs)
     uses_judge = any("judge" in _task_uses(name) for name in ready)
     eval_config = {
         "tasks": ready,  # {task: resolve_task fingerprint}: what each result depends on
@@ -218,6 +253,10 @@ def plan_cell(cell: Cell) -> CellPlan:
         # cell's baseline (same key as the grid's own baseline cell, so shared and run once).
         baseline = Cell(f"{cell.name}/sft", cfg.model_copy(update={"algorithm": None}), {})
         eval_inputs["sft"] = plan_cell(baseline).stages[-1]
+    if policy_stage is not None and cfg.eval.checkpoint_every is not None and cfg.monitor.enabled:
+        eval_config["monitor"] = _monitor_plan(cfg, policy_stage, rewarded_by, stages, eval_inputs)
+    if uses_rm and rewarded_by.config is not None and "path" not in rewarded_by.config:
+        eval_config["reward"] = rewarded_by.config  # a verifier or an ensemble (only then: keys of the others kept)
     if bon is not None:
         # Only when asked: the keys (and cached results) of every other evaluation stay as they were.
         bon_ready, bon_missing = _plan_tasks(cfg, bon.tasks)
@@ -233,6 +272,32 @@ def plan_cell(cell: Cell) -> CellPlan:
     for stage in stages:
         unique.setdefault(stage.id, stage)
     return CellPlan(cell, list(unique.values()))
+
+
+def _monitor_plan(cfg: Any, policy: Stage, rewarded_by: RewardPlan, stages: list[Stage],
+                  eval_inputs: dict[str, Stage]) -> dict[str, Any]:
+    """The over-optimisation monitor's part of the evaluate stage (harness/monitor.py): its settings, the
+    proxy (the training reward: the policy's own reward inputs) and the gold signal (its RM stages as
+    `monitor_gold[.<i>]` inputs), and its prompts (`monitor_prompts`: a named set, else the training one)."""
+    from harness.algorithms import ALGORITHMS
+
+    monitor = cfg.monitor
+    prompts = _data_stage(monitor.prompts, cfg.seed) if monitor.prompts else (
+        policy.inputs.get("prompts") or policy.inputs["data"])
+    stages.append(prompts)
+    eval_inputs["monitor_prompts"] = prompts
+    config: dict[str, Any] = {**monitor.model_dump(exclude={"enabled", "gold", "prompts"}), "proxy": None, "gold": None}
+    if ALGORITHMS.get(cfg.algorithm.name).needs_reward and cfg.reward_model is not None:
+        eval_inputs.update(rewarded_by.inputs)
+        config["proxy"] = {"role": "reward_model", "reward": rewarded_by.config}
+    if monitor.gold == "judge":
+        config["gold"] = "judge"
+    elif monitor.gold is not None:
+        gold = reward_plan(monitor.gold, cfg.seed, role="monitor_gold")
+        stages.extend(gold.stages)
+        eval_inputs.update(gold.inputs)
+        config["gold"] = {"role": "monitor_gold", "reward": gold.config}
+    return config
 
 
 def unique_stages(plans: list[CellPlan]) -> list[Stage]:
@@ -276,8 +341,25 @@ def run_prepare_data(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     (out / "artifacts" / "data_summary.json").write_text(json.dumps(summary, indent=2))
     metrics = {"data/raw_rows": float(split.raw_count), "data/kept_rows": float(split.kept)}
     metrics.update({f"data/dropped_{reason}": float(n) for reason, n in split.dropped.items()})
+    metrics.update(preference_lengths(split.rows))
     (out / "fingerprint.txt").write_text(split.fingerprint)
     return metrics
+
+
+def preference_lengths(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Length statistics (characters) of preference pairs, for the length-controlled report views: the mean
+    chosen and rejected answer lengths and the share of pairs whose chosen answer is the longer one (a
+    preference for length in the data is what DPO-family training can turn into longer answers)."""
+    pairs = [r for r in rows if isinstance(r.get("chosen"), list) and isinstance(r.get("rejected"), list)]
+    if not pairs:
+        return {}
+
+    def chars(messages: list[dict[str, Any]]) -> int:
+        return sum(len(str(m.get("content", ""))) for m in messages)
+
+    chosen, rejected = [chars(r["chosen"]) for r in pairs], [chars(r["rejected"]) for r in pairs]
+    return {"data/chosen_chars_mean": sum(chosen) / len(pairs), "data/rejected_chars_mean": sum(rejected) / len(pairs),
+            "data/chosen_longer_rate": sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)}
 
 
 def _check_source(config: dict[str, Any], found: dict[str, Any]) -> None:
@@ -352,18 +434,14 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     from harness.algorithms import ALGORITHMS, TrainContext
     from harness.algorithms.base import History
     from harness.models import resolve_model
-    from harness.rewards import REWARD_FUNCTIONS
+    from harness.reward_source import resolve
 
     algo = dict(config["algorithm"])
     spec = ALGORITHMS.get(algo.pop("name"))
     rows_from = inputs.get("prompts") or inputs.get("data")
     if rows_from is None:
         raise ValueError(f"algorithm {spec.name!r} got no training data")
-    reward_model_path = None
-    if "reward_model" in inputs:
-        reward_model_path = str(inputs["reward_model"] / "model")
-    elif config.get("reward_model"):
-        reward_model_path = resolve_model(config["reward_model"]["path"])
+    reward = resolve(config.get("reward_model"), inputs)
     history = History(out / "history.jsonl")
     ctx = TrainContext(
         policy_path=resolve_model(config["model"]),
@@ -371,10 +449,9 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
         config=spec.make_config(algo),
         out_dir=out,
         seed=config["seed"],
-        reward_model_path=reward_model_path,
-        reward_function=REWARD_FUNCTIONS.get(config["reward_function"]) if config.get("reward_function") else None,
         log=history.log,
         checkpoint_every=config.get("checkpoint_every"),
+        **(reward.train_fields() if reward is not None else {}),
     )
     (out / "artifacts").mkdir(exist_ok=True)
     start = time.perf_counter()
@@ -383,7 +460,7 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     if ctx.checkpoint_every:  # before trainer/ (where TRL saved them) is removed
         from harness.checkpoints import finalize
 
-        steps = finalize(out, ctx.checkpoint_every, int(metrics["train/steps"]))
+        steps = finalize(out, ctx.checkpoint_every, int(metrics["train/steps"]), base_model=ctx.policy_path)
         metrics["train/checkpoints"] = float(len(steps))
     shutil.rmtree(out / "trainer", ignore_errors=True)  # TRL's output_dir: nothing we need is left there
     if not (out / "model" / "config.json").exists():
@@ -442,22 +519,31 @@ def _checked_results(out_dir: Path, block: dict[str, Any]) -> dict[str, Any]:
 def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
     from harness.mlflow_layout import evaluation_tags
     from harness.models import resolve_model
+    from harness.reward_source import resolve
 
     model_path = str(inputs["policy"] / "model") if "policy" in inputs else resolve_model(config["model"])
-    reward_model_path = None
-    if "reward_model" in inputs:
-        reward_model_path = str(inputs["reward_model"] / "model")
-    elif config.get("reward_model_path"):
-        reward_model_path = resolve_model(config["reward_model_path"])
+    reward = resolve(config.get("reward") or ({"path": config["reward_model_path"]}
+                                              if config.get("reward_model_path") else None), inputs)
+    # `rm_reward` scores with one reward model; a verifier or an ensemble has none to give it.
+    reward_model_path = reward.model_path if reward is not None else None
     ctx = _eval_context(config, model_path, out / "artifacts" / "samples", reward_model_path)
     metrics, results = _run_planned(ctx, config, store=True)
     del ctx  # frees the evaluated model's generator before another model (a checkpoint, the SFT sampler) loads
     gc.collect()
     tags = evaluation_tags(results)  # which tasks have no result and why, which were reused
     if config.get("checkpoint_every") and "policy" in inputs:
-        _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward_model_path, metrics, out)
+        rows = _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward_model_path, metrics, out)
+        if config.get("monitor"):
+            _monitor(config, inputs, rows, metrics, out)
+        from harness.checkpoints import HISTORY_FILE
+
+        with (out / HISTORY_FILE).open("w") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, sort_keys=True) + "\n")
     if config.get("best_of_n"):
-        bon_metrics, bon_results = _best_of_n(config, reward_model_path, out)
+        if reward is None:  # the config validator forbids it; a hand-made spec could still
+            raise ValueError("best-of-N needs the cell's reward model, and this evaluate stage has none")
+        bon_metrics, bon_results = _best_of_n(config, reward, out)
         metrics.update(bon_metrics)
         tags.update(evaluation_tags(bon_results, best_of_n=True))
     _write_tags(out, tags)
@@ -465,15 +551,15 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
 
 
 def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Path | None,
-                          reward_model_path: str | None, final: dict[str, float], out: Path) -> None:
-    """The cell's eval tasks (same limit, seed, judge) on each intermediate checkpoint of the policy,
-    written as `checkpoint_history.jsonl` rows {"step": s, metric: value} for the runner to log over steps.
+                          reward_model_path: str | None, final: dict[str, float], out: Path) -> list[dict[str, Any]]:
+    """The cell's eval tasks (same limit, seed, judge) on each intermediate checkpoint of the policy, as
+    rows {"step": s, metric: value} (written to `checkpoint_history.jsonl` for the runner to log over steps).
 
     Step 0 is the SFT model's metrics from the baseline evaluate stage (`sft_dir`, same settings); the
     last row is the final model's own metrics at the final step (not a re-evaluation), so a curve ends
     at exactly the number the cell reports. Samples go to artifacts/checkpoints/step-<s>/.
     """
-    from harness.checkpoints import HISTORY_FILE, final_step, list_checkpoints
+    from harness.checkpoints import final_step, list_checkpoints
 
     def curve_metrics(metrics: dict[str, float]) -> dict[str, float]:
         # Timings are not a property of the checkpoint: left out of the curves.
@@ -490,13 +576,58 @@ def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Pat
         del ctx
         gc.collect()
     rows.append({"step": final_step(policy_dir), **curve_metrics(final)})
-    with (out / HISTORY_FILE).open("w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
+    return rows
 
 
-def _best_of_n(config: dict[str, Any], reward_model_path: str | None,
-               out: Path) -> tuple[dict[str, float], dict[str, Any]]:
+def _monitor(config: dict[str, Any], inputs: dict[str, Path], rows: list[dict[str, Any]],
+             final: dict[str, float], out: Path) -> None:
+    """The over-optimisation monitor (harness/monitor.py) at step 0 (the SFT model), at every checkpoint and
+    at the final model: its metrics join the checkpoint rows (and `final`), its flags `final` and the
+    stage's tags."""
+    from harness import monitor
+    from harness.checkpoints import list_checkpoints
+    from harness.judge.client import judge_client_from_settings
+    from harness.models import load_causal_lm, resolve_model
+    from harness.reward_source import resolve
+
+    settings_config = config["monitor"]
+    settings = monitor.Settings.from_config(settings_config)
+    prompt_rows = _read_rows(inputs["monitor_prompts"])[: settings.limit]
+
+    def scorer(part: dict[str, Any] | str | None) -> Any:
+        if not isinstance(part, dict):
+            return None
+        source = resolve(part["reward"], inputs, role=part["role"])
+        return source.scorer(batch_size=config["batch_size"]) if source is not None else None
+
+    proxy, gold = scorer(settings_config["proxy"]), scorer(settings_config["gold"])
+    judge = judge_client_from_settings(config.get("judge")) if settings_config["gold"] == "judge" else None
+    refusal_rows, refusal_note = monitor.refusal_prompts(settings.refusal_limit)
+    sft_path = resolve_model(config["reference_model"])
+    reference, reference_tok = load_causal_lm(sft_path)
+    points = [(0, sft_path), *[(step, str(folder)) for step, folder in list_checkpoints(inputs["policy"])],
+              (rows[-1]["step"], str(inputs["policy"] / "model"))]
+    by_step = {row["step"]: row for row in rows}
+    sft_texts: list[str] | None = None
+    for step, path in points:
+        sampled = monitor.measure(path, reference, reference_tok, prompt_rows, proxy, gold, settings,
+                                  seed=config["seed"], batch_size=config["batch_size"], judge=judge,
+                                  sft_texts=sft_texts, refusal_rows=refusal_rows)
+        if step == 0:
+            sft_texts = sampled.texts
+            if judge is not None:  # the SFT model against itself: a tie by definition
+                sampled.metrics[monitor.GOLD] = 0.5
+        by_step.setdefault(step, {"step": step}).update(sampled.metrics)
+    rows[:] = [by_step[s] for s in sorted(by_step)]
+    final.update(rows[-1])
+    final.pop("step", None)
+    flag_metrics, tags = monitor.flags(rows, settings)
+    final.update(flag_metrics)
+    tags[monitor.TAG_REFUSAL] = refusal_note or f"XSTest string-match on {len(refusal_rows)} prompts"
+    _write_tags(out, tags)
+
+
+def _best_of_n(config: dict[str, Any], reward: Any, out: Path) -> tuple[dict[str, float], dict[str, Any]]:
     """`bon/<task>/<metric>`: the tasks on the reward model's picks among N samples of the SFT model.
 
     The SFT model is the cell's starting model (`reference_model`), whatever policy the cell trained;
@@ -508,15 +639,13 @@ def _best_of_n(config: dict[str, Any], reward_model_path: str | None,
     from harness.models import resolve_model
 
     bon = config["best_of_n"]
-    if reward_model_path is None:  # the config validator forbids it; a hand-made spec could still
-        raise ValueError("best-of-N needs the cell's reward model, and this evaluate stage has none")
     sft_path = resolve_model(config["reference_model"])
     cache, model_key = default_cache(sft_path)
     settings = BestOfNConfig(n=bon["n"], temperature=bon["temperature"], top_p=bon["top_p"], seed=bon["seed"])
     base = make_generator(sft_path, batch_size=config["batch_size"])
     # Not through the task store: the picks depend on the reward model and the candidates, which the
     # task fingerprint of the SFT model does not say; the candidates themselves are cached.
-    found = best_of_n_tasks(base, sft_path, reward_model_path, _planned_names(bon), out / "artifacts" / "bon",
+    found = best_of_n_tasks(base, sft_path, reward, _planned_names(bon), out / "artifacts" / "bon",
                             cache, model_key, settings, limit=bon["limit"], batch_size=config["batch_size"],
                             task_settings=_task_settings(bon), judge=config.get("judge"), planned=bon["tasks"])
     results = _checked_results(out / "artifacts" / "bon", bon)

@@ -14,10 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.registry import Registry
 from harness.tracking import WALL_TIME_KEY
+
+if TYPE_CHECKING:
+    from harness.generation import EngineSettings
 
 DataKind = Literal["pairs", "unpaired", "prompts"]
 
@@ -47,10 +50,14 @@ class TrainContext:
     seed: int = 0
     reward_model_path: str | None = None  # a trained sequence-classification RM folder
     reward_function: Callable[..., list[float]] | None = None  # verifiable reward (TRL reward_funcs style)
+    reward_ensemble: Any = None  # harness.reward_ensemble.EnsembleSpec: several RMs, scores combined
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     # Save the policy every N optimizer steps (PPO: updates) under out_dir/checkpoints (harness.checkpoints);
     # None = only the final model, as without `eval.checkpoint_every`.
     checkpoint_every: int | None = None
+    # Engine and precision (`harness.generation.EngineSettings`): training runs under bf16 autocast where
+    # it resolves to bf16; PPO samples its rollouts with it. None = `EngineSettings()` (the detected choice).
+    engine: EngineSettings | None = None
 
 
 @dataclass

@@ -27,6 +27,7 @@ from harness.config_fields import (
     PositiveInt,
     WarmupRatio,
 )
+from harness.lora import PeftField
 
 # TRL 1.16 DPOConfig.loss_type values (its docstring and DPOTrainer's "Unknown loss type" list).
 DPOLossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -35,6 +36,8 @@ DPOLossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust
 
 @dataclass
 class DPOAlgoConfig(CheckedConfig):
+    OMITTED_AT_DEFAULT = ("peft",)  # added later: left out of the stage key while null (older keys unchanged)
+
     beta: PositiveFloat = 0.1  # App. F.1
     learning_rate: PositiveFloat = 5e-7  # App. F.1
     num_train_epochs: PositiveFloat = 3.0  # App. F.1
@@ -52,18 +55,18 @@ class DPOAlgoConfig(CheckedConfig):
     # reference model in memory during training. On by default for the memory; whether it also saves
     # time depends on the machine and the number of epochs (benchmarks/bench_dpo_precompute.py).
     precompute_ref_log_probs: bool = True
+    peft: PeftField = None  # LoRA / QLoRA (harness/lora.py); null = full fine-tuning
     gradient_checkpointing: bool = False  # off: on CPU it costs time and the small models fit
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
 
 
 def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
-    import torch
     from trl import DPOConfig
 
+    from harness.algorithms.trl_common import device_kwargs
     from harness.checkpoints import trainer_save_kwargs
 
-    on_gpu = torch.cuda.is_available()
     loss_types = [cfg.loss_type] + (["sft"] if cfg.sft_weight > 0 else [])
     weights = [1.0] + ([cfg.sft_weight] if cfg.sft_weight > 0 else [])
     return DPOConfig(
@@ -90,8 +93,7 @@ def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
         report_to=[],
         seed=ctx.seed,
         data_seed=ctx.seed,
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        **device_kwargs(ctx.engine),
         dataloader_num_workers=0,
         disable_tqdm=True,
         **extra,
@@ -113,25 +115,23 @@ def quiet_trainer(trainer: Any) -> None:
 
 
 def train_dpo(ctx: TrainContext) -> dict[str, float]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
+    from harness.algorithms.trl_common import load_policy, peft_kwargs, save_policy
+
     cfg: DPOAlgoConfig = ctx.config
-    tok = AutoTokenizer.from_pretrained(ctx.policy_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(ctx.policy_path)
+    model, tok = load_policy(ctx)
     trainer = DPOTrainer(
         model=model,
         args=make_dpo_config(cfg, ctx),
         train_dataset=preference_dataset(ctx.train_rows),
         processing_class=tok,
         callbacks=[history_callback(ctx.log)],
+        **peft_kwargs(cfg),
     )
     quiet_trainer(trainer)
     result = trainer.train()
-    trainer.save_model(str(ctx.out_dir / "model"))
-    tok.save_pretrained(str(ctx.out_dir / "model"))
+    save_policy(trainer, tok, ctx)
     return {"train/runtime_seconds": float(result.metrics.get("train_runtime", 0.0)),
             "train/final_loss": float(result.training_loss), "train/steps": float(result.global_step)}
 

@@ -4,6 +4,8 @@
     harness eval --model results/stages/.../model --tasks gsm8k ifeval --out /tmp/eval
     harness eval --model <mlflow run id> --suite paper11 --judge-model gpt-4o --judge-base-url URL
     harness eval --model smollm2-135m-instruct --tasks humaneval_plus --set coding.n_samples=10
+    harness eval --model smollm2-135m-instruct --tasks gsm8k mmlu --engine openai \
+        --base-url http://127.0.0.1:8000/v1 --engine-model smollm2   # any OpenAI-compatible server
 
 `--model` is a zoo name, a model folder, a hub id, or an MLflow run id whose run carries the
 trained model's folder (a stage run's model, or a cell run's policy: `mlflow_layout.model_path_of_run`).
@@ -17,6 +19,13 @@ once at start by the same code as a grid's (`harness.evaluation.base.resolve_set
 `settings.<group>.<field>` params, and part of each task's resume key (`task_fingerprint`). A task whose
 input is missing (data, classifier, judge) is not run and says why; `--out` resume reruns it once the
 input is there.
+
+The engine (`harness.generation.EngineSettings`): `--engine hf` (default; `--dtype`, `--batching`, by
+default the detected fastest for the device), `--engine openai` (a running server: `--base-url`,
+`--engine-model` = the name it serves; `--model` still names the model, whose tokenizer renders the
+prompts) or `--engine vllm` (the harness starts `vllm serve`; untested here). What it resolved to is
+logged (`engine.*` params, `engine.json` in the output folder); resuming into a folder written by
+another engine is refused.
 """
 
 from __future__ import annotations
@@ -106,8 +115,27 @@ def _judge_settings(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"model": args.judge_model, "base_url": args.judge_base_url, "api_key_env": args.judge_api_key_env}
 
 
+def _engine_settings(args: argparse.Namespace) -> Any:
+    """EngineSettings from the flags; a bad combination raises ValueError naming the flags."""
+    from pydantic import ValidationError
+
+    from harness.generation import EngineSettings
+
+    flags = {"base_url": "--base-url", "model": "--engine-model", "batching": "--batching", "kind": "--engine",
+             "max_concurrency": "--max-concurrency", "dtype": "--dtype"}
+    given = {"kind": args.engine, "dtype": args.dtype, "batching": args.batching, "base_url": args.base_url,
+             "model": args.engine_model, "max_concurrency": args.max_concurrency}
+    try:
+        return EngineSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as err:
+        text = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        for field, flag in flags.items():
+            text = text.replace(f"{field}:", f"{flag}:")
+        raise ValueError(f"--engine {args.engine}: {text}") from None
+
+
 def _log_mlflow(args: argparse.Namespace, model_path: str, tasks: list[str], metrics: dict[str, float],
-                out: Path, settings: dict[str, dict[str, Any]]) -> str | None:
+                out: Path, settings: dict[str, dict[str, Any]], engine_params: dict[str, str]) -> str | None:
     from harness import tracking
     from harness.mlflow_layout import log_eval_run
 
@@ -116,7 +144,7 @@ def _log_mlflow(args: argparse.Namespace, model_path: str, tasks: list[str], met
               if isinstance(v, (int, float)) and not math.isnan(v)}
     params = {"model": args.model, "model_path": model_path, "suite": args.suite or "", "tasks": ",".join(tasks),
               "limit": str(args.limit), "seed": str(args.seed), "batch_size": str(args.batch_size),
-              "judge_model": args.judge_model or "", **tracking.flatten({"settings": settings})}
+              "judge_model": args.judge_model or "", **tracking.flatten({"settings": settings}), **engine_params}
     return log_eval_run(experiment_id, f"eval {Path(args.model).name}", model_path, params, finite, out)
 
 
@@ -152,15 +180,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         print_error(err, args)
         return 2
+    try:
+        engine = _engine_settings(args)
+    except ValueError as err:
+        print_error(err, args)
+        return 2
+    resolved = engine.resolved()
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.model).name)
     out = Path(args.out) if args.out else results_dir() / "eval" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # A task's resume key does not name the engine: results of another engine in this folder are not reused.
+    engine_file = out / "engine.json"
+    if not args.no_resume and engine_file.exists() and json.loads(engine_file.read_text()) != resolved.key():
+        print(f"error: {out} holds results from engine {engine_file.read_text().strip()}, this run uses "
+              f"{json.dumps(resolved.key())}: give another --out, or --no-resume to redo every task", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    engine_file.write_text(json.dumps(resolved.key()))
+    generator = None
+    if engine != type(engine)():  # the default engine is built lazily, by the first task that generates
+        from harness.generation import make_generator
+
+        generator = make_generator(model_path, batch_size=args.batch_size, engine=engine)
     ctx = EvalContext(model_path=model_path, out_dir=out, limit=args.limit, seed=args.seed,
                       batch_size=args.batch_size, judge=_judge_settings(args),
-                      settings=settings_from_config(settings, tasks))
+                      settings=settings_from_config(settings, tasks), _generator=generator)
     start = time.perf_counter()
-    with _progress(tasks):
-        metrics = run_tasks(ctx, tasks, resume=not args.no_resume,
-                            echo=lambda line: print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True))
+    try:
+        with _progress(tasks):
+            metrics = run_tasks(ctx, tasks, resume=not args.no_resume,
+                                echo=lambda line: print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr,
+                                                        flush=True))
+    finally:
+        if ctx._generator is not None:
+            ctx._generator.close()  # a server the engine started (kind vllm) stops here
     metrics.update(with_fallbacks(metrics, tasks))
     metrics["eval/wall_seconds"] = time.perf_counter() - start  # this invocation
     metrics["eval/task_seconds_total"] = sum(metrics.get(f"{t}/seconds", 0.0) for t in tasks)  # incl. resumed
@@ -168,14 +220,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     skipped, notes = saved.get("skipped", {}), saved.get("notes", {})
     (out / "results.json").write_text(json.dumps({"metrics": metrics, "skipped": skipped, "notes": notes,
                                                   "tasks": tasks, "model": args.model, "model_path": model_path,
-                                                  "limit": args.limit}, indent=2, default=float))
+                                                  "limit": args.limit, "engine": resolved.params()},
+                                                 indent=2, default=float))
     table = format_table(metrics, skipped, tasks, notes)
     table += (f"\nwall time: {metrics['eval/wall_seconds']:.0f} s this run, {metrics['eval/task_seconds_total']:.0f} s "
               f"summed over tasks (resumed ones included); outputs in {out}")
     (out / "table.txt").write_text(table + "\n")
     print(table)
     if not args.no_mlflow:
-        run_id = _log_mlflow(args, model_path, tasks, metrics, out, settings)
+        run_id = _log_mlflow(args, model_path, tasks, metrics, out, settings, resolved.params())
         print(f"MLflow run {run_id} (experiment {args.experiment!r})")
     return 0
 
@@ -200,4 +253,14 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--judge-base-url", help="judge endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the judge API key")
+    engine = p.add_argument_group("engine (harness.generation.EngineSettings)")
+    engine.add_argument("--engine", default="hf", choices=["hf", "openai", "vllm"],
+                        help="hf: in-process; openai: a running OpenAI-compatible server; vllm: start `vllm serve`")
+    engine.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"],
+                        help="in-process precision (default auto: bf16 where the device computes it natively)")
+    engine.add_argument("--batching", default=None, choices=["auto", "static", "compact", "continuous"],
+                        help="hf engine batching (default auto: the measured fastest for the device)")
+    engine.add_argument("--base-url", default=None, help="--engine openai: the server, e.g. http://127.0.0.1:8000/v1")
+    engine.add_argument("--engine-model", default=None, help="--engine openai/vllm: the model name the server serves")
+    engine.add_argument("--max-concurrency", type=int, default=None, help="--engine openai/vllm: requests in flight")
     p.set_defaults(func=cmd_eval)

@@ -138,13 +138,25 @@ def scoring_model(ctx: EvalContext) -> tuple[Any, Any]:
         return gen.model, gen.tokenizer
     try:
         gen = ctx.generator
-    except Exception:  # noqa: BLE001 - e.g. a vLLM engine that failed; fall back to a plain HF load
+    except Exception:  # noqa: BLE001 - an engine that failed to start; fall back to a plain HF load
         gen = None
     if gen is not None and hasattr(gen, "model"):
         return gen.model, gen.tokenizer
     from harness.models import load_causal_lm
 
     return load_causal_lm(ctx.model_path)
+
+
+def loglikelihoods(ctx: EvalContext, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+    """(sum of log-probs of the continuation given the context, is it the greedy continuation) for each
+    pair, from the context's engine: in-process on its model at its precision, or from a server's
+    prompt log-probs (`harness.openai_engine`). A generator without log-likelihoods (best-of-N's) is
+    scored on a plain load of `ctx.model_path`."""
+    score = getattr(ctx.generator, "loglikelihood", None)
+    if score is not None:
+        return score(pairs, batch_size=ctx.batch_size)
+    model, tok = scoring_model(ctx)
+    return continuation_logprobs(model, tok, pairs, batch_size=ctx.batch_size)
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:

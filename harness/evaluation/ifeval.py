@@ -27,7 +27,9 @@ at least 4 "#" / 6 "!", which `letter_frequency` does not accept as a letter, so
 letter instead, and identical responses could score up to 2 prompts apart from one run to the next.
 Each prompt is therefore scored with `random` seeded by the prompt's key (and the caller's random state
 restored afterwards): the same responses always get the same scores. The letter is still the checker's
-draw, not the "#" / "!" the prompt asks for, as in the official scorer.
+draw, not the "#" / "!" the prompt asks for, as in the official scorer. The `language:response_language`
+checker runs langdetect, which is randomised too (it reseeds from the OS on each call); scoring sets
+langdetect's documented `DetectorFactory.seed = 0` for the same reason.
 """
 
 from __future__ import annotations
@@ -94,13 +96,21 @@ def load_rows(limit: int | None) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def seeded_global_random(seed: int) -> Iterator[None]:
-    """The global `random` seeded for the duration (the checkers draw from it), then restored."""
+    """The checkers' two sources of chance seeded for the duration, then restored: the global `random`
+    (the letter draw) and langdetect's detector (`language:response_language` runs langdetect, whose
+    detector reseeds a private `random.Random` from the OS on every call unless `DetectorFactory.seed`
+    is set: measured, the same 541 responses scored twice differed by one instruction)."""
+    from langdetect import DetectorFactory
+
     state = random.getstate()
+    detector_seed = DetectorFactory.seed
     random.seed(seed)
+    DetectorFactory.seed = 0  # langdetect's documented way to make detection deterministic
     try:
         yield
     finally:
         random.setstate(state)
+        DetectorFactory.seed = detector_seed
 
 
 def score_one(row: dict[str, Any], response: str) -> dict[str, Any]:

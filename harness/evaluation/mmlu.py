@@ -31,8 +31,8 @@ from harness.evaluation.common import (
     MissingDataError,
     chat_prompt_with_prefix,
     continuation_logprobs,
+    loglikelihoods,
     mean_pct,
-    scoring_model,
     skipped,
 )
 from harness.paths import find_data_file
@@ -96,11 +96,17 @@ def raw_prompt(row: dict[str, Any]) -> str:
     )
 
 
-def predict(model: Any, tokenizer: Any, contexts: list[str], batch_size: int) -> list[list[float]]:
-    """Log-likelihood of " A".." D" after each context."""
-    pairs = [(c, f" {letter}") for c in contexts for letter in LETTERS]
-    scores = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size)
+def letter_pairs(contexts: list[str]) -> list[tuple[str, str]]:
+    return [(c, f" {letter}") for c in contexts for letter in LETTERS]
+
+
+def letter_loglikes(contexts: list[str], scores: list[tuple[float, bool]]) -> list[list[float]]:
     return [[scores[4 * i + j][0] for j in range(4)] for i in range(len(contexts))]
+
+
+def predict(model: Any, tokenizer: Any, contexts: list[str], batch_size: int) -> list[list[float]]:
+    """Log-likelihood of " A".." D" after each context, on an in-memory model."""
+    return letter_loglikes(contexts, continuation_logprobs(model, tokenizer, letter_pairs(contexts), batch_size=batch_size))
 
 
 def score_predictions(rows: list[dict[str, Any]], loglikes: list[list[float]]) -> TaskResult:
@@ -124,7 +130,7 @@ def run(ctx: EvalContext, chat: bool | None = None) -> TaskResult:
         rows = load_rows(ctx.limit)
     except MissingDataError as err:
         return skipped(TASK, str(err))
-    model, tok = scoring_model(ctx)
+    tok = ctx.generator.tokenizer
     use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
     if use_chat:
         contexts = [
@@ -133,7 +139,7 @@ def run(ctx: EvalContext, chat: bool | None = None) -> TaskResult:
         ]
     else:
         contexts = [raw_prompt(r) for r in rows]
-    result = score_predictions(rows, predict(model, tok, contexts, ctx.batch_size))
+    result = score_predictions(rows, letter_loglikes(contexts, loglikelihoods(ctx, letter_pairs(contexts))))
     for sample, context in zip(result.samples, contexts):
         sample["prompt"] = context
     result.metrics[f"{TASK}/chat_template"] = float(use_chat)

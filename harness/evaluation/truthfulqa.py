@@ -68,8 +68,8 @@ from harness.evaluation.common import (
     benchmark_file,
     chat_prompt_with_prefix,
     continuation_logprobs,
+    loglikelihoods,
     mean_pct,
-    scoring_model,
 )
 from harness.generation import SamplingParams
 
@@ -176,9 +176,16 @@ def mc2_score(loglikes: list[float], labels: list[int]) -> float:
     return sum(p for p, lab in zip(probs, labels) if lab == 1) / total
 
 
+def mc2_pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(qa_prompt(r["question"]), f" {c}") for r in rows for c in r["choices"]]
+
+
 def mc2_loglikes(model: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int) -> list[list[float]]:
-    pairs = [(qa_prompt(r["question"]), f" {c}") for r in rows for c in r["choices"]]
-    flat = continuation_logprobs(model, tok, pairs, batch_size=batch_size)
+    """MC2 choices' log-likelihoods on an in-memory model."""
+    return mc2_split(rows, continuation_logprobs(model, tok, mc2_pairs(rows), batch_size=batch_size))
+
+
+def mc2_split(rows: list[dict[str, Any]], flat: list[tuple[float, bool]]) -> list[list[float]]:
     out, k = [], 0
     for r in rows:
         out.append([flat[k + j][0] for j in range(len(r["choices"]))])
@@ -255,8 +262,7 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
         gen_rows = load_gen_rows(ctx.limit)
     except MissingDataError as err:
         return TaskResult({}, None, [], skipped_reason=f"{TASK}: {err}")
-    model, tok = scoring_model(ctx)
-    lls = mc2_loglikes(model, tok, mc_rows, ctx.batch_size)
+    lls = mc2_split(mc_rows, loglikelihoods(ctx, mc2_pairs(mc_rows)))
     mc2 = [mc2_score(ll, r["labels"]) for ll, r in zip(lls, mc_rows)]
     metrics: dict[str, float] = {
         f"{TASK}/mc2_offline_fallback": mean_pct(mc2),
@@ -280,7 +286,7 @@ def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
             f"{TASK}: truthful+informative needs an LLM judge: {reason}; only the offline fallback "
             f"truthfulqa/mc2_offline_fallback was computed (fine-tuned judges: set {TRUTH_JUDGE_ENV} and "
             f"{INFO_JUDGE_ENV})"))
-    if getattr(tok, "chat_template", None):
+    if getattr(ctx.generator.tokenizer, "chat_template", None):
         prompts = [chat_prompt_with_prefix(ctx, [{"role": "user", "content": qa_user_turn(r["question"])}],
                                            "A:") for r in gen_rows]
     else:
