@@ -6,10 +6,11 @@ stage; they cost one tensor sum per training forward or generate call:
   on), hooked on the model by the TRL history callback and by PPO (`watch_training_forwards`): the
   policy's (or reward model's) training tokens, not the no-grad forwards (reference log-probs, old
   log-probs, scoring) and not PPO's value model;
-- tokens generated: new tokens of every `transformers` `generate` call (each row up to its first EOS; HF
-  generation in training rollouts, evaluation and lm-eval), through one wrapper around
-  `GenerationMixin.generate` installed while a stage is measured. Engines that do not call it (vLLM, an
-  OpenAI-compatible server) add theirs with `count_generated`.
+- tokens generated: new tokens of every `transformers` `generate` call (each row up to its first EOS: the
+  static engine, TRL's online trainers' rollouts, lm-eval), through one wrapper around
+  `GenerationMixin.generate` installed while a stage is measured; the engines that decode without it add
+  theirs with `count_generated` (`harness.generation`'s compact and continuous batchings, the
+  OpenAI-compatible engine from the server's reported completion tokens).
 Not counted: evaluation's log-likelihood scoring (lm-eval multiple choice), reward-model scoring.
 """
 

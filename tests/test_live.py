@@ -568,3 +568,21 @@ def test_plain_view_prints_events_and_a_progress_line_per_interval():
         "train/margins 0.02  3.20 step/s  1.5k tok/s  elapsed 12s  ETA 34s",
         "  done train_policy[dpo] 0123456789abcdef0123 in 2m13s: train/final_loss 0.412 (cell algorithm.beta=0.1)",
     ]
+
+
+@pytest.mark.parametrize("batching", ["static", "compact"])
+def test_generated_tokens_are_counted_once_whatever_the_batching(batching, tiny_model):
+    """The cost's generated tokens: each sample's tokens up to its first EOS, counted once, whether the
+    engine calls `generate` (static: the harness.usage wrapper) or decodes itself (compact)."""
+    from harness import usage
+    from harness.generation import HFGenerator, SamplingParams
+    from harness.models import load_causal_lm
+
+    model, tok = load_causal_lm(tiny_model)
+    generator = HFGenerator(model, tok, batch_size=3, batching=batching)
+    prompts = ["hello there", "what is two plus two?", "name a colour", "say nothing", "a"]
+    with usage.measuring() as measured:
+        samples = generator.generate_samples(prompts, SamplingParams(max_new_tokens=12, temperature=0.0))
+    expected = sum(len(s.completion_ids) for row in samples for s in row)
+    assert expected > 0 and measured.usage.tokens_generated == expected
+    assert measured.usage.tokens_trained == 0 and measured.usage.device == "cpu" and measured.usage.gpu_hours is None
