@@ -477,7 +477,9 @@ class LiveLogger:
         if done is not None and state:
             if not live.samples or live.samples[-1][1] != done:
                 live.samples.append((float(state.get("updated_at", now)), float(done), tokens))
-            live.samples = [s for s in live.samples if now - s[0] <= 120] or live.samples[-1:]
+            # The rate over the last two minutes, or over the last two steps when a step takes longer.
+            recent = [s for s in live.samples if now - s[0] <= 120]
+            live.samples = recent if len(recent) >= 2 else live.samples[-2:]
         rate = tok_rate = None
         if len(live.samples) >= 2:
             (t0, d0, k0), (t1, d1, k1) = live.samples[0], live.samples[-1]
