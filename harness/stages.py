@@ -716,7 +716,7 @@ def execute_stage(spec: dict[str, Any]) -> str:
         (out / "artifacts").mkdir(exist_ok=True)
         (out / "config.json").write_text(json.dumps(spec, indent=2, default=str))
         try:
-            with progress.stage_folder(out), usage.measuring() as measured:
+            with progress.stage_folder(out), usage.measuring(since=claim.started_at) as measured:
                 progress.report(phase="loading", force=True)
                 metrics = EXECUTORS[kind](spec["config"], inputs, out)
         except BaseException as exc:

@@ -82,22 +82,24 @@ def device() -> tuple[str, int]:
 
 @dataclass
 class Measurement:
-    started: float
+    started: float  # epoch seconds
     usage: StageUsage | None = None
 
 
 @contextmanager
-def measuring() -> Iterator[Measurement]:
-    """Count what the enclosed work consumes (counters start at zero); `usage` is set on exit."""
-    _wrap_generate()
+def measuring(since: float | None = None) -> Iterator[Measurement]:
+    """Count what the enclosed work consumes (counters start at zero); `usage` is set on exit. Its wall
+    time runs from `since` (epoch seconds; default: now), e.g. the claim of the stage's working folder,
+    so a stage's cost covers what its run's duration covers."""
     with _lock:
         for key in _counts:
             _counts[key] = 0
-    measurement = Measurement(time.perf_counter())
+    measurement = Measurement(time.time() if since is None else since)
+    _wrap_generate()
     try:
         yield measurement
     finally:
-        seconds = time.perf_counter() - measurement.started
+        seconds = max(0.0, time.time() - measurement.started)
         kind, gpus = device()
         now = counts()
         measurement.usage = StageUsage(seconds, now["tokens_trained"], now["tokens_generated"], kind, gpus,
