@@ -168,7 +168,9 @@ def test_step_metrics_reach_mlflow_while_the_stage_trains(tmp_path, tiny_model, 
                      r"\(cell algorithm\.beta=0\.1\)$", out, re.M), out
     assert re.search(r"^cell algorithm\.beta=0\.1: logged to MLflow run \w+$", out, re.M)
     # A stage's summary comes before the stages waiting on it start (not when its MLflow run is finished).
-    assert out.index(f"  done train_policy[dpo] {key}") < out.index("  run  evaluate "), out
+    done_at = out.index(f"  done train_policy[dpo] {key}")
+    assert done_at < out.index("  run  evaluate "), out
+    assert f"  ... train_policy[dpo] {key[:8]}" not in out[done_at:], out  # nor a progress line after it
     noise = run.stdout + run.stderr
     for text in ("FutureWarning", "DeprecationWarning", "Map:", "Loading weights", "it/s]", "INFO mlflow"):
         assert text not in noise, f"library noise {text!r} in the output:\n{noise[-3000:]}"
