@@ -1,11 +1,16 @@
 """`harness` console command.
 
     harness run GRID.yaml [--dry-run] [--only GLOB] [--backend local|ray] [--workers N]
+    harness status [GRID.yaml | EXPERIMENT]
     harness report EXPERIMENT [--out DIR] [--tables ...] [--figures ...] [--format md,tex,csv,png] [--no-ci]
     harness ui [--port 5000]
     harness models
     harness train-truthfulqa-judge --kind truth|info --base smollm2-135m-instruct --out DIR [--max-rows N ...]
 plus the commands other modules add (see CLI_MODULES): data, eval, judge, serve-judge, sweep, ...
+
+Anywhere on the line: `-v` (library warnings, progress bars and printers on, tracebacks with errors) and
+`--offline` (Hugging Face offline flags set; without it they are set when the hub is unreachable,
+`harness.hub`).
 """
 
 from __future__ import annotations
@@ -22,13 +27,22 @@ CLI_MODULES: list[str] = [
     "reports.cli",  # harness report
     "harness.judge.cli",  # harness judge, harness serve-judge
     "harness.sweep",  # harness sweep
+    "harness.status",  # harness status
 ]
 
 
-def _quiet_env() -> None:
-    # Offline by default: nothing at run time may wait on the hub; users with hub access unset these.
+def _quiet_env(verbose: bool = False, offline: bool = False) -> None:
+    """Before any library is imported: the hub's offline flags (asked, or the hub unreachable) and the
+    libraries' noise (off unless -v)."""
+    from harness.console import quiet_libraries
+    from harness.hub import set_offline_flags
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    why = set_offline_flags(offline)
+    if verbose and why in ("asked", "hub unreachable"):
+        print(f"Hugging Face offline mode ({why})", file=sys.stderr)
+    quiet_libraries(verbose)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -43,10 +57,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe_plan(grid, plan_grid(grid)))
         return 0
+    from harness.console import make_view
+
     options = {"workers": args.workers} if args.backend == "local" else {}
     if args.backend == "ray" and args.ray_address:
         options["address"] = args.ray_address
-    summary = run_grid(grid, backend=args.backend, backend_options=options, keep_going=not args.fail_fast)
+    view = make_view()
+    try:
+        summary = run_grid(grid, backend=args.backend, backend_options=options, keep_going=not args.fail_fast,
+                           echo=view.event, view=view)
+    finally:
+        view.close()
     print(f"done: {len(summary.logged_cells)} cell(s) logged, {len(summary.skipped_cells)} already logged, "
           f"{len(summary.executed_stages)} stage(s) run, {len(summary.cached_stages)} cached")
     if summary.failed_cells:
@@ -63,14 +84,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
-    from harness.tracking import tracking_uri
+    """The MLflow UI over the tracking store; the server stops when this command stops (Ctrl-C, SIGTERM,
+    even `kill -9`: `harness.processes.run_supervised`)."""
+    from harness.processes import run_supervised
+    from harness.tracking import ensure_sqlite_store, tracking_uri
 
     uri = tracking_uri()
-    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port}")
-    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                            "--host", "127.0.0.1", "--port", str(args.port)])
+    ensure_sqlite_store(uri)
+    print(f"MLflow UI for {uri} on http://127.0.0.1:{args.port}", flush=True)
+    return run_supervised([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                           "--host", "127.0.0.1", "--port", str(args.port)])
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -168,9 +191,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, I
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_env()
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = _pop_verbose(argv)
+    offline = _pop_flag(argv, ("--offline",))
+    _quiet_env(verbose, offline)
     args = build_parser().parse_args(argv)
     args.verbose = verbose
     try:
@@ -184,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pop_verbose(argv: list[str]) -> bool:
     """`-v`/`--verbose` anywhere on the line (before or after the sub-command), removed from `argv`."""
-    found = [a for a in argv if a in ("-v", "--verbose")]
+    return _pop_flag(argv, ("-v", "--verbose"))
+
+
+def _pop_flag(argv: list[str], names: tuple[str, ...]) -> bool:
+    """Whether one of `names` is anywhere on the line (removed from `argv`)."""
+    found = [a for a in argv if a in names]
     for flag in found:
         argv.remove(flag)
     return bool(found)

@@ -363,7 +363,7 @@ def unique_stages(plans: list[CellPlan]) -> list[Stage]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Executors: run(config, inputs: role -> published input folder, out: temp folder) -> summary metrics
+# Executors: run(config, inputs: role -> published input folder, out: working folder) -> summary metrics
 # ---------------------------------------------------------------------------------------------
 
 def _read_rows(folder: Path) -> list[dict[str, Any]]:
@@ -762,43 +762,77 @@ def stage_engine(config: dict[str, Any]) -> EngineSettings:
     return settings
 
 
+# How often a stage whose working folder another live writer holds checks whether it was published.
+WAIT_FOR_WRITER_S = 1.0
+
+
 def execute_stage(spec: dict[str, Any]) -> str:
     """Run one stage from its plain-data spec and publish it; returns the published folder.
 
     Safe to call in any process (local, a pool worker, a Ray task): inputs are read from the shared
-    stage store, outputs are published atomically, and an already-published stage is not redone.
+    stage store, the stage is written in its working folder (claimed, so two processes never write one
+    stage: a second caller waits for the first to publish, or takes over once it died), and published
+    atomically; an already-published stage is not redone. A failure is recorded in the working folder
+    (`harness status` shows it) and raised.
     """
     import random
+    import traceback
 
     import numpy as np
     import torch
 
+    from harness import progress, usage
+
     kind, key = spec["kind"], spec["key"]
-    if cache.is_complete(kind, key):
-        return str(cache.stage_dir(kind, key))
     inputs = {}
     for role, ref in spec["inputs"].items():
         if not cache.is_complete(ref["kind"], ref["key"]):
             raise RuntimeError(f"stage {kind}/{key}: input {role} ({ref['kind']}/{ref['key']}) is not published")
         inputs[role] = cache.stage_dir(ref["kind"], ref["key"])
-    seed = int(spec["config"].get("seed", 0) or 0)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    tmp = cache.new_temp_dir(kind, key)
-    (tmp / "artifacts").mkdir(exist_ok=True)
-    (tmp / "config.json").write_text(json.dumps(spec, indent=2, default=str))
-    start = time.perf_counter()
+    claim = None
+    waiting_since = time.time()
+    while claim is None:
+        if cache.is_complete(kind, key):
+            return str(cache.stage_dir(kind, key))
+        claim = cache.claim_work_dir(kind, key)
+        if claim is None:
+            if time.time() - waiting_since > 60:
+                waiting_since = time.time()
+                state = cache.work_state(kind, key)
+                logger.info("stage %s/%s: waiting for its writer %s", kind, key, (state and state.writer) or "?")
+            time.sleep(WAIT_FOR_WRITER_S)
     try:
-        metrics = EXECUTORS[kind](executor_config(spec), inputs, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if claim.previous is not None:
+            # Left by a writer that died or failed: started over (nothing of it is reused yet).
+            logger.info("stage %s/%s: reclaiming the working folder left by %s", kind, key, claim.previous)
+            cache.reset_work_dir(claim)
+        out = claim.path
+        seed = int(spec["config"].get("seed", 0) or 0)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        (out / "artifacts").mkdir(exist_ok=True)
+        (out / "config.json").write_text(json.dumps(spec, indent=2, default=str))
+        try:
+            with progress.stage_folder(out), usage.measuring(since=claim.started_at) as measured:
+                progress.report(phase="loading", force=True)
+                metrics = EXECUTORS[kind](executor_config(spec), inputs, out)
+        except BaseException as exc:
+            cache.record_failure(kind, key, _error_text(exc), "".join(traceback.format_exception(exc)), claim.attempt)
+            raise
+        finally:
+            gc.collect()
+        spent = measured.usage
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics.update(spent.metrics())
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        fingerprint = (out / "fingerprint.txt").read_text() if (out / "fingerprint.txt").exists() else None
+        record = {"spec": spec, "seconds": spent.wall_seconds, "fingerprint": fingerprint, "usage": spent.as_dict()}
+        return str(cache.publish(claim, record))
     finally:
-        gc.collect()
-    seconds = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in metrics.items()}
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    fingerprint = (tmp / "fingerprint.txt").read_text() if (tmp / "fingerprint.txt").exists() else None
-    record = {"spec": spec, "seconds": seconds, "fingerprint": fingerprint}
-    return str(cache.publish(tmp, kind, key, record))
+        claim.release()
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -12,6 +12,7 @@ from harness import tracking
 from reports import figures as _figures  # noqa: F401  (registers the figure builders)
 from reports import monitor as _monitor  # noqa: F401  (the over-optimisation monitor and length-controlled views)
 from reports import tables as _tables  # noqa: F401  (registers the table builders)
+from reports.costs import cost_section
 from reports.data import Experiment
 from reports.model import ReportTable, csv_rows, to_latex, to_markdown, write_csv
 from reports.registry import ITEMS, FigureOutput, ReportContext, Skip, items
@@ -144,6 +145,8 @@ def _index(exp: Experiment, ctx: ReportContext, result: ReportResult, order: lis
              "files carry the run ids).",
              "", _intervals_note(ctx, result), "", "## Grid summary", "", result.summary_markdown, ""]
     lines += _tasks_without_result(exp)
+    lines += cost_section(exp.cells, {name: (table.title, {r for row in table.rows for e in row.entries for r in e.run_ids})
+                                      for name, table in result.tables.items()})
     for name in order:
         if name in result.tables:
             table = result.tables[name]

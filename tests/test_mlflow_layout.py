@@ -29,7 +29,7 @@ RESUME_GRID = {
     "baseline": False,
 }
 # Differ between two stores of the same grid by construction: the run's own timing and where it ran.
-VOLATILE_TAGS = {layout.TAG_STAGE_SECONDS}
+VOLATILE_TAGS = {layout.TAG_STAGE_SECONDS, layout.TAG_STAGE_ATTEMPT}  # differ between any two runs
 
 
 def _run_cli(grid_file: Path, results: Path, **extra_env: str) -> subprocess.CompletedProcess:

@@ -237,7 +237,7 @@ def test_two_workers_in_parallel_on_one_journal_study(tiny_model, shared_mlflow,
 
 
 def _training_started(results: Path) -> bool:
-    for folder in (results / "stages" / ".tmp").glob("train_policy__*"):
+    for folder in (results / "stages" / ".work").glob("train_policy/*/"):
         history = folder / "history.jsonl"
         if history.exists() and history.read_text().strip():
             return True

@@ -737,6 +737,10 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     local_minibatch = cfg.minibatch_size // world  # this rank's rollouts per forward-backward pass
     num_updates = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * len(prompts) / cfg.prompt_batch_size)
     optimizer_steps = num_updates * cfg.inner_epochs * n_minibatches // cfg.gradient_accumulation_steps
+    from harness import progress, usage
+
+    usage.watch_training_forwards(policy)  # the cost's trained tokens: the policy's training forwards
+    progress.report(done=0, total=num_updates, unit="update", phase="training", force=True)
     warmup_steps = math.ceil(cfg.warmup_ratio * optimizer_steps)
 
     def lr_factor(step: int) -> float:
@@ -921,6 +925,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
             metrics["train/prompts_dropped_too_long"] = float(n_dropped)
         if is_main:
             ctx.log(metrics, update)
+            progress.report(done=update)
         if is_main and ctx.checkpoint_every and update % ctx.checkpoint_every == 0 and update < num_updates:
             # Intermediate policy for the checkpoint evaluations, numbered like the history (PPO updates);
             # the final one is model/ below.

@@ -4,7 +4,7 @@ The TRL trainers the algorithms use (DPO, KTO, ORPO, SimPO, GRPO, RLOO, Online D
 model's RewardTrainer) take their distributed setup from the environment `accelerate launch`
 creates (RANK, WORLD_SIZE, MASTER_ADDR, ...): the same code trains with data parallelism, each
 rank on its own GPU. What the harness adds is who writes the stage: every rank runs the stage's
-executor, but only rank 0 writes into the stage's temp folder and publishes it (TRL saves the
+executor, but only rank 0 writes into the stage's working folder and publishes it (TRL saves the
 model from the main process only); the other ranks work in a scratch folder that is removed.
 
 Selected by config through the Ray backend's per-kind resources (see docs/scale-out.md):
