@@ -121,6 +121,10 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": {"num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9,
                                             "num_key_value_heads": 3, "head_dim": 64, "intermediate_size": 1536,
                                             "vocab_size": 49152, "tie_word_embeddings": True},
+    # huggingface.co/HuggingFaceTB/SmolLM2-360M-Instruct/config.json (the gpu profiles' larger reward model)
+    "HuggingFaceTB/SmolLM2-360M-Instruct": {"num_hidden_layers": 32, "hidden_size": 960, "num_attention_heads": 15,
+                                            "num_key_value_heads": 5, "head_dim": 64, "intermediate_size": 2560,
+                                            "vocab_size": 49152, "tie_word_embeddings": True},
 }
 KNOWN_ALIASES = {
     "allenai/tulu-2-13b": "meta-llama/Llama-2-13b-hf",
@@ -591,14 +595,16 @@ def with_profile_overrides(profile: DeviceProfile, **fields: Any) -> DeviceProfi
     return replace(profile, **fields)
 
 
+def human(x: float, unit: str = "") -> str:
+    """1.23e15 -> "1.23P" (SI prefixes, 3 significant digits)."""
+    for scale, suffix in ((1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}{unit}"
+    return f"{x:.3g}{unit}"
+
+
 def format_table(estimates: Sequence[StageEstimate]) -> str:
     """A plain-text table: one line per stage and a total, for `--dry-run` and the docs."""
-    def human(x: float, unit: str = "") -> str:
-        for scale, suffix in ((1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(x) >= scale:
-                return f"{x / scale:.3g}{suffix}{unit}"
-        return f"{x:.3g}{unit}"
-
     rows = [*estimates, total(estimates)] if len(estimates) > 1 else list(estimates)
     lines = [f"{'stage':<40} {'profile':<11} {'trained':>8} {'fwd':>8} {'gen':>8} {'FLOPs':>8} {'hours':>9} "
              f"{'dev-h':>9} {'USD':>9}"]
