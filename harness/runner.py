@@ -98,7 +98,7 @@ def cell_run_info(grid: Grid, plan: CellPlan) -> layout.CellRunInfo:
         policy_path=str(policy.path / "model") if policy else plan.cell.config.model,
         reward_model_path=rm_path or None, data_fingerprints=fingerprints,
         grid_file=str(grid.source) if grid.source is not None else None,
-        stage_specs=[s.spec() for s in plan.stages])
+        stage_specs=[s.spec() for s in plan.stages], profile=grid.profile)
 
 
 def stage_run_info(stage: Stage) -> layout.StageRunInfo:
@@ -160,6 +160,7 @@ def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = p
 
     plans = plan_grid(grid)
     experiment_id = tracking.setup_experiment(grid.experiment)
+    describe_experiment(grid, experiment_id)
     cache.sweep_stale_temps()
     summary = RunSummary(experiment_id)
 
@@ -211,6 +212,16 @@ def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = p
     flush_ready_cells()
     _record_failed_cells(summary, pending, logged)
     return summary
+
+
+def describe_experiment(grid: Grid, experiment_id: str) -> None:
+    """The experiment's description and tags: the grid file and profile that made it (mlflow_layout). A grid
+    built in code (a sweep's trial, a test) has no file: it leaves the experiment's description as it is."""
+    if grid.source is None:
+        return
+    layout.describe_experiment(experiment_id, layout.ExperimentInfo(
+        grid_file=str(grid.source) if grid.source is not None else None, profile=grid.profile,
+        description=grid.description, device_profile=grid.device_profile))
 
 
 def data_first_phases(stages: list[Stage]) -> list[list[Stage]]:

@@ -566,6 +566,11 @@ def create_studies(spec: SweepFile, storage: Any, storage_url: str, source: Path
     from optuna.trial import TrialState
 
     experiment_id = tracking.setup_experiment(spec.experiment)
+    choice = spec._profile
+    layout.describe_experiment(experiment_id, layout.ExperimentInfo(
+        grid_file=str(source) if source is not None else None, profile=choice.name if choice else None,
+        description=spec.description, device_profile=choice.device_profile if choice else None,
+        command="harness sweep"))
     directions = [o.direction for o in spec.objective_list]
     remaining: dict[str, int] = {}
     for study_name, partition in study_names(spec):
