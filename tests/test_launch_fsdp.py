@@ -11,6 +11,7 @@ What runs here and what it shows (docs/scale-out.md, "What was run"):
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -42,7 +43,9 @@ FSDP2_SCRIPT = textwrap.dedent("""
 def test_torch_fsdp2_shards_parameters_over_two_cpu_processes(tmp_path):
     script = tmp_path / "fsdp2.py"
     script.write_text(FSDP2_SCRIPT)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+    # --standalone: a free port of its own (the machine is shared; 29500 may be taken by someone else's run)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     ranks = [line.split() for line in done.stdout.splitlines() if line.startswith("rank ")]
@@ -71,8 +74,11 @@ def test_a_tiny_trl_stage_under_accelerate_launch_with_the_fsdp_config_on_two_cp
         pytest.skip("needs the HH-RLHF sample in ../shared/data")
     execute_stage(plan.stage("prepare_data").spec())
     train = plan.stage("train_policy")
+    with socket.socket() as probe:  # a free port: the machine is shared, 29500 may be taken
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     published = launch_stage(train.spec(), 2, ["--config_file", str(PROJECT_ROOT / "ablations/launch/fsdp_13b_policy.yaml"),
-                                               "--mixed_precision", "no"])
+                                               "--mixed_precision", "no", "--main_process_port", str(port)])
     assert cache.is_complete("train_policy", train.key) and published == str(train.path)
     assert (train.path / "model" / "config.json").is_file()
     err = capfd.readouterr().err
