@@ -51,6 +51,7 @@ def measure_dpo(model_name: str, batch: int, tokens: int, steps: int) -> dict[st
 
     from harness.algorithms.base import History, TrainContext, history_callback
     from harness.algorithms.dpo import DPOAlgoConfig, make_dpo_config, preference_dataset, quiet_trainer
+    from harness.generation import EngineSettings
     from harness.models import resolve_model
 
     path = resolve_model(model_name)
@@ -79,7 +80,9 @@ def measure_dpo(model_name: str, batch: int, tokens: int, steps: int) -> dict[st
                             per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                             max_length=4 * tokens, precompute_ref_log_probs=True)
         history = History(Path(tmp) / "history.jsonl")
-        ctx = TrainContext(policy_path=path, train_rows=rows, config=cfg, out_dir=Path(tmp), seed=0, log=history.log)
+        # fp32, the cpu-2core profile's dtype (the engine's default on a CPU with AVX-512 BF16 is bf16 autocast)
+        ctx = TrainContext(policy_path=path, train_rows=rows, config=cfg, out_dir=Path(tmp), seed=0, log=history.log,
+                           engine=EngineSettings(dtype="float32"))
         model = AutoModelForCausalLM.from_pretrained(path)
         timer = StepTimer()
         start, cpu = time.perf_counter(), time.process_time()

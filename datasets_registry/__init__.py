@@ -12,6 +12,7 @@ from datasets_registry import (  # noqa: F401  (importing registers the datasets
     chatbot_arena,
     helpsteer,
     hh_rlhf,
+    ifeval_synthetic,
     mixes,
     nectar,
     orca,

@@ -111,11 +111,14 @@ class BestOfNGenerator:
         self.config = config
         self.model_key = model_key
         self.tokenizer = getattr(base, "tokenizer", None)  # tasks count tokens with it
+        self.resolved = getattr(base, "resolved", None)  # the engine that generates the candidates
         self.records: list[dict[str, Any]] = []
 
     def _key(self, rendered: str, params: SamplingParams) -> str:
+        resolved = self.resolved  # the engine's precision changes the samples
         blob = json.dumps([self.model_key, rendered, params.max_new_tokens, list(params.stop), self.config.n,
-                           self.config.temperature, self.config.top_p, self.config.seed])
+                           self.config.temperature, self.config.top_p, self.config.seed,
+                           resolved.key() if resolved is not None else None])
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def candidates(self, prompts: Sequence[Messages | str], params: SamplingParams, chat: bool) -> list[list[str]]:
@@ -154,7 +157,7 @@ class BestOfNGenerator:
 def best_of_n_tasks(
     base: Generator,
     sft_path: str,
-    reward_model_path: str,
+    reward: str | Any,
     tasks: list[str],
     out_dir: Path,
     cache: SampleCache,
@@ -166,7 +169,8 @@ def best_of_n_tasks(
     judge: dict[str, Any] | None = None,
     planned: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, float]:
-    """Run `tasks` on one reward model's best-of-N picks; the tasks' own metric names (no prefix).
+    """Run `tasks` on one reward's best-of-N picks; the tasks' own metric names (no prefix). `reward` is a
+    reward-model folder or a `harness.reward_source.RewardSource` (an RM, an ensemble or a verifier).
 
     `task_settings` ({group: TaskSettings}, as planned; default: resolved now), `judge` (the endpoint
     for judged tasks) and `planned` (the plan's task fingerprints) are passed to `run_tasks`.
@@ -174,12 +178,12 @@ def best_of_n_tasks(
     under out_dir.
     """
     from harness.evaluation import EvalContext, run_tasks
-    from harness.reward_model import RewardScorer
+    from harness.reward_source import RewardSource
 
-    scorer = RewardScorer(reward_model_path, batch_size=batch_size)
-    generator = BestOfNGenerator(base, scorer, cache, config, model_key)
+    source = RewardSource(model_path=reward) if isinstance(reward, str) else reward
+    generator = BestOfNGenerator(base, source.scorer(batch_size=batch_size), cache, config, model_key)
     ctx = EvalContext(model_path=sft_path, out_dir=out_dir, limit=limit, seed=config.seed,
-                      batch_size=batch_size, reward_model_path=reward_model_path, judge=judge,
+                      batch_size=batch_size, reward_model_path=source.model_path, judge=judge,
                       settings=dict(task_settings or {}), _generator=generator)
     metrics = run_tasks(ctx, tasks, planned=planned)
     with (out_dir / "bon_selections.jsonl").open("w") as fh:

@@ -38,9 +38,12 @@ def checkpoint_dir(stage_dir: Path, step: int) -> Path:
     return stage_dir / CHECKPOINTS_DIR / f"step-{step}"
 
 
-def finalize(stage_dir: Path, every: int, final_step: int) -> list[int]:
+def finalize(stage_dir: Path, every: int, final_step: int, base_model: str | None = None) -> list[int]:
     """Move TRL's `trainer/checkpoint-N` folders to `checkpoints/step-N` (weights and tokenizer only),
-    drop the one at the final step (it is `model/`), write the index; returns the kept steps."""
+    drop the one at the final step (it is `model/`), write the index; returns the kept steps.
+
+    A LoRA run's trainer checkpoints hold the adapter only: each is merged into `base_model` (the policy
+    it was trained from), as the final model is (`harness.lora`), so every checkpoint loads like a model."""
     trainer = stage_dir / "trainer"
     if trainer.is_dir():
         for folder in trainer.iterdir():
@@ -58,6 +61,15 @@ def finalize(stage_dir: Path, every: int, final_step: int) -> list[int]:
         if step >= final_step:
             shutil.rmtree(folder)  # identical to model/ (or past it): evaluated as the final model
             continue
+        if (folder / "adapter_config.json").exists():
+            if base_model is None:
+                raise RuntimeError(f"{folder} holds a LoRA adapter, and no base model was given to merge it into")
+            from harness.lora import merge_adapter_folder
+
+            merged = folder.with_name(folder.name + ".merged")
+            merge_adapter_folder(folder, base_model, merged)
+            shutil.rmtree(folder)
+            merged.rename(folder)
         for name in _TRAINER_STATE_FILES:
             (folder / name).unlink(missing_ok=True)
         # Some trainers save no processing class into checkpoints: the final model's tokenizer is the same one.

@@ -8,12 +8,12 @@ the evaluation tasks, optionally the judge, and a seed. `algorithm: null` is the
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.config_fields import Seed
+from harness.generation import EngineSettings
 
 
 class Strict(BaseModel):
@@ -76,23 +76,65 @@ class AlgorithmRef(BaseModel):
     def resolved(self) -> dict[str, Any]:
         """Every field of the algorithm's config, defaults included (what gets hashed and logged)."""
         from harness.algorithms import ALGORITHMS
+        from harness.config_fields import resolved_fields
 
         config = ALGORITHMS.get(self.name).make_config(self.overrides())
-        return {"name": self.name, **dataclasses.asdict(config)}
+        return {"name": self.name, **resolved_fields(config)}
 
 
 class RewardModelRef(Strict):
-    """Train a Bradley-Terry RM on `dataset` starting from `base` (or use a trained one at `path`)."""
+    """The cell's reward, from exactly one source:
+
+    - `dataset`: a Bradley-Terry RM the grid trains on that data, from `base`, with `train` settings (and
+      `seed`, default the cell's);
+    - `path`: an already trained sequence-classification RM folder;
+    - `verifier`: a verifiable reward (`harness.rewards.VERIFIERS`), plus `format_weight` x its format check;
+    - `ensemble`: two or more RM specs (each `dataset` or `path`, each trained once and shared by key), their
+      scores combined per sample by `combine` (`harness.reward_ensemble`): `mean`, `wco` (the minimum) or
+      `uwo` (mean - `uwo_lambda` x variance), Coste et al. (2024).
+    """
 
     base: str = "smollm2-135m-instruct"
     dataset: DatasetRef | None = None
     path: str | None = None  # an already trained sequence-classification RM folder
     train: dict[str, Any] = Field(default_factory=dict, description="RewardModelConfig overrides")
+    seed: Seed | None = Field(default=None, description="RM training seed (None = the cell's seed)")
+    verifier: str | None = None
+    format_weight: float = Field(default=0.0, ge=0, allow_inf_nan=False,
+                                 description="weight of the verifier's format check (0 = none)")
+    ensemble: list[RewardModelRef] | None = None
+    combine: Literal["mean", "wco", "uwo"] = "mean"
+    uwo_lambda: float = Field(default=0.5, ge=0, allow_inf_nan=False,
+                              description="UWO's weight of the members' score variance")
+
+    @field_validator("verifier")
+    @classmethod
+    def _known_verifier(cls, name: str | None) -> str | None:
+        if name is not None:
+            from harness.rewards import VERIFIERS
+
+            VERIFIERS.get(name)  # raises, listing the valid names
+        return name
 
     @model_validator(mode="after")
     def _one_source(self) -> RewardModelRef:
-        if (self.dataset is None) == (self.path is None):
-            raise ValueError("give exactly one of `dataset` (train a reward model) or `path` (use a trained one)")
+        sources = [name for name in ("dataset", "path", "verifier", "ensemble") if getattr(self, name) is not None]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of `dataset` (train a reward model), `path` (use a trained one), "
+                             "`verifier` (a verifiable reward) or `ensemble` (several reward models)"
+                             + (f"; got {', '.join(sources)}" if sources else ""))
+        misplaced = {"format_weight": "verifier", "combine": "ensemble", "uwo_lambda": "ensemble", "seed": "dataset"}
+        for field, owner in misplaced.items():
+            if field in self.model_fields_set and getattr(self, owner) is None:
+                raise ValueError(f"`{field}` applies only to a reward_model with `{owner}`")
+        if self.format_weight:
+            from harness.rewards import VERIFIERS, format_verifiers
+
+            if VERIFIERS.get(self.verifier).format_check is None:
+                raise ValueError(f"format_weight: verifier {self.verifier!r} has no format check; verifiers with "
+                                 f"one: {', '.join(format_verifiers())}")
+        if self.ensemble is not None:
+            self._check_ensemble(self.ensemble)
         problems = self.train_problems(self.train)
         if problems:
             raise ValueError("; ".join(f"train.{field}: {msg}" for field, msg in problems))
@@ -103,6 +145,27 @@ class RewardModelRef(Strict):
                 "reward model holds some pairs out to measure its accuracy (`heldout_fraction`): it needs at "
                 "least 2 (one to train on, one held out)")
         return self
+
+    @staticmethod
+    def _check_ensemble(members: list[RewardModelRef]) -> None:
+        if len(members) < 2:
+            raise ValueError(f"ensemble: needs at least 2 reward models, got {len(members)}")
+        seen: dict[str, int] = {}
+        for i, member in enumerate(members):
+            if member.dataset is None and member.path is None:
+                raise ValueError(f"ensemble[{i}]: an ensemble member is a reward model (`dataset` or `path`), "
+                                 "not a verifier or another ensemble")
+            identity = member.model_dump_json()
+            if identity in seen:
+                raise ValueError(f"ensemble[{i}] is the same reward model as ensemble[{seen[identity]}] (same data, "
+                                 "base, settings and seed), so it would add nothing: give members different `seed`s "
+                                 "(or data)")
+            seen[identity] = i
+
+    @property
+    def is_single_model(self) -> bool:
+        """One learned reward model (trained here or given): what PPO's value_init='reward' can copy."""
+        return self.dataset is not None or self.path is not None
 
     @staticmethod
     def train_problems(train: dict[str, Any]) -> list[tuple[str, str]]:
@@ -175,6 +238,10 @@ class EvalConfig(Strict):
     # fully resolved (defaults, then the environment's HARNESS_* defaults, then these values), so the
     # stage keys and MLflow params carry the settings actually used.
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict, description="task settings by group")
+    # Every benchmark's `setting` at once ("paper": open-instruct's 2024 evaluation, as the paper ran it;
+    # "harness": the project's own, each task's default); a group's own `settings.<group>.setting` wins.
+    # Resolved into `settings` (and so into the stage keys and MLflow params) at load.
+    setting: Literal["harness", "paper"] | None = Field(default=None, description="every benchmark's setting")
 
     @field_validator("tasks")
     @classmethod
@@ -188,7 +255,7 @@ class EvalConfig(Strict):
         from harness.evaluation.base import resolve_eval_settings
 
         tasks = self.tasks + (self.best_of_n.tasks if self.best_of_n is not None else [])
-        self.settings = resolve_eval_settings(tasks, self.settings)
+        self.settings = resolve_eval_settings(tasks, self.settings, setting=self.setting)
         return self
 
     @field_validator("best_of_n", mode="before")
@@ -211,15 +278,40 @@ class JudgeConfig(Strict):
     reference: str = Field(default="sft", min_length=1)
 
 
+class MonitorConfig(Strict):
+    """The over-optimisation monitor (harness/monitor.py): runs at every checkpoint evaluation of a cell
+    with `eval.checkpoint_every` (nothing, and no change to any stage key, without it)."""
+
+    enabled: bool = True
+    # The held-out gold signal: another reward model (trained by the grid, given, or an ensemble), a
+    # verifier, or `judge` (win rate against the SFT model's samples, by the cell's `judge`). None: no gold
+    # signal, so the over-optimisation flag stays undetermined (KL, length, refusals are still measured).
+    gold: RewardModelRef | Literal["judge"] | None = None
+    prompts: DatasetRef | None = Field(default=None, description="prompt set (None = the cell's training prompts)")
+    limit: int = Field(default=16, ge=1, description="prompts measured per checkpoint")
+    samples_per_prompt: int = Field(default=2, ge=1)
+    max_new_tokens: int = Field(default=64, ge=1)
+    window: int = Field(default=3, ge=2, description="last k evaluated points the over-optimisation flag reads")
+    length_growth: float = Field(default=0.5, gt=0, allow_inf_nan=False,
+                                 description="flag when the final mean length exceeds the SFT model's by this fraction")
+    refusal_limit: int = Field(default=16, ge=0, description="XSTest prompts for the refusal rates (0 = off)")
+
+
 class CellConfig(Strict):
     model: str = "smollm2-135m-instruct"
     dataset: DatasetRef | None = None
     algorithm: AlgorithmRef | None = None
+    # The reward of online algorithms (and of rm_reward / best-of-N): a trained or given RM, a verifier or an
+    # ensemble. `reward_function: NAME` (older grids) is read as `reward_model: {verifier: ...}` (see below).
     reward_model: RewardModelRef | None = None
-    reward_function: str | None = None
     prompts: DatasetRef | None = None  # policy-training prompts for online algorithms (PPO, GRPO, ...)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig | None = None
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    # Engine and precision of every stage that computes with a model (`harness.generation.EngineSettings`;
+    # docs/engines.md). "auto" is resolved when the cell is loaded, i.e. on the machine that plans the grid
+    # (see `_pin_engine`), so stage keys, MLflow params and the workers all use that one choice.
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     seed: Seed = 1
 
     @field_validator("model")
@@ -234,14 +326,27 @@ class CellConfig(Strict):
             )
         return name
 
-    @field_validator("reward_function")
+    @model_validator(mode="before")
     @classmethod
-    def _known_reward_function(cls, name: str | None) -> str | None:
-        if name is not None:
-            from harness.rewards import REWARD_FUNCTIONS
+    def _reward_function_is_a_verifier(cls, data: Any) -> Any:
+        """`reward_function: NAME` is the older spelling of `reward_model: {verifier: ...}` (one home for the
+        reward source, so one grid axis can vary it); names map by `harness.rewards.REWARD_FUNCTION_VERIFIERS`."""
+        if not isinstance(data, dict) or "reward_function" not in data:
+            return data
+        data = dict(data)
+        name = data.pop("reward_function")
+        if name is None:
+            return data
+        from harness.rewards import REWARD_FUNCTION_VERIFIERS, REWARD_FUNCTIONS
 
-            REWARD_FUNCTIONS.get(name)
-        return name
+        if data.get("reward_model") is not None:
+            raise ValueError("this cell takes one reward, but both `reward_model` and `reward_function` are set: "
+                             "remove one (`reward_function: NAME` means `reward_model: {verifier: ...}`)")
+        if not isinstance(name, str):
+            raise ValueError(f"reward_function must be a name, got {name!r}")
+        REWARD_FUNCTIONS.get(name)  # raises, listing the valid names
+        data["reward_model"] = {"verifier": REWARD_FUNCTION_VERIFIERS[name]}
+        return data
 
     @model_validator(mode="after")
     def _best_of_n_needs_reward_model(self) -> CellConfig:
@@ -250,6 +355,32 @@ class CellConfig(Strict):
                 "`eval.best_of_n` needs a reward model to pick the best of the N SFT samples, but this cell "
                 "has no `reward_model`: set `reward_model` (dataset or path) or remove `eval.best_of_n`"
             )
+        rm = self.reward_model
+        if self.eval.best_of_n is not None and rm is not None and rm.verifier is not None:
+            from harness.rewards import VERIFIERS
+
+            columns = VERIFIERS.get(rm.verifier).columns
+            if columns:
+                raise ValueError(f"`eval.best_of_n` picks with the cell's reward, but verifier {rm.verifier!r} reads "
+                                 f"per-prompt gold data ({', '.join(columns)}) that best-of-N's benchmark prompts do "
+                                 "not carry: use a reward model, an ensemble or a verifier that reads none")
+        return self
+
+    @model_validator(mode="after")
+    def _monitor_judge_needs_a_judge(self) -> CellConfig:
+        if self.monitor.gold == "judge" and self.judge is None and self.algorithm is not None \
+                and self.eval.checkpoint_every is not None and self.monitor.enabled:
+            raise ValueError("monitor.gold: judge compares each checkpoint's samples with the SFT model's by the "
+                             "cell's judge, but this cell has no `judge`: set `judge` (e.g. a local `harness "
+                             "serve-judge` endpoint) or another gold signal")
+        return self
+
+    @model_validator(mode="after")
+    def _pin_engine(self) -> CellConfig:
+        """"auto" (dtype, batching) becomes what it resolves to here, the planning machine: a worker of another
+        kind (a GPU node planned from a CPU laptop) then runs the planned engine instead of choosing its own.
+        A cluster whose workers differ from the planning machine should pin `engine.dtype` explicitly."""
+        self.engine = self.engine.pinned()
         return self
 
     @model_validator(mode="after")
@@ -261,16 +392,19 @@ class CellConfig(Strict):
         from harness.algorithms import ALGORITHMS
 
         spec = ALGORITHMS.get(self.algorithm.name)
-        if spec.needs_reward and self.reward_model is None and self.reward_function is None:
+        if spec.rollout_engine and self.engine.kind != "hf":
+            raise ValueError(f"engine.kind: algorithm {spec.name!r} samples its rollouts in-process (it trains on the "
+                             f"sampled token ids and updates the weights between rollouts); use kind 'hf', not "
+                             f"{self.engine.kind!r}")
+        if spec.needs_reward and self.reward_model is None:
             raise ValueError(
-                f"algorithm {spec.name!r} needs a reward: set `reward_model` (dataset or path) "
-                "or `reward_function`"
+                f"algorithm {spec.name!r} needs a reward: set `reward_model` (dataset, path, verifier or ensemble; "
+                "`reward_function: NAME` is the older spelling of a verifier)"
             )
-        if spec.needs_reward and self.reward_model is not None and self.reward_function is not None:
-            raise ValueError(
-                f"algorithm {spec.name!r} takes one reward, but both `reward_model` and `reward_function` "
-                "are set: remove one"
-            )
+        if spec.name == "ppo" and self.reward_model is not None and not self.reward_model.is_single_model \
+                and self.algorithm.resolved()["value_init"] == "reward":
+            raise ValueError("PPO's value_init='reward' copies one reward model into the value model, but this cell's "
+                             "reward is a verifier or an ensemble: set algorithm.value_init: policy")
         if spec.data in ("pairs", "unpaired"):
             if self.dataset is None:
                 raise ValueError(f"algorithm {spec.name!r} trains on preference pairs: set `dataset`")

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -69,16 +69,39 @@ class ConfigError(ValueError):
 
 class CheckedConfig:
     """Mixin for config dataclasses: building one checks each field against its annotation, then the
-    class's `cross_field_problems` (run only when every field is valid on its own)."""
+    class's `cross_field_problems` (run only when every field is valid on its own).
+
+    `OMITTED_AT_DEFAULT`: fields added after configs were first cached (e.g. `peft`, the GRPO switches),
+    left out of `resolved_fields` while they hold their default, so the stage keys (and logged params) of
+    every config that does not use them stay what they were."""
+
+    OMITTED_AT_DEFAULT: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-        problems = annotation_problems(type(self), values) or self.cross_field_problems()
+        problems = annotation_problems(type(self), values)
+        if not problems:
+            # Strict validation returns the values unchanged, except where an annotation completes a block
+            # (e.g. `peft: {r: 16}` gets its default alpha, dropout, ...): keep what it returned.
+            validated = _fields_model(type(self)).model_validate(values)
+            for name in values:
+                setattr(self, name, getattr(validated, name))
+            problems = self.cross_field_problems()
         if problems:
             raise ConfigError(type(self).__name__, problems)
 
     def cross_field_problems(self) -> list[Problem]:
         return []
+
+
+def resolved_fields(config: Any) -> dict[str, Any]:
+    """Every field of a config dataclass (what is hashed into stage keys and logged), except the
+    `OMITTED_AT_DEFAULT` ones that hold their default."""
+    values = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        if f.name in getattr(config, "OMITTED_AT_DEFAULT", ()) and values[f.name] == f.default:
+            del values[f.name]
+    return values
 
 
 @functools.cache
@@ -104,6 +127,10 @@ def _describe(field: str, error: dict[str, Any]) -> str:
         text = f"must be one of {ctx['expected']}"
     elif kind == "finite_number":
         text = "must be a finite number"
+    elif kind == "extra_forbidden":
+        text = "is not a known setting"
+    elif kind in ("dict_type", "model_type") and isinstance(value, (int, float, str, bool)):
+        text = "must be a mapping of settings (or null)"
     elif kind in _TYPE_NAMES:
         text = f"must be {_TYPE_NAMES[kind]}"
         if kind == "float_type" and isinstance(value, str) and _is_number(value):
@@ -130,7 +157,9 @@ def annotation_problems(config_cls: type, values: dict[str, Any]) -> list[Proble
         problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else ""
-            problems.append((field, _describe(field, error)))
+            # A block field (e.g. `peft: {r: 0}`): the message names the key inside it, `peft.r`.
+            where = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("function-", "typed-dict")))
+            problems.append((field, _describe(where or field, error)))
         return problems
     return []
 

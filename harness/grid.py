@@ -109,7 +109,8 @@ def get_dotted(config: dict[str, Any], dotted: str) -> Any:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, dict):
-        return str(value.get("name", hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]))
+        named = value.get("name") or value.get("verifier")  # a registered name says what the block is
+        return str(named or hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6])
     return str(value)
 
 
@@ -308,11 +309,12 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
         name = cell_name(extra)
         candidates.append((name, config, dict(extra), {k: -1 for k in extra} | {"__include__": i}))
     if spec.baseline:
-        config = {k: copy.deepcopy(v) for k, v in spec.base.items() if k in ("model", "eval", "seed", "judge")}
+        config = {k: copy.deepcopy(v) for k, v in spec.base.items() if k in ("model", "eval", "seed", "judge",
+                                                                             "engine")}
         # The baseline keeps a fully specified base reward model so that its samples can be scored by
         # it (rm_reward); one completed only by the axes varies per cell and has no baseline meaning.
         base_rm = spec.base.get("reward_model")
-        if isinstance(base_rm, dict) and ("dataset" in base_rm or "path" in base_rm):
+        if isinstance(base_rm, dict) and any(k in base_rm for k in ("dataset", "path", "verifier", "ensemble")):
             config["reward_model"] = copy.deepcopy(base_rm)
         elif isinstance(config.get("eval"), dict):
             # Best-of-N needs a reward model to pick with; without one the baseline is what it is for the

@@ -6,19 +6,21 @@ Layout, per MLflow experiment (one per grid):
 - cell run (`harness.run_type=cell`), one per grid cell. Tags: `harness.cell` (name),
   `harness.cell_key` (content key of its final stage), `harness.grid`, `harness.grid_file`,
   `harness.is_baseline`, `harness.git_sha`, `harness.overrides` (the cell's grid overrides, JSON),
-  `harness.policy_path`, `harness.reward_model_path`, `harness.stage.<kind>[.<dataset>]` (stage keys),
-  `harness.data_fingerprint.<dataset>`, and the evaluation's `harness.eval.*` tags (below). Params: the
-  flattened resolved config. Artifact `resolved_config.json`. Metrics: every non-data stage's metrics;
-  checkpoint evaluations as histories.
+  `harness.policy_path`, `harness.reward_model_path` (a JSON list for an RM ensemble),
+  `harness.stage.<kind>[.<dataset>]` (stage keys; `train_reward_model.<i>` per ensemble member),
+  `harness.data_fingerprint.<dataset>`, the evaluation's `harness.eval.*` tags (below) and the
+  over-optimisation monitor's verdicts `harness.monitor.*` (harness/monitor.py). Params: the flattened
+  resolved config. Artifact `resolved_config.json`. Metrics: every non-data stage's metrics; checkpoint
+  evaluations as histories.
 - stage run (`harness.run_type=stage`), nested (`mlflow.parentRunId`) under each cell run that uses the
   stage. Tags: `harness.stage_kind`, `harness.stage_hash`, `harness.stage_dir`, `harness.stage_seconds`,
-  `harness.data_fingerprint`, `harness.model_path`, plus the stage's own tags (e.g.
+  `harness.data_fingerprint`, `harness.model_path`, `harness.adapter_path` (LoRA), plus the stage's own tags (e.g.
   `harness.rewardbench`; the evaluate stage's `harness.eval.missing` (comma list: tasks not run because
   an input was missing), `harness.eval.skipped.<task>` (why a task has no score), `harness.eval.reused`
   (comma list: tasks taken from the task store instead of rerun), and the same three under
-  `harness.eval.bon.` for best-of-N). Params: the stage config. Metrics: final values, step histories (training
+  `harness.eval.bon.` for best-of-N; `harness.monitor.*`). Params: the stage config. Metrics: final values, step histories (training
   curves), checkpoint evaluations over steps. Artifacts: `config.json`, the stage's `artifacts/` folder
-  (e.g. `samples/<task>.samples.jsonl`, `rm_scores.jsonl`), `model/` when small.
+  (e.g. `samples/<task>.samples.jsonl`, `rm_scores.jsonl`), `model/` when small, `adapter/` (LoRA).
 - study run (`harness.run_type=study`) per Optuna study; a trial's cell run is re-parented under it
   and tagged `harness.study`, `harness.trial_number`, `harness.trial_state`, `harness.kl_coefficient`;
   a pruned trial is its own KILLED run (`harness.run_type=trial`).
@@ -91,6 +93,9 @@ TAG_STAGE_HASH = "harness.stage_hash"
 TAG_STAGE_DIR = "harness.stage_dir"
 TAG_STAGE_SECONDS = "harness.stage_seconds"
 TAG_MODEL_PATH = "harness.model_path"
+TAG_ADAPTER_PATH = "harness.adapter_path"  # a LoRA run's adapter folder (harness.lora)
+# the over-optimisation monitor's verdicts (harness.monitor), on the evaluate stage run and its cell run
+TAG_MONITOR_PREFIX = "harness.monitor."
 TAG_REWARDBENCH = "harness.rewardbench"  # written by the reward-model stage: scored, or skipped and why
 # written by the evaluate stage (`evaluation_tags`), copied onto the cell run
 TAG_EVAL_PREFIX = "harness.eval."
@@ -175,6 +180,7 @@ class StageResult:
     files: list[Path] = field(default_factory=list)  # logged at the artifact root (the stage's config.json)
     artifacts_dir: Path | None = None  # logged as-is at the artifact root
     model_dir: Path | None = None
+    adapter_dir: Path | None = None  # LoRA: the adapter alone (small), always logged under `adapter/`
 
     @property
     def checkpoint_keys(self) -> set[str]:
@@ -216,6 +222,8 @@ def finish_stage_run(run_id: str, result: StageResult, end_time_ms: int | None =
         tags[TAG_DATA_FINGERPRINT] = result.fingerprint
     if result.model_dir is not None and result.model_dir.exists():
         tags[TAG_MODEL_PATH] = str(result.model_dir)
+    if result.adapter_dir is not None and result.adapter_dir.exists():
+        tags[TAG_ADAPTER_PATH] = str(result.adapter_dir)
     tracking.set_tags(run_id, tags)
     log_steps(run_id, result.step_history)
     over_steps = log_steps(run_id, result.checkpoint_history)
@@ -228,6 +236,8 @@ def finish_stage_run(run_id: str, result: StageResult, end_time_ms: int | None =
     if result.model_dir is not None and result.model_dir.exists() \
             and _dir_size(result.model_dir) <= MAX_MODEL_ARTIFACT_BYTES:
         client.log_artifacts(run_id, str(result.model_dir), artifact_path="model")
+    if result.adapter_dir is not None and result.adapter_dir.exists():
+        client.log_artifacts(run_id, str(result.adapter_dir), artifact_path="adapter")
     client.set_terminated(run_id, "FINISHED", end_time=end_time_ms)
 
 
@@ -359,8 +369,9 @@ def evaluation_tags(results: dict[str, Any], best_of_n: bool = False) -> dict[st
 
 
 def evaluation_tags_of(tags: dict[str, str]) -> dict[str, str]:
-    """The evaluation's tags among a stage run's (what the cell run carries too)."""
-    return {k: v for k, v in tags.items() if k.startswith(TAG_EVAL_PREFIX)}
+    """The evaluation's tags among a stage run's (what the cell run carries too): which tasks have no result
+    and why, and the over-optimisation monitor's verdicts."""
+    return {k: v for k, v in tags.items() if k.startswith((TAG_EVAL_PREFIX, TAG_MONITOR_PREFIX))}
 
 
 def tasks_without_result(tags: dict[str, str]) -> list[tuple[str, str, str]]:

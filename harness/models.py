@@ -163,7 +163,8 @@ def default_device() -> str:
 
 
 def _device_and_dtype(device: str | None, dtype: str):
-    """fp32 on CPU (bf16 matmuls are slow there), bf16 on CUDA, unless a dtype name is given."""
+    """"auto": fp32 on CPU, bf16 on CUDA, unless a dtype name is given. The generation engine passes its
+    own per-device choice (`harness.generation.EngineSettings`: also bf16 on CPUs with native bf16)."""
     import torch
 
     device = device or default_device()
@@ -191,15 +192,19 @@ def load_causal_lm(name_or_path: str, device: str | None = None, dtype: str = "a
     return model, load_tokenizer(name_or_path)
 
 
-def load_reward_model(name_or_path: str, device: str | None = None, dtype: str = "auto"):
-    """(sequence-classification model with 1 label, tokenizer). A causal-LM folder gets a new score head."""
+def load_reward_model(name_or_path: str, device: str | None = None, dtype: str = "auto", **load_kwargs):
+    """(sequence-classification model with 1 label, tokenizer). A causal-LM folder gets a new score head.
+    `load_kwargs` go to `from_pretrained` (e.g. a 4-bit quantization config for QLoRA: then the model is
+    placed by bitsandbytes, not moved to `device`)."""
     from transformers import AutoModelForSequenceClassification
 
     device, torch_dtype = _device_and_dtype(device, dtype)
     tok = load_tokenizer(name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model(name_or_path), num_labels=1, dtype=torch_dtype
-    ).to(device)
+        resolve_model(name_or_path), num_labels=1, dtype=torch_dtype, **load_kwargs
+    )
+    if "quantization_config" not in load_kwargs:
+        model = model.to(device)
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
 

@@ -29,7 +29,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -42,6 +42,10 @@ from harness.config_fields import (
     Problem,
     WarmupRatio,
 )
+from harness.lora import PeftField
+
+if TYPE_CHECKING:
+    from harness.generation import EngineSettings
 
 Messages = list[dict[str, str]]
 
@@ -52,6 +56,8 @@ RM_META_FILE = "harness_reward_model.json"
 @dataclass
 class RewardModelConfig(CheckedConfig):
     """Reward-model training settings. Defaults: Ivison et al. 2024, App. F.2."""
+
+    OMITTED_AT_DEFAULT = ("peft",)  # added later: left out of the stage key while null (older keys unchanged)
 
     num_train_epochs: NonNegativeFloat = 1.0  # App. F.2: one epoch (following InstructGPT / Tulu RM practice)
     learning_rate: PositiveFloat = 1e-5  # App. F.2: peak learning rate
@@ -67,6 +73,7 @@ class RewardModelConfig(CheckedConfig):
     max_steps: MaxSteps = -1  # -1 = run the epochs; small grids set a step budget
     weight_decay: NonNegativeFloat = 0.0
     center_rewards_coefficient: NonNegativeFloat | None = None  # off in the paper; TRL's mean-zero regulariser
+    peft: PeftField = None  # LoRA on the backbone, score head trainable (harness/lora.py); null = full fine-tuning
     gradient_checkpointing: bool = False  # off: on CPU it costs time and the small models fit
     eval_batch_size: PositiveInt = 16
     logging_steps: PositiveInt = 1
@@ -174,26 +181,30 @@ def train_reward_model(
     out_dir: Path,
     seed: int,
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+    engine: EngineSettings | None = None,
 ) -> dict[str, float]:
-    """Train a Bradley-Terry RM (Eq. 1) on preference rows; save model + tokenizer to out_dir/"model"."""
-    import torch
+    """Train a Bradley-Terry RM (Eq. 1) on preference rows; save model + tokenizer to out_dir/"model".
+    `engine`: its precision (bf16 autocast where it resolves to bf16; default the detected choice)."""
     from datasets import Dataset
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
+    from harness import lora
     from harness.algorithms.base import history_callback
+    from harness.algorithms.trl_common import device_kwargs
+    from harness.generation import EngineSettings, record_engine
     from harness.models import load_reward_model
 
     check_preference_rows(rows)
+    lora.check_quantization(config.peft)
     set_seed(seed)  # the new score head is initialised at load time: seed first
-    model, tokenizer = load_reward_model(base_model, device="cpu", dtype="float32")
+    model, tokenizer = load_reward_model(base_model, device="cpu", dtype="float32", **lora.load_kwargs(config.peft))
     pairs, counts = _tokenised_pairs(rows, tokenizer, config)
     if not pairs:
         raise ValueError(
             f"all {len(rows)} pairs are longer than max_length={config.max_length} and overlong='drop'"
         )
 
-    on_gpu = torch.cuda.is_available()
     # Optimizer steps as the Trainer counts them; warm-up is a whole number of steps, strictly fewer than
     # the total (transformers' polynomial schedule divides by the decay length).
     steps_per_epoch = math.ceil(math.ceil(len(pairs) / config.per_device_train_batch_size)
@@ -220,8 +231,7 @@ def train_reward_model(
         report_to=[],
         seed=seed,
         data_seed=seed,
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        **device_kwargs(engine),
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
@@ -231,11 +241,17 @@ def train_reward_model(
         train_dataset=Dataset.from_list(pairs),
         processing_class=tokenizer,
         callbacks=[history_callback(log)],
+        # LoRA on the backbone; peft's SEQ_CLS task keeps the new score head fully trainable.
+        **({"peft_config": lora.lora_config(config.peft, "SEQ_CLS")} if config.peft else {}),
     )
     result = trainer.train()
     model_dir = out_dir / "model"
-    trainer.save_model(str(model_dir))
-    tokenizer.save_pretrained(str(model_dir))
+    record_engine(out_dir, (engine or EngineSettings()).resolved())
+    if lora.is_peft_model(trainer.model):  # the adapter to out_dir/adapter, the merged RM to model/
+        lora.save_adapter_and_merged(trainer.model, tokenizer, out_dir, config.peft, base_model, "SEQ_CLS")
+    else:
+        trainer.save_model(str(model_dir))
+        tokenizer.save_pretrained(str(model_dir))
     meta = {"max_length": config.max_length, "base_model": base_model, "config": asdict(config), "seed": seed}
     (model_dir / RM_META_FILE).write_text(json.dumps(meta, indent=2))
     return {
@@ -299,12 +315,17 @@ class RewardScorer:
         return scores
 
     def as_reward_function(self) -> Callable[..., list[float]]:
-        """TRL `reward_funcs` style: f(prompts=[messages], completions=[[assistant message]]) -> scores."""
+        return reward_function_of(self)
 
-        def reward(prompts: Sequence[Messages], completions: Sequence[Any], **_: Any) -> list[float]:
-            return self.score(prompts, [c if isinstance(c, list) else str(c) for c in completions])
 
-        return reward
+def reward_function_of(scorer: Any) -> Callable[..., list[float]]:
+    """A scorer (`score(prompts, responses)`: an RM, an ensemble) in TRL `reward_funcs` style:
+    f(prompts=[messages], completions=[[assistant message]]) -> scores."""
+
+    def reward(prompts: Sequence[Messages], completions: Sequence[Any], **_: Any) -> list[float]:
+        return scorer.score(prompts, [c if isinstance(c, list) else str(c) for c in completions])
+
+    return reward
 
 
 # --------------------------------------------------------------------------------------------------

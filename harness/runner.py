@@ -81,17 +81,22 @@ def describe_plan(grid: Grid, plans: list[CellPlan]) -> str:
 def cell_run_info(grid: Grid, plan: CellPlan) -> layout.CellRunInfo:
     """What the cell's MLflow run says about it: config, overrides, stage keys, model paths."""
     stage_keys, fingerprints = {}, {}
+    rm_stages = [s for s in plan.stages if s.kind == "train_reward_model"]
     for stage in plan.stages:
         if stage.kind == "prepare_data":
             stage_keys[f"prepare_data.{stage.config['name']}"] = stage.key
             if stage.complete:
                 fingerprints[stage.config["name"]] = (stage.path / "fingerprint.txt").read_text()
+        elif stage.kind == "train_reward_model" and len(rm_stages) > 1:  # an ensemble: one entry per member
+            stage_keys[f"train_reward_model.{rm_stages.index(stage)}"] = stage.key
         else:
             stage_keys[stage.kind] = stage.key
     policy = plan.stage("train_policy")
     rm = plan.stage("train_reward_model")
     rm_path = str(rm.path / "model") if rm is not None else (
         plan.cell.config.reward_model.path if plan.cell.config.reward_model else None)
+    if len(rm_stages) > 1:
+        rm_path = json.dumps([str(s.path / "model") for s in rm_stages])
     return layout.CellRunInfo(
         grid=grid.experiment, name=plan.cell.name, key=plan.key, is_baseline=plan.cell.is_baseline,
         resolved_config=plan.cell.resolved(), overrides=plan.cell.overrides, stage_keys=stage_keys,
@@ -119,6 +124,7 @@ def stage_result(stage: Stage) -> layout.StageResult:
         files=[stage.path / "config.json"],
         artifacts_dir=stage.path / "artifacts",
         model_dir=stage.path / "model",
+        adapter_dir=stage.path / "adapter",
     )
 
 

@@ -1,6 +1,7 @@
 """The stage DAG of a grid cell, and the functions that execute each stage kind.
 
     prepare_data ─┬─> train_reward_model ─┐
+                  ├─> reference_logps ────┤
                   └───────────────────────┴─> train_policy ──> evaluate
 
 Each stage is content-addressed (`harness.cache.stage_key`): the hash of its kind, its code version,
@@ -13,13 +14,22 @@ result depends on, resolved at plan time:
   sha256, the judge endpoint for tasks that use one); tasks whose inputs are missing are listed apart
   (`missing`), not run, and retried once their input exists; judge settings of the after-the-fact
   `harness judge` step (prompts, num_prompts, reference) are not in it.
+- every stage that computes with a model: the engine the cell's `engine:` block resolved to on the
+  planning machine (`CellConfig.engine`, pinned at load), as much of it as the result depends on: the
+  precision (`ResolvedEngine.training_key()`) for train_reward_model, reference_logps and train_policy, the
+  whole engine (`key()`: kind, batching, a server's model) for evaluate (and its best-of-N samples) and for
+  algorithms that generate through it while training (`AlgorithmSpec.rollout_engine`: PPO). prepare_data has
+  none. The pinned settings travel with the stage's spec (`spec()["engine"]`), so a worker runs the planned
+  engine (`stage_engine`), never its own "auto".
+- reference_logps (harness/reference_logps.py): the reference model, the data stage, max length, truncation
+  and precision of the DPO-family cells (`AlgorithmSpec.reference_logps`) that share them; their
+  train_policy stages take it as input `reference_logps` instead of each running the reference pass.
 `STAGE_VERSIONS` versions each executor's own code; bump a kind's version when it changes what it
 produces (a task's own changes are in its fingerprint).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import logging
@@ -31,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import cache
+from harness.generation import EngineSettings
 from harness.grid import Cell
 
 logger = logging.getLogger(__name__)
@@ -43,7 +54,8 @@ STAGE_TAGS_FILE = "tags.json"
 # train_policy 2, evaluate 3: generation ignores a checkpoint's generation_config sampling settings, and PPO
 # zeroes functional dropout (attention_dropout); both change what models that ship such settings produce.
 # evaluate 4: per-task fingerprints, missing tasks apart, finished tasks reused from the task store.
-STAGE_VERSIONS = {"prepare_data": 2, "train_reward_model": 3, "train_policy": 2, "evaluate": 4}
+STAGE_VERSIONS = {"prepare_data": 2, "train_reward_model": 3, "train_policy": 2, "evaluate": 4,
+                  "reference_logps": 1}
 
 # Default Ray resource requests per kind (a user on a GPU cluster overrides with `resources:`).
 DEFAULT_RESOURCES = {
@@ -51,7 +63,11 @@ DEFAULT_RESOURCES = {
     "train_reward_model": {"num_cpus": 1},
     "train_policy": {"num_cpus": 1},
     "evaluate": {"num_cpus": 1},
+    "reference_logps": {"num_cpus": 1},
 }
+
+# The key, in the config an executor receives, of the stage's pinned engine settings (`execute_config`).
+ENGINE_SETTINGS = "engine_settings"
 
 
 @dataclass
@@ -62,6 +78,9 @@ class Stage:
     key: str = ""
     # Plan-time notes, not part of the key: evaluate's {task: why it is not run} (for --dry-run).
     missing: dict[str, str] = field(default_factory=dict)
+    # The cell's engine settings with "auto" resolved at plan time (`EngineSettings.pinned`), for the worker;
+    # only the part in `config["engine"]` changes the result (a server's URL or concurrency does not).
+    engine: EngineSettings | None = None
 
     def __post_init__(self) -> None:
         self.key = cache.stage_key(
@@ -88,8 +107,11 @@ class Stage:
 
     def spec(self) -> dict[str, Any]:
         """A plain-data description a remote worker can execute (no live objects)."""
-        return {"kind": self.kind, "key": self.key, "config": self.config,
+        spec = {"kind": self.kind, "key": self.key, "config": self.config,
                 "inputs": {role: {"kind": s.kind, "key": s.key} for role, s in self.inputs.items()}}
+        if self.engine is not None:
+            spec["engine"] = self.engine.model_dump(mode="json")
+        return spec
 
 
 @dataclass
@@ -115,16 +137,58 @@ def _data_stage(ref: Any, seed: int) -> Stage:
                                   "max_rows": ref.max_rows, "source": source_fingerprint(ref.name)})
 
 
-def _reward_model_stage(cfg: Any) -> tuple[Stage, Stage]:
-    """(data stage, train_reward_model stage) of a cell whose reward model is trained by the grid."""
+def _reward_model_stage(rm: Any, cell_seed: int, engine: EngineSettings) -> tuple[Stage, Stage]:
+    """(data stage, train_reward_model stage) of a reward model trained by the grid (`rm.dataset` set), at the
+    precision of the cell's (pinned) `engine`."""
+    from harness.config_fields import resolved_fields
     from harness.reward_model import RewardModelConfig, rewardbench_fingerprint
 
-    rm_data = _data_stage(cfg.reward_model.dataset, cfg.seed)
-    rm_train = dataclasses.asdict(RewardModelConfig(**cfg.reward_model.train))
+    seed = rm.seed if rm.seed is not None else cell_seed  # the RM's training seed; its data is the cell's
+    rm_data = _data_stage(rm.dataset, cell_seed)
+    rm_train = resolved_fields(RewardModelConfig(**rm.train))
     # The RewardBench data's hash (None = absent): the stage is redone when the data appears or changes.
-    return rm_data, Stage("train_reward_model", {"base": cfg.reward_model.base, "train": rm_train,
-                                                 "seed": cfg.seed, "rewardbench": rewardbench_fingerprint()},
-                          {"data": rm_data})
+    return rm_data, Stage("train_reward_model", {"base": rm.base, "train": rm_train,
+                                                 "seed": seed, "rewardbench": rewardbench_fingerprint(),
+                                                 "engine": engine.resolved().training_key()},
+                          {"data": rm_data}, engine=engine)
+
+
+@dataclass
+class RewardPlan:
+    """A cell's reward as stages: the RM stages to run (with their data), the inputs a consumer stage takes
+    (role -> RM stage) and the plain-data part of the reward (None: one trained RM, the input itself).
+
+    config: {"path": P} a given RM; {"verifier": V, "format_weight": w}; {"ensemble": [{"input": role} |
+    {"path": P}], "combine": c[, "uwo_lambda": l]} whose trained members are the inputs `reward_model.<i>`."""
+
+    stages: list[Stage] = field(default_factory=list)
+    inputs: dict[str, Stage] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+
+
+def reward_plan(rm: Any, cell_seed: int, engine: EngineSettings, role: str = "reward_model") -> RewardPlan:
+    """`role` names the input(s) of the trained RM(s): `role`, or `role.<i>` for ensemble members."""
+    plan = RewardPlan()
+    if rm.dataset is not None:
+        rm_data, rm_stage = _reward_model_stage(rm, cell_seed, engine)
+        plan.stages, plan.inputs = [rm_data, rm_stage], {role: rm_stage}
+    elif rm.path is not None:
+        plan.config = {"path": rm.path}
+    elif rm.verifier is not None:
+        plan.config = {"verifier": rm.verifier, "format_weight": rm.format_weight}
+    else:
+        members: list[dict[str, str]] = []
+        for i, member in enumerate(rm.ensemble):
+            if member.dataset is not None:
+                rm_data, rm_stage = _reward_model_stage(member, cell_seed, engine)
+                plan.stages += [rm_data, rm_stage]
+                plan.inputs[f"{role}.{i}"] = rm_stage
+                members.append({"input": f"{role}.{i}"})
+            else:
+                members.append({"path": member.path})
+        plan.config = {"ensemble": members, "combine": rm.combine,
+                       **({"uwo_lambda": rm.uwo_lambda} if rm.combine == "uwo" else {})}
+    return plan
 
 
 def _task_uses(name: str) -> tuple[str, ...]:
@@ -144,16 +208,20 @@ def _plan_tasks(cfg: Any, task_names: list[str]) -> tuple[dict[str, dict[str, An
     from harness.evaluation.base import judge_endpoint, plan_tasks
 
     return plan_tasks(task_names, cfg.eval.settings, judge=judge_endpoint(cfg.judge.model_dump()) if cfg.judge else None,
-                      has_reference=True, has_reward_model=cfg.reward_model is not None)
+                      has_reference=True,
+                      # tasks that score with a reward model take one RM (a verifier or an ensemble is none)
+                      has_reward_model=cfg.reward_model is not None and cfg.reward_model.is_single_model)
 
 
 def plan_cell(cell: Cell) -> CellPlan:
     from harness.evaluation.base import judge_endpoint
 
     cfg = cell.config
+    engine = cfg.engine  # pinned when the cell was loaded: resolving it again gives the same choice anywhere
+    resolved_engine = engine.resolved()
     stages: list[Stage] = []
     policy_stage: Stage | None = None
-    rm_stage: Stage | None = None
+    rewarded_by = reward_plan(cfg.reward_model, cfg.seed, engine) if cfg.reward_model is not None else RewardPlan()
     if cfg.algorithm is not None:
         inputs: dict[str, Stage] = {}
         if cfg.dataset is not None:
@@ -161,43 +229,46 @@ def plan_cell(cell: Cell) -> CellPlan:
         if cfg.prompts is not None:
             inputs["prompts"] = _data_stage(cfg.prompts, cfg.seed)
         stages.extend(inputs.values())
+        stages.extend(rewarded_by.stages)  # trained even when only the evaluation uses it (table3 groups by it)
         rm_config: dict[str, Any] | None = None
-        if cfg.reward_model is not None and cfg.reward_model.dataset is not None:
-            rm_data, rm_stage = _reward_model_stage(cfg)
-            if rm_data.key not in {s.key for s in stages}:
-                stages.append(rm_data)
-            stages.append(rm_stage)
-        elif cfg.reward_model is not None:
-            rm_config = {"path": cfg.reward_model.path}
         from harness.algorithms import ALGORITHMS
 
-        if ALGORITHMS.get(cfg.algorithm.name).needs_reward:
-            if rm_stage is not None:
-                inputs["reward_model"] = rm_stage
-        else:
-            rm_config = None  # e.g. DPO with an RM only for evaluation: training must not depend on it
+        algorithm = ALGORITHMS.get(cfg.algorithm.name)
+        if algorithm.needs_reward:
+            # (e.g. DPO with an RM only for evaluation: its training must not depend on the RM)
+            inputs.update(rewarded_by.inputs)
+            rm_config = rewarded_by.config
+        resolved_algorithm = cfg.algorithm.resolved()
+        if algorithm.reference_logps and "data" in inputs:
+            reference = _reference_stage(cfg.model, resolved_algorithm, inputs["data"], engine)
+            if reference is not None:
+                stages.append(reference)
+                inputs["reference_logps"] = reference
         policy_config: dict[str, Any] = {
-            "model": cfg.model, "algorithm": cfg.algorithm.resolved(), "seed": cfg.seed,
-            "reward_function": cfg.reward_function, "reward_model": rm_config,
+            "model": cfg.model, "algorithm": resolved_algorithm, "seed": cfg.seed,
+            # `reward_function` stays (always None: verifiers are `reward_model` configs now) so that the keys
+            # of the cells that had none are unchanged.
+            "reward_function": None, "reward_model": rm_config,
+            # The precision it trains at; the whole engine when it also generates through it (PPO's rollouts).
+            "engine": resolved_engine.key() if algorithm.rollout_engine else resolved_engine.training_key(),
         }
         if cfg.eval.checkpoint_every is not None:
             # Only when asked, so the keys (and cached models) of every other cell stay as they were.
             policy_config["checkpoint_every"] = cfg.eval.checkpoint_every
-        policy_stage = Stage("train_policy", policy_config, inputs)
+        policy_stage = Stage("train_policy", policy_config, inputs, engine=engine)
         stages.append(policy_stage)
     bon = cfg.eval.best_of_n
     ready, missing = _plan_tasks(cfg, cfg.eval.tasks)
     uses_rm = any("reward_model" in _task_uses(name) for name in ready) or bon is not None
-    if policy_stage is None and uses_rm and cfg.reward_model is not None and cfg.reward_model.dataset is not None:
+    if policy_stage is None and uses_rm:
         # The SFT baseline's samples scored by the same reward model as the policies' (seed 000 plots),
         # or the baseline's best-of-N picked by it.
-        rm_data, rm_stage = _reward_model_stage(cfg)
-        stages.extend([rm_data, rm_stage])
+        stages.extend(rewarded_by.stages)
     eval_inputs: dict[str, Stage] = {}
     if policy_stage is not None:
         eval_inputs["policy"] = policy_stage
-    if rm_stage is not None and uses_rm:
-        eval_inputs["reward_model"] = rm_stage
+    if uses_rm:
+        eval_inputs.update(rewarded_by.inputs)
     uses_judge = any("judge" in _task_uses(name) for name in ready)
     eval_config = {
         "tasks": ready,  # {task: resolve_task fingerprint}: what each result depends on
@@ -211,6 +282,8 @@ def plan_cell(cell: Cell) -> CellPlan:
                               else None),
         # Only the endpoint, and only for tasks that call it (`harness judge`'s fields are not here).
         "judge": judge_endpoint(cfg.judge.model_dump()) if uses_judge and cfg.judge else None,
+        # What generates and scores (kind, precision, batching; a server's model): it changes the answers.
+        "engine": resolved_engine.key(),
     }
     if policy_stage is not None and cfg.eval.checkpoint_every is not None:
         eval_config["checkpoint_every"] = cfg.eval.checkpoint_every  # only when asked, as best_of_n below
@@ -218,6 +291,10 @@ def plan_cell(cell: Cell) -> CellPlan:
         # cell's baseline (same key as the grid's own baseline cell, so shared and run once).
         baseline = Cell(f"{cell.name}/sft", cfg.model_copy(update={"algorithm": None}), {})
         eval_inputs["sft"] = plan_cell(baseline).stages[-1]
+    if policy_stage is not None and cfg.eval.checkpoint_every is not None and cfg.monitor.enabled:
+        eval_config["monitor"] = _monitor_plan(cfg, policy_stage, rewarded_by, stages, eval_inputs)
+    if uses_rm and rewarded_by.config is not None and "path" not in rewarded_by.config:
+        eval_config["reward"] = rewarded_by.config  # a verifier or an ensemble (only then: keys of the others kept)
     if bon is not None:
         # Only when asked: the keys (and cached results) of every other evaluation stay as they were.
         bon_ready, bon_missing = _plan_tasks(cfg, bon.tasks)
@@ -227,12 +304,47 @@ def plan_cell(cell: Cell) -> CellPlan:
         if any("judge" in _task_uses(name) for name in bon_ready) and cfg.judge:
             eval_config["judge"] = judge_endpoint(cfg.judge.model_dump())
         missing.update({f"bon/{name}": f"best-of-N {reason}" for name, reason in bon_missing.items()})
-    stages.append(Stage("evaluate", eval_config, eval_inputs, missing=missing))
+    stages.append(Stage("evaluate", eval_config, eval_inputs, missing=missing, engine=engine))
     # De-duplicate (the same data stage can feed both the policy and the reward model).
     unique: dict[str, Stage] = {}
     for stage in stages:
         unique.setdefault(stage.id, stage)
     return CellPlan(cell, list(unique.values()))
+
+
+def _monitor_plan(cfg: Any, policy: Stage, rewarded_by: RewardPlan, stages: list[Stage],
+                  eval_inputs: dict[str, Stage]) -> dict[str, Any]:
+    """The over-optimisation monitor's part of the evaluate stage (harness/monitor.py): its settings, the
+    proxy (the training reward: the policy's own reward inputs) and the gold signal (its RM stages as
+    `monitor_gold[.<i>]` inputs), and its prompts (`monitor_prompts`: a named set, else the training one)."""
+    from harness.algorithms import ALGORITHMS
+
+    monitor = cfg.monitor
+    prompts = _data_stage(monitor.prompts, cfg.seed) if monitor.prompts else (
+        policy.inputs.get("prompts") or policy.inputs["data"])
+    stages.append(prompts)
+    eval_inputs["monitor_prompts"] = prompts
+    config: dict[str, Any] = {**monitor.model_dump(exclude={"enabled", "gold", "prompts"}), "proxy": None, "gold": None}
+    if ALGORITHMS.get(cfg.algorithm.name).needs_reward and cfg.reward_model is not None:
+        eval_inputs.update(rewarded_by.inputs)
+        config["proxy"] = {"role": "reward_model", "reward": rewarded_by.config}
+    if monitor.gold == "judge":
+        config["gold"] = "judge"
+    elif monitor.gold is not None:
+        gold = reward_plan(monitor.gold, cfg.seed, cfg.engine, role="monitor_gold")
+        stages.extend(gold.stages)
+        eval_inputs.update(gold.inputs)
+        config["gold"] = {"role": "monitor_gold", "reward": gold.config}
+    return config
+
+
+def _reference_stage(model: str, algorithm: dict[str, Any], data: Stage, engine: EngineSettings) -> Stage | None:
+    """The `reference_logps` stage of a DPO-family cell (shared by every cell with the same reference model,
+    data, max length, truncation and precision), or None when its trainer computes its own."""
+    from harness import reference_logps
+
+    config = reference_logps.stage_config(model, algorithm, engine.resolved().training_key())
+    return None if config is None else Stage(reference_logps.KIND, config, {"data": data}, engine=engine)
 
 
 def unique_stages(plans: list[CellPlan]) -> list[Stage]:
@@ -276,8 +388,25 @@ def run_prepare_data(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     (out / "artifacts" / "data_summary.json").write_text(json.dumps(summary, indent=2))
     metrics = {"data/raw_rows": float(split.raw_count), "data/kept_rows": float(split.kept)}
     metrics.update({f"data/dropped_{reason}": float(n) for reason, n in split.dropped.items()})
+    metrics.update(preference_lengths(split.rows))
     (out / "fingerprint.txt").write_text(split.fingerprint)
     return metrics
+
+
+def preference_lengths(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Length statistics (characters) of preference pairs, for the length-controlled report views: the mean
+    chosen and rejected answer lengths and the share of pairs whose chosen answer is the longer one (a
+    preference for length in the data is what DPO-family training can turn into longer answers)."""
+    pairs = [r for r in rows if isinstance(r.get("chosen"), list) and isinstance(r.get("rejected"), list)]
+    if not pairs:
+        return {}
+
+    def chars(messages: list[dict[str, Any]]) -> int:
+        return sum(len(str(m.get("content", ""))) for m in messages)
+
+    chosen, rejected = [chars(r["chosen"]) for r in pairs], [chars(r["rejected"]) for r in pairs]
+    return {"data/chosen_chars_mean": sum(chosen) / len(pairs), "data/rejected_chars_mean": sum(rejected) / len(pairs),
+            "data/chosen_longer_rate": sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)}
 
 
 def _check_source(config: dict[str, Any], found: dict[str, Any]) -> None:
@@ -308,7 +437,8 @@ def run_train_reward_model(config: dict[str, Any], inputs: dict[str, Path], out:
         raise ValueError(f"train_reward_model: dataset {data['name']!r} (max_rows={data['max_rows']}) has "
                          f"{len(rows)} pair(s) after curation: {err}") from None
     history = History(out / "history.jsonl")
-    metrics = train_reward_model(train_rows, config["base"], rm_config, out, config["seed"], history.log)
+    metrics = train_reward_model(train_rows, config["base"], rm_config, out, config["seed"], history.log,
+                                 engine=stage_engine(config))
     metrics.update(evaluate_reward_model(str(out / "model"), heldout_rows, out))
     metrics["rm/train_pairs"] = float(len(train_rows))
     metrics["rm/heldout_pairs"] = float(len(heldout_rows))
@@ -352,29 +482,32 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     from harness.algorithms import ALGORITHMS, TrainContext
     from harness.algorithms.base import History
     from harness.models import resolve_model
-    from harness.rewards import REWARD_FUNCTIONS
+    from harness.reward_source import resolve
 
     algo = dict(config["algorithm"])
     spec = ALGORITHMS.get(algo.pop("name"))
     rows_from = inputs.get("prompts") or inputs.get("data")
     if rows_from is None:
         raise ValueError(f"algorithm {spec.name!r} got no training data")
-    reward_model_path = None
-    if "reward_model" in inputs:
-        reward_model_path = str(inputs["reward_model"] / "model")
-    elif config.get("reward_model"):
-        reward_model_path = resolve_model(config["reward_model"]["path"])
+    reward = resolve(config.get("reward_model"), inputs)
     history = History(out / "history.jsonl")
+    rows = _read_rows(rows_from)
+    reference = None
+    if "reference_logps" in inputs:  # computed once for every cell sharing it (harness/reference_logps.py)
+        from harness.reference_logps import ReferenceLogps
+
+        reference = ReferenceLogps.load(inputs["reference_logps"], rows)
     ctx = TrainContext(
         policy_path=resolve_model(config["model"]),
-        train_rows=_read_rows(rows_from),
+        train_rows=rows,
         config=spec.make_config(algo),
         out_dir=out,
         seed=config["seed"],
-        reward_model_path=reward_model_path,
-        reward_function=REWARD_FUNCTIONS.get(config["reward_function"]) if config.get("reward_function") else None,
         log=history.log,
         checkpoint_every=config.get("checkpoint_every"),
+        engine=stage_engine(config),
+        reference_logps=reference,
+        **(reward.train_fields() if reward is not None else {}),
     )
     (out / "artifacts").mkdir(exist_ok=True)
     start = time.perf_counter()
@@ -383,12 +516,26 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     if ctx.checkpoint_every:  # before trainer/ (where TRL saved them) is removed
         from harness.checkpoints import finalize
 
-        steps = finalize(out, ctx.checkpoint_every, int(metrics["train/steps"]))
+        steps = finalize(out, ctx.checkpoint_every, int(metrics["train/steps"]), base_model=ctx.policy_path)
         metrics["train/checkpoints"] = float(len(steps))
     shutil.rmtree(out / "trainer", ignore_errors=True)  # TRL's output_dir: nothing we need is left there
     if not (out / "model" / "config.json").exists():
         raise RuntimeError(f"algorithm {spec.name!r} did not save a model to {out / 'model'}")
     return metrics
+
+
+def run_reference_logps(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
+    from harness import reference_logps
+    from harness.generation import record_engine
+    from harness.models import resolve_model
+
+    engine = stage_engine(config)
+    rows = _read_rows(inputs["data"])
+    start = time.perf_counter()
+    found = reference_logps.compute(resolve_model(config["model"]), rows, config, engine, out)
+    found.save(out)
+    record_engine(out, engine.resolved())
+    return {**found.metrics(), "ref/wall_seconds": time.perf_counter() - start}
 
 
 def _task_settings(block: dict[str, Any]) -> dict[str, Any]:
@@ -409,7 +556,7 @@ def _eval_context(config: dict[str, Any], model_path: str, out_dir: Path, reward
         model_path=model_path, out_dir=out_dir, limit=config["limit"], seed=config["seed"],
         batch_size=config["batch_size"], judge=config.get("judge"),
         reference_path=resolve_model(config["reference_model"]), reward_model_path=reward_model_path,
-        settings=_task_settings(config),
+        settings=_task_settings(config), engine=stage_engine(config),
     )
 
 
@@ -442,22 +589,35 @@ def _checked_results(out_dir: Path, block: dict[str, Any]) -> dict[str, Any]:
 def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
     from harness.mlflow_layout import evaluation_tags
     from harness.models import resolve_model
+    from harness.reward_source import resolve
 
     model_path = str(inputs["policy"] / "model") if "policy" in inputs else resolve_model(config["model"])
-    reward_model_path = None
-    if "reward_model" in inputs:
-        reward_model_path = str(inputs["reward_model"] / "model")
-    elif config.get("reward_model_path"):
-        reward_model_path = resolve_model(config["reward_model_path"])
+    reward = resolve(config.get("reward") or ({"path": config["reward_model_path"]}
+                                              if config.get("reward_model_path") else None), inputs)
+    # `rm_reward` scores with one reward model; a verifier or an ensemble has none to give it.
+    reward_model_path = reward.model_path if reward is not None else None
     ctx = _eval_context(config, model_path, out / "artifacts" / "samples", reward_model_path)
     metrics, results = _run_planned(ctx, config, store=True)
+    from harness.generation import record_engine
+
+    # What generated and scored: the engine built (its own record), else the planned settings (no task generated).
+    record_engine(out, getattr(ctx._generator, "resolved", None) or ctx.engine.resolved())
     del ctx  # frees the evaluated model's generator before another model (a checkpoint, the SFT sampler) loads
     gc.collect()
     tags = evaluation_tags(results)  # which tasks have no result and why, which were reused
     if config.get("checkpoint_every") and "policy" in inputs:
-        _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward_model_path, metrics, out)
+        rows = _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward_model_path, metrics, out)
+        if config.get("monitor"):
+            _monitor(config, inputs, rows, metrics, out)
+        from harness.checkpoints import HISTORY_FILE
+
+        with (out / HISTORY_FILE).open("w") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, sort_keys=True) + "\n")
     if config.get("best_of_n"):
-        bon_metrics, bon_results = _best_of_n(config, reward_model_path, out)
+        if reward is None:  # the config validator forbids it; a hand-made spec could still
+            raise ValueError("best-of-N needs the cell's reward model, and this evaluate stage has none")
+        bon_metrics, bon_results = _best_of_n(config, reward, out)
         metrics.update(bon_metrics)
         tags.update(evaluation_tags(bon_results, best_of_n=True))
     _write_tags(out, tags)
@@ -465,15 +625,15 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
 
 
 def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Path | None,
-                          reward_model_path: str | None, final: dict[str, float], out: Path) -> None:
-    """The cell's eval tasks (same limit, seed, judge) on each intermediate checkpoint of the policy,
-    written as `checkpoint_history.jsonl` rows {"step": s, metric: value} for the runner to log over steps.
+                          reward_model_path: str | None, final: dict[str, float], out: Path) -> list[dict[str, Any]]:
+    """The cell's eval tasks (same limit, seed, judge) on each intermediate checkpoint of the policy, as
+    rows {"step": s, metric: value} (written to `checkpoint_history.jsonl` for the runner to log over steps).
 
     Step 0 is the SFT model's metrics from the baseline evaluate stage (`sft_dir`, same settings); the
     last row is the final model's own metrics at the final step (not a re-evaluation), so a curve ends
     at exactly the number the cell reports. Samples go to artifacts/checkpoints/step-<s>/.
     """
-    from harness.checkpoints import HISTORY_FILE, final_step, list_checkpoints
+    from harness.checkpoints import final_step, list_checkpoints
 
     def curve_metrics(metrics: dict[str, float]) -> dict[str, float]:
         # Timings are not a property of the checkpoint: left out of the curves.
@@ -490,13 +650,58 @@ def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Pat
         del ctx
         gc.collect()
     rows.append({"step": final_step(policy_dir), **curve_metrics(final)})
-    with (out / HISTORY_FILE).open("w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
+    return rows
 
 
-def _best_of_n(config: dict[str, Any], reward_model_path: str | None,
-               out: Path) -> tuple[dict[str, float], dict[str, Any]]:
+def _monitor(config: dict[str, Any], inputs: dict[str, Path], rows: list[dict[str, Any]],
+             final: dict[str, float], out: Path) -> None:
+    """The over-optimisation monitor (harness/monitor.py) at step 0 (the SFT model), at every checkpoint and
+    at the final model: its metrics join the checkpoint rows (and `final`), its flags `final` and the
+    stage's tags."""
+    from harness import monitor
+    from harness.checkpoints import list_checkpoints
+    from harness.judge.client import judge_client_from_settings
+    from harness.models import load_causal_lm, resolve_model
+    from harness.reward_source import resolve
+
+    settings_config = config["monitor"]
+    settings = monitor.Settings.from_config(settings_config)
+    prompt_rows = _read_rows(inputs["monitor_prompts"])[: settings.limit]
+
+    def scorer(part: dict[str, Any] | str | None) -> Any:
+        if not isinstance(part, dict):
+            return None
+        source = resolve(part["reward"], inputs, role=part["role"])
+        return source.scorer(batch_size=config["batch_size"]) if source is not None else None
+
+    proxy, gold = scorer(settings_config["proxy"]), scorer(settings_config["gold"])
+    judge = judge_client_from_settings(config.get("judge")) if settings_config["gold"] == "judge" else None
+    refusal_rows, refusal_note = monitor.refusal_prompts(settings.refusal_limit)
+    sft_path = resolve_model(config["reference_model"])
+    reference, reference_tok = load_causal_lm(sft_path)
+    points = [(0, sft_path), *[(step, str(folder)) for step, folder in list_checkpoints(inputs["policy"])],
+              (rows[-1]["step"], str(inputs["policy"] / "model"))]
+    by_step = {row["step"]: row for row in rows}
+    sft_texts: list[str] | None = None
+    for step, path in points:
+        sampled = monitor.measure(path, reference, reference_tok, prompt_rows, proxy, gold, settings,
+                                  seed=config["seed"], batch_size=config["batch_size"], judge=judge,
+                                  sft_texts=sft_texts, refusal_rows=refusal_rows)
+        if step == 0:
+            sft_texts = sampled.texts
+            if judge is not None:  # the SFT model against itself: a tie by definition
+                sampled.metrics[monitor.GOLD] = 0.5
+        by_step.setdefault(step, {"step": step}).update(sampled.metrics)
+    rows[:] = [by_step[s] for s in sorted(by_step)]
+    final.update(rows[-1])
+    final.pop("step", None)
+    flag_metrics, tags = monitor.flags(rows, settings)
+    final.update(flag_metrics)
+    tags[monitor.TAG_REFUSAL] = refusal_note or f"XSTest string-match on {len(refusal_rows)} prompts"
+    _write_tags(out, tags)
+
+
+def _best_of_n(config: dict[str, Any], reward: Any, out: Path) -> tuple[dict[str, float], dict[str, Any]]:
     """`bon/<task>/<metric>`: the tasks on the reward model's picks among N samples of the SFT model.
 
     The SFT model is the cell's starting model (`reference_model`), whatever policy the cell trained;
@@ -508,15 +713,13 @@ def _best_of_n(config: dict[str, Any], reward_model_path: str | None,
     from harness.models import resolve_model
 
     bon = config["best_of_n"]
-    if reward_model_path is None:  # the config validator forbids it; a hand-made spec could still
-        raise ValueError("best-of-N needs the cell's reward model, and this evaluate stage has none")
     sft_path = resolve_model(config["reference_model"])
     cache, model_key = default_cache(sft_path)
     settings = BestOfNConfig(n=bon["n"], temperature=bon["temperature"], top_p=bon["top_p"], seed=bon["seed"])
-    base = make_generator(sft_path, batch_size=config["batch_size"])
+    base = make_generator(sft_path, batch_size=config["batch_size"], engine=stage_engine(config))
     # Not through the task store: the picks depend on the reward model and the candidates, which the
     # task fingerprint of the SFT model does not say; the candidates themselves are cached.
-    found = best_of_n_tasks(base, sft_path, reward_model_path, _planned_names(bon), out / "artifacts" / "bon",
+    found = best_of_n_tasks(base, sft_path, reward, _planned_names(bon), out / "artifacts" / "bon",
                             cache, model_key, settings, limit=bon["limit"], batch_size=config["batch_size"],
                             task_settings=_task_settings(bon), judge=config.get("judge"), planned=bon["tasks"])
     results = _checked_results(out / "artifacts" / "bon", bon)
@@ -532,7 +735,31 @@ EXECUTORS: dict[str, Callable[[dict[str, Any], dict[str, Path], Path], dict[str,
     "train_reward_model": run_train_reward_model,
     "train_policy": run_train_policy,
     "evaluate": run_evaluate,
+    "reference_logps": run_reference_logps,
 }
+
+
+def executor_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """The config an executor gets: the stage's config plus its pinned engine settings (`ENGINE_SETTINGS`)."""
+    if "engine" not in spec:
+        return spec["config"]
+    return {**spec["config"], ENGINE_SETTINGS: spec["engine"]}
+
+
+def stage_engine(config: dict[str, Any]) -> EngineSettings:
+    """The engine a stage runs with: the settings its plan pinned, checked against the part in its key (a
+    worker never resolves "auto" itself: it would choose by its own device)."""
+    planned = config["engine"]
+    given = config.get(ENGINE_SETTINGS)
+    try:
+        settings = EngineSettings(**given) if given is not None else EngineSettings(**planned)
+    except ValueError as err:  # a hand-made spec without the settings of a server engine
+        raise RuntimeError(f"stage config engine {planned}: no runnable engine settings in the spec ({err})") from None
+    resolved = settings.resolved()
+    found = {**resolved.key(), **resolved.training_key()}
+    if any(found.get(name) != value for name, value in planned.items()):
+        raise RuntimeError(f"the stage's engine settings resolve to {found} here, but its key says {planned}")
+    return settings
 
 
 def execute_stage(spec: dict[str, Any]) -> str:
@@ -563,7 +790,7 @@ def execute_stage(spec: dict[str, Any]) -> str:
     (tmp / "config.json").write_text(json.dumps(spec, indent=2, default=str))
     start = time.perf_counter()
     try:
-        metrics = EXECUTORS[kind](spec["config"], inputs, tmp)
+        metrics = EXECUTORS[kind](executor_config(spec), inputs, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness import tracking
 from reports import figures as _figures  # noqa: F401  (registers the figure builders)
+from reports import monitor as _monitor  # noqa: F401  (the over-optimisation monitor and length-controlled views)
 from reports import tables as _tables  # noqa: F401  (registers the table builders)
 from reports.compute import add_compute_columns, report_device
 from reports.data import Experiment

@@ -163,11 +163,20 @@ def table2(ctx: ReportContext) -> ReportTable:
 # ------------------------------------------------------------------------------------------------
 
 def rm_identity(cell: CellRun) -> str | None:
-    """A reward model is its training stage's content hash, or the folder it was given as."""
+    """A reward model is its training stage's content hash, or the folder it was given as; an ensemble is
+    its members and combination rule (the cell's `reward_model.*` params)."""
+    if cell.param("reward_model.ensemble"):
+        return "ensemble:" + "|".join(f"{k}={v}" for k, v in sorted(cell.params.items())
+                                      if k.startswith("reward_model."))
     return cell.stage_key("train_reward_model") or cell.param("reward_model.path")
 
 
 def rm_label(cell: CellRun) -> str:
+    if cell.param("reward_model.ensemble"):
+        combine = cell.param("reward_model.combine") or "mean"
+        if combine == "uwo":
+            combine += f", lambda {cell.param('reward_model.uwo_lambda')}"
+        return f"RM ensemble ({combine})"
     if cell.param("reward_model.path"):
         return cell.param("reward_model.path") or "—"
     data = cell.param("reward_model.dataset.name") or "?"
@@ -194,10 +203,14 @@ def rm_groups(ctx: ReportContext) -> list[tuple[str, list[CellRun]]]:
 def reward_labels(ctx: ReportContext) -> dict[int, str]:
     """id(policy cell) -> the name of what rewarded it: its reward model, labelled as in `rm_groups`
     (two RMs that differ only in training settings get their hash, not one shared name), or its
-    verifiable reward function. Cells with neither are absent."""
+    verifier. Cells with none are absent."""
     labels = {id(cell): label for label, cells in rm_groups(ctx) for cell in cells}
     for cell in ctx.exp.policies:
-        if id(cell) not in labels and cell.param("reward_function"):
+        if id(cell) in labels:
+            continue
+        if cell.param("reward_model.verifier"):
+            labels[id(cell)] = f"{cell.param('reward_model.verifier')} (verifier)"
+        elif cell.param("reward_function"):  # runs logged before verifiers moved under reward_model
             labels[id(cell)] = f"{cell.param('reward_function')} (reward function)"
     return labels
 

@@ -67,6 +67,6 @@ def test_algorithms_smoke_grid_covers_every_algorithm():
         assert cell.config.model == "smollm2-135m-instruct"
         assert cell.config.eval.tasks == ["smoke_lowercase", "policy_kl"]
         if cell.config.algorithm is not None:
-            assert cell.config.dataset.name == "smoke-lowercase" and cell.config.reward_function == "lowercase_fraction"
+            assert cell.config.dataset.name == "smoke-lowercase" and cell.config.reward_model.verifier == "smoke_lowercase_fraction"
             resolved = cell.config.algorithm.resolved()
             assert 0 < resolved["max_steps"] <= 24  # a few steps: the grid stays CPU-feasible

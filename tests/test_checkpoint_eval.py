@@ -39,7 +39,15 @@ def test_keys_without_the_option_are_unchanged() -> None:
     assert with_ckpt.stage("prepare_data").key == plan.stage("prepare_data").key
     assert with_ckpt.stage("train_policy").key != plan.stage("train_policy").key
     assert with_ckpt.stage("train_policy").config == {**plan.stage("train_policy").config, "checkpoint_every": 2}
-    assert with_ckpt.stage("evaluate").config == {**plan.stage("evaluate").config, "checkpoint_every": 2}
+    # Checkpoint evaluations bring the over-optimisation monitor (harness/monitor.py), measured at each one ...
+    monitor = with_ckpt.stage("evaluate").config["monitor"]
+    assert with_ckpt.stage("evaluate").config == {**plan.stage("evaluate").config, "checkpoint_every": 2,
+                                                  "monitor": monitor}
+    assert monitor["proxy"] is None and monitor["gold"] is None  # DPO trains on no reward; no gold signal set
+    # ... and with it switched off, only the option itself is added.
+    off = grid_spec(checkpoint_every=2)
+    off["base"]["monitor"] = {"enabled": False}
+    assert dpo_plan(off).stage("evaluate").config == {**plan.stage("evaluate").config, "checkpoint_every": 2}
     # Its step-0 point reads the baseline cell's own evaluate stage (shared, not a second SFT evaluation).
     sft = next(p for p in plan_grid(build_grid(grid_spec(checkpoint_every=2))) if p.cell.is_baseline)
     plain_sft = next(p for p in plan_grid(build_grid(grid_spec())) if p.cell.is_baseline)

@@ -3,9 +3,13 @@ in `generation_config.json` must not reach any generation path that trains on it
 the policy with them: PPO's rollouts (`HFGenerator`, also best-of-N's and every eval's engine), the TRL
 online trainers (GRPO, RLOO, online DPO) and `policy_kl`'s sampler.
 
-Each test runs the real `generate` on a tiny Llama whose generation config sets repetition_penalty,
-min_p, no_repeat_ngram_size, top_k, top_p, ...; `generate` is only instrumented to also return its
-processed scores (what it sampled from) and raw logits, which must satisfy scores == logits / tau."""
+Each test runs on a tiny Llama whose generation config sets repetition_penalty, min_p,
+no_repeat_ngram_size, top_k, top_p, .... Where `generate` samples (TRL, policy_kl), it is only
+instrumented to also return its processed scores (what it sampled from) and raw logits, which must
+satisfy scores == logits / tau. `HFGenerator` samples each row with its own seeded generator through
+`harness.generation.sample_rows` (every batching: inside `generate` for `static`, in its own decode loop
+for `compact`); that function is instrumented to record what each row was sampled from, which must be
+the policy's teacher-forced logits (PPO's `response_logits`) at temperature tau, nothing else applied."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import pytest
 import torch
 
 from harness.algorithms import ALGORITHMS, TrainContext
-from harness.algorithms.ppo import PPOConfig, gather_logprobs, pack_rollouts, response_logits, response_tokens
+from harness.algorithms.ppo import PPOConfig, pack_rollouts, response_logits
 from harness.generation import HFGenerator, SamplingParams
 from harness.rewards import REWARD_FUNCTIONS
 
@@ -87,46 +91,94 @@ def test_the_fixture_checkpoint_changes_plain_generate(opinionated_model: str, r
         assert_sampled_from_logits_over(TAU, recorded_generate)
 
 
-def test_rollouts_are_sampled_from_the_logits_ppo_scores(opinionated_model: str, recorded_generate: list):
-    """HFGenerator (PPO's rollout engine): processed scores == logits / tau at every step, and PPO's own
-    log-probs of the sampled tokens (what Eq. 4's KL and Eq. 5's ratio use) are those of the distribution
-    the tokens were drawn from. The checkpoint's own generation config is left as it was."""
+@pytest.fixture
+def recorded_row_sampling(monkeypatch) -> dict:
+    """{row seed: [(logits the row was sampled from, temperature, top_p), ...]}: every call of
+    `harness.generation.sample_rows` (the call itself is real); a row is named by its generator's seed."""
+    import harness.generation as generation
+
+    rows: dict[int, list] = {}
+    real = generation.sample_rows
+
+    def sample_rows(logits, generators, temperature, top_p):
+        for row_logits, generator in zip(logits, generators):
+            rows.setdefault(generator.initial_seed(), []).append((row_logits.float().clone(), temperature, top_p))
+        return real(logits, generators, temperature, top_p)
+
+    monkeypatch.setattr(generation, "sample_rows", sample_rows)
+    return rows
+
+
+def assert_rows_sampled_from_ppo_logits(policy, tok, prompts: list, samples: list, params: SamplingParams,
+                                        recorded: dict) -> None:
+    """Every completion token was drawn from softmax of exactly PPO's own teacher-forced logits / tau (what
+    Eq. 4's KL and Eq. 5's ratio score): no top-k/top-p, penalty or suppression of the checkpoint's."""
+    from harness.generation import derive_seed, prompt_seeds_for
+
+    n = params.num_return_sequences
+    flat = [s for row in samples for s in row]
+    rollouts = pack_rollouts(flat, [p for p in prompts for _ in range(n)], tok.pad_token_id)
+    with torch.no_grad():
+        ppo_logits = response_logits(policy, rollouts, params.temperature)  # already divided by tau
+    seeds = prompt_seeds_for(params.seed, len(prompts))
+    for r, sample in enumerate(flat):
+        steps = recorded[derive_seed(seeds[r // n], r % n)][: len(sample.completion_ids)]
+        assert len(steps) == len(sample.completion_ids), f"row {r}: not every token went through the sampler"
+        assert {(t, p) for _, t, p in steps} == {(params.temperature, 1.0)}
+        sampled_from = torch.stack([logits for logits, _, _ in steps]) / params.temperature
+        assert torch.allclose(sampled_from, ppo_logits[r, : len(steps)], rtol=0, atol=1e-4), f"row {r}: logits altered"
+
+
+@pytest.mark.parametrize("batching", ["static", "compact"])
+def test_rollouts_are_sampled_from_the_logits_ppo_scores(opinionated_model: str, batching: str,
+                                                         recorded_row_sampling: dict):
+    """HFGenerator (PPO's rollout engine), each batching: every sampled token replays from the logits PPO
+    scores at tau. The checkpoint's own generation config is left as it was."""
     from transformers import AutoModelForCausalLM
 
     from harness.models import load_tokenizer
 
     tok = load_tokenizer(opinionated_model)
     policy = AutoModelForCausalLM.from_pretrained(opinionated_model).eval()
-    n = 2
-    samples = HFGenerator(policy, tok, batch_size=2).generate_samples(
-        _prompts(), SamplingParams(max_new_tokens=8, temperature=TAU, num_return_sequences=n, seed=5))
-    assert_sampled_from_logits_over(TAU, recorded_generate)
-    (out,) = recorded_generate
-    flat = [s for row in samples for s in row]
-    rollouts = pack_rollouts(flat, [p for p in _prompts() for _ in range(n)], tok.pad_token_id)
-    with torch.no_grad():
-        ppo_logprobs = gather_logprobs(response_logits(policy, rollouts, TAU), response_tokens(rollouts))
-    sampled_logprobs = torch.stack(
-        [torch.log_softmax(s, -1).gather(1, out.sequences[:, -len(out.scores) + t, None]).squeeze(1)
-         for t, s in enumerate(out.scores)], dim=1)
-    width = rollouts.response_mask.shape[1]
-    mask = rollouts.response_mask
-    assert torch.allclose(ppo_logprobs * mask, sampled_logprobs[:, :width] * mask, atol=1e-4)
+    params = SamplingParams(max_new_tokens=8, temperature=TAU, num_return_sequences=2, seed=5)
+    samples = HFGenerator(policy, tok, batch_size=2, batching=batching).generate_samples(_prompts(), params)
+    assert_rows_sampled_from_ppo_logits(policy, tok, _prompts(), samples, params, recorded_row_sampling)
     assert policy.generation_config.repetition_penalty == 1.5 and policy.generation_config.min_p == 0.2
 
 
+@pytest.mark.parametrize("batching", ["static", "compact"])
 def test_ppo_training_rollouts_ignore_the_checkpoint_sampling_settings(
-    opinionated_model: str, recorded_generate: list, tmp_path: Path
+    opinionated_model: str, tmp_path: Path, monkeypatch, batching: str, recorded_row_sampling: dict
 ):
-    from datasets_registry import prepare
+    """PPO's first rollout batch (drawn before any update, so from the checkpoint's weights) was sampled
+    from the checkpoint's logits at tau; fp32, so teacher-forced logits match the sampler's to 1e-4."""
+    from transformers import AutoModelForCausalLM
 
+    from datasets_registry import prepare
+    from harness.generation import EngineSettings
+    from harness.models import load_tokenizer
+
+    calls: list = []
+    real = HFGenerator.generate_samples
+
+    def recorded(self, prompts, params, chat=True):
+        samples = real(self, prompts, params, chat)
+        calls.append((list(prompts), params, samples))
+        return samples
+
+    monkeypatch.setattr(HFGenerator, "generate_samples", recorded)
     cfg = PPOConfig(prompt_batch_size=2, minibatch_size=2, max_new_tokens=6, max_steps=2, value_init="policy",
                     generation_batch_size=2, temperature=TAU)
     ctx = TrainContext(policy_path=opinionated_model, train_rows=prepare("smoke-lowercase-eval", seed=0).rows[:4],
-                       config=cfg, out_dir=tmp_path, seed=1, reward_function=REWARD_FUNCTIONS.get("lowercase"))
+                       config=cfg, out_dir=tmp_path, seed=1, reward_function=REWARD_FUNCTIONS.get("lowercase"),
+                       engine=EngineSettings(dtype="float32", batching=batching))
     ALGORITHMS.get("ppo").train(ctx)
-    assert len(recorded_generate) == 2  # one rollout batch per update
-    assert_sampled_from_logits_over(TAU, recorded_generate)
+    assert len(calls) == 2  # one rollout batch per update
+    prompts, params, samples = calls[0]
+    assert (params.temperature, params.top_p) == (TAU, 1.0)
+    policy = AutoModelForCausalLM.from_pretrained(opinionated_model).eval()
+    assert_rows_sampled_from_ppo_logits(policy, load_tokenizer(opinionated_model), prompts, samples, params,
+                                        recorded_row_sampling)
     saved = json.loads((tmp_path / "model" / "generation_config.json").read_text())
     assert saved["repetition_penalty"] == 1.5 and saved["min_p"] == 0.2  # the checkpoint keeps its own
 

@@ -32,9 +32,12 @@ GRID = {
          "value_init": "policy", "generation_batch_size": 4},
     ]},
 }
-EXPECTED_TABLES = {"table1", "table2", "table5", "table11", "rm_eval", "prompt_rewards"}
+# (checkpoint evaluations bring the over-optimisation monitor: `overoptimisation`, `monitor`; evaluation
+# answers and the DPO cell's preference pairs bring `length_control`)
+EXPECTED_TABLES = {"table1", "table2", "table5", "table11", "rm_eval", "prompt_rewards", "overoptimisation",
+                   "length_control"}
 EXPECTED_FIGURES = {"fig1", "fig6", "fig7", "reward_boxplot", "reward_vs_kl", "rm_score_distributions",
-                    "policy_reward_distributions"}
+                    "policy_reward_distributions", "monitor"}
 
 
 @pytest.fixture(scope="module")

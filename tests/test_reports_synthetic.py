@@ -201,16 +201,28 @@ def log_cell(exp_id: str, name: str, params: dict, overrides: dict, *, quality: 
         summary.update(train_metrics)
     recs, eval_metrics = eval_records(rng, quality, reward)
     # Evaluations of intermediate checkpoints: the last one is the final model (the logged value).
-    ckpt = [{"step": s, **{k: eval_metrics[k] * (0.8 + 0.2 * s / 30) for k in CHECKPOINT_TASKS}}
+    ckpt = [{"step": s, **{k: eval_metrics[k] * (0.8 + 0.2 * s / 30) for k in CHECKPOINT_TASKS},
+             # the over-optimisation monitor's signals (harness/monitor.py): PPO's proxy keeps rising while
+             # its gold signal turns down late, DPO's both rise
+             "monitor/proxy_reward": quality * s / 30, "monitor/kl": 0.3 * s * quality,
+             "monitor/gold_reward": quality * (s / 30 if algorithm != "ppo" else 1 - abs(s - 10) / 30),
+             "monitor/response_length": 40.0 * (1 + s / (20 if algorithm == "ppo" else 90)),
+             "monitor/truncation_rate": 0.01 * s / 30}
             for s in (0, 10, 20, 30)] if checkpoints else []
+    monitor_tags: dict[str, str] = {}
+    if ckpt:
+        from harness.monitor import Settings, flags
+
+        flag_metrics, monitor_tags = flags(ckpt, Settings())
+        eval_metrics.update({k: v for k, v in ckpt[-1].items() if k.startswith("monitor/")}, **flag_metrics)
     _stage(exp_id, parent, "evaluate", {}, eval_metrics, {f"samples/{t}.samples.jsonl": r for t, r in recs.items()},
            checkpoints=ckpt)
     summary.update(eval_metrics)
     summary.update(extra_metrics or {})
-    layout.finish_cell_run(parent, summary, ckpt)
+    layout.finish_cell_run(parent, summary, ckpt, tags=monitor_tags)
     if judge is not None:
         layout.append_metrics(parent, {"judge/win_rate": judge, "judge/win_rate_ci_low": judge - 0.07,
-                                       "judge/win_rate_ci_high": judge + 0.07})
+                                       "judge/win_rate_ci_high": judge + 0.07, "judge/lc_win_rate": judge - 0.03})
     return parent
 
 

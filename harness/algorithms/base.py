@@ -13,9 +13,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.generation import EngineSettings
 
 DataKind = Literal["pairs", "unpaired", "prompts"]
 
@@ -45,10 +48,18 @@ class TrainContext:
     seed: int = 0
     reward_model_path: str | None = None  # a trained sequence-classification RM folder
     reward_function: Callable[..., list[float]] | None = None  # verifiable reward (TRL reward_funcs style)
+    reward_ensemble: Any = None  # harness.reward_ensemble.EnsembleSpec: several RMs, scores combined
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     # Save the policy every N optimizer steps (PPO: updates) under out_dir/checkpoints (harness.checkpoints);
     # None = only the final model, as without `eval.checkpoint_every`.
     checkpoint_every: int | None = None
+    # Engine and precision (`harness.generation.EngineSettings`): training runs under bf16 autocast where
+    # it resolves to bf16; PPO samples its rollouts with it. None = `EngineSettings()` (the detected choice).
+    engine: EngineSettings | None = None
+    # The frozen reference's summed log-probs of each row's chosen and rejected answer, computed once by a
+    # shared `reference_logps` stage (`harness.reference_logps.ReferenceLogps`, aligned with train_rows);
+    # None = the trainer computes its own. Only for algorithms with `AlgorithmSpec.reference_logps`.
+    reference_logps: Any = None
 
 
 @dataclass
@@ -61,6 +72,13 @@ class AlgorithmSpec:
     train: Callable[[TrainContext], dict[str, float]]
     defaults_source: str  # where the config defaults come from (paper table, method paper)
     description: str = ""
+    # Its loss reads the frozen reference's log-probs of each pair's chosen and rejected answers, which its
+    # train function takes precomputed (`TrainContext.reference_logps`): cells sharing the reference model,
+    # data, max length and precision then share one `reference_logps` stage (harness/reference_logps.py).
+    reference_logps: bool = False
+    # It samples from the policy through the harness's generation engine while it trains (PPO's rollouts):
+    # its result then depends on the whole engine (kind, batching), not only on the training precision.
+    rollout_engine: bool = False
 
     def make_config(self, overrides: dict[str, Any]) -> Any:
         """Config dataclass from the grid's overrides; unknown fields raise naming the valid ones."""

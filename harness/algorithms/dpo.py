@@ -27,6 +27,8 @@ from harness.config_fields import (
     PositiveInt,
     WarmupRatio,
 )
+from harness.lora import PeftField
+from harness.reference_logps import TRUNCATION_MODE
 
 # TRL 1.16 DPOConfig.loss_type values (its docstring and DPOTrainer's "Unknown loss type" list).
 DPOLossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -35,6 +37,8 @@ DPOLossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust
 
 @dataclass
 class DPOAlgoConfig(CheckedConfig):
+    OMITTED_AT_DEFAULT = ("peft",)  # added later: left out of the stage key while null (older keys unchanged)
+
     beta: PositiveFloat = 0.1  # App. F.1
     learning_rate: PositiveFloat = 5e-7  # App. F.1
     num_train_epochs: PositiveFloat = 3.0  # App. F.1
@@ -52,18 +56,18 @@ class DPOAlgoConfig(CheckedConfig):
     # reference model in memory during training. On by default for the memory; whether it also saves
     # time depends on the machine and the number of epochs (benchmarks/bench_dpo_precompute.py).
     precompute_ref_log_probs: bool = True
+    peft: PeftField = None  # LoRA / QLoRA (harness/lora.py); null = full fine-tuning
     gradient_checkpointing: bool = False  # off: on CPU it costs time and the small models fit
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
 
 
 def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
-    import torch
     from trl import DPOConfig
 
+    from harness.algorithms.trl_common import device_kwargs
     from harness.checkpoints import trainer_save_kwargs
 
-    on_gpu = torch.cuda.is_available()
     loss_types = [cfg.loss_type] + (["sft"] if cfg.sft_weight > 0 else [])
     weights = [1.0] + ([cfg.sft_weight] if cfg.sft_weight > 0 else [])
     return DPOConfig(
@@ -77,12 +81,15 @@ def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_length=cfg.max_length,
+        truncation_mode=TRUNCATION_MODE,  # TRL's default; the shared reference pass cuts sequences the same way
         loss_type=loss_types,
         loss_weights=weights if len(weights) > 1 else None,
         label_smoothing=cfg.label_smoothing,
-        # Under several ranks TRL keeps precomputed reference log-probs in a per-process temp cache
-        # that other ranks cannot read: compute them on the fly there.
-        precompute_ref_log_probs=cfg.precompute_ref_log_probs and int(os.environ.get("WORLD_SIZE", "1")) == 1,
+        # Under several ranks TRL keeps the reference log-probs it precomputes in a per-process temp cache
+        # that other ranks cannot read: it computes them on the fly there, unless a shared reference_logps
+        # stage gave them as dataset columns (every rank reads those).
+        precompute_ref_log_probs=ctx.reference_logps is not None or (
+            cfg.precompute_ref_log_probs and int(os.environ.get("WORLD_SIZE", "1")) == 1),
         gradient_checkpointing=cfg.gradient_checkpointing,
         weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,
@@ -90,8 +97,7 @@ def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
         report_to=[],
         seed=ctx.seed,
         data_seed=ctx.seed,
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        **device_kwargs(ctx.engine),
         dataloader_num_workers=0,
         disable_tqdm=True,
         **extra,
@@ -113,25 +119,30 @@ def quiet_trainer(trainer: Any) -> None:
 
 
 def train_dpo(ctx: TrainContext) -> dict[str, float]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
+    from harness.algorithms.trl_common import load_policy, peft_kwargs, save_policy
+
     cfg: DPOAlgoConfig = ctx.config
-    tok = AutoTokenizer.from_pretrained(ctx.policy_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(ctx.policy_path)
-    trainer = DPOTrainer(
+    model, tok = load_policy(ctx)
+    dataset = preference_dataset(ctx.train_rows)
+    trainer_class = DPOTrainer
+    if ctx.reference_logps is not None:  # computed once for the grid by its reference_logps stage
+        from harness.reference_logps import precomputed_trainer_class
+
+        dataset = ctx.reference_logps.with_columns(dataset)
+        trainer_class = precomputed_trainer_class()
+    trainer = trainer_class(
         model=model,
         args=make_dpo_config(cfg, ctx),
-        train_dataset=preference_dataset(ctx.train_rows),
+        train_dataset=dataset,
         processing_class=tok,
         callbacks=[history_callback(ctx.log)],
+        **peft_kwargs(cfg),
     )
     quiet_trainer(trainer)
     result = trainer.train()
-    trainer.save_model(str(ctx.out_dir / "model"))
-    tok.save_pretrained(str(ctx.out_dir / "model"))
+    save_policy(trainer, tok, ctx)
     return {"train/runtime_seconds": float(result.metrics.get("train_runtime", 0.0)),
             "train/final_loss": float(result.training_loss), "train/steps": float(result.global_step)}
 
@@ -145,4 +156,5 @@ register(AlgorithmSpec(
     train=train_dpo,
     defaults_source="Ivison et al. 2024, App. F.1 (3 epochs, lr 5e-7, 10% warm-up, linear decay, beta 0.1)",
     description="Direct Preference Optimization, sigmoid loss (paper Eq. 3)",
+    reference_logps=True,
 ))

@@ -21,13 +21,15 @@ the grid, the cache key and the report, and lets explicit fields still override 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
 from harness.algorithms.reward_wrappers import EosTrickMode, build_reward
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
+    generation_backend_kwargs,
     load_policy,
+    peft_kwargs,
     prompt_dataset,
     require_rows,
     train_and_save,
@@ -45,6 +47,7 @@ from harness.config_fields import (
     WarmupRatio,
     requirement,
 )
+from harness.lora import PeftField
 
 # TRL 1.16 GRPOConfig.loss_type values (its help text and GRPOTrainer's loss dispatch).
 GRPOLossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
@@ -52,10 +55,21 @@ GRPOLossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "lusp
 ScaleRewards = Literal["group", "batch", "none"]
 # TRL's num_generations: a group needs two samples for its mean and std to mean anything.
 GroupSize = Annotated[int, requirement(lambda n: n >= 2, "must be >= 2: GRPO's advantage is relative to the group")]
+# Switches of the GRPO family that TRL 1.16's GRPOTrainer does not implement: accepted only at "off", so a grid
+# asking for them fails at load instead of silently training plain GRPO.
+DynamicSampling = Annotated[bool, requirement(
+    lambda on: on is False, "is not supported: TRL 1.16's GRPOTrainer has no dynamic sampling (DAPO's re-sampling "
+    "of prompts whose group rewards are all equal); such groups get zero advantage instead")]
+# Loss types that clip the ratio to [1 - epsilon, 1 + epsilon_high] (cispo's epsilon_high is its own upper cap).
+_CLIPPED_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "luspo")
 
 
 @dataclass
 class GRPOAlgoConfig(CheckedConfig):
+    # Added later: left out of the stage key while at their defaults (older keys unchanged).
+    OMITTED_AT_DEFAULT = ("peft", "epsilon_high", "importance_sampling_level", "mask_truncated_completions",
+                          "dynamic_sampling")
+
     beta: NonNegativeFloat = 0.04  # DeepSeekMath §4.2 (fixed KL coefficient); 0 = no KL term (TRL's default)
     num_generations: GroupSize = 64  # DeepSeekMath: 64 samples per question
     learning_rate: PositiveFloat = 1e-6  # DeepSeekMath (also Ivison et al. Table 9's PPO η)
@@ -73,12 +87,30 @@ class GRPOAlgoConfig(CheckedConfig):
     max_steps: MaxSteps = -1
     eos_trick: EosTrickMode = "reward_model"  # where the EOS trick applies: reward_model | always | never
     eos_penalty_reward: FiniteFloat = -10.0  # App. E.2: reward of a completion that never emitted EOS
+    # --- GRPO-family switches (ablations/grpo_switches.yaml); the defaults are DeepSeekMath's GRPO. Together
+    # with loss_type (aggregation: grpo | dr_grpo | dapo | bnpo | ...), scale_rewards (group | batch | none),
+    # beta (0 = no KL term in the loss) and num_generations, each is passed to TRL's GRPOConfig as is. ---
+    epsilon_high: PositiveFloat | None = None  # asymmetric "clip-higher" upper bound (DAPO: 0.28); None = epsilon
+    importance_sampling_level: Literal["token", "sequence"] = "token"  # "sequence": GSPO's sequence-level ratio
+    mask_truncated_completions: bool = False  # DAPO's overlong filtering: truncated completions leave the loss
+    dynamic_sampling: DynamicSampling = False  # DAPO's dynamic sampling: not in TRL, so only false is accepted
+    peft: PeftField = None  # LoRA / QLoRA (harness/lora.py); null = full fine-tuning
     gradient_checkpointing: bool = False
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
+    # TRL's generation backends (the precision comes from `ctx.engine`): transformers' paged continuous
+    # batching (measured 0.54x of `generate` on a 2-core CPU; meant for GPUs, unmeasured there; with bf16
+    # training TRL casts the policy to bf16 for it) and vLLM (`vllm_mode` as TRL's; GPU only: untested here).
+    use_transformers_paged: bool = False
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
 
     def cross_field_problems(self) -> list[Problem]:
-        return whole_groups_problems(self)
+        problems = whole_groups_problems(self)
+        if self.epsilon_high is not None and self.loss_type in _CLIPPED_LOSSES and self.epsilon_high < self.epsilon:
+            problems.append(("epsilon_high", f"epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon}): "
+                             "clip-higher raises the upper clip bound 1 + epsilon_high above 1 + epsilon"))
+        return problems
 
 
 @dataclass
@@ -91,14 +123,11 @@ class GRPOSeed000Config(GRPOAlgoConfig):
     max_completion_length: PositiveInt = 64  # seed 000 gives max_new_tokens = 64 (stated for its PPO run)
 
 
-def train_grpo(ctx: TrainContext) -> dict[str, float]:
-    from trl import GRPOConfig, GRPOTrainer
+def grpo_trl_config(ctx: TrainContext, cfg: GRPOAlgoConfig) -> Any:
+    """TRL's GRPOConfig for `cfg`: every switch of the config passed through under TRL's own name."""
+    from trl import GRPOConfig
 
-    cfg: GRPOAlgoConfig = ctx.config
-    require_rows(ctx, ("prompt",), "grpo")
-    model, tok = load_policy(ctx)
-    reward_fn, stats = build_reward(ctx, tok, model, cfg.eos_trick, cfg.eos_penalty_reward)
-    args = GRPOConfig(
+    return GRPOConfig(
         **common_trainer_kwargs(ctx, cfg),
         beta=cfg.beta,
         num_generations=cfg.num_generations,
@@ -106,14 +135,29 @@ def train_grpo(ctx: TrainContext) -> dict[str, float]:
         scale_rewards=cfg.scale_rewards,
         num_iterations=cfg.num_iterations,
         epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
+        importance_sampling_level=cfg.importance_sampling_level,
+        mask_truncated_completions=cfg.mask_truncated_completions,
         temperature=cfg.temperature,
         top_k=0,  # sample from the temperature-scaled policy itself: no top-k/top-p truncation
         top_p=1.0,
         max_completion_length=cfg.max_completion_length,
+        **generation_backend_kwargs(cfg, "grpo"),
     )
+
+
+def train_grpo(ctx: TrainContext) -> dict[str, float]:
+    from trl import GRPOTrainer
+
+    cfg: GRPOAlgoConfig = ctx.config
+    require_rows(ctx, ("prompt",), "grpo")
+    args = grpo_trl_config(ctx, cfg)  # before any model loads: a generation backend this machine lacks fails here
+    model, tok = load_policy(ctx)
+    reward_fn, stats = build_reward(ctx, tok, model, cfg.eos_trick, cfg.eos_penalty_reward)
     trainer = GRPOTrainer(
-        model=model, reward_funcs=[reward_fn], args=args, train_dataset=prompt_dataset(ctx.train_rows),
-        processing_class=tok, callbacks=[history_callback(ctx.log, extra=stats.drain)],
+        model=model, reward_funcs=[reward_fn], args=args,
+        train_dataset=prompt_dataset(ctx.train_rows), processing_class=tok,
+        callbacks=[history_callback(ctx.log, extra=stats.drain)], **peft_kwargs(cfg),
     )
     return train_and_save(trainer, tok, ctx)
 

@@ -20,6 +20,7 @@ from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callbac
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
     load_policy,
+    peft_kwargs,
     require_rows,
     train_and_save,
     unpaired_dataset,
@@ -34,10 +35,13 @@ from harness.config_fields import (
     WarmupRatio,
     requirement,
 )
+from harness.lora import PeftField
 
 
 @dataclass
 class KTOAlgoConfig(CheckedConfig):
+    OMITTED_AT_DEFAULT = ("peft",)  # added later: left out of the stage key while null (older keys unchanged)
+
     beta: PositiveFloat = 0.1  # KTO paper / HALOs kto.yaml
     desirable_weight: PositiveFloat = 1.0  # λ_D; 1 because unpairing pairs gives a 1:1 desirable:undesirable ratio
     undesirable_weight: PositiveFloat = 1.0  # λ_U
@@ -53,6 +57,7 @@ class KTOAlgoConfig(CheckedConfig):
     # As for DPO: reference log-probs (also of the in-batch KL pairs, fixed by sequential sampling) computed
     # once before training; same loss, no reference model kept in memory during training.
     precompute_ref_log_probs: bool = True
+    peft: PeftField = None  # LoRA / QLoRA (harness/lora.py); null = full fine-tuning
     gradient_checkpointing: bool = False
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
@@ -76,7 +81,7 @@ def train_kto(ctx: TrainContext) -> dict[str, float]:
     )
     trainer = KTOTrainer(
         model=model, args=args, train_dataset=unpaired_dataset(ctx.train_rows, ctx.seed), processing_class=tok,
-        callbacks=[history_callback(ctx.log)],
+        callbacks=[history_callback(ctx.log)], **peft_kwargs(cfg),
     )
     return train_and_save(trainer, tok, ctx)
 

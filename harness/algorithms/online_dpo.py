@@ -18,7 +18,9 @@ from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callbac
 from harness.algorithms.reward_wrappers import EosTrickMode, build_reward
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
+    generation_backend_kwargs,
     load_policy,
+    peft_kwargs,
     prompt_dataset,
     require_rows,
     train_and_save,
@@ -33,10 +35,13 @@ from harness.config_fields import (
     PositiveInt,
     WarmupRatio,
 )
+from harness.lora import PeftField
 
 
 @dataclass
 class OnlineDPOAlgoConfig(CheckedConfig):
+    OMITTED_AT_DEFAULT = ("peft",)  # added later: left out of the stage key while null (older keys unchanged)
+
     beta: PositiveFloat = 0.1  # App. F.1 (DPO β)
     loss_type: Literal["sigmoid", "ipo"] = "sigmoid"  # DPO; the other of TRL 1.16 OnlineDPOConfig's choices is IPO
     learning_rate: PositiveFloat = 5e-7  # App. F.1
@@ -51,9 +56,14 @@ class OnlineDPOAlgoConfig(CheckedConfig):
     max_steps: MaxSteps = -1
     eos_trick: EosTrickMode = "reward_model"  # reward_model | always | never
     eos_penalty_reward: FiniteFloat = -10.0  # App. E.2
+    peft: PeftField = None  # LoRA / QLoRA (harness/lora.py); null = full fine-tuning
     gradient_checkpointing: bool = False
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
+    # TRL's vLLM generation (`vllm_mode` as TRL's; GPU only: untested here; the precision comes from
+    # `ctx.engine`). TRL's Online DPO offers no transformers continuous batching.
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
 
 
 def train_online_dpo(ctx: TrainContext) -> dict[str, float]:
@@ -61,6 +71,7 @@ def train_online_dpo(ctx: TrainContext) -> dict[str, float]:
 
     cfg: OnlineDPOAlgoConfig = ctx.config
     require_rows(ctx, ("prompt",), "online-dpo")
+    backends = generation_backend_kwargs(cfg, "online-dpo")  # checked before any model loads
     model, tok = load_policy(ctx)
     reward_fn, stats = build_reward(ctx, tok, model, cfg.eos_trick, cfg.eos_penalty_reward)
     args = OnlineDPOConfig(
@@ -73,10 +84,11 @@ def train_online_dpo(ctx: TrainContext) -> dict[str, float]:
         max_new_tokens=cfg.max_new_tokens,
         max_length=cfg.max_length,
         missing_eos_penalty=None,  # the EOS trick lives in the reward wrapper, identical for all online methods
+        **backends,
     )
     trainer = OnlineDPOTrainer(
         model=model, reward_funcs=[reward_fn], args=args, train_dataset=prompt_dataset(ctx.train_rows),
-        processing_class=tok, callbacks=[history_callback(ctx.log, extra=stats.drain)],
+        processing_class=tok, callbacks=[history_callback(ctx.log, extra=stats.drain)], **peft_kwargs(cfg),
     )
     return train_and_save(trainer, tok, ctx)
 

@@ -17,6 +17,7 @@ from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callbac
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
     load_policy,
+    peft_kwargs,
     preference_dataset,
     require_rows,
     train_and_save,
@@ -31,10 +32,13 @@ from harness.config_fields import (
     PositiveInt,
     WarmupRatio,
 )
+from harness.lora import PeftField
 
 
 @dataclass
 class ORPOAlgoConfig(CheckedConfig):
+    OMITTED_AT_DEFAULT = ("peft",)  # added later: left out of the stage key while null (older keys unchanged)
+
     beta: PositiveFloat = 0.1  # λ of the paper (`--alpha 0.1` in the authors' script; TRL calls it beta)
     learning_rate: PositiveFloat = 5e-6  # authors' script
     num_train_epochs: PositiveFloat = 5.0  # authors' script
@@ -46,6 +50,7 @@ class ORPOAlgoConfig(CheckedConfig):
     gradient_accumulation_steps: PositiveInt = 4  # 8 x 4 = 32, the authors' global batch on one device
     max_length: PositiveInt = 2048  # authors' script (response_max_length)
     max_steps: MaxSteps = -1
+    peft: PeftField = None  # LoRA / QLoRA (harness/lora.py); null = full fine-tuning
     gradient_checkpointing: bool = False
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
@@ -63,7 +68,7 @@ def train_orpo(ctx: TrainContext) -> dict[str, float]:
     args = ORPOConfig(**kwargs, beta=cfg.beta, max_length=cfg.max_length)
     trainer = ORPOTrainer(
         model=model, args=args, train_dataset=preference_dataset(ctx.train_rows), processing_class=tok,
-        callbacks=[history_callback(ctx.log)],
+        callbacks=[history_callback(ctx.log)], **peft_kwargs(cfg),
     )
     return train_and_save(trainer, tok, ctx)
 

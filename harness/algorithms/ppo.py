@@ -45,9 +45,12 @@ ships in `generation_config.json` (repetition_penalty, min_p, no_repeat_ngram_si
 (Table 9) wherever the model applies it, `nn.Dropout` modules and functional dropout such as Llama's
 `attention_dropout` alike (`disable_dropout`, verified by `check_no_dropout` before training).
 
-Generation goes through `harness.generation.HFGenerator.generate_samples` (batched `model.generate`
-with KV cache); a vLLM engine can implement the same `TokenGenerator` interface. Runs on CPU (fp32)
-for tests; on CUDA it keeps fp32 master weights and runs forwards under bf16 autocast.
+Generation goes through `harness.generation.HFGenerator.generate_samples`, the engine every generation
+task uses (`ctx.engine`, default `EngineSettings()`: the detected fastest batching and precision for the
+device; rollouts need the sampled token ids and fresh weights after every update, so the engine must be
+in-process, kind `hf`). Policy and value model keep fp32 master weights; where the engine's precision
+is bf16 (CUDA, and CPUs with AMX/AVX-512 BF16) rollouts and every forward run under bf16 autocast and the
+frozen reference model is held in bf16; `engine: {dtype: float32}` gives the fp32 path.
 
 Data-parallel under `accelerate launch --num_processes N` (docs/scale-out.md): policy + value model
 in DDP, reference and reward model replicated; each rank samples B/N of every prompt batch and
@@ -65,12 +68,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from harness import lora
 from harness.algorithms.base import AlgorithmSpec, TrainContext, register
 from harness.config_fields import (
     CheckedConfig,
@@ -84,12 +88,13 @@ from harness.config_fields import (
     Problem,
     WarmupRatio,
 )
-from harness.models import cuda_bf16_forward
+from harness.lora import PeftField
 
 # AdamW's moment decay rates: in [0, 1) (torch rejects 1 and beyond).
 AdamBeta = Annotated[float, Field(ge=0, lt=1)]
 
 Messages = list[dict[str, str]]
+T = TypeVar("T")
 
 
 # ==================================================================================================
@@ -99,6 +104,8 @@ Messages = list[dict[str, str]]
 
 @dataclass
 class PPOConfig(CheckedConfig):
+    OMITTED_AT_DEFAULT = ("peft",)  # added later: left out of the stage key while null (older keys unchanged)
+
     # --- Table 9, TRAINING ---
     prompt_batch_size: PositiveInt = 64  # B: prompts per rollout batch
     rollouts_per_prompt: PositiveInt = 1  # r: completions sampled per prompt (Table 10 "multiple rollouts": off)
@@ -144,6 +151,9 @@ class PPOConfig(CheckedConfig):
     forward_at_minibatch_level: bool = True  # log-probs/values from the current models, per minibatch
     # --- Deliberate deviation from the authors' code, a Table-10-style switch (see the module docstring) ---
     logprobs_at_sampling_temperature: bool = True  # log pi = log_softmax(logits/tau); False: at tau = 1 (EasyLM)
+    # --- LoRA / QLoRA (harness/lora.py): adapters on the policy and the value model's backbone (value head
+    # fully trainable), reference = the policy with its adapter disabled; null = full fine-tuning ---
+    peft: PeftField = None
     # --- engineering (no effect on the maths) ---
     generation_batch_size: PositiveInt = 64
     log_samples_per_step: NonNegativeInt = 4  # rows per step written to artifacts/ppo_samples.jsonl
@@ -161,6 +171,9 @@ class PPOConfig(CheckedConfig):
                              f"{rollouts // self.minibatch_size} minibatches per rollout batch"))
         if self.num_epochs <= 0 and self.max_steps <= 0:
             problems.append(("num_epochs", "num_epochs is 0 and max_steps is -1: set num_epochs > 0 or max_steps > 0"))
+        if self.peft is not None and self.peft["dropout"]:
+            problems.append(("peft", f"peft.dropout must be 0 for PPO (got {self.peft['dropout']}): PPO trains without "
+                             "dropout (Table 9), or the old and new log-probs of Eq. 5 would disagree"))
         return problems
 
 
@@ -422,12 +435,26 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 def response_values(value_model: Any, batch: Rollouts) -> torch.Tensor:
     """V_phi(x, y_<t) for each response token: the scalar head applied to every hidden state (the
     sequence-classification head normally reads only the last one), at positions P-1 .. P+R-2."""
+    if hasattr(value_model, "get_base_model"):  # LoRA: its layers are injected into the base model itself
+        value_model = value_model.get_base_model()
     backbone = getattr(value_model, value_model.base_model_prefix)
     hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                       position_ids=_position_ids(batch.attention_mask), use_cache=False).last_hidden_state
     width_r = batch.response_mask.shape[1]
     hidden = hidden[:, batch.prompt_width - 1 : batch.prompt_width - 1 + width_r]
     return value_model.score(hidden).squeeze(-1).float()
+
+
+class AdapterDisabled:
+    """The reference policy of a LoRA run: the policy's forward with its adapter disabled (the SFT weights,
+    which LoRA leaves frozen), so no second copy of the model is in memory."""
+
+    def __init__(self, policy: Any):
+        self.policy = policy
+
+    def __call__(self, **kwargs: Any) -> Any:
+        with self.policy.disable_adapter():
+            return self.policy(**kwargs)
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -523,39 +550,51 @@ def _last_user_text(prompt: Messages) -> str:
 # ==================================================================================================
 
 
-RewardFn = Callable[[list[Messages], list[str], list[list[int]]], list[float]]
+# score(prompts, texts, completion_ids, rows) -> floats; `rows` are the prompts' training rows, whose
+# columns a verifier reads (TRL passes them the same way, as keyword arguments).
+RewardFn = Callable[[list[Messages], list[str], list[list[int]], list[dict[str, Any]]], list[float]]
 
 
 def _reward_source(ctx: TrainContext, device: str) -> tuple[RewardFn, Any]:
-    """(score(prompts, texts, completion_ids) -> floats, the RewardScorer or None)."""
-    if ctx.reward_model_path:
-        from harness.reward_model import RewardScorer
+    """(score(prompts, texts, completion_ids, rows) -> floats, the RM / ensemble scorer or None)."""
+    if ctx.reward_model_path or ctx.reward_ensemble is not None:
+        if ctx.reward_ensemble is not None:
+            from harness.reward_ensemble import EnsembleScorer
 
-        scorer = RewardScorer(ctx.reward_model_path, device=device)
+            scorer: Any = EnsembleScorer(ctx.reward_ensemble, device=device)
+        else:
+            from harness.reward_model import RewardScorer
 
-        def score_rm(prompts: list[Messages], texts: list[str], ids: list[list[int]]) -> list[float]:
+            scorer = RewardScorer(ctx.reward_model_path, device=device)
+
+        def score_rm(prompts: list[Messages], texts: list[str], ids: list[list[int]],
+                     rows: list[dict[str, Any]]) -> list[float]:
             return scorer.score(prompts, texts)  # decoded text: works whatever the RM's tokenizer
 
         return score_rm, scorer
     fn = ctx.reward_function
     assert fn is not None
+    columns = tuple(getattr(fn, "columns", ()))
 
-    def score_fn(prompts: list[Messages], texts: list[str], ids: list[list[int]]) -> list[float]:
+    def score_fn(prompts: list[Messages], texts: list[str], ids: list[list[int]],
+                 rows: list[dict[str, Any]]) -> list[float]:
         completions = [[{"role": "assistant", "content": t}] for t in texts]
-        return [float(v) for v in fn(prompts=prompts, completions=completions, completion_ids=ids)]
+        extra = {c: [row[c] for row in rows] for c in columns}
+        return [float(v) for v in fn(prompts=prompts, completions=completions, completion_ids=ids, **extra)]
 
     return score_fn, None
 
 
 def check_context(ctx: TrainContext) -> list[Messages]:
     """Everything that can be wrong with the inputs, checked before any model is loaded."""
+    from harness.algorithms.reward_wrappers import check_reward_source
+
     cfg = ctx.config
     if not isinstance(cfg, PPOConfig):
         raise TypeError(f"PPO needs a PPOConfig, got {type(cfg).__name__}")
-    if (ctx.reward_model_path is None) == (ctx.reward_function is None):
-        raise ValueError("PPO needs exactly one reward source: reward_model_path or reward_function")
     if not ctx.train_rows:
         raise ValueError("PPO got no training prompts")
+    check_reward_source(ctx)
     prompts = []
     for i, row in enumerate(ctx.train_rows):
         prompt = row.get("prompt")
@@ -567,7 +606,7 @@ def check_context(ctx: TrainContext) -> list[Messages]:
     if cfg.value_init == "reward":
         if ctx.reward_model_path is None:
             raise ValueError("value_init='reward' initialises the value model from the reward model, but the "
-                             "reward is a function: set value_init='policy'")
+                             "reward is a function or an ensemble: set value_init='policy'")
         from harness.models import load_tokenizer
 
         if load_tokenizer(ctx.reward_model_path).get_vocab() != load_tokenizer(ctx.policy_path).get_vocab():
@@ -576,7 +615,7 @@ def check_context(ctx: TrainContext) -> list[Messages]:
     return prompts
 
 
-def _prompt_stream(prompts: list[Messages], seed: int) -> Iterator[Messages]:
+def _prompt_stream(prompts: list[T], seed: int) -> Iterator[T]:
     """Prompts in a fresh seeded shuffle each epoch, forever (the caller decides how many to draw)."""
     rng = random.Random(seed)
     while True:
@@ -613,7 +652,14 @@ def _make_accelerator() -> Any:
 def train_ppo(ctx: TrainContext) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from harness.generation import HFGenerator, SamplingParams, render_prompt
+    from harness.generation import (
+        EngineSettings,
+        HFGenerator,
+        SamplingParams,
+        autocast_context,
+        record_engine,
+        render_prompt,
+    )
     from harness.models import load_tokenizer, resolve_model
 
     cfg: PPOConfig = ctx.config
@@ -628,30 +674,51 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     sum_across_ranks: SumAcrossRanks | None = all_reduce_sum if world > 1 else None
     torch.manual_seed(ctx.seed)  # the same on every rank (DDP also broadcasts rank 0's weights when wrapping)
     device = accelerator.device
-    on_cuda = device.type == "cuda"
-    # bf16 forwards without cuDNN attention (its backward gave NaN on left-padded rows; see models.py)
-    autocast = cuda_bf16_forward if on_cuda else nullcontext
-    frozen_dtype = torch.bfloat16 if on_cuda else torch.float32
+    engine = (ctx.engine or EngineSettings()).resolved(device.type)
+    if engine.kind != "hf":
+        raise ValueError(f"engine.kind: PPO samples its rollouts in-process (it trains on the sampled token ids and "
+                         f"updates the weights between rollouts); use kind 'hf', not {engine.kind!r}")
+
+    def autocast() -> Any:
+        # bf16 at the engine's precision (on CUDA without cuDNN attention, whose backward gave NaN on
+        # left-padded rows; see models.py), nothing in fp32.
+        return autocast_context(device, engine)
+
+    frozen_dtype = torch.bfloat16 if engine.train_bf16 else torch.float32
     artifacts = ctx.out_dir / "artifacts"
     if is_main:  # the stage writer convention: only the main process writes into the stage folder
         artifacts.mkdir(parents=True, exist_ok=True)
+        record_engine(ctx.out_dir, engine)
 
     # ---- Models: policy pi_theta (trained), reference pi_ref (frozen SFT), value V_phi, reward r. ----
     policy_path = resolve_model(ctx.policy_path)
     tokenizer = load_tokenizer(policy_path)
-    prompts = [p for p in all_prompts
-               if len(tokenizer(render_prompt(tokenizer, p, True), add_special_tokens=False)["input_ids"])
-               <= cfg.max_prompt_length]
+    kept = [i for i, p in enumerate(all_prompts)
+            if len(tokenizer(render_prompt(tokenizer, p, True), add_special_tokens=False)["input_ids"])
+            <= cfg.max_prompt_length]
+    prompts = [all_prompts[i] for i in kept]
+    prompt_rows = [ctx.train_rows[i] for i in kept]  # their columns go to a verifier with the samples
     n_dropped = len(all_prompts) - len(prompts)
     if not prompts:
         raise ValueError(f"all {len(all_prompts)} prompts are longer than max_prompt_length={cfg.max_prompt_length}")
-    policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32).to(device)
-    reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=frozen_dtype).to(device).eval()
-    reference.requires_grad_(False)
+    lora.check_quantization(cfg.peft)
+    quantized = lora.load_kwargs(cfg.peft)  # QLoRA: 4-bit frozen base weights, placed by bitsandbytes
+    policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32, **quantized)
+    policy = policy if quantized else policy.to(device)
     value_source = resolve_model(ctx.reward_model_path) if cfg.value_init == "reward" else policy_path
     value_model = AutoModelForSequenceClassification.from_pretrained(
-        value_source, num_labels=1, dtype=torch.float32).to(device)
+        value_source, num_labels=1, dtype=torch.float32, **quantized)
+    value_model = value_model if quantized else value_model.to(device)
     value_model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.peft is not None:
+        # LoRA: adapters on the policy and on the value model's backbone (its score head fully trainable);
+        # the reference is the policy with its adapter disabled, not a second copy of the weights.
+        policy = lora.wrap(policy, cfg.peft, "CAUSAL_LM")
+        value_model = lora.wrap(value_model, cfg.peft, "SEQ_CLS")
+        reference: Any = AdapterDisabled(policy)
+    else:
+        reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=frozen_dtype).to(device).eval()
+        reference.requires_grad_(False)
     for model, what in ((policy, "policy"), (value_model, "value model")):
         disable_dropout(model)
         check_no_dropout(model, what)
@@ -660,7 +727,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     score_fn, _scorer = _reward_source(ctx, str(device))
     # Sampling uses the bare policy (DDP has no `generate`); its weights are the ones DDP trains.
     generator = HFGenerator(policy, tokenizer, batch_size=cfg.generation_batch_size,
-                            max_prompt_tokens=cfg.max_prompt_length)
+                            max_prompt_tokens=cfg.max_prompt_length, batching=engine.batching or "auto")
 
     # ---- Schedule: rollout batches, minibatches, optimizer steps (global: the same for any N). ----
     n_rollouts = cfg.prompt_batch_size * cfg.rollouts_per_prompt  # per rollout batch, all ranks together
@@ -692,7 +759,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.adaptive_kl_horizon)
               if cfg.adaptive_kl else FixedKLController(cfg.kl_coef))
     reward_gain_bias: tuple[float, float] | None = None  # reward normalisation, fixed after batch 1
-    stream = _prompt_stream(prompts, ctx.seed)
+    stream = _prompt_stream(list(range(len(prompts))), ctx.seed)  # indices into prompts / prompt_rows
     samples_file = artifacts / "ppo_samples.jsonl"
     if is_main:
         samples_file.write_text("")
@@ -726,8 +793,9 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         # ---- 1. Rollout: r samples per prompt from the current policy at temperature tau (cfg.temperature). ----
         t0 = time.perf_counter()
         # Every rank draws the same global batch from the same seeded stream and keeps its own slice.
-        global_prompts = [next(stream) for _ in range(cfg.prompt_batch_size)]
-        batch_prompts = global_prompts[rank * local_prompts : (rank + 1) * local_prompts]
+        global_batch = [next(stream) for _ in range(cfg.prompt_batch_size)]
+        batch = global_batch[rank * local_prompts : (rank + 1) * local_prompts]
+        batch_prompts = [prompts[j] for j in batch]
         with torch.no_grad(), autocast():
             generated = generator.generate_samples(
                 batch_prompts,
@@ -738,11 +806,12 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
             )
         flat = [s for row in generated for s in row]
         flat_prompts = [p for p, row in zip(batch_prompts, generated) for _ in row]
+        flat_rows = [prompt_rows[j] for j, row in zip(batch, generated) for _ in row]
         rollouts = _to_device(pack_rollouts(flat, flat_prompts, tokenizer.pad_token_id), device)
         t_rollout = time.perf_counter() - t0
 
         # ---- 2. Sequence reward r(x, y): RM on decoded text (or the verifiable function). ----
-        raw_scores = torch.tensor(score_fn(flat_prompts, rollouts.texts, [s.completion_ids for s in flat]),
+        raw_scores = torch.tensor(score_fn(flat_prompts, rollouts.texts, [s.completion_ids for s in flat], flat_rows),
                                   dtype=torch.float32, device=device)
         scores = raw_scores.clone()
         all_raw_scores = accelerator.gather(raw_scores)  # the global batch's scores (ranks hold equal shares)
@@ -857,7 +926,10 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
             from harness.checkpoints import checkpoint_dir
 
             ckpt = checkpoint_dir(ctx.out_dir, update)
-            accelerator.unwrap_model(trained).policy.save_pretrained(str(ckpt))
+            if cfg.peft is not None:  # merged into a fresh copy of the base: training goes on with the adapter
+                lora.save_merged_copy(accelerator.unwrap_model(trained).policy, policy_path, ckpt)
+            else:
+                accelerator.unwrap_model(trained).policy.save_pretrained(str(ckpt))
             tokenizer.save_pretrained(str(ckpt))
         # The global KL: beta must stay the same on every rank, or their updates would diverge.
         kl_ctl.update(float(g_kl.mean()), n_rollouts)
@@ -881,8 +953,12 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
             raise RuntimeError(f"PPO ranks ended with different policies (parameter sums {checksums.tolist()})")
     if is_main:  # one writer saves the policy all ranks share
         model_dir = ctx.out_dir / "model"
-        accelerator.unwrap_model(trained).policy.save_pretrained(str(model_dir))
-        tokenizer.save_pretrained(str(model_dir))
+        if cfg.peft is not None:  # the adapter to out_dir/adapter, the merged policy to model/
+            lora.save_adapter_and_merged(accelerator.unwrap_model(trained).policy, tokenizer, ctx.out_dir, cfg.peft,
+                                         policy_path)
+        else:
+            accelerator.unwrap_model(trained).policy.save_pretrained(str(model_dir))
+            tokenizer.save_pretrained(str(model_dir))
     accelerator.wait_for_everyone()  # the ranks finish together, once the model is on disk
     return {
         "train/steps": float(num_updates),
@@ -942,4 +1018,5 @@ register(AlgorithmSpec(
     train=train_ppo,
     defaults_source="Ivison et al. 2024, App. F.2 and Table 9 (Table 10 'Ours' for the implementation switches)",
     description="PPO with per-token KL penalty (Eq. 4), GAE, clipped policy/value losses (Eq. 5-6)",
+    rollout_engine=True,
 ))

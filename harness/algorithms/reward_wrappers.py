@@ -85,6 +85,28 @@ def eos_token_ids(tokenizer: Any, model: Any | None = None) -> set[int]:
     return ids
 
 
+def check_reward_source(ctx: Any) -> None:
+    """Exactly one reward source, and training rows with every column a verifier reads: raised before any
+    model is loaded, naming what is missing (not a KeyError inside the trainer's first reward call)."""
+    given = [name for name in ("reward_model_path", "reward_function", "reward_ensemble")
+             if getattr(ctx, name) is not None]
+    if len(given) > 1:
+        raise ValueError(f"give exactly one reward source (a reward model, a reward function or an ensemble), "
+                         f"not both: got {', '.join(given)}")
+    if not given:
+        raise ValueError("this algorithm needs a reward: exactly one reward source (`reward_model`: dataset, path, "
+                         "verifier or ensemble) must be set in the cell")
+    if ctx.reward_function is not None:
+        from harness.rewards import missing_columns
+
+        missing = missing_columns(ctx.reward_function, ctx.train_rows)
+        if missing:
+            first = ctx.train_rows[0] if ctx.train_rows else {}
+            raise ValueError(f"reward {getattr(ctx.reward_function, '__name__', 'function')!r} reads the prompt "
+                             f"columns {missing}, which the training rows lack (the first row has "
+                             f"{sorted(first)}): train on prompts that carry them (see harness/rewards.py)")
+
+
 # Where the EOS trick applies (the config field `eos_trick` of the online algorithms).
 EosTrickMode = Literal["reward_model", "always", "never"]
 EOS_TRICK_MODES: tuple[str, ...] = get_args(EosTrickMode)
@@ -101,20 +123,24 @@ def build_reward(
     """
     if eos_trick not in EOS_TRICK_MODES:
         raise ValueError(f"eos_trick must be one of {EOS_TRICK_MODES}, got {eos_trick!r}")
-    if ctx.reward_model_path is not None and ctx.reward_function is not None:
-        raise ValueError("give either a reward model or a reward function, not both")
-    if ctx.reward_model_path is not None:
+    check_reward_source(ctx)
+    if ctx.reward_model_path is not None or ctx.reward_ensemble is not None:
         from harness.models import default_device
-        from harness.reward_model import RewardScorer
 
-        base = RewardScorer(ctx.reward_model_path, device=default_device()).as_reward_function()
-        base.__name__ = "reward_model"
-        apply_trick = eos_trick != "never"
-    elif ctx.reward_function is not None:
+        if ctx.reward_ensemble is not None:
+            from harness.reward_ensemble import EnsembleScorer
+
+            base = EnsembleScorer(ctx.reward_ensemble, device=default_device()).as_reward_function()
+            base.__name__ = f"ensemble_{ctx.reward_ensemble.combine}"
+        else:
+            from harness.reward_model import RewardScorer
+
+            base = RewardScorer(ctx.reward_model_path, device=default_device()).as_reward_function()
+            base.__name__ = "reward_model"
+        apply_trick = eos_trick != "never"  # a learned reward, as the paper's RM
+    else:
         base = ctx.reward_function
         apply_trick = eos_trick == "always"
-    else:
-        raise ValueError("this algorithm needs a reward: set `reward_model` or `reward_function` in the cell")
     stats = SampleStats()
     fn = with_eos_trick(base, eos_token_ids(tokenizer, model), eos_penalty_reward if apply_trick else None, stats)
     return fn, stats

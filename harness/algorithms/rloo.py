@@ -13,13 +13,15 @@ continuation up to 1024 tokens, 1 epoch, 10% warm-up, one update per batch).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
 from harness.algorithms.reward_wrappers import EosTrickMode, build_reward
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
+    generation_backend_kwargs,
     load_policy,
+    peft_kwargs,
     prompt_dataset,
     require_rows,
     train_and_save,
@@ -37,10 +39,13 @@ from harness.config_fields import (
     WarmupRatio,
     requirement,
 )
+from harness.lora import PeftField
 
 
 @dataclass
 class RLOOAlgoConfig(CheckedConfig):
+    OMITTED_AT_DEFAULT = ("peft",)  # added later: left out of the stage key while null (older keys unchanged)
+
     # k; Ahmadian et al. use k in {2, 4}
     num_generations: Annotated[int, requirement(
         lambda k: k >= 2, "must be >= 2: the leave-one-out baseline needs another sample")] = 2
@@ -58,9 +63,14 @@ class RLOOAlgoConfig(CheckedConfig):
     max_steps: MaxSteps = -1
     eos_trick: EosTrickMode = "reward_model"  # reward_model | always | never
     eos_penalty_reward: FiniteFloat = -10.0  # App. E.2
+    peft: PeftField = None  # LoRA / QLoRA (harness/lora.py); null = full fine-tuning
     gradient_checkpointing: bool = False
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
+    # TRL's generation backends, as GRPOAlgoConfig's (see there)
+    use_transformers_paged: bool = False
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
 
     def cross_field_problems(self) -> list[Problem]:
         return whole_groups_problems(self)
@@ -71,6 +81,7 @@ def train_rloo(ctx: TrainContext) -> dict[str, float]:
 
     cfg: RLOOAlgoConfig = ctx.config
     require_rows(ctx, ("prompt",), "rloo")
+    backends = generation_backend_kwargs(cfg, "rloo")  # checked before any model loads
     model, tok = load_policy(ctx)
     reward_fn, stats = build_reward(ctx, tok, model, cfg.eos_trick, cfg.eos_penalty_reward)
     args = RLOOConfig(
@@ -83,10 +94,11 @@ def train_rloo(ctx: TrainContext) -> dict[str, float]:
         top_k=0,  # sample from the temperature-scaled policy itself
         top_p=1.0,
         max_completion_length=cfg.max_completion_length,
+        **backends,
     )
     trainer = RLOOTrainer(
         model=model, reward_funcs=[reward_fn], args=args, train_dataset=prompt_dataset(ctx.train_rows),
-        processing_class=tok, callbacks=[history_callback(ctx.log, extra=stats.drain)],
+        processing_class=tok, callbacks=[history_callback(ctx.log, extra=stats.drain)], **peft_kwargs(cfg),
     )
     return train_and_save(trainer, tok, ctx)
 

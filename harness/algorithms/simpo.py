@@ -17,6 +17,7 @@ from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callbac
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
     load_policy,
+    peft_kwargs,
     preference_dataset,
     require_rows,
     train_and_save,
@@ -30,10 +31,13 @@ from harness.config_fields import (
     PositiveInt,
     WarmupRatio,
 )
+from harness.lora import PeftField
 
 
 @dataclass
 class SimPOConfig(CheckedConfig):
+    OMITTED_AT_DEFAULT = ("peft",)  # added later: left out of the stage key while null (older keys unchanged)
+
     beta: PositiveFloat = 2.5  # llama-3-8b-instruct-simpo.yaml
     gamma_beta_ratio: NonNegativeFloat = 0.55  # same file; TRL's simpo_gamma = ratio * beta
     sft_weight: NonNegativeFloat = 0.0  # TRL's cpo_alpha: 0 = pure SimPO (the paper adds no NLL term)
@@ -45,6 +49,7 @@ class SimPOConfig(CheckedConfig):
     gradient_accumulation_steps: PositiveInt = 16  # 8 x 16 = 128, the SimPO paper's batch size
     max_length: PositiveInt = 2048  # same file
     max_steps: MaxSteps = -1
+    peft: PeftField = None  # LoRA / QLoRA (harness/lora.py); null = full fine-tuning
     gradient_checkpointing: bool = False
     weight_decay: NonNegativeFloat = 0.0
     logging_steps: PositiveInt = 1
@@ -66,7 +71,7 @@ def train_simpo(ctx: TrainContext) -> dict[str, float]:
     )
     trainer = CPOTrainer(
         model=model, args=args, train_dataset=preference_dataset(ctx.train_rows), processing_class=tok,
-        callbacks=[history_callback(ctx.log)],
+        callbacks=[history_callback(ctx.log)], **peft_kwargs(cfg),
     )
     return train_and_save(trainer, tok, ctx)
 

@@ -9,19 +9,47 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.algorithms.base import TrainContext
 from harness.checkpoints import trainer_save_kwargs
 from harness.config_fields import Problem
 
+if TYPE_CHECKING:
+    from harness.generation import EngineSettings
 
-def device_kwargs() -> dict[str, Any]:
-    """CPU needs `use_cpu=True` and no bf16 (TRL configs default to bf16); GPUs use bf16 when supported."""
+
+def device_kwargs(engine: EngineSettings | None = None) -> dict[str, Any]:
+    """`use_cpu` without a GPU (TRL configs assume one); `bf16` (autocast over fp32 weights) where the
+    engine's precision resolves to bf16: GPUs that support it, CPUs with AMX/AVX-512 BF16, unless pinned."""
     import torch
 
+    from harness.generation import EngineSettings
+
     on_gpu = torch.cuda.is_available()
-    return {"use_cpu": not on_gpu, "bf16": bool(on_gpu and torch.cuda.is_bf16_supported())}
+    resolved = (engine or EngineSettings()).resolved("cuda" if on_gpu else "cpu")
+    return {"use_cpu": not on_gpu, "bf16": resolved.train_bf16}
+
+
+def generation_backend_kwargs(cfg: Any, algorithm: str) -> dict[str, Any]:
+    """TRL's generation backends, from the algorithm config's `use_vllm`, `vllm_mode` and (where TRL offers
+    it) `use_transformers_paged`; vLLM is checked here (call it before loading models)."""
+    from harness.generation import vllm_available
+
+    if cfg.use_vllm and not vllm_available():
+        raise ValueError(f"algorithm {algorithm!r}: use_vllm needs vLLM installed and a CUDA GPU; this machine "
+                         "lacks one or both")
+    kwargs: dict[str, Any] = {"use_vllm": cfg.use_vllm, "vllm_mode": cfg.vllm_mode}
+    if getattr(cfg, "use_transformers_paged", False):
+        import torch
+
+        # TRL's name since 1.2 (`use_transformers_paged` is its deprecated alias). Its paged KV cache takes
+        # a share of the device's free memory; on a CPU that is the machine's RAM (the transformers default
+        # took 14 GB of a shared 24 GB machine and was OOM-killed), so a tenth of it there.
+        kwargs["use_transformers_continuous_batching"] = True
+        if not torch.cuda.is_available():
+            kwargs["transformers_continuous_batching_config"] = {"max_memory_percent": 0.1}
+    return kwargs
 
 
 def common_trainer_kwargs(ctx: TrainContext, cfg: Any) -> dict[str, Any]:
@@ -48,7 +76,7 @@ def common_trainer_kwargs(ctx: TrainContext, cfg: Any) -> dict[str, Any]:
         "data_seed": ctx.seed,
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
-        **device_kwargs(),
+        **device_kwargs(ctx.engine),
     }
 
 
@@ -66,14 +94,27 @@ def whole_groups_problems(cfg: Any) -> list[Problem]:
 
 
 def load_policy(ctx: TrainContext):
-    """(model, tokenizer) from the SFT policy folder; fp32 weights (TRL casts for bf16 training on GPU)."""
+    """(model, tokenizer) from the SFT policy folder; fp32 weights (TRL casts for bf16 training on GPU), or
+    4-bit base weights for QLoRA (`peft.quantization`, checked first: it needs CUDA and bitsandbytes)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from harness import lora
+
+    peft = getattr(ctx.config, "peft", None)
+    lora.check_quantization(peft)
     tok = AutoTokenizer.from_pretrained(ctx.policy_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(ctx.policy_path)
+    model = AutoModelForCausalLM.from_pretrained(ctx.policy_path, **lora.load_kwargs(peft))
     return model, tok
+
+
+def peft_kwargs(cfg: Any) -> dict[str, Any]:
+    """The trainer's `peft_config` for a LoRA config (none for full fine-tuning). With it, TRL trains the
+    adapters only and takes the reference model's log-probs with the adapter disabled (no second copy)."""
+    from harness import lora
+
+    return {"peft_config": lora.lora_config(cfg.peft, "CAUSAL_LM")} if getattr(cfg, "peft", None) else {}
 
 
 def require_rows(ctx: TrainContext, keys: tuple[str, ...], algorithm: str) -> None:
@@ -110,8 +151,13 @@ def unpaired_dataset(rows: list[dict[str, Any]], seed: int):
     return Dataset.from_list(out)
 
 
-# Row fields that verifiable reward functions read (TRL passes extra dataset columns as keyword arguments).
-REWARD_COLUMNS = ("answer", "constraint")
+def reward_columns() -> tuple[str, ...]:
+    """Row fields that verifiers read (TRL passes extra dataset columns as keyword arguments), plus
+    `constraint` (the smoke prompts' label, kept for reward functions written against it)."""
+    from harness.rewards import VERIFIERS
+
+    return tuple(dict.fromkeys([c for name in VERIFIERS.names() for c in VERIFIERS.get(name).columns]
+                               + ["constraint"]))
 
 
 def prompt_dataset(rows: list[dict[str, Any]]):
@@ -122,7 +168,7 @@ def prompt_dataset(rows: list[dict[str, Any]]):
     """
     from datasets import Dataset
 
-    keep = [c for c in REWARD_COLUMNS if all(c in r for r in rows)]
+    keep = [c for c in reward_columns() if all(c in r for r in rows)]
     return Dataset.from_list([{"prompt": r["prompt"], **{c: r[c] for c in keep}} for r in rows])
 
 
@@ -157,8 +203,7 @@ def train_and_save(trainer: Any, tok: Any, ctx: TrainContext) -> dict[str, float
     quiet_trainer(trainer)
     with generate_with_neutral_config(trainer.model):
         result = trainer.train()
-    trainer.save_model(str(ctx.out_dir / "model"))
-    tok.save_pretrained(str(ctx.out_dir / "model"))
+    save_policy(trainer, tok, ctx)
     runtime = float(result.metrics.get("train_runtime", 0.0))
     steps = float(result.global_step)
     return {
@@ -167,3 +212,18 @@ def train_and_save(trainer: Any, tok: Any, ctx: TrainContext) -> dict[str, float
         "train/steps": steps,
         "train/steps_per_second": steps / runtime if runtime > 0 else 0.0,
     }
+
+
+def save_policy(trainer: Any, tok: Any, ctx: TrainContext) -> None:
+    """The trained policy to out_dir/model; with LoRA, the adapter to out_dir/adapter and the merged model to
+    out_dir/model (`harness.lora`: what every consumer loads)."""
+    from harness import lora
+    from harness.generation import EngineSettings, record_engine
+
+    # What the precision resolved to, beside the weights it produced (artifacts/engine.json).
+    record_engine(ctx.out_dir, (ctx.engine or EngineSettings()).resolved())
+    if lora.is_peft_model(trainer.model):
+        lora.save_adapter_and_merged(trainer.model, tok, ctx.out_dir, ctx.config.peft, ctx.policy_path)
+        return
+    trainer.save_model(str(ctx.out_dir / "model"))
+    tok.save_pretrained(str(ctx.out_dir / "model"))

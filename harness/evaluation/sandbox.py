@@ -175,7 +175,7 @@ def _announce_fallback(reason: str) -> None:
         "Install bubblewrap (apt-get install bubblewrap) for filesystem isolation. Results record "
         "isolation=fallback."
     )
-    logging.getLogger("harness.sandbox").warning(message)
+    logging.getLogger(__name__).warning(message)
     print(f"\n{'!' * 100}\n{message}\n{'!' * 100}\n", file=sys.stderr, flush=True)
 
 

@@ -24,6 +24,7 @@ from harness.cli import print_error
 
 
 def cmd_serve_judge(args: argparse.Namespace) -> int:
+    from harness.generation import EngineSettings
     from harness.judge.server import make_server, parse_faults
 
     if args.threads:
@@ -39,7 +40,7 @@ def cmd_serve_judge(args: argparse.Namespace) -> int:
             model=None if args.scripted else args.model, scripted=args.scripted, served_name=args.served_name,
             host=args.host, port=args.port, require_key_env=args.require_key_env, delay_s=args.delay_s,
             faults=faults, max_batch=args.max_batch, max_new_tokens_cap=args.max_new_tokens_cap,
-            retry_after=args.retry_after,
+            retry_after=args.retry_after, engine=EngineSettings(dtype=args.dtype, batching=args.batching),
         )
     except (ValueError, FileNotFoundError) as exc:
         print_error(exc, args)
@@ -76,6 +77,7 @@ def _exec_vllm(args: argparse.Namespace) -> int:
     import importlib.util
 
     from harness.models import resolve_model
+    from harness.openai_engine import vllm_serve_command
 
     if importlib.util.find_spec("vllm") is None:
         print("error: --engine vllm but vLLM is not installed", file=sys.stderr)
@@ -86,9 +88,8 @@ def _exec_vllm(args: argparse.Namespace) -> int:
             print(f"error: {args.require_key_env} is empty", file=sys.stderr)
             return 2
         os.environ["VLLM_API_KEY"] = key  # through the environment, never on the command line
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(args.model),
-            "--served-model-name", args.served_name or args.model, "--host", args.host,
-            "--port", str(args.port or 8001)]
+    argv = vllm_serve_command(resolve_model(args.model), args.served_name or args.model, args.host, args.port or 8001,
+                              args.dtype)
     print(f"exec vLLM OpenAI server for {args.model!r} on {args.host}:{args.port or 8001}", flush=True)
     os.execv(sys.executable, argv)
     return 0  # not reached
@@ -176,7 +177,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="a loopback address")
     serve.add_argument("--port", type=int, default=8001, help="0 = any free port")
     serve.add_argument("--engine", default="hf", choices=["hf", "vllm", "auto"],
-                       help="auto: vLLM's server when vLLM and a GPU are present")
+                       help="auto: vLLM's server when vLLM and a GPU are present (untested here)")
+    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                       help="hf engine precision (auto: bf16 where the device computes it natively)")
+    serve.add_argument("--batching", default="auto", choices=["auto", "static", "compact", "continuous"],
+                       help="hf engine batching (auto: the measured fastest for the device)")
     serve.add_argument("--require-key-env", default=None, metavar="VAR",
                        help="answer 401 unless the Bearer key equals $VAR")
     serve.add_argument("--fail-first", type=int, default=0, metavar="N",

@@ -10,7 +10,8 @@
 4. Win rate (ties half) with a percentile-bootstrap CI over prompts, and Bradley-Terry scores anchored
    at the reference.
 5. Log to MLflow, additively: on each cell's parent run the metrics `judge/win_rate`,
-   `judge/win_rate_ci_low`, `judge/win_rate_ci_high`, ... at the next free step of each key (earlier
+   `judge/win_rate_ci_low`, `judge/win_rate_ci_high`, `judge/lc_win_rate` (its length-controlled counterpart,
+   AlpacaEval 2's GLM, on the AlpacaEval prompts only: `length_controlled`), ... at the next free step of each key (earlier
    values stay in the history; no other metric is touched); plus one judge run (`mlflow_layout.log_judge_run`)
    holding the table, the ranking, all verdicts and the judge's token usage and cost.
 """
@@ -68,6 +69,10 @@ class JudgeReport:
     usage: dict[str, Any]
     verdicts: list[dict[str, Any]]
     summary_run_id: str | None = None
+    # Length-controlled counterpart of each win rate (0-1, as win_rate), AlpacaEval 2's GLM (`length_controlled_win_rate`);
+    # None when it cannot be computed, `lc_unavailable` saying why.
+    lc_win_rates: dict[str, float | None] = field(default_factory=dict)
+    lc_unavailable: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> str:
         lines = [f"judge {self.judge_model} | reference {self.reference} | {self.num_prompts} prompts "
@@ -159,11 +164,12 @@ def generate_answers(policy_path: str, prompts: Sequence[Messages], max_new_toke
                      batch_size: int = 8, cache: GenerationCache | None = None) -> tuple[list[str], int]:
     """(answers, how many were generated now) with the shared generation engine; cached answers are
     reused, and the model is loaded only when something is missing."""
-    from harness.generation import SamplingParams, make_generator
+    from harness.generation import EngineSettings, SamplingParams, make_generator
     from harness.models import resolve_model
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    params_key = json.dumps(asdict(params), sort_keys=True)
+    # The engine's precision changes answers: cached ones are reused only from the same engine.
+    params_key = json.dumps({**asdict(params), "engine": EngineSettings().resolved().key()}, sort_keys=True)
     identity = policy_identity(policy_path)
     keys = [stable_hash(p) for p in prompts]
     found = cache.get_many(identity, keys, params_key) if cache else {}
@@ -254,12 +260,38 @@ def judge_experiment(
     ranking = [c for c, _ in bt.ranking()] if bt else [ref.cell, *others]
     report = JudgeReport(experiment, ref.cell, client.model, prompt_set, len(prompts), win_rates, bt_scores,
                          ranking, client.usage(), verdict_rows)
+    for cell in others:
+        m = matchups.index((cell, ref.cell))
+        report.lc_win_rates[cell], reason = length_controlled(
+            prompt_set, answers[ref.cell], answers[cell], verdicts[m * len(prompts) : (m + 1) * len(prompts)])
+        if reason:
+            report.lc_unavailable[cell] = reason
     if log_mlflow:
         report.summary_run_id = _log_report(report, experiment_id, policies, client, pairs, max_new_tokens)
     out = judge_dir() / "reports"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{_slug(experiment)}.json").write_text(json.dumps(_report_json(report), indent=2, default=float))
     return report
+
+
+def length_controlled(prompt_set: str, reference_answers: Sequence[str], answers: Sequence[str],
+                      verdicts: Sequence[PairVerdict]) -> tuple[float | None, str | None]:
+    """(length-controlled win rate in [0, 1], or None and why) of `answers` against the reference's, from
+    the judge's verdicts per prompt: AlpacaEval 2's own GLM (`length_controlled_v1`, through
+    `harness.judge.alpaca.length_controlled_win_rate`), which models the verdict by the answers' length
+    difference and each instruction's difficulty and reports the win rate with the length term removed.
+    It knows the difficulty of AlpacaEval's instructions only, so other prompt sets get none."""
+    if prompt_set != "alpaca_eval":
+        return None, (f"the length-controlled GLM (AlpacaEval 2's) knows the difficulty of AlpacaEval's "
+                      f"instructions only; this prompt set is {prompt_set!r}")
+    from harness.judge.alpaca import length_controlled_win_rate
+
+    annotations = [{"index": k, "output_1": ref, "output_2": own, "preference": 1.0 + v.score if v.valid else None}
+                   for k, (ref, own, v) in enumerate(zip(reference_answers, answers, verdicts, strict=True))]
+    lc = length_controlled_win_rate(annotations)
+    if lc.win_rate is None:
+        return None, lc.unavailable_reason
+    return lc.win_rate / 100.0, None
 
 
 def _slug(text: str) -> str:
@@ -271,6 +303,7 @@ def _report_json(report: JudgeReport) -> dict[str, Any]:
         "experiment": report.experiment, "reference": report.reference, "judge_model": report.judge_model,
         "prompt_set": report.prompt_set, "num_prompts": report.num_prompts,
         "win_rates": {c: wr.as_dict() for c, wr in report.win_rates.items()},
+        "lc_win_rates": report.lc_win_rates, "lc_unavailable": report.lc_unavailable,
         "bradley_terry": report.bt_scores, "ranking": report.ranking, "usage": report.usage,
         "summary_run_id": report.summary_run_id,
     }
@@ -288,6 +321,8 @@ def _log_report(report: JudgeReport, experiment_id: str, policies: Sequence[Poli
             metrics.update({"judge/win_rate": wr.win_rate, "judge/win_rate_ci_low": wr.ci_low,
                             "judge/win_rate_ci_high": wr.ci_high, "judge/n": wr.n, "judge/ties": wr.ties,
                             "judge/invalid": wr.invalid})
+            if report.lc_win_rates.get(policy.cell) is not None:
+                metrics["judge/lc_win_rate"] = report.lc_win_rates[policy.cell]
         if policy.cell in report.bt_scores:
             metrics["judge/bt_score"] = report.bt_scores[policy.cell]
             metrics["judge/bt_rank"] = rank_of[policy.cell]
