@@ -268,6 +268,9 @@ class PairwiseTraining:
     reference: str | None = None  # None: OFFLINE_REFERENCE[algorithm]
     eval_pairs: int = 0  # pairs scored once after training (held-out accuracy, RewardBench)
     label: str = ""
+    # Only the reference forward over the data (reference="precomputed"): the shared `reference_logps`
+    # stage, whose training stages then run with reference="none".
+    reference_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -451,6 +454,14 @@ def _pairwise(w: PairwiseTraining, profile: DeviceProfile, rate: float | None) -
     chosen, rejected = length(w.data.chosen_tokens), length(w.data.rejected_tokens)
     pair_forward = (w.model.sequence_forward_flops(chosen, lm_head=not is_rm)
                     + w.model.sequence_forward_flops(rejected, lm_head=not is_rm))
+    if w.reference_only:
+        if reference != "precomputed":
+            raise CostInputError(f"{label}: a reference-only pass is the precomputed reference, got {reference!r}")
+        tally.batched("reference forward (precomputed)", w.data.pairs * pair_forward)
+        tally.forward += w.data.pairs * (chosen + rejected)
+        if profile.static_shapes:
+            notes.append(f"static shapes: every sequence padded to {w.max_length} tokens")
+        return tally.result(label, "reference_logps", notes, rate)
     tally.batched("train (forward + backward)", 3.0 * seen * pair_forward)
     tally.trained += seen * (chosen + rejected)
     if reference != "none":

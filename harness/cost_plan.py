@@ -8,8 +8,10 @@ How each stage kind maps (docs/cost.md, "hooks"):
   `num_train_epochs` / `max_steps`, batch per device x accumulation x processes, `max_length`; the
   held-out pairs and RewardBench (when planned) are a forward each;
 - `train_policy` -> `PairwiseTraining(algorithm, ...)` for the offline algorithms (DPO and family, KTO, SimPO,
-  ORPO; the reference precomputed or per step as the config says), `OnlineTraining(...)` for PPO, GRPO,
-  RLOO and online DPO (prompts, rollouts, generation budget, reward model and value model shapes);
+  ORPO; the reference precomputed or per step as the config says, none when the cell's shared
+  `reference_logps` stage is its input), `OnlineTraining(...)` for PPO, GRPO, RLOO and online DPO
+  (prompts, rollouts, generation budget, reward model and value model shapes);
+- `reference_logps` -> `PairwiseTraining(..., reference_only=True)`: one reference forward over the pairs;
 - `evaluate` -> `Evaluation(model, tasks)`: one `EvalTask` per planned task from `harness/cost_inputs.yaml`
   (benchmark sizes, prompt lengths, generation budgets; each task's resolved `max_new_tokens` and
   `n_samples` settings win), times the checkpoints evaluated (`eval.checkpoint_every`), plus best-of-N's
@@ -228,6 +230,14 @@ def _reward_shape(stage: Any, mapping: Mapping, policy: Any) -> Any:
     return None
 
 
+def reference_workload(stage: Any, mapping: Mapping) -> PairwiseTraining:
+    """The shared `reference_logps` stage (harness/reference_logps.py): one reference forward over the pairs."""
+    config = stage.config
+    return PairwiseTraining("dpo", cost.model_shape(config["model"]), _pairs(stage.inputs["data"], mapping),
+                            epochs=1.0, batch_size=config.get("batch_size", 1), max_length=config["max_length"],
+                            reference="precomputed", reference_only=True, label=f"reference {config['model']}")
+
+
 def policy_workload(stage: Any, mapping: Mapping) -> Workload:
     from harness.algorithms import ALGORITHMS
 
@@ -242,7 +252,9 @@ def policy_workload(stage: Any, mapping: Mapping) -> Workload:
     label = f"{name} {stage.config['model']} on {data.config['name']}"
     if spec.data in ("pairs", "unpaired"):
         reference = None
-        if "precompute_ref_log_probs" in algo:
+        if "reference_logps" in stage.inputs:  # the shared reference_logps stage ran that pass
+            reference = "none"
+        elif "precompute_ref_log_probs" in algo:
             reference = "precomputed" if algo["precompute_ref_log_probs"] and processes == 1 else "per_step"
         return PairwiseTraining(
             name if name in cost.OFFLINE_REFERENCE else "dpo", policy, _pairs(data, mapping),
@@ -380,6 +392,8 @@ def stage_estimate(stage: Any, device: DeviceProfile, mapping: Mapping,
                                             label=stage.label), device, usd_per_device_hour)
     elif stage.kind == "train_reward_model":
         est = cost.estimate(reward_model_workload(stage, mapping), device, usd_per_device_hour)
+    elif stage.kind == "reference_logps":
+        est = cost.estimate(reference_workload(stage, mapping), device, usd_per_device_hour)
     elif stage.kind == "train_policy":
         est = cost.estimate(policy_workload(stage, mapping), device, usd_per_device_hour)
     elif stage.kind == "evaluate":
