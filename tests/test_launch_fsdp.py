@@ -72,7 +72,8 @@ def test_a_tiny_trl_stage_under_accelerate_launch_with_the_fsdp_config_on_two_cp
     (plan,) = [p for p in plan_grid(grid) if not p.cell.is_baseline]
     if unresolved_inputs([plan]):
         pytest.skip("needs the HH-RLHF sample in ../shared/data")
-    execute_stage(plan.stage("prepare_data").spec())
+    for kind in ("prepare_data", "reference_logps"):  # the training stage's inputs, run in this process
+        execute_stage(plan.stage(kind).spec())
     train = plan.stage("train_policy")
     with socket.socket() as probe:  # a free port: the machine is shared, 29500 may be taken
         probe.bind(("127.0.0.1", 0))
