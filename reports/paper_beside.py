@@ -93,19 +93,19 @@ def match_row(table: PaperTable, cell: CellRun, sizes: dict[str, str]) -> PaperR
         if row.kind != "data" or not row.key:
             continue
         key = _scale_free(row.key)
-        normalised = {k: (f"{float(v):g}" if k.startswith("algorithm.") and _is_number(v) else v) for k, v in key.items()}
+        normalised = {k: (_number_text(v) if k.startswith("algorithm.") else v) for k, v in key.items()}
         ours = _cell_key(cell, sizes, set(row.key))
         if all(ours.get(k) == v for k, v in normalised.items()):
             hits.append((len(key), row))
     return max(hits, key=lambda h: h[0])[1] if hits else None
 
 
-def _is_number(text: str) -> bool:
+def _number_text(text: str) -> str:
+    """A number as the cells' keys print it ("0.10" -> "0.1"); other text as it is."""
     try:
-        float(text)
+        return f"{float(text):g}"
     except ValueError:
-        return False
-    return True
+        return text
 
 
 def _row_cells(row: Row, by_run: dict[str, CellRun]) -> list[CellRun]:
