@@ -84,7 +84,7 @@ def cell_run_info(grid: Grid, plan: CellPlan) -> layout.CellRunInfo:
         policy_path=str(policy.path / "model") if policy else plan.cell.config.model,
         reward_model_path=rm_path or None, data_fingerprints=fingerprints,
         grid_file=str(grid.source) if grid.source is not None else None,
-        stage_specs=[s.spec() for s in plan.stages])
+        stage_specs=[s.spec() for s in plan.stages], profile=grid.profile)
 
 
 def _digest(value: Any) -> str:

@@ -37,6 +37,11 @@ Layout, per MLflow experiment (one per grid):
   a pruned trial is its own KILLED run (`harness.run_type=trial`).
 - judge: `judge/*` metrics appended (next free step) on cell runs, one `harness.run_type=judge` run.
 - `harness eval`: one `harness.run_type=eval` run per invocation.
+- report run (`harness.run_type=report`), one per `harness report`: the index, tables and figures it built
+  as artifacts (`report/`), the built and skipped items as params and tags, the index as its description.
+- the experiment itself: its description (`mlflow.note.content`) says which grid file and profile made it;
+  tags `harness.grid_file`, `harness.profile`, `harness.device_profile` (the device the report's compute
+  columns are estimated on by default), written by `describe_experiment` whenever a grid runs.
 
 Reading: "the latest FINISHED run wins" (`latest_finished`) is the one rule by which a cell's run is
 chosen, for the runner's resume and skip, the sweep, the judge and the reports alike.
@@ -75,6 +80,7 @@ RUN_TYPE_STUDY = "study"
 RUN_TYPE_TRIAL = "trial"
 RUN_TYPE_JUDGE = "judge"
 RUN_TYPE_EVAL = "eval"
+RUN_TYPE_REPORT = "report"
 
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
 TAG_RUN_NAME = "mlflow.runName"
@@ -122,6 +128,12 @@ TAG_PARETO_FRONT_TRIALS = "harness.pareto_front_trials"
 TAG_PARETO_FRONT = "harness.pareto_front"  # on a trial's cell run
 # judge
 TAG_JUDGE_REFERENCE = "harness.judge.reference"
+# the grid's profile (cell runs and the experiment), and the experiment's grid file / default device
+TAG_PROFILE = "harness.profile"
+TAG_DEVICE_PROFILE = "harness.device_profile"
+# report runs
+TAG_REPORT_ITEMS = "harness.report.items"
+TAG_REPORT_SKIPPED_PREFIX = "harness.report.skipped."  # + item name = why it was not built
 
 RESOLVED_CONFIG_ARTIFACT = "resolved_config.json"
 # Models bigger than this are not copied into the MLflow artifact store; `harness.model_path` points
@@ -377,6 +389,7 @@ class CellRunInfo:
     data_fingerprints: dict[str, str] = field(default_factory=dict)  # dataset -> fingerprint
     grid_file: str | None = None
     stage_specs: list[dict[str, Any]] = field(default_factory=list)  # for resolved_config.json
+    profile: str | None = None  # the grid profile the cell was planned with
 
     def tags(self) -> dict[str, str]:
         tags = {
@@ -386,6 +399,8 @@ class CellRunInfo:
         }
         if self.grid_file is not None:
             tags[TAG_GRID_FILE] = self.grid_file
+        if self.profile is not None:
+            tags[TAG_PROFILE] = self.profile
         tags.update({f"{TAG_STAGE_KEY_PREFIX}{entry}": key for entry, key in self.stage_keys.items()})
         if self.policy_path:
             tags[TAG_POLICY_PATH] = self.policy_path
@@ -630,6 +645,53 @@ def log_eval_run(experiment_id: str, run_name: str, model_path: str, params: dic
     client.log_artifacts(run_id, str(artifacts_dir), artifact_path="eval")
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+@dataclass
+class ExperimentInfo:
+    """What made an experiment: the grid file, its profile, the grid's description, the default device."""
+
+    grid_file: str | None
+    profile: str | None
+    description: str = ""
+    device_profile: str | None = None
+    command: str = "harness run"  # or "harness sweep"
+
+
+def describe_experiment(experiment_id: str, info: ExperimentInfo) -> None:
+    """The experiment's description (the MLflow UI shows it) and tags: which grid file and profile made it."""
+    command = f"{info.command} {info.grid_file or '<grid>'}" + (f" --profile {info.profile}" if info.profile else "")
+    text = f"Made by `{command}`" + (f": {info.description}" if info.description else ".")
+    tags = {TAG_NOTE: _clip(text), TAG_PROFILE: info.profile or "", TAG_GRID_FILE: info.grid_file or ""}
+    if info.device_profile:
+        tags[TAG_DEVICE_PROFILE] = info.device_profile
+    client = tracking.client()
+    for key, value in tags.items():
+        client.set_experiment_tag(experiment_id, key, value)
+
+
+def experiment_tags(experiment_id: str) -> dict[str, str]:
+    return dict(tracking.client().get_experiment(experiment_id).tags)
+
+
+def log_report_run(experiment_id: str, report_dir: Path, built: dict[str, list[str]], skipped: dict[str, str],
+                   index_text: str, params: dict[str, str]) -> str:
+    """One `harness report`: every file it wrote under `report/`, the items built (tag and params) and the
+    skipped ones with why, the index as the run's description. A new run each time: earlier reports stay."""
+    client = tracking.client()
+    tags = {TAG_RUN_TYPE: RUN_TYPE_REPORT, TAG_GIT_SHA: tracking.git_sha(), TAG_NOTE: _clip(index_text),
+            TAG_REPORT_ITEMS: _clip(",".join(built))}
+    tags.update({f"{TAG_REPORT_SKIPPED_PREFIX}{name}": _clip(why) for name, why in skipped.items()})
+    run_id = client.create_run(experiment_id, run_name="report", tags=tags).info.run_id
+    tracking.log_params(run_id, {**params, **{f"report.files.{name}": ",".join(files) for name, files in built.items()}})
+    client.log_artifacts(run_id, str(report_dir), artifact_path="report")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def report_runs(experiment_id: str) -> list[Any]:
+    """The experiment's report runs, oldest first."""
+    return tracking.find_runs(experiment_id, {TAG_RUN_TYPE: RUN_TYPE_REPORT})
 
 
 def model_path_of_run(run_id: str) -> str:

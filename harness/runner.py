@@ -104,6 +104,7 @@ def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = p
 
     plans = plan_grid(grid)
     experiment_id = tracking.setup_experiment(grid.experiment)
+    describe_experiment(grid, experiment_id)
     cache.sweep_stale_temps()
     summary = RunSummary(experiment_id)
 
@@ -158,6 +159,16 @@ def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = p
             logger.exception("closing the MLflow logger after a failed run")
     _record_failed_cells(summary, pending, live.logged)
     return summary
+
+
+def describe_experiment(grid: Grid, experiment_id: str) -> None:
+    """The experiment's description and tags: the grid file and profile that made it (mlflow_layout). A grid
+    built in code (a sweep's trial, a test) has no file: it leaves the experiment's description as it is."""
+    if grid.source is None:
+        return
+    layout.describe_experiment(experiment_id, layout.ExperimentInfo(
+        grid_file=str(grid.source) if grid.source is not None else None, profile=grid.profile,
+        description=grid.description, device_profile=grid.device_profile))
 
 
 def data_first_phases(stages: list[Stage]) -> list[list[Stage]]:

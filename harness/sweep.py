@@ -1,6 +1,6 @@
 """Optuna sweeps over any config field (the KL coefficient first), each trial a grid cell.
 
-    harness sweep ablations/kl_sweep.yaml [--storage URL] [--workers N] [--n-trials N]
+    harness sweep ablations/fig4_kl_sweep.yaml [--profile NAME] [--storage URL] [--workers N] [--n-trials N]
                   [--backend local|ray] [--set base.model=tiny-random-llama ...]
 
 A sweep file is a grid file's `base` (and optional `axes`) plus a search block:
@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from harness import mlflow_layout as layout
 from harness import tracking
@@ -162,6 +162,7 @@ class SweepFile(Strict):
     storage: str | None = None
     study_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")
     baseline: bool = False
+    _profile: Any = PrivateAttr(default=None)  # harness.profiles.ProfileChoice of the file as loaded
 
     @model_validator(mode="after")
     def _checks(self) -> SweepFile:
@@ -217,19 +218,28 @@ def parse_sweep(raw: dict[str, Any], where: str = "<sweep>") -> SweepFile:
     return spec
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepFile:
-    """Read a sweep YAML; `overrides` are `dotted.key=yaml_value` strings applied to the raw file."""
+def load_sweep(path: str | Path, overrides: list[str] | None = None, profile: str | None = None) -> SweepFile:
+    """Read a sweep YAML with profile `profile` applied (`harness.profiles`; None = the file as written),
+    then `overrides`, `dotted.key=yaml_value` strings."""
+    from harness.profiles import apply_profile, locate_errors
+
     path = Path(path)
     raw = read_yaml(path, "sweep", SweepError) or {}
     if isinstance(raw, dict) and "search" not in raw and "base" in raw:
         raise SweepError(f"{path} has no `search` block: a grid file is run with `harness run {path}`; "
-                         "a sweep file adds `search` and `objective` (see ablations/kl_sweep.yaml)")
+                         "a sweep file adds `search` and `objective` (see ablations/fig4_kl_sweep.yaml)")
+    raw, choice = apply_profile(raw, profile, str(path), set(SweepFile.model_fields) | {"profiles"}, SweepError)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SweepError(f"--set {item!r}: expected KEY=VALUE (e.g. base.model=tiny-random-llama)")
         _override(raw, key, yaml.safe_load(value))
-    return parse_sweep(raw, str(path))
+    try:
+        spec = parse_sweep(raw, str(path))
+    except SweepError as exc:
+        raise SweepError(locate_errors(str(exc), choice)) from None
+    spec._profile = choice
+    return spec
 
 
 def _override(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -556,6 +566,11 @@ def create_studies(spec: SweepFile, storage: Any, storage_url: str, source: Path
     from optuna.trial import TrialState
 
     experiment_id = tracking.setup_experiment(spec.experiment)
+    choice = spec._profile
+    layout.describe_experiment(experiment_id, layout.ExperimentInfo(
+        grid_file=str(source) if source is not None else None, profile=choice.name if choice else None,
+        description=spec.description, device_profile=choice.device_profile if choice else None,
+        command="harness sweep"))
     directions = [o.direction for o in spec.objective_list]
     remaining: dict[str, int] = {}
     for study_name, partition in study_names(spec):
@@ -737,11 +752,63 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of the sweep file (YAML value), e.g. base.model=tiny-random-llama")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the studies, run nothing")
+    parser.add_argument("--profile", default=None, metavar="NAME",
+                        help="apply the file's profile NAME (paper, gpu, cpu, tiny, ...) before --set")
+    parser.add_argument("--device-profile", default=None, metavar="NAME",
+                        help="device of the --dry-run cost estimate (default: the profile's, else cpu-2core)")
+    parser.add_argument("--usd-per-hour", type=float, default=None, metavar="RATE",
+                        help="price of one device-hour for the estimate (default: the device's list price)")
+
+
+def _probe_plans(spec: SweepFile) -> tuple[dict[str, Any], list[Any]]:
+    """(the probe parameters, the plans of one trial per study at them): each searched field at its first
+    probe value (what a trial reads does not depend on the searched values)."""
+    from harness.runner import plan_grid
+
+    probe = {name: param.probe_values()[0] for name, param in spec.search.items()}
+    return probe, [plan for _, partition in study_names(spec) for plan in plan_grid(trial_grid(spec, partition, probe))]
+
+
+def unresolved_sweep_inputs(spec: SweepFile) -> list[str]:
+    """Data and models the sweep's trials need that this machine cannot provide (harness.resolution)."""
+    from harness.resolution import unresolved_inputs
+
+    choice = spec._profile
+    return unresolved_inputs(_probe_plans(spec)[1], full_data=bool(choice and choice.full_data))
+
+
+def describe_sweep_plan(spec: SweepFile, device: str | None, usd_per_device_hour: float | None) -> str:
+    """`--dry-run`'s plan of one trial per study (each searched field at its first probe value), the
+    inputs this machine lacks, and the cost of the studies' trials on `device` (n_trials each)."""
+    from harness.cost import CostInputError, total
+    from harness.cost_plan import DEFAULT_DEVICE, grid_cost
+    from harness.resolution import unresolved_inputs
+
+    choice = spec._profile
+    probe, plans = _probe_plans(spec)
+    lines = [f"plan of one trial per study at {probe}: {sum(len(p.stages) for p in plans)} stages"]
+    full = bool(choice and choice.full_data)
+    missing = unresolved_inputs(plans, full_data=full)
+    if missing:
+        lines.append(f"inputs not available on this machine ({len(missing)}; the sweep cannot start):")
+        lines += ["  " + m.replace("\n", "\n  ") for m in missing]
+    device = device or (choice.device_profile if choice else None) or DEFAULT_DEVICE
+    try:
+        found = grid_cost(plans, device, choice.launch if choice else {}, usd_per_device_hour, full_data=full)
+    except CostInputError as exc:
+        return "\n".join([*lines, f"cost estimate on {device}: not available: {exc}"])
+    per_trial = total([e for _, e in found.stages if _.kind != "prepare_data"], "one trial per study")
+    usd = "n/a" if per_trial.usd is None else f"${per_trial.usd * spec.n_trials:,.2f}"
+    lines.append(f"cost on {found.device}: one trial per study {per_trial.flops:.3g} FLOPs, {per_trial.hours:.3g} h; "
+                 f"x {spec.n_trials} trials: {per_trial.flops * spec.n_trials:.3g} FLOPs, "
+                 f"{per_trial.device_hours * spec.n_trials:.3g} device-hours, {usd} (shared stages, such as the "
+                 "reward models and the baseline, counted once per trial: an upper bound)")
+    return "\n".join(lines)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     try:
-        spec = load_sweep(args.sweep, args.overrides)
+        spec = load_sweep(args.sweep, args.overrides, profile=args.profile)
     except SweepError as exc:
         print_error(exc, args)
         return 2
@@ -752,11 +819,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for name, partition in study_names(spec):
             print(f"study {name}: axes {partition or '-'}, search {sorted(spec.search)}, "
                   f"{spec.n_trials} trial(s), objectives {[o.metric for o in spec.objective_list]}")
+        print(describe_sweep_plan(spec, args.device_profile, args.usd_per_hour))
         return 0
+    if not args.join:
+        from harness.resolution import format_unresolved
+
+        missing = unresolved_sweep_inputs(spec)
+        if missing:
+            print(f"error: {format_unresolved(missing)}", file=sys.stderr)
+            return 2
     options: dict[str, Any] = {}
     if args.backend == "ray" and args.ray_address:
         options["address"] = args.ray_address
-    worker_argv = [args.sweep, *(f"--set={o}" for o in args.overrides)]
+    worker_argv = [args.sweep, *([f"--profile={args.profile}"] if args.profile else []),
+                   *(f"--set={o}" for o in args.overrides)]
     try:
         summaries = run_sweep(spec, storage_url=args.storage, workers=args.workers, join=args.join,
                               worker_index=args.worker_index, n_trials=args.n_trials, backend=args.backend,

@@ -102,11 +102,11 @@ def test_kl_sweep_yaml_is_valid_with_two_reward_model_studies():
     from harness.paths import PROJECT_ROOT
     from harness.sweep import study_names
 
-    spec = load_sweep(PROJECT_ROOT / "ablations" / "kl_sweep.yaml")
+    spec = load_sweep(PROJECT_ROOT / "ablations" / "fig4_kl_sweep.yaml")
     assert [p for _, p in study_names(spec)] == [{"reward_model.dataset.max_rows": 32},
                                                  {"reward_model.dataset.max_rows": 255}]
     assert list(spec.search) == ["algorithm.kl_coef"] and spec.baseline
-    tiny = load_sweep(PROJECT_ROOT / "ablations" / "kl_sweep.yaml",
+    tiny = load_sweep(PROJECT_ROOT / "ablations" / "fig4_kl_sweep.yaml",
                       ["base.model=tiny-random-llama", "search.algorithm.kl_coef.choices=[0.1, 0.2]"])
     assert tiny.base["model"] == "tiny-random-llama" and tiny.search["algorithm.kl_coef"].choices == [0.1, 0.2]
 
@@ -277,14 +277,14 @@ def test_sweep_killed_mid_trial_resumes_with_the_same_parameters(tiny_model, sha
 
 @pytest.mark.slow
 def test_kl_sweep_yaml_at_tiny_scale_gives_fig4_per_reward_model(tiny_model, shared_mlflow, tmp_path):
-    """ablations/kl_sweep.yaml with the tiny model and two βs per RM study: every trial run carries what
+    """ablations/fig4_kl_sweep.yaml with the tiny model and two βs per RM study: every trial run carries what
     Fig. 4 needs (the RM axis, β, the suite metric, KL, RM reward), and `harness report` draws Fig. 4
     from MLflow alone: one line per RM, one point per β, each equal to that trial's logged metric."""
     from harness.paths import PROJECT_ROOT
     from reports.build import build_report
 
     betas = [0.05, 0.2]
-    spec = load_sweep(PROJECT_ROOT / "ablations" / "kl_sweep.yaml", [
+    spec = load_sweep(PROJECT_ROOT / "ablations" / "fig4_kl_sweep.yaml", [
         "base.model=tiny-random-llama", "base.reward_model.base=tiny-random-llama",
         "base.algorithm.max_steps=1", "base.reward_model.train.max_steps=2", "base.eval.limit=2",
         f"search.algorithm.kl_coef.choices={betas}"])

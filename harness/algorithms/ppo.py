@@ -68,7 +68,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import torch
@@ -976,73 +975,6 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         "train/final_loss": last.get("train/loss", math.nan),
         "train/world_size": float(world),
     }
-
-
-def evaluate_policy_reward(
-    policy_path: str,
-    prompts: Sequence[Messages],
-    *,
-    reward_model_path: str | None = None,
-    reward_function: Callable[..., list[float]] | None = None,
-    reference_path: str | None = None,
-    max_new_tokens: int = 64,
-    temperature: float = 0.7,
-    samples_per_prompt: int = 1,
-    seed: int = 0,
-    batch_size: int = 16,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Mean reward of a policy's samples on (held-out) prompts, and its KL to a reference policy.
-
-    KL is estimated on the sampled tokens as the mean over samples of sum_t (log pi - log pi_ref), with
-    log-probs at the sampling temperature (what PPO's `train/kl` logs with the default
-    `logprobs_at_sampling_temperature=True`; with False, training logs it at tau = 1). Returns (metrics, rows).
-    """
-    from transformers import AutoModelForCausalLM
-
-    from harness.generation import HFGenerator, SamplingParams
-    from harness.models import default_device, load_tokenizer, resolve_model
-
-    if (reward_model_path is None) == (reward_function is None):
-        raise ValueError("give exactly one of reward_model_path or reward_function")
-    if not prompts:
-        raise ValueError("no prompts to evaluate on")
-    device = default_device()
-    path = resolve_model(policy_path)
-    tokenizer = load_tokenizer(path)
-    policy = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
-    generated = HFGenerator(policy, tokenizer, batch_size=batch_size).generate_samples(
-        list(prompts), SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                      num_return_sequences=samples_per_prompt, seed=seed))
-    flat = [s for row in generated for s in row]
-    flat_prompts = [p for p, row in zip(prompts, generated) for _ in row]
-    ctx = TrainContext(policy_path=path, train_rows=[], config=None, out_dir=Path("."),
-                       reward_model_path=reward_model_path, reward_function=reward_function)
-    score_fn, _ = _reward_source(ctx, device)
-    # No training rows here: a verifier that reads prompt columns cannot score these prompts (it raises).
-    scores = score_fn(flat_prompts, [s.text for s in flat], [s.completion_ids for s in flat], [{} for _ in flat])
-    lengths = [len(s.completion_ids) for s in flat]
-    metrics = {
-        "policy/reward_mean": sum(scores) / len(scores),
-        "policy/reward_std": float(torch.tensor(scores).std()) if len(scores) > 1 else 0.0,
-        "policy/response_length": sum(lengths) / len(lengths),
-        "policy/truncated_frac": sum(not s.finished for s in flat) / len(flat),
-        "policy/n": float(len(flat)),
-    }
-    kls: list[float] = []
-    if reference_path is not None:
-        reference = AutoModelForCausalLM.from_pretrained(resolve_model(reference_path)).to(device).eval()
-        for start in range(0, len(flat), batch_size):
-            chunk = _to_device(pack_rollouts(flat[start : start + batch_size], flat_prompts[start : start + batch_size],
-                                             tokenizer.pad_token_id), device)
-            with torch.no_grad():
-                lp = gather_logprobs(response_logits(policy, chunk, temperature), response_tokens(chunk))
-                ref_lp = gather_logprobs(response_logits(reference, chunk, temperature), response_tokens(chunk))
-            kls += ((lp - ref_lp) * chunk.response_mask).sum(1).tolist()
-        metrics["policy/kl_to_reference"] = sum(kls) / len(kls)
-    rows = [{"prompt": _last_user_text(p), "completion": s.text, "score": sc, "finished": s.finished,
-             **({"kl": kls[i]} if kls else {})}
-            for i, (p, s, sc) in enumerate(zip(flat_prompts, flat, scores))]
-    return metrics, rows
 
 
 def _store(stats: dict[int, dict[str, torch.Tensor]], idx: torch.Tensor, batch_stats: dict[str, torch.Tensor],

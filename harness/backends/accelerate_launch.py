@@ -127,11 +127,21 @@ def _wait_published(kind: str, key: str, timeout: float = 3600.0) -> bool:
 
 
 def _report(rank: int) -> None:
-    """One line per rank: the process group the trainer really used (1 = it ran undistributed)."""
+    """One line per rank: the process group the trainer really used (1 = it ran undistributed) and the
+    distributed type accelerate chose (FSDP / DEEPSPEED only when it sharded the model)."""
     import torch.distributed as dist
 
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    print(f"harness.accelerate_launch: rank {rank} done, torch.distributed world size {world}", file=sys.stderr)
+    kind = "not initialised"
+    try:
+        from accelerate.state import PartialState
+
+        if PartialState._shared_state:
+            kind = str(getattr(PartialState().distributed_type, "value", PartialState().distributed_type))
+    except ImportError:
+        pass
+    print(f"harness.accelerate_launch: rank {rank} done, torch.distributed world size {world}, "
+          f"accelerate distributed type {kind}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
