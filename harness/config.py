@@ -292,6 +292,17 @@ class MonitorConfig(Strict):
     refusal_limit: int = Field(default=16, ge=0, description="XSTest prompts for the refusal rates (0 = off)")
 
 
+class TrainConfig(Strict):
+    """How a training stage (policy or reward model) saves its work while it runs (`harness.resume`): a
+    resume checkpoint every `checkpoint_minutes` of training and/or every `checkpoint_steps` optimizer
+    steps (PPO: updates), so a killed stage goes on from there. Not part of any stage key: when work is
+    saved does not change what is computed. Both null: no mid-stage checkpoints (a killed stage restarts)."""
+
+    checkpoint_minutes: float | None = Field(default=30.0, gt=0, allow_inf_nan=False,
+                                             description="save a resume checkpoint every M minutes (null = never)")
+    checkpoint_steps: int | None = Field(default=None, ge=1, description="save a resume checkpoint every N steps")
+
+
 class CellConfig(Strict):
     model: str = "smollm2-135m-instruct"
     dataset: DatasetRef | None = None
@@ -303,6 +314,7 @@ class CellConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig | None = None
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     seed: Seed = 1
 
     @field_validator("model")
