@@ -120,10 +120,11 @@ def latest(out: Path) -> tuple[int, Path] | None:
     return complete[-1] if complete else None
 
 
-def mark_complete(folder: Path, step: int) -> None:
-    """The last write of a checkpoint: from now on it can be resumed from."""
+def mark_complete(folder: Path, step: int, counters: dict[str, float] | None = None) -> None:
+    """The last write of a checkpoint: from now on it can be resumed from. `counters`: running totals a
+    trainer keeps outside its saved state (restored by `train`)."""
     tmp = folder / f".{MARKER_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps({"step": step, "saved_at": time.time()}))
+    tmp.write_text(json.dumps({"step": step, "saved_at": time.time(), "counters": counters or {}}))
     os.replace(tmp, folder / MARKER_FILE)
 
 
@@ -226,9 +227,32 @@ def stop_reason(out: Path) -> str | None:
 # TRL trainers
 # ---------------------------------------------------------------------------------------------
 
-def trainer_callback(out: Path, keep_every: int | None):
+# Running totals a Trainer keeps outside its checkpoints, kept in the marker and set back on resume (at
+# train begin, after transformers reset them): TRL's `num_tokens` metric (DPO, KTO, the reward trainer, GRPO,
+# RLOO, SFT count from 0 in __init__), and the loss sum behind the final `train_loss` (transformers averages
+# it over the steps of the current `train()` call only; with the sum and a start of 0 it covers the whole run).
+_TRAINER_COUNTERS = ("_total_train_tokens", "_total_loss_scalar")
+
+
+def _counters(trainer: Any) -> dict[str, float]:
+    found = {name: float(getattr(trainer, name)) for name in _TRAINER_COUNTERS if hasattr(trainer, name)}
+    if "_total_loss_scalar" in found and hasattr(trainer, "_tr_loss"):
+        found["_total_loss_scalar"] += float(trainer._tr_loss)  # the part not yet logged (drained) at the save
+    return found
+
+
+def _restore_counters(trainer: Any, counters: dict[str, float]) -> None:
+    for name, value in counters.items():
+        setattr(trainer, name, int(value) if isinstance(getattr(trainer, name, None), int) else value)
+    if "_total_loss_scalar" in counters:
+        trainer._initial_global_step = 0
+
+
+def trainer_callback(out: Path, keep_every: int | None, trainer: Any = None,
+                     restore: dict[str, float] | None = None):
     """A transformers `TrainerCallback`: saves when `Settings` say so or a stop is requested (and then stops
-    training), marks each saved checkpoint complete and drops the older ones."""
+    training), marks each saved checkpoint complete (with `trainer`'s running totals) and drops the older ones;
+    `restore`: the totals of the checkpoint training resumes from."""
     from transformers import TrainerCallback
 
     settings = current_settings()
@@ -239,6 +263,8 @@ def trainer_callback(out: Path, keep_every: int | None):
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.last_save = time.monotonic()
+            if restore:
+                _restore_counters(trainer, restore)
 
         def on_step_end(self, args, state, control, **kwargs):
             if stop_reason(out) is not None:
@@ -251,7 +277,7 @@ def trainer_callback(out: Path, keep_every: int | None):
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                mark_complete(folder, state.global_step)
+                mark_complete(folder, state.global_step, _counters(trainer) if trainer is not None else None)
                 prune_older(out, keep_every)
             self.last_save = time.monotonic()
 
@@ -263,8 +289,9 @@ def train(trainer: Any, out: Path, keep_every: int | None = None) -> Any:
     newest complete checkpoint there, and raises `StageStopped` when a stop request ended it."""
     # Full checkpoints (optimizer, scheduler, RNG): `eval.checkpoint_every` alone asked for weights only.
     trainer.args.save_only_model = False
-    trainer.add_callback(trainer_callback(out, keep_every))
     found = latest(out)
+    restore = json.loads((found[1] / MARKER_FILE).read_text()).get("counters", {}) if found else None
+    trainer.add_callback(trainer_callback(out, keep_every, trainer, restore))
     result = trainer.train(resume_from_checkpoint=str(found[1]) if found else None)
     reason = stop_reason(out)
     if reason is not None:
