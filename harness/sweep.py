@@ -39,11 +39,14 @@ left RUNNING by a stopped sweep are marked FAIL and their parameters queued agai
 is picked up (its finished stages are cached, its MLflow run is resumed). Only the process started
 without `--join` does that, so never start one while `--join` workers still run on the study.
 
-Pruning: when a `pruner` is set, a trial first runs its stages up to training; the train stage's step
-history (`history.jsonl`, the same values logged to MLflow) is reported to the trial step by step
-(negated when `pruner.direction` differs from the study's, as Optuna compares in the study's
-direction) and the pruner decides whether the evaluation runs. A pruned trial is logged as a
-KILLED run under the study with its params and reported values.
+Pruning: when a `pruner` is set, the trial's train stage reports its steps while it trains
+(`TrainingReporter`, the observer of `run_grid`'s live rows: the same values the driver logs to MLflow;
+negated when `pruner.direction` differs from the study's, as Optuna compares in the study's direction).
+When the pruner says prune, a stop request goes to the stage's working folder (`harness.resume`): the
+trainer saves a resume checkpoint after the current step and ends, the stage is never published and the
+evaluation never runs. A pruned trial is logged as a KILLED run under the study with its params and
+reported values. Checkpoint evaluations (`eval.checkpoint_every`) come after training, in the evaluate
+stage: they are not reported.
 
 Several workers: `--workers N` starts N worker processes on the study after creating it (use a
 JournalStorage file or PostgreSQL: `--storage journal:results/optuna/kl.journal` or
