@@ -196,6 +196,11 @@ def test_pruner_stops_the_training_it_prunes_and_skips_evaluation(tiny_model, sh
     assert "algorithm.beta" in pruned[0].data.params
     assert pruned[0].data.metrics["pruner/train/loss"] == pytest.approx(history[0]["train/loss"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["study/n_pruned"] == 1.0
+    # The stopped training's live curve stays in MLflow (its run ended as unfinished: FAILED).
+    (train_run,) = [r for r in runs if r.data.tags.get("harness.stage_kind") == "train_policy"]
+    assert train_run.info.status == "FAILED"
+    assert sorted(m.step for m in tracking.client().get_metric_history(train_run.info.run_id, "train/loss")) \
+        == list(range(1, trained + 1))
 
 
 def _write(tmp_path: Path, spec: dict) -> Path:
