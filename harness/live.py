@@ -234,6 +234,8 @@ class LiveLogger:
         self._events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="harness-live-logger", daemon=True)
         self._closing: str | None = None
+        self._summarized: set[str] = set()  # stages whose `done` line was shown
+        self._summary_lock = threading.Lock()
 
     # -- main thread ------------------------------------------------------------------------------
     def start(self, stages: list[Stage]) -> None:
@@ -244,7 +246,26 @@ class LiveLogger:
 
     def published(self, stage: Stage) -> None:
         self._raise_error()
+        # Shown here, before the executor starts the stages that wait on this one: from the logger thread
+        # it came after their `run` lines whenever logging the finished run to MLflow took a moment.
+        self._show_summary(stage)
         self._events.put(("published", stage))
+
+    def _show_summary(self, stage: Stage) -> None:
+        """The stage's `done` line, once (from the main thread at its event, or from the logger thread
+        when a poll sees it published first, e.g. by another process)."""
+        if self.view is None:
+            return
+        with self._summary_lock:
+            if stage.id in self._summarized:
+                return
+            self._summarized.add(stage.id)
+        from harness.console import stage_summary
+
+        start, end = cache.record_times(cache.read_record(stage.kind, stage.key))
+        metrics = json.loads((stage.path / "metrics.json").read_text())
+        cells = [p.cell.name for p in self._users(stage)]
+        self.view.event(stage_summary(stage.label, stage.key, cells, end - start, stage.kind, metrics))
 
     def failed(self, stage: Stage, message: str) -> None:
         self._raise_error()
@@ -398,11 +419,7 @@ class LiveLogger:
                 layout.log_stage_run(self.experiment_id, parent, stage_run_info(stage), result, _ms(start), _ms(end))
                 if self.on_rows is not None and result.step_history:
                     self.on_rows(stage, str(record.get("attempt", "")), result.step_history)
-        if self.view is not None:
-            from harness.console import stage_summary
-
-            cells = [p.cell.name for p in self._users(stage)]
-            self.view.event(stage_summary(stage.label, stage.key, cells, end - start, stage.kind, result.metrics))
+        self._show_summary(stage)
         self._flush_cells()
 
     def _failed(self, stage: Stage, message: str) -> None:

@@ -167,6 +167,8 @@ def test_step_metrics_reach_mlflow_while_the_stage_trains(tmp_path, tiny_model, 
     assert re.search(rf"^  done train_policy\[dpo\] {key} in [\dms.]+: train/final_loss [-\d.e]+ "
                      r"\(cell algorithm\.beta=0\.1\)$", out, re.M), out
     assert re.search(r"^cell algorithm\.beta=0\.1: logged to MLflow run \w+$", out, re.M)
+    # A stage's summary comes before the stages waiting on it start (not when its MLflow run is finished).
+    assert out.index(f"  done train_policy[dpo] {key}") < out.index("  run  evaluate "), out
     noise = run.stdout + run.stderr
     for text in ("FutureWarning", "DeprecationWarning", "Map:", "Loading weights", "it/s]", "INFO mlflow"):
         assert text not in noise, f"library noise {text!r} in the output:\n{noise[-3000:]}"
