@@ -153,3 +153,50 @@ def test_a_reclaimed_folder_is_cut_back_to_its_last_complete_checkpoint(tmp_path
     resume.discard(out)
     assert resume.latest(out) is None
     again.release()
+
+
+@pytest.mark.slow
+def test_a_stop_request_ends_ppo_after_its_step_and_the_next_claim_goes_on(tmp_path, tiny_model, monkeypatch, capsys):
+    """The pruner's stop request to the project's PPO (in this process, as `harness sweep` with the local backend
+    runs it): the stage ends after the update in progress with a resume checkpoint, is recorded as stopped, not
+    published; executing it again resumes from that checkpoint and publishes every update once."""
+    import threading
+    import time
+
+    from harness.grid import build_grid
+    from harness.stages import execute_stage, plan_cell
+
+    monkeypatch.setenv("HARNESS_RESULTS_DIR", str(tmp_path))
+    algorithm = {**TINY_PPO, "max_steps": 12}
+    plan = plan_cell(build_grid(grid("stop_ppo", algorithm, train={},
+                                     reward_function="lowercase_fraction")).cells[0])
+    for stage in plan.stages:
+        if stage.kind == "prepare_data":
+            execute_stage(stage.spec())
+    train = plan.stage("train_policy")
+    work = cache.work_dir("train_policy", train.key)
+
+    def stop_after_the_first_update() -> None:
+        while not (work / "history.jsonl").exists() or not (work / "history.jsonl").read_text():
+            time.sleep(0.05)
+        resume.request_stop(work, "pruned by a test")
+
+    stopper = threading.Thread(target=stop_after_the_first_update, daemon=True)
+    stopper.start()
+    with pytest.raises(resume.StageStopped, match="pruned by a test") as stopped:
+        execute_stage(train.spec())
+    stopper.join(timeout=5)
+    step = stopped.value.step
+    assert 1 <= step <= 3 and resume.latest(work)[0] == step  # the update in progress when the request came
+    assert not cache.is_complete("train_policy", train.key)
+    state = cache.work_state("train_policy", train.key)
+    assert "StageStopped: stopped at step" in state.failure["error"]
+
+    capsys.readouterr()
+    execute_stage(train.spec())
+    assert f"resumed train_policy[ppo] {train.key} from step {step}" in capsys.readouterr().out
+    published = cache.stage_dir("train_policy", train.key)
+    assert [r["step"] for r in history(published)] == list(range(1, algorithm["max_steps"] + 1))
+    samples = [json.loads(line)["step"] for line in (published / "artifacts" / "ppo_samples.jsonl").read_text().splitlines()]
+    assert sorted(set(samples)) == list(range(1, algorithm["max_steps"] + 1)) and samples == sorted(samples)
+    assert not (published / resume.CHECKPOINT_ROOT).exists() and not (published / resume.STOP_FILE).exists()
