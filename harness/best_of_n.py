@@ -111,10 +111,11 @@ class BestOfNGenerator:
         self.config = config
         self.model_key = model_key
         self.tokenizer = getattr(base, "tokenizer", None)  # tasks count tokens with it
+        self.resolved = getattr(base, "resolved", None)  # the engine that generates the candidates
         self.records: list[dict[str, Any]] = []
 
     def _key(self, rendered: str, params: SamplingParams) -> str:
-        resolved = getattr(self.base, "resolved", None)  # the engine's precision changes the samples
+        resolved = self.resolved  # the engine's precision changes the samples
         blob = json.dumps([self.model_key, rendered, params.max_new_tokens, list(params.stop), self.config.n,
                            self.config.temperature, self.config.top_p, self.config.seed,
                            resolved.key() if resolved is not None else None])

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.config_fields import Seed
+from harness.generation import EngineSettings
 
 
 class Strict(BaseModel):
@@ -237,6 +238,10 @@ class EvalConfig(Strict):
     # fully resolved (defaults, then the environment's HARNESS_* defaults, then these values), so the
     # stage keys and MLflow params carry the settings actually used.
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict, description="task settings by group")
+    # Every benchmark's `setting` at once ("paper": open-instruct's 2024 evaluation, as the paper ran it;
+    # "harness": the project's own, each task's default); a group's own `settings.<group>.setting` wins.
+    # Resolved into `settings` (and so into the stage keys and MLflow params) at load.
+    setting: Literal["harness", "paper"] | None = Field(default=None, description="every benchmark's setting")
 
     @field_validator("tasks")
     @classmethod
@@ -250,7 +255,7 @@ class EvalConfig(Strict):
         from harness.evaluation.base import resolve_eval_settings
 
         tasks = self.tasks + (self.best_of_n.tasks if self.best_of_n is not None else [])
-        self.settings = resolve_eval_settings(tasks, self.settings)
+        self.settings = resolve_eval_settings(tasks, self.settings, setting=self.setting)
         return self
 
     @field_validator("best_of_n", mode="before")
@@ -314,6 +319,10 @@ class CellConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig | None = None
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    # Engine and precision of every stage that computes with a model (`harness.generation.EngineSettings`;
+    # docs/engines.md). "auto" is resolved when the cell is loaded, i.e. on the machine that plans the grid
+    # (see `_pin_engine`), so stage keys, MLflow params and the workers all use that one choice.
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     train: TrainConfig = Field(default_factory=TrainConfig)
     seed: Seed = 1
 
@@ -379,6 +388,14 @@ class CellConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _pin_engine(self) -> CellConfig:
+        """"auto" (dtype, batching) becomes what it resolves to here, the planning machine: a worker of another
+        kind (a GPU node planned from a CPU laptop) then runs the planned engine instead of choosing its own.
+        A cluster whose workers differ from the planning machine should pin `engine.dtype` explicitly."""
+        self.engine = self.engine.pinned()
+        return self
+
+    @model_validator(mode="after")
     def _algorithm_needs(self) -> CellConfig:
         """Wrong combinations fail at plan time, naming the missing piece."""
         if self.algorithm is None:
@@ -387,6 +404,10 @@ class CellConfig(Strict):
         from harness.algorithms import ALGORITHMS
 
         spec = ALGORITHMS.get(self.algorithm.name)
+        if spec.rollout_engine and self.engine.kind != "hf":
+            raise ValueError(f"engine.kind: algorithm {spec.name!r} samples its rollouts in-process (it trains on the "
+                             f"sampled token ids and updates the weights between rollouts); use kind 'hf', not "
+                             f"{self.engine.kind!r}")
         if spec.needs_reward and self.reward_model is None:
             raise ValueError(
                 f"algorithm {spec.name!r} needs a reward: set `reward_model` (dataset, path, verifier or ensemble; "

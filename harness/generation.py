@@ -171,8 +171,28 @@ class EngineSettings(BaseModel):
         batching: Batching | None = None
         if self.kind == "hf":
             batching = default_batching(device) if self.batching == "auto" else self.batching
+        remote_key: dict[str, Any] = {}
+        if self.kind != "hf":  # server-side settings that change answers, only where not at their defaults
+            if self.extra_body != NEUTRAL_SAMPLING_EXTENSIONS:
+                remote_key["extra_body"] = dict(sorted(self.extra_body.items()))
+            if not self.tokenized_prompts:
+                remote_key["tokenized_prompts"] = False
+            if self.server_args:
+                remote_key["server_args"] = list(self.server_args)
         return ResolvedEngine(kind=self.kind, dtype=dtype, batching=batching, device=device,
-                              model=self.model, base_url=self.base_url, dtype_reason=reason)
+                              model=self.model, base_url=self.base_url, dtype_reason=reason,
+                              remote_key=remote_key)
+
+    def pinned(self, device: str | None = None) -> EngineSettings:
+        """These settings with every "auto" replaced by what it resolves to on `device` (default: this
+        machine's): what a grid's plan hands to the machines that run its stages, so that a worker runs what
+        the plan resolved instead of resolving "auto" again (a worker of another kind would choose otherwise).
+        `pinned().resolved(d).key()` equals `resolved().key()` on any device `d`."""
+        resolved = self.resolved(device)
+        update: dict[str, Any] = {"dtype": resolved.dtype}
+        if resolved.batching is not None:
+            update["batching"] = resolved.batching
+        return self.model_copy(update=update)
 
 
 class ResolvedEngine(BaseModel):
@@ -188,6 +208,9 @@ class ResolvedEngine(BaseModel):
     model: str | None = None  # kind openai: the served model's name
     base_url: str | None = None
     dtype_reason: str = ""
+    # kind openai/vllm: the server-side settings that change answers, where set away from their defaults
+    # (`extra_body`, text prompts, `server_args`); empty otherwise, so the usual keys stay short.
+    remote_key: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def train_bf16(self) -> bool:
@@ -202,7 +225,14 @@ class ResolvedEngine(BaseModel):
             key["batching"] = self.batching
         if self.kind == "openai":
             key["model"] = self.model
+        key.update(self.remote_key)
         return key
+
+    def training_key(self) -> dict[str, Any]:
+        """What a stage that computes in-process without generating through the engine depends on (training
+        by TRL's trainers, the reward model, reference log-probs): the precision only. The engine's kind and
+        batching change generated text, not these results."""
+        return {"dtype": self.dtype}
 
     def params(self) -> dict[str, str]:
         """Flat `engine.*` MLflow params."""

@@ -286,7 +286,8 @@ def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None
         name = cell_name(extra)
         candidates.append((name, config, dict(extra), {k: -1 for k in extra} | {"__include__": i}))
     if spec.baseline:
-        config = {k: copy.deepcopy(v) for k, v in spec.base.items() if k in ("model", "eval", "seed", "judge")}
+        config = {k: copy.deepcopy(v) for k, v in spec.base.items() if k in ("model", "eval", "seed", "judge",
+                                                                             "engine")}
         # The baseline keeps a fully specified base reward model so that its samples can be scored by
         # it (rm_reward); one completed only by the axes varies per cell and has no baseline meaning.
         base_rm = spec.base.get("reward_model")

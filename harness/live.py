@@ -256,16 +256,16 @@ class LiveLogger:
         when a poll sees it published first, e.g. by another process)."""
         if self.view is None:
             return
-        with self._summary_lock:
+        from harness.console import stage_summary
+
+        with self._summary_lock:  # held while printing: no progress line of the stage after its done line
             if stage.id in self._summarized:
                 return
             self._summarized.add(stage.id)
-        from harness.console import stage_summary
-
-        start, end = cache.record_times(cache.read_record(stage.kind, stage.key))
-        metrics = json.loads((stage.path / "metrics.json").read_text())
-        cells = [p.cell.name for p in self._users(stage)]
-        self.view.event(stage_summary(stage.label, stage.key, cells, end - start, stage.kind, metrics))
+            start, end = cache.record_times(cache.read_record(stage.kind, stage.key))
+            metrics = json.loads((stage.path / "metrics.json").read_text())
+            cells = [p.cell.name for p in self._users(stage)]
+            self.view.event(stage_summary(stage.label, stage.key, cells, end - start, stage.kind, metrics))
 
     def failed(self, stage: Stage, message: str) -> None:
         self._raise_error()
@@ -482,7 +482,9 @@ class LiveLogger:
     def _render(self) -> None:
         if self.view is None:
             return
-        self.view.running([self._line(live) for live in self.live.values() if live.stage.id in self.watched])
+        with self._summary_lock:  # a stage whose done line was shown is no longer running
+            self.view.running([self._line(live) for live in self.live.values()
+                               if live.stage.id in self.watched and live.stage.id not in self._summarized])
 
     def _line(self, live: _LiveStage) -> StageLine:
         from harness.console import StageLine

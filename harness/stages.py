@@ -1,6 +1,7 @@
 """The stage DAG of a grid cell, and the functions that execute each stage kind.
 
     prepare_data ─┬─> train_reward_model ─┐
+                  ├─> reference_logps ────┤
                   └───────────────────────┴─> train_policy ──> evaluate
 
 Each stage is content-addressed (`harness.cache.stage_key`): the hash of its kind, its code version,
@@ -13,6 +14,16 @@ result depends on, resolved at plan time:
   sha256, the judge endpoint for tasks that use one); tasks whose inputs are missing are listed apart
   (`missing`), not run, and retried once their input exists; judge settings of the after-the-fact
   `harness judge` step (prompts, num_prompts, reference) are not in it.
+- every stage that computes with a model: the engine the cell's `engine:` block resolved to on the
+  planning machine (`CellConfig.engine`, pinned at load), as much of it as the result depends on: the
+  precision (`ResolvedEngine.training_key()`) for train_reward_model, reference_logps and train_policy, the
+  whole engine (`key()`: kind, batching, a server's model) for evaluate (and its best-of-N samples) and for
+  algorithms that generate through it while training (`AlgorithmSpec.rollout_engine`: PPO). prepare_data has
+  none. The pinned settings travel with the stage's spec (`spec()["engine"]`), so a worker runs the planned
+  engine (`stage_engine`), never its own "auto".
+- reference_logps (harness/reference_logps.py): the reference model, the data stage, max length, truncation
+  and precision of the DPO-family cells (`AlgorithmSpec.reference_logps`) that share them; their
+  train_policy stages take it as input `reference_logps` instead of each running the reference pass.
 `STAGE_VERSIONS` versions each executor's own code; bump a kind's version when it changes what it
 produces (a task's own changes are in its fingerprint).
 """
@@ -30,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import cache, resume
+from harness.generation import EngineSettings
 from harness.grid import Cell
 
 logger = logging.getLogger(__name__)
@@ -42,7 +54,8 @@ STAGE_TAGS_FILE = "tags.json"
 # train_policy 2, evaluate 3: generation ignores a checkpoint's generation_config sampling settings, and PPO
 # zeroes functional dropout (attention_dropout); both change what models that ship such settings produce.
 # evaluate 4: per-task fingerprints, missing tasks apart, finished tasks reused from the task store.
-STAGE_VERSIONS = {"prepare_data": 2, "train_reward_model": 3, "train_policy": 2, "evaluate": 4}
+STAGE_VERSIONS = {"prepare_data": 2, "train_reward_model": 3, "train_policy": 2, "evaluate": 4,
+                  "reference_logps": 1}
 
 # Stages that train (and so checkpoint mid-stage and can be resumed or stopped: `harness.resume`).
 TRAINING_KINDS = ("train_reward_model", "train_policy")
@@ -53,7 +66,11 @@ DEFAULT_RESOURCES = {
     "train_reward_model": {"num_cpus": 1},
     "train_policy": {"num_cpus": 1},
     "evaluate": {"num_cpus": 1},
+    "reference_logps": {"num_cpus": 1},
 }
+
+# The key, in the config an executor receives, of the stage's pinned engine settings (`execute_config`).
+ENGINE_SETTINGS = "engine_settings"
 
 
 @dataclass
@@ -64,6 +81,9 @@ class Stage:
     key: str = ""
     # Plan-time notes, not part of the key: evaluate's {task: why it is not run} (for --dry-run).
     missing: dict[str, str] = field(default_factory=dict)
+    # The cell's engine settings with "auto" resolved at plan time (`EngineSettings.pinned`), for the worker;
+    # only the part in `config["engine"]` changes the result (a server's URL or concurrency does not).
+    engine: EngineSettings | None = None
     # Training stages: when to save resume checkpoints ({"minutes", "steps"}, `harness.resume.Settings`).
     # Not part of the key: when work is saved never changes what is computed.
     checkpointing: dict[str, Any] | None = None
@@ -94,6 +114,8 @@ class Stage:
         """A plain-data description a remote worker can execute (no live objects)."""
         spec = {"kind": self.kind, "key": self.key, "config": self.config,
                 "inputs": {role: {"kind": s.kind, "key": s.key} for role, s in self.inputs.items()}}
+        if self.engine is not None:
+            spec["engine"] = self.engine.model_dump(mode="json")
         if self.checkpointing is not None:
             spec["checkpointing"] = self.checkpointing
         return spec
@@ -122,8 +144,9 @@ def _data_stage(ref: Any, seed: int) -> Stage:
                                   "max_rows": ref.max_rows, "source": source_fingerprint(ref.name)})
 
 
-def _reward_model_stage(rm: Any, cell_seed: int) -> tuple[Stage, Stage]:
-    """(data stage, train_reward_model stage) of a reward model trained by the grid (`rm.dataset` set)."""
+def _reward_model_stage(rm: Any, cell_seed: int, engine: EngineSettings) -> tuple[Stage, Stage]:
+    """(data stage, train_reward_model stage) of a reward model trained by the grid (`rm.dataset` set), at the
+    precision of the cell's (pinned) `engine`."""
     from harness.config_fields import resolved_fields
     from harness.reward_model import RewardModelConfig, rewardbench_fingerprint
 
@@ -132,8 +155,9 @@ def _reward_model_stage(rm: Any, cell_seed: int) -> tuple[Stage, Stage]:
     rm_train = resolved_fields(RewardModelConfig(**rm.train))
     # The RewardBench data's hash (None = absent): the stage is redone when the data appears or changes.
     return rm_data, Stage("train_reward_model", {"base": rm.base, "train": rm_train,
-                                                 "seed": seed, "rewardbench": rewardbench_fingerprint()},
-                          {"data": rm_data})
+                                                 "seed": seed, "rewardbench": rewardbench_fingerprint(),
+                                                 "engine": engine.resolved().training_key()},
+                          {"data": rm_data}, engine=engine)
 
 
 @dataclass
@@ -149,11 +173,11 @@ class RewardPlan:
     config: dict[str, Any] | None = None
 
 
-def reward_plan(rm: Any, cell_seed: int, role: str = "reward_model") -> RewardPlan:
+def reward_plan(rm: Any, cell_seed: int, engine: EngineSettings, role: str = "reward_model") -> RewardPlan:
     """`role` names the input(s) of the trained RM(s): `role`, or `role.<i>` for ensemble members."""
     plan = RewardPlan()
     if rm.dataset is not None:
-        rm_data, rm_stage = _reward_model_stage(rm, cell_seed)
+        rm_data, rm_stage = _reward_model_stage(rm, cell_seed, engine)
         plan.stages, plan.inputs = [rm_data, rm_stage], {role: rm_stage}
     elif rm.path is not None:
         plan.config = {"path": rm.path}
@@ -163,7 +187,7 @@ def reward_plan(rm: Any, cell_seed: int, role: str = "reward_model") -> RewardPl
         members: list[dict[str, str]] = []
         for i, member in enumerate(rm.ensemble):
             if member.dataset is not None:
-                rm_data, rm_stage = _reward_model_stage(member, cell_seed)
+                rm_data, rm_stage = _reward_model_stage(member, cell_seed, engine)
                 plan.stages += [rm_data, rm_stage]
                 plan.inputs[f"{role}.{i}"] = rm_stage
                 members.append({"input": f"{role}.{i}"})
@@ -200,9 +224,11 @@ def plan_cell(cell: Cell) -> CellPlan:
     from harness.evaluation.base import judge_endpoint
 
     cfg = cell.config
+    engine = cfg.engine  # pinned when the cell was loaded: resolving it again gives the same choice anywhere
+    resolved_engine = engine.resolved()
     stages: list[Stage] = []
     policy_stage: Stage | None = None
-    rewarded_by = reward_plan(cfg.reward_model, cfg.seed) if cfg.reward_model is not None else RewardPlan()
+    rewarded_by = reward_plan(cfg.reward_model, cfg.seed, engine) if cfg.reward_model is not None else RewardPlan()
     if cfg.algorithm is not None:
         inputs: dict[str, Stage] = {}
         if cfg.dataset is not None:
@@ -214,20 +240,29 @@ def plan_cell(cell: Cell) -> CellPlan:
         rm_config: dict[str, Any] | None = None
         from harness.algorithms import ALGORITHMS
 
-        if ALGORITHMS.get(cfg.algorithm.name).needs_reward:
+        algorithm = ALGORITHMS.get(cfg.algorithm.name)
+        if algorithm.needs_reward:
             # (e.g. DPO with an RM only for evaluation: its training must not depend on the RM)
             inputs.update(rewarded_by.inputs)
             rm_config = rewarded_by.config
+        resolved_algorithm = cfg.algorithm.resolved()
+        if algorithm.reference_logps and "data" in inputs:
+            reference = _reference_stage(cfg.model, resolved_algorithm, inputs["data"], engine)
+            if reference is not None:
+                stages.append(reference)
+                inputs["reference_logps"] = reference
         policy_config: dict[str, Any] = {
-            "model": cfg.model, "algorithm": cfg.algorithm.resolved(), "seed": cfg.seed,
+            "model": cfg.model, "algorithm": resolved_algorithm, "seed": cfg.seed,
             # `reward_function` stays (always None: verifiers are `reward_model` configs now) so that the keys
             # of the cells that had none are unchanged.
             "reward_function": None, "reward_model": rm_config,
+            # The precision it trains at; the whole engine when it also generates through it (PPO's rollouts).
+            "engine": resolved_engine.key() if algorithm.rollout_engine else resolved_engine.training_key(),
         }
         if cfg.eval.checkpoint_every is not None:
             # Only when asked, so the keys (and cached models) of every other cell stay as they were.
             policy_config["checkpoint_every"] = cfg.eval.checkpoint_every
-        policy_stage = Stage("train_policy", policy_config, inputs)
+        policy_stage = Stage("train_policy", policy_config, inputs, engine=engine)
         stages.append(policy_stage)
     bon = cfg.eval.best_of_n
     ready, missing = _plan_tasks(cfg, cfg.eval.tasks)
@@ -254,6 +289,8 @@ def plan_cell(cell: Cell) -> CellPlan:
                               else None),
         # Only the endpoint, and only for tasks that call it (`harness judge`'s fields are not here).
         "judge": judge_endpoint(cfg.judge.model_dump()) if uses_judge and cfg.judge else None,
+        # What generates and scores (kind, precision, batching; a server's model): it changes the answers.
+        "engine": resolved_engine.key(),
     }
     if policy_stage is not None and cfg.eval.checkpoint_every is not None:
         eval_config["checkpoint_every"] = cfg.eval.checkpoint_every  # only when asked, as best_of_n below
@@ -274,7 +311,7 @@ def plan_cell(cell: Cell) -> CellPlan:
         if any("judge" in _task_uses(name) for name in bon_ready) and cfg.judge:
             eval_config["judge"] = judge_endpoint(cfg.judge.model_dump())
         missing.update({f"bon/{name}": f"best-of-N {reason}" for name, reason in bon_missing.items()})
-    stages.append(Stage("evaluate", eval_config, eval_inputs, missing=missing))
+    stages.append(Stage("evaluate", eval_config, eval_inputs, missing=missing, engine=engine))
     # De-duplicate (the same data stage can feed both the policy and the reward model).
     unique: dict[str, Stage] = {}
     for stage in stages:
@@ -303,11 +340,20 @@ def _monitor_plan(cfg: Any, policy: Stage, rewarded_by: RewardPlan, stages: list
     if monitor.gold == "judge":
         config["gold"] = "judge"
     elif monitor.gold is not None:
-        gold = reward_plan(monitor.gold, cfg.seed, role="monitor_gold")
+        gold = reward_plan(monitor.gold, cfg.seed, cfg.engine, role="monitor_gold")
         stages.extend(gold.stages)
         eval_inputs.update(gold.inputs)
         config["gold"] = {"role": "monitor_gold", "reward": gold.config}
     return config
+
+
+def _reference_stage(model: str, algorithm: dict[str, Any], data: Stage, engine: EngineSettings) -> Stage | None:
+    """The `reference_logps` stage of a DPO-family cell (shared by every cell with the same reference model,
+    data, max length, truncation and precision), or None when its trainer computes its own."""
+    from harness import reference_logps
+
+    config = reference_logps.stage_config(model, algorithm, engine.resolved().training_key())
+    return None if config is None else Stage(reference_logps.KIND, config, {"data": data}, engine=engine)
 
 
 def unique_stages(plans: list[CellPlan]) -> list[Stage]:
@@ -400,7 +446,8 @@ def run_train_reward_model(config: dict[str, Any], inputs: dict[str, Path], out:
         raise ValueError(f"train_reward_model: dataset {data['name']!r} (max_rows={data['max_rows']}) has "
                          f"{len(rows)} pair(s) after curation: {err}") from None
     history = History(out / "history.jsonl")
-    metrics = train_reward_model(train_rows, config["base"], rm_config, out, config["seed"], history.log)
+    metrics = train_reward_model(train_rows, config["base"], rm_config, out, config["seed"], history.log,
+                                 engine=stage_engine(config))
     metrics.update(evaluate_reward_model(str(out / "model"), heldout_rows, out))
     metrics["rm/train_pairs"] = float(len(train_rows))
     metrics["rm/heldout_pairs"] = float(len(heldout_rows))
@@ -453,14 +500,22 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
         raise ValueError(f"algorithm {spec.name!r} got no training data")
     reward = resolve(config.get("reward_model"), inputs)
     history = History(out / "history.jsonl")
+    rows = _read_rows(rows_from)
+    reference = None
+    if "reference_logps" in inputs:  # computed once for every cell sharing it (harness/reference_logps.py)
+        from harness.reference_logps import ReferenceLogps
+
+        reference = ReferenceLogps.load(inputs["reference_logps"], rows)
     ctx = TrainContext(
         policy_path=resolve_model(config["model"]),
-        train_rows=_read_rows(rows_from),
+        train_rows=rows,
         config=spec.make_config(algo),
         out_dir=out,
         seed=config["seed"],
         log=history.log,
         checkpoint_every=config.get("checkpoint_every"),
+        engine=stage_engine(config),
+        reference_logps=reference,
         **(reward.train_fields() if reward is not None else {}),
     )
     (out / "artifacts").mkdir(exist_ok=True)
@@ -478,6 +533,20 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     if not (out / "model" / "config.json").exists():
         raise RuntimeError(f"algorithm {spec.name!r} did not save a model to {out / 'model'}")
     return metrics
+
+
+def run_reference_logps(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
+    from harness import reference_logps
+    from harness.generation import record_engine
+    from harness.models import resolve_model
+
+    engine = stage_engine(config)
+    rows = _read_rows(inputs["data"])
+    start = time.perf_counter()
+    found = reference_logps.compute(resolve_model(config["model"]), rows, config, engine, out)
+    found.save(out)
+    record_engine(out, engine.resolved())
+    return {**found.metrics(), "ref/wall_seconds": time.perf_counter() - start}
 
 
 def _task_settings(block: dict[str, Any]) -> dict[str, Any]:
@@ -498,7 +567,7 @@ def _eval_context(config: dict[str, Any], model_path: str, out_dir: Path, reward
         model_path=model_path, out_dir=out_dir, limit=config["limit"], seed=config["seed"],
         batch_size=config["batch_size"], judge=config.get("judge"),
         reference_path=resolve_model(config["reference_model"]), reward_model_path=reward_model_path,
-        settings=_task_settings(config),
+        settings=_task_settings(config), engine=stage_engine(config),
     )
 
 
@@ -540,6 +609,10 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
     reward_model_path = reward.model_path if reward is not None else None
     ctx = _eval_context(config, model_path, out / "artifacts" / "samples", reward_model_path)
     metrics, results = _run_planned(ctx, config, store=True)
+    from harness.generation import record_engine
+
+    # What generated and scored: the engine built (its own record), else the planned settings (no task generated).
+    record_engine(out, getattr(ctx._generator, "resolved", None) or ctx.engine.resolved())
     del ctx  # frees the evaluated model's generator before another model (a checkpoint, the SFT sampler) loads
     gc.collect()
     tags = evaluation_tags(results)  # which tasks have no result and why, which were reused
@@ -654,7 +727,7 @@ def _best_of_n(config: dict[str, Any], reward: Any, out: Path) -> tuple[dict[str
     sft_path = resolve_model(config["reference_model"])
     cache, model_key = default_cache(sft_path)
     settings = BestOfNConfig(n=bon["n"], temperature=bon["temperature"], top_p=bon["top_p"], seed=bon["seed"])
-    base = make_generator(sft_path, batch_size=config["batch_size"])
+    base = make_generator(sft_path, batch_size=config["batch_size"], engine=stage_engine(config))
     # Not through the task store: the picks depend on the reward model and the candidates, which the
     # task fingerprint of the SFT model does not say; the candidates themselves are cached.
     found = best_of_n_tasks(base, sft_path, reward, _planned_names(bon), out / "artifacts" / "bon",
@@ -673,7 +746,31 @@ EXECUTORS: dict[str, Callable[[dict[str, Any], dict[str, Path], Path], dict[str,
     "train_reward_model": run_train_reward_model,
     "train_policy": run_train_policy,
     "evaluate": run_evaluate,
+    "reference_logps": run_reference_logps,
 }
+
+
+def executor_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """The config an executor gets: the stage's config plus its pinned engine settings (`ENGINE_SETTINGS`)."""
+    if "engine" not in spec:
+        return spec["config"]
+    return {**spec["config"], ENGINE_SETTINGS: spec["engine"]}
+
+
+def stage_engine(config: dict[str, Any]) -> EngineSettings:
+    """The engine a stage runs with: the settings its plan pinned, checked against the part in its key (a
+    worker never resolves "auto" itself: it would choose by its own device)."""
+    planned = config["engine"]
+    given = config.get(ENGINE_SETTINGS)
+    try:
+        settings = EngineSettings(**given) if given is not None else EngineSettings(**planned)
+    except ValueError as err:  # a hand-made spec without the settings of a server engine
+        raise RuntimeError(f"stage config engine {planned}: no runnable engine settings in the spec ({err})") from None
+    resolved = settings.resolved()
+    found = {**resolved.key(), **resolved.training_key()}
+    if any(found.get(name) != value for name, value in planned.items()):
+        raise RuntimeError(f"the stage's engine settings resolve to {found} here, but its key says {planned}")
+    return settings
 
 
 # How often a stage whose working folder another live writer holds checks whether it was published.
@@ -738,7 +835,7 @@ def execute_stage(spec: dict[str, Any]) -> str:
             with progress.stage_folder(out), usage.measuring(since=claim.started_at) as measured, \
                     resume.stage_settings(resume.Settings.from_spec(spec)):
                 progress.report(phase="loading", force=True)
-                metrics = EXECUTORS[kind](spec["config"], inputs, out)
+                metrics = EXECUTORS[kind](executor_config(spec), inputs, out)
         except BaseException as exc:
             cache.record_failure(kind, key, _error_text(exc), "".join(traceback.format_exception(exc)), claim.attempt)
             raise

@@ -117,3 +117,15 @@ def test_rescoring_the_same_responses_gives_identical_results(shared_data: Path)
             random.seed(seed)
             unseeded.add(process_results(rows[i], [responses[i]])["inst_level_loose_acc"][letter_check])
         assert unseeded == {True, False}, key
+
+
+def test_language_checks_are_seeded_too(shared_data: Path):
+    """langdetect seeds its detectors from the OS on every call ("Ich bin ok" is German, Dutch or Swedish
+    from one call to the next); the language checker, scored through `score_one`, always says the same."""
+    import langdetect
+
+    row = next(r for r in ifeval.load_rows(None) if r["instruction_id_list"] == ["language:response_language"]
+               and r["kwargs"][0]["language"] == "de")
+    assert len({langdetect.detect("Ich bin ok") for _ in range(40)}) > 1  # what the seeding is for
+    verdicts = {ifeval.score_one(row, "Ich bin ok")["prompt_level_strict_acc"] for _ in range(40)}
+    assert len(verdicts) == 1

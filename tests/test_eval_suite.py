@@ -74,13 +74,18 @@ def test_harness_eval_cli_logs_to_mlflow(tiny_model: str, tmp_path: Path, capsys
     printed = capsys.readouterr().out
     assert "toxigen" in printed and "OVERALL" in printed and "MLflow run" in printed
     results = json.loads((out / "results.json").read_text())
-    assert "toxigen" in results["skipped"] and results["metrics"]["overall"] == pytest.approx(45.0)
+    # toxigen skipped: the safety category and overall are withheld, not averaged over what is left (#20)
+    assert "toxigen" in results["skipped"] and "overall" not in results["metrics"]
+    assert "category/safety" not in results["metrics"] and results["metrics"]["category/reasoning"] == 40.0
+    assert "overall_with_offline_fallbacks" in results["metrics"]  # the labelled offline average still is
+    assert "category safety withheld: no score for toxigen" in printed
+    assert results["incomplete_categories"] == {"safety": ["toxigen"]}
     assert (out / "_fixed_factuality_0.samples.jsonl").read_text() == '{"x": 1}\n'
     client = tracking.client()
     exp = client.get_experiment_by_name("eval-test")
     (run,) = mlflow.search_runs([exp.experiment_id], output_format="list")
-    assert run.data.metrics["overall"] == pytest.approx(45.0)
-    assert run.data.metrics["category/safety"] == 80.0
+    assert "overall" not in run.data.metrics and "category/safety" not in run.data.metrics
+    assert run.data.metrics["category/coding"] == 20.0 and run.data.metrics["_fixed_safety_0/score"] == 90.0
     assert run.data.tags["harness.model_path"] == tiny_model
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert {"eval/results.json", "eval/table.txt", "eval/toxigen.samples.jsonl"} <= artifacts
@@ -177,7 +182,7 @@ def test_a_tasks_own_environment_knob_reruns_that_task_only(tmp_path: Path, monk
     assert before["mbpp_plus"]["settings"]["n_samples"] == 20
     assert all(after[n] == before[n] for n in ("mmlu", "ifeval", "gsm8k"))
     monkeypatch.setenv("HARNESS_IFEVAL_MAX_NEW_TOKENS", "256")
-    assert task_fingerprint(ctx, TASKS.get("ifeval"))["settings"] == {"max_new_tokens": 256}
+    assert task_fingerprint(ctx, TASKS.get("ifeval"))["settings"] == {"setting": "harness", "max_new_tokens": 256}
     (tmp_path / "benchmarks" / "gsm8k").mkdir(parents=True)
     (tmp_path / "benchmarks" / "gsm8k" / "test.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
     monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))

@@ -168,7 +168,9 @@ def test_step_metrics_reach_mlflow_while_the_stage_trains(tmp_path, tiny_model, 
                      r"\(cell algorithm\.beta=0\.1\)$", out, re.M), out
     assert re.search(r"^cell algorithm\.beta=0\.1: logged to MLflow run \w+$", out, re.M)
     # A stage's summary comes before the stages waiting on it start (not when its MLflow run is finished).
-    assert out.index(f"  done train_policy[dpo] {key}") < out.index("  run  evaluate "), out
+    done_at = out.index(f"  done train_policy[dpo] {key}")
+    assert done_at < out.index("  run  evaluate "), out
+    assert f"  ... train_policy[dpo] {key[:8]}" not in out[done_at:], out  # nor a progress line after it
     noise = run.stdout + run.stderr
     for text in ("FutureWarning", "DeprecationWarning", "Map:", "Loading weights", "it/s]", "INFO mlflow"):
         assert text not in noise, f"library noise {text!r} in the output:\n{noise[-3000:]}"
@@ -247,7 +249,7 @@ def test_runs_span_their_work_and_carry_datasets_models_and_costs(tiny_model, is
     cells = {r.data.tags["harness.cell"]: r for r in runs if r.data.tags.get(layout.TAG_RUN_TYPE) == "cell"}
     for name, cell in cells.items():
         children = [r for r in runs if r.data.tags.get(layout.TAG_PARENT) == cell.info.run_id]
-        assert {c.data.tags[layout.TAG_STAGE_KIND] for c in children} == {"prepare_data", "train_policy", "evaluate"}
+        assert {c.data.tags[layout.TAG_STAGE_KIND] for c in children} == {"prepare_data", "reference_logps", "train_policy", "evaluate"}
         for child in children:
             record = cache.read_record(child.data.tags[layout.TAG_STAGE_KIND], child.data.tags[layout.TAG_STAGE_HASH])
             assert child.info.start_time == int(record["started_at"] * 1000), (name, child.data.tags)
@@ -298,12 +300,12 @@ def test_runs_span_their_work_and_carry_datasets_models_and_costs(tiny_model, is
 
     index = build_report("spans", isolated_results / "report", tables=[], figures=[]).index.read_text()
     distinct = {r.data.tags[layout.TAG_STAGE_HASH]: r for r in runs if r.data.tags.get(layout.TAG_RUN_TYPE) == "stage"}
-    assert len(distinct) == 5  # 1 data + 2 train + 2 evaluate
+    assert len(distinct) == 6  # 1 data + 1 reference log-probs (both betas) + 2 train + 2 evaluate
     total = cost_of(layout.read_cells(exp.experiment_id))
-    assert total.stages == 5 and total.devices == {"cpu"}
+    assert total.stages == 6 and total.devices == {"cpu"}
     assert total.wall_seconds == pytest.approx(sum(r.data.metrics["cost/wall_seconds"] for r in distinct.values()))
     assert total.tokens_trained == sum(r.data.metrics["cost/tokens_trained"] for r in distinct.values()) > 0
-    assert "## Compute" in index and re.search(r"^\| all cells \| 5 \| [\dms.]+ \| — \| [\d.]+k? \| [\d.]+k? \| cpu \|$",
+    assert "## Compute" in index and re.search(r"^\| all cells \| 6 \| [\dms.]+ \| — \| [\d.]+k? \| [\d.]+k? \| cpu \|$",
                                                index, re.M), index
 
 

@@ -48,7 +48,7 @@ def _small(experiment: str, steps: int, betas: tuple[float, ...]) -> dict:
 
 
 def test_ray_grid_matches_local_backend(tiny_model, ray_instance, shared_mlflow, tmp_path, monkeypatch):
-    # 4 cells: the SFT baseline and three DPO betas; 1 data + 3 train + 4 eval stages.
+    # 4 cells: the SFT baseline and three DPO betas; 1 data + 1 shared reference pass + 3 train + 4 eval stages.
     betas = (0.1, 0.3, 0.5)
     monkeypatch.setenv("HARNESS_RESULTS_DIR", str(tmp_path / "local"))
     local = run_grid(build_grid(_small("ray_parity", 1, betas)), echo=lambda _: None)
@@ -61,8 +61,8 @@ def test_ray_grid_matches_local_backend(tiny_model, ray_instance, shared_mlflow,
     lines: list[str] = []
     remote = run_grid(build_grid(spec), backend="ray", echo=lines.append)
     assert sorted(remote.logged_cells) == sorted(local.logged_cells)
-    assert len(remote.executed_stages) == 8 and not remote.cached_stages
-    assert sum(line.startswith("  submit ") for line in lines) == 8
+    assert len(remote.executed_stages) == 9 and not remote.cached_stages
+    assert sum(line.startswith("  submit ") for line in lines) == 9
     ray_state = mlflow_state("ray_parity_ray")
     assert ray_state == local_state
 
@@ -109,7 +109,8 @@ def test_ray_worker_killed_mid_stage_grid_completes(tiny_model, ray_instance, sh
     published = list((isolated_results / "stages" / "train_policy").iterdir())
     assert len(published) == 1 and (published[0] / "model" / "config.json").exists()
     metrics, children = mlflow_state("ray_kill")["algorithm.beta=0.1"]
-    assert "smoke_lowercase/clean_success_rate" in metrics and len(children) == 3
+    # prepare_data, reference_logps, train_policy, evaluate
+    assert "smoke_lowercase/clean_success_rate" in metrics and len(children) == 4
     # The killed attempt's working folder was reclaimed by the retry (another writer), which published it.
     record = json.loads((published[0] / "stage.json").read_text())
     assert record["writer"]["pid"] != killed[0]

@@ -248,7 +248,7 @@ def test_judge_step_settings_leave_the_evaluate_key():
 
 def test_eval_settings_are_validated_with_their_yaml_path(monkeypatch):
     cases = [({"codng": {"n_samples": 10}}, r"base\.eval\.settings\.codng: no task has settings named 'codng'; "
-                                            r"settings groups: .*alpaca_eval, coding, ifeval,"),
+                                            r"settings groups: .*alpaca_eval, bbh, coding, gsm8k, ifeval, mmlu,"),
              ({"coding": {"n_sample": 10}}, r"base\.eval\.settings\.coding\.n_sample: Extra inputs"),
              ({"coding": {"n_samples": 0}}, r"base\.eval\.settings\.coding\.n_samples: Input should be greater"),
              ({"policy_kl": {"prompt_set": "nope"}}, r"base\.eval\.settings\.policy_kl\.prompt_set: unknown dataset")]
@@ -289,12 +289,13 @@ def test_exactly_the_affected_stages_rerun(tmp_path: Path, monkeypatch, tiny_mod
     spec = two_datasets_grid(settings={"_keys_set": {"level": 1}})
     spec["base"]["eval"]["tasks"] = ["smoke_lowercase", "_keys_set"]
     first = run_grid(build_grid(spec), echo=lambda _: None)
-    assert kinds(first.executed_stages) == ["evaluate"] * 3 + ["prepare_data"] * 2 + ["train_policy"] * 2
+    assert kinds(first.executed_stages) == (["evaluate"] * 3 + ["prepare_data"] * 2 + ["reference_logps"] * 2
+                                            + ["train_policy"] * 2)
     fingerprint_a = cell_runs("keys")[hh].data.tags["harness.data_fingerprint.hh-rlhf"]
 
     write_hh(tmp_path / "a", 12)  # the raw file edited
     edited = run_grid(build_grid(spec), echo=lambda _: None)
-    assert kinds(edited.executed_stages) == ["evaluate", "prepare_data", "train_policy"]
+    assert kinds(edited.executed_stages) == ["evaluate", "prepare_data", "reference_logps", "train_policy"]
     assert edited.logged_cells == [hh] and sorted(edited.skipped_cells) == sorted(["sft", smoke])
     runs = cell_runs("keys")
     assert runs[hh].data.tags["harness.data_fingerprint.hh-rlhf"] != fingerprint_a
@@ -305,7 +306,7 @@ def test_exactly_the_affected_stages_rerun(tmp_path: Path, monkeypatch, tiny_mod
 
     monkeypatch.setenv("HARNESS_DATA_DIR", str(write_hh(tmp_path / "b", 10, tag="other ")))  # other rows
     moved = run_grid(build_grid(spec), echo=lambda _: None)
-    assert kinds(moved.executed_stages) == ["evaluate", "prepare_data", "train_policy"]
+    assert kinds(moved.executed_stages) == ["evaluate", "prepare_data", "reference_logps", "train_policy"]
     assert moved.logged_cells == [hh] and sorted(moved.skipped_cells) == sorted(["sft", smoke])
 
     spec["base"]["eval"]["settings"]["_keys_set"]["level"] = 2  # a task setting
@@ -332,7 +333,8 @@ def test_a_missing_task_is_retried_when_its_input_appears_and_finished_ones_are_
         "eval": {"tasks": ["_keys_done", "_keys_data"], "limit": 2}}}
     CALLS.clear()
     first = run_grid(build_grid(spec), echo=lambda _: None)
-    assert kinds(first.executed_stages) == ["evaluate", "evaluate", "prepare_data", "train_policy"]
+    assert kinds(first.executed_stages) == ["evaluate", "evaluate", "prepare_data", "reference_logps",
+                                            "train_policy"]
     assert CALLS == ["_keys_done", "_keys_done"]  # the data probe was not run (its file is missing)
     for run in cell_runs("keys-missing").values():
         assert run.data.tags["harness.eval.missing"] == "_keys_data"
@@ -433,7 +435,7 @@ def test_harness_eval_set_and_env_map_into_the_same_settings(tmp_path: Path, mon
     monkeypatch.delenv("HARNESS_IFEVAL_MAX_NEW_TOKENS", raising=False)
     assert main([*args, "--set", "ifeval.max_new_tokens=2", "--experiment", "keys-cli"]) == 0
     saved = json.loads((out / "ifeval.result.json").read_text())
-    assert saved["fingerprint"]["settings"] == {"max_new_tokens": 2}
+    assert saved["fingerprint"]["settings"] == {"setting": "harness", "max_new_tokens": 2}
     assert saved["metrics"]["ifeval/max_new_tokens"] == 2.0
     client = tracking.client()
     (run,) = client.search_runs([client.get_experiment_by_name("keys-cli").experiment_id])

@@ -144,7 +144,7 @@ def test_trials_are_cells_nested_under_the_study_and_rerun_resumes(tiny_model, s
         assert cell.data.metrics["smoke_lowercase/clean_success_rate"] == trial.value
         stage_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == cell.info.run_id]
         assert sorted(r.data.tags["harness.stage_kind"] for r in stage_runs) == ["evaluate", "prepare_data",
-                                                                                  "train_policy"]
+                                                                                  "reference_logps", "train_policy"]
     best = summary["best"]
     assert best["value"] == max(t.value for t in trials)
     tags = parent[0].data.tags

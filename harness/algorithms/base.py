@@ -59,6 +59,10 @@ class TrainContext:
     # Engine and precision (`harness.generation.EngineSettings`): training runs under bf16 autocast where
     # it resolves to bf16; PPO samples its rollouts with it. None = `EngineSettings()` (the detected choice).
     engine: EngineSettings | None = None
+    # The frozen reference's summed log-probs of each row's chosen and rejected answer, computed once by a
+    # shared `reference_logps` stage (`harness.reference_logps.ReferenceLogps`, aligned with train_rows);
+    # None = the trainer computes its own. Only for algorithms with `AlgorithmSpec.reference_logps`.
+    reference_logps: Any = None
 
 
 @dataclass
@@ -71,6 +75,13 @@ class AlgorithmSpec:
     train: Callable[[TrainContext], dict[str, float]]
     defaults_source: str  # where the config defaults come from (paper table, method paper)
     description: str = ""
+    # Its loss reads the frozen reference's log-probs of each pair's chosen and rejected answers, which its
+    # train function takes precomputed (`TrainContext.reference_logps`): cells sharing the reference model,
+    # data, max length and precision then share one `reference_logps` stage (harness/reference_logps.py).
+    reference_logps: bool = False
+    # It samples from the policy through the harness's generation engine while it trains (PPO's rollouts):
+    # its result then depends on the whole engine (kind, batching), not only on the training precision.
+    rollout_engine: bool = False
 
     def make_config(self, overrides: dict[str, Any]) -> Any:
         """Config dataclass from the grid's overrides; unknown fields raise naming the valid ones."""

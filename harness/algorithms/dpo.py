@@ -29,6 +29,7 @@ from harness.config_fields import (
     WarmupRatio,
 )
 from harness.lora import PeftField
+from harness.reference_logps import TRUNCATION_MODE
 
 # TRL 1.16 DPOConfig.loss_type values (its docstring and DPOTrainer's "Unknown loss type" list).
 DPOLossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -81,12 +82,15 @@ def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_length=cfg.max_length,
+        truncation_mode=TRUNCATION_MODE,  # TRL's default; the shared reference pass cuts sequences the same way
         loss_type=loss_types,
         loss_weights=weights if len(weights) > 1 else None,
         label_smoothing=cfg.label_smoothing,
-        # Under several ranks TRL keeps precomputed reference log-probs in a per-process temp cache
-        # that other ranks cannot read: compute them on the fly there.
-        precompute_ref_log_probs=cfg.precompute_ref_log_probs and int(os.environ.get("WORLD_SIZE", "1")) == 1,
+        # Under several ranks TRL keeps the reference log-probs it precomputes in a per-process temp cache
+        # that other ranks cannot read: it computes them on the fly there, unless a shared reference_logps
+        # stage gave them as dataset columns (every rank reads those).
+        precompute_ref_log_probs=ctx.reference_logps is not None or (
+            cfg.precompute_ref_log_probs and int(os.environ.get("WORLD_SIZE", "1")) == 1),
         gradient_checkpointing=cfg.gradient_checkpointing,
         weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,
@@ -122,10 +126,17 @@ def train_dpo(ctx: TrainContext) -> dict[str, float]:
 
     cfg: DPOAlgoConfig = ctx.config
     model, tok = load_policy(ctx)
-    trainer = DPOTrainer(
+    dataset = preference_dataset(ctx.train_rows)
+    trainer_class = DPOTrainer
+    if ctx.reference_logps is not None:  # computed once for the grid by its reference_logps stage
+        from harness.reference_logps import precomputed_trainer_class
+
+        dataset = ctx.reference_logps.with_columns(dataset)
+        trainer_class = precomputed_trainer_class()
+    trainer = trainer_class(
         model=model,
         args=make_dpo_config(cfg, ctx),
-        train_dataset=preference_dataset(ctx.train_rows),
+        train_dataset=dataset,
         processing_class=tok,
         callbacks=[history_callback(ctx.log)],
         **peft_kwargs(cfg),
@@ -146,4 +157,5 @@ register(AlgorithmSpec(
     train=train_dpo,
     defaults_source="Ivison et al. 2024, App. F.1 (3 epochs, lr 5e-7, 10% warm-up, linear decay, beta 0.1)",
     description="Direct Preference Optimization, sigmoid loss (paper Eq. 3)",
+    reference_logps=True,
 ))

@@ -1132,4 +1132,5 @@ register(AlgorithmSpec(
     train=train_ppo,
     defaults_source="Ivison et al. 2024, App. F.2 and Table 9 (Table 10 'Ours' for the implementation switches)",
     description="PPO with per-token KL penalty (Eq. 4), GAE, clipped policy/value losses (Eq. 5-6)",
+    rollout_engine=True,
 ))

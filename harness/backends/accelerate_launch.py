@@ -80,7 +80,7 @@ def launch_stage(spec: dict[str, Any], num_processes: int, args: list[str] | tup
 
 
 def _run_rank(spec: dict[str, Any]) -> None:
-    from harness.stages import EXECUTORS, execute_stage
+    from harness.stages import EXECUTORS, execute_stage, executor_config
 
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
@@ -100,7 +100,7 @@ def _run_rank(spec: dict[str, Any]) -> None:
     scratch = Path(tempfile.mkdtemp(prefix=f"harness-rank{rank}-"))
     try:
         (scratch / "artifacts").mkdir()
-        EXECUTORS[spec["kind"]](spec["config"], inputs, scratch)
+        EXECUTORS[spec["kind"]](executor_config(spec), inputs, scratch)
     except Exception as exc:
         # These ranks only take part in the collective training. What an executor does after it
         # (e.g. scoring the saved model, which only rank 0 writes) can fail here and is not needed:

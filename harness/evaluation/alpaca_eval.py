@@ -17,9 +17,13 @@ Without a judge both tasks are not run (they require one: there is no offline su
 pairwise GPT-4 preference). A judge that fails at run time raises `TaskUnavailable`: nothing is
 invented or cached, and the task is retried on the next run.
 
-Settings (`AlpacaEvalSettings`, grid `eval.settings.alpaca_eval`, shared by both tasks):
+Settings (`AlpacaEvalSettings`, grid `eval.settings.alpaca_eval`, shared by both tasks): `setting`,
 `max_new_tokens` (default 8192, open-instruct's; HARNESS_ALPACA_EVAL_MAX_NEW_TOKENS supplies another
-default for CPU runs), logged as `<task>/max_new_tokens`.
+default for CPU runs), logged as `<task>/max_new_tokens`. The `paper` setting is open-instruct's 2024
+`alpaca_eval` / `alpaca_eval_2` jobs (`eval/alpaca_farm/run_eval.py` at ea3467dbb with alpaca-eval 0.6's
+default annotators, which are the ones used here): the same instructions, decoding and judging, the
+instruction in open-instruct's Tulu chat format with BOS as the tokenizer adds it instead of the model's
+template. The outputs are reused between the two versions only within one setting.
 
 Scores for the category average (0-100): AlpacaEval 1 `alpaca_eval1/win_rate` (ties count half),
 AlpacaEval 2 `alpaca_eval2/lc_win_rate`, as in the paper's tables. The LC GLM reads `df_gamed.csv` from
@@ -39,14 +43,22 @@ from typing import Any
 from pydantic import Field
 
 from harness.evaluation.base import (
+    BenchmarkSettings,
     EvalContext,
+    TaskProtocol,
     TaskResult,
-    TaskSettings,
     TaskSpec,
     TaskUnavailable,
     register_task,
 )
-from harness.evaluation.common import MissingDataError, skipped
+from harness.evaluation.common import MissingDataError, count_rows, describe_decoding, skipped
+from harness.evaluation.open_instruct import (
+    BOS_RULE,
+    CHAT_FORMAT,
+    OPEN_INSTRUCT,
+    generation_prompts,
+    tulu_chat,
+)
 from harness.generation import SamplingParams
 from harness.paths import find_data_file
 
@@ -55,7 +67,7 @@ MAX_NEW_TOKENS_ENV = "HARNESS_ALPACA_EVAL_MAX_NEW_TOKENS"  # a lower budget for 
 OUTPUTS_FILE = "alpaca_eval.outputs.jsonl"
 
 
-class AlpacaEvalSettings(TaskSettings):
+class AlpacaEvalSettings(BenchmarkSettings):
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="generation budget per output "
                                 "(open-instruct's 8192); lower it for CPU runs")
     env = {"max_new_tokens": MAX_NEW_TOKENS_ENV}
@@ -82,22 +94,38 @@ def data_files(version: int) -> list[Path]:
     return [p for p in files if p is not None and p.is_file()]
 
 
-def _outputs_key(ctx: EvalContext, max_new_tokens: int) -> dict[str, Any]:
-    return {"model_path": ctx.model_path, "limit": ctx.limit, "seed": ctx.seed, "max_new_tokens": max_new_tokens}
+def _outputs_key(ctx: EvalContext, max_new_tokens: int, setting: str = "harness") -> dict[str, Any]:
+    key: dict[str, Any] = {"model_path": ctx.model_path, "limit": ctx.limit, "seed": ctx.seed,
+                           "max_new_tokens": max_new_tokens}
+    if setting != "harness":  # the harness setting's key as it was before settings existed
+        key["setting"] = setting
+    return key
 
 
-def generate_outputs(ctx: EvalContext, instructions: list[str], max_new_tokens: int) -> list[str]:
-    """The model's outputs for the AlpacaEval instructions, generated once per (model, limit, seed)."""
+def sampling_params(settings: AlpacaEvalSettings, seed: int, max_new_tokens: int | None = None) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens or settings.max_new_tokens, temperature=0.0, seed=seed)
+
+
+def build_prompts(ctx: EvalContext, instructions: list[str], setting: str) -> tuple[list[Any], bool]:
+    """(prompts, chat): the paper setting's rendered here, the harness setting's by the engine."""
+    if setting == "paper":
+        return generation_prompts(ctx.generator, [tulu_chat(ins) for ins in instructions]), False
+    return [[{"role": "user", "content": ins}] for ins in instructions], True
+
+
+def generate_outputs(ctx: EvalContext, instructions: list[str], max_new_tokens: int,
+                     setting: str = "harness") -> list[str]:
+    """The model's outputs for the AlpacaEval instructions, generated once per (model, limit, seed, setting)."""
     path = ctx.out_dir / OUTPUTS_FILE
-    key = _outputs_key(ctx, max_new_tokens)
+    key = _outputs_key(ctx, max_new_tokens, setting)
     if path.exists():
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if (len(rows) == len(instructions) and all(r.get("key") == key for r in rows)
                 and [r["instruction"] for r in rows] == instructions):
             return [r["output"] for r in rows]
-    prompts = [[{"role": "user", "content": ins}] for ins in instructions]
+    prompts, chat = build_prompts(ctx, instructions, setting)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=ctx.seed)
-    outputs = [o[0] for o in ctx.generator.generate(prompts, params)]
+    outputs = [o[0] for o in ctx.generator.generate(prompts, params, chat=chat)]
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
         for ins, out in zip(instructions, outputs):
@@ -121,9 +149,10 @@ def run_version(ctx: EvalContext, version: int, max_new_tokens: int | None = Non
     if judge is None:
         return skipped(task, "needs an LLM judge (set judge settings: model, base_url); no offline "
                              "substitute for AlpacaEval's pairwise preference")
+    settings = ctx.settings_for(task)
     if max_new_tokens is None:
-        max_new_tokens = ctx.settings_for(task).max_new_tokens
-    outputs = generate_outputs(ctx, instructions, max_new_tokens)
+        max_new_tokens = settings.max_new_tokens
+    outputs = generate_outputs(ctx, instructions, max_new_tokens, settings.setting)
     try:
         result = evaluate_alpaca_eval(judge, instructions, outputs, references, version=version,  # type: ignore[arg-type]
                                       seed=ctx.seed)
@@ -147,8 +176,25 @@ def run_version(ctx: EvalContext, version: int, max_new_tokens: int | None = Non
     return TaskResult(metrics, score, samples, skipped_reason=reason, note=note)
 
 
+def describe(version: int, settings: AlpacaEvalSettings, limit: int | None) -> TaskProtocol:
+    from harness.judge.alpaca import ANNOTATORS, load_reference
+
+    size = count_rows(lambda: load_reference(version, limit)[0])
+    subset = "all 805 instructions" + (f"; --limit {limit}: the first {limit}" if limit else "")
+    reference = "text-davinci-003" if version == 1 else "gpt-4-1106-preview"
+    judge = (f"alpaca_eval's {ANNOTATORS[version]['config']} annotator via the judge endpoint, vs "
+             f"{reference}; " + ("win rate" if version == 1 else "length-controlled win rate (length_controlled_v1)"))
+    decoding = describe_decoding(sampling_params(settings, 0))
+    if settings.setting == "paper":
+        return TaskProtocol("paper", subset, size, None, f"{OPEN_INSTRUCT} eval/alpaca_farm: the instruction as the "
+                            f"user turn in {CHAT_FORMAT}; {BOS_RULE}", decoding, judge)
+    return TaskProtocol("harness", subset, size, None,
+                        "the instruction as the user turn in the model's chat template; no BOS added", decoding, judge)
+
+
 register_task(TaskSpec(
     name="alpaca_eval1",
+    describe=lambda settings, limit: describe(1, settings, limit),
     category="instruction_following",
     run=lambda ctx: run_version(ctx, 1),
     settings=AlpacaEvalSettings(),
@@ -161,6 +207,7 @@ register_task(TaskSpec(
 ))
 register_task(TaskSpec(
     name="alpaca_eval2",
+    describe=lambda settings, limit: describe(2, settings, limit),
     category="instruction_following",
     run=lambda ctx: run_version(ctx, 2),
     settings=AlpacaEvalSettings(),

@@ -13,6 +13,14 @@ registry datasets it prepares (`datasets`) and the context inputs it `uses` (jud
 model, reward model). That one fingerprint is the task's part of the grid's `evaluate` stage key and of
 `harness eval`'s resume key. An input that is absent (`MissingInput`) means the task is not run and
 says why; it is retried once the input exists (the key then changes).
+
+Each benchmark of the paper's suite runs under one of two *settings* (`BenchmarkSettings.setting`):
+`paper`, open-instruct's 2024 evaluation as the paper's numbers were produced (subset, seed, prompt,
+chat format, BOS, decoding, judge; `docs/open-instruct-2024-eval.md`), or `harness`, this project's own
+choices (the default, see the evaluation README for why). A grid's `eval.setting` / `harness eval
+--setting` picks it for every task at once; `describe` says, before anything runs, what a task will do
+under its settings (`harness eval --dry-run`). `category/<name>` and `overall` are logged only when every
+benchmark they average produced a score (`aggregate_categories`).
 """
 
 from __future__ import annotations
@@ -26,9 +34,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from harness.registry import Registry
 
@@ -43,6 +51,60 @@ class TaskSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     env: ClassVar[dict[str, str]] = {}
+
+
+# How a benchmark is run: "paper" = as open-instruct's 2024 eval/ scripts ran it for the paper's tables,
+# "harness" = this project's choices (all examples, the model's own chat template, its judges).
+EvalSetting = Literal["harness", "paper"]
+EVAL_SETTINGS: tuple[str, ...] = get_args(EvalSetting)
+DEFAULT_SETTING: EvalSetting = "harness"
+
+
+class BenchmarkSettings(TaskSettings):
+    """Settings of a benchmark of the paper's suite: the base class holds the one field they share.
+
+    `paper_defaults` are the values some other fields take under `setting: paper` when nothing sets them
+    (IFEval's budget is 2,048 tokens in open-instruct, 1,280 here); the environment's defaults and a grid's
+    or `--set`'s values still win, and `describe` lists them as departures from the paper."""
+
+    setting: EvalSetting = Field(DEFAULT_SETTING, description="'paper': open-instruct's 2024 evaluation as the "
+                                 "paper ran it (subset, seed, prompt, Tulu chat format, BOS, decoding, judge); "
+                                 "'harness': this project's choices")
+    paper_defaults: ClassVar[dict[str, Any]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paper_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("setting") == "paper" and cls.paper_defaults:
+            return {**cls.paper_defaults, **data}
+        return data
+
+    def departures_from_paper(self) -> list[str]:
+        """Fields set away from the paper setting's values (only meaningful under `setting: paper`)."""
+        fields = type(self).model_fields
+        out = []
+        for name, value in self.paper_defaults.items():
+            if name in fields and getattr(self, name) != value:
+                paper = "unset: open-instruct's value per task" if value is None else repr(value)
+                out.append(f"{name} = {getattr(self, name)!r} (paper: {paper})")
+        return out
+
+
+@dataclass(frozen=True)
+class TaskProtocol:
+    """What a task will do under its settings, stated before anything runs (`harness eval --dry-run`).
+
+    Built by the task's `describe(settings, limit)` from the same functions its run uses (its subset rule,
+    its SamplingParams), so the listing cannot drift from what runs."""
+
+    setting: str  # "paper" | "harness"
+    subset: str  # which examples, in words (rule and source)
+    size: int | None  # how many examples after --limit (None: the data is not there to count)
+    seed: int | None  # the seed of the subset draw (None: no random draw)
+    prompt: str  # where the prompt comes from and its chat format
+    decoding: str  # generation parameters (or the scoring rule when nothing is generated)
+    judge: str | None  # who decides correctness when it is not a string rule
+    notes: tuple[str, ...] = ()  # where this differs from what open-instruct did, or cannot match it
 
 
 class MissingInput(FileNotFoundError):
@@ -70,6 +132,9 @@ class EvalContext:
     # Resolved settings per settings group (`TaskSpec.group`), filled by the caller (the grid's evaluate
     # stage from its planned config, `harness eval` from its flags) or by `run_tasks`.
     settings: dict[str, TaskSettings] = field(default_factory=dict)
+    # The engine that generates and scores (`harness.generation.EngineSettings`): a grid's evaluate stage passes
+    # its planned (pinned) settings; None = `EngineSettings()` resolved here (this call is the plan time).
+    engine: Any = None
     _generator: Any = None
 
     @property
@@ -78,8 +143,18 @@ class EvalContext:
         if self._generator is None:
             from harness.generation import make_generator
 
-            self._generator = make_generator(self.model_path, batch_size=self.batch_size)
+            self._generator = make_generator(self.model_path, batch_size=self.batch_size, engine=self.engine)
         return self._generator
+
+    def engine_key(self) -> dict[str, Any]:
+        """What the engine contributes to a task's result (`ResolvedEngine.key()`): the generator's own when it
+        was given built, else the settings' (resolved on this machine when they still say "auto")."""
+        resolved = getattr(self._generator, "resolved", None)
+        if resolved is None:
+            from harness.generation import EngineSettings
+
+            resolved = (self.engine or EngineSettings()).resolved()
+        return resolved.key()
 
     def settings_for(self, task: str) -> Any:
         """The settings task `task` runs with (its settings class's instance; None if it has none).
@@ -135,6 +210,9 @@ class TaskSpec:
     uses: tuple[str, ...] | None = None
     # Of `uses`, those without which the task cannot run (it is then not run, and says why).
     requires: tuple[str, ...] = ()
+    # describe(settings, limit) -> TaskProtocol: what the task will do, without running a model (for
+    # `harness eval --dry-run`); None = the task says nothing beyond its description.
+    describe: Callable[[Any, int | None], TaskProtocol] | None = None
 
     @property
     def group(self) -> str:
@@ -224,11 +302,17 @@ def resolve_settings(spec: TaskSpec, overrides: dict[str, Any] | None = None) ->
         if overrides:
             raise ValueError(f"task {spec.name!r} has no settings; got {sorted(overrides)}")
         return None
-    values = {**spec.settings.model_dump(), **_env_defaults(spec.settings, spec.group), **(overrides or {})}
+    values = {**_declared(spec.settings), **_env_defaults(spec.settings, spec.group), **(overrides or {})}
     try:
         return type(spec.settings).model_validate(values)
     except ValidationError as err:
         raise ValueError("; ".join(f"{path}: {msg}" for path, msg in _settings_error_lines(spec.group, err))) from None
+
+
+def _declared(settings: TaskSettings) -> dict[str, Any]:
+    """The values a task's default settings were declared with (a variant's own defaults); the class's
+    defaults, and a setting's defaults (`BenchmarkSettings.paper_defaults`), fill in the rest."""
+    return settings.model_dump(exclude_unset=True)
 
 
 def _settings_error_lines(group: str, err: ValidationError) -> list[tuple[str, str]]:
@@ -250,7 +334,7 @@ def settings_errors(overrides: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         default = groups[group]
         try:
-            type(default).model_validate({**default.model_dump(), **_env_defaults(default, group), **values})
+            type(default).model_validate({**_declared(default), **_env_defaults(default, group), **values})
         except ValidationError as err:
             problems.extend(_settings_error_lines(group, err))
         except ValueError as err:  # an environment default that does not parse
@@ -258,9 +342,30 @@ def settings_errors(overrides: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
-def resolve_eval_settings(task_names: list[str], overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def with_setting(task_names: list[str], overrides: dict[str, Any], setting: str | None) -> dict[str, Any]:
+    """`overrides` with a suite-wide `setting` (a grid's `eval.setting`, `harness eval --setting`) filled in
+    for every settings group of `task_names` that has the field (`BenchmarkSettings`) and does not set it
+    itself: the group's own value wins. None = nothing to fill in."""
+    if setting is None:
+        return overrides
+    if setting not in EVAL_SETTINGS:
+        raise ValueError(f"setting must be one of {', '.join(map(repr, EVAL_SETTINGS))}, got {setting!r}")
+    out = {group: dict(values) if isinstance(values, dict) else values for group, values in overrides.items()}
+    for name in task_names:
+        spec = TASKS.get(name)
+        if isinstance(spec.settings, BenchmarkSettings):
+            values = out.setdefault(spec.group, {})
+            if isinstance(values, dict):  # anything else is reported by settings_errors
+                values.setdefault("setting", setting)
+    return out
+
+
+def resolve_eval_settings(task_names: list[str], overrides: dict[str, Any],
+                          setting: str | None = None) -> dict[str, dict[str, Any]]:
     """Every settings group of `task_names` (and of `overrides`) fully resolved, as JSON values: what a
-    grid cell's `eval.settings` becomes at load time, so the keys and MLflow params hold it."""
+    grid cell's `eval.settings` becomes at load time, so the keys and MLflow params hold it. `setting`
+    (paper / harness) applies to every benchmark whose group does not choose its own (`with_setting`)."""
+    overrides = with_setting(task_names, overrides, setting)
     problems = settings_errors(overrides)
     if problems:
         raise ValueError("; ".join(f"settings.{path}: {msg}" for path, msg in problems))
@@ -371,9 +476,10 @@ def _named(task: str, reason: str) -> str:
 
 def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
     """What a finished task's result depends on: `resolve_task`'s fingerprint plus the evaluated model's
-    content, the context's limit / seed / batch size and the reference and reward models it uses. A
-    finished result (a `harness eval --out` checkpoint, the grid's task store) is reused only when all of
-    it is unchanged; shared code (the generation engine) is not part of it."""
+    content, the context's limit / seed / batch size, the reference and reward models it uses and the engine
+    that generates and scores (kind, precision, batching: `EvalContext.engine_key`). A finished result (a
+    `harness eval --out` checkpoint, the grid's task store) is reused only when all of it is unchanged;
+    shared code (the generation engine's code) is not part of it."""
     from harness.best_of_n import model_fingerprint
 
     used = spec.used_inputs
@@ -386,6 +492,7 @@ def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
         "reference": model_fingerprint(ctx.reference_path) if ctx.reference_path and "reference" in used else None,
         "reward_model": (model_fingerprint(ctx.reward_model_path)
                          if ctx.reward_model_path and "reward_model" in used else None),
+        "engine": ctx.engine_key(),
     }
 
 
@@ -441,9 +548,9 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
               planned: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
     """Run tasks, write `<task>.samples.jsonl` + `results.json` under ctx.out_dir, return flat metrics.
 
-    Besides each task's metrics: `<task>/score` (0-100), `<task>/seconds`, category averages
-    `category/<name>` over the tasks that produced a score, and `overall` (mean of categories) when
-    every paper category has a score.
+    Besides each task's metrics: `<task>/score` (0-100), `<task>/seconds`, `category/<name>` for each
+    category all of whose tasks produced a score, and `overall` (mean of the six) when all six are
+    complete (`aggregate_categories`); results.json lists the others under `incomplete_categories`.
 
     Before anything runs, every task's settings and fingerprint are resolved (a bad setting fails now,
     not hours into a suite); a task with a missing input is not run (`results.json` lists it under
@@ -488,7 +595,6 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
     unavailable: dict[str, str] = {}
     reused: list[str] = []
     notes: dict[str, str] = {}
-    by_category: dict[str, list[float]] = {}
     from harness import progress
 
     for index, (name, spec) in enumerate(specs.items()):
@@ -538,15 +644,63 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
             notes[name] = result.note
         if result.score is not None:
             flat[f"{name}/score"] = float(result.score)
-            by_category.setdefault(spec.category, []).append(float(result.score))
-    paper_cats = {}
-    for category, scores in by_category.items():
-        if category in CATEGORIES:
-            paper_cats[category] = statistics.fmean(scores)
-            flat[f"category/{category}"] = paper_cats[category]
-    if paper_cats and len(paper_cats) == len(CATEGORIES):
-        flat["overall"] = statistics.fmean(paper_cats.values())
+    averages, incomplete = aggregate_categories(task_names, flat)
+    flat.update(averages)
     (ctx.out_dir / "results.json").write_text(json.dumps(
         {"metrics": flat, "skipped": skipped, "notes": notes, "missing": missing, "unavailable": unavailable,
-         "reused": reused}, indent=2, default=float))
+         "reused": reused, "categories": category_members(task_names), "incomplete_categories": incomplete},
+        indent=2, default=float))
     return flat
+
+
+# ---------------------------------------------------------------------------------------------
+# Category averages and overall (paper Sec. 2.2): only over complete categories
+# ---------------------------------------------------------------------------------------------
+
+def category_members(task_names: list[str]) -> dict[str, list[str]]:
+    """Paper category -> the tasks of `task_names` in it, in CATEGORIES order (other tasks left out)."""
+    members: dict[str, list[str]] = {}
+    for category in CATEGORIES:
+        names = [n for n in dict.fromkeys(task_names) if TASKS.get(n).category == category]
+        if names:
+            members[category] = names
+    return members
+
+
+def _has_score(metrics: dict[str, float], task: str) -> bool:
+    value = metrics.get(f"{task}/score")
+    return isinstance(value, (int, float)) and value == value  # not NaN
+
+
+def aggregation_plan(task_names: list[str], unscored: set[str]) -> tuple[dict[str, list[str]], dict[str, list[str]], bool]:
+    """The averaging rule of `aggregate_categories`, applied to which tasks will have no score: ({category:
+    its tasks} for the categories that will be averaged, {category: its tasks without a score} for those
+    withheld, whether `overall` will be computed). `harness eval --dry-run` states it before anything runs."""
+    averaged: dict[str, list[str]] = {}
+    incomplete: dict[str, list[str]] = {}
+    for category, names in category_members(task_names).items():
+        missing = [n for n in names if n in unscored]
+        if missing:
+            incomplete[category] = missing
+        else:
+            averaged[category] = names
+    return averaged, incomplete, len(averaged) == len(CATEGORIES)
+
+
+def aggregate_categories(task_names: list[str], metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """(`category/<name>` = mean of the `<task>/score` of its tasks, for every category whose tasks ALL
+    have a score, and `overall` = mean of the six when all six are so complete; {category: its tasks
+    without a score} for the others).
+
+    A benchmark without a score (skipped, its input missing, a judged score withheld) withholds its
+    category, and with it `overall`: averaging the others would silently change what the number
+    measures (XSTest skipped would raise the paper's SFT overall of 56.8 by about a point). A category is the tasks
+    the evaluation asked for: a task left out of `eval.tasks` on purpose is not in it (`results.json`
+    `categories` lists what each one averaged)."""
+    averaged, incomplete, with_overall = aggregation_plan(
+        task_names, {n for n in task_names if not _has_score(metrics, n)})
+    averages = {f"category/{category}": statistics.fmean(float(metrics[f"{n}/score"]) for n in names)
+                for category, names in averaged.items()}
+    if with_overall:
+        averages["overall"] = statistics.fmean(averages[f"category/{c}"] for c in CATEGORIES)
+    return averages, incomplete

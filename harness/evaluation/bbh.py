@@ -1,11 +1,28 @@
 """BIG-Bench Hard (reasoning): official 3-shot CoT prompts, answer after "the answer is" (paper App. D).
 
-Setting (the Tulu/open-instruct evaluation on chat models):
+Two settings (`BBHSettings.setting`, grid `eval.settings.bbh`):
+
+`harness` (default), this project's choice:
 - Data: `bbh/tasks/<subtask>.json` (`examples: [{input, target}]`) and the official CoT prompts
-  `bbh/cot-prompts/<subtask>.txt` (canary header up to the "-----" line removed), 27 sub-tasks.
+  `bbh/cot-prompts/<subtask>.txt` (canary header up to the "-----" line removed), 27 sub-tasks, all
+  6,511 examples.
 - One user turn: the sub-task's CoT prompt (task description + 3 exemplars) + "\\n\\nQ: <input>";
   chat template applied, the assistant turn started with "A: Let's think step by step." (the
-  exemplars' answer prefix). Greedy, up to 512 new tokens, cut at a new "\\n\\nQ:".
+  exemplars' own answer start: the project's choice, not open-instruct's). Greedy, up to 512 new tokens,
+  cut at a new "\\n\\nQ:".
+
+`paper`: open-instruct's 2024 `bbh_cot` job (`eval/bbh/run_eval.py` at ea3467dbb,
+`--max_num_examples_per_task 40 --use_chat_format`): 40 examples per sub-task, 1,080 in all, drawn by
+one `random.Random(42)` sub-task after sub-task (`random.sample(examples, 40)`); open-instruct went
+through the task files in `glob.glob` order, the file system's, so the paper's exact draws cannot be
+rebuilt: the sorted order is used (`open_instruct.seeded_draws`). The same user turn (its rule, the CoT
+file without its first two lines, gives the same text for all 27 files) in open-instruct's Tulu chat
+format, the assistant turn started with "A:" only, BOS as the tokenizer adds it, greedy, 512 new tokens,
+stop at the first blank line ("\\n\\n"). "A: Let's think step by step." and the later stop favour verbose
+chain-of-thought (which the paper attributes to PPO), so `harness` numbers are not comparable with the
+paper's.
+
+Both settings score alike:
 - Extraction (App. D): the answer after "the answer is" ("[t|T]he answer is (.*?)\\." - up to the next
   period, which for one-word targets is App. D's "first word" and keeps multi-word targets such as
   word_sorting's), or the whole response when the phrase is absent.
@@ -30,21 +47,46 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
+from harness.evaluation.base import (
+    BenchmarkSettings,
+    EvalContext,
+    TaskProtocol,
+    TaskResult,
+    TaskSpec,
+    register_task,
+)
 from harness.evaluation.common import (
     MissingDataError,
     benchmark_file,
     chat_prompt_with_prefix,
+    count_rows,
+    describe_decoding,
     mean_pct,
     skipped,
 )
 from harness.evaluation.gsm8k import normalize_em
+from harness.evaluation.open_instruct import (
+    BOS_RULE,
+    CHAT_FORMAT,
+    OPEN_INSTRUCT,
+    SEED,
+    generation_prompts,
+    seeded_draws,
+    tulu_chat,
+)
 from harness.generation import SamplingParams
 
 TASK = "bbh"
 MAX_NEW_TOKENS = 512
 STOP = ("\n\nQ:",)
 ANSWER_PREFIX = "A: Let's think step by step."
+PAPER_ANSWER_PREFIX = "A:"
+PAPER_STOP = ("\n\n",)
+PAPER_PER_TASK = 40  # open-instruct's --max_num_examples_per_task
+
+
+class BBHSettings(BenchmarkSettings):
+    """BBH's settings: only the setting (paper / harness)."""
 SUBTASKS = (
     "boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa",
     "dyck_languages", "formal_fallacies", "geometric_shapes", "hyperbaton",
@@ -118,6 +160,45 @@ def load_rows(limit: int | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
     return rows, prompts
 
 
+def paper_rows(limit: int | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """open-instruct's 40 examples per sub-task (one Random(42), sub-tasks in sorted order, each draw in
+    the order drawn) and each sub-task's CoT prompt; `limit`: the first max(1, ceil(limit / 27)) of each."""
+    rows, prompts = load_rows(None)
+    by_sub: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_sub.setdefault(row["subtask"], []).append(row)
+    draws = seeded_draws({sub: len(v) for sub, v in by_sub.items()},
+                         lambda rng, n: rng.sample(range(n), min(n, PAPER_PER_TASK)))
+    k = per_subtask_limit(limit)
+    return [by_sub[sub][i] for sub in SUBTASKS for i in (draws[sub][:k] if k else draws[sub])], prompts
+
+
+def paper_prompt(cot_prompt: str, row: dict[str, Any]) -> str:
+    """The paper setting's prompt text (Tulu chat format, "A:"), before BOS."""
+    return tulu_chat(f"{cot_prompt.strip()}\n\nQ: {row['input']}", PAPER_ANSWER_PREFIX)
+
+
+def sampling_params(settings: BBHSettings, seed: int, max_new_tokens: int = MAX_NEW_TOKENS) -> SamplingParams:
+    stop = PAPER_STOP if settings.setting == "paper" else STOP
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=stop, seed=seed)
+
+
+def build_prompts(ctx: EvalContext, rows: list[dict[str, Any]], cot_prompts: dict[str, str],
+                  settings: BBHSettings) -> list[str]:
+    """The prompts as the engine gets them (generated with chat=False: already templated)."""
+    if settings.setting == "paper":
+        return generation_prompts(ctx.generator, [paper_prompt(cot_prompts[r["subtask"]], r) for r in rows])
+    tok = ctx.generator.tokenizer
+    prompts = []
+    for row in rows:
+        user = f"{cot_prompts[row['subtask']]}\n\nQ: {row['input']}"
+        if getattr(tok, "chat_template", None):
+            prompts.append(chat_prompt_with_prefix(ctx, [{"role": "user", "content": user}], ANSWER_PREFIX))
+        else:
+            prompts.append(f"{user}\n{ANSWER_PREFIX}")
+    return prompts
+
+
 def score_responses(rows: list[dict[str, Any]], responses: list[str]) -> TaskResult:
     correct = [is_correct(resp, row["target"]) for row, resp in zip(rows, responses)]
     lm = lmeval_correct(responses, [r["target"] for r in rows])
@@ -139,26 +220,41 @@ def score_responses(rows: list[dict[str, Any]], responses: list[str]) -> TaskRes
     return TaskResult(metrics, metrics[f"{TASK}/exact_match"], samples)
 
 
+def rows_for(settings: BBHSettings, limit: int | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    return paper_rows(limit) if settings.setting == "paper" else load_rows(limit)
+
+
 def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
-    """The registered task (paper settings); `max_new_tokens` is lowered only by fast tests."""
+    """The registered task; `max_new_tokens` is lowered only by fast tests."""
+    settings = ctx.settings_for(TASK)
     try:
-        rows, cot_prompts = load_rows(ctx.limit)
+        rows, cot_prompts = rows_for(settings, ctx.limit)
     except MissingDataError as err:
         return skipped(TASK, str(err))
-    tok = ctx.generator.tokenizer
-    prompts = []
-    for row in rows:
-        user = f"{cot_prompts[row['subtask']]}\n\nQ: {row['input']}"
-        if getattr(tok, "chat_template", None):
-            prompts.append(chat_prompt_with_prefix(ctx, [{"role": "user", "content": user}], ANSWER_PREFIX))
-        else:
-            prompts.append(f"{user}\n{ANSWER_PREFIX}")
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=STOP, seed=ctx.seed)
-    outputs = ctx.generator.generate(prompts, params, chat=False)
+    prompts = build_prompts(ctx, rows, cot_prompts, settings)
+    outputs = ctx.generator.generate(prompts, sampling_params(settings, ctx.seed, max_new_tokens), chat=False)
     result = score_responses(rows, [o[0] for o in outputs])
     for sample, prompt in zip(result.samples, prompts):
         sample["prompt"] = prompt
     return result
+
+
+def describe(settings: BBHSettings, limit: int | None) -> TaskProtocol:
+    size = count_rows(lambda: rows_for(settings, limit)[0])
+    per_task = f"; --limit {limit}: the first {per_subtask_limit(limit)} of each sub-task" if limit else ""
+    decoding = describe_decoding(sampling_params(settings, 0))
+    if settings.setting == "paper":
+        return TaskProtocol(
+            "paper", f"{PAPER_PER_TASK} per sub-task x 27 = 1,080: one random.Random({SEED}) drawn sub-task after "
+            f"sub-task, in sorted order{per_task}", size, SEED,
+            f"{OPEN_INSTRUCT} eval/bbh/run_eval.py: official 3-shot CoT prompt + '\\n\\nQ: <input>'; {CHAT_FORMAT}; "
+            f"assistant starts 'A:'; {BOS_RULE}", decoding, None,
+            ("open-instruct drew the sub-tasks in glob.glob (file-system) order: its exact 1,080 cannot be rebuilt; "
+             "sorted order here",))
+    return TaskProtocol(
+        "harness", f"all 6,511 examples of the 27 sub-tasks{per_task}", size, None,
+        "official 3-shot CoT prompt + '\\n\\nQ: <input>' in the model's chat template, assistant starts "
+        "\"A: Let's think step by step.\"; no BOS added", decoding, None)
 
 
 register_task(TaskSpec(
@@ -167,6 +263,8 @@ register_task(TaskSpec(
     run=run,
     description="BIG-Bench Hard, 27 sub-tasks, official 3-shot CoT prompts, chat template, greedy.",
     score_rule="exact match of the answer after 'the answer is', mean over the 27 sub-tasks (0-100)",
+    settings=BBHSettings(),
     data_files=data_files,
     uses=(),
+    describe=describe,
 ))

@@ -6,6 +6,8 @@
     harness eval --model smollm2-135m-instruct --tasks humaneval_plus --set coding.n_samples=10
     harness eval --model smollm2-135m-instruct --tasks gsm8k mmlu --engine openai \
         --base-url http://127.0.0.1:8000/v1 --engine-model smollm2   # any OpenAI-compatible server
+    harness eval --model <tulu-2 folder> --suite paper11 --setting paper      # open-instruct 2024, as the paper
+    harness eval --suite paper11 --setting paper --dry-run                     # what each task will do; runs nothing
 
 `--model` is a zoo name, a model folder, a hub id, or an MLflow run id whose run carries the
 trained model's folder (a stage run's model, or a cell run's policy: `mlflow_layout.model_path_of_run`).
@@ -26,6 +28,11 @@ default the detected fastest for the device), `--engine openai` (a running serve
 prompts) or `--engine vllm` (the harness starts `vllm serve`; untested here). What it resolved to is
 logged (`engine.*` params, `engine.json` in the output folder); resuming into a folder written by
 another engine is refused.
+
+`--setting paper|harness` sets every benchmark's `setting` at once (a grid's `eval.setting`); a `--set
+GROUP.setting=...` still wins for its group. `--dry-run` prints, per task, its subset and size, seed,
+prompt source, decoding, judge and whether its inputs are there, then exits without loading a model
+(`--model` is optional then; given, it says whether the model's tokenizer adds a BOS token).
 """
 
 from __future__ import annotations
@@ -143,9 +150,72 @@ def _log_mlflow(args: argparse.Namespace, model_path: str, tasks: list[str], met
     finite = {mlflow_metric_name(k): float(v) for k, v in metrics.items()
               if isinstance(v, (int, float)) and not math.isnan(v)}
     params = {"model": args.model, "model_path": model_path, "suite": args.suite or "", "tasks": ",".join(tasks),
+              "setting": args.setting or "",
               "limit": str(args.limit), "seed": str(args.seed), "batch_size": str(args.batch_size),
               "judge_model": args.judge_model or "", **tracking.flatten({"settings": settings}), **engine_params}
     return log_eval_run(experiment_id, f"eval {Path(args.model).name}", model_path, params, finite, out)
+
+
+def _bos_line(model: str) -> str:
+    """Whether `model`'s tokenizer adds a BOS token (what the paper setting's prompts then start with)."""
+    from harness.evaluation.open_instruct import tokenizer_adds_bos
+    from harness.models import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_eval_model(model))
+    if tokenizer_adds_bos(tokenizer):
+        return f"model {model}: its tokenizer adds BOS {tokenizer.bos_token!r}: the paper setting's prompts start with it"
+    return f"model {model}: its tokenizer adds no BOS token: the paper setting's prompts have none"
+
+
+def format_dry_run(tasks: list[str], settings: dict[str, dict[str, Any]], limit: int | None,
+                   judge: dict[str, Any] | None) -> str:
+    """Per task: setting, subset and size, seed, prompt source, decoding, judge, notes, and whether its
+    inputs resolve now (`plan_tasks`, the grid's own check); nothing is loaded or run."""
+    from harness.evaluation import TASKS
+    from harness.evaluation.base import CATEGORIES, aggregation_plan, plan_tasks, settings_from_config
+
+    resolved = settings_from_config(settings, tasks)
+    _, missing = plan_tasks(tasks, settings, judge=judge, has_reference=False, has_reward_model=False)
+    lines = []
+    unscored: set[str] = set()
+    for name in tasks:
+        spec = TASKS.get(name)
+        task_settings = resolved.get(spec.group)
+        lines.append(f"{name} ({spec.category})" + (f", setting {task_settings.setting}"  # type: ignore[union-attr]
+                                                    if hasattr(task_settings, "setting") else ""))
+        if spec.describe is not None:
+            plan = spec.describe(task_settings, limit)
+            rows = [("subset", plan.subset), ("size", "unknown (data missing)" if plan.size is None else str(plan.size)),
+                    ("seed", "-" if plan.seed is None else str(plan.seed)), ("prompt", plan.prompt),
+                    ("decoding", plan.decoding), ("judge", plan.judge or "-")]
+            rows += [("note", note) for note in plan.notes]
+        else:
+            rows = [("about", spec.description or spec.score_rule or "-")]
+        if task_settings is not None:
+            rows.append(("settings", ", ".join(f"{k}={v!r}" for k, v in task_settings.model_dump().items())))
+        if name in missing:
+            rows.append(("inputs", f"MISSING, not run: {missing[name]}"))
+            unscored.add(name)
+        elif "judge" in spec.used_inputs and not (judge and judge.get("model")):
+            rows.append(("inputs", "ready, but no judge configured (--judge-model): offline fallbacks only, no score"))
+            unscored.add(name)
+        else:
+            rows.append(("inputs", "ready" + (f"; judge {judge['model']}" if "judge" in spec.used_inputs else "")))
+        lines += [f"  {key:<9} {value}" for key, value in rows]
+    averaged, incomplete, with_overall = aggregation_plan(tasks, unscored)
+    if averaged or incomplete:
+        lines.append("averages: a category, and overall, only when every benchmark in them has a score")
+        lines += [f"  category/{c:<22} mean of {', '.join(averaged[c])}" if c in averaged else
+                  f"  category/{c:<22} WITHHELD: no score from {', '.join(incomplete[c])}"
+                  for c in CATEGORIES if c in averaged or c in incomplete]
+        if with_overall:
+            lines.append(f"  {'overall':<31} mean of the {len(CATEGORIES)} categories")
+        else:
+            absent = [c for c in CATEGORIES if c not in averaged and c not in incomplete]
+            why = [f"{len(incomplete)} categor{'y' if len(incomplete) == 1 else 'ies'} withheld"] if incomplete else []
+            why += [f"not evaluated: {', '.join(absent)}"] if absent else []
+            lines.append(f"  {'overall':<31} WITHHELD ({'; '.join(why)})")
+    return "\n".join(lines)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -170,10 +240,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown task(s) {unknown}; tasks: {', '.join(TASKS.names())}", file=sys.stderr)
         return 2
-    try:  # the settings, resolved once (defaults, environment, --set): a bad one fails now, not hours in
-        settings = resolve_eval_settings(tasks, parse_settings(args.set or []))
+    try:  # the settings, resolved once (defaults, environment, --set, --setting): a bad one fails now
+        settings = resolve_eval_settings(tasks, parse_settings(args.set or []), setting=args.setting)
     except ValueError as err:
         print_error(err, args)
+        return 2
+    if args.dry_run:
+        try:
+            header = [_bos_line(args.model)] if args.model else []
+        except (ValueError, FileNotFoundError, OSError) as err:
+            print_error(err, args)
+            return 2
+        print("\n".join([*header, format_dry_run(tasks, settings, args.limit, _judge_settings(args)),
+                         "(dry run: nothing was loaded or run)"]))
+        return 0
+    if not args.model:
+        print("error: give --model (only --dry-run runs without one)", file=sys.stderr)
         return 2
     try:
         model_path = resolve_eval_model(args.model)
@@ -188,7 +270,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     resolved = engine.resolved()
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(args.model).name)
     out = Path(args.out) if args.out else results_dir() / "eval" / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
-    # A task's resume key does not name the engine: results of another engine in this folder are not reused.
+    # Task resume keys name the engine, so another engine's results would not be reused anyway; say so now
+    # rather than silently redo every task into a folder that then mixes two engines' files.
     engine_file = out / "engine.json"
     if not args.no_resume and engine_file.exists() and json.loads(engine_file.read_text()) != resolved.key():
         print(f"error: {out} holds results from engine {engine_file.read_text().strip()}, this run uses "
@@ -203,7 +286,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         generator = make_generator(model_path, batch_size=args.batch_size, engine=engine)
     ctx = EvalContext(model_path=model_path, out_dir=out, limit=args.limit, seed=args.seed,
                       batch_size=args.batch_size, judge=_judge_settings(args),
-                      settings=settings_from_config(settings, tasks), _generator=generator)
+                      settings=settings_from_config(settings, tasks), engine=engine, _generator=generator)
     start = time.perf_counter()
     try:
         with _progress(tasks):
@@ -219,8 +302,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     saved = json.loads((out / "results.json").read_text())
     skipped, notes = saved.get("skipped", {}), saved.get("notes", {})
     (out / "results.json").write_text(json.dumps({"metrics": metrics, "skipped": skipped, "notes": notes,
+                                                  "categories": saved.get("categories", {}),
+                                                  "incomplete_categories": saved.get("incomplete_categories", {}),
                                                   "tasks": tasks, "model": args.model, "model_path": model_path,
-                                                  "limit": args.limit, "engine": resolved.params()},
+                                                  "limit": args.limit, "setting": args.setting,
+                                                  "engine": resolved.params()},
                                                  indent=2, default=float))
     table = format_table(metrics, skipped, tasks, notes)
     table += (f"\nwall time: {metrics['eval/wall_seconds']:.0f} s this run, {metrics['eval/task_seconds_total']:.0f} s "
@@ -235,7 +321,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("eval", help="evaluate a model on a suite / tasks (paper11: the paper's 11)")
-    p.add_argument("--model", required=True, help="zoo name, model folder, hub id or MLflow run id")
+    p.add_argument("--model", help="zoo name, model folder, hub id or MLflow run id (required unless --dry-run)")
     p.add_argument("--suite", help="e.g. paper11")
     p.add_argument("--tasks", nargs="*", help="task names (added to the suite's)")
     p.add_argument("--limit", type=int, default=None,
@@ -249,6 +335,12 @@ def add_commands(subparsers: Any) -> None:
                    help="rerun every task even if --out holds a matching finished result (<task>.result.json)")
     p.add_argument("--set", action="append", metavar="GROUP.FIELD=VALUE",
                    help="a task setting, e.g. coding.n_samples=10 (as a grid's eval.settings; repeatable)")
+    p.add_argument("--setting", choices=("harness", "paper"),
+                   help="every benchmark's setting: 'paper' = open-instruct's 2024 evaluation as the paper ran it, "
+                        "'harness' = this project's (the default); --set GROUP.setting=... wins for its group")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each task's subset, seed, prompt, decoding and judge, and whether its inputs are "
+                        "there; load and run nothing")
     p.add_argument("--judge-model", help="judge model name at an OpenAI-compatible endpoint")
     p.add_argument("--judge-base-url", help="judge endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",

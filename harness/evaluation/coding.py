@@ -42,9 +42,29 @@ Protocol (paper App. D, the Tulu/open-instruct evaluation it extends):
   isolation it had; `<task>/sandbox_bubblewrap` is the fraction checked under bubblewrap.
 
 Configuration: `CodingConfig`; the registered tasks take theirs from their settings (`CodingSettings`,
-grid `eval.settings.coding`, shared by both tasks): n_samples, max_new_tokens, temperature, top_p,
+grid `eval.settings.coding`, shared by both tasks): setting, n_samples, max_new_tokens, temperature, top_p,
 workers, whose defaults the environment may supply (HARNESS_CODING_N_SAMPLES,
 HARNESS_CODING_MAX_NEW_TOKENS, HARNESS_CODING_WORKERS), resolved at plan time into the stage key.
+
+The `paper` setting is open-instruct's coding jobs as they stood for the paper (branch
+`mbpp_humaneval_plus` at b6737f623: `codex_evalplus_temp_0.8`, `mbpp_evalplus_temp_0.8`, n 20, T 0.8):
+- Prompts in open-instruct's Tulu chat format, BOS as the tokenizer adds it. HumanEval+: the same
+  instruction and assistant start as above. MBPP+: "Complete the following python function.\\n\\n\\n" +
+  the bare description + the reference code up to its first ":" with no separator (`eval/mbpp/
+  run_eval.py`, which reads the hub's `evalplus/mbppplus` rows: the description is the v0.1.0 prompt
+  without its triple quotes, the code its canonical solution without leading blank lines, as the hub
+  rows were built from them; the hub file itself is not available offline).
+- MBPP+ problems: the hub's test split (378 problems) without its first 100, 278 (open-instruct's
+  `dataset.shuffle(seed=42)` discards its result, so no shuffle). The 378 are v0.1.0's 399 minus the 21
+  tasks EvalPlus removed for v0.2.0 (its `tools/mbpp/fix_v011.py`, `MBPP_V020_REMOVED`), in task-id order;
+  the subset is built from the local file and fails with the file's name when it cannot be.
+- Decoding: top_p 0.95 for HumanEval+, 1.0 for MBPP+ (open-instruct passed none: vLLM's default); that
+  is `top_p: None` in the settings, the paper setting's default.
+- Not reproduced, documented: open-instruct checked HumanEval+ with its own human-eval runner on the
+  OriginFmt tests (base + plus inputs as assertions) with one 3 s timeout per sample, and MBPP+ with the
+  hub row's `test` (the same inputs and EvalPlus's comparison, as assertions) with 10 s per sample; here
+  both use the differential checks above (the same inputs and comparison, per-input time limits), on
+  v0.1.10 / v0.1.0 data. A slow but correct program can pass here and time out there, and the reverse.
 """
 
 from __future__ import annotations
@@ -59,16 +79,17 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field
 
 from harness.evaluation.base import (
     TASKS,
+    BenchmarkSettings,
     EvalContext,
+    TaskProtocol,
     TaskResult,
-    TaskSettings,
     TaskSpec,
     register_task,
     resolve_settings,
@@ -79,6 +100,14 @@ from harness.evaluation.code_grading import (
     compute_expected,
     differential_check,
     split_budget,
+)
+from harness.evaluation.common import describe_decoding
+from harness.evaluation.open_instruct import (
+    BOS_RULE,
+    CHAT_FORMAT,
+    OPEN_INSTRUCT_CODING,
+    generation_prompts,
+    tulu_chat,
 )
 from harness.evaluation.sandbox import GiB, MiB, SandboxLimits, SandboxPool
 from harness.paths import data_dirs, find_data_file, results_dir
@@ -93,11 +122,20 @@ HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n```")
 MBPP_INSTRUCTION = "Complete the following python function.\n\n\n"
 MBPP_ANSWER_PREFIX = "Here is the completed function:\n\n\n```python\n"
 MBPP_STOP = ("```",)
+# The paper setting's MBPP+ problems: the hub's 378 (MBPP+ v0.2.0 = v0.1.0 without the tasks EvalPlus's
+# tools/mbpp/fix_v011.py deletes) without the first 100 (open-instruct eval/mbpp/run_eval.py).
+MBPP_V020_REMOVED = frozenset({83, 115, 117, 143, 164, 229, 249, 295, 396, 400, 407, 431, 438, 442, 461, 574,
+                               582, 595, 640, 746, 783})
+MBPP_HUB_SIZE = 378
+MBPP_PAPER_HELD_OUT = 100
+# top_p per task when the settings leave it None (the paper setting's default): open-instruct's values
+PAPER_TOP_P = {"humaneval_plus": 0.95, "mbpp_plus": 1.0}
 
 
 @dataclass(frozen=True)
 class CodingConfig:
     n_samples: int = 20  # completions per problem; pass@10 needs >= 10
+    setting: str = "harness"  # "paper": open-instruct's prompts and problems (see the module docstring)
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 512
@@ -120,20 +158,27 @@ class CodingConfig:
             raise ValueError(f"CodingConfig.workers must be >= 1, got {self.workers}")
 
 
-class CodingSettings(TaskSettings):
+class CodingSettings(BenchmarkSettings):
     """The coding tasks' settings (CodingConfig's fields a grid or the environment may set)."""
 
     n_samples: int = Field(20, ge=1, description="completions per problem; pass@10 needs >= 10 (open-instruct's 20)")
     max_new_tokens: int = Field(512, ge=1, description="generation budget per completion")
     temperature: float = Field(0.8, gt=0, description="sampling temperature (paper App. D)")
-    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling (paper App. D)")
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        0.95, description="nucleus sampling (paper App. D); None = open-instruct's per task (HumanEval+ 0.95, "
+        "MBPP+ 1.0), the paper setting's default")
     workers: int = Field(2, ge=1, description="sandboxed checks at once (per-input time limits are wall-clock)")
     env = {"n_samples": "HARNESS_CODING_N_SAMPLES", "max_new_tokens": "HARNESS_CODING_MAX_NEW_TOKENS",
            "workers": "HARNESS_CODING_WORKERS"}
+    paper_defaults = {"top_p": None}
 
 
-def coding_config(settings: CodingSettings) -> CodingConfig:
-    return replace(CodingConfig(), **settings.model_dump())
+def coding_config(settings: CodingSettings, task: str = "humaneval_plus") -> CodingConfig:
+    """The CodingConfig of `task` under `settings` (top_p None: open-instruct's value for that task)."""
+    values = settings.model_dump()
+    if values["top_p"] is None:
+        values["top_p"] = PAPER_TOP_P[task]
+    return replace(CodingConfig(), **values)
 
 
 def config_from_env() -> CodingConfig:
@@ -321,6 +366,35 @@ def humaneval_instruction(problem: CodeProblem) -> str:
 def mbpp_instruction(problem: CodeProblem) -> str:
     # The v0.1.0 prompt is a quoted description; the `def` header goes on its own line after it.
     return f"{MBPP_INSTRUCTION}{problem.prompt}\ndef {_signature(problem, problem.canonical_solution)}"
+
+
+def mbpp_paper_instruction(problem: CodeProblem) -> str:
+    """open-instruct's MBPP+ user turn from the hub row's `prompt` and `code`, rebuilt from the v0.1.0 row:
+    the description without its quotes, then the reference code up to its first ':', no separator."""
+    description = problem.prompt.strip().strip("'").strip()
+    return MBPP_INSTRUCTION + description + problem.canonical_solution.lstrip().split(":")[0]
+
+
+def paper_prompt(problem: CodeProblem) -> str:
+    """The paper setting's prompt text (Tulu chat format, the started assistant turn), before BOS."""
+    if problem.dataset == "humaneval":
+        return tulu_chat(humaneval_instruction(problem), HUMANEVAL_ANSWER_PREFIX + problem.prompt)
+    return tulu_chat(mbpp_paper_instruction(problem), MBPP_ANSWER_PREFIX)
+
+
+def mbpp_paper_problems(problems: list[CodeProblem]) -> list[CodeProblem]:
+    """open-instruct's 278 MBPP+ problems from the local file: the v0.2.0 problems (v0.1.0 without
+    MBPP_V020_REMOVED) in task-id order, without the first 100. ValueError when the file does not hold
+    the 378 v0.2.0 tasks (another release)."""
+    def number(p: CodeProblem) -> int:
+        return int(p.task_id.split("/")[-1])
+
+    kept = sorted((p for p in problems if number(p) not in MBPP_V020_REMOVED), key=number)
+    if len(kept) != MBPP_HUB_SIZE:
+        raise ValueError(f"{MBPP_PLUS_FILE}: {len(kept)} problems once the 21 tasks MBPP+ v0.2.0 removed are left out, "
+                         f"expected {MBPP_HUB_SIZE}; open-instruct's 278-problem subset (the hub's 378 without the "
+                         "first 100) cannot be built from this file")
+    return kept[MBPP_PAPER_HELD_OUT:]
 
 
 def chat_messages(problem: CodeProblem) -> tuple[list[dict[str, str]], str]:
@@ -514,22 +588,30 @@ def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def generate_completions(ctx: EvalContext, problems: Sequence[CodeProblem], config: CodingConfig) -> list[list[str]]:
+def sampling_params(config: CodingConfig, problem: CodeProblem, seed: int) -> Any:
+    """The SamplingParams of one generate call (problems of one dataset share them but the seed)."""
     from harness.generation import SamplingParams
 
-    tokenizer = ctx.generator.tokenizer
+    return SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                          num_return_sequences=config.n_samples, stop=stop_sequences(problem), seed=seed)
+
+
+def build_prompts(ctx: EvalContext, problems: Sequence[CodeProblem], setting: str) -> list[str]:
+    """The prompts as the engine gets them (generated with chat=False: already templated)."""
+    if setting == "paper":
+        return generation_prompts(ctx.generator, [paper_prompt(p) for p in problems])
+    return [render_chat_prompt(ctx.generator.tokenizer, p) for p in problems]
+
+
+def generate_completions(ctx: EvalContext, problems: Sequence[CodeProblem], config: CodingConfig) -> list[list[str]]:
     # The HF engine batches prompts x num_return_sequences: keep about batch_size sequences per call.
     per_call = max(1, ctx.batch_size // config.n_samples)
     completions: list[list[str]] = []
     for start in range(0, len(problems), per_call):
         chunk = problems[start : start + per_call]
-        params = SamplingParams(
-            max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-            num_return_sequences=config.n_samples, stop=stop_sequences(chunk[0]),
-            seed=ctx.seed * 1_000_003 + start,  # distinct random streams per call, reproducible per seed
-        )
-        outputs = ctx.generator.generate([render_chat_prompt(tokenizer, p) for p in chunk], params, chat=False)
-        completions.extend(outputs)
+        # distinct random streams per call, reproducible per seed
+        params = sampling_params(config, chunk[0], ctx.seed * 1_000_003 + start)
+        completions.extend(ctx.generator.generate(build_prompts(ctx, chunk, config.setting), params, chat=False))
     return completions
 
 
@@ -580,12 +662,51 @@ def run_coding_task(ctx: EvalContext, task: str, problems: list[CodeProblem], co
 
 
 def run_humaneval_plus(ctx: EvalContext, config: CodingConfig | None = None) -> TaskResult:
-    config = config or coding_config(ctx.settings_for("humaneval_plus"))
+    config = config or coding_config(ctx.settings_for("humaneval_plus"), "humaneval_plus")
     return run_coding_task(ctx, "humaneval_plus", load_humaneval_plus(), config)
 
 
+def mbpp_problems(setting: str) -> list[CodeProblem]:
+    problems = load_mbpp_plus()
+    return mbpp_paper_problems(problems) if setting == "paper" else problems
+
+
 def run_mbpp_plus(ctx: EvalContext, config: CodingConfig | None = None) -> TaskResult:
-    return run_coding_task(ctx, "mbpp_plus", load_mbpp_plus(), config or coding_config(ctx.settings_for("mbpp_plus")))
+    config = config or coding_config(ctx.settings_for("mbpp_plus"), "mbpp_plus")
+    return run_coding_task(ctx, "mbpp_plus", mbpp_problems(config.setting), config)
+
+
+def describe(task: str, settings: CodingSettings, limit: int | None) -> TaskProtocol:
+    config = coding_config(settings, task)
+    try:
+        problems = load_humaneval_plus() if task == "humaneval_plus" else mbpp_problems(config.setting)
+        size: int | None = len(problems[:limit] if limit else problems)
+        decoding = describe_decoding(sampling_params(config, problems[0], 0))
+    except (FileNotFoundError, ValueError) as err:
+        size, decoding = None, f"T={config.temperature:g}, top_p={config.top_p:g}, n={config.n_samples} ({err})"
+    judge = (f"differential checks on base + plus inputs in the sandbox (EvalPlus's comparison, per-input time "
+             f"limits); pass@10 x 100 over n={config.n_samples}")
+    limited = f"; --limit {limit}: the first {limit}" if limit else ""
+    paper = config.setting == "paper"
+    if task == "humaneval_plus":
+        subset = "all 164 HumanEval+ problems (v0.1.10)" + limited
+        prompt = ("HumanEvalPack instruction (rebuilt from the prompt), assistant starts 'Here is the function:' + "
+                  "```python + the problem's prompt")
+        notes = ["open-instruct checked with its human-eval runner on the OriginFmt tests, one 3 s timeout per sample"]
+    else:
+        subset = ("278 problems: the hub's 378 (v0.1.0 without MBPP+ v0.2.0's 21 removed tasks) without the first 100"
+                  if paper else "all 399 problems of MBPP+ v0.1.0") + limited
+        prompt = ("'Complete the following python function.' + the bare description + the reference code up to its "
+                  "first ':' (no separator)" if paper else
+                  "'Complete the following python function.' + the quoted description + '\\ndef <signature>'") + (
+                  ", assistant starts 'Here is the completed function:' + ```python")
+        notes = ["open-instruct checked with the hub row's test (assertions), 10 s per sample; prompts rebuilt from "
+                 "the v0.1.0 rows (the hub file is not available offline)"]
+    if paper:
+        return TaskProtocol("paper", subset, size, None, f"{OPEN_INSTRUCT_CODING} {prompt}; {CHAT_FORMAT}; {BOS_RULE}",
+                            decoding, judge, (*notes, *settings.departures_from_paper()))
+    return TaskProtocol("harness", subset, size, None, f"{prompt}, in the model's chat template; no BOS added",
+                        decoding, judge)
 
 
 register_task(TaskSpec(
@@ -595,6 +716,7 @@ register_task(TaskSpec(
     settings=CodingSettings(),
     settings_group="coding",
     data_files=lambda _settings: [_data_path(HUMANEVAL_PLUS_FILE, None)],
+    describe=lambda settings, limit: describe("humaneval_plus", settings, limit),
     uses=(),
     description="HumanEval+ (EvalPlus v0.2.1 base+plus tests), HumanEvalPack instructions, T=0.8, sandboxed",
     score_rule="pass@10 (base+plus tests, unbiased estimator, n samples/problem) x 100",
@@ -606,6 +728,7 @@ register_task(TaskSpec(
     settings=CodingSettings(),
     settings_group="coding",
     data_files=lambda _settings: [_data_path(MBPP_PLUS_FILE, None)],
+    describe=lambda settings, limit: describe("mbpp_plus", settings, limit),
     uses=(),
     description="MBPP+ v0.1.0 (EvalPlus v0.2.1 base+plus tests), open-instruct prompt, T=0.8, sandboxed",
     score_rule="pass@10 (base+plus tests, unbiased estimator, n samples/problem) x 100",

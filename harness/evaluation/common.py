@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,27 @@ def chat_prompt_with_prefix(ctx: EvalContext, messages: Messages, assistant_pref
     return text
 
 
+def count_rows(load: Callable[[], Sized]) -> int | None:
+    """How many rows `load()` gives; None when its data is missing (a task's `describe`: the dry run then
+    says the size is unknown, and why the task will not run)."""
+    try:
+        return len(load())
+    except FileNotFoundError:  # MissingDataError, MissingInput
+        return None
+
+
+def describe_decoding(params: Any) -> str:
+    """A SamplingParams in words, for a task's `describe` (the same object its run generates with)."""
+    if params.temperature > 0:
+        text = f"sampling T={params.temperature:g}, top_p={params.top_p:g}"
+    else:
+        text = "greedy"
+    if params.num_return_sequences > 1:
+        text += f", n={params.num_return_sequences}"
+    text += f", up to {params.max_new_tokens} new tokens"
+    return text + (f", stop at {list(params.stop)!r}" if params.stop else ", no stop string")
+
+
 def ensure_nltk_data() -> Path:
     """IFEval's checkers need NLTK `punkt_tab`; point NLTK at the shared copy when the user has not.
     Returns its English folder.
@@ -159,42 +180,53 @@ def loglikelihoods(ctx: EvalContext, pairs: Sequence[tuple[str, str]]) -> list[t
     return continuation_logprobs(model, tok, pairs, batch_size=ctx.batch_size)
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(tokenizer: Any, context: str, continuation: str,
+                add_special_tokens: bool = False) -> tuple[list[int], list[int]]:
     """Token ids of (context, continuation) split the way lm-eval's HF backend splits them.
 
     Trailing spaces of the context move into the continuation, the whole string is encoded once and
     the continuation is what follows the separately encoded context; so " A" after "Answer:" is scored
-    as the tokenizer would produce it in running text.
+    as the tokenizer would produce it in running text. `add_special_tokens=True` encodes both with the
+    tokenizer's special tokens (its BOS), as open-instruct's scoring calls did.
     """
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    ctx_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    whole = tokenizer(context + continuation, add_special_tokens=add_special_tokens)["input_ids"]
+    ctx_ids = tokenizer(context, add_special_tokens=add_special_tokens)["input_ids"]
     return ctx_ids, whole[len(ctx_ids):]
 
 
 def continuation_logprobs(
     model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
-    max_length: int = 2048,
+    max_length: int = 2048, add_special_tokens: bool = False,
 ) -> list[tuple[float, bool]]:
     """(sum of log-probs of the continuation given the context, whether it is the greedy continuation)
     for each (context, continuation) pair; what lm-eval's `loglikelihood` returns.
 
     Pairs whose context is shared and whose continuations are single tokens (MMLU's " A".." D") cost one
-    forward pass of the context together.
+    forward pass of the context together. `add_special_tokens`: see `encode_pair`.
     """
+    encoded = [encode_pair(tokenizer, c, x, add_special_tokens) for c, x in pairs]
+    for i, (_, cont_ids) in enumerate(encoded):
+        if not cont_ids:
+            raise ValueError(f"empty continuation after encoding pair {i}: {pairs[i][1]!r}")
+    return encoded_logprobs(model, tokenizer, encoded, batch_size=batch_size, max_length=max_length)
+
+
+def encoded_logprobs(model: Any, tokenizer: Any, encoded: Sequence[tuple[list[int], list[int]]],
+                     batch_size: int = 8, max_length: int = 2048) -> list[tuple[float, bool]]:
+    """`continuation_logprobs` on pairs already encoded as (context ids, continuation ids)."""
     import torch
 
-    encoded = [encode_pair(tokenizer, c, x) for c, x in pairs]
-    results: list[tuple[float, bool] | None] = [None] * len(pairs)
+    results: list[tuple[float, bool] | None] = [None] * len(encoded)
     # Each forward input is (token ids, [(pair index, position of first continuation logit, cont ids)]).
     jobs: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
     singles: list[tuple[list[int], list[tuple[int, int, list[int]]]]] = []
     for i, (ctx_ids, cont_ids) in enumerate(encoded):
         if not cont_ids:
-            raise ValueError(f"empty continuation after encoding pair {i}: {pairs[i][1]!r}")
+            raise ValueError(f"empty continuation ids for pair {i}")
         if len(cont_ids) == 1 and ctx_ids:
             jobs.setdefault(tuple(ctx_ids), []).append((i, cont_ids))
         else:

@@ -1,14 +1,24 @@
 """GSM8K (reasoning): 8-shot chain-of-thought, last number in the response, exact match (paper App. D).
 
-Setting, as the paper's Tulu evaluation (open-instruct) runs it on chat models:
-- The 8 exemplars are Wei et al.'s chain-of-thought demonstrations. They are read at run time from
-  lm-eval's `gsm8k-cot.yaml` (its `fewshot_config.samples`), the installed copy of that exemplar set,
-  so the harness carries no hand-typed copy of them.
+Two settings (`GSM8KSettings.setting`, grid `eval.settings.gsm8k`):
+
+`harness` (default): all 1,319 test questions (`--limit N`: the first N).
+- The 8 exemplars are Wei et al.'s chain-of-thought demonstrations as lm-eval ships them (answers end
+  "The answer is N."), read at run time from lm-eval's `gsm8k-cot.yaml` (`fewshot_config.samples`).
 - One user turn: "Answer the following questions." + the 8 "Question: ...\\nAnswer: ..." pairs + the
-  test question; the model's chat template is applied and the assistant turn is started with
-  "Answer:" (open-instruct's chat format). Models without a chat template get the same text raw.
+  test question (open-instruct's layout); the model's chat template is applied and the assistant turn is
+  started with "Answer:". Models without a chat template get the same text raw.
 - Greedy decoding, up to 512 new tokens, cut at the next "Question:" (the model starting a new
   exemplar).
+
+`paper`: open-instruct's 2024 `gsm_cot` job (`eval/gsm/run_eval.py` at ea3467dbb, `--max_num_examples
+200 --n_shot 8 --use_chat_format`): 200 questions drawn by `random.seed(42); random.sample(test, 200)`
+(in the order drawn; `--limit N`: the first N of them), open-instruct's own exemplars (`eval/gsm/
+examplars.py`: the same questions and reasoning, each answer ending "So the answer is N."; built here
+from lm-eval's by that one change, and tested against open-instruct's text), the same layout in its Tulu
+chat format with "Answer:", BOS as the tokenizer adds it, greedy, 512 new tokens, no stop string (in
+chat format open-instruct relies on the model to stop). Every GSM8K number in the paper's Tables 3 and
+12 is a multiple of 0.5, consistent with n = 200. Scoring is the same in both settings:
 - Answer extraction (App. D: "we extract the last number in the model response"): commas between
   digits are removed, the last match of `[-+]?\\d*\\.\\d+|\\d+` is the prediction (the response itself
   when it has no number). The reference is the text after "####" with the same comma removal.
@@ -34,24 +44,48 @@ import string
 from pathlib import Path
 from typing import Any
 
-from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
+from harness.evaluation.base import (
+    BenchmarkSettings,
+    EvalContext,
+    TaskProtocol,
+    TaskResult,
+    TaskSpec,
+    register_task,
+)
 from harness.evaluation.common import (
     MissingDataError,
     apply_limit,
     benchmark_file,
     chat_prompt_with_prefix,
+    count_rows,
+    describe_decoding,
     mean_pct,
     read_jsonl,
     require_fields,
     skipped,
 )
 from harness.evaluation.lmeval_bridge import lmeval_tasks_dir
+from harness.evaluation.open_instruct import (
+    BOS_RULE,
+    CHAT_FORMAT,
+    OPEN_INSTRUCT,
+    SEED,
+    generation_prompts,
+    sample_indices,
+    tulu_chat,
+)
 from harness.generation import SamplingParams
 
 TASK = "gsm8k"
 MAX_NEW_TOKENS = 512
 STOP = ("Question:",)
 INSTRUCTION = "Answer the following questions."
+ANSWER_PREFIX = "Answer:"
+PAPER_SUBSET = 200  # open-instruct's --max_num_examples
+
+
+class GSM8KSettings(BenchmarkSettings):
+    """GSM8K's settings: only the setting (paper / harness)."""
 
 _DIGIT_COMMA = re.compile(r"(\d),(\d)")
 _NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")
@@ -86,9 +120,32 @@ def wei_exemplars() -> list[dict[str, str]]:
     return [{"question": s["question"], "answer": s["target"]} for s in samples]
 
 
-def build_user_prompt(question: str) -> str:
-    demos = "\n\n".join(f"Question: {d['question']}\nAnswer: {d['answer']}" for d in wei_exemplars())
+_LMEVAL_ENDING = re.compile(r" The answer is (\S+)\.$")
+
+
+@functools.cache
+def open_instruct_exemplars() -> list[dict[str, str]]:
+    """open-instruct's 8 exemplars (`eval/gsm/examplars.py`): Wei et al.'s, as lm-eval ships them, with
+    each answer's closing "The answer is N." written "So the answer is N." (the only difference)."""
+    out = []
+    for exemplar in wei_exemplars():
+        if len(_LMEVAL_ENDING.findall(exemplar["answer"])) != 1:
+            raise ValueError(f"lm-eval GSM8K exemplar answer does not end with 'The answer is N.': "
+                             f"{exemplar['answer'][-60:]!r}")
+        out.append({"question": exemplar["question"],
+                    "answer": _LMEVAL_ENDING.sub(r" So the answer is \1.", exemplar["answer"])})
+    return out
+
+
+def build_user_prompt(question: str, exemplars: list[dict[str, str]] | None = None) -> str:
+    """The user turn: the instruction, the 8 exemplars (default: lm-eval's) and the question."""
+    demos = "\n\n".join(f"Question: {d['question']}\nAnswer: {d['answer']}" for d in exemplars or wei_exemplars())
     return f"{INSTRUCTION}\n\n{demos}\n\nQuestion: {question.strip()}"
+
+
+def paper_prompt(question: str) -> str:
+    """The paper setting's prompt text (open-instruct's exemplars, Tulu chat format, "Answer:"), before BOS."""
+    return tulu_chat(build_user_prompt(question, open_instruct_exemplars()), ANSWER_PREFIX)
 
 
 def reference_answer(answer_field: str) -> str:
@@ -152,6 +209,22 @@ def load_rows(limit: int | None) -> list[dict[str, Any]]:
     return apply_limit(rows, limit)
 
 
+def paper_rows(limit: int | None) -> list[dict[str, Any]]:
+    """open-instruct's 200 questions (`random.seed(42); random.sample(test, 200)`, in the order drawn),
+    each with its `row` in the test file; `limit`: the first `limit` of them."""
+    rows = load_rows(None)
+    return apply_limit([{**rows[i], "row": i} for i in sample_indices(len(rows), PAPER_SUBSET)], limit)
+
+
+def rows_for(settings: GSM8KSettings, limit: int | None) -> list[dict[str, Any]]:
+    return paper_rows(limit) if settings.setting == "paper" else load_rows(limit)
+
+
+def sampling_params(settings: GSM8KSettings, seed: int, max_new_tokens: int = MAX_NEW_TOKENS) -> SamplingParams:
+    stop = () if settings.setting == "paper" else STOP
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=stop, seed=seed)
+
+
 def score_responses(rows: list[dict[str, Any]], responses: list[str]) -> TaskResult:
     """Metrics and samples from fixed responses (used by `run` and by the parity tests)."""
     refs = [reference_answer(r["answer"]) for r in rows]
@@ -174,31 +247,53 @@ def score_responses(rows: list[dict[str, Any]], responses: list[str]) -> TaskRes
     return TaskResult(metrics, metrics[f"{TASK}/exact_match"], samples)
 
 
-def build_prompts(ctx: EvalContext, rows: list[dict[str, Any]]) -> list[str]:
+def build_prompts(ctx: EvalContext, rows: list[dict[str, Any]], settings: GSM8KSettings | None = None) -> list[str]:
+    """The prompts as the engine gets them (generated with chat=False: already templated)."""
+    if settings is not None and settings.setting == "paper":
+        return generation_prompts(ctx.generator, [paper_prompt(r["question"]) for r in rows])
     tok = ctx.generator.tokenizer
     prompts = []
     for row in rows:
         user = build_user_prompt(row["question"])
         if getattr(tok, "chat_template", None):
-            prompts.append(chat_prompt_with_prefix(ctx, [{"role": "user", "content": user}], "Answer:"))
+            prompts.append(chat_prompt_with_prefix(ctx, [{"role": "user", "content": user}], ANSWER_PREFIX))
         else:
-            prompts.append(f"{user}\nAnswer:")
+            prompts.append(f"{user}\n{ANSWER_PREFIX}")
     return prompts
 
 
 def run(ctx: EvalContext, max_new_tokens: int = MAX_NEW_TOKENS) -> TaskResult:
-    """The registered task (paper settings); `max_new_tokens` is lowered only by fast tests."""
+    """The registered task; `max_new_tokens` is lowered only by fast tests."""
+    settings = ctx.settings_for(TASK)
     try:
-        rows = load_rows(ctx.limit)
+        rows = rows_for(settings, ctx.limit)
     except MissingDataError as err:
         return skipped(TASK, str(err))
-    prompts = build_prompts(ctx, rows)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=STOP, seed=ctx.seed)
-    outputs = ctx.generator.generate(prompts, params, chat=False)
+    prompts = build_prompts(ctx, rows, settings)
+    outputs = ctx.generator.generate(prompts, sampling_params(settings, ctx.seed, max_new_tokens), chat=False)
     result = score_responses(rows, [o[0] for o in outputs])
-    for sample, prompt in zip(result.samples, prompts):
+    for sample, prompt, row in zip(result.samples, prompts, rows):
         sample["prompt"] = prompt
+        if "row" in row:
+            sample["row"] = row["row"]
     return result
+
+
+def describe(settings: GSM8KSettings, limit: int | None) -> TaskProtocol:
+    size = count_rows(lambda: rows_for(settings, limit))
+    decoding = describe_decoding(sampling_params(settings, 0))
+    if settings.setting == "paper":
+        return TaskProtocol(
+            "paper", f"{PAPER_SUBSET} of the 1,319 test questions, random.seed({SEED}); random.sample(test, "
+            f"{PAPER_SUBSET}), in the order drawn" + (f"; --limit {limit}: the first {limit}" if limit else ""),
+            size, SEED,
+            f"{OPEN_INSTRUCT} eval/gsm/run_eval.py: 8 exemplars of eval/gsm/examplars.py (answers end 'So the answer "
+            f"is N.'); {CHAT_FORMAT}; assistant starts 'Answer:'; {BOS_RULE}", decoding, None)
+    return TaskProtocol(
+        "harness", "all 1,319 test questions" + (f"; --limit {limit}: the first {limit}" if limit else ""),
+        size, None,
+        "8 Wei et al. exemplars from lm-eval's gsm8k-cot.yaml (answers end 'The answer is N.') in the model's "
+        "chat template, assistant starts 'Answer:'; no BOS added", decoding, None)
 
 
 register_task(TaskSpec(
@@ -207,6 +302,8 @@ register_task(TaskSpec(
     run=run,
     description="GSM8K test, 8-shot CoT (Wei et al. exemplars), chat template, greedy, last number.",
     score_rule="exact match of the last number, % of test questions (0-100)",
+    settings=GSM8KSettings(),
     data_files=data_files,
     uses=(),
+    describe=describe,
 ))

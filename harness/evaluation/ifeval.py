@@ -17,9 +17,14 @@ NLTK `punkt_tab` is required by two checkers: NLTK_DATA is pointed at the shared
 without it the task is not run and says how to provide it (see `common.ensure_nltk_data`); its files
 are part of the task's fingerprint, like the prompt file.
 
-Settings (`IFEvalSettings`, grid `eval.settings.ifeval`): `max_new_tokens` (default 1280, lm-eval's;
-HARNESS_IFEVAL_MAX_NEW_TOKENS supplies another default for CPU runs). The budget used is logged as
-`ifeval/max_new_tokens`.
+Settings (`IFEvalSettings`, grid `eval.settings.ifeval`): `setting`, `max_new_tokens` (default 1280,
+lm-eval's; 2,048 under `setting: paper`; HARNESS_IFEVAL_MAX_NEW_TOKENS supplies another default for CPU
+runs). The budget used is logged as `ifeval/max_new_tokens`.
+
+The `paper` setting is open-instruct's 2024 `ifeval` job (`eval/ifeval/run_eval.py` at ea3467dbb): the same
+541 prompts as the user turn in open-instruct's Tulu chat format, BOS as the tokenizer adds it, greedy, up
+to 2,048 new tokens, no stop. Scored alike (open-instruct carries its own copy of the same official
+checkers, which draws unset checker settings from the unseeded global `random`; here they are seeded).
 
 Reproducible rescoring: where a prompt's kwargs leave a checker setting unset or invalid, the official
 checker draws it from Python's global `random`. Of the 541 prompts, two do: keys 1122 and 1129 ask for
@@ -43,9 +48,10 @@ from typing import Any
 from pydantic import Field
 
 from harness.evaluation.base import (
+    BenchmarkSettings,
     EvalContext,
+    TaskProtocol,
     TaskResult,
-    TaskSettings,
     TaskSpec,
     folder_files,
     register_task,
@@ -54,6 +60,8 @@ from harness.evaluation.common import (
     MissingDataError,
     apply_limit,
     benchmark_file,
+    count_rows,
+    describe_decoding,
     ensure_nltk_data,
     mean_pct,
     punkt_tab_dir,
@@ -61,18 +69,27 @@ from harness.evaluation.common import (
     require_fields,
     skipped,
 )
+from harness.evaluation.open_instruct import (
+    BOS_RULE,
+    CHAT_FORMAT,
+    OPEN_INSTRUCT,
+    generation_prompts,
+    tulu_chat,
+)
 from harness.generation import SamplingParams
 
 TASK = "ifeval"
 MAX_NEW_TOKENS = 1280
+PAPER_MAX_NEW_TOKENS = 2048  # open-instruct's eval/ifeval/run_eval.py
 MAX_NEW_TOKENS_ENV = "HARNESS_IFEVAL_MAX_NEW_TOKENS"  # a lower budget for CPU runs (logged)
 FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
 
 
-class IFEvalSettings(TaskSettings):
+class IFEvalSettings(BenchmarkSettings):
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="generation budget per response "
-                                "(lm-eval's max_gen_toks); lower it for CPU runs")
+                                "(lm-eval's max_gen_toks; paper setting: open-instruct's 2048); lower it for CPU runs")
     env = {"max_new_tokens": MAX_NEW_TOKENS_ENV}
+    paper_defaults = {"max_new_tokens": PAPER_MAX_NEW_TOKENS}
 
 
 def data_files(_settings: IFEvalSettings | None = None) -> list[Path]:
@@ -149,20 +166,44 @@ def run(ctx: EvalContext, max_new_tokens: int | None = None) -> TaskResult:
         ensure_nltk_data()  # fail before spending time on generation
     except (MissingDataError, RuntimeError) as err:
         return skipped(TASK, str(err))
-    if max_new_tokens is None:
-        max_new_tokens = ctx.settings_for(TASK).max_new_tokens
-    prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows]
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=ctx.seed)
-    outputs = ctx.generator.generate(prompts, params)
+    settings = ctx.settings_for(TASK)
+    params = sampling_params(settings, ctx.seed, max_new_tokens)
+    prompts, chat = build_prompts(ctx, rows, settings)
+    outputs = ctx.generator.generate(prompts, params, chat=chat)
     result = score_responses(rows, [o[0] for o in outputs])
-    result.metrics[f"{TASK}/max_new_tokens"] = float(max_new_tokens)
+    result.metrics[f"{TASK}/max_new_tokens"] = float(params.max_new_tokens)
     return result
+
+
+def sampling_params(settings: IFEvalSettings, seed: int, max_new_tokens: int | None = None) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens or settings.max_new_tokens, temperature=0.0, seed=seed)
+
+
+def build_prompts(ctx: EvalContext, rows: list[dict[str, Any]], settings: IFEvalSettings) -> tuple[list[Any], bool]:
+    """(prompts, chat): the paper setting's rendered here, the harness setting's by the engine."""
+    if settings.setting == "paper":
+        return generation_prompts(ctx.generator, [tulu_chat(r["prompt"]) for r in rows]), False
+    return [[{"role": "user", "content": r["prompt"]}] for r in rows], True
+
+
+def describe(settings: IFEvalSettings, limit: int | None) -> TaskProtocol:
+    size = count_rows(lambda: load_rows(limit))
+    subset = "all 541 prompts" + (f"; --limit {limit}: the first {limit}" if limit else "")
+    decoding = describe_decoding(sampling_params(settings, 0))
+    judge = "official checkers (lm-eval's copy, random draws seeded per prompt key); loose prompt-level accuracy"
+    if settings.setting == "paper":
+        return TaskProtocol("paper", subset, size, None,
+                            f"{OPEN_INSTRUCT} eval/ifeval: the prompt as the user turn in {CHAT_FORMAT}; {BOS_RULE}",
+                            decoding, judge, tuple(settings.departures_from_paper()))
+    return TaskProtocol("harness", subset, size, None,
+                        "the prompt as the user turn in the model's chat template; no BOS added", decoding, judge)
 
 
 register_task(TaskSpec(
     name=TASK,
     category="instruction_following",
     run=run,
+    describe=describe,
     settings=IFEvalSettings(),
     data_files=data_files,
     uses=(),

@@ -16,6 +16,14 @@ without a chat template (or `chat=False`) are scored on the raw prompt, which is
 Accuracy is over all test examples (not a mean of subject means). `--limit N`: the first
 max(1, ceil(N / 57)) questions of every subject.
 
+Settings (`MMLUSettings`, grid `eval.settings.mmlu`): `setting`. `harness` is the above. `paper` is
+open-instruct's 2024 `mmlu_0shot` job (`eval/mmlu/run_eval.py` at ea3467dbb): the same questions, the
+prompt as its `format_subject` renders it ("about  abstract algebra.": two spaces, every word gets a
+leading one) with the question not stripped, in open-instruct's Tulu chat format with "The answer is:",
+encoded with the tokenizer's special tokens (BOS for Llama-2 / Tulu-2), and the prediction the argmax
+of the next-token log-probabilities of the last token of " A".." D" (its `get_next_word_predictions`).
+Not reproduced: open-instruct loaded the model in 8-bit.
+
 Score for the category average: `mmlu/acc` (0-100).
 """
 
@@ -26,15 +34,26 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.evaluation.base import EvalContext, TaskResult, TaskSpec, register_task
+from harness.evaluation.base import (
+    BenchmarkSettings,
+    EvalContext,
+    TaskProtocol,
+    TaskResult,
+    TaskSpec,
+    register_task,
+)
 from harness.evaluation.common import (
     MissingDataError,
     chat_prompt_with_prefix,
     continuation_logprobs,
+    count_rows,
+    encoded_logprobs,
     loglikelihoods,
     mean_pct,
+    scoring_model,
     skipped,
 )
+from harness.evaluation.open_instruct import BOS_RULE, CHAT_FORMAT, INT8_NOTE, OPEN_INSTRUCT, tulu_chat
 from harness.paths import find_data_file
 
 TASK = "mmlu"
@@ -83,8 +102,38 @@ def load_rows(limit: int | None) -> list[dict[str, Any]]:
     return rows
 
 
+class MMLUSettings(BenchmarkSettings):
+    """MMLU's settings: only the setting (paper / harness)."""
+
+
 def format_subject(subject: str) -> str:
     return subject.replace("_", " ")
+
+
+def paper_user_turn(row: dict[str, Any]) -> str:
+    """open-instruct's 0-shot prompt: `format_subject` puts a space before every word (hence two after
+    "about") and the question is not stripped."""
+    subject = "".join(" " + word for word in row["subject"].split("_"))
+    options = "".join(f"\n{letter}. {choice}" for letter, choice in zip(LETTERS, row["choices"]))
+    return (f"The following are multiple choice questions (with answers) about {subject}.\n\n"
+            f"{row['question']}{options}\nAnswer:")
+
+
+def paper_context(row: dict[str, Any]) -> str:
+    return tulu_chat(paper_user_turn(row), CHAT_ANSWER_PREFIX)
+
+
+def predict_paper(model: Any, tokenizer: Any, contexts: list[str], batch_size: int) -> list[list[float]]:
+    """open-instruct's prediction inputs: the next-token log-probabilities, after the context encoded
+    with the tokenizer's special tokens, of the LAST token of " A".." D" (`get_next_word_predictions`
+    with `tokenizer.encode(" " + letter, add_special_tokens=False)[-1]`)."""
+    answer_ids = [tokenizer(f" {letter}", add_special_tokens=False)["input_ids"][-1] for letter in LETTERS]
+    encoded = []
+    for context in contexts:
+        ids = tokenizer(context, add_special_tokens=True)["input_ids"]
+        encoded.extend((ids, [token]) for token in answer_ids)
+    scores = encoded_logprobs(model, tokenizer, encoded, batch_size=batch_size)
+    return [[scores[4 * i + j][0] for j in range(4)] for i in range(len(contexts))]
 
 
 def raw_prompt(row: dict[str, Any]) -> str:
@@ -124,26 +173,55 @@ def score_predictions(rows: list[dict[str, Any]], loglikes: list[list[float]]) -
     return TaskResult(metrics, metrics[f"{TASK}/acc"], samples)
 
 
+def harness_contexts(ctx: EvalContext, rows: list[dict[str, Any]], chat: bool) -> list[str]:
+    """The harness setting's scoring contexts: the chat template + "The answer is:", or the raw prompt."""
+    if not chat:
+        return [raw_prompt(r) for r in rows]
+    return [chat_prompt_with_prefix(ctx, [{"role": "user", "content": raw_prompt(r)}], CHAT_ANSWER_PREFIX)
+            for r in rows]
+
+
 def run(ctx: EvalContext, chat: bool | None = None) -> TaskResult:
-    """The registered task; `chat=False` forces the raw (lm-eval `mmlu`) prompt."""
+    """The registered task; `chat=False` forces the raw (lm-eval `mmlu`) prompt (harness setting)."""
     try:
         rows = load_rows(ctx.limit)
     except MissingDataError as err:
         return skipped(TASK, str(err))
+    if ctx.settings_for(TASK).setting == "paper":
+        # In-process, whatever the engine: open-instruct's rule needs the next-token distribution after
+        # the context encoded with the tokenizer's special tokens.
+        model, tok = scoring_model(ctx)
+        contexts = [paper_context(r) for r in rows]
+        result = score_predictions(rows, predict_paper(model, tok, contexts, ctx.batch_size))
+        for sample, context in zip(result.samples, contexts):
+            sample["prompt"] = context
+        return result
     tok = ctx.generator.tokenizer
     use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
-    if use_chat:
-        contexts = [
-            chat_prompt_with_prefix(ctx, [{"role": "user", "content": raw_prompt(r)}], CHAT_ANSWER_PREFIX)
-            for r in rows
-        ]
-    else:
-        contexts = [raw_prompt(r) for r in rows]
+    contexts = harness_contexts(ctx, rows, use_chat)
     result = score_predictions(rows, letter_loglikes(contexts, loglikelihoods(ctx, letter_pairs(contexts))))
     for sample, context in zip(result.samples, contexts):
         sample["prompt"] = context
     result.metrics[f"{TASK}/chat_template"] = float(use_chat)
     return result
+
+
+def describe(settings: MMLUSettings, limit: int | None) -> TaskProtocol:
+    size = count_rows(lambda: load_rows(limit))
+    subset = "all test questions of the 57 subjects (14,042), 0-shot" + (
+        f"; --limit {limit}: the first {max(1, math.ceil(limit / 57))} of each subject" if limit else "")
+    if settings.setting == "paper":
+        return TaskProtocol(
+            "paper", subset, size, None,
+            f"{OPEN_INSTRUCT} eval/mmlu/run_eval.py: 'about  <subject>' (two spaces), question not stripped; "
+            f"{CHAT_FORMAT}; assistant starts 'The answer is:'; {BOS_RULE}",
+            "no generation: argmax of the next-token log-probabilities of the last token of ' A'..' D'", None,
+            (INT8_NOTE,))
+    return TaskProtocol(
+        "harness", subset, size, None,
+        "Hendrycks et al.'s 0-shot prompt (one space, question stripped) in the model's chat template, assistant "
+        "starts 'The answer is:' (raw prompt without a template); no BOS added",
+        "no generation: log-likelihood of ' A'..' D' as continuations", None)
 
 
 register_task(TaskSpec(
@@ -152,6 +230,8 @@ register_task(TaskSpec(
     run=run,
     description="MMLU 57 subjects, 0-shot official prompt, chat template, answer-letter log-likelihood.",
     score_rule="accuracy over all test questions, % (0-100)",
+    settings=MMLUSettings(),
     data_files=lambda _settings: subject_files(),
     uses=(),
+    describe=describe,
 ))

@@ -14,15 +14,22 @@ How each benchmark becomes a 0-100 score (what enters the category average), as 
 | instruction_following | alpaca_eval2 | length-controlled win rate % vs GPT-4 turbo |
 | instruction_following | ifeval | loose prompt-level accuracy % |
 
-Category = mean of its benchmarks that produced a score; overall = mean of the 6 categories, and
-only when all 6 have one (`run_tasks`). A benchmark that cannot run (no judge, no classifier, no
-data) has score None and a skipped reason.
+Category = mean of its benchmarks, logged only when every one of them produced a score; overall = mean
+of the 6 categories, only when all 6 are so complete (`base.aggregate_categories`, called by
+`run_tasks`). A benchmark that cannot run (no judge, no classifier, no data) has score None and a
+skipped reason, and withholds its category and `overall` instead of silently shrinking them (XSTest
+skipped would raise the paper's SFT overall of 56.8 by about a point); the table says what is missing.
 
 Offline fallbacks (`<task>/offline_fallback_score`: TruthfulQA MC2, or truth x info by judges fine-tuned
 here when they are configured; XSTest string-match F1) never enter `category/*` or `overall`;
 `with_fallbacks` computes a separately named `category_with_offline_fallbacks/*` and
 `overall_with_offline_fallbacks`, where a skipped benchmark's fallback stands in for it, so the table
-can show what offline evaluation says without confusing it with the paper's metric.
+can show what offline evaluation says without confusing it with the paper's metric (these average
+whatever has a score or a fallback: never the paper's number).
+
+Each benchmark runs under its `setting` (`paper`: open-instruct's 2024 evaluation as the paper ran it;
+`harness`: this project's choices, the default); `harness eval --suite paper11 --setting paper --dry-run`
+lists what each will do.
 """
 
 from __future__ import annotations
@@ -42,7 +49,15 @@ import harness.evaluation.mmlu  # noqa: F401
 import harness.evaluation.toxigen  # noqa: F401
 import harness.evaluation.truthfulqa  # noqa: F401
 import harness.evaluation.xstest  # noqa: F401
-from harness.evaluation.base import CATEGORIES, SUITES, TASKS, TaskResult, TaskSpec, register_task
+from harness.evaluation.base import (
+    CATEGORIES,
+    SUITES,
+    TASKS,
+    TaskResult,
+    TaskSpec,
+    aggregate_categories,
+    register_task,
+)
 
 try:  # HumanEval+ / MBPP+ live in another engineer's module; the suite must run without it
     importlib.import_module("harness.evaluation.coding")
@@ -132,6 +147,9 @@ def format_table(metrics: dict[str, float], skipped: dict[str, str], tasks: list
                      f"{_fmt(fb.get(f'category_with_offline_fallbacks/{cat}')):>13}")
     lines.append(f"{'OVERALL (mean of 6 categories)':<39} {_fmt(metrics.get('overall'))} "
                  f"{_fmt(fb.get('overall_with_offline_fallbacks')):>13}")
+    _, incomplete = aggregate_categories(tasks, metrics)
+    for cat, unscored in incomplete.items():
+        lines.append(f"category {cat} withheld: no score for {', '.join(unscored)}")
     missing = [c for c in CATEGORIES if f"category/{c}" not in metrics]
     if missing:
         lines.append(f"overall needs all 6 categories; without a score: {', '.join(missing)} "

@@ -6,8 +6,9 @@
   The estimator is unbiased only if y is drawn from π itself, so sampling here is temperature 1 with no
   top-k / top-p truncation, and both models score the *sampled token ids* (re-tokenising decoded text can
   give a different token path and bias the estimate). That is why this task samples with `model.generate`
-  directly instead of the shared text engine: the engine returns text, applies the model's default
-  top-k, and may be vLLM (a separate copy of the weights). Completions end at the first EOS (included)
+  directly instead of the shared text engine: the engine returns text, not the sampled ids, and may be
+  vLLM (a separate copy of the weights). (Its sampling is untruncated too: it ignores the checkpoint's
+  generation_config and samples with top_k 0.) Completions end at the first EOS (included)
   or at `max_new_tokens`; both models score exactly those tokens.
   Reported: mean, std and standard error over samples, mean per-token KL, mean completion length.
 - `rm_reward`: mean reward-model score (ctx.reward_model_path) of the policy's greedy answers on the same
