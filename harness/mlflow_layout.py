@@ -54,7 +54,8 @@ converges to the state an uninterrupted run leaves.
 
 Fault injection (tests only): with `HARNESS_KILL_AT=<point>` the process SIGKILLs itself at that
 point, so a test can stop a real run exactly there. Points: `cell_run_created` (right after a cell
-run is created, before its params, tags and artifacts are written).
+run is created, before its params, tags and artifacts are written), `history_step:<n>` (right after a
+training stage wrote step n's row to its history.jsonl: `harness.algorithms.base.History`).
 """
 
 from __future__ import annotations

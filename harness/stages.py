@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import cache
+from harness import cache, resume
 from harness.generation import EngineSettings
 from harness.grid import Cell
 
@@ -56,6 +56,9 @@ STAGE_TAGS_FILE = "tags.json"
 # evaluate 4: per-task fingerprints, missing tasks apart, finished tasks reused from the task store.
 STAGE_VERSIONS = {"prepare_data": 2, "train_reward_model": 3, "train_policy": 2, "evaluate": 4,
                   "reference_logps": 1}
+
+# Stages that train (and so checkpoint mid-stage and can be resumed or stopped: `harness.resume`).
+TRAINING_KINDS = ("train_reward_model", "train_policy")
 
 # Default Ray resource requests per kind (a user on a GPU cluster overrides with `resources:`).
 DEFAULT_RESOURCES = {
@@ -81,6 +84,9 @@ class Stage:
     # The cell's engine settings with "auto" resolved at plan time (`EngineSettings.pinned`), for the worker;
     # only the part in `config["engine"]` changes the result (a server's URL or concurrency does not).
     engine: EngineSettings | None = None
+    # Training stages: when to save resume checkpoints ({"minutes", "steps"}, `harness.resume.Settings`).
+    # Not part of the key: when work is saved never changes what is computed.
+    checkpointing: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.key = cache.stage_key(
@@ -102,8 +108,7 @@ class Stage:
 
     @property
     def label(self) -> str:
-        name = self.config.get("name") or self.config.get("algorithm", {}).get("name") or self.config.get("model", "")
-        return f"{self.kind}[{name}]" if name else self.kind
+        return _spec_label({"kind": self.kind, "config": self.config})
 
     def spec(self) -> dict[str, Any]:
         """A plain-data description a remote worker can execute (no live objects)."""
@@ -111,6 +116,8 @@ class Stage:
                 "inputs": {role: {"kind": s.kind, "key": s.key} for role, s in self.inputs.items()}}
         if self.engine is not None:
             spec["engine"] = self.engine.model_dump(mode="json")
+        if self.checkpointing is not None:
+            spec["checkpointing"] = self.checkpointing
         return spec
 
 
@@ -309,6 +316,8 @@ def plan_cell(cell: Cell) -> CellPlan:
     unique: dict[str, Stage] = {}
     for stage in stages:
         unique.setdefault(stage.id, stage)
+        if stage.kind in TRAINING_KINDS:
+            stage.checkpointing = {"minutes": cfg.train.checkpoint_minutes, "steps": cfg.train.checkpoint_steps}
     return CellPlan(cell, list(unique.values()))
 
 
@@ -513,6 +522,8 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     start = time.perf_counter()
     metrics = spec.train(ctx)
     metrics["train/wall_seconds"] = time.perf_counter() - start
+    # The resume checkpoints go; the intermediate policies eval.checkpoint_every asks for stay (as weights).
+    resume.discard(out, keep_every=ctx.checkpoint_every)
     if ctx.checkpoint_every:  # before trainer/ (where TRL saved them) is removed
         from harness.checkpoints import finalize
 
@@ -803,9 +814,16 @@ def execute_stage(spec: dict[str, Any]) -> str:
             time.sleep(WAIT_FOR_WRITER_S)
     try:
         if claim.previous is not None:
-            # Left by a writer that died or failed: started over (nothing of it is reused yet).
+            # Left by a writer that died, failed or was stopped: a training stage goes on from its last
+            # resume checkpoint (harness.resume); anything else starts over.
             logger.info("stage %s/%s: reclaiming the working folder left by %s", kind, key, claim.previous)
-            cache.reset_work_dir(claim)
+            resumed_from = resume.prepare(claim) if kind in TRAINING_KINDS else None
+            if resumed_from is None:
+                cache.reset_work_dir(claim)
+            else:
+                message = f"resumed {_spec_label(spec)} {key} from step {resumed_from}"
+                logger.info(message)
+                print(message, flush=True)
         out = claim.path
         seed = int(spec["config"].get("seed", 0) or 0)
         random.seed(seed)
@@ -814,7 +832,8 @@ def execute_stage(spec: dict[str, Any]) -> str:
         (out / "artifacts").mkdir(exist_ok=True)
         (out / "config.json").write_text(json.dumps(spec, indent=2, default=str))
         try:
-            with progress.stage_folder(out), usage.measuring(since=claim.started_at) as measured:
+            with progress.stage_folder(out), usage.measuring(since=claim.started_at) as measured, \
+                    resume.stage_settings(resume.Settings.from_spec(spec)):
                 progress.report(phase="loading", force=True)
                 metrics = EXECUTORS[kind](executor_config(spec), inputs, out)
         except BaseException as exc:
@@ -826,11 +845,19 @@ def execute_stage(spec: dict[str, Any]) -> str:
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics.update(spent.metrics())
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        resume.discard(out)  # what is left of the resume checkpoints (the reward model's): never published
         fingerprint = (out / "fingerprint.txt").read_text() if (out / "fingerprint.txt").exists() else None
         record = {"spec": spec, "seconds": spent.wall_seconds, "fingerprint": fingerprint, "usage": spent.as_dict()}
         return str(cache.publish(claim, record))
     finally:
         claim.release()
+
+
+def _spec_label(spec: dict[str, Any]) -> str:
+    """`Stage.label` from a plain-data spec (e.g. `train_policy[dpo]`)."""
+    config = spec["config"]
+    name = config.get("name") or (config.get("algorithm") or {}).get("name") or config.get("model", "")
+    return f"{spec['kind']}[{name}]" if name else spec["kind"]
 
 
 def _error_text(exc: BaseException) -> str:

@@ -39,11 +39,14 @@ left RUNNING by a stopped sweep are marked FAIL and their parameters queued agai
 is picked up (its finished stages are cached, its MLflow run is resumed). Only the process started
 without `--join` does that, so never start one while `--join` workers still run on the study.
 
-Pruning: when a `pruner` is set, a trial first runs its stages up to training; the train stage's step
-history (`history.jsonl`, the same values logged to MLflow) is reported to the trial step by step
-(negated when `pruner.direction` differs from the study's, as Optuna compares in the study's
-direction) and the pruner decides whether the evaluation runs. A pruned trial is logged as a
-KILLED run under the study with its params and reported values.
+Pruning: when a `pruner` is set, the trial's train stage reports its steps while it trains
+(`TrainingReporter`, the observer of `run_grid`'s live rows: the same values the driver logs to MLflow;
+negated when `pruner.direction` differs from the study's, as Optuna compares in the study's direction).
+When the pruner says prune, a stop request goes to the stage's working folder (`harness.resume`): the
+trainer saves a resume checkpoint after the current step and ends, the stage is never published and the
+evaluation never runs. A pruned trial is logged as a KILLED run under the study with its params and
+reported values. Checkpoint evaluations (`eval.checkpoint_every`) come after training, in the evaluate
+stage: they are not reported.
 
 Several workers: `--workers N` starts N worker processes on the study after creating it (use a
 JournalStorage file or PostgreSQL: `--storage journal:results/optuna/kl.journal` or
@@ -427,6 +430,57 @@ def metric_value(metrics: dict[str, float], metric: str, tasks: list[str], cell:
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
+class TrainingReporter:
+    """The live channel's observer (`run_grid(on_rows=...)`, `harness.live`) of one trial: each new step of
+    the trial's train_policy stage that has the pruner's metric is reported to Optuna as it is logged
+    (negated when the pruner's direction differs from the study's); when the pruner says prune, a stop
+    request goes to the stage's working folder (`harness.resume.request_stop`): its trainer saves a resume
+    checkpoint after the current step and ends, and the stage is never published."""
+
+    trial: Any
+    metric: str
+    sign: float
+    stage: Any  # the trial's train_policy Stage
+    reason: str
+    echo: Callable[[str], None] = print
+    reported: list[tuple[int, float]] = field(default_factory=list)
+    pruned_at: int | None = None
+    keys_seen: set[str] = field(default_factory=set)
+    error: Exception | None = None
+
+    def __call__(self, stage: Any, attempt: str, rows: list[dict[str, Any]]) -> None:
+        if stage.id != self.stage.id or self.pruned_at is not None:
+            return
+        from harness import cache, resume
+
+        done = {step for step, _ in self.reported}
+        try:
+            for row in rows:
+                self.keys_seen.update(row)
+                if self.metric not in row or int(row["step"]) in done:  # a resumed attempt replays its first steps
+                    continue
+                step, value = int(row["step"]), self.sign * float(row[self.metric])
+                self.trial.report(value, step)
+                self.reported.append((step, value))
+                done.add(step)
+                if self.trial.should_prune():
+                    self.pruned_at = step
+                    self.echo(f"trial {self.trial.number}: pruned at step {step} "
+                              f"({self.metric} = {row[self.metric]:.4g})")
+                    resume.request_stop(cache.work_dir(stage.kind, stage.key), f"{self.reason} at step {step}")
+                    return
+        except Exception as exc:  # noqa: BLE001 - called in the driver's logger thread: raised by check_reported
+            self.error = exc
+
+    def check_reported(self) -> None:
+        if self.error is not None:
+            raise SweepError(f"reporting {self.metric!r} to the study failed: {self.error}") from self.error
+        if not self.reported:
+            raise SweepError(f"pruner.metric {self.metric!r} is not in the train stage's history "
+                             f"({self.stage.id}); history keys: {sorted(self.keys_seen - {'step', 'wall_time'})}")
+
+
+@dataclass
 class SweepWorker:
     """Runs trials of one study in this process."""
 
@@ -469,6 +523,8 @@ class SweepWorker:
 
     # -- one trial ------------------------------------------------------------------------------
     def objective(self, trial: Any) -> float | list[float]:
+        import optuna
+
         from harness.stages import plan_cell
 
         params = {name: suggest(trial, name, param) for name, param in self.spec.search.items()}
@@ -483,11 +539,29 @@ class SweepWorker:
             self.echo(f"trial {trial.number}: same parameters as trial {twin.number}, reusing its cell {cell.name}")
         else:
             self.echo(f"trial {trial.number}: {params} -> cell {cell.name}")
-        if self.spec.pruner is not None and self.spec.pruner.name != "none":
-            self._train_then_maybe_prune(trial, cell, plan)
         from harness.runner import run_grid
 
-        run_grid(grid, backend=self.backend, echo=self.echo, backend_options=self.backend_options)
+        reporter = None
+        if self.spec.pruner is not None and self.spec.pruner.name != "none" and plan.stage("train_policy"):
+            reporter = TrainingReporter(trial, self.spec.pruner.metric, self.sign, plan.stage("train_policy"),
+                                        f"pruned by study {self.study_name} trial {trial.number}", self.echo)
+        train = plan.stage("train_policy")
+        if reporter is not None and train.complete:  # trained before (a twin, a resumed sweep): its whole curve
+            reporter(train, "", [json.loads(line) for line in (train.path / "history.jsonl").read_text().splitlines()
+                                 if line.strip()] if (train.path / "history.jsonl").exists() else [])
+        try:
+            if reporter is None or reporter.pruned_at is None:
+                run_grid(grid, backend=self.backend, echo=self.echo, backend_options=self.backend_options,
+                         on_rows=reporter)
+        except Exception:
+            if reporter is None or reporter.pruned_at is None:
+                raise
+            # The train stage stopped on the pruner's request: kept as a checkpoint, never published.
+        if reporter is not None:
+            reporter.check_reported()
+            if reporter.pruned_at is not None:
+                self._log_pruned(trial, cell, plan, reporter.reported)
+                raise optuna.TrialPruned(f"pruned at step {reporter.pruned_at}")
         run = _cell_run(self.experiment_id, cell, plan.key)
         self._nest(run.info.run_id, trial, cell, "COMPLETE")
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -510,37 +584,6 @@ class SweepWorker:
             if not any(t.number < trial.number for t in running):
                 return next((t for t in twins if t.state == TrialState.COMPLETE), None)
             time.sleep(2.0)
-
-    def _train_then_maybe_prune(self, trial: Any, cell: Cell, plan: Any) -> None:
-        import optuna
-
-        from harness.backends import get_backend
-        from harness.stages import unique_stages
-
-        train = plan.stage("train_policy")
-        if train is None:
-            return
-        upstream = [s for s in unique_stages([plan]) if s.kind != "evaluate"]
-        todo = [s for s in upstream if not s.complete]
-        if todo:
-            get_backend(self.backend, **self.backend_options).run(todo, lambda _s: None, self.echo)
-        metric = self.spec.pruner.metric  # type: ignore[union-attr]
-        history = train.path / "history.jsonl"
-        rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()] if history.exists() else []
-        reported: list[tuple[int, float]] = []
-        for row in rows:
-            if metric not in row:
-                continue
-            step, value = int(row["step"]), self.sign * float(row[metric])
-            trial.report(value, step)
-            reported.append((step, value))
-            if trial.should_prune():
-                self.echo(f"trial {trial.number}: pruned at step {step} ({metric} = {row[metric]:.4g})")
-                self._log_pruned(trial, cell, plan, reported)
-                raise optuna.TrialPruned(f"pruned at step {step}")
-        if not reported:
-            raise SweepError(f"pruner.metric {metric!r} is not in the train stage's history ({history}); "
-                             f"history keys: {sorted({k for r in rows for k in r} - {'step'})}")
 
     def _nest(self, run_id: str, trial: Any, cell: Cell, state: str) -> None:
         layout.nest_trial(run_id, self.study_run_id, self.study_name, trial.number, state, _kl_coefficient(cell))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from harness.mlflow_layout import fault_point
 from harness.registry import Registry
 from harness.tracking import WALL_TIME_KEY
 
@@ -122,6 +123,7 @@ class History:
         self.rows.append(row)
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+        fault_point(f"history_step:{int(step)}")  # tests of mid-stage resume: a kill right after step n is logged
 
 
 def _is_number(value: Any) -> bool:

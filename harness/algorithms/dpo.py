@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from harness import resume
 from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
 from harness.config_fields import (
     CheckedConfig,
@@ -141,7 +142,7 @@ def train_dpo(ctx: TrainContext) -> dict[str, float]:
         **peft_kwargs(cfg),
     )
     quiet_trainer(trainer)
-    result = trainer.train()
+    result = resume.train(trainer, ctx.out_dir, keep_every=ctx.checkpoint_every)
     save_policy(trainer, tok, ctx)
     return {"train/runtime_seconds": float(result.metrics.get("train_runtime", 0.0)),
             "train/final_loss": float(result.training_loss), "train/steps": float(result.global_step)}

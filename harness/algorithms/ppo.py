@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from harness import lora
+from harness import lora, resume
 from harness.algorithms.base import AlgorithmSpec, TrainContext, register
 from harness.config_fields import (
     CheckedConfig,
@@ -95,6 +95,9 @@ AdamBeta = Annotated[float, Field(ge=0, lt=1)]
 
 Messages = list[dict[str, str]]
 T = TypeVar("T")
+
+# The loop state of a resume checkpoint (harness.resume): models, optimizer, scheduler, KL controller, RNGs, data position.
+PPO_STATE_FILE = "ppo_state.pt"
 
 
 # ==================================================================================================
@@ -765,11 +768,39 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     reward_gain_bias: tuple[float, float] | None = None  # reward normalisation, fixed after batch 1
     stream = _prompt_stream(list(range(len(prompts))), ctx.seed)  # indices into prompts / prompt_rows
     samples_file = artifacts / "ppo_samples.jsonl"
-    if is_main:
-        samples_file.write_text("")
     start_time = time.perf_counter()
     last: dict[str, float] = {}
     global_optimizer_step = 0
+    # ---- Mid-stage resume (harness.resume): the loop's whole state after update k, reloaded after a kill. ----
+    checkpointer = resume.Checkpointer(ctx.out_dir)
+    first_update = 1
+    found = checkpointer.resume()
+    if found is not None:
+        saved = torch.load(found[1] / PPO_STATE_FILE, map_location=device, weights_only=False)
+        policy.load_state_dict(saved["policy"])
+        value_model.load_state_dict(saved["value_model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        kl_ctl.value = saved["kl_coef"]
+        reward_gain_bias = saved["reward_gain_bias"]
+        global_optimizer_step, last = saved["optimizer_steps"], saved["last"]
+        for _ in range(saved["prompts_drawn"]):  # the data position: the seeded stream replayed to where it was
+            next(stream)
+        resume.restore_rng(saved["rng"])
+        first_update = found[0] + 1
+        if is_main:
+            resume.truncate_rows(samples_file, found[0])
+            progress.report(done=found[0], force=True)
+    elif is_main:
+        samples_file.write_text("")
+
+    def save_state(folder: Path, update: int) -> None:
+        torch.save({"policy": policy.state_dict(), "value_model": value_model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "kl_coef": kl_ctl.value, "reward_gain_bias": reward_gain_bias,
+                    "optimizer_steps": global_optimizer_step, "last": last,
+                    "prompts_drawn": update * cfg.prompt_batch_size, "rng": resume.capture_rng()},
+                   folder / PPO_STATE_FILE)
 
     # The temperature of every log-prob (policy, pi_old, reference): tau, or 1 as in the authors' EasyLM.
     logprob_tau = cfg.temperature if cfg.logprobs_at_sampling_temperature else 1.0
@@ -793,7 +824,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         return {"old_logprobs": logprobs * mask, "old_values": values * mask, "advantages": advantages,
                 "returns": returns, "rewards": rewards, "kl_seq": ((logprobs - ref_logprobs) * mask).sum(1)}
 
-    for update in range(1, num_updates + 1):
+    for update in range(first_update, num_updates + 1):
         # ---- 1. Rollout: r samples per prompt from the current policy at temperature tau (cfg.temperature). ----
         t0 = time.perf_counter()
         # Every rank draws the same global batch from the same seeded stream and keeps its own slice.
@@ -948,6 +979,16 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
                         "finished": bool(rollouts.finished[i]), "kl": float(kl_seq[i]),
                         "length": int(lengths[i]),
                     }, ensure_ascii=False) + "\n")
+        # Save (and stop, on a stop request) together: every rank sees the main process's decision.
+        decision = torch.tensor([float(checkpointer.due(update)), float(checkpointer.stop_requested() is not None)],
+                                device=device)
+        if world > 1:
+            decision = all_reduce_sum(decision)
+        if is_main and decision[0] > 0:
+            checkpointer.save(update, lambda folder, update=update: save_state(folder, update))
+        if decision[1] > 0:
+            accelerator.wait_for_everyone()
+            raise resume.StageStopped(update, checkpointer.stop_requested() or "stop requested")
 
     if world > 1:
         # DDP keeps the ranks' policies identical (same initial weights, all-reduced gradients), which is
