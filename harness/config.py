@@ -297,6 +297,17 @@ class MonitorConfig(Strict):
     refusal_limit: int = Field(default=16, ge=0, description="XSTest prompts for the refusal rates (0 = off)")
 
 
+class TrainConfig(Strict):
+    """How a training stage (policy or reward model) saves its work while it runs (`harness.resume`): a
+    resume checkpoint every `checkpoint_minutes` of training and/or every `checkpoint_steps` optimizer
+    steps (PPO: updates), so a killed stage goes on from there. Not part of any stage key: when work is
+    saved does not change what is computed. Both null: no mid-stage checkpoints (a killed stage restarts)."""
+
+    checkpoint_minutes: float | None = Field(default=30.0, gt=0, allow_inf_nan=False,
+                                             description="save a resume checkpoint every M minutes (null = never)")
+    checkpoint_steps: int | None = Field(default=None, ge=1, description="save a resume checkpoint every N steps")
+
+
 class CellConfig(Strict):
     model: str = "smollm2-135m-instruct"
     dataset: DatasetRef | None = None
@@ -312,6 +323,7 @@ class CellConfig(Strict):
     # docs/engines.md). "auto" is resolved when the cell is loaded, i.e. on the machine that plans the grid
     # (see `_pin_engine`), so stage keys, MLflow params and the workers all use that one choice.
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     seed: Seed = 1
 
     @field_validator("model")

@@ -121,6 +121,10 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": {"num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9,
                                             "num_key_value_heads": 3, "head_dim": 64, "intermediate_size": 1536,
                                             "vocab_size": 49152, "tie_word_embeddings": True},
+    # huggingface.co/HuggingFaceTB/SmolLM2-360M-Instruct/config.json (the gpu profiles' larger reward model)
+    "HuggingFaceTB/SmolLM2-360M-Instruct": {"num_hidden_layers": 32, "hidden_size": 960, "num_attention_heads": 15,
+                                            "num_key_value_heads": 5, "head_dim": 64, "intermediate_size": 2560,
+                                            "vocab_size": 49152, "tie_word_embeddings": True},
 }
 KNOWN_ALIASES = {
     "allenai/tulu-2-13b": "meta-llama/Llama-2-13b-hf",
@@ -264,6 +268,9 @@ class PairwiseTraining:
     reference: str | None = None  # None: OFFLINE_REFERENCE[algorithm]
     eval_pairs: int = 0  # pairs scored once after training (held-out accuracy, RewardBench)
     label: str = ""
+    # Only the reference forward over the data (reference="precomputed"): the shared `reference_logps`
+    # stage, whose training stages then run with reference="none".
+    reference_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -447,6 +454,14 @@ def _pairwise(w: PairwiseTraining, profile: DeviceProfile, rate: float | None) -
     chosen, rejected = length(w.data.chosen_tokens), length(w.data.rejected_tokens)
     pair_forward = (w.model.sequence_forward_flops(chosen, lm_head=not is_rm)
                     + w.model.sequence_forward_flops(rejected, lm_head=not is_rm))
+    if w.reference_only:
+        if reference != "precomputed":
+            raise CostInputError(f"{label}: a reference-only pass is the precomputed reference, got {reference!r}")
+        tally.batched("reference forward (precomputed)", w.data.pairs * pair_forward)
+        tally.forward += w.data.pairs * (chosen + rejected)
+        if profile.static_shapes:
+            notes.append(f"static shapes: every sequence padded to {w.max_length} tokens")
+        return tally.result(label, "reference_logps", notes, rate)
     tally.batched("train (forward + backward)", 3.0 * seen * pair_forward)
     tally.trained += seen * (chosen + rejected)
     if reference != "none":
@@ -591,14 +606,16 @@ def with_profile_overrides(profile: DeviceProfile, **fields: Any) -> DeviceProfi
     return replace(profile, **fields)
 
 
+def human(x: float, unit: str = "") -> str:
+    """1.23e15 -> "1.23P" (SI prefixes, 3 significant digits)."""
+    for scale, suffix in ((1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}{unit}"
+    return f"{x:.3g}{unit}"
+
+
 def format_table(estimates: Sequence[StageEstimate]) -> str:
     """A plain-text table: one line per stage and a total, for `--dry-run` and the docs."""
-    def human(x: float, unit: str = "") -> str:
-        for scale, suffix in ((1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(x) >= scale:
-                return f"{x / scale:.3g}{suffix}{unit}"
-        return f"{x:.3g}{unit}"
-
     rows = [*estimates, total(estimates)] if len(estimates) > 1 else list(estimates)
     lines = [f"{'stage':<40} {'profile':<11} {'trained':>8} {'fwd':>8} {'gen':>8} {'FLOPs':>8} {'hours':>9} "
              f"{'dev-h':>9} {'USD':>9}"]

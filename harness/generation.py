@@ -639,6 +639,9 @@ class HFGenerator:
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
             positions = positions[:, -1:] + 1
             step_input = tokens[:, None]
+        from harness import usage
+
+        usage.count_generated(sum(len(o) for o in outputs))  # `generate` calls are counted by harness.usage itself
         return outputs
 
     def _continuous(self, rows: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[list[int]]:
@@ -669,7 +672,11 @@ class HFGenerator:
         if len(ordered) != len(rows) or any(o.error for o in ordered):
             errors = [o.error for o in ordered if o.error]
             raise RuntimeError(f"continuous batching returned {len(ordered)} of {len(rows)} rows; errors: {errors}")
-        return [list(o.generated_tokens) for o in ordered]
+        from harness import usage
+
+        generated = [list(o.generated_tokens) for o in ordered]
+        usage.count_generated(sum(len(g) for g in generated))
+        return generated
 
 
 # ==================================================================================================

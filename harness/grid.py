@@ -74,6 +74,12 @@ class Grid:
     description: str
     cells: list[Cell]
     source: Path | None = None
+    # The profile the grid was loaded with (`harness.profiles`): its name, how each stage kind runs at
+    # that size (`harness.launch`) and the device its cost is estimated on by default.
+    profile: str | None = None
+    launch: dict[str, Any] = dataclasses.field(default_factory=dict)
+    device_profile: str | None = None
+    full_data: bool = False  # the datasets are meant at full size (a local sample is not the profile's data)
 
 
 def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
@@ -230,13 +236,30 @@ def _duplicate_keys(node: yaml.Node, path: str = "", seen_nodes: set[int] | None
     return found
 
 
-def load_grid(path: str | Path, only: str | None = None) -> Grid:
+def load_grid(path: str | Path, only: str | None = None, profile: str | None = None) -> Grid:
+    """A grid file, with profile `profile` applied (`harness.profiles`; None = the file as written)."""
+    from harness.profiles import apply_profile, locate_errors
+
     path = Path(path)
     raw = read_yaml(path, "grid", GridError)
     if isinstance(raw, dict) and "search" in raw:
         raise GridError(f"{path} is an Optuna sweep file (it has a `search` block), not a grid: "
                         f"run it with `harness sweep {path}`")
-    return build_grid(raw or {}, source=path, only=only)
+    if raw is not None and not isinstance(raw, dict):
+        raise GridError(f"{path}: expected a mapping (experiment, base, axes, ...), got {type(raw).__name__}")
+    merged, choice = apply_profile(raw or {}, profile, str(path), set(GridFile.model_fields) | {"profiles"}, GridError)
+    try:
+        grid = build_grid(merged, source=path, only=only)
+    except GridError as exc:
+        if choice.name is None:
+            raise
+        raise GridError(locate_errors(str(exc), choice).replace(
+            f"{path}: invalid grid", f"{path}: invalid grid (profile {choice.name})", 1)) from None
+    grid.profile, grid.launch, grid.device_profile = choice.name, choice.launch, choice.device_profile
+    grid.full_data = choice.full_data
+    if choice.description:
+        grid.description = f"{grid.description} [profile {choice.name}: {choice.description}]".strip()
+    return grid
 
 
 def build_grid(raw: dict[str, Any], source: Path | None = None, only: str | None = None) -> Grid:

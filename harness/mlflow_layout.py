@@ -11,21 +11,37 @@ Layout, per MLflow experiment (one per grid):
   `harness.data_fingerprint.<dataset>`, the evaluation's `harness.eval.*` tags (below) and the
   over-optimisation monitor's verdicts `harness.monitor.*` (harness/monitor.py). Params: the flattened
   resolved config. Artifact `resolved_config.json`. Metrics: every non-data stage's metrics; checkpoint
-  evaluations as histories.
+  evaluations as histories; `cost/*` summed over its stages (a stage shared by cells counts in each).
+  Inputs and outputs: its stages' datasets and its trained policy's logged model. It starts with its
+  first stage (created when that stage starts, or at logging time from the stage records when all were
+  cached) and ends with its last stage's end.
 - stage run (`harness.run_type=stage`), nested (`mlflow.parentRunId`) under each cell run that uses the
-  stage. Tags: `harness.stage_kind`, `harness.stage_hash`, `harness.stage_dir`, `harness.stage_seconds`,
-  `harness.data_fingerprint`, `harness.model_path`, `harness.adapter_path` (LoRA), plus the stage's own tags (e.g.
-  `harness.rewardbench`; the evaluate stage's `harness.eval.missing` (comma list: tasks not run because
-  an input was missing), `harness.eval.skipped.<task>` (why a task has no score), `harness.eval.reused`
-  (comma list: tasks taken from the task store instead of rerun), and the same three under
-  `harness.eval.bon.` for best-of-N; `harness.monitor.*`). Params: the stage config. Metrics: final values, step histories (training
-  curves), checkpoint evaluations over steps. Artifacts: `config.json`, the stage's `artifacts/` folder
-  (e.g. `samples/<task>.samples.jsonl`, `rm_scores.jsonl`), `model/` when small, `adapter/` (LoRA).
+  stage. Tags: `harness.stage_kind`, `harness.stage_hash`, `harness.stage_dir`, `harness.stage_attempt`
+  (the working-folder claim whose curve a live run shows), `harness.stage_seconds`, `harness.device`,
+  `harness.data_fingerprint`, `harness.model_path`, `harness.adapter_path` (LoRA), `harness.stage_error`
+  (a FAILED run's error), plus the stage's own tags (e.g. `harness.rewardbench`; the evaluate stage's
+  `harness.eval.missing` (comma list: tasks not run because an input was missing),
+  `harness.eval.skipped.<task>` (why a task has no score), `harness.eval.reused` (comma list: tasks taken
+  from the task store instead of rerun), and the same three under `harness.eval.bon.` for best-of-N;
+  `harness.monitor.*`). Params: the stage config. Metrics: final values, step histories (training curves,
+  logged live while the stage runs), checkpoint evaluations over steps, its cost (`cost/wall_seconds`,
+  `cost/tokens_trained`, `cost/tokens_generated`, `cost/gpu_hours` on GPU). Inputs: its training data
+  (context `training`), evaluation data (`evaluation`) or raw source (`source`) as MLflow datasets with
+  their digests. Outputs: a trained policy or reward model as an MLflow logged model (one per stage key
+  and experiment; it points at the stage folder, `harness.model_path`, weights are not copied).
+  Artifacts: `config.json`, the stage's `artifacts/` folder (e.g. `samples/<task>.samples.jsonl`,
+  `rm_scores.jsonl`), `model/` when small, `adapter/` (LoRA). Start and end times are the stage's own
+  work's.
 - study run (`harness.run_type=study`) per Optuna study; a trial's cell run is re-parented under it
   and tagged `harness.study`, `harness.trial_number`, `harness.trial_state`, `harness.kl_coefficient`;
   a pruned trial is its own KILLED run (`harness.run_type=trial`).
 - judge: `judge/*` metrics appended (next free step) on cell runs, one `harness.run_type=judge` run.
 - `harness eval`: one `harness.run_type=eval` run per invocation.
+- report run (`harness.run_type=report`), one per `harness report`: the index, tables and figures it built
+  as artifacts (`report/`), the built and skipped items as params and tags, the index as its description.
+- the experiment itself: its description (`mlflow.note.content`) says which grid file and profile made it;
+  tags `harness.grid_file`, `harness.profile`, `harness.device_profile` (the device the report's compute
+  columns are estimated on by default), written by `describe_experiment` whenever a grid runs.
 
 Reading: "the latest FINISHED run wins" (`latest_finished`) is the one rule by which a cell's run is
 chosen, for the runner's resume and skip, the sweep, the judge and the reports alike.
@@ -38,7 +54,8 @@ converges to the state an uninterrupted run leaves.
 
 Fault injection (tests only): with `HARNESS_KILL_AT=<point>` the process SIGKILLs itself at that
 point, so a test can stop a real run exactly there. Points: `cell_run_created` (right after a cell
-run is created, before its params, tags and artifacts are written).
+run is created, before its params, tags and artifacts are written), `history_step:<n>` (right after a
+training stage wrote step n's row to its history.jsonl: `harness.algorithms.base.History`).
 """
 
 from __future__ import annotations
@@ -64,6 +81,7 @@ RUN_TYPE_STUDY = "study"
 RUN_TYPE_TRIAL = "trial"
 RUN_TYPE_JUDGE = "judge"
 RUN_TYPE_EVAL = "eval"
+RUN_TYPE_REPORT = "report"
 
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
 TAG_RUN_NAME = "mlflow.runName"
@@ -86,6 +104,9 @@ TAG_STAGE_KIND = "harness.stage_kind"
 TAG_STAGE_HASH = "harness.stage_hash"
 TAG_STAGE_DIR = "harness.stage_dir"
 TAG_STAGE_SECONDS = "harness.stage_seconds"
+TAG_STAGE_ATTEMPT = "harness.stage_attempt"
+TAG_STAGE_ERROR = "harness.stage_error"
+TAG_DEVICE = "harness.device"
 TAG_MODEL_PATH = "harness.model_path"
 TAG_ADAPTER_PATH = "harness.adapter_path"  # a LoRA run's adapter folder (harness.lora)
 # the over-optimisation monitor's verdicts (harness.monitor), on the evaluate stage run and its cell run
@@ -108,6 +129,12 @@ TAG_PARETO_FRONT_TRIALS = "harness.pareto_front_trials"
 TAG_PARETO_FRONT = "harness.pareto_front"  # on a trial's cell run
 # judge
 TAG_JUDGE_REFERENCE = "harness.judge.reference"
+# the grid's profile (cell runs and the experiment), and the experiment's grid file / default device
+TAG_PROFILE = "harness.profile"
+TAG_DEVICE_PROFILE = "harness.device_profile"
+# report runs
+TAG_REPORT_ITEMS = "harness.report.items"
+TAG_REPORT_SKIPPED_PREFIX = "harness.report.skipped."  # + item name = why it was not built
 
 RESOLVED_CONFIG_ARTIFACT = "resolved_config.json"
 # Models bigger than this are not copied into the MLflow artifact store; `harness.model_path` points
@@ -144,6 +171,17 @@ def latest_finished(runs: Iterable[Any]) -> Any | None:
 # -- stage runs -------------------------------------------------------------------------------------
 
 @dataclass
+class DataInput:
+    """A dataset a run read, as an MLflow run input (the UI's Dataset column)."""
+
+    name: str
+    digest: str  # content fingerprint
+    source: str  # where it is (a local path or a hub id)
+    context: str  # "training" or "evaluation"
+    rows: int | None = None
+
+
+@dataclass
 class StageRunInfo:
     """What a stage run says about itself before the stage has produced anything."""
 
@@ -151,6 +189,8 @@ class StageRunInfo:
     key: str
     config: dict[str, Any]
     stage_dir: str = ""  # where its outputs are (to be) published
+    attempt: str | None = None  # the working-folder claim a live run follows
+    inputs: list[DataInput] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +209,8 @@ class StageResult:
     artifacts_dir: Path | None = None  # logged as-is at the artifact root
     model_dir: Path | None = None
     adapter_dir: Path | None = None  # LoRA: the adapter alone (small), always logged under `adapter/`
+    model_type: str | None = None  # "policy" / "reward_model": the model is an MLflow logged model
+    device: str | None = None  # where it ran ("cpu" or the GPU's name)
 
     @property
     def checkpoint_keys(self) -> set[str]:
@@ -177,8 +219,10 @@ class StageResult:
 
 def open_stage_run(experiment_id: str, parent_id: str, info: StageRunInfo,
                    start_time_ms: int | None = None) -> str | None:
-    """The stage's run under `parent_id`, created (params logged) or None when a FINISHED one is already
-    there. An unfinished one (left by a crash) is deleted: the stage store holds everything it had."""
+    """The stage's run under `parent_id`, created (params and inputs logged) or None when a FINISHED one is
+    already there. An unfinished one (left by a crash, or a live run of an earlier attempt) is deleted:
+    the stage store, or the working folder of the attempt now running, holds everything it had, and its
+    curve is logged again from there, so it has no step twice and none missing."""
     client = tracking.client()
     existing = tracking.find_runs(experiment_id, {TAG_RUN_TYPE: RUN_TYPE_STAGE, TAG_STAGE_HASH: info.key},
                                   parent_run_id=parent_id)
@@ -189,9 +233,42 @@ def open_stage_run(experiment_id: str, parent_id: str, info: StageRunInfo,
     tags = {TAG_PARENT: parent_id, TAG_RUN_TYPE: RUN_TYPE_STAGE, TAG_STAGE_KIND: info.kind, TAG_STAGE_HASH: info.key}
     if info.stage_dir:
         tags[TAG_STAGE_DIR] = info.stage_dir
+    if info.attempt:
+        tags[TAG_STAGE_ATTEMPT] = info.attempt
     run = client.create_run(experiment_id, start_time=start_time_ms, run_name=info.kind, tags=tags)
     tracking.log_params(run.info.run_id, tracking.flatten(info.config))
+    log_data_inputs(run.info.run_id, info.inputs)
     return run.info.run_id
+
+
+def log_data_inputs(run_id: str, inputs: Iterable[DataInput]) -> None:
+    """The datasets a run read, as MLflow run inputs (name, digest, source, context, row count)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    batch = [DatasetInput(Dataset(name=d.name, digest=d.digest[:36], source_type="local",
+                                  source=json.dumps({"uri": d.source}),
+                                  profile=json.dumps({"num_rows": d.rows}) if d.rows is not None else None),
+                          tags=[InputTag(MLFLOW_DATASET_CONTEXT, d.context)]) for d in inputs]
+    if batch:
+        tracking.client().log_inputs(run_id, datasets=batch)
+
+
+def stage_attempt(run_id: str) -> str | None:
+    """The working-folder attempt a live stage run follows (None for a run logged from the store)."""
+    return tracking.client().get_run(run_id).data.tags.get(TAG_STAGE_ATTEMPT)
+
+
+def fail_stage_run(run_id: str, error: str, end_time_ms: int | None = None) -> None:
+    """A live stage run whose stage failed: FAILED, with the error (`harness.stage_error`)."""
+    tracking.set_tags(run_id, {TAG_STAGE_ERROR: _clip(error)})
+    tracking.client().set_terminated(run_id, "FAILED", end_time=end_time_ms)
+
+
+def end_unfinished_run(run_id: str, status: str = "FAILED", end_time_ms: int | None = None) -> None:
+    """A run the process stops before its work finished (a failed stage, Ctrl-C: `KILLED`); a rerun resumes
+    a cell run (`open_cell_run`) and replaces a stage run (`open_stage_run`)."""
+    tracking.client().set_terminated(run_id, status, end_time=end_time_ms)
 
 
 def log_steps(run_id: str, rows: Iterable[dict[str, Any]]) -> set[str]:
@@ -203,7 +280,8 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def finish_stage_run(run_id: str, result: StageResult, end_time_ms: int | None = None) -> None:
+def finish_stage_run(run_id: str, result: StageResult, end_time_ms: int | None = None) -> str | None:
+    """The stage's results on its run, then FINISHED; returns the id of its logged model, if it has one."""
     client = tracking.client()
     tags = {**{k: _clip(v) for k, v in result.tags.items()}, TAG_STAGE_SECONDS: f"{result.seconds:.1f}"}
     if result.fingerprint:
@@ -212,6 +290,8 @@ def finish_stage_run(run_id: str, result: StageResult, end_time_ms: int | None =
         tags[TAG_MODEL_PATH] = str(result.model_dir)
     if result.adapter_dir is not None and result.adapter_dir.exists():
         tags[TAG_ADAPTER_PATH] = str(result.adapter_dir)
+    if result.device:
+        tags[TAG_DEVICE] = result.device
     tracking.set_tags(run_id, tags)
     log_steps(run_id, result.step_history)
     over_steps = log_steps(run_id, result.checkpoint_history)
@@ -221,12 +301,52 @@ def finish_stage_run(run_id: str, result: StageResult, end_time_ms: int | None =
         client.log_artifact(run_id, str(path))
     if result.artifacts_dir is not None and result.artifacts_dir.exists() and any(result.artifacts_dir.iterdir()):
         client.log_artifacts(run_id, str(result.artifacts_dir))
-    if result.model_dir is not None and result.model_dir.exists() \
-            and _dir_size(result.model_dir) <= MAX_MODEL_ARTIFACT_BYTES:
-        client.log_artifacts(run_id, str(result.model_dir), artifact_path="model")
     if result.adapter_dir is not None and result.adapter_dir.exists():
         client.log_artifacts(run_id, str(result.adapter_dir), artifact_path="adapter")
+    model_id = None
+    if result.model_dir is not None and result.model_dir.exists():
+        if _dir_size(result.model_dir) <= MAX_MODEL_ARTIFACT_BYTES:
+            client.log_artifacts(run_id, str(result.model_dir), artifact_path="model")
+        if result.model_type:
+            model_id = _logged_model(run_id, result)
     client.set_terminated(run_id, "FINISHED", end_time=end_time_ms)
+    return model_id
+
+
+def _logged_model(run_id: str, result: StageResult) -> str:
+    """The stage's model as an MLflow logged model (one per stage key in the experiment, shared by the
+    runs that log the stage), listed as this run's output. It points at the stage folder: no weights
+    are copied."""
+    client = tracking.client()
+    run = client.get_run(run_id)
+    experiment_id, key = run.info.experiment_id, run.data.tags.get(TAG_STAGE_HASH, "")
+    found = client.search_logged_models([experiment_id], filter_string=f"tags.`{TAG_STAGE_HASH}` = '{key}'",
+                                        max_results=1)
+    if found:
+        model_id = found[0].model_id
+    else:
+        kind = run.data.tags.get(TAG_STAGE_KIND, "")
+        name = f"{result.model_type.replace('_', '-')}-{key[:8]}"  # type: ignore[union-attr]
+        model = client.create_logged_model(
+            experiment_id, name=name, source_run_id=run_id, model_type=result.model_type,
+            tags={TAG_STAGE_HASH: key, TAG_STAGE_KIND: kind, TAG_MODEL_PATH: str(result.model_dir)})
+        client.finalize_logged_model(model.model_id, "READY")
+        model_id = model.model_id
+    link_models(run_id, [model_id])
+    return model_id
+
+
+def link_models(run_id: str, model_ids: Iterable[str]) -> None:
+    """List logged models as a run's outputs (a cell run shows its trained policy this way); a model
+    already listed is not listed twice (a resumed run)."""
+    from mlflow.entities import LoggedModelOutput
+
+    client = tracking.client()
+    outputs = client.get_run(run_id).outputs
+    listed = {o.model_id for o in (outputs.model_outputs if outputs else [])}
+    new = [LoggedModelOutput(model_id, step=0) for model_id in dict.fromkeys(model_ids) if model_id not in listed]
+    if new:
+        client.log_outputs(run_id, new)
 
 
 def log_stage_run(experiment_id: str, parent_id: str, info: StageRunInfo, result: StageResult,
@@ -236,6 +356,19 @@ def log_stage_run(experiment_id: str, parent_id: str, info: StageRunInfo, result
     if run_id is not None:
         finish_stage_run(run_id, result, end_time_ms)
     return run_id
+
+
+def stage_run_under(experiment_id: str, parent_id: str, key: str) -> Any | None:
+    """The FINISHED run of stage `key` under a cell run, if there is one."""
+    return latest_finished(tracking.find_runs(experiment_id, {TAG_RUN_TYPE: RUN_TYPE_STAGE, TAG_STAGE_HASH: key},
+                                              parent_run_id=parent_id))
+
+
+def logged_model_of(experiment_id: str, key: str) -> str | None:
+    """The logged model of stage `key` in the experiment, if one was logged."""
+    found = tracking.client().search_logged_models([experiment_id],
+                                                   filter_string=f"tags.`{TAG_STAGE_HASH}` = '{key}'", max_results=1)
+    return found[0].model_id if found else None
 
 
 # -- cell runs --------------------------------------------------------------------------------------
@@ -257,6 +390,7 @@ class CellRunInfo:
     data_fingerprints: dict[str, str] = field(default_factory=dict)  # dataset -> fingerprint
     grid_file: str | None = None
     stage_specs: list[dict[str, Any]] = field(default_factory=list)  # for resolved_config.json
+    profile: str | None = None  # the grid profile the cell was planned with
 
     def tags(self) -> dict[str, str]:
         tags = {
@@ -266,6 +400,8 @@ class CellRunInfo:
         }
         if self.grid_file is not None:
             tags[TAG_GRID_FILE] = self.grid_file
+        if self.profile is not None:
+            tags[TAG_PROFILE] = self.profile
         tags.update({f"{TAG_STAGE_KEY_PREFIX}{entry}": key for entry, key in self.stage_keys.items()})
         if self.policy_path:
             tags[TAG_POLICY_PATH] = self.policy_path
@@ -329,14 +465,19 @@ def open_cell_run(experiment_id: str, info: CellRunInfo, start_time_ms: int | No
 
 
 def finish_cell_run(run_id: str, metrics: dict[str, float], checkpoint_history: Iterable[dict[str, Any]] = (),
-                    end_time_ms: int | None = None, tags: dict[str, str] | None = None) -> None:
+                    end_time_ms: int | None = None, tags: dict[str, str] | None = None,
+                    inputs: Iterable[DataInput] = (), models: Iterable[str] = ()) -> None:
     """The cell's summary: its stages' metrics (checkpoint evaluations as histories, not again at
     step 0: their last point is the final model's value, and a step-0 duplicate would read as a score
-    before training on the curves) and `tags` (the evaluation's, `evaluation_tags_of`), then FINISHED."""
+    before training on the curves), `tags` (the evaluation's, `evaluation_tags_of`), its stages' datasets
+    and logged models, then FINISHED."""
     over_steps = log_steps(run_id, checkpoint_history)
     tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if k not in over_steps})
     if tags:
         tracking.set_tags(run_id, {k: _clip(v) for k, v in tags.items()})
+    logged = {(i.dataset.name, i.dataset.digest) for i in (tracking.client().get_run(run_id).inputs.dataset_inputs or [])}
+    log_data_inputs(run_id, [d for d in inputs if (d.name, d.digest[:36]) not in logged])
+    link_models(run_id, models)
     tracking.client().set_terminated(run_id, "FINISHED", end_time=end_time_ms)
 
 
@@ -505,6 +646,53 @@ def log_eval_run(experiment_id: str, run_name: str, model_path: str, params: dic
     client.log_artifacts(run_id, str(artifacts_dir), artifact_path="eval")
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+@dataclass
+class ExperimentInfo:
+    """What made an experiment: the grid file, its profile, the grid's description, the default device."""
+
+    grid_file: str | None
+    profile: str | None
+    description: str = ""
+    device_profile: str | None = None
+    command: str = "harness run"  # or "harness sweep"
+
+
+def describe_experiment(experiment_id: str, info: ExperimentInfo) -> None:
+    """The experiment's description (the MLflow UI shows it) and tags: which grid file and profile made it."""
+    command = f"{info.command} {info.grid_file or '<grid>'}" + (f" --profile {info.profile}" if info.profile else "")
+    text = f"Made by `{command}`" + (f": {info.description}" if info.description else ".")
+    tags = {TAG_NOTE: _clip(text), TAG_PROFILE: info.profile or "", TAG_GRID_FILE: info.grid_file or ""}
+    if info.device_profile:
+        tags[TAG_DEVICE_PROFILE] = info.device_profile
+    client = tracking.client()
+    for key, value in tags.items():
+        client.set_experiment_tag(experiment_id, key, value)
+
+
+def experiment_tags(experiment_id: str) -> dict[str, str]:
+    return dict(tracking.client().get_experiment(experiment_id).tags)
+
+
+def log_report_run(experiment_id: str, report_dir: Path, built: dict[str, list[str]], skipped: dict[str, str],
+                   index_text: str, params: dict[str, str]) -> str:
+    """One `harness report`: every file it wrote under `report/`, the items built (tag and params) and the
+    skipped ones with why, the index as the run's description. A new run each time: earlier reports stay."""
+    client = tracking.client()
+    tags = {TAG_RUN_TYPE: RUN_TYPE_REPORT, TAG_GIT_SHA: tracking.git_sha(), TAG_NOTE: _clip(index_text),
+            TAG_REPORT_ITEMS: _clip(",".join(built))}
+    tags.update({f"{TAG_REPORT_SKIPPED_PREFIX}{name}": _clip(why) for name, why in skipped.items()})
+    run_id = client.create_run(experiment_id, run_name="report", tags=tags).info.run_id
+    tracking.log_params(run_id, {**params, **{f"report.files.{name}": ",".join(files) for name, files in built.items()}})
+    client.log_artifacts(run_id, str(report_dir), artifact_path="report")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def report_runs(experiment_id: str) -> list[Any]:
+    """The experiment's report runs, oldest first."""
+    return tracking.find_runs(experiment_id, {TAG_RUN_TYPE: RUN_TYPE_REPORT})
 
 
 def model_path_of_run(run_id: str) -> str:

@@ -248,6 +248,9 @@ class OpenAIGenerator:
                     with self._lock:
                         self.stats["prompt_tokens"] += int(usage.prompt_tokens or 0)
                         self.stats["completion_tokens"] += int(usage.completion_tokens or 0)
+                    from harness.usage import count_generated
+
+                    count_generated(int(usage.completion_tokens or 0))  # the stage's cost (harness.usage)
                 return reply
             if attempt == self.max_retries:
                 break

@@ -189,7 +189,7 @@ def train_reward_model(
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from harness import lora
+    from harness import lora, resume
     from harness.algorithms.base import history_callback
     from harness.algorithms.trl_common import device_kwargs
     from harness.generation import EngineSettings, record_engine
@@ -244,7 +244,7 @@ def train_reward_model(
         # LoRA on the backbone; peft's SEQ_CLS task keeps the new score head fully trainable.
         **({"peft_config": lora.lora_config(config.peft, "SEQ_CLS")} if config.peft else {}),
     )
-    result = trainer.train()
+    result = resume.train(trainer, out_dir)
     model_dir = out_dir / "model"
     record_engine(out_dir, (engine or EngineSettings()).resolved())
     if lora.is_peft_model(trainer.model):  # the adapter to out_dir/adapter, the merged RM to model/

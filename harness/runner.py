@@ -1,29 +1,36 @@
 """Run a grid: plan the stage DAG, execute missing stages on a backend, log each cell to MLflow.
 
-MLflow is written only from published stage outputs, through `harness.mlflow_layout`, so logging is
-idempotent and a rerun after a crash (even `kill -9`) converges to the same state as an uninterrupted
-run:
+MLflow is written by the driver only, through `harness.mlflow_layout` (by `harness.live.LiveLogger`):
+live curves from the running stages' working folders, everything else from published stage outputs, so
+logging is idempotent and a rerun after a crash (even `kill -9`) converges to the same state as an
+uninterrupted run:
 - a cell whose parent run is FINISHED is skipped (never duplicated, never overwritten);
 - a cell whose parent run exists but is unfinished is resumed: its identity (tags, params, resolved
-  config) is written again, finished stage runs are kept, unfinished ones are deleted and re-logged
-  from the stage store;
+  config) is written again, finished stage runs are kept, unfinished ones (a partly logged live run
+  included) are deleted and logged again, from the stage store or, for a stage running again, from its
+  working folder's history;
 - a stage that was published is never recomputed (the store is content-addressed).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import shutil
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import cache, tracking
 from harness import mlflow_layout as layout
-from harness.checkpoints import HISTORY_FILE
 from harness.grid import Grid
-from harness.stages import STAGE_TAGS_FILE, CellPlan, Stage, plan_cell, unique_stages
+from harness.live import LiveLogger, RowsObserver
+from harness.stages import CellPlan, Stage, plan_cell, unique_stages
+
+if TYPE_CHECKING:
+    from harness.console import ProgressView
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,94 +85,26 @@ def describe_plan(grid: Grid, plans: list[CellPlan]) -> str:
     return "\n".join(lines)
 
 
-def cell_run_info(grid: Grid, plan: CellPlan) -> layout.CellRunInfo:
-    """What the cell's MLflow run says about it: config, overrides, stage keys, model paths."""
-    stage_keys, fingerprints = {}, {}
-    rm_stages = [s for s in plan.stages if s.kind == "train_reward_model"]
-    for stage in plan.stages:
-        if stage.kind == "prepare_data":
-            stage_keys[f"prepare_data.{stage.config['name']}"] = stage.key
-            if stage.complete:
-                fingerprints[stage.config["name"]] = (stage.path / "fingerprint.txt").read_text()
-        elif stage.kind == "train_reward_model" and len(rm_stages) > 1:  # an ensemble: one entry per member
-            stage_keys[f"train_reward_model.{rm_stages.index(stage)}"] = stage.key
-        else:
-            stage_keys[stage.kind] = stage.key
-    policy = plan.stage("train_policy")
-    rm = plan.stage("train_reward_model")
-    rm_path = str(rm.path / "model") if rm is not None else (
-        plan.cell.config.reward_model.path if plan.cell.config.reward_model else None)
-    if len(rm_stages) > 1:
-        rm_path = json.dumps([str(s.path / "model") for s in rm_stages])
-    return layout.CellRunInfo(
-        grid=grid.experiment, name=plan.cell.name, key=plan.key, is_baseline=plan.cell.is_baseline,
-        resolved_config=plan.cell.resolved(), overrides=plan.cell.overrides, stage_keys=stage_keys,
-        policy_path=str(policy.path / "model") if policy else plan.cell.config.model,
-        reward_model_path=rm_path or None, data_fingerprints=fingerprints,
-        grid_file=str(grid.source) if grid.source is not None else None,
-        stage_specs=[s.spec() for s in plan.stages])
-
-
-def stage_run_info(stage: Stage) -> layout.StageRunInfo:
-    return layout.StageRunInfo(stage.kind, stage.key, stage.config, str(stage.path))
-
-
-def stage_result(stage: Stage) -> layout.StageResult:
-    """A published stage's outputs, read from the stage store, for its MLflow run."""
-    record = json.loads((stage.path / cache.RECORD).read_text())
-    tags_file = stage.path / STAGE_TAGS_FILE  # what the stage itself has to say (e.g. an evaluation skipped)
-    return layout.StageResult(
-        metrics=json.loads((stage.path / "metrics.json").read_text()),
-        seconds=float(record.get("seconds", 0.0)),
-        step_history=tracking.read_metric_rows(stage.path / "history.jsonl"),
-        checkpoint_history=tracking.read_metric_rows(stage.path / HISTORY_FILE),
-        tags=json.loads(tags_file.read_text()) if tags_file.exists() else {},
-        fingerprint=record.get("fingerprint"),
-        files=[stage.path / "config.json"],
-        artifacts_dir=stage.path / "artifacts",
-        model_dir=stage.path / "model",
-        adapter_dir=stage.path / "adapter",
-    )
-
-
-def log_cell(grid: Grid, experiment_id: str, plan: CellPlan) -> str | None:
-    """Log a cell whose stages are all published; returns its run id (None if it was already logged).
-
-    A cell's run is the union of its stages' runs: every stage is logged under it (skipped when already
-    there), and the cell run carries their metrics; the evaluate stage's checkpoint evaluations are
-    histories on the cell run too (the figures read `<task>/score` over steps there).
-    """
-    run_id = layout.open_cell_run(experiment_id, cell_run_info(grid, plan))
-    if run_id is None:
-        return None
-    summary: dict[str, float] = {}
-    checkpoints: list[dict[str, Any]] = []
-    evaluation: dict[str, str] = {}
-    for stage in plan.stages:
-        result = stage_result(stage)
-        layout.log_stage_run(experiment_id, run_id, stage_run_info(stage), result)
-        if stage.kind != "prepare_data":
-            summary.update(result.metrics)
-        if stage.kind == "evaluate":
-            checkpoints += result.checkpoint_history
-            evaluation = layout.evaluation_tags_of(result.tags)  # which tasks have no result, and why
-    layout.finish_cell_run(run_id, summary, checkpoints, tags=evaluation)
-    return run_id
-
-
 def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = print,
-             backend_options: dict[str, Any] | None = None, keep_going: bool = False) -> RunSummary:
+             backend_options: dict[str, Any] | None = None, keep_going: bool = False,
+             view: ProgressView | None = None, on_rows: RowsObserver | None = None) -> RunSummary:
     """Run the grid's missing stages, every `prepare_data` stage first (a data error shows before any
     training starts), and log each cell whose stages are all published.
 
     keep_going=False: the first failed stage raises (the Ray backend lets running tasks finish first).
     keep_going=True: a failed stage stops only the stages that depend on it; the others run and their cells
     are logged, and the summary's `failed_cells` / `failed_stages` say what failed and why.
+
+    MLflow is written while the stages run, by one `harness.live.LiveLogger` thread: live curves from the
+    running stages' working folders, each stage run finished at its publication, each cell logged once
+    complete. `view` (`harness.console`) shows the running stages in the terminal; `on_rows` sees each
+    running stage's step metrics as they are logged (`harness.live.RowsObserver`).
     """
     from harness.backends import get_backend
 
     plans = plan_grid(grid)
     experiment_id = tracking.setup_experiment(grid.experiment)
+    describe_experiment(grid, experiment_id)
     cache.sweep_stale_temps()
     summary = RunSummary(experiment_id)
 
@@ -181,42 +120,55 @@ def run_grid(grid: Grid, backend: str = "local", echo: Callable[[str], None] = p
     summary.cached_stages = [s.id for s in needed if s.complete]
     to_run = [s for s in needed if not s.complete]
 
-    logged: set[str] = set()
+    live = LiveLogger(grid, experiment_id, pending, summary, echo, view, on_rows=on_rows)
 
     def on_stage_done(stage: Stage) -> None:
         summary.executed_stages.append(stage.id)
-        echo(f"  done {stage.label} {stage.key}")
-        flush_ready_cells()
+        if view is None:
+            echo(f"  done {stage.label} {stage.key}")
+        live.published(stage)
 
     def on_stage_failed(stage: Stage, exc: BaseException) -> None:
         summary.failed_stages[stage.id] = failure_message(exc)
         summary.tracebacks[stage.id] = "".join(traceback.format_exception(exc))
         echo(f"  FAILED {stage.label} {stage.key}: {summary.failed_stages[stage.id]}")
-
-    def flush_ready_cells() -> None:
-        for plan in pending:
-            if plan.cell.name in logged or not all(s.complete for s in plan.stages):
-                continue
-            run_id = log_cell(grid, experiment_id, plan)
-            logged.add(plan.cell.name)
-            if run_id:
-                summary.logged_cells.append(plan.cell.name)
-                summary.cell_run_ids[plan.cell.name] = run_id
-                echo(f"cell {plan.cell.name}: logged to MLflow run {run_id}")
+        live.failed(stage, summary.failed_stages[stage.id])
 
     echo(f"experiment {grid.experiment}: {len(pending)} cell(s) to do, {len(to_run)} stage(s) to run, "
          f"{len(summary.cached_stages)} cached")
-    flush_ready_cells()
-    if to_run:
-        executor = get_backend(backend, **(backend_options or {}))
-        with executor.session():
-            for phase in data_first_phases(to_run):
-                runnable = [s for s in phase if not _failed_input(s, summary.failed_stages)]
-                if runnable:
-                    executor.run(runnable, on_stage_done, echo, on_stage_failed if keep_going else None)
-    flush_ready_cells()
-    _record_failed_cells(summary, pending, logged)
+    live.start(to_run)
+    outcome = "failed"
+    try:
+        if to_run:
+            executor = get_backend(backend, **(backend_options or {}))
+            with executor.session():
+                for phase in data_first_phases(to_run):
+                    runnable = [s for s in phase if not _failed_input(s, summary.failed_stages)]
+                    if runnable:
+                        executor.run(runnable, on_stage_done, echo, on_stage_failed if keep_going else None)
+        outcome = "done"
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    finally:
+        try:
+            live.close(outcome)
+        except Exception:
+            if outcome == "done":
+                raise
+            logger.exception("closing the MLflow logger after a failed run")
+    _record_failed_cells(summary, pending, live.logged)
     return summary
+
+
+def describe_experiment(grid: Grid, experiment_id: str) -> None:
+    """The experiment's description and tags: the grid file and profile that made it (mlflow_layout). A grid
+    built in code (a sweep's trial, a test) has no file: it leaves the experiment's description as it is."""
+    if grid.source is None:
+        return
+    layout.describe_experiment(experiment_id, layout.ExperimentInfo(
+        grid_file=str(grid.source) if grid.source is not None else None, profile=grid.profile,
+        description=grid.description, device_profile=grid.device_profile))
 
 
 def data_first_phases(stages: list[Stage]) -> list[list[Stage]]:

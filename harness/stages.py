@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import cache
+from harness import cache, resume
 from harness.generation import EngineSettings
 from harness.grid import Cell
 
@@ -56,6 +56,9 @@ STAGE_TAGS_FILE = "tags.json"
 # evaluate 4: per-task fingerprints, missing tasks apart, finished tasks reused from the task store.
 STAGE_VERSIONS = {"prepare_data": 2, "train_reward_model": 3, "train_policy": 2, "evaluate": 4,
                   "reference_logps": 1}
+
+# Stages that train (and so checkpoint mid-stage and can be resumed or stopped: `harness.resume`).
+TRAINING_KINDS = ("train_reward_model", "train_policy")
 
 # Default Ray resource requests per kind (a user on a GPU cluster overrides with `resources:`).
 DEFAULT_RESOURCES = {
@@ -81,6 +84,9 @@ class Stage:
     # The cell's engine settings with "auto" resolved at plan time (`EngineSettings.pinned`), for the worker;
     # only the part in `config["engine"]` changes the result (a server's URL or concurrency does not).
     engine: EngineSettings | None = None
+    # Training stages: when to save resume checkpoints ({"minutes", "steps"}, `harness.resume.Settings`).
+    # Not part of the key: when work is saved never changes what is computed.
+    checkpointing: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.key = cache.stage_key(
@@ -102,8 +108,7 @@ class Stage:
 
     @property
     def label(self) -> str:
-        name = self.config.get("name") or self.config.get("algorithm", {}).get("name") or self.config.get("model", "")
-        return f"{self.kind}[{name}]" if name else self.kind
+        return _spec_label({"kind": self.kind, "config": self.config})
 
     def spec(self) -> dict[str, Any]:
         """A plain-data description a remote worker can execute (no live objects)."""
@@ -111,6 +116,8 @@ class Stage:
                 "inputs": {role: {"kind": s.kind, "key": s.key} for role, s in self.inputs.items()}}
         if self.engine is not None:
             spec["engine"] = self.engine.model_dump(mode="json")
+        if self.checkpointing is not None:
+            spec["checkpointing"] = self.checkpointing
         return spec
 
 
@@ -309,6 +316,8 @@ def plan_cell(cell: Cell) -> CellPlan:
     unique: dict[str, Stage] = {}
     for stage in stages:
         unique.setdefault(stage.id, stage)
+        if stage.kind in TRAINING_KINDS:
+            stage.checkpointing = {"minutes": cfg.train.checkpoint_minutes, "steps": cfg.train.checkpoint_steps}
     return CellPlan(cell, list(unique.values()))
 
 
@@ -363,7 +372,7 @@ def unique_stages(plans: list[CellPlan]) -> list[Stage]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Executors: run(config, inputs: role -> published input folder, out: temp folder) -> summary metrics
+# Executors: run(config, inputs: role -> published input folder, out: working folder) -> summary metrics
 # ---------------------------------------------------------------------------------------------
 
 def _read_rows(folder: Path) -> list[dict[str, Any]]:
@@ -513,6 +522,8 @@ def run_train_policy(config: dict[str, Any], inputs: dict[str, Path], out: Path)
     start = time.perf_counter()
     metrics = spec.train(ctx)
     metrics["train/wall_seconds"] = time.perf_counter() - start
+    # The resume checkpoints go; the intermediate policies eval.checkpoint_every asks for stay (as weights).
+    resume.discard(out, keep_every=ctx.checkpoint_every)
     if ctx.checkpoint_every:  # before trainer/ (where TRL saved them) is removed
         from harness.checkpoints import finalize
 
@@ -762,43 +773,93 @@ def stage_engine(config: dict[str, Any]) -> EngineSettings:
     return settings
 
 
+# How often a stage whose working folder another live writer holds checks whether it was published.
+WAIT_FOR_WRITER_S = 1.0
+
+
 def execute_stage(spec: dict[str, Any]) -> str:
     """Run one stage from its plain-data spec and publish it; returns the published folder.
 
     Safe to call in any process (local, a pool worker, a Ray task): inputs are read from the shared
-    stage store, outputs are published atomically, and an already-published stage is not redone.
+    stage store, the stage is written in its working folder (claimed, so two processes never write one
+    stage: a second caller waits for the first to publish, or takes over once it died), and published
+    atomically; an already-published stage is not redone. A failure is recorded in the working folder
+    (`harness status` shows it) and raised.
     """
     import random
+    import traceback
 
     import numpy as np
     import torch
 
+    from harness import progress, usage
+
     kind, key = spec["kind"], spec["key"]
-    if cache.is_complete(kind, key):
-        return str(cache.stage_dir(kind, key))
     inputs = {}
     for role, ref in spec["inputs"].items():
         if not cache.is_complete(ref["kind"], ref["key"]):
             raise RuntimeError(f"stage {kind}/{key}: input {role} ({ref['kind']}/{ref['key']}) is not published")
         inputs[role] = cache.stage_dir(ref["kind"], ref["key"])
-    seed = int(spec["config"].get("seed", 0) or 0)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    tmp = cache.new_temp_dir(kind, key)
-    (tmp / "artifacts").mkdir(exist_ok=True)
-    (tmp / "config.json").write_text(json.dumps(spec, indent=2, default=str))
-    start = time.perf_counter()
+    claim = None
+    waiting_since = time.time()
+    while claim is None:
+        if cache.is_complete(kind, key):
+            return str(cache.stage_dir(kind, key))
+        claim = cache.claim_work_dir(kind, key)
+        if claim is None:
+            if time.time() - waiting_since > 60:
+                waiting_since = time.time()
+                state = cache.work_state(kind, key)
+                logger.info("stage %s/%s: waiting for its writer %s", kind, key, (state and state.writer) or "?")
+            time.sleep(WAIT_FOR_WRITER_S)
     try:
-        metrics = EXECUTORS[kind](executor_config(spec), inputs, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if claim.previous is not None:
+            # Left by a writer that died, failed or was stopped: a training stage goes on from its last
+            # resume checkpoint (harness.resume); anything else starts over.
+            logger.info("stage %s/%s: reclaiming the working folder left by %s", kind, key, claim.previous)
+            resumed_from = resume.prepare(claim) if kind in TRAINING_KINDS else None
+            if resumed_from is None:
+                cache.reset_work_dir(claim)
+            else:
+                message = f"resumed {_spec_label(spec)} {key} from step {resumed_from}"
+                logger.info(message)
+                print(message, flush=True)
+        out = claim.path
+        seed = int(spec["config"].get("seed", 0) or 0)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        (out / "artifacts").mkdir(exist_ok=True)
+        (out / "config.json").write_text(json.dumps(spec, indent=2, default=str))
+        try:
+            with progress.stage_folder(out), usage.measuring(since=claim.started_at) as measured, \
+                    resume.stage_settings(resume.Settings.from_spec(spec)):
+                progress.report(phase="loading", force=True)
+                metrics = EXECUTORS[kind](executor_config(spec), inputs, out)
+        except BaseException as exc:
+            cache.record_failure(kind, key, _error_text(exc), "".join(traceback.format_exception(exc)), claim.attempt)
+            raise
+        finally:
+            gc.collect()
+        spent = measured.usage
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics.update(spent.metrics())
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        resume.discard(out)  # what is left of the resume checkpoints (the reward model's): never published
+        fingerprint = (out / "fingerprint.txt").read_text() if (out / "fingerprint.txt").exists() else None
+        record = {"spec": spec, "seconds": spent.wall_seconds, "fingerprint": fingerprint, "usage": spent.as_dict()}
+        return str(cache.publish(claim, record))
     finally:
-        gc.collect()
-    seconds = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in metrics.items()}
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    fingerprint = (tmp / "fingerprint.txt").read_text() if (tmp / "fingerprint.txt").exists() else None
-    record = {"spec": spec, "seconds": seconds, "fingerprint": fingerprint}
-    return str(cache.publish(tmp, kind, key, record))
+        claim.release()
+
+
+def _spec_label(spec: dict[str, Any]) -> str:
+    """`Stage.label` from a plain-data spec (e.g. `train_policy[dpo]`)."""
+    config = spec["config"]
+    name = config.get("name") or (config.get("algorithm") or {}).get("name") or config.get("model", "")
+    return f"{spec['kind']}[{name}]" if name else spec["kind"]
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

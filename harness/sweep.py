@@ -1,6 +1,6 @@
 """Optuna sweeps over any config field (the KL coefficient first), each trial a grid cell.
 
-    harness sweep ablations/kl_sweep.yaml [--storage URL] [--workers N] [--n-trials N]
+    harness sweep ablations/fig4_kl_sweep.yaml [--profile NAME] [--storage URL] [--workers N] [--n-trials N]
                   [--backend local|ray] [--set base.model=tiny-random-llama ...]
 
 A sweep file is a grid file's `base` (and optional `axes`) plus a search block:
@@ -39,11 +39,14 @@ left RUNNING by a stopped sweep are marked FAIL and their parameters queued agai
 is picked up (its finished stages are cached, its MLflow run is resumed). Only the process started
 without `--join` does that, so never start one while `--join` workers still run on the study.
 
-Pruning: when a `pruner` is set, a trial first runs its stages up to training; the train stage's step
-history (`history.jsonl`, the same values logged to MLflow) is reported to the trial step by step
-(negated when `pruner.direction` differs from the study's, as Optuna compares in the study's
-direction) and the pruner decides whether the evaluation runs. A pruned trial is logged as a
-KILLED run under the study with its params and reported values.
+Pruning: when a `pruner` is set, the trial's train stage reports its steps while it trains
+(`TrainingReporter`, the observer of `run_grid`'s live rows: the same values the driver logs to MLflow;
+negated when `pruner.direction` differs from the study's, as Optuna compares in the study's direction).
+When the pruner says prune, a stop request goes to the stage's working folder (`harness.resume`): the
+trainer saves a resume checkpoint after the current step and ends, the stage is never published and the
+evaluation never runs. A pruned trial is logged as a KILLED run under the study with its params and
+reported values. Checkpoint evaluations (`eval.checkpoint_every`) come after training, in the evaluate
+stage: they are not reported.
 
 Several workers: `--workers N` starts N worker processes on the study after creating it (use a
 JournalStorage file or PostgreSQL: `--storage journal:results/optuna/kl.journal` or
@@ -71,7 +74,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from harness import mlflow_layout as layout
 from harness import tracking
@@ -162,6 +165,7 @@ class SweepFile(Strict):
     storage: str | None = None
     study_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")
     baseline: bool = False
+    _profile: Any = PrivateAttr(default=None)  # harness.profiles.ProfileChoice of the file as loaded
 
     @model_validator(mode="after")
     def _checks(self) -> SweepFile:
@@ -217,19 +221,28 @@ def parse_sweep(raw: dict[str, Any], where: str = "<sweep>") -> SweepFile:
     return spec
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepFile:
-    """Read a sweep YAML; `overrides` are `dotted.key=yaml_value` strings applied to the raw file."""
+def load_sweep(path: str | Path, overrides: list[str] | None = None, profile: str | None = None) -> SweepFile:
+    """Read a sweep YAML with profile `profile` applied (`harness.profiles`; None = the file as written),
+    then `overrides`, `dotted.key=yaml_value` strings."""
+    from harness.profiles import apply_profile, locate_errors
+
     path = Path(path)
     raw = read_yaml(path, "sweep", SweepError) or {}
     if isinstance(raw, dict) and "search" not in raw and "base" in raw:
         raise SweepError(f"{path} has no `search` block: a grid file is run with `harness run {path}`; "
-                         "a sweep file adds `search` and `objective` (see ablations/kl_sweep.yaml)")
+                         "a sweep file adds `search` and `objective` (see ablations/fig4_kl_sweep.yaml)")
+    raw, choice = apply_profile(raw, profile, str(path), set(SweepFile.model_fields) | {"profiles"}, SweepError)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SweepError(f"--set {item!r}: expected KEY=VALUE (e.g. base.model=tiny-random-llama)")
         _override(raw, key, yaml.safe_load(value))
-    return parse_sweep(raw, str(path))
+    try:
+        spec = parse_sweep(raw, str(path))
+    except SweepError as exc:
+        raise SweepError(locate_errors(str(exc), choice)) from None
+    spec._profile = choice
+    return spec
 
 
 def _override(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -417,6 +430,57 @@ def metric_value(metrics: dict[str, float], metric: str, tasks: list[str], cell:
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
+class TrainingReporter:
+    """The live channel's observer (`run_grid(on_rows=...)`, `harness.live`) of one trial: each new step of
+    the trial's train_policy stage that has the pruner's metric is reported to Optuna as it is logged
+    (negated when the pruner's direction differs from the study's); when the pruner says prune, a stop
+    request goes to the stage's working folder (`harness.resume.request_stop`): its trainer saves a resume
+    checkpoint after the current step and ends, and the stage is never published."""
+
+    trial: Any
+    metric: str
+    sign: float
+    stage: Any  # the trial's train_policy Stage
+    reason: str
+    echo: Callable[[str], None] = print
+    reported: list[tuple[int, float]] = field(default_factory=list)
+    pruned_at: int | None = None
+    keys_seen: set[str] = field(default_factory=set)
+    error: Exception | None = None
+
+    def __call__(self, stage: Any, attempt: str, rows: list[dict[str, Any]]) -> None:
+        if stage.id != self.stage.id or self.pruned_at is not None:
+            return
+        from harness import cache, resume
+
+        done = {step for step, _ in self.reported}
+        try:
+            for row in rows:
+                self.keys_seen.update(row)
+                if self.metric not in row or int(row["step"]) in done:  # a resumed attempt replays its first steps
+                    continue
+                step, value = int(row["step"]), self.sign * float(row[self.metric])
+                self.trial.report(value, step)
+                self.reported.append((step, value))
+                done.add(step)
+                if self.trial.should_prune():
+                    self.pruned_at = step
+                    self.echo(f"trial {self.trial.number}: pruned at step {step} "
+                              f"({self.metric} = {row[self.metric]:.4g})")
+                    resume.request_stop(cache.work_dir(stage.kind, stage.key), f"{self.reason} at step {step}")
+                    return
+        except Exception as exc:  # noqa: BLE001 - called in the driver's logger thread: raised by check_reported
+            self.error = exc
+
+    def check_reported(self) -> None:
+        if self.error is not None:
+            raise SweepError(f"reporting {self.metric!r} to the study failed: {self.error}") from self.error
+        if not self.reported:
+            raise SweepError(f"pruner.metric {self.metric!r} is not in the train stage's history "
+                             f"({self.stage.id}); history keys: {sorted(self.keys_seen - {'step', 'wall_time'})}")
+
+
+@dataclass
 class SweepWorker:
     """Runs trials of one study in this process."""
 
@@ -459,6 +523,8 @@ class SweepWorker:
 
     # -- one trial ------------------------------------------------------------------------------
     def objective(self, trial: Any) -> float | list[float]:
+        import optuna
+
         from harness.stages import plan_cell
 
         params = {name: suggest(trial, name, param) for name, param in self.spec.search.items()}
@@ -473,11 +539,29 @@ class SweepWorker:
             self.echo(f"trial {trial.number}: same parameters as trial {twin.number}, reusing its cell {cell.name}")
         else:
             self.echo(f"trial {trial.number}: {params} -> cell {cell.name}")
-        if self.spec.pruner is not None and self.spec.pruner.name != "none":
-            self._train_then_maybe_prune(trial, cell, plan)
         from harness.runner import run_grid
 
-        run_grid(grid, backend=self.backend, echo=self.echo, backend_options=self.backend_options)
+        reporter = None
+        if self.spec.pruner is not None and self.spec.pruner.name != "none" and plan.stage("train_policy"):
+            reporter = TrainingReporter(trial, self.spec.pruner.metric, self.sign, plan.stage("train_policy"),
+                                        f"pruned by study {self.study_name} trial {trial.number}", self.echo)
+        train = plan.stage("train_policy")
+        if reporter is not None and train.complete:  # trained before (a twin, a resumed sweep): its whole curve
+            reporter(train, "", [json.loads(line) for line in (train.path / "history.jsonl").read_text().splitlines()
+                                 if line.strip()] if (train.path / "history.jsonl").exists() else [])
+        try:
+            if reporter is None or reporter.pruned_at is None:
+                run_grid(grid, backend=self.backend, echo=self.echo, backend_options=self.backend_options,
+                         on_rows=reporter)
+        except Exception:
+            if reporter is None or reporter.pruned_at is None:
+                raise
+            # The train stage stopped on the pruner's request: kept as a checkpoint, never published.
+        if reporter is not None:
+            reporter.check_reported()
+            if reporter.pruned_at is not None:
+                self._log_pruned(trial, cell, plan, reporter.reported)
+                raise optuna.TrialPruned(f"pruned at step {reporter.pruned_at}")
         run = _cell_run(self.experiment_id, cell, plan.key)
         self._nest(run.info.run_id, trial, cell, "COMPLETE")
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -500,37 +584,6 @@ class SweepWorker:
             if not any(t.number < trial.number for t in running):
                 return next((t for t in twins if t.state == TrialState.COMPLETE), None)
             time.sleep(2.0)
-
-    def _train_then_maybe_prune(self, trial: Any, cell: Cell, plan: Any) -> None:
-        import optuna
-
-        from harness.backends import get_backend
-        from harness.stages import unique_stages
-
-        train = plan.stage("train_policy")
-        if train is None:
-            return
-        upstream = [s for s in unique_stages([plan]) if s.kind != "evaluate"]
-        todo = [s for s in upstream if not s.complete]
-        if todo:
-            get_backend(self.backend, **self.backend_options).run(todo, lambda _s: None, self.echo)
-        metric = self.spec.pruner.metric  # type: ignore[union-attr]
-        history = train.path / "history.jsonl"
-        rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()] if history.exists() else []
-        reported: list[tuple[int, float]] = []
-        for row in rows:
-            if metric not in row:
-                continue
-            step, value = int(row["step"]), self.sign * float(row[metric])
-            trial.report(value, step)
-            reported.append((step, value))
-            if trial.should_prune():
-                self.echo(f"trial {trial.number}: pruned at step {step} ({metric} = {row[metric]:.4g})")
-                self._log_pruned(trial, cell, plan, reported)
-                raise optuna.TrialPruned(f"pruned at step {step}")
-        if not reported:
-            raise SweepError(f"pruner.metric {metric!r} is not in the train stage's history ({history}); "
-                             f"history keys: {sorted({k for r in rows for k in r} - {'step'})}")
 
     def _nest(self, run_id: str, trial: Any, cell: Cell, state: str) -> None:
         layout.nest_trial(run_id, self.study_run_id, self.study_name, trial.number, state, _kl_coefficient(cell))
@@ -556,6 +609,11 @@ def create_studies(spec: SweepFile, storage: Any, storage_url: str, source: Path
     from optuna.trial import TrialState
 
     experiment_id = tracking.setup_experiment(spec.experiment)
+    choice = spec._profile
+    layout.describe_experiment(experiment_id, layout.ExperimentInfo(
+        grid_file=str(source) if source is not None else None, profile=choice.name if choice else None,
+        description=spec.description, device_profile=choice.device_profile if choice else None,
+        command="harness sweep"))
     directions = [o.direction for o in spec.objective_list]
     remaining: dict[str, int] = {}
     for study_name, partition in study_names(spec):
@@ -737,11 +795,63 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of the sweep file (YAML value), e.g. base.model=tiny-random-llama")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the studies, run nothing")
+    parser.add_argument("--profile", default=None, metavar="NAME",
+                        help="apply the file's profile NAME (paper, gpu, cpu, tiny, ...) before --set")
+    parser.add_argument("--device-profile", default=None, metavar="NAME",
+                        help="device of the --dry-run cost estimate (default: the profile's, else cpu-2core)")
+    parser.add_argument("--usd-per-hour", type=float, default=None, metavar="RATE",
+                        help="price of one device-hour for the estimate (default: the device's list price)")
+
+
+def _probe_plans(spec: SweepFile) -> tuple[dict[str, Any], list[Any]]:
+    """(the probe parameters, the plans of one trial per study at them): each searched field at its first
+    probe value (what a trial reads does not depend on the searched values)."""
+    from harness.runner import plan_grid
+
+    probe = {name: param.probe_values()[0] for name, param in spec.search.items()}
+    return probe, [plan for _, partition in study_names(spec) for plan in plan_grid(trial_grid(spec, partition, probe))]
+
+
+def unresolved_sweep_inputs(spec: SweepFile) -> list[str]:
+    """Data and models the sweep's trials need that this machine cannot provide (harness.resolution)."""
+    from harness.resolution import unresolved_inputs
+
+    choice = spec._profile
+    return unresolved_inputs(_probe_plans(spec)[1], full_data=bool(choice and choice.full_data))
+
+
+def describe_sweep_plan(spec: SweepFile, device: str | None, usd_per_device_hour: float | None) -> str:
+    """`--dry-run`'s plan of one trial per study (each searched field at its first probe value), the
+    inputs this machine lacks, and the cost of the studies' trials on `device` (n_trials each)."""
+    from harness.cost import CostInputError, total
+    from harness.cost_plan import DEFAULT_DEVICE, grid_cost
+    from harness.resolution import unresolved_inputs
+
+    choice = spec._profile
+    probe, plans = _probe_plans(spec)
+    lines = [f"plan of one trial per study at {probe}: {sum(len(p.stages) for p in plans)} stages"]
+    full = bool(choice and choice.full_data)
+    missing = unresolved_inputs(plans, full_data=full)
+    if missing:
+        lines.append(f"inputs not available on this machine ({len(missing)}; the sweep cannot start):")
+        lines += ["  " + m.replace("\n", "\n  ") for m in missing]
+    device = device or (choice.device_profile if choice else None) or DEFAULT_DEVICE
+    try:
+        found = grid_cost(plans, device, choice.launch if choice else {}, usd_per_device_hour, full_data=full)
+    except CostInputError as exc:
+        return "\n".join([*lines, f"cost estimate on {device}: not available: {exc}"])
+    per_trial = total([e for _, e in found.stages if _.kind != "prepare_data"], "one trial per study")
+    usd = "n/a" if per_trial.usd is None else f"${per_trial.usd * spec.n_trials:,.2f}"
+    lines.append(f"cost on {found.device}: one trial per study {per_trial.flops:.3g} FLOPs, {per_trial.hours:.3g} h; "
+                 f"x {spec.n_trials} trials: {per_trial.flops * spec.n_trials:.3g} FLOPs, "
+                 f"{per_trial.device_hours * spec.n_trials:.3g} device-hours, {usd} (shared stages, such as the "
+                 "reward models and the baseline, counted once per trial: an upper bound)")
+    return "\n".join(lines)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     try:
-        spec = load_sweep(args.sweep, args.overrides)
+        spec = load_sweep(args.sweep, args.overrides, profile=args.profile)
     except SweepError as exc:
         print_error(exc, args)
         return 2
@@ -752,11 +862,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for name, partition in study_names(spec):
             print(f"study {name}: axes {partition or '-'}, search {sorted(spec.search)}, "
                   f"{spec.n_trials} trial(s), objectives {[o.metric for o in spec.objective_list]}")
+        print(describe_sweep_plan(spec, args.device_profile, args.usd_per_hour))
         return 0
+    if not args.join:
+        from harness.resolution import format_unresolved
+
+        missing = unresolved_sweep_inputs(spec)
+        if missing:
+            print(f"error: {format_unresolved(missing)}", file=sys.stderr)
+            return 2
     options: dict[str, Any] = {}
     if args.backend == "ray" and args.ray_address:
         options["address"] = args.ray_address
-    worker_argv = [args.sweep, *(f"--set={o}" for o in args.overrides)]
+    worker_argv = [args.sweep, *([f"--profile={args.profile}"] if args.profile else []),
+                   *(f"--set={o}" for o in args.overrides)]
     try:
         summaries = run_sweep(spec, storage_url=args.storage, workers=args.workers, join=args.join,
                               worker_index=args.worker_index, n_trials=args.n_trials, backend=args.backend,

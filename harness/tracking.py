@@ -20,6 +20,9 @@ from harness.paths import PROJECT_ROOT, results_dir
 
 # MLflow's limits: param values up to 6000 characters; keep a margin.
 _MAX_PARAM_LEN = 5000
+# A step-metrics row's time of production (epoch seconds, `harness.algorithms.base.History`): the MLflow
+# timestamp of the row's metrics, not a metric itself.
+WALL_TIME_KEY = "wall_time"
 
 
 # `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI (for subprocesses). Remember the value we
@@ -83,19 +86,29 @@ def client():
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3's UI opens an experiment on the view its kind names (mlflow/server/js: ExperimentKind,
+# "custom_model_development" is "Machine learning": the runs table); untagged, it may open the GenAI view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
 def setup_experiment(name: str) -> str:
-    """Experiment id for `name`, created on first use (artifacts under results/ for local stores)."""
+    """Experiment id for `name`, created on first use (artifacts under results/ for local stores), marked
+    as a model-training experiment unless its kind was set otherwise."""
     mlflow_client = client()
     existing = mlflow_client.get_experiment_by_name(name)
     if existing is not None:
         if existing.lifecycle_stage == "deleted":
             mlflow_client.restore_experiment(existing.experiment_id)
+        if EXPERIMENT_KIND_TAG not in existing.tags:
+            mlflow_client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return existing.experiment_id
     artifact_location = None
     if is_local_store(tracking_uri()):
         artifact_location = (results_dir() / "mlartifacts" / name).as_uri()
     try:
-        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location,
+                                               tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
     except Exception:  # created concurrently by another worker
         found = mlflow_client.get_experiment_by_name(name)
         if found is None:
@@ -147,7 +160,8 @@ def read_metric_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def log_metric_rows(run_id: str, rows: Any) -> set[str]:
-    """Log step-metric rows {"step": n, key: value, ...} into a run, in batches; returns the keys."""
+    """Log step-metric rows {"step": n, key: value, ...} into a run, in batches; returns the keys. A row's
+    `wall_time` (when it was produced) is its metrics' timestamp; rows without one get the time of logging."""
     from mlflow.entities import Metric
 
     metrics = []
@@ -155,7 +169,9 @@ def log_metric_rows(run_id: str, rows: Any) -> set[str]:
     for row in rows:
         row = dict(row)
         step = int(row.pop("step", 0))
-        metrics.extend(Metric(key, float(value), now, step) for key, value in row.items())
+        produced = row.pop(WALL_TIME_KEY, None)
+        stamp = int(float(produced) * 1000) if produced is not None else now
+        metrics.extend(Metric(key, float(value), stamp, step) for key, value in row.items())
     mlflow_client = client()
     for start in range(0, len(metrics), 900):
         mlflow_client.log_batch(run_id, metrics=metrics[start : start + 900], synchronous=True)

@@ -12,8 +12,11 @@ from harness import tracking
 from reports import figures as _figures  # noqa: F401  (registers the figure builders)
 from reports import monitor as _monitor  # noqa: F401  (the over-optimisation monitor and length-controlled views)
 from reports import tables as _tables  # noqa: F401  (registers the table builders)
+from reports.compute import add_compute_columns, report_device
+from reports.costs import cost_section
 from reports.data import Experiment
 from reports.model import ReportTable, csv_rows, to_latex, to_markdown, write_csv
+from reports.paper_beside import beside_paper
 from reports.registry import ITEMS, FigureOutput, ReportContext, Skip, items
 from reports.stats import DEFAULT_N_BOOT
 from reports.summary import summary_table
@@ -32,6 +35,7 @@ class ReportResult:
     skipped: dict[str, str] = field(default_factory=dict)  # item -> reason
     tables: dict[str, ReportTable] = field(default_factory=dict)
     figures: dict[str, FigureOutput] = field(default_factory=dict)
+    report_run_id: str | None = None  # the MLflow report run, when logged
 
 
 def select(kind: str, names: list[str] | None) -> list[str]:
@@ -50,7 +54,11 @@ def select(kind: str, names: list[str] | None) -> list[str]:
 
 def build_report(experiment: str, out_dir: Path, tables: list[str] | None = None, figures: list[str] | None = None,
                  formats: tuple[str, ...] = FORMATS, ci: bool = True, n_boot: int = DEFAULT_N_BOOT,
-                 seed: int = 0) -> ReportResult:
+                 seed: int = 0, device_profile: str | None = None, log_mlflow: bool = False) -> ReportResult:
+    """Every item the experiment supports, written under `out_dir`. Tables that the paper printed get its
+    rows beside this run's and a "does the finding hold here" line per claim (`reports.paper_beside`);
+    Tables 1, 2 and 4 a compute column (`reports.compute`, on `device_profile`, else the experiment's).
+    `log_mlflow`: also log what was built to the experiment as a report run (`mlflow_layout.log_report_run`)."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown format(s) {sorted(unknown)}; valid: {', '.join(FORMATS)}")
@@ -60,6 +68,7 @@ def build_report(experiment: str, out_dir: Path, tables: list[str] | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     with Experiment(experiment) as exp:
         ctx = ReportContext(exp, ci=ci, n_boot=n_boot, seed=seed)
+        device = report_device(exp, device_profile)
         summary = summary_table(experiment)
         result = ReportResult(out_dir, out_dir / "index.md", summary_markdown(summary))
         (out_dir / "summary.md").write_text(result.summary_markdown + "\n")
@@ -76,13 +85,27 @@ def build_report(experiment: str, out_dir: Path, tables: list[str] | None = None
                 result.skipped[name] = reason
                 continue
             if isinstance(built, ReportTable):
+                beside_paper(built, exp)
+                add_compute_columns(built, exp, device)
                 result.tables[name] = built
                 result.written[name] = _write_table(built, out_dir / "tables", formats, exp.run_url, ci)
             else:
                 result.figures[name] = built
                 result.written[name] = _write_figure(name, built, out_dir / "figures")
         result.index.write_text(_index(exp, ctx, result, table_names + figure_names))
+        if log_mlflow:
+            result.report_run_id = log_report(exp, result, device)
     return result
+
+
+def log_report(exp: Experiment, result: ReportResult, device: str) -> str:
+    """The report as a run of its experiment: every file written, the items built and skipped."""
+    from harness import mlflow_layout as layout
+
+    built = {name: [str(p.relative_to(result.out_dir)) for p in paths] for name, paths in result.written.items()}
+    return layout.log_report_run(exp.experiment_id, result.out_dir, built, result.skipped,
+                                 result.index.read_text(), {"report.device_profile": device,
+                                                            "report.cells": str(len(exp.cells))})
 
 
 def _write_table(table: ReportTable, folder: Path, formats: tuple[str, ...], run_url, ci: bool) -> list[Path]:
@@ -144,6 +167,8 @@ def _index(exp: Experiment, ctx: ReportContext, result: ReportResult, order: lis
              "files carry the run ids).",
              "", _intervals_note(ctx, result), "", "## Grid summary", "", result.summary_markdown, ""]
     lines += _tasks_without_result(exp)
+    lines += cost_section(exp.cells, {name: (table.title, {r for row in table.rows for e in row.entries for r in e.run_ids})
+                                      for name, table in result.tables.items()})
     for name in order:
         if name in result.tables:
             table = result.tables[name]

@@ -1,4 +1,5 @@
-"""`harness report EXPERIMENT [--out DIR] [--tables ...] [--figures ...] [--format md,tex,csv,png] [--no-ci]`.
+"""`harness report EXPERIMENT [--out DIR] [--tables ...] [--figures ...] [--format md,tex,csv,png] [--no-ci]
+[--device-profile NAME] [--no-mlflow]`.
 
 Prints the grid summary table (as before) and where every table and figure was written; items the
 experiment cannot support are listed with the reason (also in index.md).
@@ -47,7 +48,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         result = build_report(args.experiment, out, tables=_names(getattr(args, "tables", None)),
                               figures=_names(getattr(args, "figures", None)), formats=formats,
                               ci=not getattr(args, "no_ci", False), n_boot=getattr(args, "n_boot", 1000),
-                              seed=getattr(args, "seed", 0))
+                              seed=getattr(args, "seed", 0), device_profile=getattr(args, "device_profile", None),
+                              log_mlflow=not getattr(args, "no_mlflow", False))
     except (ValueError, UnknownNameError) as exc:
         print_error(exc, args)
         return 2
@@ -58,6 +60,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     for name, reason in result.skipped.items():
         print(f"{name:<28} skipped: {reason}")
     print(f"\nwritten: {result.index} (and {out / 'summary.md'}, {out / 'summary.csv'})")
+    if result.report_run_id:
+        print(f"logged to MLflow: report run {result.report_run_id} of experiment {args.experiment}")
     return 0
 
 
@@ -77,4 +81,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="hide intervals and p-values (the paper's exact look); also skips the bootstrap")
     report.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     report.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
+    report.add_argument("--device-profile", default=None, metavar="NAME",
+                        help="device of the compute columns' estimates (default: the grid profile's, else cpu-2core)")
+    report.add_argument("--no-mlflow", action="store_true",
+                        help="write the files only; do not log them to the experiment as a report run")
     report.set_defaults(func=cmd_report)

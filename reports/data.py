@@ -101,6 +101,13 @@ class Experiment:
             self._jsonl_cache[key] = rows
         return self._jsonl_cache[key]
 
+    def json_artifact(self, run_id: str, path: str) -> Any:
+        """A JSON artifact of a run (e.g. a cell's `resolved_config.json`), or None when it has none."""
+        local = self._fetch(run_id, path)
+        if local is None or not local.is_file():
+            return None
+        return json.loads(local.read_text())
+
     def samples(self, cell: CellRun, task: str) -> tuple[list[dict[str, Any]], str] | None:
         """Per-example eval records of `task` for a cell and the evaluate run that logged them."""
         stage = cell.stage("evaluate")

@@ -60,7 +60,8 @@ class Entry:
 class Row:
     labels: list[str]
     entries: list[Entry]
-    kind: Literal["baseline", "data", "delta", "reference"] = "data"
+    # "paper": the paper's printed numbers for the row above (reports/paper_beside.py)
+    kind: Literal["baseline", "data", "delta", "reference", "paper"] = "data"
 
 
 @dataclass
@@ -150,7 +151,7 @@ def to_markdown(table: ReportTable, run_url: Callable[[str], str], show_ci: bool
         previous = row.labels
         if shared and labels:
             labels[-1] += marker(next(iter(sources)))
-        if row.kind in ("baseline", "delta"):
+        if row.kind in ("baseline", "delta", "paper"):
             labels = [f"*{x}*" if x and x != "—" else x for x in labels]
         lines.append("| " + " | ".join(labels + [cell(e, not shared) for e in row.entries]) + " |")
     out = [f"**{table.title}.** {table.caption}", "", *lines, ""]

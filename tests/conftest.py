@@ -116,6 +116,23 @@ def data_dir_without_shared(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
+def broken_helpsteer(tmp_path, monkeypatch) -> Path:
+    """HelpSteer in its hub layout under HARNESS_DATA_DIR, line 3 holding a cp1252 byte (a re-saved export)."""
+    import gzip
+
+    fixture = Path(__file__).parent / "fixtures" / "datasets" / "helpsteer_train.jsonl"
+    lines = fixture.read_text(encoding="utf-8").splitlines()[:2]
+    lines.append('{"prompt": "Caf\xe9?", "response": "r", "helpfulness": 1, "correctness": 1, "coherence": 1, '
+                 '"complexity": 1, "verbosity": 1}')
+    path = tmp_path / "data" / "nvidia" / "HelpSteer" / "train.jsonl.gz"  # the first of its local layouts
+    path.parent.mkdir(parents=True)
+    with gzip.open(path, "wb") as fh:
+        fh.write(("\n".join(lines) + "\n").encode("cp1252"))
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path / "data"))
+    return path
+
+
+@pytest.fixture
 def hub_off(tmp_path, monkeypatch) -> Path:
     """The Hugging Face hub unreachable (offline mode) with an empty hub cache, whatever this machine's
     settings; returns the cache folder."""

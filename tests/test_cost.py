@@ -31,7 +31,7 @@ def test_parameter_counts_match_transformers():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     published = {"meta-llama/Llama-2-13b-hf": 13_015_864_320, "meta-llama/Llama-2-70b-hf": 68_976_648_192,
-                 "HuggingFaceTB/SmolLM2-135M-Instruct": 134_515_008}
+                 "HuggingFaceTB/SmolLM2-135M-Instruct": 134_515_008, "HuggingFaceTB/SmolLM2-360M-Instruct": 361_821_120}
     for name, config in cost.KNOWN_CONFIGS.items():
         assert cost.model_shape(name).params == published[name], name
         one_layer = {**config, "num_hidden_layers": 1}

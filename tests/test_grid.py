@@ -167,8 +167,8 @@ def test_unreadable_grid_files_name_the_file(tmp_path):
 def test_sweep_file_given_to_run_points_at_harness_sweep():
     from harness.paths import PROJECT_ROOT
 
-    with pytest.raises(GridError, match=r"kl_sweep.yaml is an Optuna sweep file .* run it with `harness sweep "):
-        load_grid(PROJECT_ROOT / "ablations" / "kl_sweep.yaml")
+    with pytest.raises(GridError, match=r"fig4_kl_sweep.yaml is an Optuna sweep file .* run it with `harness sweep "):
+        load_grid(PROJECT_ROOT / "ablations" / "fig4_kl_sweep.yaml")
 
 
 def test_cli_prints_one_message_and_the_traceback_only_with_verbose(tmp_path, capsys):

@@ -4,9 +4,6 @@ complete under keep-going (the CLI default), and the summary says what failed (e
 
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -14,25 +11,10 @@ from harness import tracking
 from harness.grid import build_grid
 from harness.runner import run_grid
 
-FIXTURE = Path(__file__).parent / "fixtures" / "datasets" / "helpsteer_train.jsonl"
 TINY_DPO = {"name": "dpo", "max_steps": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
             "max_length": 64, "learning_rate": 1e-4}
 SMOKE = {"name": "smoke-lowercase", "max_rows": 8}
 HELPSTEER = {"name": "helpsteer", "max_rows": 8}
-
-
-@pytest.fixture
-def broken_helpsteer(tmp_path, monkeypatch) -> Path:
-    """HelpSteer in its hub layout under HARNESS_DATA_DIR, line 3 holding a cp1252 byte (a re-saved export)."""
-    lines = FIXTURE.read_text(encoding="utf-8").splitlines()[:2]
-    lines.append('{"prompt": "Caf\xe9?", "response": "r", "helpfulness": 1, "correctness": 1, "coherence": 1, '
-                 '"complexity": 1, "verbosity": 1}')
-    path = tmp_path / "data" / "nvidia" / "HelpSteer" / "train.jsonl.gz"  # the first of its local layouts
-    path.parent.mkdir(parents=True)
-    with gzip.open(path, "wb") as fh:
-        fh.write(("\n".join(lines) + "\n").encode("cp1252"))
-    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path / "data"))
-    return path
 
 
 def grid_spec(datasets: list[dict], experiment: str = "keep_going") -> dict:
@@ -72,7 +54,7 @@ def test_broken_data_file_fails_its_cell_before_training_and_the_others_complete
     assert "Traceback" not in err
     assert finished_cells("keep_going") == {"sft", "dataset=smoke-lowercase"}
     assert len(list((isolated_results / "stages" / "train_policy").iterdir())) == 1
-    assert not list((isolated_results / "stages" / ".tmp").glob("train_policy__*"))
+    assert not list((isolated_results / "stages" / ".work").glob("train_policy/*"))  # no training left behind
 
 
 def test_fail_fast_stops_at_the_data_error_before_any_training(broken_helpsteer, isolated_results, tiny_model):

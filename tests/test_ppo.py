@@ -12,7 +12,7 @@ import pytest
 
 from datasets_registry import prepare
 from harness.algorithms import ALGORITHMS, TrainContext
-from harness.algorithms.ppo import PPOConfig, evaluate_policy_reward
+from harness.algorithms.ppo import PPOConfig
 from harness.reward_model import RewardModelConfig, train_reward_model
 from harness.rewards import REWARD_FUNCTIONS
 
@@ -66,11 +66,6 @@ def test_ppo_end_to_end_with_reward_function(tiny_model: str, tmp_path: Path):
     truncated = [r for r in rows if not r["finished"]]
     assert truncated and all(r["score_used"] == -10.0 for r in truncated)
     assert (tmp_path / "model" / "config.json").exists()
-    metrics, samples = evaluate_policy_reward(str(tmp_path / "model"), [r["prompt"] for r in _prompts(4)],
-                                              reward_function=REWARD_FUNCTIONS.get("lowercase"),
-                                              reference_path=tiny_model, max_new_tokens=8)
-    assert len(samples) == 4 and 0.0 <= metrics["policy/reward_mean"] <= 1.0
-    assert math.isfinite(metrics["policy/kl_to_reference"])
 
 
 def test_ppo_with_reward_model_and_table10_switches(tiny_model: str, tiny_rm: str, tmp_path: Path):

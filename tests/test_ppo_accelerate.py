@@ -113,9 +113,9 @@ def test_ppo_stage_on_two_accelerate_ranks(tiny_model, isolated_results, capfd):
     err = capfd.readouterr().err
     assert "rank 0 done, torch.distributed world size 2" in err
     assert "rank 1 done, torch.distributed world size 2" in err
-    # Only rank 0 wrote into the store: one published folder, no temp folder left.
+    # Only rank 0 wrote into the store: one published folder, no working folder (or its lock) left.
     assert len(list((isolated_results / "stages" / "train_policy").iterdir())) == 1
-    assert not list((isolated_results / "stages" / ".tmp").iterdir())
+    assert not list((isolated_results / "stages" / ".work").glob("*/*"))
 
 
 def test_ray_backend_refuses_a_ppo_stage_whose_batch_does_not_split_before_submitting_anything():

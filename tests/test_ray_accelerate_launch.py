@@ -48,6 +48,6 @@ def test_reward_model_stage_on_two_accelerate_ranks(tiny_model, isolated_results
     # Both ranks really trained in one process group of 2.
     assert "rank 0 done, torch.distributed world size 2" in err
     assert "rank 1 done, torch.distributed world size 2" in err
-    # Only rank 0 wrote into the store: one published folder, no temp folder left.
+    # Only rank 0 wrote into the store: one published folder, no working folder (or its lock) left.
     assert len(list((isolated_results / "stages" / "train_reward_model").iterdir())) == 1
-    assert not list((isolated_results / "stages" / ".tmp").iterdir())
+    assert not list((isolated_results / "stages" / ".work").glob("*/*"))

@@ -3,6 +3,7 @@ the same MLflow results as the local backend, and a grid that survives a worker 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -13,7 +14,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from test_keep_going import HELPSTEER, broken_helpsteer, grid_spec  # noqa: E402, F401 (a fixture)
+from test_keep_going import HELPSTEER, grid_spec  # noqa: E402
 from test_runner import mlflow_state, tiny_grid  # noqa: E402
 
 from harness.backends import get_backend  # noqa: E402
@@ -71,13 +72,15 @@ def test_ray_grid_matches_local_backend(tiny_model, ray_instance, shared_mlflow,
 
 
 def _kill_training_worker(stage_root: Path, killed: list[int], stop: threading.Event) -> None:
-    """Wait for a train_policy temp folder with logged steps, then SIGKILL the process writing it
-    (its pid is part of the temp folder's name: see harness.cache.new_temp_dir)."""
+    """Wait for a train_policy working folder with logged steps, then SIGKILL the process writing it
+    (named in its lock: see harness.cache.work_state)."""
+    from harness import cache
+
     while not stop.is_set():
-        for folder in (stage_root / ".tmp").glob("train_policy__*"):
-            history = folder / "history.jsonl"
-            if history.exists() and history.read_text().strip():
-                pid = int(folder.name.split("__")[3])
+        for state in cache.running_work():
+            history = state.path / "history.jsonl"
+            if state.kind == "train_policy" and state.running and history.exists() and history.read_text().strip():
+                pid = int(state.writer["pid"])
                 assert pid != os.getpid()
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -108,11 +111,10 @@ def test_ray_worker_killed_mid_stage_grid_completes(tiny_model, ray_instance, sh
     metrics, children = mlflow_state("ray_kill")["algorithm.beta=0.1"]
     # prepare_data, reference_logps, train_policy, evaluate
     assert "smoke_lowercase/clean_success_rate" in metrics and len(children) == 4
-    # The killed attempt's temp folder is left behind (its writer died) and swept by the next run.
-    leftovers = [p for p in (isolated_results / "stages" / ".tmp").iterdir() if f"__{killed[0]}__" in p.name]
-    assert len(leftovers) == 1
-    run_grid(build_grid(spec), backend="ray", echo=lambda _: None)
-    assert not leftovers[0].exists()
+    # The killed attempt's working folder was reclaimed by the retry (another writer), which published it.
+    record = json.loads((published[0] / "stage.json").read_text())
+    assert record["writer"]["pid"] != killed[0]
+    assert not list((isolated_results / "stages" / ".work").glob("*/*"))
 
 
 def test_ray_backend_rejects_bad_resources_and_reports_failed_stage(ray_instance, shared_mlflow, tmp_path,
@@ -151,3 +153,38 @@ def test_ray_keep_going_reports_the_broken_data_file_and_logs_the_rest(ray_insta
     assert list(summary.failed_cells) == ["dataset=helpsteer"]
     assert f"{broken_helpsteer}:3: not UTF-8 text" in summary.failed_cells["dataset=helpsteer"]
     assert not any("train_policy" in line for line in lines if line.startswith("  submit "))
+
+
+def test_ray_stage_metrics_are_logged_live(tiny_model, ray_instance, shared_mlflow, isolated_results):
+    """Under Ray, too, the driver follows the task's working folder: a step metric of the training stage
+    is in MLflow before the stage is published, and that live run is the one finished at publication."""
+    from harness import cache, tracking
+    from harness import mlflow_layout as layout
+
+    spec = _small("ray_live", 300, (0.1,))
+    spec["baseline"] = False
+    done: list = []
+    client = tracking.client()  # the store is created before the run's thread uses it (migrations are not thread-safe)
+    runner = threading.Thread(target=lambda: done.append(run_grid(build_grid(spec), backend="ray",
+                                                                  echo=lambda _: None)))
+    runner.start()
+    read_live = None
+    try:
+        while runner.is_alive() and read_live is None:
+            exp = client.get_experiment_by_name("ray_live")
+            runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") if exp else []
+            for run in runs:
+                if run.data.tags.get(layout.TAG_STAGE_KIND) != "train_policy":
+                    continue
+                key = run.data.tags[layout.TAG_STAGE_HASH]
+                if client.get_metric_history(run.info.run_id, "train/loss") and not cache.is_complete("train_policy", key):
+                    read_live = run
+            time.sleep(0.2)
+    finally:
+        runner.join()
+    assert done and done[0].logged_cells == ["algorithm.beta=0.1"]
+    assert read_live is not None, "no step metric was read while the Ray task trained"
+    finished = client.get_run(read_live.info.run_id)
+    record = cache.read_record("train_policy", read_live.data.tags[layout.TAG_STAGE_HASH])
+    assert finished.info.status == "FINISHED" and finished.data.tags[layout.TAG_STAGE_ATTEMPT] == record["attempt"]
+    assert sorted(m.step for m in client.get_metric_history(finished.info.run_id, "train/loss")) == list(range(1, 301))

@@ -98,7 +98,9 @@ def test_table1_shape_labels_and_baseline(report):
     table = report.tables["table1"]
     assert table.label_columns == ["Source", "Dataset"]
     # No paper categories in this grid: the per-task score columns, and a note saying so.
-    assert table.columns == ["# Samples", "smoke_lowercase"]
+    # (then the compute columns of reports/compute.py: estimated training FLOPs and device-hours, measured wall)
+    assert table.columns[:2] == ["# Samples", "smoke_lowercase"] and len(table.columns) == 5
+    assert table.columns[2].startswith("Train FLOPs (est., ") and table.columns[4] == "Train wall h (measured)"
     assert any("category" in note for note in table.notes)
     assert [r.labels for r in table.rows] == [["—", "SFT baseline"], ["Built-in", "smoke-lowercase"]]
     assert table.rows[0].kind == "baseline"

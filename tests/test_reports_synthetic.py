@@ -320,13 +320,27 @@ def logged(run_id: str, metric: str) -> float | None:
     return _RUN_METRICS[run_id].get(metric)
 
 
+def ours(table) -> list:
+    """The table's rows built from this run (the paper's printed rows, reports/paper_beside.py, left out)."""
+    return [r for r in table.rows if r.kind != "paper"]
+
+
+def run_columns(table) -> list[str]:
+    """The table's columns of logged metrics (the compute columns of reports/compute.py left out)."""
+    return [c for c in table.columns if "(est., " not in c and "(measured)" not in c]
+
+
 def assert_traceable(table) -> int:
-    """Every number names its runs; every number whose metric those runs logged equals it (mean over
-    seeds, times the column's scale). Returns how many numbers were checked against MLflow."""
+    """Every number names its runs (the paper's rows: the paper's number they come from); every number
+    whose metric those runs logged equals it (mean over seeds, times the column's scale). Returns how many
+    numbers were checked against MLflow."""
     checked = 0
     for row in table.rows:
         for entry in row.entries:
             if not entry.is_number:
+                continue
+            if row.kind == "paper":
+                assert entry.metric.startswith("paper:") and not entry.run_ids, (table.name, row.labels, entry)
                 continue
             assert entry.run_ids, (table.name, row.labels, entry)
             if row.kind == "delta" or entry.text is not None or not entry.metric:
@@ -362,7 +376,7 @@ def test_every_number_traces_to_a_logged_metric(report):
         checked = assert_traceable(table)
         assert checked > 0 or name in ("table11",), name
         rows = list(csv.DictReader((report.out_dir / "tables" / f"{name}.csv").open()))
-        numbers = [r for r in rows if r["value"] != ""]
+        numbers = [r for r in rows if r["value"] != "" and r["row_kind"] != "paper"]
         assert numbers and all(r["mlflow_run_ids"] for r in numbers), name
         for run_id in {i for r in numbers for i in r["mlflow_run_ids"].split(";")} - set(_RUN_METRICS):
             assert client.get_run(run_id).info.status == "FINISHED"
@@ -373,12 +387,12 @@ def test_every_number_traces_to_a_logged_metric(report):
 def test_table1_layout_baseline_seeds_and_colouring(report):
     table = report.tables["table1"]
     assert table.label_columns == ["Source", "Dataset"]
-    assert table.columns == ["# Samples", "Factuality", "Reasoning", "Coding", "Truthfulness", "Safety",
-                             "Inst. Foll.", "Average"]
-    assert table.rows[0].kind == "baseline" and table.rows[0].labels == ["—", "SFT baseline"]
-    datasets = [r.labels[1] for r in table.rows[1:]]
+    assert run_columns(table) == ["# Samples", "Factuality", "Reasoning", "Coding", "Truthfulness", "Safety",
+                                  "Inst. Foll.", "Average"]
+    assert ours(table)[0].kind == "baseline" and ours(table)[0].labels == ["—", "SFT baseline"]
+    datasets = [r.labels[1] for r in ours(table)[1:]]
     assert sorted(datasets) == ["hh-rlhf", "nectar", "ultrafeedback-fg", "ultrafeedback-src-flan-v2", "ultrafeedback-top"]
-    assert [r.labels[0] for r in table.rows[1:]][0] == "Human"  # paper order: web, human, synthetic
+    assert [r.labels[0] for r in ours(table)[1:]][0] == "Human"  # paper order: web, human, synthetic
     uf = table.entry("ultrafeedback-fg", "Reasoning")
     assert uf.n_seeds == 2 and len(uf.run_ids) == 2
     assert uf.ci is not None and uf.ci[0] <= uf.value <= uf.ci[1]
@@ -394,13 +408,13 @@ def test_table1_layout_baseline_seeds_and_colouring(report):
 def test_table2_delta_rows_carry_paired_p_values(report):
     table = report.tables["table2"]
     for data in ("hh-rlhf", "nectar"):
-        for column in table.columns:
+        for column in run_columns(table):
             dpo, ppo = table.entry(f"{data} / DPO", column), table.entry(f"{data} / PPO", column)
             delta = table.entry(f"{data} / Δ (PPO − DPO)", column)
             assert delta.value == pytest.approx(ppo.value - dpo.value)
             if dpo.ci and ppo.ci:
                 assert delta.p_value is not None and 0 < delta.p_value <= 1 and delta.ci is not None
-    avg = table.rows[-1]
+    avg = ours(table)[-1]
     assert avg.labels[0] == "Avg. Δ b/w PPO & DPO" and avg.kind == "delta"
     j = table.columns.index("Reasoning")
     expected = np.mean([table.entry(f"{d} / Δ (PPO − DPO)", "Reasoning").value for d in ("hh-rlhf", "nectar")])
@@ -411,7 +425,7 @@ def test_table2_delta_rows_carry_paired_p_values(report):
 def test_reward_model_tables(report):
     t3 = report.tables["table3"]
     assert t3.columns == ["RewardBench", "BoN avg", "BoN Δ over SFT", "GSM Acc.", "AlpacaEval 2", "Avg. on All Evals"]
-    assert len(t3.rows) == 4
+    assert len(ours(t3)) == 4
     rb = t3.entry("tiny-random-llama RM (nectar)", "RewardBench")
     assert rb.value == pytest.approx(100 * logged(rb.run_ids[0], "rewardbench/score"))
     bon = t3.entry("tiny-random-llama RM (rm-mix)", "BoN avg")
@@ -423,10 +437,10 @@ def test_reward_model_tables(report):
     assert bon.value == pytest.approx(np.mean([np.mean(v) for v in by_cat.values()]))
     assert not t3.entry("tiny-random-llama RM (hh-rlhf)", "BoN avg").is_number  # no BoN for that RM: "—"
     t12 = report.tables["table12"]
-    assert t12.rows[0].labels == ["SFT"] and t12.rows[0].kind == "baseline" and len(t12.rows) == 3
+    assert ours(t12)[0].labels == ["SFT"] and ours(t12)[0].kind == "baseline" and len(ours(t12)) == 3
     assert t12.entry("tiny-random-llama RM (rm-mix)", "AEval 2").fmt_value() == "—"
     t13 = report.tables["table13"]
-    assert t13.columns[-1] == "Score" and len(t13.rows) == 4
+    assert t13.columns[-1] == "Score" and len(ours(t13)) == 4
     rm = report.tables["rm_eval"]
     acc = rm.entry("tiny-random-llama RM (hh-rlhf)", "Accuracy")
     assert acc.ci is not None and acc.ci[0] <= acc.value <= acc.ci[1]
@@ -434,16 +448,16 @@ def test_reward_model_tables(report):
 
 def test_prompt_policy_and_batch_tables(report):
     t4 = report.tables["table4"]
-    assert t4.label_columns == ["Reward Model", "Prompts"] and t4.rows[0].kind == "baseline"
-    assert {tuple(r.labels) for r in t4.rows[1:]} == {
+    assert t4.label_columns == ["Reward Model", "Prompts"] and ours(t4)[0].kind == "baseline"
+    assert {tuple(r.labels) for r in ours(t4)[1:]} == {
         (f"tiny-random-llama RM ({rm})", p) for rm in ("ultrafeedback-fg", "rm-mix")
         for p in ("prompts-gsm8k-train", "prompts-ultrafeedback")}
     t7 = report.tables["table7"]
-    assert [r.labels[0] for r in t7.rows] == ["SFT baseline", "ultrafeedback-fg", "ultrafeedback-src-flan-v2",
+    assert [r.labels[0] for r in ours(t7)] == ["SFT baseline", "ultrafeedback-fg", "ultrafeedback-src-flan-v2",
                                               "ultrafeedback-top"]
     t11 = report.tables["table11"]
-    assert [r.labels for r in t11.rows][0][:1] == ["64"] and [r.labels[0] for r in t11.rows][-2:] == ["512", "512"]
-    last = t11.rows[-1]
+    assert [r.labels for r in ours(t11)][0][:1] == ["64"] and [r.labels[0] for r in ours(t11)][-2:] == ["512", "512"]
+    last = ours(t11)[-1]
     assert last.labels == ["512", "64", "2", "2"]
     assert last.entries[0].text == "2x" and last.entries[1].text == "2x" and last.entries[2].text == "1x"
     assert t11.columns[3] == "Training time (h)"

@@ -103,10 +103,7 @@ def _harness(args: list[str], env: dict) -> subprocess.Popen:
 
 
 def _training_in_progress(results: Path) -> bool:
-    tmp = results / "stages" / ".tmp"
-    if not tmp.exists():
-        return False
-    for folder in tmp.glob("train_policy__*"):
+    for folder in (results / "stages" / ".work").glob("train_policy/*/"):
         history = folder / "history.jsonl"
         if history.exists() and history.read_text().strip():
             return True
@@ -137,7 +134,7 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path, tiny_m
                           capture_output=True).returncode == 0
     # Finished stages are not recomputed: the data stage is the same publication.
     assert json.loads((data_stages[0] / "stage.json").read_text())["published_at"] == published_at
-    assert not list((isolated_results / "stages" / ".tmp").iterdir()), "stale temp folders are swept"
+    assert not list((isolated_results / "stages" / ".work").glob("*/*")), "the killed stage's working folder is reclaimed"
     resumed = mlflow_state("killed")
 
     # The same grid, uninterrupted, in a separate store.

@@ -102,11 +102,11 @@ def test_kl_sweep_yaml_is_valid_with_two_reward_model_studies():
     from harness.paths import PROJECT_ROOT
     from harness.sweep import study_names
 
-    spec = load_sweep(PROJECT_ROOT / "ablations" / "kl_sweep.yaml")
+    spec = load_sweep(PROJECT_ROOT / "ablations" / "fig4_kl_sweep.yaml")
     assert [p for _, p in study_names(spec)] == [{"reward_model.dataset.max_rows": 32},
                                                  {"reward_model.dataset.max_rows": 255}]
     assert list(spec.search) == ["algorithm.kl_coef"] and spec.baseline
-    tiny = load_sweep(PROJECT_ROOT / "ablations" / "kl_sweep.yaml",
+    tiny = load_sweep(PROJECT_ROOT / "ablations" / "fig4_kl_sweep.yaml",
                       ["base.model=tiny-random-llama", "search.algorithm.kl_coef.choices=[0.1, 0.2]"])
     assert tiny.base["model"] == "tiny-random-llama" and tiny.search["algorithm.kl_coef"].choices == [0.1, 0.2]
 
@@ -161,18 +161,29 @@ def test_trials_are_cells_nested_under_the_study_and_rerun_resumes(tiny_model, s
     assert len(optuna.load_study(study_name="sweep_nest", storage=storage_url).trials) == 2
 
 
-def test_pruner_gets_train_history_and_skips_evaluation(tiny_model, shared_mlflow, isolated_results):
+def test_pruner_stops_the_training_it_prunes_and_skips_evaluation(tiny_model, shared_mlflow, isolated_results):
     # The study maximises, the pruned-on loss is minimised: the loss is reported negated (Optuna
     # compares intermediate values in the study's direction). ThresholdPruner(lower=0) then prunes
-    # any positive DPO loss at the first reported step.
+    # any positive DPO loss at the first reported step, while the stage trains (a budget of 400 steps).
+    from harness import cache, resume
+
+    budget = 400
     spec = parse_sweep(tiny_sweep("sweep_prune", n_trials=1, pruner={
         "name": "threshold", "metric": "train/loss", "direction": "minimize", "options": {"lower": 0.0}}))
-    spec.base["algorithm"]["max_steps"] = 2
+    spec.base["algorithm"]["max_steps"] = budget
     summary = run_sweep(spec, echo=quiet)["sweep_prune"]
     (trial,) = summary["trials"]
     assert trial["state"] == "PRUNED"
-    train_dirs = list((isolated_results / "stages" / "train_policy").iterdir())
-    history = [json.loads(line) for line in (train_dirs[0] / "history.jsonl").read_text().splitlines()]
+    # Stopped, not published: its partial work stays in its working folder as a resume checkpoint.
+    assert not (isolated_results / "stages" / "train_policy").exists(), "a pruned stage is never published"
+    (left,) = [s for s in cache.running_work() if s.kind == "train_policy"]
+    assert not left.running and "pruned by study sweep_prune trial 0 at step 1" in left.failure["error"]
+    work = cache.work_dir("train_policy", left.key)
+    history = [json.loads(line) for line in (work / "history.jsonl").read_text().splitlines()]
+    trained = max(int(row["step"]) for row in history)
+    checkpoint_step, _ = resume.latest(work)
+    assert checkpoint_step == trained < budget / 4, (trained, budget)
+    print(f"\npruned trial trained {trained} of its {budget} steps")
     # Reported values are the train stage's history: step 1's loss (pruned right there).
     assert trial["intermediate_values"] == {history[0]["step"]: -history[0]["train/loss"]}
     assert not (isolated_results / "stages" / "evaluate").exists(), "a pruned trial is not evaluated"
@@ -185,6 +196,11 @@ def test_pruner_gets_train_history_and_skips_evaluation(tiny_model, shared_mlflo
     assert "algorithm.beta" in pruned[0].data.params
     assert pruned[0].data.metrics["pruner/train/loss"] == pytest.approx(history[0]["train/loss"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["study/n_pruned"] == 1.0
+    # The stopped training's live curve stays in MLflow (its run ended as unfinished: FAILED).
+    (train_run,) = [r for r in runs if r.data.tags.get("harness.stage_kind") == "train_policy"]
+    assert train_run.info.status == "FAILED"
+    assert sorted(m.step for m in tracking.client().get_metric_history(train_run.info.run_id, "train/loss")) \
+        == list(range(1, trained + 1))
 
 
 def _write(tmp_path: Path, spec: dict) -> Path:
@@ -237,7 +253,7 @@ def test_two_workers_in_parallel_on_one_journal_study(tiny_model, shared_mlflow,
 
 
 def _training_started(results: Path) -> bool:
-    for folder in (results / "stages" / ".tmp").glob("train_policy__*"):
+    for folder in (results / "stages" / ".work").glob("train_policy/*/"):
         history = folder / "history.jsonl"
         if history.exists() and history.read_text().strip():
             return True
@@ -277,14 +293,14 @@ def test_sweep_killed_mid_trial_resumes_with_the_same_parameters(tiny_model, sha
 
 @pytest.mark.slow
 def test_kl_sweep_yaml_at_tiny_scale_gives_fig4_per_reward_model(tiny_model, shared_mlflow, tmp_path):
-    """ablations/kl_sweep.yaml with the tiny model and two βs per RM study: every trial run carries what
+    """ablations/fig4_kl_sweep.yaml with the tiny model and two βs per RM study: every trial run carries what
     Fig. 4 needs (the RM axis, β, the suite metric, KL, RM reward), and `harness report` draws Fig. 4
     from MLflow alone: one line per RM, one point per β, each equal to that trial's logged metric."""
     from harness.paths import PROJECT_ROOT
     from reports.build import build_report
 
     betas = [0.05, 0.2]
-    spec = load_sweep(PROJECT_ROOT / "ablations" / "kl_sweep.yaml", [
+    spec = load_sweep(PROJECT_ROOT / "ablations" / "fig4_kl_sweep.yaml", [
         "base.model=tiny-random-llama", "base.reward_model.base=tiny-random-llama",
         "base.algorithm.max_steps=1", "base.reward_model.train.max_steps=2", "base.eval.limit=2",
         f"search.algorithm.kl_coef.choices={betas}"])

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from harness.mlflow_layout import fault_point
 from harness.registry import Registry
+from harness.tracking import WALL_TIME_KEY
 
 if TYPE_CHECKING:
     from harness.generation import EngineSettings
@@ -105,19 +108,22 @@ def register(spec: AlgorithmSpec) -> AlgorithmSpec:
 
 @dataclass
 class History:
-    """Step metrics of a stage, appended as JSON lines so a crash keeps what was logged."""
+    """Step metrics of a stage, appended as JSON lines so a crash keeps what was logged: one line per
+    row {"step": n, "wall_time": t, key: value, ...}, each written whole with one write (the driver
+    follows the file while the stage runs and reads only complete lines)."""
 
     path: Path
     rows: list[dict[str, float]] = field(default_factory=list)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        clean = {k: float(v) for k, v in metrics.items() if _is_number(v) and k != WALL_TIME_KEY}
         if not clean:
             return
-        row = {"step": int(step), **clean}
+        row = {"step": int(step), WALL_TIME_KEY: time.time(), **clean}
         self.rows.append(row)
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+        fault_point(f"history_step:{int(step)}")  # tests of mid-stage resume: a kill right after step n is logged
 
 
 def _is_number(value: Any) -> bool:
@@ -158,14 +164,37 @@ def map_trl_logs(logs: dict[str, Any]) -> dict[str, float]:
 def history_callback(
     log: Callable[[dict[str, float], int], None], extra: Callable[[], dict[str, float]] | None = None
 ):
-    """A transformers `TrainerCallback` that forwards TRL's logs, renamed, to `log`.
+    """A transformers `TrainerCallback` that forwards TRL's logs, renamed, to `log`; it also reports the
+    stage's progress (step / max steps, `harness.progress`) and counts the trained tokens (`harness.usage`).
 
     `extra` (optional) returns metrics measured outside the trainer since the last log (e.g. a reward
     wrapper's sample stats); they fill common names the trainer itself does not log, never override them.
     """
     from transformers import TrainerCallback
 
+    from harness import progress, usage
+
     class _Forward(TrainerCallback):
+        hook: Any = None
+
+        def on_init_end(self, args, state, control, **kwargs):
+            # Data tokenized; what follows until the first step (e.g. DPO's reference log-probs) is preparation.
+            progress.report(phase="preparing training", force=True)
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if model is not None:
+                self.hook = usage.watch_training_forwards(model)
+            progress.report(done=state.global_step, total=state.max_steps, unit="step", phase="training", force=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            progress.report(done=state.global_step, total=state.max_steps)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.hook is not None:
+                self.hook.remove()
+                self.hook = None
+            progress.report(done=state.global_step, total=state.max_steps, phase="saving", force=True)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs:
                 metrics = map_trl_logs(logs)

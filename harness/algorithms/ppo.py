@@ -68,14 +68,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from harness import lora
+from harness import lora, resume
 from harness.algorithms.base import AlgorithmSpec, TrainContext, register
 from harness.config_fields import (
     CheckedConfig,
@@ -96,6 +95,9 @@ AdamBeta = Annotated[float, Field(ge=0, lt=1)]
 
 Messages = list[dict[str, str]]
 T = TypeVar("T")
+
+# The loop state of a resume checkpoint (harness.resume): models, optimizer, scheduler, KL controller, RNGs, data position.
+PPO_STATE_FILE = "ppo_state.pt"
 
 
 # ==================================================================================================
@@ -737,6 +739,10 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     local_minibatch = cfg.minibatch_size // world  # this rank's rollouts per forward-backward pass
     num_updates = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * len(prompts) / cfg.prompt_batch_size)
     optimizer_steps = num_updates * cfg.inner_epochs * n_minibatches // cfg.gradient_accumulation_steps
+    from harness import progress, usage
+
+    usage.watch_training_forwards(policy)  # the cost's trained tokens: the policy's training forwards
+    progress.report(done=0, total=num_updates, unit="update", phase="training", force=True)
     warmup_steps = math.ceil(cfg.warmup_ratio * optimizer_steps)
 
     def lr_factor(step: int) -> float:
@@ -762,11 +768,39 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
     reward_gain_bias: tuple[float, float] | None = None  # reward normalisation, fixed after batch 1
     stream = _prompt_stream(list(range(len(prompts))), ctx.seed)  # indices into prompts / prompt_rows
     samples_file = artifacts / "ppo_samples.jsonl"
-    if is_main:
-        samples_file.write_text("")
     start_time = time.perf_counter()
     last: dict[str, float] = {}
     global_optimizer_step = 0
+    # ---- Mid-stage resume (harness.resume): the loop's whole state after update k, reloaded after a kill. ----
+    checkpointer = resume.Checkpointer(ctx.out_dir)
+    first_update = 1
+    found = checkpointer.resume()
+    if found is not None:
+        saved = torch.load(found[1] / PPO_STATE_FILE, map_location=device, weights_only=False)
+        policy.load_state_dict(saved["policy"])
+        value_model.load_state_dict(saved["value_model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        kl_ctl.value = saved["kl_coef"]
+        reward_gain_bias = saved["reward_gain_bias"]
+        global_optimizer_step, last = saved["optimizer_steps"], saved["last"]
+        for _ in range(saved["prompts_drawn"]):  # the data position: the seeded stream replayed to where it was
+            next(stream)
+        resume.restore_rng(saved["rng"])
+        first_update = found[0] + 1
+        if is_main:
+            resume.truncate_rows(samples_file, found[0])
+            progress.report(done=found[0], force=True)
+    elif is_main:
+        samples_file.write_text("")
+
+    def save_state(folder: Path, update: int) -> None:
+        torch.save({"policy": policy.state_dict(), "value_model": value_model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "kl_coef": kl_ctl.value, "reward_gain_bias": reward_gain_bias,
+                    "optimizer_steps": global_optimizer_step, "last": last,
+                    "prompts_drawn": update * cfg.prompt_batch_size, "rng": resume.capture_rng()},
+                   folder / PPO_STATE_FILE)
 
     # The temperature of every log-prob (policy, pi_old, reference): tau, or 1 as in the authors' EasyLM.
     logprob_tau = cfg.temperature if cfg.logprobs_at_sampling_temperature else 1.0
@@ -790,7 +824,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         return {"old_logprobs": logprobs * mask, "old_values": values * mask, "advantages": advantages,
                 "returns": returns, "rewards": rewards, "kl_seq": ((logprobs - ref_logprobs) * mask).sum(1)}
 
-    for update in range(1, num_updates + 1):
+    for update in range(first_update, num_updates + 1):
         # ---- 1. Rollout: r samples per prompt from the current policy at temperature tau (cfg.temperature). ----
         t0 = time.perf_counter()
         # Every rank draws the same global batch from the same seeded stream and keeps its own slice.
@@ -921,6 +955,7 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
             metrics["train/prompts_dropped_too_long"] = float(n_dropped)
         if is_main:
             ctx.log(metrics, update)
+            progress.report(done=update)
         if is_main and ctx.checkpoint_every and update % ctx.checkpoint_every == 0 and update < num_updates:
             # Intermediate policy for the checkpoint evaluations, numbered like the history (PPO updates);
             # the final one is model/ below.
@@ -944,6 +979,16 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
                         "finished": bool(rollouts.finished[i]), "kl": float(kl_seq[i]),
                         "length": int(lengths[i]),
                     }, ensure_ascii=False) + "\n")
+        # Save (and stop, on a stop request) together: every rank sees the main process's decision.
+        decision = torch.tensor([float(checkpointer.due(update)), float(checkpointer.stop_requested() is not None)],
+                                device=device)
+        if world > 1:
+            decision = all_reduce_sum(decision)
+        if is_main and decision[0] > 0:
+            checkpointer.save(update, lambda folder, update=update: save_state(folder, update))
+        if decision[1] > 0:
+            accelerator.wait_for_everyone()
+            raise resume.StageStopped(update, checkpointer.stop_requested() or "stop requested")
 
     if world > 1:
         # DDP keeps the ranks' policies identical (same initial weights, all-reduced gradients), which is
@@ -971,73 +1016,6 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
         "train/final_loss": last.get("train/loss", math.nan),
         "train/world_size": float(world),
     }
-
-
-def evaluate_policy_reward(
-    policy_path: str,
-    prompts: Sequence[Messages],
-    *,
-    reward_model_path: str | None = None,
-    reward_function: Callable[..., list[float]] | None = None,
-    reference_path: str | None = None,
-    max_new_tokens: int = 64,
-    temperature: float = 0.7,
-    samples_per_prompt: int = 1,
-    seed: int = 0,
-    batch_size: int = 16,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Mean reward of a policy's samples on (held-out) prompts, and its KL to a reference policy.
-
-    KL is estimated on the sampled tokens as the mean over samples of sum_t (log pi - log pi_ref), with
-    log-probs at the sampling temperature (what PPO's `train/kl` logs with the default
-    `logprobs_at_sampling_temperature=True`; with False, training logs it at tau = 1). Returns (metrics, rows).
-    """
-    from transformers import AutoModelForCausalLM
-
-    from harness.generation import HFGenerator, SamplingParams
-    from harness.models import default_device, load_tokenizer, resolve_model
-
-    if (reward_model_path is None) == (reward_function is None):
-        raise ValueError("give exactly one of reward_model_path or reward_function")
-    if not prompts:
-        raise ValueError("no prompts to evaluate on")
-    device = default_device()
-    path = resolve_model(policy_path)
-    tokenizer = load_tokenizer(path)
-    policy = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
-    generated = HFGenerator(policy, tokenizer, batch_size=batch_size).generate_samples(
-        list(prompts), SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                      num_return_sequences=samples_per_prompt, seed=seed))
-    flat = [s for row in generated for s in row]
-    flat_prompts = [p for p, row in zip(prompts, generated) for _ in row]
-    ctx = TrainContext(policy_path=path, train_rows=[], config=None, out_dir=Path("."),
-                       reward_model_path=reward_model_path, reward_function=reward_function)
-    score_fn, _ = _reward_source(ctx, device)
-    # No training rows here: a verifier that reads prompt columns cannot score these prompts (it raises).
-    scores = score_fn(flat_prompts, [s.text for s in flat], [s.completion_ids for s in flat], [{} for _ in flat])
-    lengths = [len(s.completion_ids) for s in flat]
-    metrics = {
-        "policy/reward_mean": sum(scores) / len(scores),
-        "policy/reward_std": float(torch.tensor(scores).std()) if len(scores) > 1 else 0.0,
-        "policy/response_length": sum(lengths) / len(lengths),
-        "policy/truncated_frac": sum(not s.finished for s in flat) / len(flat),
-        "policy/n": float(len(flat)),
-    }
-    kls: list[float] = []
-    if reference_path is not None:
-        reference = AutoModelForCausalLM.from_pretrained(resolve_model(reference_path)).to(device).eval()
-        for start in range(0, len(flat), batch_size):
-            chunk = _to_device(pack_rollouts(flat[start : start + batch_size], flat_prompts[start : start + batch_size],
-                                             tokenizer.pad_token_id), device)
-            with torch.no_grad():
-                lp = gather_logprobs(response_logits(policy, chunk, temperature), response_tokens(chunk))
-                ref_lp = gather_logprobs(response_logits(reference, chunk, temperature), response_tokens(chunk))
-            kls += ((lp - ref_lp) * chunk.response_mask).sum(1).tolist()
-        metrics["policy/kl_to_reference"] = sum(kls) / len(kls)
-    rows = [{"prompt": _last_user_text(p), "completion": s.text, "score": sc, "finished": s.finished,
-             **({"kl": kls[i]} if kls else {})}
-            for i, (p, s, sc) in enumerate(zip(flat_prompts, flat, scores))]
-    return metrics, rows
 
 
 def _store(stats: dict[int, dict[str, torch.Tensor]], idx: torch.Tensor, batch_stats: dict[str, torch.Tensor],

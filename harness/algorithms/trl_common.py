@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from harness import resume
 from harness.algorithms.base import TrainContext
 from harness.checkpoints import trainer_save_kwargs
 from harness.config_fields import Problem
@@ -208,7 +209,7 @@ def train_and_save(trainer: Any, tok: Any, ctx: TrainContext) -> dict[str, float
     """Train (quietly: metrics go to the history, not stdout), save to out_dir/model, return the summary."""
     quiet_trainer(trainer)
     with generate_with_neutral_config(trainer.model):
-        result = trainer.train()
+        result = resume.train(trainer, ctx.out_dir, keep_every=ctx.checkpoint_every)
     save_policy(trainer, tok, ctx)
     runtime = float(result.metrics.get("train_runtime", 0.0))
     steps = float(result.global_step)

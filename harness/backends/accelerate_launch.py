@@ -4,7 +4,7 @@ The TRL trainers the algorithms use (DPO, KTO, ORPO, SimPO, GRPO, RLOO, Online D
 model's RewardTrainer) take their distributed setup from the environment `accelerate launch`
 creates (RANK, WORLD_SIZE, MASTER_ADDR, ...): the same code trains with data parallelism, each
 rank on its own GPU. What the harness adds is who writes the stage: every rank runs the stage's
-executor, but only rank 0 writes into the stage's temp folder and publishes it (TRL saves the
+executor, but only rank 0 writes into the stage's working folder and publishes it (TRL saves the
 model from the main process only); the other ranks work in a scratch folder that is removed.
 
 Selected by config through the Ray backend's per-kind resources (see docs/scale-out.md):
@@ -127,11 +127,21 @@ def _wait_published(kind: str, key: str, timeout: float = 3600.0) -> bool:
 
 
 def _report(rank: int) -> None:
-    """One line per rank: the process group the trainer really used (1 = it ran undistributed)."""
+    """One line per rank: the process group the trainer really used (1 = it ran undistributed) and the
+    distributed type accelerate chose (FSDP / DEEPSPEED only when it sharded the model)."""
     import torch.distributed as dist
 
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    print(f"harness.accelerate_launch: rank {rank} done, torch.distributed world size {world}", file=sys.stderr)
+    kind = "not initialised"
+    try:
+        from accelerate.state import PartialState
+
+        if PartialState._shared_state:
+            kind = str(getattr(PartialState().distributed_type, "value", PartialState().distributed_type))
+    except ImportError:
+        pass
+    print(f"harness.accelerate_launch: rank {rank} done, torch.distributed world size {world}, "
+          f"accelerate distributed type {kind}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

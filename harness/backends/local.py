@@ -1,13 +1,15 @@
 """The default backend: stages one after another in this process (or, with `workers > 1`, in a
-process pool that runs independent stages side by side)."""
+process pool that runs independent stages side by side, whose workers die with this process)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from harness.backends.base import BACKENDS, OnFailed, blocked_by
+from harness.processes import stage_worker_init
 from harness.stages import Stage, execute_stage
 
 
@@ -54,7 +56,9 @@ class LocalBackend:
         running: dict[Future, Stage] = {}
         failed: set[str] = set()
         ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch state shared across fork
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as pool:
+        # Workers die with this process (even on kill -9): none is left training, or idle holding its memory.
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=stage_worker_init,
+                                 initargs=(os.getpid(),)) as pool:
             while remaining or running:
                 for stage_id, stage in list(remaining.items()):
                     if blocked_by(stage, failed):

@@ -46,7 +46,7 @@ _RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory", "resources", "accelerator_ty
 # Ray keeps in its object store; workers of a local instance inherit them from the driver anyway,
 # cluster workers get them from the cluster's own environment.
 _FORWARDED_PREFIXES = ("HARNESS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "NLTK_DATA", "OMP_NUM_THREADS",
-                       "MKL_NUM_THREADS")
+                       "MKL_NUM_THREADS", "DATASETS_VERBOSITY", "TQDM_DISABLE")
 
 
 def _forwarded_env() -> dict[str, str]:
@@ -65,6 +65,9 @@ def _run_stage_task(spec: dict[str, Any], env: dict[str, str], launch: dict[str,
     refs as arguments is what makes Ray wait for them; the values themselves are not needed.
     `launch` ({num_processes, args}) runs the stage under `accelerate launch` on the task's GPUs."""
     os.environ.update(env)  # the worker process may be reused across grids with other stores
+    from harness.console import apply_quiet_from_env
+
+    apply_quiet_from_env()
     if launch:
         from harness.backends.accelerate_launch import launch_stage
 

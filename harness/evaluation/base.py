@@ -529,7 +529,7 @@ def _store_save(fingerprint: dict[str, Any], saved: dict[str, Any], samples: Pat
     tmp = cache.new_temp_dir(TASK_STORE_KIND, key)
     (tmp / "result.json").write_text(json.dumps(saved, indent=2, default=float))
     shutil.copyfile(samples, tmp / "samples.jsonl")
-    cache.publish(tmp, TASK_STORE_KIND, key, {"task": fingerprint["task"]})
+    cache.publish_temp(tmp, TASK_STORE_KIND, key, {"task": fingerprint["task"]})
 
 
 def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
@@ -596,7 +596,10 @@ def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
     unavailable: dict[str, str] = {}
     reused: list[str] = []
     notes: dict[str, str] = {}
-    for name, spec in specs.items():
+    from harness import progress
+
+    for index, (name, spec) in enumerate(specs.items()):
+        progress.report(done=index, total=len(specs), unit="task", phase=name, force=True)  # harness run/status
         samples_path = ctx.out_dir / f"{name}.samples.jsonl"
         if name in missing:
             skipped[name] = missing[name]

@@ -137,12 +137,15 @@ def cmd_judge(args: argparse.Namespace) -> int:
         settings = settings_from_args(args, params)
     reference = args.reference or params.get("judge.reference") or "sft"
     num_prompts = args.prompts or int(params.get("judge.num_prompts") or DEFAULT_NUM_PROMPTS)
+    # The grid's `judge.prompts` (e.g. a held-out split) unless --dataset names another prompt set.
+    dataset = args.dataset or (params.get("judge.prompts.name") if params.get("judge.prompts.name") not in
+                               (None, "", "None") else None)
     try:
         client = JudgeClient(settings["model"], base_url=settings["base_url"],
                              api_key_env=settings["api_key_env"], max_workers=args.workers,
                              max_retries=args.max_retries)
         report = judge_experiment(
-            args.experiment, client, reference=reference, num_prompts=num_prompts, dataset=args.dataset,
+            args.experiment, client, reference=reference, num_prompts=num_prompts, dataset=dataset,
             pairs=args.pairs, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
             n_boot=args.bootstrap, seed=args.seed, log_mlflow=not args.no_mlflow,
         )
@@ -198,7 +201,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     judge.add_argument("--reference", default=None, help="reference cell (default: sft)")
     judge.add_argument("--prompts", type=int, default=None, metavar="N", help="number of prompts (default 150)")
     judge.add_argument("--dataset", default=None, help="registered dataset to take prompts from "
-                       "(default: AlpacaEval instructions from the local data dir)")
+                       "(default: the grid's judge.prompts, else AlpacaEval instructions from the local data dir)")
     judge.add_argument("--judge-model", default=None, help="endpoint model (default gpt-4-0613)")
     judge.add_argument("--judge-base-url", default=None, help="OpenAI-compatible base URL")
     judge.add_argument("--judge-api-key-env", default=None, help="environment variable holding the key")
