@@ -162,7 +162,7 @@ class RayBackend:
         by_ref: dict[Any, Stage] = {}
         # A stage that cannot run on its accelerate ranks (PPO's batch sizes must split over them) fails
         # the grid here, before any stage is submitted, not after the stages it depends on have run.
-        from harness.backends.accelerate_launch import check_launch
+        from harness.launch import check_launch
 
         problems = [problem for stage in stages if not stage.complete
                     and (launch := self.resources[stage.kind].get("accelerate"))
