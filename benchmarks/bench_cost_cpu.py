@@ -50,7 +50,8 @@ def measure_dpo(model_name: str, batch: int, tokens: int, steps: int) -> dict[st
     from trl import DPOTrainer
 
     from harness.algorithms.base import History, TrainContext, history_callback
-    from harness.algorithms.dpo import DPOAlgoConfig, make_dpo_config, preference_dataset, quiet_trainer
+    from harness.algorithms.dpo import DPOAlgoConfig, make_dpo_config
+    from harness.algorithms.trl_common import preference_dataset, quiet_trainer
     from harness.generation import EngineSettings
     from harness.models import resolve_model
 

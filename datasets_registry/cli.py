@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.cli import print_error
+from harness.cli_errors import print_error
 from harness.registry import UnknownNameError
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ the prompt text (repeat_prompt), a second language (response_language) or hand-m
 draws repeat an instruction).
 
 Building it imports lm-eval's IFEval instruction module, which needs NLTK's `punkt_tab`
-(`harness.evaluation.common.ensure_nltk_data` finds the shared copy or says how to get it).
+(`harness.paths.ensure_nltk_data` finds the shared copy or says how to get it).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _key(text: str) -> int:
 
 
 def _raw(seed: int) -> Iterator[dict[str, Any]]:
-    from harness.evaluation.common import ensure_nltk_data
+    from harness.paths import ensure_nltk_data
 
     ensure_nltk_data()  # before the import: lm-eval's module would try to download punkt_tab
     from lm_eval.tasks.ifeval.instructions_registry import INSTRUCTION_CONFLICTS, INSTRUCTION_DICT

@@ -21,6 +21,8 @@ import importlib
 import os
 import sys
 
+from harness.cli_errors import print_error
+
 # Modules that add sub-commands: each exposes add_commands(subparsers).
 CLI_MODULES: list[str] = [
     "datasets_registry.cli",
@@ -322,18 +324,6 @@ def report_error(exc: BaseException, verbose: bool) -> int:
     if not verbose:
         print("(run with -v for the full traceback)", file=sys.stderr)
     return 2 if user else 1
-
-
-def print_error(exc: BaseException, verbose: bool | argparse.Namespace, label: str = "error") -> None:
-    """`error: <message>` on stderr, after the traceback when `verbose` (a bool, or the parsed arguments
-    whose `verbose` main() set): what every sub-command prints for an error it expects."""
-    import traceback
-
-    if isinstance(verbose, argparse.Namespace):
-        verbose = bool(getattr(verbose, "verbose", False))
-    if verbose:
-        traceback.print_exception(exc, file=sys.stderr)
-    print(f"{label}: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ cannot run under its launch settings (PPO's batch sizes must split over the rank
 data-parallel only, so an FSDP/ZeRO-3 launch does not shard it).
 
 `engine` is recorded and shown (`--dry-run`) but not applied yet: the cell-level `engine:` block of issue
-#15 is what will choose it; until then `harness.generation.make_generator` picks vLLM when it is installed
+#15 is what will choose it; until then `harness.engines.make_generator` picks vLLM when it is installed
 and a GPU is present.
 """
 
@@ -198,10 +198,26 @@ def describe(launch: dict[str, StageLaunch]) -> list[str]:
     return lines
 
 
+def check_launch(spec: dict[str, Any], num_processes: int) -> list[str]:
+    """Why the stage `spec` cannot run on `num_processes` ranks (empty if it can), known before launching.
+
+    PPO's prompt and minibatch sizes are global and split over the ranks: a size that does not split
+    would otherwise fail inside every rank, after the models are loaded (or, for a Ray grid, after the
+    stages before it have run)."""
+    if num_processes < 1:
+        return [f"accelerate.num_processes must be >= 1, got {num_processes}"]
+    algo = dict(spec["config"].get("algorithm") or {}) if spec["kind"] == "train_policy" else {}
+    if algo.pop("name", None) != "ppo":
+        return []
+    from harness.algorithms import ALGORITHMS
+    from harness.algorithms.ppo import check_world_size
+
+    return [f"stage {spec['kind']}/{spec['key']}: algorithm.{problem}"
+            for problem in check_world_size(ALGORITHMS.get("ppo").make_config(algo), num_processes)]
+
+
 def plan_problems(launch: dict[str, StageLaunch], stages: list[Any]) -> list[str]:
     """Why a planned stage cannot run under the launch settings of its kind (empty if every one can)."""
-    from harness.backends.accelerate_launch import check_launch
-
     problems: list[str] = []
     for stage in stages:
         spec = launch.get(stage.kind)

@@ -78,9 +78,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from harness import mlflow_layout as layout
 from harness import tracking
-from harness.cli import print_error
+from harness.cli_errors import print_error
 from harness.config_fields import Seed
-from harness.grid import Cell, GridError, build_grid, cell_name, read_yaml, set_dotted
+from harness.dotted_paths import set_dotted
+from harness.grid import Cell, GridError, build_grid, cell_name, read_yaml
 
 SUITE_AVERAGE = "suite_average"  # objective metric: mean of `<task>/score` over the cell's eval tasks
 

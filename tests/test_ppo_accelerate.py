@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from harness.algorithms.ppo import all_reduce_sum, whiten
-from harness.backends.accelerate_launch import check_launch, launch_stage
+from harness.backends.accelerate_launch import launch_stage
 from harness.grid import build_grid
+from harness.launch import check_launch
 from harness.stages import execute_stage, plan_cell
 
 

@@ -141,7 +141,7 @@ class EvalContext:
     def generator(self):
         """The shared generation engine, built on first use (tasks that only score do not pay for it)."""
         if self._generator is None:
-            from harness.generation import make_generator
+            from harness.engines import make_generator
 
             self._generator = make_generator(self.model_path, batch_size=self.batch_size, engine=self.engine)
         return self._generator
@@ -442,7 +442,8 @@ def resolve_task(spec: TaskSpec, settings: TaskSettings | None, *, judge: dict[s
 
 # A task's code fingerprint: its module and what it imports (anywhere in its body) from these packages,
 # except this contract (it computes no task's numbers) and package __init__s that only re-export.
-CODE_PACKAGES = ("harness.evaluation", "harness.judge", "datasets_registry")
+# harness.loglikelihood: the option scoring of MMLU and TruthfulQA (in-process), part of their results.
+CODE_PACKAGES = ("harness.evaluation", "harness.judge", "datasets_registry", "harness.loglikelihood")
 CODE_NOT_DEPENDED_ON = ("harness.evaluation", __name__, "harness.judge", "datasets_registry")
 
 _REQUIRED_HOW = {
@@ -480,7 +481,7 @@ def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
     that generates and scores (kind, precision, batching: `EvalContext.engine_key`). A finished result (a
     `harness eval --out` checkpoint, the grid's task store) is reused only when all of it is unchanged;
     shared code (the generation engine's code) is not part of it."""
-    from harness.best_of_n import model_fingerprint
+    from harness.cache import model_fingerprint
 
     used = spec.used_inputs
     return {

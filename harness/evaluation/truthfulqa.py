@@ -90,7 +90,6 @@ from harness.evaluation.common import (
     apply_limit,
     benchmark_file,
     chat_prompt_with_prefix,
-    continuation_logprobs,
     count_rows,
     describe_decoding,
     loglikelihoods,
@@ -105,6 +104,7 @@ from harness.evaluation.open_instruct import (
     tulu_chat,
 )
 from harness.generation import SamplingParams
+from harness.loglikelihood import continuation_logprobs
 
 TASK = "truthfulqa"
 # The fine-tuned judges' truth x info replaces MC2 as the fallback score only when both judges reach
