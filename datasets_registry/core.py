@@ -212,7 +212,6 @@ def _prepare_mix(spec: DatasetSpec, *, seed: int, max_rows: int | None) -> Prepa
     return mixed
 
 
-
 def source_fingerprint(name: str) -> dict[str, Any]:
     """What `prepare(name)` would read now, resolved without reading any row: the identity of the raw
     input plus the code that turns it into rows. Part of the `prepare_data` stage key, so pointing

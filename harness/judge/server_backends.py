@@ -28,7 +28,6 @@ _PAIR_RE = re.compile(
 _TRIPLE_QUOTED = re.compile(r'"""(.*?)"""', re.S)
 
 
-
 def _approx_tokens(text: str) -> int:
     """Scripted mode has no tokenizer: whitespace words stand in for tokens (usage is then approximate)."""
     return max(1, len(text.split()))
