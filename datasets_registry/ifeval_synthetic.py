@@ -26,7 +26,8 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from datasets_registry.core import DatasetSpec, register, stable_id
+from datasets_registry.core import stable_id
+from datasets_registry.spec import DatasetSpec, register
 
 _TOPICS = [
     "the history of the bicycle", "how bees make honey", "a rainy day in a big city", "learning to cook rice",

@@ -99,8 +99,8 @@ def describe_profile_plan(grid, plans, args: argparse.Namespace) -> str:
     lacks, and the cost estimate on the chosen device (`--device-profile`, else the profile's, else
     cpu-2core) at `--usd-per-hour` (else the device's list price)."""
     from harness import launch
-    from harness.cost import CostInputError
     from harness.cost_plan import DEFAULT_DEVICE, describe_cost
+    from harness.cost_profiles import CostInputError
     from harness.resolution import unresolved_inputs
     from harness.stages import unique_stages
 
@@ -123,7 +123,7 @@ def describe_profile_plan(grid, plans, args: argparse.Namespace) -> str:
 
 def check_cost_arguments(args: argparse.Namespace) -> None:
     """--device-profile names a known device, --usd-per-hour is not negative (ValueError otherwise)."""
-    from harness.cost import device_profile
+    from harness.cost_profiles import device_profile
 
     if args.device_profile is not None:
         device_profile(args.device_profile)  # CostInputError (a ValueError) listing the valid names

@@ -140,7 +140,7 @@ def parse_launch(raw: Any, where: str) -> dict[str, StageLaunch]:
                 errors.append(f"{where}.{kind}.{loc}: {err['msg'].removeprefix('Value error, ')}")
             continue
         if parsed[kind].device_profile is not None:
-            from harness.cost import CostInputError, device_profile
+            from harness.cost_profiles import CostInputError, device_profile
 
             try:
                 device_profile(parsed[kind].device_profile)

@@ -130,7 +130,7 @@ def apply_profile(raw: dict[str, Any], name: str | None, where: str, valid_keys:
         raise error(f"{where}: invalid profile {name!r}:\n  {exc}") from None
     device = spec.get("device_profile")
     if device is not None:
-        from harness.cost import CostInputError, device_profile
+        from harness.cost_profiles import CostInputError, device_profile
 
         try:
             device_profile(str(device))

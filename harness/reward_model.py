@@ -485,7 +485,7 @@ def rewardbench_fingerprint() -> str | None:
 def evaluate_rewardbench(model_path: str, out_dir: Path, batch_size: int = 16) -> tuple[dict[str, float], str | None]:
     """(metrics, skipped_reason). Reads RewardBench rows (`prompt`, `chosen`, `rejected`, `subset`: the
     hub schema) from the local data dirs; when they are absent returns no numbers and the reason."""
-    from datasets_registry.core import read_jsonl
+    from datasets_registry.raw_files import read_jsonl
 
     files = rewardbench_files()
     if not files:

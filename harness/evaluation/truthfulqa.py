@@ -202,7 +202,7 @@ def resolve_paper_judge(kind: str, name: str) -> JudgeSource:
             return JudgeSource(cached, False, "Hugging Face cache")
     except Exception:  # noqa: BLE001 - not in the cache (or not a repo id): look further
         pass
-    from datasets_registry.core import hub_disabled
+    from datasets_registry.raw_sources import hub_disabled
 
     if not hub_disabled():
         return JudgeSource(name, True, "hub")
