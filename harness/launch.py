@@ -200,6 +200,7 @@ def describe(launch: dict[str, StageLaunch]) -> list[str]:
 
 def plan_problems(launch: dict[str, StageLaunch], stages: list[Any]) -> list[str]:
     """Why a planned stage cannot run under the launch settings of its kind (empty if every one can)."""
+    from harness.algorithms import ALGORITHMS
     from harness.backends.accelerate_launch import check_launch
 
     problems: list[str] = []
@@ -208,11 +209,11 @@ def plan_problems(launch: dict[str, StageLaunch], stages: list[Any]) -> list[str
         if spec is None or spec.accelerate is None:
             continue
         problems += check_launch(stage.spec(), spec.accelerate.num_processes)
-        if stage.kind == "train_policy" and (stage.config.get("algorithm") or {}).get("name") == "ppo" \
-                and spec.accelerate.config_file:
+        name = (stage.config.get("algorithm") or {}).get("name") if stage.kind == "train_policy" else None
+        if name is not None and ALGORITHMS.get(name).data_parallel_only and spec.accelerate.config_file:
             kind = read_launch_config(config_path(spec.accelerate.config_file)).distributed_type
             problems.append(
-                f"{stage.label} {stage.key}: the project's PPO is data-parallel only (docs/scale-out.md, 'PPO on N "
+                f"{stage.label} {stage.key}: algorithm {name!r} is data-parallel only (docs/scale-out.md, 'PPO on N "
                 f"GPUs'): under {kind} it would not be sharded, and each rank holds a full policy, value, reference "
                 "and reward model")
     return problems

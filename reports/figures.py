@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 import numpy as np  # noqa: E402
 
+from harness.algorithms import spec_or_none  # noqa: E402
 from reports.data import CellRun, compact_labels, group_by_identity  # noqa: E402
 from reports.model import Entry  # noqa: E402
 from reports.names import metric_name  # noqa: E402
@@ -164,15 +165,14 @@ def fig3(ctx: ReportContext) -> FigureOutput:
 # ------------------------------------------------------------------------------------------------
 
 def kl_coefficient(cell: CellRun) -> float | None:
-    """PPO's `kl_coef`, or the β of DPO-style losses (both weigh the pull towards the reference)."""
-    for key in ("algorithm.kl_coef", "algorithm.beta"):
-        value = cell.param(key)
-        if value is not None:
-            try:
-                return float(value)
-            except ValueError:
-                return None
-    return None
+    """The cell's KL coefficient (`AlgorithmSpec.kl_coefficient_field`: PPO's `kl_coef`, the β of DPO-style
+    losses; both weigh the pull towards the reference), None for an algorithm without one."""
+    spec = spec_or_none(cell.algorithm)
+    value = cell.param(f"algorithm.{spec.kl_coefficient_field}") if spec and spec.kl_coefficient_field else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 @register("fig4", "figure", "Fig. 4: metrics vs KL coefficient per reward model",

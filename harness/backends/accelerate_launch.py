@@ -42,19 +42,22 @@ from harness import cache
 def check_launch(spec: dict[str, Any], num_processes: int) -> list[str]:
     """Why the stage `spec` cannot run on `num_processes` ranks (empty if it can), known before launching.
 
-    PPO's prompt and minibatch sizes are global and split over the ranks: a size that does not split
-    would otherwise fail inside every rank, after the models are loaded (or, for a Ray grid, after the
-    stages before it have run)."""
+    An algorithm's sizes that are global and split over the ranks (`AlgorithmSpec.launch_problems`, e.g.
+    PPO's prompt and minibatch sizes): a size that does not split would otherwise fail inside every rank,
+    after the models are loaded (or, for a Ray grid, after the stages before it have run)."""
     if num_processes < 1:
         return [f"accelerate.num_processes must be >= 1, got {num_processes}"]
     algo = dict(spec["config"].get("algorithm") or {}) if spec["kind"] == "train_policy" else {}
-    if algo.pop("name", None) != "ppo":
+    name = algo.pop("name", None)
+    if name is None:
         return []
     from harness.algorithms import ALGORITHMS
-    from harness.algorithms.ppo import check_world_size
 
+    algorithm = ALGORITHMS.get(name)
+    if algorithm.launch_problems is None:
+        return []
     return [f"stage {spec['kind']}/{spec['key']}: algorithm.{problem}"
-            for problem in check_world_size(ALGORITHMS.get("ppo").make_config(algo), num_processes)]
+            for problem in algorithm.launch_problems(algorithm.make_config(algo), num_processes)]
 
 
 def launch_stage(spec: dict[str, Any], num_processes: int, args: list[str] | tuple[str, ...] = ()) -> str:
