@@ -2,8 +2,10 @@
 
 An algorithm is an `AlgorithmSpec`: what data it consumes, what it needs (reference model, reward
 model or reward function), a config dataclass whose defaults are the paper's (or the method's
-published) hyperparameters, and a `train(ctx)` function. Adding an algorithm is one module with one
-`ALGORITHMS.register(...)` line, imported in `harness/algorithms/__init__.py`.
+published) hyperparameters, a `train(ctx)` function, and its capabilities (online or offline, its KL
+coefficient's field, launch constraints, ...): the rest of the harness reads those fields and never
+names an algorithm. Adding an algorithm is one module with one `register(AlgorithmSpec(...))` call,
+imported in `harness/algorithms/__init__.py` (README, "Adding an algorithm or a task").
 """
 
 from __future__ import annotations
