@@ -137,7 +137,7 @@ def test_new_algorithm_and_task_are_validated_and_planned_from_their_specs(regis
         BestOfNEval(tasks=[TASK, "policy_kl"])
 
 
-@pytest.mark.slow  # about 20 s of CPU (80 s wall on the shared 2-core machine); the plan test above is the fast one
+@pytest.mark.slow  # 28-83 s on the shared 2-core machine (load 7-11); the plan test above is the fast one
 def test_new_algorithm_and_task_run_sweep_and_appear_in_the_report(registered, tiny_model, one_thread, tmp_path):
     from harness import tracking
     from harness.grid import build_grid
