@@ -18,7 +18,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 import numpy as np  # noqa: E402
 
-from harness.algorithms import spec_or_none  # noqa: E402
 from reports.data import CellRun, compact_labels, group_by_identity  # noqa: E402
 from reports.model import Entry  # noqa: E402
 from reports.names import metric_name  # noqa: E402
@@ -167,6 +166,8 @@ def fig3(ctx: ReportContext) -> FigureOutput:
 def kl_coefficient(cell: CellRun) -> float | None:
     """The cell's KL coefficient (`AlgorithmSpec.kl_coefficient_field`: PPO's `kl_coef`, the β of DPO-style
     losses; both weigh the pull towards the reference), None for an algorithm without one."""
+    from harness.algorithms import spec_or_none  # here: importing every algorithm costs seconds (torch)
+
     spec = spec_or_none(cell.algorithm)
     value = cell.param(f"algorithm.{spec.kl_coefficient_field}") if spec and spec.kl_coefficient_field else None
     try:

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harness.algorithms import spec_or_none
-from harness.evaluation.paper_suite import PAPER_BEST_OF_N_COLUMNS
 from reports.data import CellRun, compact_labels, describe_overrides, group_by_identity
 from reports.examples import task_categories
 from reports.model import Entry, ReportTable, Row
@@ -31,6 +29,8 @@ _SOURCE_ORDER = {"web": 0, "human": 1, "synthetic": 2, "mixed": 3, "built-in": 4
 
 def is_online(cell: CellRun) -> bool:
     """The cell's algorithm samples from its policy while it trains (`AlgorithmSpec.online`: PPO, GRPO, ...)."""
+    from harness.algorithms import spec_or_none  # here: importing every algorithm costs seconds (torch)
+
     spec = spec_or_none(cell.algorithm)
     return spec is not None and spec.online
 
@@ -236,8 +236,11 @@ def bon_metrics(cell: CellRun) -> dict[str, dict[str, float]]:
     return out
 
 
-# Table 12's (header, task) columns: the paper's best-of-N benchmarks (`SUITES["paper-bon"]`).
-BON_TASKS: list[tuple[str, str]] = [(header, task) for task, header in PAPER_BEST_OF_N_COLUMNS.items()]
+def bon_columns() -> list[tuple[str, str]]:
+    """Table 12's (header, task) columns: the paper's best-of-N benchmarks (`SUITES["paper-bon"]`)."""
+    from harness.evaluation.paper_suite import PAPER_BEST_OF_N_COLUMNS
+
+    return [(header, task) for task, header in PAPER_BEST_OF_N_COLUMNS.items()]
 
 
 def _category_average(scores: dict[str, float]) -> float | None:
@@ -295,9 +298,10 @@ def table12(ctx: ReportContext) -> ReportTable:
             picked.append((label, cell, next(iter(bon_metrics(cell).values()))))
     # Tasks outside the paper's eight (e.g. a small grid's custom task) get columns after them, so every
     # logged best-of-N score is shown (as `suite_columns` does for the other tables).
-    paper = {t for _, t in BON_TASKS}
+    paper_columns = bon_columns()
+    paper = {t for _, t in paper_columns}
     extra = sorted({k[:-6] for _, _, bon in picked for k in bon if k.endswith("/score") and "/" not in k[:-6]} - paper)
-    columns = BON_TASKS + [(t, t) for t in extra]
+    columns = paper_columns + [(t, t) for t in extra]
     table = ReportTable("table12", "Table 12: best-of-N evaluation",
                         "The SFT model's own answers (first row) vs the best of N SFT samples picked by each "
                         "reward model.", ["Model"], [c for c, _ in columns])
