@@ -237,6 +237,14 @@ def reference_workload(stage: Any, mapping: Mapping) -> PairwiseTraining:
                             reference="precomputed", reference_only=True, label=f"reference {config['model']}")
 
 
+def _reference_pass(spec: Any) -> str:
+    """How an offline algorithm's reference model costs, from its spec: none (reference-free), one pass
+    before training (it takes precomputed reference log-probs), or a forward with every step."""
+    if not spec.needs_reference:
+        return "none"
+    return "precomputed" if spec.reference_logps else "per_step"
+
+
 def policy_workload(stage: Any, mapping: Mapping) -> Workload:
     from harness.algorithms import ALGORITHMS
 
@@ -260,7 +268,7 @@ def policy_workload(stage: Any, mapping: Mapping) -> Workload:
             epochs=algo.get("num_train_epochs", 1.0),
             batch_size=algo.get("per_device_train_batch_size", 1) * algo.get("gradient_accumulation_steps", 1) * processes,
             max_length=algo.get("max_length", 2048), max_steps=algo.get("max_steps", -1),
-            reference=reference or cost.OFFLINE_REFERENCE.get(name, "per_step"), label=label)
+            reference=reference or _reference_pass(spec), label=label)
     prompts = mapping.rows(data)
     lengths = _lengths(data, mapping)
     reward = _reward_shape(stage, mapping, policy)

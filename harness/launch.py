@@ -201,34 +201,39 @@ def describe(launch: dict[str, StageLaunch]) -> list[str]:
 def check_launch(spec: dict[str, Any], num_processes: int) -> list[str]:
     """Why the stage `spec` cannot run on `num_processes` ranks (empty if it can), known before launching.
 
-    PPO's prompt and minibatch sizes are global and split over the ranks: a size that does not split
-    would otherwise fail inside every rank, after the models are loaded (or, for a Ray grid, after the
-    stages before it have run)."""
+    An algorithm's sizes that are global and split over the ranks (`AlgorithmSpec.launch_problems`, e.g.
+    PPO's prompt and minibatch sizes): a size that does not split would otherwise fail inside every rank,
+    after the models are loaded (or, for a Ray grid, after the stages before it have run)."""
     if num_processes < 1:
         return [f"accelerate.num_processes must be >= 1, got {num_processes}"]
     algo = dict(spec["config"].get("algorithm") or {}) if spec["kind"] == "train_policy" else {}
-    if algo.pop("name", None) != "ppo":
+    name = algo.pop("name", None)
+    if name is None:
         return []
     from harness.algorithms import ALGORITHMS
-    from harness.algorithms.ppo import check_world_size
 
+    algorithm = ALGORITHMS.get(name)
+    if algorithm.launch_problems is None:
+        return []
     return [f"stage {spec['kind']}/{spec['key']}: algorithm.{problem}"
-            for problem in check_world_size(ALGORITHMS.get("ppo").make_config(algo), num_processes)]
+            for problem in algorithm.launch_problems(algorithm.make_config(algo), num_processes)]
 
 
 def plan_problems(launch: dict[str, StageLaunch], stages: list[Any]) -> list[str]:
     """Why a planned stage cannot run under the launch settings of its kind (empty if every one can)."""
+    from harness.algorithms import ALGORITHMS
+
     problems: list[str] = []
     for stage in stages:
         spec = launch.get(stage.kind)
         if spec is None or spec.accelerate is None:
             continue
         problems += check_launch(stage.spec(), spec.accelerate.num_processes)
-        if stage.kind == "train_policy" and (stage.config.get("algorithm") or {}).get("name") == "ppo" \
-                and spec.accelerate.config_file:
+        name = (stage.config.get("algorithm") or {}).get("name") if stage.kind == "train_policy" else None
+        if name is not None and ALGORITHMS.get(name).data_parallel_only and spec.accelerate.config_file:
             kind = read_launch_config(config_path(spec.accelerate.config_file)).distributed_type
             problems.append(
-                f"{stage.label} {stage.key}: the project's PPO is data-parallel only (docs/scale-out.md, 'PPO on N "
+                f"{stage.label} {stage.key}: algorithm {name!r} is data-parallel only (docs/scale-out.md, 'PPO on N "
                 f"GPUs'): under {kind} it would not be sharded, and each rank holds a full policy, value, reference "
                 "and reward model")
     return problems

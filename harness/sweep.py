@@ -403,11 +403,10 @@ def _cell_run(experiment_id: str, cell: Cell, cell_key: str) -> Any:
 
 
 def _kl_coefficient(cell: Cell) -> Any:
+    from harness.algorithms import ALGORITHMS
+
     algo = cell.resolved().get("algorithm") or {}
-    for name in ("beta", "kl_coef"):  # DPO/GRPO/... call it beta, PPO kl_coef (paper Eq. 2's beta)
-        if name in algo:
-            return algo[name]
-    return None
+    return ALGORITHMS.get(algo["name"]).kl_coefficient(algo) if algo else None
 
 
 def metric_value(metrics: dict[str, float], metric: str, tasks: list[str], cell: str) -> float:

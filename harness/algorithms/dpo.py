@@ -121,4 +121,5 @@ register(AlgorithmSpec(
     defaults_source="Ivison et al. 2024, App. F.1 (3 epochs, lr 5e-7, 10% warm-up, linear decay, beta 0.1)",
     description="Direct Preference Optimization, sigmoid loss (paper Eq. 3)",
     reference_logps=True,
+    kl_coefficient_field="beta",
 ))

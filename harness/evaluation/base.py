@@ -213,6 +213,10 @@ class TaskSpec:
     # describe(settings, limit) -> TaskProtocol: what the task will do, without running a model (for
     # `harness eval --dry-run`); None = the task says nothing beyond its description.
     describe: Callable[[Any, int | None], TaskProtocol] | None = None
+    # Why the task cannot score best-of-N picks (`eval.best_of_n`), or "" when it scores whatever text it is
+    # given: a task that scores the model itself (log-likelihoods, KL, its own generations) would measure the
+    # SFT model through best-of-N and be mislabelled as the reward model's. Set, `best_of_n.tasks` refuses it.
+    not_best_of_n: str = ""
 
     @property
     def group(self) -> str:

@@ -233,4 +233,5 @@ register_task(TaskSpec(
     data_files=lambda _settings: subject_files(),
     uses=(),
     describe=describe,
+    not_best_of_n="scores answer log-likelihoods",
 ))

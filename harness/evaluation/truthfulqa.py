@@ -562,5 +562,6 @@ register_task(TaskSpec(
     settings=TruthfulQASettings(),
     data_files=data_files,
     uses=("judge",),  # optional: without one, the MC2 (and fine-tuned judges') fallbacks only
+    not_best_of_n="its offline score is log-likelihood MC2",
 ))
 
