@@ -112,7 +112,7 @@ def grid_spec(experiment: str, **algorithm: Any) -> dict[str, Any]:
 
 
 def test_new_algorithm_and_task_are_validated_and_planned_from_their_specs(registered, tiny_model):
-    from harness.backends.accelerate_launch import check_launch
+    from harness.launch import check_launch
     from harness.config import BestOfNEval
     from harness.grid import GridError, build_grid
     from harness.runner import plan_grid
