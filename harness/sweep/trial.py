@@ -19,74 +19,6 @@ from harness.sweep.study import find_study_run, log_pruned_trial, logged_trial_r
 SUITE_AVERAGE = "suite_average"  # objective metric: mean of `<task>/score` over the cell's eval tasks
 
 
-def metric_value(metrics: dict[str, float], metric: str, tasks: list[str], cell: str) -> float:
-    if metric == SUITE_AVERAGE:
-        scores = [metrics[f"{task}/score"] for task in tasks if f"{task}/score" in metrics]
-        if not scores:
-            raise SweepError(f"objective {SUITE_AVERAGE}: cell {cell} has no `<task>/score` metric "
-                             f"(tasks {tasks} produced none)")
-        return sum(scores) / len(scores)
-    if metric not in metrics:
-        raise SweepError(f"objective metric {metric!r} was not logged for cell {cell}; logged metrics: "
-                         f"{', '.join(sorted(metrics))}")
-    value = float(metrics[metric])
-    if not math.isfinite(value):
-        raise SweepError(f"objective metric {metric!r} of cell {cell} is {value}")
-    return value
-
-
-
-@dataclass
-class TrainingReporter:
-    """The live channel's observer (`run_grid(on_rows=...)`, `harness.live`) of one trial: each new step of
-    the trial's train_policy stage that has the pruner's metric is reported to Optuna as it is logged
-    (negated when the pruner's direction differs from the study's); when the pruner says prune, a stop
-    request goes to the stage's working folder (`harness.resume.request_stop`): its trainer saves a resume
-    checkpoint after the current step and ends, and the stage is never published."""
-
-    trial: Any
-    metric: str
-    sign: float
-    stage: Any  # the trial's train_policy Stage
-    reason: str
-    echo: Callable[[str], None] = print
-    reported: list[tuple[int, float]] = field(default_factory=list)
-    pruned_at: int | None = None
-    keys_seen: set[str] = field(default_factory=set)
-    error: Exception | None = None
-
-    def __call__(self, stage: Any, attempt: str, rows: list[dict[str, Any]]) -> None:
-        if stage.id != self.stage.id or self.pruned_at is not None:
-            return
-        from harness import cache, resume
-
-        done = {step for step, _ in self.reported}
-        try:
-            for row in rows:
-                self.keys_seen.update(row)
-                if self.metric not in row or int(row["step"]) in done:  # a resumed attempt replays its first steps
-                    continue
-                step, value = int(row["step"]), self.sign * float(row[self.metric])
-                self.trial.report(value, step)
-                self.reported.append((step, value))
-                done.add(step)
-                if self.trial.should_prune():
-                    self.pruned_at = step
-                    self.echo(f"trial {self.trial.number}: pruned at step {step} "
-                              f"({self.metric} = {row[self.metric]:.4g})")
-                    resume.request_stop(cache.work_dir(stage.kind, stage.key), f"{self.reason} at step {step}")
-                    return
-        except Exception as exc:  # noqa: BLE001 - called in the driver's logger thread: raised by check_reported
-            self.error = exc
-
-    def check_reported(self) -> None:
-        if self.error is not None:
-            raise SweepError(f"reporting {self.metric!r} to the study failed: {self.error}") from self.error
-        if not self.reported:
-            raise SweepError(f"pruner.metric {self.metric!r} is not in the train stage's history "
-                             f"({self.stage.id}); history keys: {sorted(self.keys_seen - {'step', 'wall_time'})}")
-
-
 @dataclass
 class SweepWorker:
     """Runs trials of one study in this process."""
@@ -194,3 +126,70 @@ class SweepWorker:
             if not any(t.number < trial.number for t in running):
                 return next((t for t in twins if t.state == TrialState.COMPLETE), None)
             time.sleep(2.0)
+
+
+@dataclass
+class TrainingReporter:
+    """The live channel's observer (`run_grid(on_rows=...)`, `harness.live`) of one trial: each new step of
+    the trial's train_policy stage that has the pruner's metric is reported to Optuna as it is logged
+    (negated when the pruner's direction differs from the study's); when the pruner says prune, a stop
+    request goes to the stage's working folder (`harness.resume.request_stop`): its trainer saves a resume
+    checkpoint after the current step and ends, and the stage is never published."""
+
+    trial: Any
+    metric: str
+    sign: float
+    stage: Any  # the trial's train_policy Stage
+    reason: str
+    echo: Callable[[str], None] = print
+    reported: list[tuple[int, float]] = field(default_factory=list)
+    pruned_at: int | None = None
+    keys_seen: set[str] = field(default_factory=set)
+    error: Exception | None = None
+
+    def __call__(self, stage: Any, attempt: str, rows: list[dict[str, Any]]) -> None:
+        if stage.id != self.stage.id or self.pruned_at is not None:
+            return
+        from harness import cache, resume
+
+        done = {step for step, _ in self.reported}
+        try:
+            for row in rows:
+                self.keys_seen.update(row)
+                if self.metric not in row or int(row["step"]) in done:  # a resumed attempt replays its first steps
+                    continue
+                step, value = int(row["step"]), self.sign * float(row[self.metric])
+                self.trial.report(value, step)
+                self.reported.append((step, value))
+                done.add(step)
+                if self.trial.should_prune():
+                    self.pruned_at = step
+                    self.echo(f"trial {self.trial.number}: pruned at step {step} "
+                              f"({self.metric} = {row[self.metric]:.4g})")
+                    resume.request_stop(cache.work_dir(stage.kind, stage.key), f"{self.reason} at step {step}")
+                    return
+        except Exception as exc:  # noqa: BLE001 - called in the driver's logger thread: raised by check_reported
+            self.error = exc
+
+    def check_reported(self) -> None:
+        if self.error is not None:
+            raise SweepError(f"reporting {self.metric!r} to the study failed: {self.error}") from self.error
+        if not self.reported:
+            raise SweepError(f"pruner.metric {self.metric!r} is not in the train stage's history "
+                             f"({self.stage.id}); history keys: {sorted(self.keys_seen - {'step', 'wall_time'})}")
+
+
+def metric_value(metrics: dict[str, float], metric: str, tasks: list[str], cell: str) -> float:
+    if metric == SUITE_AVERAGE:
+        scores = [metrics[f"{task}/score"] for task in tasks if f"{task}/score" in metrics]
+        if not scores:
+            raise SweepError(f"objective {SUITE_AVERAGE}: cell {cell} has no `<task>/score` metric "
+                             f"(tasks {tasks} produced none)")
+        return sum(scores) / len(scores)
+    if metric not in metrics:
+        raise SweepError(f"objective metric {metric!r} was not logged for cell {cell}; logged metrics: "
+                         f"{', '.join(sorted(metrics))}")
+    value = float(metrics[metric])
+    if not math.isfinite(value):
+        raise SweepError(f"objective metric {metric!r} of cell {cell} is {value}")
+    return value
