@@ -29,7 +29,7 @@ CLI_MODULES: list[str] = [
     "harness.evaluation.cli",  # harness eval
     "reports.cli",  # harness report
     "harness.judge.cli",  # harness judge, harness serve-judge
-    "harness.sweep",  # harness sweep
+    "harness.sweep.cli",  # harness sweep
     "harness.status",  # harness status
 ]
 

@@ -112,9 +112,9 @@ def grid_spec(experiment: str, **algorithm: Any) -> dict[str, Any]:
 
 
 def test_new_algorithm_and_task_are_validated_and_planned_from_their_specs(registered, tiny_model):
-    from harness.backends.accelerate_launch import check_launch
     from harness.config import BestOfNEval
     from harness.grid import GridError, build_grid
+    from harness.launch import check_launch
     from harness.runner import plan_grid
 
     grid = build_grid(grid_spec("ext_plan", kl_weight=0.2))
@@ -142,7 +142,8 @@ def test_new_algorithm_and_task_run_sweep_and_appear_in_the_report(registered, t
     from harness import tracking
     from harness.grid import build_grid
     from harness.runner import run_grid
-    from harness.sweep import parse_sweep, run_sweep
+    from harness.sweep.spec import parse_sweep
+    from harness.sweep.workers import run_sweep
     from reports.build import build_report
 
     # A real run on the tiny model: the algorithm trains, the task evaluates the policy and the baseline.

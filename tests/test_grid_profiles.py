@@ -22,7 +22,8 @@ from harness.paths import PROJECT_ROOT, shared_data_dir
 from harness.profiles import profile_names
 from harness.runner import plan_grid
 from harness.stages import unique_stages
-from harness.sweep import SweepError, _probe_plans, load_sweep
+from harness.sweep.plan import _probe_plans
+from harness.sweep.spec import SweepError, load_sweep
 
 ABLATIONS = PROJECT_ROOT / "ablations"
 PROFILE_FILES = sorted(p for p in ABLATIONS.glob("*.yaml") if "profiles" in yaml.safe_load(p.read_text()))
@@ -65,7 +66,7 @@ def test_every_grid_validates_and_plans_at_every_profile_offline(path, capsys):
         assert main(command) == 0, (path.name, profile)
         out = capsys.readouterr().out
         assert "cost estimate on" in out or "cost on" in out, (path.name, profile)
-        # the estimate itself, not "cost estimate on DEVICE: not available: <why>" (harness/cli.py, harness/sweep.py)
+        # the estimate itself, not "cost estimate on DEVICE: not available: <why>" (harness/cli.py, harness/sweep/plan.py)
         assert ": not available: " not in out, (path.name, profile, out[-500:])
 
 

@@ -59,7 +59,9 @@ def test_tiny_profile_runs_end_to_end_and_builds_its_report(path, tmp_path, monk
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     is_sweep = "search" in yaml.safe_load(path.read_text())
     if is_sweep:
-        from harness.sweep import load_sweep, run_sweep, unresolved_sweep_inputs
+        from harness.sweep.plan import unresolved_sweep_inputs
+        from harness.sweep.spec import load_sweep
+        from harness.sweep.workers import run_sweep
 
         spec = load_sweep(path, profile="tiny")
         missing = unresolved_sweep_inputs(spec)

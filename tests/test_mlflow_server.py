@@ -154,7 +154,8 @@ def postgres() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_team_setup_postgres_mlflow_server_and_optuna_storage(tiny_model, tmp_path, monkeypatch, postgres):
-    from harness.sweep import parse_sweep, run_sweep
+    from harness.sweep.spec import parse_sweep
+    from harness.sweep.workers import run_sweep
 
     url, proc = start_mlflow_server(f"{postgres}/mlflow", tmp_path / "artifacts", tmp_path / "server.log")
     try:

@@ -18,7 +18,9 @@ import yaml
 from optuna.trial import TrialState
 
 from harness import tracking
-from harness.sweep import SweepError, load_sweep, open_storage, parse_sweep, run_sweep
+from harness.sweep.optuna_factories import open_storage
+from harness.sweep.spec import SweepError, load_sweep, parse_sweep
+from harness.sweep.workers import run_sweep
 
 TINY_DPO = {"name": "dpo", "max_steps": 1, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
             "max_length": 64, "learning_rate": 1e-4}
@@ -100,7 +102,7 @@ def test_sweep_values_out_of_range_and_unreadable_files_fail_at_load(tmp_path):
 
 def test_kl_sweep_yaml_is_valid_with_two_reward_model_studies():
     from harness.paths import PROJECT_ROOT
-    from harness.sweep import study_names
+    from harness.sweep.spec import study_names
 
     spec = load_sweep(PROJECT_ROOT / "ablations" / "fig4_kl_sweep.yaml")
     assert [p for _, p in study_names(spec)] == [{"reward_model.dataset.max_rows": 32},
