@@ -1,4 +1,4 @@
-"""Generation speed: every in-process engine option of `harness.generation` against lm-eval's HF backend.
+"""Generation speed: every in-process engine option of `harness.hf_engine` against lm-eval's HF backend.
 
 Engines (same model weights, same prompts, greedy, same max new tokens and stop strings):
 - the project's `HFGenerator` with `static` and `compact` batching (finished-row compaction), each in
@@ -77,7 +77,8 @@ def _engines(args: argparse.Namespace, stop: list[str], max_new_tokens: int
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from harness.generation import EngineSettings, HFGenerator, SamplingParams
+    from harness.generation import EngineSettings, SamplingParams
+    from harness.hf_engine import HFGenerator
     from harness.models import load_causal_lm, resolve_model
 
     path = resolve_model(args.model)

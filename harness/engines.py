@@ -1,15 +1,16 @@
 """Choosing an engine: the `Generator` that `EngineSettings` describe for a model.
 
-Above both engine modules: `harness.generation` (the interface, the settings and the in-process
-`HFGenerator`) and `harness.openai_engine` (OpenAI-compatible servers, and `vllm serve` started for
-the model), which builds on the first.
+Above the engine modules: `harness.generation` (the interface and the settings), `harness.hf_engine`
+(the in-process `HFGenerator`) and `harness.openai_engine` (OpenAI-compatible servers, and `vllm serve`
+started for the model), both built on the first.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from harness.generation import EngineSettings, HFGenerator
+from harness.generation import EngineSettings
+from harness.hf_engine import HFGenerator
 
 
 def make_generator(name_or_path: str, batch_size: int = 16, engine: EngineSettings | None = None,

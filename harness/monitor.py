@@ -185,7 +185,8 @@ def measure(model_path: str, reference: Any, reference_tokenizer: Any, rows: lis
 def _refusal_rates(policy: Any, tok: Any, rows: list[dict[str, Any]], batch_size: int) -> dict[str, float]:
     """Greedy answers to XSTest prompts, refusals by XSTest's string-match rule, per label."""
     from harness.evaluation.xstest import is_refusal_stringmatch
-    from harness.generation import HFGenerator, SamplingParams
+    from harness.generation import SamplingParams
+    from harness.hf_engine import HFGenerator
 
     outputs = HFGenerator(policy, tok, batch_size=batch_size).generate(
         [[{"role": "user", "content": r["prompt"]}] for r in rows], SamplingParams(max_new_tokens=64, temperature=0.0))

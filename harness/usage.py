@@ -9,7 +9,7 @@ stage; they cost one tensor sum per training forward or generate call:
 - tokens generated: new tokens of every `transformers` `generate` call (each row up to its first EOS: the
   static engine, TRL's online trainers' rollouts, lm-eval), through one wrapper around
   `GenerationMixin.generate` installed while a stage is measured; the engines that decode without it add
-  theirs with `count_generated` (`harness.generation`'s compact and continuous batchings, the
+  theirs with `count_generated` (`harness.hf_engine`'s compact and continuous batchings, the
   OpenAI-compatible engine from the server's reported completion tokens).
 Not counted: evaluation's log-likelihood scoring (lm-eval multiple choice), reward-model scoring.
 """

@@ -231,7 +231,8 @@ def varied_model(tmp_path_factory, tiny_model: str) -> str:
     prompt), saved with an EOS that some answers reach at different steps and others never do."""
     import torch
 
-    from harness.generation import HFGenerator, SamplingParams
+    from harness.generation import SamplingParams
+    from harness.hf_engine import HFGenerator
     from harness.models import load_causal_lm
 
     model, tok = load_causal_lm(tiny_model, dtype="float32")

@@ -13,7 +13,8 @@ import pytest
 
 from datasets_registry import prepare
 from harness.algorithms import ALGORITHMS, TrainContext
-from harness.generation import EngineSettings, HFGenerator
+from harness.generation import EngineSettings
+from harness.hf_engine import HFGenerator
 from harness.rewards import REWARD_FUNCTIONS
 
 

@@ -592,7 +592,7 @@ def _register(name: str, category: str, score: float | None) -> str:
 
 
 def test_overall_is_withheld_when_a_benchmark_has_no_score(tmp_path: Path):
-    from harness.evaluation.base import aggregate_categories
+    from harness.evaluation.aggregation import aggregate_categories
 
     # The paper's Tulu 2 13B SFT row (Table 1 categories; safety = ToxiGen and XSTest, Table 12's 85.3)
     scores = {"factuality": [55.4], "reasoning": [47.8], "coding": [45.1], "truthfulness": [56.6],
@@ -661,7 +661,7 @@ def test_dry_run_lists_what_each_task_will_do(capsys, hub_off, monkeypatch, shar
 
 
 def test_dry_run_overall_rule_is_the_aggregation_rule():
-    from harness.evaluation.base import aggregate_categories, aggregation_plan
+    from harness.evaluation.aggregation import aggregate_categories, aggregation_plan
 
     averaged, incomplete, with_overall = aggregation_plan(list(PAPER11), set())
     assert with_overall and incomplete == {} and averaged["safety"] == ["toxigen", "xstest"]

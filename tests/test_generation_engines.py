@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.generation import (
-    EngineSettings,
-    HFGenerator,
-    SamplingParams,
-    finish_row,
-    native_bf16,
-    prompt_seeds_for,
-)
+from harness.generation import EngineSettings, SamplingParams, native_bf16, prompt_seeds_for
+from harness.hf_engine import HFGenerator, finish_row
 
 
 def _generator(path: str, batching: str, dtype: str = "float32", batch_size: int = 3) -> HFGenerator:

@@ -579,7 +579,8 @@ def test_generated_tokens_are_counted_once_whatever_the_batching(batching, tiny_
     """The cost's generated tokens: each sample's tokens up to its first EOS, counted once, whether the
     engine calls `generate` (static: the harness.usage wrapper) or decodes itself (compact)."""
     from harness import usage
-    from harness.generation import HFGenerator, SamplingParams
+    from harness.generation import SamplingParams
+    from harness.hf_engine import HFGenerator
     from harness.models import load_causal_lm
 
     model, tok = load_causal_lm(tiny_model)

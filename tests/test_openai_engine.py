@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.generation import EngineSettings, HFGenerator, SamplingParams
+from harness.generation import EngineSettings, SamplingParams
+from harness.hf_engine import HFGenerator
 from harness.judge.server import make_server
 from harness.models import load_tokenizer
 from harness.openai_engine import (

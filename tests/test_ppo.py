@@ -146,7 +146,8 @@ def test_trimmed_minibatch_gives_the_same_logprobs_and_values(tiny_model: str):
         response_tokens,
         response_values,
     )
-    from harness.generation import HFGenerator, SamplingParams
+    from harness.generation import SamplingParams
+    from harness.hf_engine import HFGenerator
     from harness.models import load_tokenizer
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ Each test runs on a tiny Llama whose generation config sets repetition_penalty, 
 no_repeat_ngram_size, top_k, top_p, .... Where `generate` samples (TRL, policy_kl), it is only
 instrumented to also return its processed scores (what it sampled from) and raw logits, which must
 satisfy scores == logits / tau. `HFGenerator` samples each row with its own seeded generator through
-`harness.generation.sample_rows` (every batching: inside `generate` for `static`, in its own decode loop
+`harness.hf_engine.sample_rows` (every batching: inside `generate` for `static`, in its own decode loop
 for `compact`); that function is instrumented to record what each row was sampled from, which must be
 the policy's teacher-forced logits (PPO's `response_logits`) at temperature tau, nothing else applied."""
 
@@ -22,7 +22,8 @@ import torch
 
 from harness.algorithms import ALGORITHMS, TrainContext
 from harness.algorithms.ppo import PPOConfig, pack_rollouts, response_logits
-from harness.generation import HFGenerator, SamplingParams
+from harness.generation import SamplingParams
+from harness.hf_engine import HFGenerator
 from harness.rewards import REWARD_FUNCTIONS
 
 # Sampling settings a checkpoint may ship; each one alone changes the distribution `generate` samples from.
@@ -94,18 +95,18 @@ def test_the_fixture_checkpoint_changes_plain_generate(opinionated_model: str, r
 @pytest.fixture
 def recorded_row_sampling(monkeypatch) -> dict:
     """{row seed: [(logits the row was sampled from, temperature, top_p), ...]}: every call of
-    `harness.generation.sample_rows` (the call itself is real); a row is named by its generator's seed."""
-    import harness.generation as generation
+    `harness.hf_engine.sample_rows` (the call itself is real); a row is named by its generator's seed."""
+    import harness.hf_engine as hf_engine
 
     rows: dict[int, list] = {}
-    real = generation.sample_rows
+    real = hf_engine.sample_rows
 
     def sample_rows(logits, generators, temperature, top_p):
         for row_logits, generator in zip(logits, generators):
             rows.setdefault(generator.initial_seed(), []).append((row_logits.float().clone(), temperature, top_p))
         return real(logits, generators, temperature, top_p)
 
-    monkeypatch.setattr(generation, "sample_rows", sample_rows)
+    monkeypatch.setattr(hf_engine, "sample_rows", sample_rows)
     return rows
 
 

@@ -41,11 +41,11 @@ gradient norms 2.27 vs 1.59 (ratio 1/tau) at the first. Set False to reproduce E
 
 Sampling is from exactly logits/tau: no top-k / top-p, and none of the sampling settings a checkpoint
 ships in `generation_config.json` (repetition_penalty, min_p, no_repeat_ngram_size, ...), which
-`harness.generation` ignores, so the tokens come from the distribution Eq. 4-5 score. Dropout is 0
+`harness.hf_engine` ignores, so the tokens come from the distribution Eq. 4-5 score. Dropout is 0
 (Table 9) wherever the model applies it, `nn.Dropout` modules and functional dropout such as Llama's
 `attention_dropout` alike (`disable_dropout`, verified by `check_no_dropout` before training).
 
-Generation goes through `harness.generation.HFGenerator.generate_samples`, the engine every generation
+Generation goes through `harness.hf_engine.HFGenerator.generate_samples`, the engine every generation
 task uses (`ctx.engine`, default `EngineSettings()`: the detected fastest batching and precision for the
 device; rollouts need the sampled token ids and fresh weights after every update, so the engine must be
 in-process, kind `hf`). Policy and value model keep fp32 master weights; where the engine's precision
@@ -658,12 +658,12 @@ def train_ppo(ctx: TrainContext) -> dict[str, float]:
 
     from harness.generation import (
         EngineSettings,
-        HFGenerator,
         SamplingParams,
         autocast_context,
         record_engine,
         render_prompt,
     )
+    from harness.hf_engine import HFGenerator
     from harness.models import load_tokenizer, resolve_model
 
     cfg: PPOConfig = ctx.config

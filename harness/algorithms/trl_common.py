@@ -176,13 +176,13 @@ def prompt_dataset(rows: list[dict[str, Any]]):
 @contextmanager
 def generate_with_neutral_config(model: Any) -> Iterator[None]:
     """Within the block, every `model.generate` call (the online trainers' rollouts) ignores the sampling
-    settings of the checkpoint's `generation_config.json` (`harness.generation.neutral_generation_config`).
+    settings of the checkpoint's `generation_config.json` (`harness.hf_engine.neutral_generation_config`).
 
     TRL passes its own GenerationConfig (temperature, top_k, top_p, ...), but transformers 5 fills each
     field left unset in it (min_p, no_repeat_ngram_size, typical_p, ...) from the model's: rollouts would
     be drawn from another distribution than the logits/temperature the loss and the KL use. Only the
     calls are wrapped: checkpoints saved during training keep the model's own generation config."""
-    from harness.generation import neutral_generation_config
+    from harness.hf_engine import neutral_generation_config
 
     generate = model.generate
 

@@ -20,7 +20,7 @@ from harness.evaluation.base import (
     TaskResult,
     TaskSpec,
     register_task,
-    run_tasks,
 )
+from harness.evaluation.runner import run_tasks
 
 __all__ = ["CATEGORIES", "SUITES", "TASKS", "EvalContext", "TaskResult", "TaskSpec", "register_task", "run_tasks"]

@@ -19,18 +19,16 @@ Each benchmark of the paper's suite runs under one of two *settings* (`Benchmark
 chat format, BOS, decoding, judge; `docs/open-instruct-2024-eval.md`), or `harness`, this project's own
 choices (the default, see the evaluation README for why). A grid's `eval.setting` / `harness eval
 --setting` picks it for every task at once; `describe` says, before anything runs, what a task will do
-under its settings (`harness eval --dry-run`). `category/<name>` and `overall` are logged only when every
-benchmark they average produced a score (`aggregate_categories`).
+under its settings (`harness eval --dry-run`).
+
+Running a list of tasks (`run_tasks`, reusing finished results) is `harness.evaluation.runner`; the
+category averages and `overall` are `harness.evaluation.aggregation`.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import os
-import shutil
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,10 +443,12 @@ def resolve_task(spec: TaskSpec, settings: TaskSettings | None, *, judge: dict[s
 
 
 # A task's code fingerprint: its module and what it imports (anywhere in its body) from these packages,
-# except this contract (it computes no task's numbers) and package __init__s that only re-export.
-# harness.loglikelihood: the option scoring of MMLU and TruthfulQA (in-process), part of their results.
+# except this contract, the runner and the category aggregation (they compute no task's numbers) and package
+# __init__s that only re-export. harness.loglikelihood: the option scoring of MMLU and TruthfulQA
+# (in-process), part of their results.
 CODE_PACKAGES = ("harness.evaluation", "harness.judge", "datasets_registry", "harness.loglikelihood")
-CODE_NOT_DEPENDED_ON = ("harness.evaluation", __name__, "harness.judge", "datasets_registry")
+CODE_NOT_DEPENDED_ON = ("harness.evaluation", __name__, "harness.evaluation.runner", "harness.evaluation.aggregation",
+                        "harness.judge", "datasets_registry")
 
 _REQUIRED_HOW = {
     "judge": "an LLM judge (set the grid's `judge: {model, base_url}` or `harness eval --judge-model`); no "
@@ -470,11 +470,11 @@ def plan_tasks(task_names: list[str], settings: dict[str, dict[str, Any] | None]
             ready[name] = resolve_task(spec, resolved.get(spec.group), judge=judge, has_reference=has_reference,
                                        has_reward_model=has_reward_model)
         except FileNotFoundError as err:  # MissingInput, common.MissingDataError, a folder that is not there
-            missing[name] = _named(name, str(err))
+            missing[name] = task_reason(name, str(err))
     return ready, missing
 
 
-def _named(task: str, reason: str) -> str:
+def task_reason(task: str, reason: str) -> str:
     """A reason that starts with its task's name (as the tasks' own skipped reasons do)."""
     return reason if reason.startswith(f"{task}:") else f"{task}: {reason}"
 
@@ -499,213 +499,3 @@ def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
                          if ctx.reward_model_path and "reward_model" in used else None),
         "engine": ctx.engine_key(),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Finished task results, reused across evaluations (the grid's task store)
-# ---------------------------------------------------------------------------------------------
-
-TASK_STORE_KIND = "evaluate_task"  # results/stages/evaluate_task/<key>/: one finished task each
-
-
-def _store_key(fingerprint: dict[str, Any]) -> str:
-    from harness.cache import stage_key
-
-    return stage_key(TASK_STORE_KIND, 1, fingerprint, {})
-
-
-def _store_load(fingerprint: dict[str, Any]) -> tuple[dict[str, Any], Path] | None:
-    from harness import cache
-
-    key = _store_key(fingerprint)
-    if not cache.is_complete(TASK_STORE_KIND, key):
-        return None
-    folder = cache.stage_dir(TASK_STORE_KIND, key)
-    return json.loads((folder / "result.json").read_text()), folder / "samples.jsonl"
-
-
-def _store_save(fingerprint: dict[str, Any], saved: dict[str, Any], samples: Path) -> None:
-    from harness import cache
-
-    key = _store_key(fingerprint)
-    if cache.is_complete(TASK_STORE_KIND, key):
-        return
-    tmp = cache.new_temp_dir(TASK_STORE_KIND, key)
-    (tmp / "result.json").write_text(json.dumps(saved, indent=2, default=float))
-    shutil.copyfile(samples, tmp / "samples.jsonl")
-    cache.publish_temp(tmp, TASK_STORE_KIND, key, {"task": fingerprint["task"]})
-
-
-def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return saved if saved.get("fingerprint") == fingerprint else None
-
-
-def _planned_part(fingerprint: dict[str, Any], planned: dict[str, Any]) -> dict[str, Any]:
-    return {k: fingerprint.get(k) for k in planned}
-
-
-def run_tasks(ctx: EvalContext, task_names: list[str], resume: bool = False,
-              echo: Callable[[str], None] | None = None, store: bool = False,
-              planned: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
-    """Run tasks, write `<task>.samples.jsonl` + `results.json` under ctx.out_dir, return flat metrics.
-
-    Besides each task's metrics: `<task>/score` (0-100), `<task>/seconds`, `category/<name>` for each
-    category all of whose tasks produced a score, and `overall` (mean of the six) when all six are
-    complete (`aggregate_categories`); results.json lists the others under `incomplete_categories`.
-
-    Before anything runs, every task's settings and fingerprint are resolved (a bad setting fails now,
-    not hours into a suite); a task with a missing input is not run (`results.json` lists it under
-    `missing` and `skipped`, with the reason). A finished task's result can be reused without running it:
-    - `resume`: from `<task>.result.json` in ctx.out_dir (a stopped `harness eval` rerun with the same
-      `--out` finishes the suite);
-    - `store`: from the task store (results/stages/evaluate_task/), shared by every grid evaluation, so
-      an evaluation whose key changed for one task (its data appeared) reruns only that task.
-    Both hold only results without a `skipped_reason`: a task that could not run is retried next time.
-
-    `planned` ({task: resolve_task fingerprint}, the grid's plan): every planned task must resolve to the
-    same fingerprint here (else RuntimeError: this worker sees other data than the plan did); a task not
-    in it is reported missing and not run.
-    """
-    specs = {name: TASKS.get(name) for name in task_names}
-    for spec in specs.values():  # resolved once, before any task runs: a bad value fails now
-        if spec.settings is not None and spec.group not in ctx.settings:
-            ctx.settings[spec.group] = resolve_settings(spec)
-    fingerprints: dict[str, dict[str, Any]] = {}
-    missing: dict[str, str] = {}
-    for name, spec in specs.items():
-        try:
-            fingerprints[name] = task_fingerprint(ctx, spec)
-        except FileNotFoundError as err:
-            missing[name] = _named(name, str(err))
-    if planned is not None:
-        for name in list(fingerprints):
-            if name not in planned:
-                missing[name] = f"{name}: its inputs were missing when the grid was planned (present now: re-run the grid)"
-                del fingerprints[name]
-        changed = [name for name, fp in planned.items()
-                   if name in missing or _planned_part(fingerprints[name], fp) != fp]
-        if changed:
-            details = "; ".join(f"{n}: planned {json.dumps(planned[n], sort_keys=True)}, found "
-                                f"{missing.get(n) or json.dumps(_planned_part(fingerprints[n], planned[n]), sort_keys=True)}"
-                                for n in changed)
-            raise RuntimeError(f"evaluate: the inputs of task(s) {changed} differ from what the plan saw ({details}); "
-                               "re-run the grid so the stage is re-planned, or give this worker the same data dirs")
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    flat: dict[str, float] = {}
-    skipped: dict[str, str] = {}
-    unavailable: dict[str, str] = {}
-    reused: list[str] = []
-    notes: dict[str, str] = {}
-    from harness import progress
-
-    for index, (name, spec) in enumerate(specs.items()):
-        progress.report(done=index, total=len(specs), unit="task", phase=name, force=True)  # harness run/status
-        samples_path = ctx.out_dir / f"{name}.samples.jsonl"
-        if name in missing:
-            skipped[name] = missing[name]
-            samples_path.write_text("")  # the task produced no samples
-            continue
-        checkpoint = ctx.out_dir / f"{name}.result.json"
-        fingerprint = fingerprints[name]
-        saved = _load_checkpoint(checkpoint, fingerprint) if resume else None
-        stored = _store_load(fingerprint) if store and saved is None else None
-        if stored is not None:
-            saved = stored[0]
-            shutil.copyfile(stored[1], samples_path)
-        if saved is not None:
-            if echo is not None:
-                echo(f"{name}: finished earlier, resumed from {'the task store' if stored else checkpoint}")
-            reused.append(name)
-            result = TaskResult(saved["metrics"], saved["score"], [], saved["skipped_reason"], saved.get("note"))
-            seconds = float(saved["seconds"])
-        else:
-            start = time.perf_counter()
-            try:
-                result = spec.run(ctx)
-            except TaskUnavailable as err:
-                skipped[name] = unavailable[name] = _named(name, str(err))
-                continue
-            seconds = time.perf_counter() - start
-            with samples_path.open("w") as fh:
-                for sample in result.samples:
-                    fh.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
-            if result.skipped_reason is None:  # only finished results are ever reused
-                record = {"fingerprint": fingerprint, "metrics": result.metrics, "score": result.score,
-                          "skipped_reason": None, "note": result.note, "seconds": seconds}
-                partial = checkpoint.with_name(checkpoint.name + ".tmp")
-                partial.write_text(json.dumps(record, indent=2, default=float))
-                partial.replace(checkpoint)  # atomic: a checkpoint is whole or absent
-                if store:
-                    _store_save(fingerprint, record, samples_path)
-        flat.update(result.metrics)
-        flat[f"{name}/seconds"] = seconds
-        if result.skipped_reason is not None:
-            skipped[name] = result.skipped_reason
-        if result.note is not None:
-            notes[name] = result.note
-        if result.score is not None:
-            flat[f"{name}/score"] = float(result.score)
-    averages, incomplete = aggregate_categories(task_names, flat)
-    flat.update(averages)
-    (ctx.out_dir / "results.json").write_text(json.dumps(
-        {"metrics": flat, "skipped": skipped, "notes": notes, "missing": missing, "unavailable": unavailable,
-         "reused": reused, "categories": category_members(task_names), "incomplete_categories": incomplete},
-        indent=2, default=float))
-    return flat
-
-
-# ---------------------------------------------------------------------------------------------
-# Category averages and overall (paper Sec. 2.2): only over complete categories
-# ---------------------------------------------------------------------------------------------
-
-def category_members(task_names: list[str]) -> dict[str, list[str]]:
-    """Paper category -> the tasks of `task_names` in it, in CATEGORIES order (other tasks left out)."""
-    members: dict[str, list[str]] = {}
-    for category in CATEGORIES:
-        names = [n for n in dict.fromkeys(task_names) if TASKS.get(n).category == category]
-        if names:
-            members[category] = names
-    return members
-
-
-def _has_score(metrics: dict[str, float], task: str) -> bool:
-    value = metrics.get(f"{task}/score")
-    return isinstance(value, (int, float)) and value == value  # not NaN
-
-
-def aggregation_plan(task_names: list[str], unscored: set[str]) -> tuple[dict[str, list[str]], dict[str, list[str]], bool]:
-    """The averaging rule of `aggregate_categories`, applied to which tasks will have no score: ({category:
-    its tasks} for the categories that will be averaged, {category: its tasks without a score} for those
-    withheld, whether `overall` will be computed). `harness eval --dry-run` states it before anything runs."""
-    averaged: dict[str, list[str]] = {}
-    incomplete: dict[str, list[str]] = {}
-    for category, names in category_members(task_names).items():
-        missing = [n for n in names if n in unscored]
-        if missing:
-            incomplete[category] = missing
-        else:
-            averaged[category] = names
-    return averaged, incomplete, len(averaged) == len(CATEGORIES)
-
-
-def aggregate_categories(task_names: list[str], metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, list[str]]]:
-    """(`category/<name>` = mean of the `<task>/score` of its tasks, for every category whose tasks ALL
-    have a score, and `overall` = mean of the six when all six are so complete; {category: its tasks
-    without a score} for the others).
-
-    A benchmark without a score (skipped, its input missing, a judged score withheld) withholds its
-    category, and with it `overall`: averaging the others would silently change what the number
-    measures (XSTest skipped would raise the paper's SFT overall of 56.8 by about a point). A category is the tasks
-    the evaluation asked for: a task left out of `eval.tasks` on purpose is not in it (`results.json`
-    `categories` lists what each one averaged)."""
-    averaged, incomplete, with_overall = aggregation_plan(
-        task_names, {n for n in task_names if not _has_score(metrics, n)})
-    averages = {f"category/{category}": statistics.fmean(float(metrics[f"{n}/score"]) for n in names)
-                for category, names in averaged.items()}
-    if with_overall:
-        averages["overall"] = statistics.fmean(averages[f"category/{c}"] for c in CATEGORIES)
-    return averages, incomplete

@@ -172,7 +172,8 @@ def format_dry_run(tasks: list[str], settings: dict[str, dict[str, Any]], limit:
     """Per task: setting, subset and size, seed, prompt source, decoding, judge, notes, and whether its
     inputs resolve now (`plan_tasks`, the grid's own check); nothing is loaded or run."""
     from harness.evaluation import TASKS
-    from harness.evaluation.base import CATEGORIES, aggregation_plan, plan_tasks, settings_from_config
+    from harness.evaluation.aggregation import aggregation_plan
+    from harness.evaluation.base import CATEGORIES, plan_tasks, settings_from_config
 
     resolved = settings_from_config(settings, tasks)
     _, missing = plan_tasks(tasks, settings, judge=judge, has_reference=False, has_reward_model=False)

@@ -16,7 +16,7 @@ How each benchmark becomes a 0-100 score (what enters the category average), as 
 | instruction_following | ifeval | loose prompt-level accuracy % |
 
 Category = mean of its benchmarks, logged only when every one of them produced a score; overall = mean
-of the 6 categories, only when all 6 are so complete (`base.aggregate_categories`, called by
+of the 6 categories, only when all 6 are so complete (`aggregation.aggregate_categories`, called by
 `run_tasks`). A benchmark that cannot run (no judge, no classifier, no data) has score None and a
 skipped reason, and withholds its category and `overall` instead of silently shrinking them (XSTest
 skipped would raise the paper's SFT overall of 56.8 by about a point); the table says what is missing.
@@ -50,13 +50,13 @@ import harness.evaluation.mmlu  # noqa: F401
 import harness.evaluation.toxigen  # noqa: F401
 import harness.evaluation.truthfulqa  # noqa: F401
 import harness.evaluation.xstest  # noqa: F401
+from harness.evaluation.aggregation import aggregate_categories
 from harness.evaluation.base import (
     CATEGORIES,
     SUITES,
     TASKS,
     TaskResult,
     TaskSpec,
-    aggregate_categories,
     register_task,
 )
 

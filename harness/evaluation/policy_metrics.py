@@ -85,7 +85,7 @@ def sample_completions(
     drawn from the untruncated policy distribution (temperature 1, top_k 0, top_p 1)."""
     import torch
 
-    from harness.generation import neutral_generation_config
+    from harness.hf_engine import neutral_generation_config
 
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"

@@ -3,7 +3,7 @@
 The real judge (GPT-4) is unreachable from the project's machines, so the same HTTP interface is served
 locally: `POST /v1/chat/completions`, `POST /v1/completions` and `GET /v1/models`, answered either by
 
-- a local model through the shared generation engine (`harness.generation.HFGenerator`, the same
+- a local model through the shared generation engine (`harness.hf_engine.HFGenerator`, the same
   engine choice as everywhere: `EngineSettings`, by default the detected fastest for the device), with
   micro-batching (requests that arrive together are generated in one batch) and per-token logprobs
   (AlpacaEval 2's annotator reads the logprobs of its first answer token). What the harness's own

@@ -112,7 +112,7 @@ class ModelBackend:
 
     def __init__(self, model: str, max_batch: int = 8, batch_wait_s: float = 0.02, max_new_tokens_cap: int = 512,
                  engine: EngineSettings | None = None):
-        from harness.generation import HFGenerator
+        from harness.hf_engine import HFGenerator
 
         self.name = model
         self.generator = HFGenerator.from_name(model, batch_size=max_batch, engine=engine)

@@ -4,4 +4,5 @@ import sys
 
 from harness.sweep.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (the fresh-import check) must not run the CLI
+    sys.exit(main())
