@@ -22,7 +22,11 @@ from pathlib import Path
 
 _WORKER = r"""
 import json, sys, time
-from harness.evaluation.coding import CodeChecker, CodingConfig, load_humaneval_plus, load_mbpp_plus
+from harness.evaluation.coding import CodeChecker, CodingConfig
+try:  # the problem loaders' home since coding.py was split; an older root has them in coding.py
+    from harness.evaluation.coding_problems import load_humaneval_plus, load_mbpp_plus
+except ImportError:
+    from harness.evaluation.coding import load_humaneval_plus, load_mbpp_plus
 
 n, samples, workers, warm = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "warm"
 problems = load_humaneval_plus()[:n] + load_mbpp_plus()[:n]

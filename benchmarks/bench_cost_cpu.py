@@ -50,7 +50,8 @@ def measure_dpo(model_name: str, batch: int, tokens: int, steps: int) -> dict[st
     from trl import DPOTrainer
 
     from harness.algorithms.base import History, TrainContext, history_callback
-    from harness.algorithms.dpo import DPOAlgoConfig, make_dpo_config, preference_dataset, quiet_trainer
+    from harness.algorithms.dpo import DPOAlgoConfig, make_dpo_config
+    from harness.algorithms.trl_common import preference_dataset, quiet_trainer
     from harness.generation import EngineSettings
     from harness.models import resolve_model
 
@@ -132,14 +133,14 @@ def measure_generation(model_name: str, batch: int, tokens: int, new_tokens: int
 def estimates(dpo: dict[str, Any], gen: dict[str, Any], profile_name: str = "cpu-2core") -> dict[str, float]:
     """The estimates of the measured workloads. Measured on fewer threads than the profile's cores, the
     profile is scaled to that share of the machine (peak FLOP/s and memory bandwidth x threads / 2)."""
-    from harness import cost
+    from harness import cost, cost_profiles
 
-    profile = cost.device_profile(profile_name)
+    profile = cost_profiles.device_profile(profile_name)
     share = min(dpo["threads"], CORES) / CORES
     if share < 1:
-        profile = cost.with_profile_overrides(profile, peak_flops=profile.peak_flops * share,
+        profile = cost_profiles.with_profile_overrides(profile, peak_flops=profile.peak_flops * share,
                                               memory_bandwidth=profile.memory_bandwidth * share)
-    shape = cost.model_shape(dpo["model"])
+    shape = cost_profiles.model_shape(dpo["model"])
     lengths = dpo["mean_tokens"]
     one_step = cost.PairwiseTraining(
         "dpo", shape, cost.PreferencePairs(dpo["pairs_per_step"], lengths["prompt"], lengths["chosen"], lengths["rejected"]),
@@ -149,7 +150,7 @@ def estimates(dpo: dict[str, Any], gen: dict[str, Any], profile_name: str = "cpu
         "dpo", shape, cost.PreferencePairs(dpo["pairs"], lengths["prompt"], lengths["chosen"], lengths["rejected"]),
         epochs=1, batch_size=dpo["pairs_per_step"], max_length=10**6, max_steps=1, reference="precomputed")
     ref = cost.estimate(with_ref, profile).seconds_by_part["reference forward (precomputed)"]
-    generation = cost.Evaluation(cost.model_shape(gen["model"]), (cost.EvalTask(
+    generation = cost.Evaluation(cost_profiles.model_shape(gen["model"]), (cost.EvalTask(
         "generate", examples=gen["batch"], prompt_tokens=gen["prompt_tokens"], max_new_tokens=gen["new_tokens"],
         batch_size=gen["batch"]),))
     return {"dpo_step": cost.estimate(one_step, profile).seconds, "reference_precompute": ref,

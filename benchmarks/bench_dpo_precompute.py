@@ -28,7 +28,8 @@ def run_once(model_path: str, rows: list, precompute: bool, args: argparse.Names
     from trl import DPOTrainer
 
     from harness.algorithms.base import History, TrainContext, history_callback
-    from harness.algorithms.dpo import DPOAlgoConfig, make_dpo_config, preference_dataset, quiet_trainer
+    from harness.algorithms.dpo import DPOAlgoConfig, make_dpo_config
+    from harness.algorithms.trl_common import preference_dataset, quiet_trainer
 
     cfg = DPOAlgoConfig(
         learning_rate=args.lr, num_train_epochs=1.0, warmup_ratio=0.0, per_device_train_batch_size=args.batch,

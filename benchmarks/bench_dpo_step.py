@@ -36,7 +36,8 @@ def run_once(model_path: str, rows: list, dtype: str, args: argparse.Namespace, 
     from trl import DPOTrainer
 
     from harness.algorithms.base import History, TrainContext, history_callback
-    from harness.algorithms.dpo import DPOAlgoConfig, make_dpo_config, preference_dataset, quiet_trainer
+    from harness.algorithms.dpo import DPOAlgoConfig, make_dpo_config
+    from harness.algorithms.trl_common import preference_dataset, quiet_trainer
     from harness.generation import EngineSettings
 
     cfg = DPOAlgoConfig(learning_rate=args.lr, num_train_epochs=1.0, warmup_ratio=0.0,

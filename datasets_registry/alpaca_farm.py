@@ -8,15 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasets_registry.core import (
-    DropRow,
-    preference_row,
-    register,
-    require_fields,
-    source_spec,
-    text_field,
-    where,
-)
+from datasets_registry.core import preference_row
+from datasets_registry.raw_files import require_fields, text_field, where
+from datasets_registry.raw_sources import source_spec
+from datasets_registry.spec import DropRow, register
 
 REVISION = "e576524ca841af3c36fd6912e68e5920430928c1"
 

@@ -9,15 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from datasets_registry.core import (
-    DataFormatError,
-    DropRow,
-    preference_row,
-    register,
-    require_fields,
-    source_spec,
-    where,
-)
+from datasets_registry.core import preference_row
+from datasets_registry.raw_files import require_fields, where
+from datasets_registry.raw_sources import source_spec
+from datasets_registry.spec import DataFormatError, DropRow, register
 
 
 def _conversation(raw: dict[str, Any], key: str) -> list[dict[str, Any]]:

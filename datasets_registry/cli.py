@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.cli import print_error
+from harness.cli_errors import print_error
 from harness.registry import UnknownNameError
 
 if TYPE_CHECKING:
-    from datasets_registry.core import DatasetSpec
+    from datasets_registry.spec import DatasetSpec
 
 _ERRORS: tuple[type[BaseException], ...] = (UnknownNameError, FileNotFoundError, ValueError)
 
@@ -167,7 +167,7 @@ def _guard(func):
 
 
 def add_commands(subparsers: Any) -> None:
-    from datasets_registry.core import GROUPS
+    from datasets_registry.spec import GROUPS
 
     data = subparsers.add_parser("data", help="preference datasets and prompt sets (list, show, prepare)")
     sub = data.add_subparsers(dest="data_command", required=True)

@@ -1,4 +1,4 @@
-"""Registry core: the normalised row schema, dataset specs, preparation with drop counting, fingerprints.
+"""Registry core: the normalised row schema, row ids and builders, preparation with drop counting, fingerprints.
 
 Row schema (every preference dataset, after curation):
     {"id": str,                       # stable: hash of source + content, independent of seed / order
@@ -11,126 +11,26 @@ Prompt-set rows (policy-training prompts, verifiable evals):
     {"id": str, "prompt": [...messages], "source": str, optional "answer"/"constraint" fields}
 This is TRL's conversational preference / prompt-only format, so rows go to its trainers unchanged.
 
-Where raw rows come from (`load_raw`): for datasets built with `source_spec`, the first of the spec's
-`local_files` patterns that matches under `harness.paths.data_dirs()`, else the hub (only when hub
-access is not switched off), else `DataUnavailableError` naming the files looked for.
+Dataset specs and the registry are in `spec.py`; where raw rows come from (`load_raw`, `source_spec`)
+in `raw_sources.py`; reading raw files in `raw_files.py`.
 A loader may yield a `DropRow` instead of a row: it is counted like a curation drop (used when rows
 are grouped before curation, e.g. all PRM800K labels of one problem).
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import dataclasses
-import gzip
 import hashlib
 import heapq
 import json
-import os
-import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from harness.registry import Registry
-
-DatasetKind = Literal["preference", "prompts"]
-SourceType = Literal["human", "web", "synthetic", "mixed", "built-in"]
-# Where an entry sits in the paper: the 14 datasets of Table 1, variants (Tables 2, 7), mixes
-# (Table 6), prompt sets for policy training (§3.4, App. J), built-in smoke data, or the authors'
-# released splits (allenai/tulu-2.5-preference-data, read as published).
-Group = Literal["table1", "variant", "mix", "prompts", "built-in", "released", "other"]
-GROUPS: tuple[str, ...] = ("table1", "variant", "mix", "prompts", "built-in", "released", "other")
-
-
-# The authors' preference-data build script (named by the allenai/tulu-2.5-preference-data card); specs cite it
-# in `rule_source`, followed by the script's branch (its `--input_dataset`).
-AUTHORS_SCRIPT = "hamishivi/EasyLM conversion_scripts/convert_preference_data.py"
-
-
-class DropRow(Exception):
-    """Raised by a curation function for a row that must be dropped; `reason` is counted."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class DataFormatError(ValueError):
-    """A raw file that is not in the expected format: names the file, line and field."""
-
-
-class DataUnavailableError(FileNotFoundError):
-    """Neither a local raw file nor the hub could provide a dataset; says how to provide it."""
-
-
-@dataclass
-class DatasetSpec:
-    name: str
-    kind: DatasetKind
-    source_type: SourceType
-    description: str
-    # loader(seed) -> iterable of raw rows (already located locally or on the hub)
-    load_raw: Callable[[int], Iterable[dict[str, Any]]]
-    # curate(raw_row) -> normalised row, or raise DropRow(reason)
-    curate: Callable[[dict[str, Any]], dict[str, Any]]
-    hub_id: str | None = None
-    split: str | None = None
-    revision: str | None = None
-    license: str | None = None
-    paper_size: int | None = None  # Table 1 "# Samples" after curation
-    downsample_to: int | None = None  # random downsampling after curation (App. B)
-    local_files: tuple[str, ...] = ()  # relative paths (globs allowed) looked for under the local data dirs
-    is_available: Callable[[], bool] = lambda: True
-    # --- additive fields (defaults keep older specs valid) ---
-    group: Group = "other"
-    hub_config: str | None = None  # `name=` for datasets.load_dataset
-    hub_files: tuple[str, ...] = ()  # files inside the hub repo, for repos without a loadable config
-    # Mixes: (component dataset, rows taken from it or None for all). Rows keep their component's id
-    # and get `source` = component name; `downsample_to` then applies to the union.
-    components: tuple[tuple[str, int | None], ...] = ()
-    # How a user provides the raw data when it is neither local nor reachable (shown in errors).
-    how_to_get: str = ""
-    # Loader that takes explicit files (for `prepare(..., files=[...])`); set by `source_spec`.
-    load_files: Callable[[list[Path]], Iterable[dict[str, Any]]] | None = None
-    # For specs built by `source_spec`: how one raw file is read, and the optional grouping of raw rows.
-    read: Callable[[Path], Iterable[dict[str, Any]]] | None = None
-    group_raw: Callable[[Iterable[dict[str, Any]]], Iterable[Any]] | None = None
-    # For a spec with its own `load_raw` that reads something besides its code (e.g. the prompt-tag
-    # cache of the mined prompt sets): what it reads, as JSON-able identity, for `source_fingerprint`.
-    raw_inputs: Callable[[], dict[str, Any]] | None = None
-    # --- provenance of the curation rule (shown by `harness data show`, tabled in the README) ---
-    rule: str = ""  # what the code does to raw rows, in one or two sentences
-    rule_source: str = ""  # where the rule comes from: paper section and/or the authors' script
-    deviation: str = ""  # where paper and authors' code disagree, or the code departs from both, and why
-    expected_size: int | None = None  # rows expected after curation at full scale (may differ from paper_size)
-    # Why `revision` is None for a hub source (no commit id could be found); required for unpinned hub sources.
-    unpinned_reason: str = ""
-    # The generic "identical chosen and rejected" drop; off where the authors' build keeps such rows.
-    drop_identical: bool = True
-    # Registry name of the authors' released split of this dataset (`build: released` in a grid).
-    released_as: str | None = None
-
-    @property
-    def pinned(self) -> bool:
-        """Whether the hub source (if any) is pinned to a commit; local-only data counts as pinned."""
-        return self.hub_id is None or self.revision is not None
-
-
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
-
-
-# Dataset name -> the module that registered it (its code is part of `source_fingerprint`).
-_REGISTERED_IN: dict[str, str] = {}
-
-
-def register(spec: DatasetSpec) -> DatasetSpec:
-    DATASETS.register(spec.name, spec)
-    _REGISTERED_IN[spec.name] = sys._getframe(1).f_globals.get("__name__", __name__)
-    return spec
+from datasets_registry.raw_sources import find_local, hub_disabled
+from datasets_registry.spec import DATASETS, DatasetSpec, DropRow, registering_module
 
 
 @dataclass
@@ -312,176 +212,6 @@ def _prepare_mix(spec: DatasetSpec, *, seed: int, max_rows: int | None) -> Prepa
     return mixed
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading raw files in the hub's formats
-# ---------------------------------------------------------------------------------------------
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """JSON lines (optionally .gz); a bad line (or a non-UTF-8 byte) fails naming file and line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh, _utf8_errors_name_the_line(path):
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
-
-
-@contextlib.contextmanager
-def _utf8_errors_name_the_line(path: Path) -> Iterator[None]:
-    """A decoding error while reading `path` becomes a DataFormatError naming the file and the line
-    (the text reader decodes whole blocks, so its own error knows neither)."""
-    from harness.text_files import non_utf8_message
-
-    try:
-        yield
-    except UnicodeDecodeError:
-        raise DataFormatError(non_utf8_message(path)) from None
-
-
-def read_json_array(path: Path) -> Iterator[dict[str, Any]]:
-    """A JSON file holding a list of objects (AlpacaFarm's layout); JSON lines are accepted too."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh, _utf8_errors_name_the_line(path):
-        text = fh.read()
-    if not text.lstrip().startswith("["):
-        yield from read_jsonl(path)
-        return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    for index, row in enumerate(data):
-        if not isinstance(row, dict):
-            raise DataFormatError(f"{path}: item {index}: expected a JSON object, got {type(row).__name__}")
-        yield row
-
-
-def read_csv(path: Path) -> Iterator[dict[str, Any]]:
-    """CSV with a header; rows carry `_line` (the file line the record starts on) for error messages."""
-    csv.field_size_limit(2**31 - 1)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as fh, _utf8_errors_name_the_line(path):
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames:
-            raise DataFormatError(f"{path}:1: empty CSV (no header)")
-        line = reader.line_num + 1
-        for row in reader:
-            if None in row:  # more cells than header fields
-                raise DataFormatError(f"{path}:{line}: {len(row[None])} cell(s) beyond the header's "
-                                      f"{len(reader.fieldnames)} columns")
-            row["_line"] = line
-            yield row
-            line = reader.line_num + 1
-
-
-def read_parquet(path: Path) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a non-parquet file
-        raise DataFormatError(f"{path}: not a parquet file ({exc})") from None
-    for batch in table.iter_batches(batch_size=2048):
-        yield from batch.to_pylist()
-
-
-def read_any(path: Path) -> Iterator[dict[str, Any]]:
-    """Rows of a raw file by its suffix; every row gets `_where` = 'file:line' for error messages."""
-    name = path.name.lower()
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        rows: Iterator[dict[str, Any]] = read_jsonl(path)
-        numbered = True
-    elif name.endswith((".json", ".json.gz")):
-        rows, numbered = read_json_array(path), False
-    elif name.endswith((".csv", ".csv.gz")):
-        for row in read_csv(path):
-            row["_where"] = f"{path}:{row.pop('_line')}"
-            yield row
-        return
-    elif name.endswith(".parquet"):
-        rows, numbered = read_parquet(path), False
-    else:
-        raise DataFormatError(f"{path}: unknown raw file type (expected .jsonl[.gz], .json, .csv, .parquet)")
-    for index, row in enumerate(rows, 1):
-        row["_where"] = f"{path}:{index}" if numbered else f"{path}: row {index}"
-        yield row
-
-
-def require_fields(row: dict[str, Any], fields: Iterable[str], where: str) -> None:
-    missing = [f for f in fields if f not in row]
-    if missing:
-        present = sorted(k for k in row if not k.startswith("_"))
-        raise DataFormatError(f"{where}: missing field(s) {missing}; present: {present}")
-
-
-def where(row: dict[str, Any]) -> str:
-    return str(row.get("_where", "<hub row>"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Locating raw data: local files first, then the hub
-# ---------------------------------------------------------------------------------------------
-
-def hub_disabled() -> bool:
-    """Hub loading is skipped when the user (or the test suite) switched it off: trying it offline
-    costs ~30 s of retries before failing."""
-    flags = ("HARNESS_NO_HUB", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    return any(os.environ.get(flag, "").lower() in ("1", "true", "yes") for flag in flags)
-
-
-def find_local(patterns: Iterable[str]) -> list[Path]:
-    """Files of the first pattern (in order) that matches under any local data dir; [] if none."""
-    from harness.paths import data_dirs
-
-    dirs = data_dirs()
-    for pattern in patterns:
-        for base in dirs:
-            matches = sorted(p for p in base.glob(pattern) if p.is_file())
-            if matches:
-                return matches
-    return []
-
-
-class RawRows:
-    """Iterable of raw rows that remembers where they came from (`sources`, for the split's metadata)."""
-
-    def __init__(self, rows: Iterable[Any], sources: list[str]):
-        self._rows, self.sources = rows, sources
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._rows)
-
-
-def hub_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
-    """Raw rows from the hub with the pinned revision (used only when no local file exists).
-
-    The dataset is loaded before any row is asked for, so that network errors surface
-    in `load_raw` (where they are reported together with the local options), not mid-iteration."""
-    import datasets
-
-    if spec.hub_files:
-        kind = {".csv": "csv", ".parquet": "parquet"}.get(Path(spec.hub_files[0]).suffix, "json")
-        revision = f"@{spec.revision}" if spec.revision else ""
-        data_files = [f"hf://datasets/{spec.hub_id}{revision}/{f}" for f in spec.hub_files]
-        dataset = datasets.load_dataset(kind, data_files=data_files, split="train")
-    else:
-        dataset = datasets.load_dataset(spec.hub_id, name=spec.hub_config, split=spec.split or "train",
-                                        revision=spec.revision)
-
-    def rows() -> Iterator[dict[str, Any]]:
-        for index, row in enumerate(dataset, 1):
-            row["_where"] = f"hub:{spec.hub_id}@{spec.revision or 'main'} row {index}"
-            yield row
-
-    return rows()
-
-
 def source_fingerprint(name: str) -> dict[str, Any]:
     """What `prepare(name)` would read now, resolved without reading any row: the identity of the raw
     input plus the code that turns it into rows. Part of the `prepare_data` stage key, so pointing
@@ -519,102 +249,9 @@ def source_fingerprint(name: str) -> dict[str, Any]:
     else:
         raw = {"generated": True}
     # The package's __init__ only imports every dataset module: not a dependency of any one of them.
-    code = code_fingerprint(_REGISTERED_IN.get(name, __name__), ("datasets_registry",), exclude=("datasets_registry",))
+    code = code_fingerprint(registering_module(name) or __name__, ("datasets_registry",), exclude=("datasets_registry",))
     return {"dataset": name, "code": code, "raw": raw}
 
-
-def unavailable_message(spec: DatasetSpec) -> str:
-    from harness.paths import data_dirs
-
-    lines = [f"dataset {spec.name!r}: no local raw file found and the hub was not used"
-             + (" (hub access is switched off: HARNESS_NO_HUB / HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
-                if hub_disabled() else ""),
-             f"  looked for: {', '.join(spec.local_files) or '(no local layout)'}",
-             f"  under: {', '.join(str(d) for d in data_dirs())} (set HARNESS_DATA_DIR to add folders)"]
-    if spec.hub_id:
-        lines.append(f"  hub source: {spec.hub_id} split={spec.split} revision={spec.revision or 'main (unpinned)'}")
-    if spec.how_to_get:
-        lines.append(f"  to provide it: {spec.how_to_get}")
-    return "\n".join(lines)
-
-
-def source_spec(*, read: Callable[[Path], Iterable[dict[str, Any]]] = read_any,
-                group_raw: Callable[[Iterable[dict[str, Any]]], Iterable[Any]] | None = None,
-                **fields: Any) -> DatasetSpec:
-    """A DatasetSpec whose raw rows come from its `local_files` or, failing that, its hub id.
-
-    `group_raw` (optional) turns the stream of raw rows into the units curation works on (e.g. all
-    responses to one prompt) and may yield DropRow for raw rows it rejects."""
-    spec = DatasetSpec(load_raw=_unbound, read=read, group_raw=group_raw, **fields)
-    _bind_source(spec)
-    return spec
-
-
-def _unbound(seed: int) -> Iterable[dict[str, Any]]:
-    raise RuntimeError("source spec used before its loaders were bound")
-
-
-def _bind_source(spec: DatasetSpec) -> None:
-    """(Re)attach the loaders of a file/hub-backed spec to *this* spec object (variants change paths)."""
-    assert spec.read is not None
-    read = spec.read
-
-    def from_rows(rows: Iterable[dict[str, Any]]) -> Iterable[Any]:
-        return spec.group_raw(rows) if spec.group_raw else rows
-
-    def load_files(paths: list[Path]) -> RawRows:
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"dataset {spec.name!r}: raw file(s) not found: {missing}")
-
-        def rows() -> Iterator[Any]:
-            for path in paths:
-                yield from read(path)
-
-        return RawRows(from_rows(rows()), [str(p) for p in paths])
-
-    def load_raw(seed: int) -> RawRows:
-        del seed  # raw rows do not depend on the seed; only subsampling does
-        paths = find_local(spec.local_files)
-        if paths:
-            return load_files(paths)
-        if spec.hub_id and not hub_disabled():
-            try:
-                rows = hub_rows(spec)
-            except Exception as exc:  # network, auth, missing revision: report with the local options
-                raise DataUnavailableError(f"{unavailable_message(spec)}\n  hub error: {exc}") from exc
-            return RawRows(from_rows(rows), [f"hub:{spec.hub_id}@{spec.revision or 'main'}"])
-        raise DataUnavailableError(unavailable_message(spec))
-
-    spec.load_raw, spec.load_files = load_raw, load_files
-    spec.is_available = lambda: bool(find_local(spec.local_files))
-
-
-def variant(base: DatasetSpec, **changes: Any) -> DatasetSpec:
-    """A copy of `base` with other name/size (e.g. the 60,908-row size-matched splits of Table 2)."""
-    spec = dataclasses.replace(base, **changes)
-    if spec.read is not None:
-        _bind_source(spec)  # its own paths / hub files, not the base's
-    else:
-        spec.is_available = base.is_available
-    return spec
-
-
-def mix_spec(*, components: tuple[tuple[str, int | None], ...], **fields: Any) -> DatasetSpec:
-    def load_raw(seed: int) -> Iterable[dict[str, Any]]:
-        raise RuntimeError("mixes are prepared from their components (prepare() handles them)")
-
-    def available() -> bool:
-        return all(DATASETS.get(name).is_available() for name, _ in components)
-
-    spec = DatasetSpec(load_raw=load_raw, curate=lambda row: row, components=components, **fields)
-    spec.is_available = available
-    return spec
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers shared by the source modules
-# ---------------------------------------------------------------------------------------------
 
 def user(content: str) -> dict[str, str]:
     return {"role": "user", "content": content}
@@ -622,17 +259,6 @@ def user(content: str) -> dict[str, str]:
 
 def assistant(content: str) -> dict[str, str]:
     return {"role": "assistant", "content": content}
-
-
-def text_field(row: dict[str, Any], key: str) -> str:
-    """A string field; None / non-string content drops the row (a malformed turn), absent fails the file."""
-    require_fields(row, [key], where(row))
-    value = row[key]
-    if value is None:
-        raise DropRow(f"missing_{key}")
-    if not isinstance(value, str):
-        raise DataFormatError(f"{where(row)}: field {key!r} should be a string, got {type(value).__name__}")
-    return value
 
 
 def row_rng(*parts: Any) -> int:

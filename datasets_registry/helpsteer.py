@@ -22,16 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from datasets_registry.core import (
-    AUTHORS_SCRIPT,
-    DropRow,
-    preference_row,
-    register,
-    require_fields,
-    row_rng,
-    source_spec,
-    where,
-)
+from datasets_registry.core import preference_row, row_rng
+from datasets_registry.raw_files import require_fields, where
+from datasets_registry.raw_sources import source_spec
+from datasets_registry.spec import AUTHORS_SCRIPT, DropRow, register
 
 ASPECTS = ("helpfulness", "correctness", "coherence", "complexity")
 ALL_FIELDS = ("prompt", "response", *ASPECTS, "verbosity")

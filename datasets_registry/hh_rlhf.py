@@ -11,15 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasets_registry.core import (
-    AUTHORS_SCRIPT,
-    DropRow,
-    preference_row,
-    register,
-    source_spec,
-    text_field,
-    variant,
-)
+from datasets_registry.core import preference_row
+from datasets_registry.raw_files import text_field
+from datasets_registry.raw_sources import source_spec, variant
+from datasets_registry.spec import AUTHORS_SCRIPT, DropRow, register
 from datasets_registry.transcripts import check_alternating, parse_transcript
 
 SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")

@@ -16,7 +16,7 @@ the prompt text (repeat_prompt), a second language (response_language) or hand-m
 draws repeat an instruction).
 
 Building it imports lm-eval's IFEval instruction module, which needs NLTK's `punkt_tab`
-(`harness.evaluation.common.ensure_nltk_data` finds the shared copy or says how to get it).
+(`harness.paths.ensure_nltk_data` finds the shared copy or says how to get it).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from datasets_registry.core import DatasetSpec, register, stable_id
+from datasets_registry.core import stable_id
+from datasets_registry.spec import DatasetSpec, register
 
 _TOPICS = [
     "the history of the bicycle", "how bees make honey", "a rainy day in a big city", "learning to cook rice",
@@ -84,7 +85,7 @@ def _key(text: str) -> int:
 
 
 def _raw(seed: int) -> Iterator[dict[str, Any]]:
-    from harness.evaluation.common import ensure_nltk_data
+    from harness.paths import ensure_nltk_data
 
     ensure_nltk_data()  # before the import: lm-eval's module would try to download punkt_tab
     from lm_eval.tasks.ifeval.instructions_registry import INSTRUCTION_CONFLICTS, INSTRUCTION_DICT

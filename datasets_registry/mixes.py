@@ -7,7 +7,7 @@ local sample) is used whole and the shortfall is reported as `<component>/short_
 
 from __future__ import annotations
 
-from datasets_registry.core import mix_spec, register
+from datasets_registry.spec import mix_spec, register
 
 RM_MIX = (
     ("ultrafeedback-fg", 60_908),

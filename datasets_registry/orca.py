@@ -13,15 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasets_registry.core import (
-    AUTHORS_SCRIPT,
-    DataFormatError,
-    preference_row,
-    register,
-    source_spec,
-    text_field,
-    where,
-)
+from datasets_registry.core import preference_row
+from datasets_registry.raw_files import text_field, where
+from datasets_registry.raw_sources import source_spec
+from datasets_registry.spec import AUTHORS_SCRIPT, DataFormatError, register
 
 
 def curate(raw: dict[str, Any]) -> dict[str, Any]:

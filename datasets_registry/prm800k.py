@@ -26,17 +26,10 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from datasets_registry.core import (
-    AUTHORS_SCRIPT,
-    DataFormatError,
-    DropRow,
-    preference_row,
-    register,
-    require_fields,
-    row_rng,
-    source_spec,
-    where,
-)
+from datasets_registry.core import preference_row, row_rng
+from datasets_registry.raw_files import require_fields, where
+from datasets_registry.raw_sources import source_spec
+from datasets_registry.spec import AUTHORS_SCRIPT, DataFormatError, DropRow, register
 
 
 def normalise_answer(answer: str) -> str:

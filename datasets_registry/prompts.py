@@ -12,17 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from datasets_registry.core import (
-    DataFormatError,
-    DropRow,
-    content_id,
-    mix_spec,
-    register,
-    source_spec,
-    text_field,
-    variant,
-    where,
-)
+from datasets_registry.core import content_id
+from datasets_registry.raw_files import text_field, where
+from datasets_registry.raw_sources import source_spec, variant
+from datasets_registry.spec import DataFormatError, DropRow, mix_spec, register
 from datasets_registry.ultrafeedback import (
     ARGILLA_FILES,
     ARGILLA_REVISION,

@@ -30,17 +30,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from datasets_registry.core import (
-    AUTHORS_SCRIPT,
-    DATASETS,
-    DataFormatError,
-    DropRow,
-    content_id,
-    register,
-    require_fields,
-    source_spec,
-    where,
-)
+from datasets_registry.core import content_id
+from datasets_registry.raw_files import require_fields, where
+from datasets_registry.raw_sources import source_spec
+from datasets_registry.spec import AUTHORS_SCRIPT, DATASETS, DataFormatError, DropRow, register
 
 RELEASE = "allenai/tulu-2.5-preference-data"
 RELEASED_REVISION = "6e87e7ba11eeb2a21db459cf13267f62d1feea23"

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasets_registry.core import (
-    AUTHORS_SCRIPT,
-    DropRow,
-    preference_row,
-    register,
-    require_fields,
-    source_spec,
-    text_field,
-    where,
-)
+from datasets_registry.core import preference_row
+from datasets_registry.raw_files import require_fields, text_field, where
+from datasets_registry.raw_sources import source_spec
+from datasets_registry.spec import AUTHORS_SCRIPT, DropRow, register
 
 
 def curate(raw: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ import random
 import re
 from typing import Any
 
-from datasets_registry.core import DatasetSpec, register, stable_id
+from datasets_registry.core import stable_id
+from datasets_registry.spec import DatasetSpec, register
 
 INSTRUCTION = "Reply in lowercase letters only."
 

@@ -18,19 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasets_registry.core import (
-    AUTHORS_SCRIPT,
-    DataFormatError,
-    DropRow,
-    preference_row,
-    register,
-    require_fields,
-    row_rng,
-    source_spec,
-    text_field,
-    variant,
-    where,
-)
+from datasets_registry.core import preference_row, row_rng
+from datasets_registry.raw_files import require_fields, text_field, where
+from datasets_registry.raw_sources import source_spec, variant
+from datasets_registry.spec import AUTHORS_SCRIPT, DataFormatError, DropRow, register
 
 SIZE_MATCHED = 60_908
 PAPER_SIZE = 500_000

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets_registry.core import DatasetSpec, DropRow, register, row_rng
+from datasets_registry.core import row_rng
 from datasets_registry.prompts import MINED_PER_DOMAIN, prompt_row
+from datasets_registry.spec import DatasetSpec, DropRow, register
 
 Complete = Callable[[list[dict[str, str]]], str]
 

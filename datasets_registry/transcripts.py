@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from datasets_registry.core import DropRow
+from datasets_registry.spec import DropRow
 
 _TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 _ROLE = {"Human": "user", "Assistant": "assistant"}

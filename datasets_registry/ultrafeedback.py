@@ -26,18 +26,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from datasets_registry.core import (
-    AUTHORS_SCRIPT,
-    DataFormatError,
-    DropRow,
-    RawRows,
-    preference_row,
-    read_any,
-    register,
-    row_rng,
-    source_spec,
-    where,
-)
+from datasets_registry.core import preference_row, row_rng
+from datasets_registry.raw_files import read_any, where
+from datasets_registry.raw_sources import RawRows, source_spec
+from datasets_registry.spec import AUTHORS_SCRIPT, DataFormatError, DropRow, register
 
 FG_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 RAW_REVISION = "40b436560ca83a8dba36114c22ab3c66e43f6d5e"  # the release with the fixed overall_score

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.cache import model_fingerprint
 from harness.generation import Generator, Messages, SamplingParams, render_prompt
 
 
@@ -36,18 +37,6 @@ class BestOfNConfig:
             raise ValueError(f"best-of-N needs n >= 1, got {self.n}")
         if self.temperature <= 0:
             raise ValueError(f"best-of-N samples: temperature must be > 0, got {self.temperature}")
-
-
-def model_fingerprint(model_path: str) -> str:
-    """Identity of a model folder's content (config + weight file sizes and names), for cache keys."""
-    folder = Path(model_path)
-    parts = [str(folder.resolve())]
-    if folder.is_dir():
-        config = folder / "config.json"
-        if config.exists():
-            parts.append(config.read_text())
-        parts += sorted(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in folder.glob("*.safetensors"))
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 class SampleCache:
@@ -208,8 +197,8 @@ def run_best_of_n(
     out_dir/<label>/. Candidates are cached under `cache_dir` (default results/bon_cache/<sft>, the
     grid's evaluate stage uses the same), so a second call, or another reward model, reuses them.
     """
+    from harness.engines import make_generator
     from harness.evaluation import TASKS
-    from harness.generation import make_generator
     from harness.models import resolve_model
 
     config = config or BestOfNConfig()

@@ -346,6 +346,18 @@ def file_sha256(path: Path) -> str:
     return _FILE_HASHES[ident]
 
 
+def model_fingerprint(model_path: str) -> str:
+    """Identity of a model folder's content (config + weight file sizes and names), for cache keys."""
+    folder = Path(model_path)
+    parts = [str(folder.resolve())]
+    if folder.is_dir():
+        config = folder / "config.json"
+        if config.exists():
+            parts.append(config.read_text())
+        parts += sorted(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in folder.glob("*.safetensors"))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def code_fingerprint(module: str, packages: tuple[str, ...], exclude: tuple[str, ...] = ()) -> str:
     """Hash of a module's source and of every module of `packages` it imports, transitively, minus
     `exclude`: what a cached result computed by `module` depends on in code (a dataset loader and the

@@ -21,6 +21,8 @@ import importlib
 import os
 import sys
 
+from harness.cli_errors import print_error
+
 # Modules that add sub-commands: each exposes add_commands(subparsers).
 CLI_MODULES: list[str] = [
     "datasets_registry.cli",
@@ -97,8 +99,8 @@ def describe_profile_plan(grid, plans, args: argparse.Namespace) -> str:
     lacks, and the cost estimate on the chosen device (`--device-profile`, else the profile's, else
     cpu-2core) at `--usd-per-hour` (else the device's list price)."""
     from harness import launch
-    from harness.cost import CostInputError
     from harness.cost_plan import DEFAULT_DEVICE, describe_cost
+    from harness.cost_profiles import CostInputError
     from harness.planning import unique_stages
     from harness.resolution import unresolved_inputs
 
@@ -121,7 +123,7 @@ def describe_profile_plan(grid, plans, args: argparse.Namespace) -> str:
 
 def check_cost_arguments(args: argparse.Namespace) -> None:
     """--device-profile names a known device, --usd-per-hour is not negative (ValueError otherwise)."""
-    from harness.cost import device_profile
+    from harness.cost_profiles import device_profile
 
     if args.device_profile is not None:
         device_profile(args.device_profile)  # CostInputError (a ValueError) listing the valid names
@@ -322,18 +324,6 @@ def report_error(exc: BaseException, verbose: bool) -> int:
     if not verbose:
         print("(run with -v for the full traceback)", file=sys.stderr)
     return 2 if user else 1
-
-
-def print_error(exc: BaseException, verbose: bool | argparse.Namespace, label: str = "error") -> None:
-    """`error: <message>` on stderr, after the traceback when `verbose` (a bool, or the parsed arguments
-    whose `verbose` main() set): what every sub-command prints for an error it expects."""
-    import traceback
-
-    if isinstance(verbose, argparse.Namespace):
-        verbose = bool(getattr(verbose, "verbose", False))
-    if verbose:
-        traceback.print_exception(exc, file=sys.stderr)
-    print(f"{label}: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -190,13 +190,8 @@ def _expand_tasks(tasks: list[str]) -> list[str]:
     return expanded
 
 
-# Paper Table 12's best-of-N benchmarks (the generative ones of the suite).
-BEST_OF_N_TASKS = ["gsm8k", "bbh", "humaneval_plus", "mbpp_plus", "alpaca_eval1", "alpaca_eval2", "ifeval", "xstest"]
-# Tasks that score the model itself (log-likelihoods, KL, its own greedy answers) rather than the text a
-# generator returns: through best-of-N they would measure the SFT model and be mislabelled as the RM's.
-NOT_BEST_OF_N_TASKS = {"mmlu": "scores answer log-likelihoods", "truthfulqa": "its offline score is log-likelihood MC2",
-                       "policy_kl": "measures the policy, not picked text",
-                       "rm_reward": "generates with the policy, not through best-of-N"}
+# Paper Table 12's best-of-N benchmarks (the evaluation suite `paper-bon`).
+BEST_OF_N_SUITE = "paper-bon"
 
 
 class BestOfNEval(Strict):
@@ -210,14 +205,16 @@ class BestOfNEval(Strict):
     # Fixed, not the cell seed: cells of every seed and every RM then pick from the same candidates
     # (App. H: "model outputs are identical between runs").
     seed: Seed = 0
-    tasks: list[str] = Field(default_factory=lambda: list(BEST_OF_N_TASKS))
+    tasks: list[str] = Field(default_factory=lambda: _expand_tasks([BEST_OF_N_SUITE]))
     limit: int | None = Field(default=None, ge=1, description="prompts per task (None = eval.limit)")
 
     @field_validator("tasks")
     @classmethod
     def _registered(cls, tasks: list[str]) -> list[str]:
+        from harness.evaluation import TASKS
+
         expanded = _expand_tasks(tasks)
-        bad = {t: NOT_BEST_OF_N_TASKS[t] for t in expanded if t in NOT_BEST_OF_N_TASKS}
+        bad = {t: TASKS.get(t).not_best_of_n for t in expanded if TASKS.get(t).not_best_of_n}
         if bad:
             raise ValueError("not a best-of-N task: " + "; ".join(f"{t} ({why})" for t, why in bad.items()))
         if not expanded:
@@ -413,10 +410,11 @@ class CellConfig(Strict):
                 f"algorithm {spec.name!r} needs a reward: set `reward_model` (dataset, path, verifier or ensemble; "
                 "`reward_function: NAME` is the older spelling of a verifier)"
             )
-        if spec.name == "ppo" and self.reward_model is not None and not self.reward_model.is_single_model \
-                and self.algorithm.resolved()["value_init"] == "reward":
-            raise ValueError("PPO's value_init='reward' copies one reward model into the value model, but this cell's "
-                             "reward is a verifier or an ensemble: set algorithm.value_init: policy")
+        why = (spec.needs_single_reward_model(self.algorithm.resolved()) if spec.needs_single_reward_model
+               and self.reward_model is not None and not self.reward_model.is_single_model else None)
+        if why:
+            raise ValueError(f"{spec.name.upper()}'s {why[0]}, but this cell's reward is a verifier or an ensemble: "
+                             f"{why[1]}")
         if spec.data in ("pairs", "unpaired"):
             if self.dataset is None:
                 raise ValueError(f"algorithm {spec.name!r} trains on preference pairs: set `dataset`")

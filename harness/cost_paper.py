@@ -22,16 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.cost import (
-    DeviceProfile,
-    OnlineTraining,
-    PairwiseTraining,
-    PreferencePairs,
-    device_profile,
-    estimate,
-    model_shape,
-    with_profile_overrides,
-)
+from harness.cost import OnlineTraining, PairwiseTraining, PreferencePairs, estimate
+from harness.cost_profiles import DeviceProfile, device_profile, model_shape, with_profile_overrides
 
 UF_ROWS = 60908  # UltraFeedback (fine-grained), Table 1 / Table 6
 # Mean tokens of an UltraFeedback prompt / chosen / rejected answer: measured on the 1,000-row

@@ -39,11 +39,9 @@ from typing import Any
 
 import yaml
 
-from harness import cost
+from harness import cost, cost_profiles
 from harness.cost import (
-    CostInputError,
     DataPreparation,
-    DeviceProfile,
     EvalTask,
     Evaluation,
     OnlineTraining,
@@ -52,6 +50,7 @@ from harness.cost import (
     StageEstimate,
     Workload,
 )
+from harness.cost_profiles import CostInputError, DeviceProfile
 
 COST_INPUTS_FILE = Path(__file__).with_name("cost_inputs.yaml")
 DEFAULT_DEVICE = "cpu-2core"
@@ -196,7 +195,7 @@ def _pairs(stage: Any, mapping: Mapping, rows: int | None = None) -> PreferenceP
 
 def _shape(name: str, mapping: Mapping, fallback: Any = None) -> Any:
     try:
-        return cost.model_shape(name)
+        return cost_profiles.model_shape(name)
     except CostInputError as exc:
         if fallback is None:
             raise
@@ -213,7 +212,7 @@ def reward_model_workload(stage: Any, mapping: Mapping) -> PairwiseTraining:
     heldout = max(1, round(rows * train.heldout_fraction))
     scored = heldout + (REWARDBENCH_PAIRS if stage.config.get("rewardbench") else 0)
     return PairwiseTraining(
-        "reward_model", cost.model_shape(stage.config["base"]), _pairs(data, mapping, rows - heldout),
+        "reward_model", cost_profiles.model_shape(stage.config["base"]), _pairs(data, mapping, rows - heldout),
         epochs=train.num_train_epochs,
         batch_size=train.per_device_train_batch_size * train.gradient_accumulation_steps
         * mapping.processes("train_reward_model"),
@@ -224,7 +223,7 @@ def reward_model_workload(stage: Any, mapping: Mapping) -> PairwiseTraining:
 def _reward_shape(stage: Any, mapping: Mapping, policy: Any) -> Any:
     """The shape of the reward model a policy stage trains against (None: a reward function)."""
     if "reward_model" in stage.inputs:
-        return cost.model_shape(stage.inputs["reward_model"].config["base"])
+        return cost_profiles.model_shape(stage.inputs["reward_model"].config["base"])
     if stage.config.get("reward_model"):
         return _shape(stage.config["reward_model"]["path"], mapping, fallback=policy)
     return None
@@ -233,9 +232,17 @@ def _reward_shape(stage: Any, mapping: Mapping, policy: Any) -> Any:
 def reference_workload(stage: Any, mapping: Mapping) -> PairwiseTraining:
     """The shared `reference_logps` stage (harness/reference_logps.py): one reference forward over the pairs."""
     config = stage.config
-    return PairwiseTraining("dpo", cost.model_shape(config["model"]), _pairs(stage.inputs["data"], mapping),
+    return PairwiseTraining("dpo", cost_profiles.model_shape(config["model"]), _pairs(stage.inputs["data"], mapping),
                             epochs=1.0, batch_size=config.get("batch_size", 1), max_length=config["max_length"],
                             reference="precomputed", reference_only=True, label=f"reference {config['model']}")
+
+
+def _reference_pass(spec: Any) -> str:
+    """How an offline algorithm's reference model costs, from its spec: none (reference-free), one pass
+    before training (it takes precomputed reference log-probs), or a forward with every step."""
+    if not spec.needs_reference:
+        return "none"
+    return "precomputed" if spec.reference_logps else "per_step"
 
 
 def policy_workload(stage: Any, mapping: Mapping) -> Workload:
@@ -244,7 +251,7 @@ def policy_workload(stage: Any, mapping: Mapping) -> Workload:
     algo = dict(stage.config["algorithm"])
     name = algo["name"]
     spec = ALGORITHMS.get(name)
-    policy = cost.model_shape(stage.config["model"])
+    policy = cost_profiles.model_shape(stage.config["model"])
     data = stage.inputs.get("prompts") or stage.inputs.get("data")
     if data is None:
         raise CostInputError(f"{stage.label}: no training data input")
@@ -261,7 +268,7 @@ def policy_workload(stage: Any, mapping: Mapping) -> Workload:
             epochs=algo.get("num_train_epochs", 1.0),
             batch_size=algo.get("per_device_train_batch_size", 1) * algo.get("gradient_accumulation_steps", 1) * processes,
             max_length=algo.get("max_length", 2048), max_steps=algo.get("max_steps", -1),
-            reference=reference or cost.OFFLINE_REFERENCE.get(name, "per_step"), label=label)
+            reference=reference or _reference_pass(spec), label=label)
     prompts = mapping.rows(data)
     lengths = _lengths(data, mapping)
     reward = _reward_shape(stage, mapping, policy)
@@ -342,10 +349,10 @@ def evaluation_workload(stage: Any, mapping: Mapping) -> tuple[Evaluation, int]:
     config = stage.config
     policy = stage.inputs.get("policy")
     model_name = policy.config["model"] if policy is not None else config["model"]
-    model = cost.model_shape(model_name)
+    model = cost_profiles.model_shape(model_name)
     engine = mapping.engine("evaluate")
     rm = stage.inputs.get("reward_model")
-    rm_shape = cost.model_shape(rm.config["base"]) if rm is not None else (
+    rm_shape = cost_profiles.model_shape(rm.config["base"]) if rm is not None else (
         _shape(config["reward_model_path"], mapping, fallback=model) if config.get("reward_model_path") else None)
     tasks: list[EvalTask] = []
     for name, fingerprint in config["tasks"].items():
@@ -382,9 +389,9 @@ def stage_estimate(stage: Any, device: DeviceProfile, mapping: Mapping,
     """The estimate of one stage (a planned Stage or a StageView) on `device`."""
     launch = mapping.launch.get(stage.kind)
     if launch is not None and launch.device_profile and mapping.kind_devices:
-        device = cost.device_profile(launch.device_profile)
+        device = cost_profiles.device_profile(launch.device_profile)
     if launch is not None and launch.num_gpus and device.scalable and launch.num_gpus > device.devices:
-        device = cost.with_profile_overrides(device, devices=int(launch.num_gpus))
+        device = cost_profiles.with_profile_overrides(device, devices=int(launch.num_gpus))
     if stage.kind == "prepare_data":
         rows = mapping.rows(stage)
         lengths = _lengths(stage, mapping)
@@ -454,7 +461,7 @@ def grid_cost(plans: Sequence[Any], device: str | DeviceProfile, launch: dict[st
     block's per-kind `device_profile` wins over `device` (False: every stage on `device`)."""
     from harness.planning import unique_stages
 
-    profile = cost.device_profile(device) if isinstance(device, str) else device
+    profile = cost_profiles.device_profile(device) if isinstance(device, str) else device
     mapping = Mapping(planned_rows(full_data), launch or {}, kind_devices=kind_devices)
     stages = [(s, stage_estimate(s, profile, mapping, usd_per_device_hour)) for s in unique_stages(list(plans))]
     by_id = {s.id: e for s, e in stages}
@@ -471,7 +478,7 @@ def _row(label: str, est: StageEstimate, status: str = "") -> str:
 
 def format_grid_cost(found: GridCost, usd_per_device_hour: float | None = None) -> str:
     """The `--dry-run` cost section: per stage, per stage kind, per cell, and the totals."""
-    profile = cost.device_profile(found.device)
+    profile = cost_profiles.device_profile(found.device)
     rate = usd_per_device_hour if usd_per_device_hour is not None else profile.usd_per_device_hour
     header = (f"{'stage':<44} {'status':<8} {'trained':>8} {'fwd':>8} {'gen':>8} {'FLOPs':>8} {'hours':>9} "
               f"{'dev-h':>9} {'USD':>10}")
@@ -517,7 +524,7 @@ def cell_training_cost(stage_specs: Sequence[dict[str, Any]], device: str | Devi
                        rows: dict[str, int] | None = None) -> tuple[StageEstimate | None, list[str]]:
     """(the estimate of a logged cell's training: its reward model and policy stages, None for the SFT
     baseline; notes) from its stage specs. `rows`: kept rows per dataset name as logged (exact)."""
-    profile = cost.device_profile(device) if isinstance(device, str) else device
+    profile = cost_profiles.device_profile(device) if isinstance(device, str) else device
     logged = rows or {}
 
     def rows_of(stage: Any) -> tuple[int, str]:

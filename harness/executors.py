@@ -383,7 +383,7 @@ def _best_of_n(config: dict[str, Any], reward: Any, out: Path) -> tuple[dict[str
     candidates and they are generated once.
     """
     from harness.best_of_n import BestOfNConfig, best_of_n_tasks, default_cache
-    from harness.generation import make_generator
+    from harness.engines import make_generator
     from harness.models import resolve_model
 
     bon = config["best_of_n"]

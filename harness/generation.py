@@ -29,6 +29,7 @@ Engines (`kind`):
 - `vllm`: the harness starts `vllm serve` for the model (`harness.openai_engine.serve_model`), talks
   to it as `openai`, and stops it afterwards. Untested here: vLLM cannot be installed on the project's
   CPU machines; the start/stop logic is tested with `harness serve-judge` standing in for `vllm serve`.
+`harness.engines.make_generator` builds the engine a settings block names.
 
 Sampling is the same on every in-process engine: greedy at temperature 0; otherwise each row draws
 from exactly softmax(logits / temperature), cut to top_p, with its own seeded generator (seed derived
@@ -559,7 +560,7 @@ class HFGenerator:
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], batch_size: int | None = None
                       ) -> list[tuple[float, bool]]:
         """(log-likelihood of each continuation given its context, is it the greedy continuation)."""
-        from harness.evaluation.common import continuation_logprobs
+        from harness.loglikelihood import continuation_logprobs
 
         return continuation_logprobs(self.model, self.tokenizer, pairs, batch_size=batch_size or self.batch_size)
 
@@ -679,7 +680,7 @@ class HFGenerator:
 
 
 # ==================================================================================================
-# Choosing an engine.
+# What this machine can run.
 # ==================================================================================================
 
 
@@ -692,20 +693,3 @@ def vllm_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def make_generator(name_or_path: str, batch_size: int = 16, engine: EngineSettings | None = None,
-                   device: str | None = None) -> Any:
-    """The engine `engine` describes (default: `EngineSettings()`, the detected fastest in-process one)
-    for the model `name_or_path`. Remote engines read the model's tokenizer locally (chat template,
-    token ids); call `close()` when done (kind vllm: stops the server; it is also stopped at exit)."""
-    settings = engine or EngineSettings()
-    if settings.kind == "hf":
-        return HFGenerator.from_name(name_or_path, batch_size=batch_size, device=device, engine=settings)
-    from harness.models import load_tokenizer
-    from harness.openai_engine import OpenAIGenerator, serve_model
-
-    resolved = settings.resolved(device)
-    if settings.kind == "openai":
-        return OpenAIGenerator.from_settings(settings, load_tokenizer(name_or_path), resolved=resolved)
-    return serve_model(name_or_path, settings, resolved=resolved)

@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.config import CellConfig
+from harness.dotted_paths import get_dotted, set_dotted
 
 
 class GridError(ValueError):
@@ -80,31 +81,6 @@ class Grid:
     launch: dict[str, Any] = dataclasses.field(default_factory=dict)
     device_profile: str | None = None
     full_data: bool = False  # the datasets are meant at full size (a local sample is not the profile's data)
-
-
-def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = config
-    for key in keys[:-1]:
-        child = node.get(key)
-        if isinstance(child, str):  # `algorithm: dpo` shorthand, then `algorithm.beta` set
-            child = {"name": child}
-        if not isinstance(child, dict):
-            child = {}
-        node[key] = child
-        node = child
-    node[keys[-1]] = copy.deepcopy(value)
-
-
-def get_dotted(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for key in dotted.split("."):
-        if isinstance(node, str) and key == "name":
-            return node
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def _fmt(value: Any) -> str:

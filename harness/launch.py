@@ -22,7 +22,7 @@ cannot run under its launch settings (PPO's batch sizes must split over the rank
 data-parallel only, so an FSDP/ZeRO-3 launch does not shard it).
 
 `engine` is recorded and shown (`--dry-run`) but not applied yet: the cell-level `engine:` block of issue
-#15 is what will choose it; until then `harness.generation.make_generator` picks vLLM when it is installed
+#15 is what will choose it; until then `harness.engines.make_generator` picks vLLM when it is installed
 and a GPU is present.
 """
 
@@ -140,7 +140,7 @@ def parse_launch(raw: Any, where: str) -> dict[str, StageLaunch]:
                 errors.append(f"{where}.{kind}.{loc}: {err['msg'].removeprefix('Value error, ')}")
             continue
         if parsed[kind].device_profile is not None:
-            from harness.cost import CostInputError, device_profile
+            from harness.cost_profiles import CostInputError, device_profile
 
             try:
                 device_profile(parsed[kind].device_profile)
@@ -198,9 +198,30 @@ def describe(launch: dict[str, StageLaunch]) -> list[str]:
     return lines
 
 
+def check_launch(spec: dict[str, Any], num_processes: int) -> list[str]:
+    """Why the stage `spec` cannot run on `num_processes` ranks (empty if it can), known before launching.
+
+    An algorithm's sizes that are global and split over the ranks (`AlgorithmSpec.launch_problems`, e.g.
+    PPO's prompt and minibatch sizes): a size that does not split would otherwise fail inside every rank,
+    after the models are loaded (or, for a Ray grid, after the stages before it have run)."""
+    if num_processes < 1:
+        return [f"accelerate.num_processes must be >= 1, got {num_processes}"]
+    algo = dict(spec["config"].get("algorithm") or {}) if spec["kind"] == "train_policy" else {}
+    name = algo.pop("name", None)
+    if name is None:
+        return []
+    from harness.algorithms import ALGORITHMS
+
+    algorithm = ALGORITHMS.get(name)
+    if algorithm.launch_problems is None:
+        return []
+    return [f"stage {spec['kind']}/{spec['key']}: algorithm.{problem}"
+            for problem in algorithm.launch_problems(algorithm.make_config(algo), num_processes)]
+
+
 def plan_problems(launch: dict[str, StageLaunch], stages: list[Any]) -> list[str]:
     """Why a planned stage cannot run under the launch settings of its kind (empty if every one can)."""
-    from harness.backends.accelerate_launch import check_launch
+    from harness.algorithms import ALGORITHMS
 
     problems: list[str] = []
     for stage in stages:
@@ -208,11 +229,11 @@ def plan_problems(launch: dict[str, StageLaunch], stages: list[Any]) -> list[str
         if spec is None or spec.accelerate is None:
             continue
         problems += check_launch(stage.spec(), spec.accelerate.num_processes)
-        if stage.kind == "train_policy" and (stage.config.get("algorithm") or {}).get("name") == "ppo" \
-                and spec.accelerate.config_file:
+        name = (stage.config.get("algorithm") or {}).get("name") if stage.kind == "train_policy" else None
+        if name is not None and ALGORITHMS.get(name).data_parallel_only and spec.accelerate.config_file:
             kind = read_launch_config(config_path(spec.accelerate.config_file)).distributed_type
             problems.append(
-                f"{stage.label} {stage.key}: the project's PPO is data-parallel only (docs/scale-out.md, 'PPO on N "
+                f"{stage.label} {stage.key}: algorithm {name!r} is data-parallel only (docs/scale-out.md, 'PPO on N "
                 f"GPUs'): under {kind} it would not be sharded, and each rank holds a full policy, value, reference "
                 "and reward model")
     return problems

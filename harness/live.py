@@ -42,9 +42,33 @@ from harness.planning import CellPlan, Stage
 
 if TYPE_CHECKING:
     from harness.console import ProgressView, StageLine
-    from harness.runner import RunSummary
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    experiment_id: str
+    logged_cells: list[str] = field(default_factory=list)
+    skipped_cells: list[str] = field(default_factory=list)
+    executed_stages: list[str] = field(default_factory=list)
+    cached_stages: list[str] = field(default_factory=list)
+    cell_run_ids: dict[str, str] = field(default_factory=dict)
+    # Under keep-going: stage id -> its error (one message), cell -> why it was not logged, and stage id ->
+    # the full traceback (printed with `harness -v`).
+    failed_stages: dict[str, str] = field(default_factory=dict)
+    failed_cells: dict[str, str] = field(default_factory=dict)
+    tracebacks: dict[str, str] = field(default_factory=dict)
+
+    def failure_report(self) -> str:
+        """What failed and why, one cell per line (empty when nothing failed)."""
+        if not self.failed_cells:
+            return ""
+        lines = [f"FAILED: {len(self.failed_cells)} cell(s) not logged:"]
+        lines += [f"  cell {name}: {why}" for name, why in self.failed_cells.items()]
+        lines.append("Cells that did not depend on a failed stage ran and were logged; after fixing the cause, "
+                     "rerun the same command (finished stages are cached, logged cells skipped).")
+        return "\n".join(lines)
 
 STEP_HISTORY_FILE = "history.jsonl"
 # Called (in the logger thread) with each batch of new step-metric rows of a running stage, in order, once

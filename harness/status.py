@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +171,7 @@ def _grid_of(name: str, only: str | None) -> tuple[Any, str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from harness.cli import print_error
+    from harness.cli_errors import print_error
 
     if not args.target:
         print(store_status())
@@ -195,8 +194,3 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--only", metavar="CELL_GLOB", help="only cells whose name matches this glob")
     parser.set_defaults(func=cmd_status)
 
-
-if __name__ == "__main__":
-    from harness.cli import main
-
-    sys.exit(main(["status", *sys.argv[1:]]))

@@ -78,9 +78,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from harness import mlflow_layout as layout
 from harness import tracking
-from harness.cli import print_error
+from harness.cli_errors import print_error
 from harness.config_fields import Seed
-from harness.grid import Cell, GridError, build_grid, cell_name, read_yaml, set_dotted
+from harness.dotted_paths import set_dotted
+from harness.grid import Cell, GridError, build_grid, cell_name, read_yaml
 
 SUITE_AVERAGE = "suite_average"  # objective metric: mean of `<task>/score` over the cell's eval tasks
 
@@ -402,11 +403,10 @@ def _cell_run(experiment_id: str, cell: Cell, cell_key: str) -> Any:
 
 
 def _kl_coefficient(cell: Cell) -> Any:
+    from harness.algorithms import ALGORITHMS
+
     algo = cell.resolved().get("algorithm") or {}
-    for name in ("beta", "kl_coef"):  # DPO/GRPO/... call it beta, PPO kl_coef (paper Eq. 2's beta)
-        if name in algo:
-            return algo[name]
-    return None
+    return ALGORITHMS.get(algo["name"]).kl_coefficient(algo) if algo else None
 
 
 def metric_value(metrics: dict[str, float], metric: str, tasks: list[str], cell: str) -> float:

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.cli import print_error
+from harness.cli_errors import print_error
 
 FORMATS = ("md", "tex", "csv", "png")
 

@@ -38,8 +38,8 @@ def _kept_rows(cell: CellRun) -> dict[str, int]:
 
 def cell_compute(exp: Any, cell: CellRun, device: str) -> tuple[Any, list[str]]:
     """(the estimate of the cell's training, notes); (None, [why]) when it cannot be priced."""
-    from harness.cost import CostInputError
     from harness.cost_plan import cell_training_cost
+    from harness.cost_profiles import CostInputError
 
     document = exp.json_artifact(cell.run_id, "resolved_config.json")
     if not document or not document.get("stages"):

@@ -164,15 +164,16 @@ def fig3(ctx: ReportContext) -> FigureOutput:
 # ------------------------------------------------------------------------------------------------
 
 def kl_coefficient(cell: CellRun) -> float | None:
-    """PPO's `kl_coef`, or the β of DPO-style losses (both weigh the pull towards the reference)."""
-    for key in ("algorithm.kl_coef", "algorithm.beta"):
-        value = cell.param(key)
-        if value is not None:
-            try:
-                return float(value)
-            except ValueError:
-                return None
-    return None
+    """The cell's KL coefficient (`AlgorithmSpec.kl_coefficient_field`: PPO's `kl_coef`, the β of DPO-style
+    losses; both weigh the pull towards the reference), None for an algorithm without one."""
+    from harness.algorithms import spec_or_none  # here: importing every algorithm costs seconds (torch)
+
+    spec = spec_or_none(cell.algorithm)
+    value = cell.param(f"algorithm.{spec.kl_coefficient_field}") if spec and spec.kl_coefficient_field else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 @register("fig4", "figure", "Fig. 4: metrics vs KL coefficient per reward model",

@@ -49,13 +49,13 @@ def paper_column(metric: str | None, columns: Sequence[str]) -> str | None:
 
 def _size_map(cells: Sequence[CellRun]) -> dict[str, str]:
     """This experiment's RM bases -> the paper size each stands for (by parameter count)."""
-    from harness import cost
+    from harness import cost_profiles
 
     bases = sorted({c.param("reward_model.base") for c in cells if c.param("reward_model.base")})
 
     def params(name: str) -> float:
         try:
-            return float(cost.model_shape(name).params)
+            return float(cost_profiles.model_shape(name).params)
         except Exception:  # an RM whose shape is unknown here: keep the name order
             return float("inf")
 

@@ -24,8 +24,15 @@ from reports.registry import (
     register,
 )
 
-ONLINE_ALGORITHMS = ("ppo", "grpo", "rloo", "online-dpo", "grpo-seed000")
 _SOURCE_ORDER = {"web": 0, "human": 1, "synthetic": 2, "mixed": 3, "built-in": 4}
+
+
+def is_online(cell: CellRun) -> bool:
+    """The cell's algorithm samples from its policy while it trains (`AlgorithmSpec.online`: PPO, GRPO, ...)."""
+    from harness.algorithms import spec_or_none  # here: importing every algorithm costs seconds (torch)
+
+    spec = spec_or_none(cell.algorithm)
+    return spec is not None and spec.online
 
 
 def source_type(dataset: str | None) -> str:
@@ -229,9 +236,11 @@ def bon_metrics(cell: CellRun) -> dict[str, dict[str, float]]:
     return out
 
 
-BON_TASKS: list[tuple[str, str]] = [("GSM", "gsm8k"), ("BBH", "bbh"), ("Codex-Eval+", "humaneval_plus"),
-                                    ("MBPP+", "mbpp_plus"), ("AEval 1", "alpaca_eval1"), ("AEval 2", "alpaca_eval2"),
-                                    ("IFEval", "ifeval"), ("XSTest", "xstest")]
+def bon_columns() -> list[tuple[str, str]]:
+    """Table 12's (header, task) columns: the paper's best-of-N benchmarks (`SUITES["paper-bon"]`)."""
+    from harness.evaluation.paper_suite import PAPER_BEST_OF_N_COLUMNS
+
+    return [(header, task) for task, header in PAPER_BEST_OF_N_COLUMNS.items()]
 
 
 def _category_average(scores: dict[str, float]) -> float | None:
@@ -272,7 +281,7 @@ def table3(ctx: ReportContext) -> ReportTable:
                     sft_avg = _category_average({t: v for t, v in sft.items() if v is not None})
                     bon_delta = Entry(value=avg - sft_avg, metric="bon/*/score − sft", signed=True,  # type: ignore[operator]
                                       run_ids=(bon_cell.run_id, base.run_id))
-        ppo = [c for c in cells if c.algorithm in ONLINE_ALGORITHMS]
+        ppo = [c for c in cells if is_online(c)]
         table.rows.append(Row([label], [rb, bon_avg, bon_delta, ctx.value(ppo, "gsm8k/score"),
                                         ctx.value(ppo, "alpaca_eval2/score"), ctx.value(ppo, AVERAGE[1])]))
     if not any(e.is_number for r in table.rows for e in r.entries):
@@ -289,9 +298,10 @@ def table12(ctx: ReportContext) -> ReportTable:
             picked.append((label, cell, next(iter(bon_metrics(cell).values()))))
     # Tasks outside the paper's eight (e.g. a small grid's custom task) get columns after them, so every
     # logged best-of-N score is shown (as `suite_columns` does for the other tables).
-    paper = {t for _, t in BON_TASKS}
+    paper_columns = bon_columns()
+    paper = {t for _, t in paper_columns}
     extra = sorted({k[:-6] for _, _, bon in picked for k in bon if k.endswith("/score") and "/" not in k[:-6]} - paper)
-    columns = BON_TASKS + [(t, t) for t in extra]
+    columns = paper_columns + [(t, t) for t in extra]
     table = ReportTable("table12", "Table 12: best-of-N evaluation",
                         "The SFT model's own answers (first row) vs the best of N SFT samples picked by each "
                         "reward model.", ["Model"], [c for c, _ in columns])

@@ -165,7 +165,8 @@ def scripted_judge() -> Iterator[Callable[..., ScriptedJudge]]:
     """Starts scripted judge servers: `scripted_judge(rules, default=...)` with rules [{"pattern": regex,
     "reply": text}] matched against each request's "role: content" lines (first match wins). Stopped
     after the test."""
-    from harness.judge.server import JudgeServer, ScriptedBackend
+    from harness.judge.server import JudgeServer
+    from harness.judge.server_backends import ScriptedBackend
 
     servers: list[Any] = []
 

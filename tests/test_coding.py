@@ -20,16 +20,13 @@ from harness.evaluation.coding import (
     CodeChecker,
     CodingConfig,
     config_from_env,
-    load_humaneval_plus,
-    load_mbpp_plus,
-    mbpp_restore_inputs,
     mean_pass_at_k,
     pass_at_k,
-    program_from_completion,
-    render_chat_prompt,
     run_humaneval_plus,
     score_completions,
 )
+from harness.evaluation.coding_problems import load_humaneval_plus, load_mbpp_plus, mbpp_restore_inputs
+from harness.evaluation.coding_prompts import program_from_completion, render_chat_prompt
 from harness.evaluation.sandbox import bubblewrap_status
 
 HAS_EVALPLUS = importlib.util.find_spec("evalplus") is not None
@@ -96,7 +93,7 @@ def _contract_violations(problem: Any, contract: str) -> list[int]:
     """Indices of base inputs that break the task's own input contract (its isinstance asserts etc.)."""
     import textwrap
 
-    from harness.evaluation.coding import _signature
+    from harness.evaluation.coding_prompts import _signature
 
     params = _signature(problem, problem.canonical_solution)[len(problem.entry_point):]
     source = f"def __contract{params}:\n" + textwrap.indent(textwrap.dedent(contract), "    ") + "\n    return True\n"

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from harness.evaluation.code_grading import check_assertions
-from harness.evaluation.coding import CodeChecker, CodeProblem, CodingConfig, Verdict, score_completions
+from harness.evaluation.coding import CodeChecker, CodingConfig, Verdict, score_completions
+from harness.evaluation.coding_problems import CodeProblem
 from harness.evaluation.sandbox import bubblewrap_status
 
 BWRAP = bubblewrap_status()

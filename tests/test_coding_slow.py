@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness.evaluation import EvalContext, run_tasks
-from harness.evaluation.coding import HUMANEVAL_STOP
+from harness.evaluation.coding_prompts import HUMANEVAL_STOP
 
 
 @pytest.mark.slow
@@ -38,7 +38,8 @@ def test_canonical_solutions_pass_their_own_tests(shared_data):
     # Data + oracle + sandbox end to end on real problems: every canonical solution must pass base and
     # plus. (A full sweep of all 563 passes except Mbpp/599, whose canonical solution needs minutes on its
     # plus inputs, beyond EvalPlus's 60 s per-split budget on this CPU; it is not in this subset.)
-    from harness.evaluation.coding import CodeChecker, load_humaneval_plus, load_mbpp_plus
+    from harness.evaluation.coding import CodeChecker
+    from harness.evaluation.coding_problems import load_humaneval_plus, load_mbpp_plus
 
     problems = load_humaneval_plus()[:25] + load_mbpp_plus()[:25]
     verdicts = CodeChecker().check_many([(p, p.reference_program) for p in problems])

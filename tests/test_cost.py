@@ -9,7 +9,7 @@ import math
 import pytest
 import yaml
 
-from harness import cost
+from harness import cost, cost_profiles
 from harness.cost_paper import (
     FIGURES,
     FIT_PROFILE,
@@ -20,7 +20,7 @@ from harness.cost_paper import (
     reward_model_13b,
 )
 
-TINY = cost.ModelShape("toy", n_layers=2, d_model=8, n_heads=2, n_kv_heads=1, head_dim=4, d_ff=16,
+TINY = cost_profiles.ModelShape("toy", n_layers=2, d_model=8, n_heads=2, n_kv_heads=1, head_dim=4, d_ff=16,
                        vocab_size=10, tied_embeddings=True)
 
 
@@ -32,30 +32,30 @@ def test_parameter_counts_match_transformers():
 
     published = {"meta-llama/Llama-2-13b-hf": 13_015_864_320, "meta-llama/Llama-2-70b-hf": 68_976_648_192,
                  "HuggingFaceTB/SmolLM2-135M-Instruct": 134_515_008, "HuggingFaceTB/SmolLM2-360M-Instruct": 361_821_120}
-    for name, config in cost.KNOWN_CONFIGS.items():
-        assert cost.model_shape(name).params == published[name], name
+    for name, config in cost_profiles.KNOWN_CONFIGS.items():
+        assert cost_profiles.model_shape(name).params == published[name], name
         one_layer = {**config, "num_hidden_layers": 1}
         with torch.device("meta"):
             model = LlamaForCausalLM(LlamaConfig(**one_layer))
-        assert cost.ModelShape.from_config(name, one_layer).params == sum(p.numel() for p in model.parameters()), name
-    assert cost.model_shape("allenai/tulu-2-70b").params == published["meta-llama/Llama-2-70b-hf"]
+        assert cost_profiles.ModelShape.from_config(name, one_layer).params == sum(p.numel() for p in model.parameters()), name
+    assert cost_profiles.model_shape("allenai/tulu-2-70b").params == published["meta-llama/Llama-2-70b-hf"]
 
 
 def test_model_shape_reads_local_folders_and_names_what_is_missing(tmp_path):
-    tiny = cost.model_shape("tiny-random-llama")  # built locally by the zoo, read from its config.json
+    tiny = cost_profiles.model_shape("tiny-random-llama")  # built locally by the zoo, read from its config.json
     assert (tiny.n_layers, tiny.d_model, tiny.tied_embeddings) == (2, 64, True)
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"num_hidden_layers": 3, "hidden_size": 16,
                                                     "num_attention_heads": 4, "intermediate_size": 32,
                                                     "vocab_size": 100}))
-    shape = cost.model_shape(str(folder))
+    shape = cost_profiles.model_shape(str(folder))
     assert (shape.n_kv_heads, shape.head_dim, shape.tied_embeddings) == (4, 4, False)
-    with pytest.raises(cost.CostInputError, match="no local config.json and not among the known shapes"):
-        cost.model_shape("someone/unknown-model")
+    with pytest.raises(cost_profiles.CostInputError, match="no local config.json and not among the known shapes"):
+        cost_profiles.model_shape("someone/unknown-model")
     (folder / "config.json").write_text(json.dumps({"hidden_size": 16}))
-    with pytest.raises(cost.CostInputError, match="has no 'num_attention_heads'"):
-        cost.model_shape(str(folder))
+    with pytest.raises(cost_profiles.CostInputError, match="has no 'num_attention_heads'"):
+        cost_profiles.model_shape(str(folder))
 
 
 def test_forward_flops_are_2n_plus_attention():
@@ -69,7 +69,7 @@ def test_forward_flops_are_2n_plus_attention():
 
 
 def test_dpo_counts_training_and_reference_passes():
-    profile = cost.device_profile("h100")
+    profile = cost_profiles.device_profile("h100")
     data = cost.PreferencePairs(100, prompt_tokens=10, chosen_tokens=20, rejected_tokens=5)
     base = cost.PairwiseTraining("dpo", TINY, data, epochs=3, batch_size=10, max_length=64)
     pair_fwd = TINY.sequence_forward_flops(30) + TINY.sequence_forward_flops(15)
@@ -94,19 +94,19 @@ def test_dpo_counts_training_and_reference_passes():
 def test_reward_model_has_no_lm_head_and_static_shapes_pad():
     data = cost.PreferencePairs(100, 10, 20, 5)
     rm = cost.PairwiseTraining("reward_model", TINY, data, epochs=1, batch_size=10, max_length=64, eval_pairs=50)
-    dynamic = cost.estimate(rm, cost.device_profile("h100"))
+    dynamic = cost.estimate(rm, cost_profiles.device_profile("h100"))
     assert dynamic.kind == "train_reward_model"
     pair_fwd = TINY.sequence_forward_flops(30, lm_head=False) + TINY.sequence_forward_flops(15, lm_head=False)
     assert dynamic.flops_by_part["train (forward + backward)"] == pytest.approx(3 * 100 * pair_fwd)
     assert dynamic.flops_by_part["scoring held-out pairs"] == pytest.approx(50 * pair_fwd)
-    padded = cost.estimate(rm, cost.device_profile("tpu-v3-256"))
+    padded = cost.estimate(rm, cost_profiles.device_profile("tpu-v3-256"))
     assert padded.tokens_trained == 100 * 2 * 64
     assert any("padded to 64" in n for n in padded.notes)
 
 
 def test_ppo_runs_four_forwards_and_two_trained_models_per_rollout():
-    profile = cost.device_profile("h100")
-    rm = cost.ModelShape("rm", 2, 8, 2, 2, 4, 16, 10, False)
+    profile = cost_profiles.device_profile("h100")
+    rm = cost_profiles.ModelShape("rm", 2, 8, 2, 2, 4, 16, 10, False)
     ppo = cost.OnlineTraining("ppo", TINY, rm, prompts=64, prompt_tokens=10, response_tokens=20,
                               max_prompt_length=32, max_new_tokens=40, prompt_batch_size=16, inner_epochs=2)
     est = cost.estimate(ppo, profile)
@@ -130,19 +130,19 @@ def test_ppo_runs_four_forwards_and_two_trained_models_per_rollout():
     assert not any(k.startswith(("value", "reward", "reference", "policy forward")) for k in grpo.flops_by_part)
     assert grpo.tokens_generated == 4 * 64 * 20
     assert any("rule-based reward" in n for n in grpo.notes)
-    with pytest.raises(cost.CostInputError, match="not online"):
+    with pytest.raises(cost_profiles.CostInputError, match="not online"):
         cost.estimate(cost.OnlineTraining("dpo", TINY, None, 1, 1, 1, 1, 1, 1), profile)
 
 
 def test_decode_time_is_the_slower_of_compute_and_memory_plus_layer_latency():
-    profile = cost.with_profile_overrides(cost.device_profile("h100"), decode_layer_latency_s=1e-3)
+    profile = cost_profiles.with_profile_overrides(cost_profiles.device_profile("h100"), decode_layer_latency_s=1e-3)
     task = cost.EvalTask("gen", examples=32, prompt_tokens=8, max_new_tokens=10, batch_size=16)
     est = cost.estimate(cost.Evaluation(TINY, (task,)), profile)
     # a toy model is latency-bound: 2 batches x 10 steps x 2 layers x 1 ms (+ negligible roofline time)
     assert est.seconds_by_part["gen: decode"] == pytest.approx(2 * 10 * 2 * 1e-3, rel=1e-3)
     # a 13B model at batch 1 is memory-bound: each step reads the weights
-    big = cost.model_shape("allenai/tulu-2-13b")
-    fast = cost.with_profile_overrides(profile, decode_layer_latency_s=1e-12)
+    big = cost_profiles.model_shape("allenai/tulu-2-13b")
+    fast = cost_profiles.with_profile_overrides(profile, decode_layer_latency_s=1e-12)
     one = cost.estimate(cost.Evaluation(big, (cost.EvalTask("gen", 1, 8, max_new_tokens=10, batch_size=1),)), fast)
     weights_read = big.params * 2 / (profile.memory_bandwidth * profile.decode_bandwidth_efficiency)
     assert one.seconds_by_part["gen: decode"] == pytest.approx(10 * weights_read, rel=0.01)
@@ -156,7 +156,7 @@ def test_device_hours_money_and_totals():
     work = cost.PairwiseTraining("dpo", TINY, data, epochs=1, batch_size=10, max_length=64)
     h100 = cost.estimate(work, "h100")
     assert h100.device_hours == pytest.approx(h100.seconds / 3600 * 1)
-    assert h100.usd == pytest.approx(h100.device_hours * cost.device_profile("h100").usd_per_device_hour)
+    assert h100.usd == pytest.approx(h100.device_hours * cost_profiles.device_profile("h100").usd_per_device_hour)
     assert cost.estimate(work, "h100", usd_per_device_hour=10.0).usd == pytest.approx(h100.device_hours * 10)
     tpu = cost.estimate(work, "tpu-v3-256")
     assert tpu.devices == 128 and tpu.device_hours == pytest.approx(tpu.hours * 128)
@@ -169,7 +169,7 @@ def test_device_hours_money_and_totals():
     assert cost.total([h100, tpu]).usd is None
     text = cost.format_table([prep, h100])
     assert "total" in text.splitlines()[-1] and "dpo toy" in text
-    with pytest.raises(cost.CostInputError, match="usd_per_device_hour must be >= 0"):
+    with pytest.raises(cost_profiles.CostInputError, match="usd_per_device_hour must be >= 0"):
         cost.estimate(work, "h100", usd_per_device_hour=-1)
 
 
@@ -185,27 +185,27 @@ def test_memory_decides_the_number_of_devices():
 
 
 def test_profiles_load_and_bad_profiles_fail_naming_the_field(tmp_path):
-    profiles = cost.device_profiles()
+    profiles = cost_profiles.device_profiles()
     assert {"a100-80g", "h100", "h200", "tpu-v3-256", "tpu-v3-128", "cpu-2core"} <= set(profiles)
     for profile in profiles.values():
         assert {"peak_flops", "train_efficiency", "decode_layer_latency_s"} <= set(profile.sources), profile.name
-    with pytest.raises(cost.CostInputError, match="unknown device profile 'b200'; valid: a100-80g"):
-        cost.device_profile("b200")
-    raw = yaml.safe_load(cost.DEVICE_PROFILES_FILE.read_text())
+    with pytest.raises(cost_profiles.CostInputError, match="unknown device profile 'b200'; valid: a100-80g"):
+        cost_profiles.device_profile("b200")
+    raw = yaml.safe_load(cost_profiles.DEVICE_PROFILES_FILE.read_text())
     for field, value, message in (("train_efficiency", 1.5, r"h100\.train_efficiency: an efficiency is a fraction"),
                                   ("peak_flops", "fast", r"h100\.peak_flops: expected a positive number"),
                                   ("dtype", "int4", r"h100\.dtype: 'int4' is not one of"),
                                   ("pek_flops", 1.0, r"h100: unknown field\(s\) pek_flops")):
-        bad = yaml.safe_load(cost.DEVICE_PROFILES_FILE.read_text())
+        bad = yaml.safe_load(cost_profiles.DEVICE_PROFILES_FILE.read_text())
         bad["profiles"]["h100"][field] = value
         path = tmp_path / f"{field}.yaml"
         path.write_text(yaml.safe_dump(bad))
-        with pytest.raises(cost.CostInputError, match=message):
-            cost.device_profiles(str(path))
+        with pytest.raises(cost_profiles.CostInputError, match=message):
+            cost_profiles.device_profiles(str(path))
     del raw["profiles"]["h100"]["memory_bandwidth"]
     (tmp_path / "missing.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(cost.CostInputError, match=r"h100: missing memory_bandwidth"):
-        cost.device_profiles(str(tmp_path / "missing.yaml"))
+    with pytest.raises(cost_profiles.CostInputError, match=r"h100: missing memory_bandwidth"):
+        cost_profiles.device_profiles(str(tmp_path / "missing.yaml"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def test_fitted_tpu_factors_are_the_ones_in_the_profiles():
     change to the FLOP accounting cannot leave a stale calibration behind)."""
     mfu, latency = fit_tpu_efficiencies()
     for name in ("tpu-v3-256", "tpu-v3-128"):
-        profile = cost.device_profile(name)
+        profile = cost_profiles.device_profile(name)
         assert profile.train_efficiency == pytest.approx(mfu, rel=0.01)
         assert profile.decode_layer_latency_s == pytest.approx(latency, rel=0.01)
 
@@ -245,7 +245,7 @@ def test_cpu_profile_predicts_the_measured_steps_within_3x():
     against today's estimate of the same workload."""
     from benchmarks.bench_cost_cpu import estimates
 
-    profile = cost.device_profile("cpu-2core")
+    profile = cost_profiles.device_profile("cpu-2core")
     assert profile.calibration, "cpu-2core has no recorded calibration measurement"
     for record in profile.calibration:
         est = estimates(record["dpo"], record["generation"])
@@ -276,11 +276,11 @@ def test_cpu_profile_predicts_a_live_dpo_step_and_generation_within_3x():
 
 def test_bad_workloads_fail_naming_the_field():
     data = cost.PreferencePairs(100, 10, 20, 5)
-    with pytest.raises(cost.CostInputError, match=r"my dpo: batch_size must be > 0, got 0"):
+    with pytest.raises(cost_profiles.CostInputError, match=r"my dpo: batch_size must be > 0, got 0"):
         cost.estimate(cost.PairwiseTraining("dpo", TINY, data, epochs=1, batch_size=0, max_length=8, label="my dpo"), "h100")
-    with pytest.raises(cost.CostInputError, match="epochs must be > 0"):
+    with pytest.raises(cost_profiles.CostInputError, match="epochs must be > 0"):
         cost.estimate(cost.PairwiseTraining("dpo", TINY, data, epochs=0, batch_size=1, max_length=8), "h100")
-    with pytest.raises(cost.CostInputError, match="unknown algorithm 'new-po' has no default"):
+    with pytest.raises(cost_profiles.CostInputError, match="unknown algorithm 'new-po' has no default"):
         cost.estimate(cost.PairwiseTraining("new-po", TINY, data, epochs=1, batch_size=1, max_length=8), "h100")
-    with pytest.raises(cost.CostInputError, match=r"tasks\[gsm8k\]\.examples must be > 0"):
+    with pytest.raises(cost_profiles.CostInputError, match=r"tasks\[gsm8k\]\.examples must be > 0"):
         cost.estimate(cost.Evaluation(TINY, (cost.EvalTask("gsm8k", 0, 10, max_new_tokens=5),)), "h100")

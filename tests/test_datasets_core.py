@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from datasets_registry import DATASETS, DataFormatError, DataUnavailableError, prepare, write_prepared
-from datasets_registry.core import DropRow, PreparedSplit, prepare_spec, source_spec, variant
+from datasets_registry.core import PreparedSplit, prepare_spec
 from datasets_registry.mixes import RM_MIX, RM_MIX_SIZE
+from datasets_registry.raw_sources import source_spec, variant
+from datasets_registry.spec import DropRow
 from harness.registry import UnknownNameError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
@@ -122,7 +124,7 @@ def test_wrong_type_names_the_field(tmp_path):
 def test_non_utf8_file_names_file_and_line(tmp_path, name):
     """A cp1252 byte on line 3 (after two good lines): the error names the file and that line, for every
     shared reader (a spreadsheet export is the usual culprit), not a raw UnicodeDecodeError."""
-    from datasets_registry.core import read_any
+    from datasets_registry.raw_files import read_any
 
     good = [json.dumps(row) for row in _hh_rows(2)]
     if name == "train.csv":
@@ -180,7 +182,7 @@ def test_mix_takes_counts_per_component_and_reports_shortfalls(tmp_path, monkeyp
     folder.mkdir(parents=True)
     (folder / "train.jsonl").write_bytes((FIXTURES / "nectar.jsonl").read_bytes())
     monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
-    from datasets_registry.core import mix_spec
+    from datasets_registry.spec import mix_spec
 
     spec = mix_spec(name="t-mix", kind="preference", source_type="mixed", description="t",
                     components=(("nectar", 1), ("chatbot-arena-2024", 30)))

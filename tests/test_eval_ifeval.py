@@ -66,12 +66,12 @@ def test_parity_with_lmeval_pipeline(rows, shared_data: Path):
 def test_missing_punkt_reports_how_to_fix(monkeypatch, tmp_path):
     import nltk
 
-    from harness.evaluation import common
+    from harness import paths
 
     monkeypatch.setenv("NLTK_DATA", str(tmp_path))
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
     with pytest.raises(RuntimeError, match="punkt_tab"):
-        common.ensure_nltk_data()
+        paths.ensure_nltk_data()
 
 
 def test_generation_budget_from_the_environment_is_used_and_logged(shared_data: Path, tiny_model: str,

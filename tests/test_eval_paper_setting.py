@@ -21,6 +21,7 @@ from harness.evaluation import (
     alpaca_eval,
     bbh,
     coding,
+    coding_problems,
     gsm8k,
     ifeval,
     mmlu,
@@ -33,6 +34,7 @@ from harness.evaluation import (
 from harness.evaluation.base import TASKS, resolve_eval_settings, resolve_settings
 from harness.evaluation.open_instruct import generation_prompts, tokenizer_adds_bos, tulu_chat
 from harness.generation import render_prompt
+from harness.paths import find_data_file
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PAPER11 = ("mmlu", "gsm8k", "bbh", "truthfulqa", "humaneval_plus", "mbpp_plus", "toxigen", "xstest",
@@ -111,7 +113,7 @@ def paper_renderings(name: str, tokenizer: Any, tmp_path: Path) -> tuple[list[st
         return generation_prompts(ctx.generator, [truthfulqa.paper_prompt(rows[e["source"]["row"]]["question"])
                                                   for e in examples]), examples
     if name in ("humaneval_plus", "mbpp_plus"):
-        problems = coding.load_humaneval_plus() if name == "humaneval_plus" else coding.mbpp_problems("paper")
+        problems = coding_problems.load_humaneval_plus() if name == "humaneval_plus" else coding_problems.mbpp_problems("paper")
         by_id = {p.task_id: p for p in problems}
         return coding.build_prompts(ctx, [by_id[e["source"]["task_id"]] for e in examples], "paper"), examples
     if name == "toxigen":
@@ -166,7 +168,7 @@ def _decoding(name: str) -> Any:
     if name == "truthfulqa":
         return truthfulqa.paper_sampling_params(0)
     if name in ("humaneval_plus", "mbpp_plus"):
-        problem = (coding.load_humaneval_plus() if name == "humaneval_plus" else coding.load_mbpp_plus())[0]
+        problem = (coding_problems.load_humaneval_plus() if name == "humaneval_plus" else coding_problems.load_mbpp_plus())[0]
         return coding.sampling_params(coding.coding_config(paper(name), name), problem, 0)
     if name == "toxigen":
         return toxigen.sampling_params(paper(name), True, 0)
@@ -202,12 +204,12 @@ def test_paper_subsets_are_open_instructs(shared_data: Path):
         lines.setdefault(row["group"], []).append(row["line"])
     assert lines == fixture("toxigen")["subset"]["line_indices_if_sorted"]
     assert sorted(lines) == sorted(fixture("toxigen")["subset"]["groups"]) and len(lines) == 14
-    problems = coding.mbpp_problems("paper")
+    problems = coding_problems.mbpp_problems("paper")
     assert len(problems) == fixture("mbpp_plus")["subset"]["size"] == 278
     assert (problems[0].task_id, problems[-1].task_id) == ("Mbpp/226", "Mbpp/809")
-    assert not {int(p.task_id.split("/")[1]) for p in problems} & coding.MBPP_V020_REMOVED
+    assert not {int(p.task_id.split("/")[1]) for p in problems} & coding_problems.MBPP_V020_REMOVED
     sizes = {"mmlu": len(mmlu.load_rows(None)), "truthfulqa": len(truthfulqa.load_gen_rows(None)),
-             "humaneval_plus": len(coding.load_humaneval_plus()), "xstest": len(xstest.load_rows(None)),
+             "humaneval_plus": len(coding_problems.load_humaneval_plus()), "xstest": len(xstest.load_rows(None)),
              "ifeval": len(ifeval.load_rows(None))}
     for name, size in sizes.items():
         assert size == fixture(name)["subset"]["size"], name
@@ -220,11 +222,11 @@ def test_paper_subsets_are_open_instructs(shared_data: Path):
 
 
 def test_mbpp_paper_subset_fails_clearly_on_another_release(tmp_path: Path):
-    problems = coding.load_mbpp_plus() if coding.find_data_file(coding.MBPP_PLUS_FILE) else []
+    problems = coding_problems.load_mbpp_plus() if find_data_file(coding_problems.MBPP_PLUS_FILE) else []
     if not problems:
         pytest.skip("needs MBPP+ v0.1.0 in ../shared/data")
     with pytest.raises(ValueError, match="MbppPlus.jsonl: 377 problems .* expected 378"):
-        coding.mbpp_paper_problems(problems[1:])
+        coding_problems.mbpp_paper_problems(problems[1:])
 
 
 def test_gsm8k_paper_exemplars_are_open_instructs():
@@ -292,7 +294,7 @@ def test_harness_setting_renders_what_it_rendered_before(smollm2_tokenizer: Any,
                                         cot, harness("bbh"))
     rows = truthfulqa.load_gen_rows(None)
     rendered["truthfulqa"] = truthfulqa.harness_prompts(ctx, [rows[e["source"]["row"]] for e in golden["truthfulqa"]])
-    for name, problems in (("humaneval_plus", coding.load_humaneval_plus()), ("mbpp_plus", coding.load_mbpp_plus())):
+    for name, problems in (("humaneval_plus", coding_problems.load_humaneval_plus()), ("mbpp_plus", coding_problems.load_mbpp_plus())):
         by_id = {p.task_id: p for p in problems}
         rendered[name] = coding.build_prompts(ctx, [by_id[e["source"]["task_id"]] for e in golden[name]], "harness")
     rows = toxigen.load_rows(None)

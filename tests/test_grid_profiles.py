@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import cost
+from harness import cost_profiles
 from harness.cost_plan import grid_cost
 from harness.grid import GridError, load_grid
 from harness.launch import config_path, plan_problems, ray_resources, read_launch_config
@@ -291,4 +291,4 @@ def test_measured_token_lengths_and_rows_are_used_for_local_samples():
     assert "not measured here" in token_lengths("nectar").note
     assert data_rows({"name": "ultrafeedback-fg", "max_rows": None}) == (60908, "")
     assert data_rows({"name": "ultrafeedback-fg", "max_rows": 400}) == (400, "")
-    assert cost.model_shape("HuggingFaceTB/SmolLM2-360M-Instruct").params > cost.model_shape("smollm2-135m-instruct").params
+    assert cost_profiles.model_shape("HuggingFaceTB/SmolLM2-360M-Instruct").params > cost_profiles.model_shape("smollm2-135m-instruct").params

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from harness.algorithms.ppo import all_reduce_sum, whiten
-from harness.backends.accelerate_launch import check_launch, launch_stage
+from harness.backends.accelerate_launch import launch_stage
 from harness.executors import execute_stage
 from harness.grid import build_grid
+from harness.launch import check_launch
 from harness.planning import plan_cell
 
 

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from harness import tracking
-from harness.grid import build_grid, load_grid, set_dotted
+from harness.dotted_paths import set_dotted
+from harness.grid import build_grid, load_grid
 from harness.runner import run_grid
 
 ABLATIONS = Path(__file__).resolve().parent.parent / "ablations"

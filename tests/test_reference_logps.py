@@ -96,8 +96,8 @@ def test_the_stage_computes_trls_own_reference_pass_and_training_on_it_matches(t
     """max_length 48 cuts most pairs and drops the two whose prompt alone fills it (as TRL does)."""
     from trl import DPOTrainer
 
-    from harness.algorithms.dpo import make_dpo_config, preference_dataset
-    from harness.algorithms.trl_common import load_policy
+    from harness.algorithms.dpo import make_dpo_config
+    from harness.algorithms.trl_common import load_policy, preference_dataset
 
     rows = _rows()
     config = {"max_length": 48, "truncation_mode": reference_logps.TRUNCATION_MODE,

@@ -157,7 +157,7 @@ def test_ppo_is_rewarded_by_the_worst_case_of_the_ensemble(two_tiny_rms, tiny_mo
 def test_best_of_n_picks_with_the_ensemble(two_tiny_rms, tiny_model, tmp_path):
     """Coste et al.'s best-of-N setting: the pick is the candidate with the best combined (here WCO) score."""
     from harness.best_of_n import BestOfNConfig, SampleCache, best_of_n_tasks
-    from harness.generation import make_generator
+    from harness.engines import make_generator
     from harness.reward_model import RewardScorer
     from harness.reward_source import RewardSource
 

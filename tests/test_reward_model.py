@@ -103,7 +103,7 @@ def test_config_and_rows_are_checked_before_compute():
                                 "rejected": [{"role": "assistant", "content": "r"}]}])
 
 
-def test_train_and_evaluate_on_heldout_smoke_pairs(tiny_model: str, tmp_path: Path):
+def test_train_and_evaluate_on_heldout_smoke_pairs(tiny_model: str, tmp_path: Path, capsys):
     rows = prepare("smoke-lowercase", seed=0, max_rows=96).rows
     train, held = split_heldout(rows, 0.25, seed=0)
     logs: list[tuple[int, dict]] = []
@@ -112,6 +112,8 @@ def test_train_and_evaluate_on_heldout_smoke_pairs(tiny_model: str, tmp_path: Pa
     assert result["rm_train/pairs"] == len(train) and result["rm_train/steps"] == math.ceil(len(train) / 8)
     assert math.isfinite(result["rm_train/final_loss"])
     assert logs and "train/loss" in logs[0][1]
+    # The metrics go to the history, not to stdout: transformers' printer would print each log dict.
+    assert "{'loss'" not in capsys.readouterr().out
     lrs = [m["train/learning_rate"] for _, m in logs if "train/learning_rate" in m]
     peak = lrs.index(max(lrs))
     assert max(lrs) == pytest.approx(1e-3) and peak <= 1  # 3% warm-up of 9 steps: one step

@@ -104,7 +104,9 @@ def cell_runs(experiment: str) -> dict[str, object]:
 
 def test_prepare_key_follows_raw_file_data_dir_and_loader_code(tmp_path: Path, monkeypatch):
     from datasets_registry import DATASETS
-    from datasets_registry.core import register, source_fingerprint, variant
+    from datasets_registry.core import source_fingerprint
+    from datasets_registry.raw_sources import variant
+    from datasets_registry.spec import register
 
     monkeypatch.setenv("HARNESS_DATA_DIR", str(write_hh(tmp_path / "a", 10)))
     before = keys(two_datasets_grid())
@@ -146,7 +148,7 @@ def test_prepare_key_follows_raw_file_data_dir_and_loader_code(tmp_path: Path, m
     # The loader's code: a dataset module edited changes its key (and only its datasets').
     module = tmp_path / "mods" / "_keys_loader.py"
     module.parent.mkdir()
-    module.write_text("from datasets_registry.core import DatasetSpec, register\n"
+    module.write_text("from datasets_registry.spec import DatasetSpec, register\n"
                       "ANSWER = 'yes'\n"
                       "def load(seed):\n    return [{'q': f'q{i}'} for i in range(4)]\n"
                       "def curate(raw):\n    return {'id': raw['q'], 'prompt': [{'role': 'user', 'content': raw['q']}],\n"

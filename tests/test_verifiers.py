@@ -232,7 +232,7 @@ def test_every_verifier_is_documented():
 def test_best_of_n_picks_with_a_verifier(tiny_model, tmp_path):
     """Best-of-N with a verifier that reads no prompt column: each pick is the verifier's best candidate."""
     from harness.best_of_n import BestOfNConfig, SampleCache, best_of_n_tasks
-    from harness.generation import make_generator
+    from harness.engines import make_generator
     from harness.reward_source import RewardSource
 
     verifier = VerifierReward("smoke_lowercase_fraction")

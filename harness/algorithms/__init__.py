@@ -11,6 +11,13 @@ from harness.algorithms import (  # noqa: F401  (each module registers its algor
     rloo,
     simpo,
 )
-from harness.algorithms.base import ALGORITHMS, COMMON_METRICS, AlgorithmSpec, TrainContext, register
+from harness.algorithms.base import (
+    ALGORITHMS,
+    COMMON_METRICS,
+    AlgorithmSpec,
+    TrainContext,
+    register,
+    spec_or_none,
+)
 
-__all__ = ["ALGORITHMS", "COMMON_METRICS", "AlgorithmSpec", "TrainContext", "register"]
+__all__ = ["ALGORITHMS", "COMMON_METRICS", "AlgorithmSpec", "TrainContext", "register", "spec_or_none"]

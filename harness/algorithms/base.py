@@ -2,8 +2,10 @@
 
 An algorithm is an `AlgorithmSpec`: what data it consumes, what it needs (reference model, reward
 model or reward function), a config dataclass whose defaults are the paper's (or the method's
-published) hyperparameters, and a `train(ctx)` function. Adding an algorithm is one module with one
-`ALGORITHMS.register(...)` line, imported in `harness/algorithms/__init__.py`.
+published) hyperparameters, a `train(ctx)` function, and its capabilities (online or offline, its KL
+coefficient's field, launch constraints, ...): the rest of the harness reads those fields and never
+names an algorithm. Adding an algorithm is one module with one `register(AlgorithmSpec(...))` call,
+imported in `harness/algorithms/__init__.py` (README, "Adding an algorithm or a task").
 """
 
 from __future__ import annotations
@@ -82,6 +84,32 @@ class AlgorithmSpec:
     # It samples from the policy through the harness's generation engine while it trains (PPO's rollouts):
     # its result then depends on the whole engine (kind, batching), not only on the training precision.
     rollout_engine: bool = False
+    # The config field that weighs the pull towards the reference model (paper Eq. 2's beta): DPO-style
+    # losses call it `beta`, PPO `kl_coef`. Sweeps tag each trial with its value and Fig. 4 plots metrics
+    # against it. None = the algorithm has no such term (reference-free SimPO/ORPO, whose `beta` scales a
+    # reward or an odds-ratio penalty instead), so it is never mistaken for a KL coefficient.
+    kl_coefficient_field: str | None = None
+    # Why `config` cannot run data-parallel on N processes (empty when it can): sizes that are global and
+    # split over ranks (PPO's prompt and minibatch sizes) are checked before any process is launched.
+    # None = no constraint beyond the trainer's own.
+    launch_problems: Callable[[Any, int], list[str]] | None = None
+    # It runs only data-parallel (every rank holds whole models): an accelerate launch file that shards
+    # (FSDP, ZeRO-3) would not shard it, so planning such a launch for it is an error. TRL's trainers shard.
+    data_parallel_only: bool = False
+    # Given the resolved algorithm fields, (why, remedy) when this configuration needs the weights of one
+    # reward model (PPO's value_init='reward' copies them into the value model), else None: a verifier or an
+    # ensemble as the cell's reward is then refused at load, naming both. None = any reward source works.
+    needs_single_reward_model: Callable[[dict[str, Any]], tuple[str, str] | None] | None = None
+
+    @property
+    def online(self) -> bool:
+        """It samples from the policy while it trains (PPO, GRPO, RLOO, online DPO), which is what training
+        on prompts means here: reports put it with the PPO-style "downstream" policies of a reward model."""
+        return self.data == "prompts"
+
+    def kl_coefficient(self, resolved: dict[str, Any]) -> Any:
+        """The KL coefficient's value in the resolved algorithm fields, or None (see `kl_coefficient_field`)."""
+        return resolved.get(self.kl_coefficient_field) if self.kl_coefficient_field else None
 
     def make_config(self, overrides: dict[str, Any]) -> Any:
         """Config dataclass from the grid's overrides; unknown fields raise naming the valid ones."""
@@ -104,6 +132,13 @@ ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithm")
 def register(spec: AlgorithmSpec) -> AlgorithmSpec:
     ALGORITHMS.register(spec.name, spec)
     return spec
+
+
+def spec_or_none(name: str | None) -> AlgorithmSpec | None:
+    """The spec registered under `name`, or None (no algorithm: the SFT baseline; or a name this checkout
+    does not register, e.g. a run logged by another version): readers of logged runs then assume no
+    capability instead of failing."""
+    return ALGORITHMS.get(name) if name is not None and name in ALGORITHMS else None
 
 
 @dataclass

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from harness import resume
 from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
 from harness.config_fields import (
     CheckedConfig,
@@ -66,21 +65,13 @@ class DPOAlgoConfig(CheckedConfig):
 def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
     from trl import DPOConfig
 
-    from harness.algorithms.trl_common import device_kwargs
-    from harness.checkpoints import trainer_save_kwargs
+    from harness.algorithms.trl_common import common_trainer_kwargs
 
     loss_types = [cfg.loss_type] + (["sft"] if cfg.sft_weight > 0 else [])
     weights = [1.0] + ([cfg.sft_weight] if cfg.sft_weight > 0 else [])
     return DPOConfig(
-        output_dir=str(ctx.out_dir / "trainer"),
+        **common_trainer_kwargs(ctx, cfg),
         beta=cfg.beta,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_length=cfg.max_length,
         truncation_mode=TRUNCATION_MODE,  # TRL's default; the shared reference pass cuts sequences the same way
         loss_type=loss_types,
@@ -91,38 +82,14 @@ def make_dpo_config(cfg: DPOAlgoConfig, ctx: TrainContext, **extra: Any):
         # stage gave them as dataset columns (every rank reads those).
         precompute_ref_log_probs=ctx.reference_logps is not None or (
             cfg.precompute_ref_log_probs and int(os.environ.get("WORLD_SIZE", "1")) == 1),
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        weight_decay=cfg.weight_decay,
-        logging_steps=cfg.logging_steps,
-        **trainer_save_kwargs(ctx.checkpoint_every),
-        report_to=[],
-        seed=ctx.seed,
-        data_seed=ctx.seed,
-        **device_kwargs(ctx.engine),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         **extra,
     )
-
-
-def preference_dataset(rows: list[dict[str, Any]]):
-    from datasets import Dataset
-
-    return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
-
-
-def quiet_trainer(trainer: Any) -> None:
-    """Drop transformers' stdout printer: the metrics go to history.jsonl and MLflow instead."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
 
 
 def train_dpo(ctx: TrainContext) -> dict[str, float]:
     from trl import DPOTrainer
 
-    from harness.algorithms.trl_common import load_policy, peft_kwargs, save_policy
+    from harness.algorithms.trl_common import load_policy, peft_kwargs, preference_dataset, train_and_save
 
     cfg: DPOAlgoConfig = ctx.config
     model, tok = load_policy(ctx)
@@ -141,11 +108,7 @@ def train_dpo(ctx: TrainContext) -> dict[str, float]:
         callbacks=[history_callback(ctx.log)],
         **peft_kwargs(cfg),
     )
-    quiet_trainer(trainer)
-    result = resume.train(trainer, ctx.out_dir, keep_every=ctx.checkpoint_every)
-    save_policy(trainer, tok, ctx)
-    return {"train/runtime_seconds": float(result.metrics.get("train_runtime", 0.0)),
-            "train/final_loss": float(result.training_loss), "train/steps": float(result.global_step)}
+    return train_and_save(trainer, tok, ctx)
 
 
 register(AlgorithmSpec(
@@ -158,4 +121,5 @@ register(AlgorithmSpec(
     defaults_source="Ivison et al. 2024, App. F.1 (3 epochs, lr 5e-7, 10% warm-up, linear decay, beta 0.1)",
     description="Direct Preference Optimization, sigmoid loss (paper Eq. 3)",
     reference_logps=True,
+    kl_coefficient_field="beta",
 ))

@@ -71,6 +71,7 @@ register(AlgorithmSpec(
     needs_reward=False,
     train=train_dpo,
     reference_logps=True,
+    kl_coefficient_field="beta",  # IPO: τ, the same pull towards the reference
     defaults_source=f"{_F1}; tau 0.1 (HALOs ipo.yaml, TRL default; Azar et al. 2023)",
     description="Identity Preference Optimisation: squared loss on the length-averaged log-ratio margin",
 ))
@@ -83,6 +84,7 @@ register(AlgorithmSpec(
     needs_reward=False,
     train=train_dpo,
     reference_logps=True,
+    kl_coefficient_field="beta",
     defaults_source=f"{_F1}; beta 0.1 = DPO's (hinge margin 1/beta; SLiC-HF / RSO loss)",
     description="Hinge loss on the DPO log-ratio margin (SLiC-HF, RSO)",
 ))
@@ -95,6 +97,7 @@ register(AlgorithmSpec(
     needs_reward=False,
     train=train_dpo,
     reference_logps=True,
+    kl_coefficient_field="beta",
     defaults_source=f"{_F1}; flip rate eps 0.1 (Chowdhury et al. 2024, as quoted in TRL docs)",
     description="Provably robust DPO: unbiased DPO loss under label-flip noise eps",
 ))

@@ -171,6 +171,7 @@ register(AlgorithmSpec(
     needs_reference=True,
     needs_reward=True,
     train=train_grpo,
+    kl_coefficient_field="beta",
     defaults_source=f"Shao et al. 2024 (DeepSeekMath): beta 0.04, G 64, lr 1e-6, batch 1024; {_ROLLOUT}",
     description="Group Relative Policy Optimisation: group-normalised rewards, no value model",
 ))
@@ -182,6 +183,7 @@ register(AlgorithmSpec(
     needs_reference=True,
     needs_reward=True,
     train=train_grpo,
+    kl_coefficient_field="beta",
     defaults_source="seed 000 GRPO config: group 3, KL 0.02 fixed, 2 prompts x 3 samples/step, 1 epoch per "
                     "rollout, max 64 new tokens; other fields as `grpo`",
     description="GRPO with the settings of the seed-000 PPO/DPO/GRPO comparison",

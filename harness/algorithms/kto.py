@@ -93,6 +93,7 @@ register(AlgorithmSpec(
     needs_reference=True,
     needs_reward=False,
     train=train_kto,
+    kl_coefficient_field="beta",
     defaults_source="Ethayarajh et al. 2024 / HALOs configs (beta 0.1, lambda_D = lambda_U = 1, lr 5e-7); "
                     "schedule from Ivison et al. 2024 App. F.1",
     description="Kahneman-Tversky Optimisation on pairs split into desirable/undesirable examples",

@@ -100,6 +100,7 @@ register(AlgorithmSpec(
     needs_reference=True,
     needs_reward=True,
     train=train_online_dpo,
+    kl_coefficient_field="beta",
     defaults_source="Guo et al. 2024 (2 samples/prompt, judge picks); DPO settings Ivison et al. 2024 App. F.1, "
                     "sampling settings Table 9",
     description="Online DPO: DPO on pairs of the policy's own samples ranked by a reward model or function",

@@ -80,6 +80,7 @@ register(AlgorithmSpec(
     needs_reference=False,
     needs_reward=False,
     train=train_orpo,
+    kl_coefficient_field=None,  # reference-free: its beta is not a KL coefficient
     defaults_source="Hong et al. 2024, xfactlab/orpo run_mistral_orpo_beta.sh (lambda 0.1, lr 5e-6, "
                     "inverse_sqrt, 200 warm-up steps, 5 epochs, batch 32)",
     description="Odds-Ratio Preference Optimisation: NLL on chosen + odds-ratio penalty, reference-free",

@@ -68,6 +68,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import torch
@@ -1065,4 +1066,10 @@ register(AlgorithmSpec(
     defaults_source="Ivison et al. 2024, App. F.2 and Table 9 (Table 10 'Ours' for the implementation switches)",
     description="PPO with per-token KL penalty (Eq. 4), GAE, clipped policy/value losses (Eq. 5-6)",
     rollout_engine=True,
+    kl_coefficient_field="kl_coef",
+    launch_problems=check_world_size,
+    data_parallel_only=True,  # docs/scale-out.md, 'PPO on N GPUs'
+    needs_single_reward_model=lambda algo: (("value_init='reward' copies one reward model into the value model",
+                                             "set algorithm.value_init: policy")
+                                            if algo.get("value_init") == "reward" else None),
 ))

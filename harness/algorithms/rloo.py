@@ -110,6 +110,7 @@ register(AlgorithmSpec(
     needs_reference=True,
     needs_reward=True,
     train=train_rloo,
+    kl_coefficient_field="beta",
     defaults_source="Ahmadian et al. 2024 (k = 2); beta 0.05 and rollout/optimiser settings from "
                     "Ivison et al. 2024 Table 9",
     description="REINFORCE Leave-One-Out: k samples per prompt, leave-one-out baseline, no value model",

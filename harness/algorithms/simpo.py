@@ -83,6 +83,7 @@ register(AlgorithmSpec(
     needs_reference=False,
     needs_reward=False,
     train=train_simpo,
+    kl_coefficient_field=None,  # reference-free: its beta is not a KL coefficient
     defaults_source="Meng et al. 2024, princeton-nlp/SimPO llama-3-8b-instruct-simpo.yaml "
                     "(beta 2.5, gamma/beta 0.55, lr 1e-6, 1 epoch, cosine, 10% warm-up, batch 128)",
     description="Simple Preference Optimisation: reference-free, length-normalised reward, target margin",

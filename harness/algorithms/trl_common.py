@@ -197,10 +197,16 @@ def generate_with_neutral_config(model: Any) -> Iterator[None]:
         del model.generate  # the instance attribute; the class's generate is visible again
 
 
+def quiet_trainer(trainer: Any) -> None:
+    """Drop transformers' stdout printer: the metrics go to history.jsonl and MLflow instead."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
 def train_and_save(trainer: Any, tok: Any, ctx: TrainContext) -> dict[str, float]:
     """Train (quietly: metrics go to the history, not stdout), save to out_dir/model, return the summary."""
-    from harness.algorithms.dpo import quiet_trainer
-
     quiet_trainer(trainer)
     with generate_with_neutral_config(trainer.model):
         result = resume.train(trainer, ctx.out_dir, keep_every=ctx.checkpoint_every)

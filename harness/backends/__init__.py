@@ -8,22 +8,9 @@ depending on it still runs; stages depending on a failed one are left out withou
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from harness.registry import Registry
-
-if TYPE_CHECKING:
-    from harness.planning import Stage
-
-BACKENDS: Registry[Any] = Registry("backend")
-
-OnFailed = Callable[["Stage", BaseException], None]
-
-
-def blocked_by(stage: Stage, failed: set[str]) -> bool:
-    """Whether one of `stage`'s inputs is among the `failed` (or left-out) stage ids."""
-    return any(dep.id in failed for dep in stage.inputs.values())
+from harness.backends.base import BACKENDS
 
 
 def get_backend(name: str, **options: Any):

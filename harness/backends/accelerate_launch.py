@@ -19,7 +19,7 @@ Ray gives the task its 4 GPUs (CUDA_VISIBLE_DEVICES) and the task starts
 The project's own PPO (`harness/algorithms/ppo.py`) runs the same way: it creates an
 `accelerate.Accelerator`, wraps policy + value model in DDP, and each rank samples and scores its
 share of every prompt batch (`prompt_batch_size` and `minibatch_size` stay global, so both must be
-multiples of `num_processes`; `check_launch` says so before any process starts). Advantages are
+multiples of `num_processes`; `harness.launch.check_launch` says so before any process starts). Advantages are
 whitened with statistics pooled over all ranks, metrics are averaged over ranks, and rank 0 alone
 writes the history, samples and model.
 """
@@ -37,24 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import cache
-
-
-def check_launch(spec: dict[str, Any], num_processes: int) -> list[str]:
-    """Why the stage `spec` cannot run on `num_processes` ranks (empty if it can), known before launching.
-
-    PPO's prompt and minibatch sizes are global and split over the ranks: a size that does not split
-    would otherwise fail inside every rank, after the models are loaded (or, for a Ray grid, after the
-    stages before it have run)."""
-    if num_processes < 1:
-        return [f"accelerate.num_processes must be >= 1, got {num_processes}"]
-    algo = dict(spec["config"].get("algorithm") or {}) if spec["kind"] == "train_policy" else {}
-    if algo.pop("name", None) != "ppo":
-        return []
-    from harness.algorithms import ALGORITHMS
-    from harness.algorithms.ppo import check_world_size
-
-    return [f"stage {spec['kind']}/{spec['key']}: algorithm.{problem}"
-            for problem in check_world_size(ALGORITHMS.get("ppo").make_config(algo), num_processes)]
+from harness.launch import check_launch
 
 
 def launch_stage(spec: dict[str, Any], num_processes: int, args: list[str] | tuple[str, ...] = ()) -> str:

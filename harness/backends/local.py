@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-from harness.backends import BACKENDS, OnFailed, blocked_by
+from harness.backends.base import BACKENDS, OnFailed, blocked_by
 from harness.executors import execute_stage
 from harness.planning import Stage
 from harness.processes import stage_worker_init

@@ -32,7 +32,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from harness.backends import BACKENDS, OnFailed, blocked_by
+from harness.backends.base import BACKENDS, OnFailed, blocked_by
 from harness.executors import DEFAULT_RESOURCES, execute_stage
 from harness.planning import Stage
 
@@ -163,7 +163,7 @@ class RayBackend:
         by_ref: dict[Any, Stage] = {}
         # A stage that cannot run on its accelerate ranks (PPO's batch sizes must split over them) fails
         # the grid here, before any stage is submitted, not after the stages it depends on have run.
-        from harness.backends.accelerate_launch import check_launch
+        from harness.launch import check_launch
 
         problems = [problem for stage in stages if not stage.complete
                     and (launch := self.resources[stage.kind].get("accelerate"))

@@ -141,7 +141,7 @@ class EvalContext:
     def generator(self):
         """The shared generation engine, built on first use (tasks that only score do not pay for it)."""
         if self._generator is None:
-            from harness.generation import make_generator
+            from harness.engines import make_generator
 
             self._generator = make_generator(self.model_path, batch_size=self.batch_size, engine=self.engine)
         return self._generator
@@ -213,6 +213,10 @@ class TaskSpec:
     # describe(settings, limit) -> TaskProtocol: what the task will do, without running a model (for
     # `harness eval --dry-run`); None = the task says nothing beyond its description.
     describe: Callable[[Any, int | None], TaskProtocol] | None = None
+    # Why the task cannot score best-of-N picks (`eval.best_of_n`), or "" when it scores whatever text it is
+    # given: a task that scores the model itself (log-likelihoods, KL, its own generations) would measure the
+    # SFT model through best-of-N and be mislabelled as the reward model's. Set, `best_of_n.tasks` refuses it.
+    not_best_of_n: str = ""
 
     @property
     def group(self) -> str:
@@ -442,7 +446,8 @@ def resolve_task(spec: TaskSpec, settings: TaskSettings | None, *, judge: dict[s
 
 # A task's code fingerprint: its module and what it imports (anywhere in its body) from these packages,
 # except this contract (it computes no task's numbers) and package __init__s that only re-export.
-CODE_PACKAGES = ("harness.evaluation", "harness.judge", "datasets_registry")
+# harness.loglikelihood: the option scoring of MMLU and TruthfulQA (in-process), part of their results.
+CODE_PACKAGES = ("harness.evaluation", "harness.judge", "datasets_registry", "harness.loglikelihood")
 CODE_NOT_DEPENDED_ON = ("harness.evaluation", __name__, "harness.judge", "datasets_registry")
 
 _REQUIRED_HOW = {
@@ -480,7 +485,7 @@ def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
     that generates and scores (kind, precision, batching: `EvalContext.engine_key`). A finished result (a
     `harness eval --out` checkpoint, the grid's task store) is reused only when all of it is unchanged;
     shared code (the generation engine's code) is not part of it."""
-    from harness.best_of_n import model_fingerprint
+    from harness.cache import model_fingerprint
 
     used = spec.used_inputs
     return {

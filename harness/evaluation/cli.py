@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli import print_error
+from harness.cli_errors import print_error
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MLFLOW_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]")
@@ -281,7 +281,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     engine_file.write_text(json.dumps(resolved.key()))
     generator = None
     if engine != type(engine)():  # the default engine is built lazily, by the first task that generates
-        from harness.generation import make_generator
+        from harness.engines import make_generator
 
         generator = make_generator(model_path, batch_size=args.batch_size, engine=engine)
     ctx = EvalContext(model_path=model_path, out_dir=out, limit=args.limit, seed=args.seed,

@@ -69,14 +69,10 @@ The `paper` setting is open-instruct's coding jobs as they stood for the paper (
 
 from __future__ import annotations
 
-import ast
-import gzip
-import hashlib
 import json
 import math
 import os
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -101,33 +97,30 @@ from harness.evaluation.code_grading import (
     differential_check,
     split_budget,
 )
+from harness.evaluation.coding_problems import (
+    HUMANEVAL_PLUS_FILE,
+    MBPP_PLUS_FILE,
+    CodeProblem,
+    load_humaneval_plus,
+    mbpp_problems,
+    problems_file,
+)
+from harness.evaluation.coding_prompts import (
+    paper_prompt,
+    program_from_completion,
+    render_chat_prompt,
+    stop_sequences,
+)
 from harness.evaluation.common import describe_decoding
 from harness.evaluation.open_instruct import (
     BOS_RULE,
     CHAT_FORMAT,
     OPEN_INSTRUCT_CODING,
     generation_prompts,
-    tulu_chat,
 )
 from harness.evaluation.sandbox import GiB, MiB, SandboxLimits, SandboxPool
-from harness.paths import data_dirs, find_data_file, results_dir
+from harness.paths import results_dir
 
-HUMANEVAL_PLUS_FILE = "benchmarks/humanevalplus/HumanEvalPlus.jsonl.gz"
-MBPP_PLUS_FILE = "benchmarks/mbppplus/MbppPlus.jsonl"
-REQUIRED_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input", "atol")
-
-# open-instruct's codex_humaneval / mbpp chat-format prompts (see module docstring).
-HUMANEVAL_ANSWER_PREFIX = "Here is the function:\n\n```python\n"
-HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n```")
-MBPP_INSTRUCTION = "Complete the following python function.\n\n\n"
-MBPP_ANSWER_PREFIX = "Here is the completed function:\n\n\n```python\n"
-MBPP_STOP = ("```",)
-# The paper setting's MBPP+ problems: the hub's 378 (MBPP+ v0.2.0 = v0.1.0 without the tasks EvalPlus's
-# tools/mbpp/fix_v011.py deletes) without the first 100 (open-instruct eval/mbpp/run_eval.py).
-MBPP_V020_REMOVED = frozenset({83, 115, 117, 143, 164, 229, 249, 295, 396, 400, 407, 431, 438, 442, 461, 574,
-                               582, 595, 640, 746, 783})
-MBPP_HUB_SIZE = 378
-MBPP_PAPER_HELD_OUT = 100
 # top_p per task when the settings leave it None (the paper setting's default): open-instruct's values
 PAPER_TOP_P = {"humaneval_plus": 0.95, "mbpp_plus": 1.0}
 
@@ -189,239 +182,6 @@ def config_from_env() -> CodingConfig:
 # --------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CodeProblem:
-    task_id: str
-    dataset: str  # "humaneval" | "mbpp" (selects EvalPlus's special oracles)
-    prompt: str
-    entry_point: str
-    canonical_solution: str
-    base_input: list[Any]
-    plus_input: list[Any]
-    atol: float
-    test: str | None = None  # HumanEval's check() program, when the row has one
-    source_digest: str = ""  # sha256 of the data file it came from: keys the expected-output cache
-
-    @property
-    def reference_program(self) -> str:
-        # EvalPlus computes expected outputs from prompt + canonical_solution (for MBPP+ the prompt is
-        # only a docstring, so this is the canonical code).
-        return self.prompt + self.canonical_solution
-
-
-def _data_path(relative: str, path: str | Path | None) -> Path:
-    if path is not None:
-        resolved = Path(path)
-        if not resolved.exists():
-            raise FileNotFoundError(f"coding benchmark file {resolved} does not exist")
-        return resolved
-    found = find_data_file(relative)
-    if found is None:
-        raise FileNotFoundError(
-            f"{relative} not found in any local data directory ({', '.join(map(str, data_dirs()))}); "
-            "put the EvalPlus release file there or set HARNESS_DATA_DIR"
-        )
-    return found
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from err
-            missing = [f for f in REQUIRED_FIELDS if f not in row]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: row {row.get('task_id', '?')!r} lacks field(s) {missing}")
-            for split in ("base_input", "plus_input"):
-                if row[split] == {}:  # Mbpp/793 ships `plus_input: {}`: no tests, as EvalPlus reads it
-                    row[split] = []
-                if not isinstance(row[split], list):
-                    raise ValueError(f"{path}:{lineno}: {row['task_id']!r} field {split!r} must be a list of "
-                                     f"argument lists, got {type(row[split]).__name__}")
-            row["_digest"] = digest
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no problems in file")
-    return rows
-
-
-def _problem(row: dict[str, Any], dataset: str, base_input: list[Any], plus_input: list[Any]) -> CodeProblem:
-    return CodeProblem(
-        task_id=row["task_id"], dataset=dataset, prompt=row["prompt"], entry_point=row["entry_point"],
-        canonical_solution=row["canonical_solution"], base_input=base_input, plus_input=plus_input,
-        atol=float(row["atol"] or 0), test=row.get("test"), source_digest=row["_digest"],
-    )
-
-
-def load_humaneval_plus(path: str | Path | None = None) -> list[CodeProblem]:
-    """HumanEval+ (EvalPlus release jsonl[.gz]); its JSON inputs need no conversion."""
-    rows = _read_rows(_data_path(HUMANEVAL_PLUS_FILE, path))
-    return [_problem(r, "humaneval", r["base_input"], r["plus_input"]) for r in rows]
-
-
-def _tuples(items: list[Any]) -> list[tuple]:
-    return [tuple(x) for x in items]
-
-
-def _deep_tuple(x: Any) -> Any:
-    return tuple(_deep_tuple(i) for i in x) if isinstance(x, list) else x
-
-
-# MBPP+ v0.1.0 stores tuples, sets and complex numbers as JSON lists/strings. Which argument of which
-# task gets which type back is data (it follows each task's type contract); the conversions are
-# EvalPlus's `mbpp_deserialize_inputs`, written here per input (a list of arguments).
-_MBPP_CONVERSIONS: dict[Callable[[list[Any]], Any], tuple[int, ...]] = {
-    # every argument list -> tuple
-    (lambda a: _tuples(a)): (2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596,
-                             616, 630, 726, 740, 744, 809),
-    # every argument is a list of lists -> list of tuples
-    (lambda a: [_tuples(x) for x in a]): (63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614,
-                                          780),
-    # first argument: list of lists -> list of tuples
-    (lambda a: [_tuples(a[0]), a[1]]): (75, 413, 444, 753),
-    # second argument -> tuple
-    (lambda a: [a[0], tuple(a[1])]): (106, 750),
-    # first argument -> tuple
-    (lambda a: [tuple(a[0]), a[1]]): (250, 405, 446, 617, 720, 763, 808),
-    # every argument: list of lists -> tuple of tuples
-    (lambda a: [tuple(_tuples(x)) for x in a]): (259, 401, 445),
-    # single argument: its list items -> tuples, itself -> tuple
-    (lambda a: [tuple(tuple(i) if isinstance(i, list) else i for i in a[0])]): (278,),
-    (lambda a: [tuple(a[0]), a[1], a[2]]): (307,),
-    (lambda a: [{k: tuple(v) for k, v in a[0].items()}] + a[1:]): (722,),
-    # non-empty lists -> sets; an empty list becomes {} (an empty dict), exactly as EvalPlus does
-    (lambda a: [[set(i) if isinstance(i, list) and i else {} for i in a[0]]]): (115,),
-    (lambda a: (float(a[0]), complex(a[1]))): (124,),
-    (lambda a: [complex(a[0])]): (252,),
-    _deep_tuple: (580, 615, 791),
-}
-_MBPP_CONVERT_BY_TASK = {n: fn for fn, tasks in _MBPP_CONVERSIONS.items() for n in tasks}
-
-
-def mbpp_restore_inputs(task_id: str, inputs: list[Any]) -> list[Any]:
-    """Turn MBPP+ JSON inputs back into the argument types the task's functions take."""
-    try:
-        number = int(task_id.split("/")[-1])
-    except ValueError as err:
-        raise ValueError(f"MBPP+ task_id {task_id!r} does not end in a number") from err
-    convert = _MBPP_CONVERT_BY_TASK.get(number)
-    return [convert(inp) for inp in inputs] if convert else inputs
-
-
-def load_mbpp_plus(path: str | Path | None = None) -> list[CodeProblem]:
-    """MBPP+ pre-release v0.1.0 (no `test` field: tests are base_input/plus_input vs canonical_solution)."""
-    rows = _read_rows(_data_path(MBPP_PLUS_FILE, path))
-    return [
-        _problem(r, "mbpp", mbpp_restore_inputs(r["task_id"], r["base_input"]),
-                 mbpp_restore_inputs(r["task_id"], r["plus_input"]))
-        for r in rows
-    ]
-
-
-# --------------------------------------------------------------------------------------------------
-# Prompts
-# --------------------------------------------------------------------------------------------------
-
-
-def _entry_function(problem: CodeProblem, source: str) -> ast.FunctionDef:
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as err:
-        raise ValueError(f"{problem.task_id}: source does not parse ({err})") from err
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name == problem.entry_point:
-            return node
-    raise ValueError(f"{problem.task_id}: no function {problem.entry_point!r} in its source")
-
-
-def _signature(problem: CodeProblem, source: str) -> str:
-    """`name(args) -> ret` of the entry point, as written in `source` (the `def` header, no colon)."""
-    fn = _entry_function(problem, source)
-    lines = source.splitlines()
-    header = "\n".join(lines[fn.lineno - 1 : fn.body[0].lineno - 1]) if fn.body[0].lineno > fn.lineno else (
-        lines[fn.lineno - 1]
-    )
-    match = re.search(r"def\s+(" + re.escape(problem.entry_point) + r"\s*\(.*\)[^:]*?)\s*:", header, re.DOTALL)
-    if match is None:
-        raise ValueError(f"{problem.task_id}: cannot read the signature of {problem.entry_point!r}")
-    return match.group(1).strip()
-
-
-def humaneval_instruction(problem: CodeProblem) -> str:
-    """HumanEvalPack's Python synthesis instruction, rebuilt from the HumanEval(+) prompt."""
-    # A prompt is a module whose entry point's body is only its docstring, so it parses as it is.
-    docstring = ast.get_docstring(_entry_function(problem, problem.prompt), clean=True) or ""
-    return f"Write a Python function `{_signature(problem, problem.prompt)}` to solve the following problem:\n{docstring}"
-
-
-def mbpp_instruction(problem: CodeProblem) -> str:
-    # The v0.1.0 prompt is a quoted description; the `def` header goes on its own line after it.
-    return f"{MBPP_INSTRUCTION}{problem.prompt}\ndef {_signature(problem, problem.canonical_solution)}"
-
-
-def mbpp_paper_instruction(problem: CodeProblem) -> str:
-    """open-instruct's MBPP+ user turn from the hub row's `prompt` and `code`, rebuilt from the v0.1.0 row:
-    the description without its quotes, then the reference code up to its first ':', no separator."""
-    description = problem.prompt.strip().strip("'").strip()
-    return MBPP_INSTRUCTION + description + problem.canonical_solution.lstrip().split(":")[0]
-
-
-def paper_prompt(problem: CodeProblem) -> str:
-    """The paper setting's prompt text (Tulu chat format, the started assistant turn), before BOS."""
-    if problem.dataset == "humaneval":
-        return tulu_chat(humaneval_instruction(problem), HUMANEVAL_ANSWER_PREFIX + problem.prompt)
-    return tulu_chat(mbpp_paper_instruction(problem), MBPP_ANSWER_PREFIX)
-
-
-def mbpp_paper_problems(problems: list[CodeProblem]) -> list[CodeProblem]:
-    """open-instruct's 278 MBPP+ problems from the local file: the v0.2.0 problems (v0.1.0 without
-    MBPP_V020_REMOVED) in task-id order, without the first 100. ValueError when the file does not hold
-    the 378 v0.2.0 tasks (another release)."""
-    def number(p: CodeProblem) -> int:
-        return int(p.task_id.split("/")[-1])
-
-    kept = sorted((p for p in problems if number(p) not in MBPP_V020_REMOVED), key=number)
-    if len(kept) != MBPP_HUB_SIZE:
-        raise ValueError(f"{MBPP_PLUS_FILE}: {len(kept)} problems once the 21 tasks MBPP+ v0.2.0 removed are left out, "
-                         f"expected {MBPP_HUB_SIZE}; open-instruct's 278-problem subset (the hub's 378 without the "
-                         "first 100) cannot be built from this file")
-    return kept[MBPP_PAPER_HELD_OUT:]
-
-
-def chat_messages(problem: CodeProblem) -> tuple[list[dict[str, str]], str]:
-    """(user message, start of the assistant turn) for a chat model."""
-    if problem.dataset == "humaneval":
-        return [{"role": "user", "content": humaneval_instruction(problem)}], HUMANEVAL_ANSWER_PREFIX + problem.prompt
-    return [{"role": "user", "content": mbpp_instruction(problem)}], MBPP_ANSWER_PREFIX
-
-
-def render_chat_prompt(tokenizer: Any, problem: CodeProblem) -> str:
-    """Chat template + the started assistant turn; generated with chat=False (already templated)."""
-    from harness.generation import render_prompt
-
-    messages, answer_start = chat_messages(problem)
-    text = render_prompt(tokenizer, messages, chat=True)
-    # open-instruct: a space between the template and the answer unless the template ends in whitespace
-    return text + ("" if text[-1:] in ("\n", " ") else " ") + answer_start
-
-
-def stop_sequences(problem: CodeProblem) -> tuple[str, ...]:
-    return HUMANEVAL_STOP if problem.dataset == "humaneval" else MBPP_STOP
-
-
-def program_from_completion(problem: CodeProblem, completion: str) -> str:
-    # HumanEval: the prompt was part of the assistant turn, so the model wrote only the body.
-    return problem.prompt + completion if problem.dataset == "humaneval" else completion
-
 
 # --------------------------------------------------------------------------------------------------
 # Checking
@@ -666,11 +426,6 @@ def run_humaneval_plus(ctx: EvalContext, config: CodingConfig | None = None) -> 
     return run_coding_task(ctx, "humaneval_plus", load_humaneval_plus(), config)
 
 
-def mbpp_problems(setting: str) -> list[CodeProblem]:
-    problems = load_mbpp_plus()
-    return mbpp_paper_problems(problems) if setting == "paper" else problems
-
-
 def run_mbpp_plus(ctx: EvalContext, config: CodingConfig | None = None) -> TaskResult:
     config = config or coding_config(ctx.settings_for("mbpp_plus"), "mbpp_plus")
     return run_coding_task(ctx, "mbpp_plus", mbpp_problems(config.setting), config)
@@ -715,7 +470,7 @@ register_task(TaskSpec(
     run=run_humaneval_plus,
     settings=CodingSettings(),
     settings_group="coding",
-    data_files=lambda _settings: [_data_path(HUMANEVAL_PLUS_FILE, None)],
+    data_files=lambda _settings: [problems_file(HUMANEVAL_PLUS_FILE, None)],
     describe=lambda settings, limit: describe("humaneval_plus", settings, limit),
     uses=(),
     description="HumanEval+ (EvalPlus v0.2.1 base+plus tests), HumanEvalPack instructions, T=0.8, sandboxed",
@@ -727,7 +482,7 @@ register_task(TaskSpec(
     run=run_mbpp_plus,
     settings=CodingSettings(),
     settings_group="coding",
-    data_files=lambda _settings: [_data_path(MBPP_PLUS_FILE, None)],
+    data_files=lambda _settings: [problems_file(MBPP_PLUS_FILE, None)],
     describe=lambda settings, limit: describe("mbpp_plus", settings, limit),
     uses=(),
     description="MBPP+ v0.1.0 (EvalPlus v0.2.1 base+plus tests), open-instruct prompt, T=0.8, sandboxed",

@@ -8,14 +8,14 @@ whose reason names the file and how to provide it, never into a made-up number.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
 from harness.evaluation.base import EvalContext, MissingInput, TaskResult
-from harness.paths import find_data_file, shared_data_dir
+from harness.loglikelihood import continuation_logprobs
+from harness.paths import find_data_file
 
 Messages = list[dict[str, str]]
 
@@ -111,46 +111,6 @@ def describe_decoding(params: Any) -> str:
     return text + (f", stop at {list(params.stop)!r}" if params.stop else ", no stop string")
 
 
-def ensure_nltk_data() -> Path:
-    """IFEval's checkers need NLTK `punkt_tab`; point NLTK at the shared copy when the user has not.
-    Returns its English folder.
-
-    Raises a RuntimeError telling how to provide it when it cannot be found (lm-eval would otherwise
-    try a download that fails offline while printing that it succeeded).
-    """
-    if not os.environ.get("NLTK_DATA"):
-        shared = shared_data_dir()
-        if shared is not None and (shared / "nltk_data").is_dir():
-            os.environ["NLTK_DATA"] = str(shared / "nltk_data")
-    import nltk
-
-    folder = os.environ.get("NLTK_DATA")
-    if folder and folder not in nltk.data.path:
-        nltk.data.path.insert(0, folder)
-    try:
-        return Path(str(nltk.data.find("tokenizers/punkt_tab/english/")))
-    except LookupError as err:
-        raise RuntimeError(
-            "IFEval needs the NLTK 'punkt_tab' tokenizer: set NLTK_DATA to a folder containing "
-            "tokenizers/punkt_tab (e.g. ../shared/data/nltk_data), or run "
-            "`python -m nltk.downloader punkt_tab` on a machine with internet access"
-        ) from err
-
-
-def punkt_tab_dir() -> Path:
-    """NLTK punkt_tab's English folder (part of IFEval's fingerprint): looked up in NLTK_DATA first, so
-    planning a grid does not import NLTK (seconds); otherwise as `ensure_nltk_data` finds it."""
-    if not os.environ.get("NLTK_DATA"):
-        shared = shared_data_dir()
-        if shared is not None and (shared / "nltk_data").is_dir():
-            os.environ["NLTK_DATA"] = str(shared / "nltk_data")
-    for folder in os.environ.get("NLTK_DATA", "").split(os.pathsep):
-        english = Path(folder) / "tokenizers" / "punkt_tab" / "english"
-        if folder and english.is_dir():
-            return english
-    return ensure_nltk_data()
-
-
 def scoring_model(ctx: EvalContext) -> tuple[Any, Any]:
     """(causal LM, tokenizer) for log-likelihood scoring: the generator's model when it is an HF one
     (no second copy in memory), otherwise a fresh load of `ctx.model_path`."""
@@ -178,98 +138,3 @@ def loglikelihoods(ctx: EvalContext, pairs: Sequence[tuple[str, str]]) -> list[t
         return score(pairs, batch_size=ctx.batch_size)
     model, tok = scoring_model(ctx)
     return continuation_logprobs(model, tok, pairs, batch_size=ctx.batch_size)
-
-
-def encode_pair(tokenizer: Any, context: str, continuation: str,
-                add_special_tokens: bool = False) -> tuple[list[int], list[int]]:
-    """Token ids of (context, continuation) split the way lm-eval's HF backend splits them.
-
-    Trailing spaces of the context move into the continuation, the whole string is encoded once and
-    the continuation is what follows the separately encoded context; so " A" after "Answer:" is scored
-    as the tokenizer would produce it in running text. `add_special_tokens=True` encodes both with the
-    tokenizer's special tokens (its BOS), as open-instruct's scoring calls did.
-    """
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole = tokenizer(context + continuation, add_special_tokens=add_special_tokens)["input_ids"]
-    ctx_ids = tokenizer(context, add_special_tokens=add_special_tokens)["input_ids"]
-    return ctx_ids, whole[len(ctx_ids):]
-
-
-def continuation_logprobs(
-    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
-    max_length: int = 2048, add_special_tokens: bool = False,
-) -> list[tuple[float, bool]]:
-    """(sum of log-probs of the continuation given the context, whether it is the greedy continuation)
-    for each (context, continuation) pair; what lm-eval's `loglikelihood` returns.
-
-    Pairs whose context is shared and whose continuations are single tokens (MMLU's " A".." D") cost one
-    forward pass of the context together. `add_special_tokens`: see `encode_pair`.
-    """
-    encoded = [encode_pair(tokenizer, c, x, add_special_tokens) for c, x in pairs]
-    for i, (_, cont_ids) in enumerate(encoded):
-        if not cont_ids:
-            raise ValueError(f"empty continuation after encoding pair {i}: {pairs[i][1]!r}")
-    return encoded_logprobs(model, tokenizer, encoded, batch_size=batch_size, max_length=max_length)
-
-
-def encoded_logprobs(model: Any, tokenizer: Any, encoded: Sequence[tuple[list[int], list[int]]],
-                     batch_size: int = 8, max_length: int = 2048) -> list[tuple[float, bool]]:
-    """`continuation_logprobs` on pairs already encoded as (context ids, continuation ids)."""
-    import torch
-
-    results: list[tuple[float, bool] | None] = [None] * len(encoded)
-    # Each forward input is (token ids, [(pair index, position of first continuation logit, cont ids)]).
-    jobs: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
-    singles: list[tuple[list[int], list[tuple[int, int, list[int]]]]] = []
-    for i, (ctx_ids, cont_ids) in enumerate(encoded):
-        if not cont_ids:
-            raise ValueError(f"empty continuation ids for pair {i}")
-        if len(cont_ids) == 1 and ctx_ids:
-            jobs.setdefault(tuple(ctx_ids), []).append((i, cont_ids))
-        else:
-            full = (ctx_ids + cont_ids)[-(max_length + 1):]
-            n_ctx = len(full) - len(cont_ids)
-            singles.append((full[:-1], [(i, n_ctx - 1, cont_ids)]))
-    forwards = [(list(k), [(i, len(k) - 1, c) for i, c in v]) for k, v in jobs.items()] + singles
-    forwards.sort(key=lambda f: len(f[0]))
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(forwards), batch_size):
-            batch = forwards[start:start + batch_size]
-            # Left padding: every row's needed logits are its last positions, so only the last `keep`
-            # positions go through the LM head (a [batch, seq, vocab] tensor would cost gigabytes).
-            rows = [ids[-max_length:] for ids, _ in batch]
-            width = max(len(ids) for ids in rows)
-            keep = max(len(ids) - pos for (ids, targets) in batch for _, pos, _ in targets)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(rows):
-                input_ids[row, width - len(ids):] = torch.tensor(ids)
-                mask[row, width - len(ids):] = 1
-            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # real tokens at 0..n-1, as unpadded
-            inputs = dict(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                          position_ids=positions.to(device))
-            with torch.no_grad():
-                try:
-                    logits = model(**inputs, logits_to_keep=keep).logits
-                except TypeError:  # architectures without `logits_to_keep`
-                    logits = model(**inputs).logits[:, -keep:]
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for row, (ids, targets) in enumerate(batch):
-                for i, pos, cont in targets:
-                    # `pos` indexes the untruncated row; count it from the end instead.
-                    from_end = len(ids) - pos
-                    span = logprobs[row, keep - from_end: keep - from_end + len(cont)]
-                    cont_t = torch.tensor(cont)
-                    total = float(span.gather(1, cont_t[:, None]).sum())
-                    greedy = bool((span.argmax(dim=-1) == cont_t).all())
-                    results[i] = (total, greedy)
-    finally:
-        model.train(was_training)
-    return [r for r in results if r is not None]

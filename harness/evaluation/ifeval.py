@@ -14,7 +14,7 @@ Metrics (0-100): `prompt_level_loose_acc` (the paper's number and the score), pl
 as following an instruction if any of 8 variants (first/last line removed, '*' removed) does.
 
 NLTK `punkt_tab` is required by two checkers: NLTK_DATA is pointed at the shared copy when unset;
-without it the task is not run and says how to provide it (see `common.ensure_nltk_data`); its files
+without it the task is not run and says how to provide it (see `harness.paths.ensure_nltk_data`); its files
 are part of the task's fingerprint, like the prompt file.
 
 Settings (`IFEvalSettings`, grid `eval.settings.ifeval`): `setting`, `max_new_tokens` (default 1280,
@@ -62,9 +62,7 @@ from harness.evaluation.common import (
     benchmark_file,
     count_rows,
     describe_decoding,
-    ensure_nltk_data,
     mean_pct,
-    punkt_tab_dir,
     read_jsonl,
     require_fields,
     skipped,
@@ -77,6 +75,7 @@ from harness.evaluation.open_instruct import (
     tulu_chat,
 )
 from harness.generation import SamplingParams
+from harness.paths import ensure_nltk_data, punkt_tab_dir
 
 TASK = "ifeval"
 MAX_NEW_TOKENS = 1280

@@ -45,15 +45,14 @@ from harness.evaluation.base import (
 from harness.evaluation.common import (
     MissingDataError,
     chat_prompt_with_prefix,
-    continuation_logprobs,
     count_rows,
-    encoded_logprobs,
     loglikelihoods,
     mean_pct,
     scoring_model,
     skipped,
 )
 from harness.evaluation.open_instruct import BOS_RULE, CHAT_FORMAT, INT8_NOTE, OPEN_INSTRUCT, tulu_chat
+from harness.loglikelihood import continuation_logprobs, encoded_logprobs
 from harness.paths import find_data_file
 
 TASK = "mmlu"
@@ -234,4 +233,5 @@ register_task(TaskSpec(
     data_files=lambda _settings: subject_files(),
     uses=(),
     describe=describe,
+    not_best_of_n="scores answer log-likelihoods",
 ))

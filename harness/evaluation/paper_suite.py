@@ -1,4 +1,5 @@
-"""The paper's 11-benchmark suite (Sec. 2.2, App. D): `SUITES["paper11"]`, its categories and its table.
+"""The paper's 11-benchmark suite (Sec. 2.2, App. D): `SUITES["paper11"]`, its categories and its table;
+its best-of-N subset (Table 12): `SUITES["paper-bon"]`.
 
 How each benchmark becomes a 0-100 score (what enters the category average), as in the paper's tables:
 
@@ -79,6 +80,13 @@ PAPER11_CATEGORIES: dict[str, str] = {
 }
 PAPER11 = list(PAPER11_CATEGORIES)
 SUITES["paper11"] = PAPER11
+# Paper Table 12's best-of-N benchmarks (the generative ones of the suite), in its column order with its
+# column headers: `eval.best_of_n`'s default tasks and the columns of the report's Table 12.
+PAPER_BEST_OF_N_COLUMNS: dict[str, str] = {
+    "gsm8k": "GSM", "bbh": "BBH", "humaneval_plus": "Codex-Eval+", "mbpp_plus": "MBPP+",
+    "alpaca_eval1": "AEval 1", "alpaca_eval2": "AEval 2", "ifeval": "IFEval", "xstest": "XSTest",
+}
+SUITES["paper-bon"] = list(PAPER_BEST_OF_N_COLUMNS)
 
 
 def _register_missing() -> None:

@@ -245,6 +245,7 @@ def register_policy_kl(name: str = "policy_kl", settings: PolicyKLSettings | Non
         description=f"Monte-Carlo KL(policy || reference) on {settings.prompt_set} "
                     f"({settings.samples_per_prompt} samples/prompt, T=1, untruncated)",
         score_rule="no 0-100 score: reported as kl_mean ± kl_stderr (nats per completion)",
+        not_best_of_n="measures the policy, not picked text",
     ))
 
 
@@ -260,6 +261,7 @@ def register_rm_reward(name: str = "rm_reward", settings: RMRewardSettings | Non
         requires=("reward_model",),
         description=f"Mean reward-model score of the policy's answers on {settings.prompt_set}",
         score_rule="no 0-100 score: reported as mean reward (RM units)",
+        not_best_of_n="generates with the policy, not through best-of-N",
     ))
 
 

@@ -110,7 +110,7 @@ def _is_path(source: str) -> bool:
 
 def data_files(settings: ToxiGenSettings | None) -> list[Path]:
     """The 16 prompt files and, for a local classifier, its files."""
-    from datasets_registry.core import hub_disabled
+    from datasets_registry.raw_sources import hub_disabled
 
     groups = PAPER_GROUPS if settings is not None and settings.setting == "paper" else GROUPS
     files = [benchmark_file(f"toxigen/hate_{group}_1k.txt") for group in groups]

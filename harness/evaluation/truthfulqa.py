@@ -90,7 +90,6 @@ from harness.evaluation.common import (
     apply_limit,
     benchmark_file,
     chat_prompt_with_prefix,
-    continuation_logprobs,
     count_rows,
     describe_decoding,
     loglikelihoods,
@@ -105,6 +104,7 @@ from harness.evaluation.open_instruct import (
     tulu_chat,
 )
 from harness.generation import SamplingParams
+from harness.loglikelihood import continuation_logprobs
 
 TASK = "truthfulqa"
 # The fine-tuned judges' truth x info replaces MC2 as the fallback score only when both judges reach
@@ -202,7 +202,7 @@ def resolve_paper_judge(kind: str, name: str) -> JudgeSource:
             return JudgeSource(cached, False, "Hugging Face cache")
     except Exception:  # noqa: BLE001 - not in the cache (or not a repo id): look further
         pass
-    from datasets_registry.core import hub_disabled
+    from datasets_registry.raw_sources import hub_disabled
 
     if not hub_disabled():
         return JudgeSource(name, True, "hub")
@@ -562,5 +562,6 @@ register_task(TaskSpec(
     settings=TruthfulQASettings(),
     data_files=data_files,
     uses=("judge",),  # optional: without one, the MC2 (and fine-tuned judges') fallbacks only
+    not_best_of_n="its offline score is log-likelihood MC2",
 ))
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from datasets_registry.core import read_jsonl
+from datasets_registry.raw_files import read_jsonl
 from harness.cache import file_sha256
 from harness.evaluation.common import benchmark_file
 

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from harness.cli import print_error
+from harness.cli_errors import print_error
 
 
 def cmd_serve_judge(args: argparse.Namespace) -> int:

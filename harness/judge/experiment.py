@@ -164,7 +164,8 @@ def generate_answers(policy_path: str, prompts: Sequence[Messages], max_new_toke
                      batch_size: int = 8, cache: GenerationCache | None = None) -> tuple[list[str], int]:
     """(answers, how many were generated now) with the shared generation engine; cached answers are
     reused, and the model is loaded only when something is missing."""
-    from harness.generation import EngineSettings, SamplingParams, make_generator
+    from harness.engines import make_generator
+    from harness.generation import EngineSettings, SamplingParams
     from harness.models import resolve_model
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
