@@ -101,8 +101,8 @@ def describe_profile_plan(grid, plans, args: argparse.Namespace) -> str:
     from harness import launch
     from harness.cost_plan import DEFAULT_DEVICE, describe_cost
     from harness.cost_profiles import CostInputError
+    from harness.planning import unique_stages
     from harness.resolution import unresolved_inputs
-    from harness.stages import unique_stages
 
     lines = [f"profile: {grid.profile or '(none: the file as written)'}"]
     if grid.launch:
@@ -135,8 +135,8 @@ def preflight(grid, plans, args: argparse.Namespace) -> str | None:
     """Why the grid cannot start here (None when it can), before any compute: inputs this machine lacks,
     stages that cannot run under the profile's launch settings on the Ray backend."""
     from harness import launch
+    from harness.planning import unique_stages
     from harness.resolution import format_unresolved, unresolved_inputs
-    from harness.stages import unique_stages
 
     missing = unresolved_inputs(plans, full_data=grid.full_data)
     if missing:

@@ -127,7 +127,7 @@ def data_rows(config: dict[str, Any], cached_rows: int | None = None, full_data:
 
 @dataclass
 class StageView:
-    """What the mapping reads of a stage: a planned `harness.stages.Stage` has these attributes; a logged
+    """What the mapping reads of a stage: a planned `harness.planning.Stage` has these attributes; a logged
     cell's stage specs (`resolved_config.json`) are turned into these (`views_from_specs`)."""
 
     kind: str
@@ -459,7 +459,7 @@ def grid_cost(plans: Sequence[Any], device: str | DeviceProfile, launch: dict[st
     """Every distinct planned stage's estimate, each cell's total, and the notes behind them. `full_data`:
     datasets at their full curated size (a profile meant for the full data); `kind_devices`: a launch
     block's per-kind `device_profile` wins over `device` (False: every stage on `device`)."""
-    from harness.stages import unique_stages
+    from harness.planning import unique_stages
 
     profile = cost_profiles.device_profile(device) if isinstance(device, str) else device
     mapping = Mapping(planned_rows(full_data), launch or {}, kind_devices=kind_devices)

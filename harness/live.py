@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 from harness import cache, progress, tracking
 from harness import mlflow_layout as layout
 from harness.checkpoints import HISTORY_FILE
+from harness.executors import STAGE_TAGS_FILE
 from harness.grid import Grid
-from harness.stages import STAGE_TAGS_FILE, CellPlan, Stage
+from harness.planning import CellPlan, Stage
 
 if TYPE_CHECKING:
     from harness.console import ProgressView, StageLine

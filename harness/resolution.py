@@ -100,7 +100,7 @@ def unresolved_inputs(plans: Sequence[Any], full_data: bool = False) -> list[str
     `full_data`, also each dataset that resolves to a known local sample of itself)."""
     from datasets_registry import DATASETS
     from datasets_registry.raw_sources import unavailable_message
-    from harness.stages import unique_stages
+    from harness.planning import unique_stages
 
     problems: dict[str, str] = {}
     for stage in unique_stages(list(plans)):

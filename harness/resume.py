@@ -14,7 +14,7 @@ and resume through `trainer.train(resume_from_checkpoint=...)`: `train(trainer, 
 project's PPO (harness/algorithms/ppo.py) writes its own state with `Checkpointer`.
 
 When a later writer claims a folder its predecessor left (killed, failed or stopped),
-`harness.stages.execute_stage` calls `prepare(claim)` instead of starting over: the newest complete
+`harness.executors.execute_stage` calls `prepare(claim)` instead of starting over: the newest complete
 checkpoint is kept, `history.jsonl` is cut to the rows of steps <= k (the driver replays it into a fresh
 live MLflow run: no step twice, none missing), and the stage goes on from step k. Without a checkpoint
 the folder is emptied as before. Resume checkpoints are removed before a stage is published

@@ -1,5 +1,5 @@
 """A cell's reward resolved to local things at execution time: one reward-model folder, an ensemble of
-them, or a verifier. The plan side (`harness.stages.reward_plan`) turns a grid's `reward_model` block into
+them, or a verifier. The plan side (`harness.planning.reward_plan`) turns a grid's `reward_model` block into
 RM stages plus a plain-data config; `resolve` turns that config and the published inputs back into a
 `RewardSource`, which gives what each consumer needs: the `TrainContext` fields of the online algorithms
 and a `score(prompts, responses)` scorer for best-of-N and the over-optimisation monitor.

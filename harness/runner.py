@@ -24,7 +24,7 @@ from harness import cache, tracking
 from harness import mlflow_layout as layout
 from harness.grid import Grid
 from harness.live import LiveLogger, RowsObserver, RunSummary
-from harness.stages import CellPlan, Stage, plan_cell, unique_stages
+from harness.planning import CellPlan, Stage, plan_cell, unique_stages
 
 if TYPE_CHECKING:
     from harness.console import ProgressView

@@ -21,7 +21,7 @@ from typing import Any
 from harness import cache, progress, tracking
 from harness import mlflow_layout as layout
 from harness.console import LIVE_METRICS, format_duration, key_metric
-from harness.stages import CellPlan, Stage
+from harness.planning import CellPlan, Stage
 
 STATE_ORDER = ("failed", "running", "interrupted", "blocked", "pending", "done")
 

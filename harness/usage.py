@@ -1,6 +1,6 @@
 """What a stage consumes, counted where the work happens: tokens trained and generated, wall time, device.
 
-Counters are per process and reset by `measuring()`, which `harness.stages.execute_stage` wraps around each
+Counters are per process and reset by `measuring()`, which `harness.executors.execute_stage` wraps around each
 stage; they cost one tensor sum per training forward or generate call:
 - tokens trained: the attention-mask sum of each forward of a model being trained (train mode, gradients
   on), hooked on the model by the TRL history callback and by PPO (`watch_training_forwards`): the

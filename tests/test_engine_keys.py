@@ -178,7 +178,7 @@ def test_a_worker_runs_the_engine_the_plan_resolved(tiny_model: str, monkeypatch
     """ "auto" planned on a machine without native bf16 is float32; a worker whose own "auto" would be bf16
     runs float32 all the same (the spec carries the pinned settings), and records it."""
     import harness.generation
-    from harness.stages import execute_stage
+    from harness.executors import execute_stage
 
     monkeypatch.setattr(harness.generation, "native_bf16", lambda device: (False, "the planning machine"))
     plan = next(p for p in plan_grid(build_grid(grid_spec())) if p.stage("reference_logps"))

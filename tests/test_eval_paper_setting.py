@@ -572,7 +572,7 @@ def test_grid_eval_setting_resolves_into_the_keys_and_params(tmp_path: Path):
     assert paper_cell.config.eval.settings == {"bbh": {"setting": "paper"}, "gsm8k": {"setting": "paper"}}
     assert mixed_cell.config.eval.settings == {"bbh": {"setting": "harness"}, "gsm8k": {"setting": "paper"}}
     assert tracking.flatten(paper_cell.resolved())["eval.settings.gsm8k.setting"] == "paper"
-    from harness.stages import plan_cell
+    from harness.planning import plan_cell
 
     keys = [plan_cell(c).stages[-1].key for c in (harness_cell, paper_cell, mixed_cell)]
     assert len(set(keys)) == 3

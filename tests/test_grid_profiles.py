@@ -19,9 +19,9 @@ from harness.cost_plan import grid_cost
 from harness.grid import GridError, load_grid
 from harness.launch import config_path, plan_problems, ray_resources, read_launch_config
 from harness.paths import PROJECT_ROOT, shared_data_dir
+from harness.planning import unique_stages
 from harness.profiles import profile_names
 from harness.runner import plan_grid
-from harness.stages import unique_stages
 from harness.sweep.plan import _probe_plans
 from harness.sweep.spec import SweepError, load_sweep
 

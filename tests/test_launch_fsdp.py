@@ -61,10 +61,10 @@ def test_a_tiny_trl_stage_under_accelerate_launch_with_the_fsdp_config_on_two_cp
 
     from harness import cache
     from harness.backends.accelerate_launch import launch_stage
+    from harness.executors import execute_stage
     from harness.grid import load_grid
     from harness.resolution import unresolved_inputs
     from harness.runner import plan_grid
-    from harness.stages import execute_stage
 
     use_results(monkeypatch, tmp_path / "results")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -13,9 +13,9 @@ import pytest
 
 from harness import mlflow_layout as layout
 from harness import tracking
+from harness.executors import preference_lengths
 from harness.judge.client import PairVerdict
 from harness.judge.experiment import length_controlled
-from harness.stages import preference_lengths
 
 
 def _verdict(score: float) -> PairVerdict:

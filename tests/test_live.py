@@ -519,7 +519,7 @@ def test_a_working_folder_has_one_writer_and_outlives_a_killed_one(tmp_path):
 
 
 def test_a_failed_stage_says_why_in_its_working_folder(tmp_path):
-    from harness.stages import execute_stage
+    from harness.executors import execute_stage
 
     spec = {"kind": "prepare_data", "key": "broken", "config": {"name": "no-such-dataset", "seed": 0, "max_rows": 2},
             "inputs": {}}
@@ -548,7 +548,7 @@ def test_library_noise_is_off_unless_verbose(monkeypatch):
         with warnings.catch_warnings(record=True) as caught:
             warnings.warn_explicit("gradient_checkpointing is deprecated", FutureWarning, "training_args.py", 1,
                                    module="transformers.training_args")
-            warnings.warn_explicit("a harness warning", UserWarning, "x.py", 1, module="harness.stages")
+            warnings.warn_explicit("a harness warning", UserWarning, "x.py", 1, module="harness.executors")
         assert [str(w.message) for w in caught] == ["a harness warning"]
 
 

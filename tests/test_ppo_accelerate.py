@@ -15,9 +15,10 @@ import torch
 
 from harness.algorithms.ppo import all_reduce_sum, whiten
 from harness.backends.accelerate_launch import launch_stage
+from harness.executors import execute_stage
 from harness.grid import build_grid
 from harness.launch import check_launch
-from harness.stages import execute_stage, plan_cell
+from harness.planning import plan_cell
 
 
 def _free_port() -> int:

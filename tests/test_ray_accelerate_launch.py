@@ -10,8 +10,9 @@ import socket
 import pytest
 
 from harness.backends.accelerate_launch import launch_stage
+from harness.executors import execute_stage
 from harness.grid import build_grid
-from harness.stages import execute_stage, plan_cell
+from harness.planning import plan_cell
 
 
 def _free_port() -> int:

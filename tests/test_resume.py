@@ -110,7 +110,7 @@ def test_ppo_stage_killed_mid_training_resumes_from_its_checkpoint(tmp_path, tin
 
 def test_checkpoint_settings_are_validated_and_stay_out_of_stage_keys(tiny_model):
     from harness.grid import GridError, build_grid
-    from harness.stages import plan_cell
+    from harness.planning import plan_cell
 
     def train_stage(train: dict):
         cell = build_grid(grid("keys", dict(TINY_DPO), train=train)).cells[0]
@@ -163,8 +163,9 @@ def test_a_stop_request_ends_ppo_after_its_step_and_the_next_claim_goes_on(tmp_p
     import threading
     import time
 
+    from harness.executors import execute_stage
     from harness.grid import build_grid
-    from harness.stages import execute_stage, plan_cell
+    from harness.planning import plan_cell
 
     monkeypatch.setenv("HARNESS_RESULTS_DIR", str(tmp_path))
     algorithm = {**TINY_PPO, "max_steps": 12}

@@ -10,9 +10,9 @@ import statistics
 import pytest
 
 from harness.grid import GridError, build_grid
+from harness.planning import unique_stages
 from harness.reward_ensemble import EnsembleScorer, EnsembleSpec, combine_scores
 from harness.runner import plan_grid
-from harness.stages import unique_stages
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend
 

@@ -169,7 +169,7 @@ def test_prepare_key_follows_raw_file_data_dir_and_loader_code(tmp_path: Path, m
 
 def test_a_worker_with_other_raw_data_cannot_publish_under_the_planned_key(tmp_path: Path, monkeypatch):
     from harness import cache
-    from harness.stages import execute_stage
+    from harness.executors import execute_stage
 
     monkeypatch.setenv("HARNESS_DATA_DIR", str(write_hh(tmp_path / "a", 6)))
     plan = next(p for p in plan_grid(build_grid(two_datasets_grid())) if p.cell.name == "dataset=hh-rlhf")

@@ -63,7 +63,7 @@ def launch_stage(spec: dict[str, Any], num_processes: int, args: list[str] | tup
 
 
 def _run_rank(spec: dict[str, Any]) -> None:
-    from harness.stages import EXECUTORS, execute_stage, executor_config
+    from harness.executors import EXECUTORS, execute_stage, executor_config
 
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:

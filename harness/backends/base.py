@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from harness.registry import Registry
 
 if TYPE_CHECKING:
-    from harness.stages import Stage
+    from harness.planning import Stage
 
 BACKENDS: Registry[Any] = Registry("backend")
 

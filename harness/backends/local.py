@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from harness.backends.base import BACKENDS, OnFailed, blocked_by
+from harness.executors import execute_stage
+from harness.planning import Stage
 from harness.processes import stage_worker_init
-from harness.stages import Stage, execute_stage
 
 
 class LocalBackend:

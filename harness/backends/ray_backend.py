@@ -7,13 +7,13 @@ Dependencies are expressed the Ray way: a stage's task gets the object refs of i
 tasks as arguments, so Ray starts it only after they finished (and fails it, without running it,
 when one of them failed). Nothing is scheduled by the harness itself.
 
-What a task does is `harness.stages.execute_stage(spec)`: it reads its inputs from the stage store
+What a task does is `harness.executors.execute_stage(spec)`: it reads its inputs from the stage store
 and publishes its output there atomically, so a task killed mid-stage (a preempted node, an OOM
 kill, `kill -9` of the worker) is simply retried by Ray (`max_retries`) and leaves nothing half
 written. On a cluster the stage store (`HARNESS_RESULTS_DIR`) must be a filesystem every node
 mounts at the same path (NFS, Lustre, ...); MLflow is still written only by the driver.
 
-Resources per stage kind default to `harness.stages.DEFAULT_RESOURCES` and are overridden with the
+Resources per stage kind default to `harness.executors.DEFAULT_RESOURCES` and are overridden with the
 backend option `resources={kind: {"num_cpus": 4, "num_gpus": 1, "memory": 32e9}}` (memory in
 bytes, as Ray takes it), or, from any command line, with the same mapping as JSON in the
 environment variable `HARNESS_RAY_RESOURCES`. A kind's `accelerate: {num_processes: N, args: [...]}`
@@ -33,7 +33,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from harness.backends.base import BACKENDS, OnFailed, blocked_by
-from harness.stages import DEFAULT_RESOURCES, Stage, execute_stage
+from harness.executors import DEFAULT_RESOURCES, execute_stage
+from harness.planning import Stage
 
 RESOURCES_ENV = "HARNESS_RAY_RESOURCES"
 

@@ -64,7 +64,7 @@ class SweepWorker:
     def objective(self, trial: Any) -> float | list[float]:
         import optuna
 
-        from harness.stages import plan_cell
+        from harness.planning import plan_cell
 
         params = {name: suggest(trial, name, param) for name, param in self.spec.search.items()}
         twin = self._wait_for_twin(trial, params)
