@@ -373,6 +373,7 @@ class LiveLogger:
             if state is None or not state.running or not state.attempt:
                 if live is not None and state is not None and state.failure is not None \
                         and state.failure.get("attempt") == live.attempt:
+                    self._follow(live, live.folder)  # the rows it wrote before it stopped, then its end
                     self._fail_live(live, str(state.failure.get("error", "failed")))  # e.g. under --fail-fast
                 continue
             if live is None or live.attempt != state.attempt:
