@@ -428,7 +428,8 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-@pytest.mark.parametrize("stop", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGKILL],
+@pytest.mark.slow  # ~60 s, most of it the MLflow server starting
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL],
                          ids=["sigterm", "sigkill"])
 def test_stopping_harness_ui_stops_its_mlflow_server(stop, isolated_results):
     import urllib.request

@@ -101,6 +101,7 @@ def check_grid_against_server(url: str) -> None:
     assert again.logged_cells == [] and len(client.search_runs([exp.experiment_id], max_results=100)) == len(runs)
 
 
+@pytest.mark.slow  # ~45 s: a real MLflow server process
 def test_harness_against_sqlite_backed_mlflow_server(tiny_model, tmp_path, monkeypatch):
     url, proc = start_mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts",
                                     tmp_path / "server.log")

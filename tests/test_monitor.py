@@ -144,6 +144,7 @@ def tiny_sft(tiny_model, tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.mark.slow  # ~55 s: two training runs with checkpoint evaluations
 def test_monitor_flags_the_hackable_reward_and_not_the_honest_one(tiny_sft, tmp_path, one_thread):
     from harness import tracking
     from harness.runner import run_grid

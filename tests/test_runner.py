@@ -151,6 +151,7 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path, tiny_m
     assert sorted(resumed) == ["algorithm.beta=0.1", "algorithm.beta=0.3", "sft"]
 
 
+@pytest.mark.slow  # the fixed-point SIGKILL test above stays in the default suite
 def test_sigkill_at_random_moments_converges(tmp_path, tiny_model, isolated_results):
     """Kill at several points (during planning, data prep, training, MLflow logging), then finish."""
     spec = tiny_grid("chaos", steps=20, betas=(0.1,))
