@@ -106,6 +106,7 @@ def test_table10_grid_runs_every_switch_through_our_ppo_at_tiny_scale(tiny_model
     with finite PPO metrics at every update."""
     path = ABLATIONS / "table10_ppo_switches.yaml"
     raw = yaml.safe_load(path.read_text())
+    raw.pop("profiles", None)  # this test scales the file itself (TABLE10_TINY); profiles are load_grid's
     for key, value in TABLE10_TINY.items():
         set_dotted(raw["base"], key, value)
     grid = build_grid(raw, source=path)
