@@ -435,7 +435,9 @@ class LiveLogger:
         owner = self._owner(stage)
         result = stage_result(stage)
         if owner is not None:
-            parent = self._open_cell(owner, start)
+            for plan in self._users(stage):  # each cell using it spans its work, as when it is seen running
+                self._open_cell(plan, start)
+            parent = self.cell_runs.get(owner.cell.name)
             if live is not None and live.run_id is not None and live.attempt == record.get("attempt"):
                 self._follow(live, stage.path)  # the rest of its curve, from the published folder
                 result.step_history = []
