@@ -90,7 +90,7 @@ class OnlineTraining:
 
     algorithm: str
     policy: ModelShape
-    reward_model: ModelShape | None  # None: a rule-based reward (no forward)
+    reward_model: RewardModels  # None: a rule-based reward (no forward); a tuple: an ensemble
     prompts: int
     prompt_tokens: float  # mean
     response_tokens: float  # mean generated per rollout
@@ -123,7 +123,7 @@ class EvalTask:
     scored_tokens: float = 0.0  # continuation tokens scored per example (log-likelihood tasks)
     batch_size: int = 16
     decode_steps_per_batch: float | None = None  # None = max_new_tokens
-    scorer: ModelShape | None = None
+    scorer: RewardModels = None  # a tuple: an ensemble of reward models, each scoring every answer
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,16 @@ class DataPreparation:
 
 
 Workload = PairwiseTraining | OnlineTraining | Evaluation | DataPreparation
+# A reward's models: one, an ensemble (a tuple: every member scores every sample), or None (a rule-based
+# reward, e.g. a verifier: no model FLOPs).
+RewardModels = ModelShape | tuple[ModelShape, ...] | None
+
+
+def reward_members(reward: RewardModels) -> tuple[ModelShape, ...]:
+    """The models a reward runs a forward of per scored sequence."""
+    if reward is None:
+        return ()
+    return reward if isinstance(reward, tuple) else (reward,)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,9 +306,12 @@ def _online(w: OnlineTraining, profile: DeviceProfile, rate: float | None) -> St
         _positive(w.epochs, "epochs", label)
     _positive(w.prompts, "prompts", label)
     rollouts_per_prompt = 2 if w.algorithm == "online-dpo" else w.rollouts_per_prompt
-    value = (w.value_model or w.reward_model or w.policy) if w.algorithm == "ppo" else None
+    rewards = reward_members(w.reward_model)
+    # PPO's value model defaults to the reward model's shape (the paper's init); an ensemble has no one RM
+    single_rm = rewards[0] if len(rewards) == 1 else None
+    value = (w.value_model or single_rm or w.policy) if w.algorithm == "ppo" else None
     trained = [w.policy] + ([value] if value is not None else [])
-    frozen = ([w.policy] if w.reference else []) + ([w.reward_model] if w.reward_model is not None else [])
+    frozen = ([w.policy] if w.reference else []) + list(rewards)
     notes: list[str] = []
     tally = _Tally(profile, _devices_for(profile, trained, frozen, notes))
 
@@ -320,22 +333,25 @@ def _online(w: OnlineTraining, profile: DeviceProfile, rate: float | None) -> St
     # Scoring and training passes over prompt + answer.
     policy_fwd = w.policy.sequence_forward_flops(seq)
     old_logprobs = w.algorithm == "ppo" or w.inner_epochs > 1
-    forwards = {"policy forward (old log-probs)": policy_fwd if old_logprobs else 0.0,
-                "reference forward": policy_fwd if w.reference else 0.0,
-                "reward forward": w.reward_model.sequence_forward_flops(seq, lm_head=False) if w.reward_model else 0.0,
-                "value forward": value.sequence_forward_flops(seq, lm_head=False) if value is not None else 0.0}
-    for part, flops in forwards.items():
-        if flops:
-            tally.batched(part, rollouts * flops)
-            tally.forward += rollouts * seq
+    # part -> the FLOPs of each forward it runs over one rollout's prompt + answer
+    forwards = {"policy forward (old log-probs)": [policy_fwd] if old_logprobs else [],
+                "reference forward": [policy_fwd] if w.reference else [],
+                "reward forward": [m.sequence_forward_flops(seq, lm_head=False) for m in rewards],
+                "value forward": [value.sequence_forward_flops(seq, lm_head=False)] if value is not None else []}
+    for part, passes in forwards.items():
+        if passes:
+            tally.batched(part, rollouts * sum(passes))
+            tally.forward += rollouts * seq * len(passes)
     tally.batched("policy train (forward + backward)", 3.0 * w.inner_epochs * rollouts * policy_fwd)
     tally.trained += w.inner_epochs * rollouts * seq
     if value is not None:
         tally.batched("value train (forward + backward)",
                       3.0 * w.inner_epochs * rollouts * value.sequence_forward_flops(seq, lm_head=False))
         tally.trained += w.inner_epochs * rollouts * seq
-    if w.reward_model is None:
+    if not rewards:
         notes.append("rule-based reward: no reward-model forward")
+    elif len(rewards) > 1:
+        notes.append(f"reward-model ensemble: {len(rewards)} reward forwards per rollout")
     if static:
         notes.append(f"static shapes: prompts padded to {w.max_prompt_length}, answers to {w.max_new_tokens}")
     return tally.result(label, "train_policy", notes, rate)
@@ -344,7 +360,7 @@ def _online(w: OnlineTraining, profile: DeviceProfile, rate: float | None) -> St
 def _evaluation(w: Evaluation, profile: DeviceProfile, rate: float | None) -> StageEstimate:
     label = w.label or f"evaluate {w.model.name}"
     notes: list[str] = []
-    scorers = [t.scorer for t in w.tasks if t.scorer is not None]
+    scorers = [m for t in w.tasks for m in reward_members(t.scorer)]
     tally = _Tally(profile, _devices_for(profile, [], [w.model, *scorers], notes))
     for task in w.tasks:
         _positive(task.examples, f"tasks[{task.name}].examples", label)
@@ -361,10 +377,11 @@ def _evaluation(w: Evaluation, profile: DeviceProfile, rate: float | None) -> St
         tally.forward += sequences * prompt
         steps = task.decode_steps_per_batch if task.decode_steps_per_batch is not None else task.max_new_tokens
         tally.decode(f"{task.name}: decode", w.model, sequences, task.batch_size, prompt, steps, new)
-        if task.scorer is not None:
+        members = reward_members(task.scorer)
+        if members:
             tally.batched(f"{task.name}: scorer forward",
-                          sequences * task.scorer.sequence_forward_flops(prompt + new, lm_head=False))
-            tally.forward += sequences * (prompt + new)
+                          sequences * sum(m.sequence_forward_flops(prompt + new, lm_head=False) for m in members))
+            tally.forward += sequences * (prompt + new) * len(members)
     notes.append("API judges (AlpacaEval, XSTest, TruthfulQA's GPT judges) are not counted: the judge client "
                  "reports their tokens and price")
     return tally.result(label, "evaluate", notes, rate)

@@ -10,7 +10,8 @@ How each stage kind maps (docs/cost.md, "hooks"):
 - `train_policy` -> `PairwiseTraining(algorithm, ...)` for the offline algorithms (DPO and family, KTO, SimPO,
   ORPO; the reference precomputed or per step as the config says, none when the cell's shared
   `reference_logps` stage is its input), `OnlineTraining(...)` for PPO, GRPO, RLOO and online DPO
-  (prompts, rollouts, generation budget, reward model and value model shapes);
+  (prompts, rollouts, generation budget, reward model and value model shapes; the reward: a trained or given
+  RM's shape, each member's of an ensemble, none for a verifier);
 - `reference_logps` -> `PairwiseTraining(..., reference_only=True)`: one reference forward over the pairs;
 - `evaluate` -> `Evaluation(model, tasks)`: one `EvalTask` per planned task from `harness/cost_inputs.yaml`
   (benchmark sizes, prompt lengths, generation budgets; each task's resolved `max_new_tokens` and
@@ -220,13 +221,24 @@ def reward_model_workload(stage: Any, mapping: Mapping) -> PairwiseTraining:
         label=f"RM {stage.config['base']} on {data.config['name']}")
 
 
-def _reward_shape(stage: Any, mapping: Mapping, policy: Any) -> Any:
-    """The shape of the reward model a policy stage trains against (None: a reward function)."""
-    if "reward_model" in stage.inputs:
-        return cost_profiles.model_shape(stage.inputs["reward_model"].config["base"])
-    if stage.config.get("reward_model"):
-        return _shape(stage.config["reward_model"]["path"], mapping, fallback=policy)
-    return None
+def reward_shapes(reward: dict[str, Any] | None, inputs: dict[str, Any], mapping: Mapping, fallback: Any,
+                  role: str = "reward_model") -> cost.RewardModels:
+    """The models a stage's reward runs, from its planned reward config (`harness.planning.RewardPlan.config`)
+    and its inputs: a trained RM (input `role`: its base's shape); a given one (`path`: a folder or a hub id,
+    an unknown one priced with `fallback`'s shape and a note); a verifier (None: no model FLOPs); an ensemble
+    (each member's shape: trained members are the inputs `role.<i>`)."""
+    if role in inputs:
+        return cost_profiles.model_shape(inputs[role].config["base"])
+    if not reward:
+        return None
+    if "path" in reward:
+        return _shape(reward["path"], mapping, fallback=fallback)
+    if "verifier" in reward:
+        return None
+    if "ensemble" in reward:
+        return tuple(cost_profiles.model_shape(inputs[m["input"]].config["base"]) if "input" in m
+                     else _shape(m["path"], mapping, fallback=fallback) for m in reward["ensemble"])
+    raise CostInputError(f"reward {sorted(reward)}: not a reward model (`path`), a verifier or an ensemble")
 
 
 def reference_workload(stage: Any, mapping: Mapping) -> PairwiseTraining:
@@ -271,9 +283,9 @@ def policy_workload(stage: Any, mapping: Mapping) -> Workload:
             reference=reference or _reference_pass(spec), label=label)
     prompts = mapping.rows(data)
     lengths = _lengths(data, mapping)
-    reward = _reward_shape(stage, mapping, policy)
+    reward = reward_shapes(stage.config.get("reward_model"), stage.inputs, mapping, policy)
     if name == "ppo":
-        value = reward if algo.get("value_init") == "reward" and reward is not None else policy
+        value = reward if algo.get("value_init") == "reward" and isinstance(reward, cost_profiles.ModelShape) else policy
         return OnlineTraining(
             "ppo", policy, reward, prompts=prompts, prompt_tokens=lengths.prompt, response_tokens=lengths.chosen,
             max_prompt_length=algo["max_prompt_length"], max_new_tokens=algo["max_new_tokens"],
@@ -351,9 +363,9 @@ def evaluation_workload(stage: Any, mapping: Mapping) -> tuple[Evaluation, int]:
     model_name = policy.config["model"] if policy is not None else config["model"]
     model = cost_profiles.model_shape(model_name)
     engine = mapping.engine("evaluate")
-    rm = stage.inputs.get("reward_model")
-    rm_shape = cost_profiles.model_shape(rm.config["base"]) if rm is not None else (
-        _shape(config["reward_model_path"], mapping, fallback=model) if config.get("reward_model_path") else None)
+    # as the executor resolves it: a verifier or an ensemble (`reward`), else one given RM's path
+    reward = config.get("reward") or ({"path": config["reward_model_path"]} if config.get("reward_model_path") else None)
+    rm_shape = reward_shapes(reward, stage.inputs, mapping, model)
     tasks: list[EvalTask] = []
     for name, fingerprint in config["tasks"].items():
         settings = (fingerprint or {}).get("settings") or {}

@@ -293,3 +293,77 @@ def test_measured_token_lengths_and_rows_are_used_for_local_samples():
     assert data_rows({"name": "ultrafeedback-fg", "max_rows": None}) == (60908, "")
     assert data_rows({"name": "ultrafeedback-fg", "max_rows": 400}) == (400, "")
     assert cost_profiles.model_shape("HuggingFaceTB/SmolLM2-360M-Instruct").params > cost_profiles.model_shape("smollm2-135m-instruct").params
+
+
+# --- the estimate of every reward form: a verifier, a reward-model ensemble, a given RM, a hub id -----------
+
+def _rewarded_grid(*reward_models: dict) -> dict:
+    """GRPO and PPO on the tiny model, against each reward form."""
+    return {
+        "experiment": "rewards",
+        "baseline": False,
+        "base": {"model": "tiny-random-llama", "prompts": {"name": "smoke-lowercase", "max_rows": 16},
+                 "eval": {"tasks": ["smoke_lowercase"], "limit": 4}},
+        "axes": {
+            "algorithm": [
+                {"name": "grpo", "max_steps": 2, "num_generations": 2, "per_device_train_batch_size": 4,
+                 "gradient_accumulation_steps": 1, "max_completion_length": 8},
+                {"name": "ppo", "max_steps": 2, "prompt_batch_size": 4, "minibatch_size": 4,
+                 "generation_batch_size": 4, "max_new_tokens": 8, "value_init": "policy"},
+            ],
+            "reward_model": list(reward_models),
+        },
+    }
+
+
+def test_dry_run_prices_a_verifier_reward_with_no_model_flops(tmp_path, capsys, tiny_model):
+    """Issues #16/#18: a grid whose reward is a verifier (no `path`) gets its cost table, policy rows included."""
+    from harness.cli import main
+
+    path = tmp_path / "verifier.yaml"
+    path.write_text(yaml.safe_dump(_rewarded_grid({"verifier": "smoke_lowercase_fraction"}), sort_keys=False))
+    assert main(["run", str(path), "--dry-run", "--device-profile", "cpu-2core"]) == 0
+    out = capsys.readouterr().out
+    assert "cost estimate on cpu-2core" in out and ": not available: " not in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("train_policy[grpo]", "train_policy[ppo]"))]
+    assert len(rows) == 2, out[-2000:]
+    for row in rows:
+        assert row[2:4] == ["to", "run"] and float(row[-3]) > 0 and float(row[-2]) > 0, row  # hours, device-hours
+    assert "note: rule-based reward: no reward-model forward" in out
+
+
+def test_estimate_counts_each_reward_form(tiny_model):
+    """A verifier costs no model FLOPs; a given RM (a folder, a hub id of a known shape) a forward of it per
+    rollout; an ensemble a forward of each member (a trained one, an unknown hub id priced at the policy's
+    shape with a note); alike under GRPO and PPO."""
+    from harness.grid import build_grid
+
+    forms = {"verifier": {"verifier": "smoke_lowercase_fraction"},
+             "folder": {"path": tiny_model},
+             "hub": {"path": "allenai/tulu-2-13b"},
+             "ensemble": {"ensemble": [{"base": "tiny-random-llama",
+                                        "dataset": {"name": "smoke-lowercase", "max_rows": 8}},
+                                       {"path": "someone/unknown-rm"}], "combine": "wco"}}
+    plans = plan_grid(build_grid(_rewarded_grid(*forms.values())))
+    found = grid_cost(plans, "cpu-2core")
+    by_id = {s.id: e for s, e in found.stages}
+    policy = {}
+    for plan in plans:
+        form = next(name for name, rm in forms.items() if plan.cell.overrides["reward_model"] == rm)
+        (stage,) = [s for s in plan.stages if s.kind == "train_policy"]
+        policy[(plan.cell.config.algorithm.name, form)] = by_id[stage.id]
+    assert len(policy) == 8
+    for algorithm in ("grpo", "ppo"):
+        verifier, folder, hub, ensemble = (policy[(algorithm, f)] for f in ("verifier", "folder", "hub", "ensemble"))
+        assert "reward forward" not in verifier.flops_by_part
+        assert "rule-based reward: no reward-model forward" in verifier.notes
+        one = folder.flops_by_part["reward forward"]
+        assert ensemble.flops_by_part["reward forward"] == pytest.approx(2 * one)
+        assert "reward-model ensemble: 2 reward forwards per rollout" in ensemble.notes
+        assert hub.flops_by_part["reward forward"] > 1000 * one  # Llama 2 13B's shape against the tiny model's
+        assert ensemble.tokens_forward - verifier.tokens_forward == pytest.approx(
+            2 * (folder.tokens_forward - verifier.tokens_forward))
+        # everything but the reward forward is the same whatever the reward
+        for other in (folder, hub, ensemble):
+            assert {k: v for k, v in other.flops_by_part.items() if k != "reward forward"} == verifier.flops_by_part
+    assert any("someone/unknown-rm" in n and "estimated with the policy's shape" in n for n in found.notes)
