@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.cost_profiles import CostInputError, DeviceProfile, ModelShape, device_profile
 
@@ -53,18 +54,16 @@ class PreferencePairs:
     rejected_tokens: float
 
 
-# How each offline algorithm uses a reference model: "precomputed" (one forward over the data before
-# training, TRL's precompute_ref_log_probs), "per_step" (a forward with every training step), "none".
-OFFLINE_REFERENCE = {"dpo": "precomputed", "ipo": "precomputed", "dpo-hinge": "precomputed",
-                     "dpo-robust": "precomputed", "kto": "per_step", "simpo": "none", "orpo": "none",
-                     "reward_model": "none"}
-ONLINE_ALGORITHMS = ("ppo", "grpo", "grpo-seed000", "rloo", "online-dpo")
+# The `PairwiseTraining.algorithm` of a Bradley-Terry reward model (no reference, a scalar head); every
+# other name is a registered algorithm, whose `AlgorithmSpec` says how it costs (harness/algorithms/base.py).
+REWARD_MODEL = "reward_model"
 
 
 @dataclass(frozen=True)
 class PairwiseTraining:
-    """Training on both answers of each pair: the DPO family (`algorithm` a DPO-like name) or a
-    Bradley-Terry reward model (`algorithm="reward_model"`, scored with a scalar head)."""
+    """Training on both answers of each pair: an offline algorithm (`algorithm` its registered name: the DPO
+    family, KTO, SimPO, ORPO, ...) or a Bradley-Terry reward model (`algorithm="reward_model"`, scored with a
+    scalar head)."""
 
     algorithm: str
     model: ModelShape
@@ -73,7 +72,7 @@ class PairwiseTraining:
     batch_size: int  # pairs per optimizer step, over all devices
     max_length: int  # tokens per sequence (prompt + one answer)
     max_steps: int = -1  # > 0 overrides the epochs, as in TRL
-    reference: str | None = None  # None: OFFLINE_REFERENCE[algorithm]
+    reference: str | None = None  # precomputed | per_step | none; None: the algorithm spec's `reference_pass`
     eval_pairs: int = 0  # pairs scored once after training (held-out accuracy, RewardBench)
     label: str = ""
     # Only the reference forward over the data (reference="precomputed"): the shared `reference_logps`
@@ -86,7 +85,9 @@ class OnlineTraining:
     """RL from a reward: the policy samples answers to prompts, a reward scores them, the policy
     (and PPO's value model) trains on them. Per rollout, PPO runs forwards of the policy (old
     log-probs), the reference, the value model and the reward model, then `inner_epochs` training
-    passes of policy and value model; GRPO/RLOO have no value model; online DPO samples 2 answers."""
+    passes of policy and value model; GRPO/RLOO have no value model; online DPO samples 2 answers.
+    What each algorithm runs is its `AlgorithmSpec`'s (`trains_value_model`, `keeps_old_logprobs`,
+    `samples_per_prompt`), looked up by `algorithm`, a registered online algorithm's name."""
 
     algorithm: str
     policy: ModelShape
@@ -249,19 +250,34 @@ def _positive(value: float, name: str, label: str) -> None:
         raise CostInputError(f"{label or 'stage'}: {name} must be > 0, got {value}")
 
 
+def _spec(name: str) -> Any:
+    """The registered `AlgorithmSpec` of `name`, or None."""
+    from harness.algorithms import spec_or_none
+
+    return spec_or_none(name)
+
+
+def _registered(online: bool) -> list[str]:
+    from harness.algorithms import ALGORITHMS
+
+    return [name for name in ALGORITHMS.names() if ALGORITHMS.get(name).online == online]
+
+
 def _pairwise(w: PairwiseTraining, profile: DeviceProfile, rate: float | None) -> StageEstimate:
     label = w.label or f"{w.algorithm} {w.model.name}"
-    reference = w.reference or OFFLINE_REFERENCE.get(w.algorithm)
+    is_rm = w.algorithm == REWARD_MODEL
+    spec = None if is_rm else _spec(w.algorithm)
+    default = "none" if is_rm else (spec.reference_pass if spec is not None and not spec.online else None)
+    reference = w.reference or default
     if reference not in ("precomputed", "per_step", "none"):
         raise CostInputError(f"{label}: reference must be precomputed, per_step or none (unknown algorithm "
-                             f"{w.algorithm!r} has no default; known: {', '.join(OFFLINE_REFERENCE)})")
+                             f"{w.algorithm!r} has no default; known: {', '.join([*_registered(False), REWARD_MODEL])})")
     for name in ("batch_size", "max_length"):
         _positive(getattr(w, name), name, label)
     if w.max_steps <= 0:  # otherwise the steps decide and the epochs are unused, as in TRL
         _positive(w.epochs, "epochs", label)
     _positive(w.data.pairs, "data.pairs", label)
     notes: list[str] = []
-    is_rm = w.algorithm == "reward_model"
     frozen = [w.model] if reference == "per_step" else []
     tally = _Tally(profile, _devices_for(profile, [w.model], frozen, notes))
     seen = w.max_steps * w.batch_size if w.max_steps > 0 else w.epochs * w.data.pairs
@@ -289,8 +305,8 @@ def _pairwise(w: PairwiseTraining, profile: DeviceProfile, rate: float | None) -
     if w.eval_pairs:
         tally.batched("scoring held-out pairs", w.eval_pairs * pair_forward)
         tally.forward += w.eval_pairs * (chosen + rejected)
-    if w.algorithm == "kto":
-        notes.append("KTO's KL term (an extra policy and reference forward on mismatched pairs) is not counted")
+    if spec is not None:
+        notes.extend(spec.uncounted_compute)
     if profile.static_shapes:
         notes.append(f"static shapes: every sequence padded to {w.max_length} tokens")
     return tally.result(label, "train_reward_model" if is_rm else "train_policy", notes, rate)
@@ -298,18 +314,19 @@ def _pairwise(w: PairwiseTraining, profile: DeviceProfile, rate: float | None) -
 
 def _online(w: OnlineTraining, profile: DeviceProfile, rate: float | None) -> StageEstimate:
     label = w.label or f"{w.algorithm} {w.policy.name}"
-    if w.algorithm not in ONLINE_ALGORITHMS:
-        raise CostInputError(f"{label}: algorithm {w.algorithm!r} is not online; online: {', '.join(ONLINE_ALGORITHMS)}")
+    spec = _spec(w.algorithm)
+    if spec is None or not spec.online:
+        raise CostInputError(f"{label}: algorithm {w.algorithm!r} is not online; online: {', '.join(_registered(True))}")
     for name in ("prompt_batch_size", "rollouts_per_prompt", "inner_epochs", "max_new_tokens", "max_prompt_length"):
         _positive(getattr(w, name), name, label)
     if w.max_steps <= 0:
         _positive(w.epochs, "epochs", label)
     _positive(w.prompts, "prompts", label)
-    rollouts_per_prompt = 2 if w.algorithm == "online-dpo" else w.rollouts_per_prompt
+    rollouts_per_prompt = spec.samples_per_prompt or w.rollouts_per_prompt
     rewards = reward_members(w.reward_model)
     # PPO's value model defaults to the reward model's shape (the paper's init); an ensemble has no one RM
     single_rm = rewards[0] if len(rewards) == 1 else None
-    value = (w.value_model or single_rm or w.policy) if w.algorithm == "ppo" else None
+    value = (w.value_model or single_rm or w.policy) if spec.trains_value_model else None
     trained = [w.policy] + ([value] if value is not None else [])
     frozen = ([w.policy] if w.reference else []) + list(rewards)
     notes: list[str] = []
@@ -332,7 +349,7 @@ def _online(w: OnlineTraining, profile: DeviceProfile, rate: float | None) -> St
 
     # Scoring and training passes over prompt + answer.
     policy_fwd = w.policy.sequence_forward_flops(seq)
-    old_logprobs = w.algorithm == "ppo" or w.inner_epochs > 1
+    old_logprobs = spec.keeps_old_logprobs or w.inner_epochs > 1
     # part -> the FLOPs of each forward it runs over one rollout's prompt + answer
     forwards = {"policy forward (old log-probs)": [policy_fwd] if old_logprobs else [],
                 "reference forward": [policy_fwd] if w.reference else [],

@@ -249,15 +249,10 @@ def reference_workload(stage: Any, mapping: Mapping) -> PairwiseTraining:
                             reference="precomputed", reference_only=True, label=f"reference {config['model']}")
 
 
-def _reference_pass(spec: Any) -> str:
-    """How an offline algorithm's reference model costs, from its spec: none (reference-free), one pass
-    before training (it takes precomputed reference log-probs), or a forward with every step."""
-    if not spec.needs_reference:
-        return "none"
-    return "precomputed" if spec.reference_logps else "per_step"
-
-
 def policy_workload(stage: Any, mapping: Mapping) -> Workload:
+    """The workload of a `train_policy` stage, from its algorithm's spec: offline ones train on pairs with
+    the spec's reference pass (unless the config or a shared `reference_logps` input decides it); online
+    ones sample and update as the spec's `rollouts` shape says."""
     from harness.algorithms import ALGORITHMS
 
     algo = dict(stage.config["algorithm"])
@@ -269,48 +264,34 @@ def policy_workload(stage: Any, mapping: Mapping) -> Workload:
         raise CostInputError(f"{stage.label}: no training data input")
     processes = mapping.processes("train_policy")
     label = f"{name} {stage.config['model']} on {data.config['name']}"
-    if spec.data in ("pairs", "unpaired"):
+    if not spec.online:
         reference = None
         if "reference_logps" in stage.inputs:  # the shared reference_logps stage ran that pass
             reference = "none"
         elif "precompute_ref_log_probs" in algo:
             reference = "precomputed" if algo["precompute_ref_log_probs"] and processes == 1 else "per_step"
         return PairwiseTraining(
-            name if name in cost.OFFLINE_REFERENCE else "dpo", policy, _pairs(data, mapping),
-            epochs=algo.get("num_train_epochs", 1.0),
+            name, policy, _pairs(data, mapping), epochs=algo.get("num_train_epochs", 1.0),
             batch_size=algo.get("per_device_train_batch_size", 1) * algo.get("gradient_accumulation_steps", 1) * processes,
             max_length=algo.get("max_length", 2048), max_steps=algo.get("max_steps", -1),
-            reference=reference or _reference_pass(spec), label=label)
+            reference=reference or spec.reference_pass, label=label)
     prompts = mapping.rows(data)
     lengths = _lengths(data, mapping)
     reward = reward_shapes(stage.config.get("reward_model"), stage.inputs, mapping, policy)
-    if name == "ppo":
-        value = reward if algo.get("value_init") == "reward" and isinstance(reward, cost_profiles.ModelShape) else policy
-        return OnlineTraining(
-            "ppo", policy, reward, prompts=prompts, prompt_tokens=lengths.prompt, response_tokens=lengths.chosen,
-            max_prompt_length=algo["max_prompt_length"], max_new_tokens=algo["max_new_tokens"],
-            prompt_batch_size=algo["prompt_batch_size"], epochs=algo["num_epochs"], max_steps=algo["max_steps"],
-            rollouts_per_prompt=algo["rollouts_per_prompt"], inner_epochs=algo["inner_epochs"],
-            reference=algo["kl_coef"] > 0 or algo.get("adaptive_kl", False), value_model=value,
-            generation_batch_size=algo.get("generation_batch_size"), label=label)
-    # TRL's online trainers: a step takes per-device x accumulation x processes completions.
-    completions = algo.get("per_device_train_batch_size", 1) * algo.get("gradient_accumulation_steps", 1) * processes
-    if name == "online-dpo":
-        per_prompt, new_tokens, kind = 2, algo["max_new_tokens"], "online-dpo"
-        prompt_batch = completions  # its per-device batch counts prompts (2 samples each)
-    else:  # grpo, grpo-seed000, rloo
-        per_prompt, new_tokens, kind = algo["num_generations"], algo["max_completion_length"], name
-        prompt_batch = max(1, completions // per_prompt)
-        if kind not in cost.ONLINE_ALGORITHMS:
-            kind = "grpo"
+    try:
+        shape = spec.rollouts(algo, processes)
+    except KeyError as exc:
+        raise CostInputError(f"{stage.label}: no rollout shape for algorithm {name!r} (its config has no {exc}): "
+                             "register its AlgorithmSpec with a `rollout_shape`") from None
+    value = None
+    if spec.trains_value_model:
+        value = reward if shape.value_from_reward_model and isinstance(reward, cost_profiles.ModelShape) else policy
     return OnlineTraining(
-        kind, policy, reward, prompts=prompts, prompt_tokens=lengths.prompt, response_tokens=lengths.chosen,
-        # TRL's online trainers keep the whole prompt (no prompt limit in these configs); a static-shape
-        # device pads it to Table 9's L_p
-        max_prompt_length=algo.get("max_prompt_length", 1024), max_new_tokens=new_tokens, prompt_batch_size=prompt_batch,
-        epochs=algo.get("num_train_epochs", 1.0), max_steps=algo.get("max_steps", -1),
-        rollouts_per_prompt=per_prompt, inner_epochs=algo.get("num_iterations", 1),
-        reference=algo.get("beta", 0.0) > 0, generation_batch_size=prompt_batch * per_prompt, label=label)
+        name, policy, reward, prompts=prompts, prompt_tokens=lengths.prompt, response_tokens=lengths.chosen,
+        max_prompt_length=shape.max_prompt_length, max_new_tokens=shape.max_new_tokens,
+        prompt_batch_size=shape.prompt_batch_size, epochs=shape.epochs, max_steps=shape.max_steps,
+        rollouts_per_prompt=shape.samples_per_prompt, inner_epochs=shape.inner_epochs, reference=shape.reference,
+        value_model=value, generation_batch_size=shape.generation_batch_size, label=label)
 
 
 def training_steps(work: Workload) -> int:

@@ -134,6 +134,38 @@ def test_ppo_runs_four_forwards_and_two_trained_models_per_rollout():
         cost.estimate(cost.OnlineTraining("dpo", TINY, None, 1, 1, 1, 1, 1, 1), profile)
 
 
+def test_what_an_algorithm_runs_is_read_from_its_registered_spec():
+    """Value model, old log-probs, fixed samples per prompt, the reference pass and uncounted parts are the
+    AlgorithmSpec's fields (#17): a GRPO variant registered with a critic costs like PPO's passes."""
+    import dataclasses
+
+    from harness.algorithms import ALGORITHMS, register
+
+    profile = cost_profiles.device_profile("h100")
+    kwargs = dict(prompts=64, prompt_tokens=10, response_tokens=20, max_prompt_length=32, max_new_tokens=40,
+                  prompt_batch_size=16)
+    register(dataclasses.replace(ALGORITHMS.get("grpo"), name="grpo-critic-test", trains_value_model=True,
+                                 keeps_old_logprobs=True))
+    try:
+        critic = cost.estimate(cost.OnlineTraining("grpo-critic-test", TINY, None, **kwargs), profile)
+    finally:
+        ALGORITHMS.unregister("grpo-critic-test")
+    ppo = cost.estimate(cost.OnlineTraining("ppo", TINY, None, **kwargs), profile)
+    assert critic.flops_by_part == ppo.flops_by_part  # value model = the policy's shape without a reward model
+    assert "value train (forward + backward)" in critic.flops_by_part
+    plain = cost.estimate(cost.OnlineTraining("grpo", TINY, None, **kwargs), profile)
+    assert not {"value forward", "policy forward (old log-probs)"} & set(plain.flops_by_part)
+    online_dpo = cost.estimate(cost.OnlineTraining("online-dpo", TINY, None, **kwargs), profile)
+    assert online_dpo.tokens_generated == 2 * plain.tokens_generated  # its spec's 2 answers per prompt
+    data = cost.PreferencePairs(100, 10, 20, 5)
+    for name, part in (("dpo", "reference forward (precomputed)"), ("kto", "reference forward (per_step)"),
+                       ("orpo", None)):
+        est = cost.estimate(cost.PairwiseTraining(name, TINY, data, epochs=1, batch_size=10, max_length=64), profile)
+        assert ALGORITHMS.get(name).reference_pass == (part.split("(")[1].rstrip(")") if part else "none")
+        assert [p for p in est.flops_by_part if p.startswith("reference")] == ([part] if part else [])
+    assert ALGORITHMS.get("kto").uncounted_compute and not ALGORITHMS.get("dpo").uncounted_compute
+
+
 def test_decode_time_is_the_slower_of_compute_and_memory_plus_layer_latency():
     profile = cost_profiles.with_profile_overrides(cost_profiles.device_profile("h100"), decode_layer_latency_s=1e-3)
     task = cost.EvalTask("gen", examples=32, prompt_tokens=8, max_new_tokens=10, batch_size=16)

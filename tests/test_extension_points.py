@@ -137,6 +137,31 @@ def test_new_algorithm_and_task_are_validated_and_planned_from_their_specs(regis
         BestOfNEval(tasks=[TASK, "policy_kl"])
 
 
+def test_new_algorithm_gets_a_cost_estimate_from_its_spec(registered, tiny_model, tmp_path, capsys):
+    """`--dry-run --device-profile` prices it with nothing but its spec: offline (trains on pairs), with a
+    reference it recomputes every step (`needs_reference` without `reference_logps`)."""
+    import yaml
+
+    from harness.cli import main
+    from harness.cost_plan import grid_cost
+    from harness.grid import build_grid
+    from harness.runner import plan_grid
+
+    path = tmp_path / "ext.yaml"
+    path.write_text(yaml.safe_dump(grid_spec("ext_cost", kl_weight=0.2)))
+    assert main(["run", str(path), "--dry-run", "--device-profile", "cpu-2core"]) == 0
+    out = capsys.readouterr().out
+    assert "cost estimate on cpu-2core" in out and ": not available: " not in out
+    (row,) = [line.split() for line in out.splitlines() if line.startswith(f"train_policy[{ALGORITHM}]")]
+    assert row[2:4] == ["to", "run"] and float(row[-3]) > 0  # hours
+    found = grid_cost(plan_grid(build_grid(grid_spec("ext_cost", kl_weight=0.2))), "cpu-2core")
+    (estimate,) = [e for s, e in found.stages if s.kind == "train_policy"]
+    assert ALGORITHMS.get(ALGORITHM).reference_pass == "per_step"
+    train = estimate.flops_by_part["train (forward + backward)"]
+    # 2 steps of 1 pair: training is 3 forwards, the per-step reference one forward of the same pairs
+    assert estimate.flops_by_part["reference forward (per_step)"] == pytest.approx(train / 3)
+
+
 @pytest.mark.slow  # 28-83 s on the shared 2-core machine (load 7-11); the plan test above is the fast one
 def test_new_algorithm_and_task_run_sweep_and_appear_in_the_report(registered, tiny_model, one_thread, tmp_path):
     from harness import tracking

@@ -15,9 +15,10 @@ from harness.algorithms.base import (
     ALGORITHMS,
     COMMON_METRICS,
     AlgorithmSpec,
+    RolloutShape,
     TrainContext,
     register,
     spec_or_none,
 )
 
-__all__ = ["ALGORITHMS", "COMMON_METRICS", "AlgorithmSpec", "TrainContext", "register", "spec_or_none"]
+__all__ = ["ALGORITHMS", "COMMON_METRICS", "AlgorithmSpec", "RolloutShape", "TrainContext", "register", "spec_or_none"]

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from harness.generation import EngineSettings
 
 DataKind = Literal["pairs", "unpaired", "prompts"]
+# How an offline algorithm's frozen reference costs (harness/cost.py): no reference ("none"), one forward over
+# the data before training ("precomputed"), a forward with every training step ("per_step").
+ReferencePass = Literal["none", "precomputed", "per_step"]
 
 # Metric names every algorithm logs under (where the quantity exists), so reports compare them.
 COMMON_METRICS = (
@@ -67,6 +70,38 @@ class TrainContext:
     reference_logps: Any = None
 
 
+@dataclass(frozen=True)
+class RolloutShape:
+    """How an online configuration samples and updates, in the cost model's terms (harness/cost.py's
+    `OnlineTraining`): what `AlgorithmSpec.rollout_shape` reads off the resolved algorithm fields."""
+
+    prompt_batch_size: int  # prompts per rollout batch (one optimizer step), over all processes
+    samples_per_prompt: int  # answers sampled per prompt
+    max_new_tokens: int  # generation budget per answer
+    max_prompt_length: int  # prompt tokens kept (a static-shape device pads to it)
+    epochs: float  # passes over the prompts
+    max_steps: int  # rollout batches; > 0 overrides the epochs
+    inner_epochs: int  # updates per rollout batch
+    reference: bool  # a KL term needs the frozen reference's log-probs
+    generation_batch_size: int | None  # sequences decoded together; None = a whole rollout batch
+    value_from_reward_model: bool = False  # the value model starts from the reward model (its shape)
+
+
+def trl_rollout_shape(algo: dict[str, Any], processes: int) -> RolloutShape:
+    """The rollout shape of TRL's online trainers whose step takes per-device x accumulation x processes
+    completions, `num_generations` per prompt, up to `max_completion_length` tokens each (GRPO, RLOO)."""
+    completions = algo.get("per_device_train_batch_size", 1) * algo.get("gradient_accumulation_steps", 1) * processes
+    per_prompt = algo["num_generations"]
+    prompts = max(1, completions // per_prompt)
+    return RolloutShape(
+        prompt_batch_size=prompts, samples_per_prompt=per_prompt, max_new_tokens=algo["max_completion_length"],
+        # TRL's online trainers keep the whole prompt (no prompt limit in these configs); a static-shape
+        # device pads it to Table 9's L_p
+        max_prompt_length=algo.get("max_prompt_length", 1024), epochs=algo.get("num_train_epochs", 1.0),
+        max_steps=algo.get("max_steps", -1), inner_epochs=algo.get("num_iterations", 1),
+        reference=algo.get("beta", 0.0) > 0, generation_batch_size=prompts * per_prompt)
+
+
 @dataclass
 class AlgorithmSpec:
     name: str
@@ -100,6 +135,34 @@ class AlgorithmSpec:
     # reward model (PPO's value_init='reward' copies them into the value model), else None: a verifier or an
     # ensemble as the cell's reward is then refused at load, naming both. None = any reward source works.
     needs_single_reward_model: Callable[[dict[str, Any]], tuple[str, str] | None] | None = None
+    # --- What the cost estimate (harness/cost.py, harness/cost_plan.py) counts beyond the policy's own passes.
+    # It trains a value model beside the policy (PPO's critic): a value forward per rollout, its training
+    # passes and its optimizer state are counted.
+    trains_value_model: bool = False
+    # It runs a policy forward over every rollout for the old log-probs of its importance ratio whatever its
+    # number of updates per rollout (PPO); otherwise only with more than one (TRL's `num_iterations` > 1: the
+    # first update reuses the sampling policy's log-probs).
+    keeps_old_logprobs: bool = False
+    # Answers per prompt when the method fixes them (online DPO: the 2 its judge ranks); None = its config's.
+    samples_per_prompt: int | None = None
+    # Online algorithms: given the resolved algorithm fields and the data-parallel processes, how it samples
+    # and updates (`RolloutShape`). None = TRL's online-trainer fields (`trl_rollout_shape`).
+    rollout_shape: Callable[[dict[str, Any], int], RolloutShape] | None = None
+    # Parts of its compute the estimate does not count, printed beside it (KTO's KL term on mismatched pairs).
+    uncounted_compute: tuple[str, ...] = ()
+
+    @property
+    def reference_pass(self) -> ReferencePass:
+        """How its frozen reference costs when it trains offline: none (reference-free), one forward over the
+        data before training (it takes precomputed reference log-probs, `reference_logps`), or a forward
+        with every training step."""
+        if not self.needs_reference:
+            return "none"
+        return "precomputed" if self.reference_logps else "per_step"
+
+    def rollouts(self, resolved: dict[str, Any], processes: int) -> RolloutShape:
+        """How an online configuration samples and updates (see `rollout_shape`)."""
+        return (self.rollout_shape or trl_rollout_shape)(resolved, processes)
 
     @property
     def online(self) -> bool:

@@ -97,4 +97,6 @@ register(AlgorithmSpec(
     defaults_source="Ethayarajh et al. 2024 / HALOs configs (beta 0.1, lambda_D = lambda_U = 1, lr 5e-7); "
                     "schedule from Ivison et al. 2024 App. F.1",
     description="Kahneman-Tversky Optimisation on pairs split into desirable/undesirable examples",
+    # each pair's two answers are its desirable and undesirable examples: the estimate's tokens are the pairs'
+    uncounted_compute=("KTO's KL term (an extra policy and reference forward on mismatched pairs) is not counted",),
 ))

@@ -12,9 +12,9 @@ compared with. The pair size (2 samples per prompt) is fixed by the method.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from harness.algorithms.base import AlgorithmSpec, TrainContext, history_callback, register
+from harness.algorithms.base import AlgorithmSpec, RolloutShape, TrainContext, history_callback, register
 from harness.algorithms.reward_wrappers import EosTrickMode, build_reward
 from harness.algorithms.trl_common import (
     common_trainer_kwargs,
@@ -36,6 +36,9 @@ from harness.config_fields import (
     WarmupRatio,
 )
 from harness.lora import PeftField
+
+# TRL's OnlineDPOTrainer samples two answers per prompt, the pair its judge ranks.
+SAMPLES_PER_PROMPT = 2
 
 
 @dataclass
@@ -93,6 +96,17 @@ def train_online_dpo(ctx: TrainContext) -> dict[str, float]:
     return train_and_save(trainer, tok, ctx)
 
 
+def rollout_shape(algo: dict[str, Any], processes: int) -> RolloutShape:
+    """TRL's OnlineDPOTrainer: a step takes per-device x accumulation x processes prompts (2 samples each),
+    up to `max_new_tokens` each, for the cost estimate."""
+    prompts = algo.get("per_device_train_batch_size", 1) * algo.get("gradient_accumulation_steps", 1) * processes
+    return RolloutShape(
+        prompt_batch_size=prompts, samples_per_prompt=SAMPLES_PER_PROMPT, max_new_tokens=algo["max_new_tokens"],
+        max_prompt_length=algo.get("max_prompt_length", 1024), epochs=algo.get("num_train_epochs", 1.0),
+        max_steps=algo.get("max_steps", -1), inner_epochs=algo.get("num_iterations", 1),
+        reference=algo.get("beta", 0.0) > 0, generation_batch_size=prompts * SAMPLES_PER_PROMPT)
+
+
 register(AlgorithmSpec(
     name="online-dpo",
     config_cls=OnlineDPOAlgoConfig,
@@ -104,4 +118,6 @@ register(AlgorithmSpec(
     defaults_source="Guo et al. 2024 (2 samples/prompt, judge picks); DPO settings Ivison et al. 2024 App. F.1, "
                     "sampling settings Table 9",
     description="Online DPO: DPO on pairs of the policy's own samples ranked by a reward model or function",
+    samples_per_prompt=SAMPLES_PER_PROMPT,
+    rollout_shape=rollout_shape,
 ))

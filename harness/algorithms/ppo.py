@@ -76,7 +76,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from harness import lora, resume
-from harness.algorithms.base import AlgorithmSpec, TrainContext, register
+from harness.algorithms.base import AlgorithmSpec, RolloutShape, TrainContext, register
 from harness.config_fields import (
     CheckedConfig,
     FiniteFloat,
@@ -1056,6 +1056,17 @@ def _chunks(batch: Rollouts, size: int) -> Iterator[Rollouts]:
         yield batch.select(torch.arange(start, min(start + size, n), device=batch.input_ids.device), trim=False)
 
 
+def rollout_shape(algo: dict[str, Any], processes: int) -> RolloutShape:
+    """Table 9's B (global: split over the processes), r, e, E, L_p and L_c, for the cost estimate."""
+    return RolloutShape(
+        prompt_batch_size=algo["prompt_batch_size"], samples_per_prompt=algo["rollouts_per_prompt"],
+        max_new_tokens=algo["max_new_tokens"], max_prompt_length=algo["max_prompt_length"], epochs=algo["num_epochs"],
+        max_steps=algo["max_steps"], inner_epochs=algo["inner_epochs"],
+        reference=algo["kl_coef"] > 0 or algo.get("adaptive_kl", False),
+        generation_batch_size=algo.get("generation_batch_size"),
+        value_from_reward_model=algo.get("value_init") == "reward")
+
+
 register(AlgorithmSpec(
     name="ppo",
     config_cls=PPOConfig,
@@ -1072,4 +1083,7 @@ register(AlgorithmSpec(
     needs_single_reward_model=lambda algo: (("value_init='reward' copies one reward model into the value model",
                                              "set algorithm.value_init: policy")
                                             if algo.get("value_init") == "reward" else None),
+    trains_value_model=True,
+    keeps_old_logprobs=True,  # the ratio's old log-probs: a policy forward over each rollout batch
+    rollout_shape=rollout_shape,
 ))
