@@ -57,6 +57,9 @@ class PreferencePairs:
 # The `PairwiseTraining.algorithm` of a Bradley-Terry reward model (no reference, a scalar head); every
 # other name is a registered algorithm, whose `AlgorithmSpec` says how it costs (harness/algorithms/base.py).
 REWARD_MODEL = "reward_model"
+# The `PairwiseTraining.algorithm` of the shared reference pass alone (`reference_only`, the
+# `reference_logps` stage of harness/reference_logps.py): one frozen forward, whichever algorithm reads it.
+REFERENCE_PASS = "reference_logps"
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,7 @@ def _registered(online: bool) -> list[str]:
 def _pairwise(w: PairwiseTraining, profile: DeviceProfile, rate: float | None) -> StageEstimate:
     label = w.label or f"{w.algorithm} {w.model.name}"
     is_rm = w.algorithm == REWARD_MODEL
-    spec = None if is_rm else _spec(w.algorithm)
+    spec = None if is_rm or w.algorithm == REFERENCE_PASS else _spec(w.algorithm)
     default = "none" if is_rm else (spec.reference_pass if spec is not None and not spec.online else None)
     reference = w.reference or default
     if reference not in ("precomputed", "per_step", "none"):

@@ -244,7 +244,7 @@ def reward_shapes(reward: dict[str, Any] | None, inputs: dict[str, Any], mapping
 def reference_workload(stage: Any, mapping: Mapping) -> PairwiseTraining:
     """The shared `reference_logps` stage (harness/reference_logps.py): one reference forward over the pairs."""
     config = stage.config
-    return PairwiseTraining("dpo", cost_profiles.model_shape(config["model"]), _pairs(stage.inputs["data"], mapping),
+    return PairwiseTraining(cost.REFERENCE_PASS, cost_profiles.model_shape(config["model"]), _pairs(stage.inputs["data"], mapping),
                             epochs=1.0, batch_size=config.get("batch_size", 1), max_length=config["max_length"],
                             reference="precomputed", reference_only=True, label=f"reference {config['model']}")
 
