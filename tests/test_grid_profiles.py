@@ -381,3 +381,23 @@ def test_estimate_counts_each_reward_form(tiny_model):
         for other in (folder, hub, ensemble):
             assert {k: v for k, v in other.flops_by_part.items() if k != "reward forward"} == verifier.flops_by_part
     assert any("someone/unknown-rm" in n and "estimated with the policy's shape" in n for n in found.notes)
+
+
+def test_best_of_n_scoring_counts_each_ensemble_member(tiny_model):
+    """An evaluation that scores with the reward (best-of-N's picks) runs each member of an ensemble, and
+    no model for a verifier."""
+    from harness.grid import build_grid
+
+    member = {"base": "tiny-random-llama", "dataset": {"name": "smoke-lowercase", "max_rows": 8}}
+    scorer_flops = {}
+    for name, rm in (("verifier", {"verifier": "smoke_lowercase_fraction"}), ("one", member),
+                     ("two", {"ensemble": [member, {**member, "seed": 2}], "combine": "mean"})):
+        spec = {"experiment": "bon", "baseline": True,
+                "base": {"model": "tiny-random-llama", "reward_model": rm,
+                         "eval": {"tasks": ["smoke_lowercase"], "limit": 4,
+                                  "best_of_n": {"n": 4, "tasks": ["smoke_lowercase"]}}}}
+        found = grid_cost(plan_grid(build_grid(spec)), "cpu-2core")
+        (evaluation,) = [e for s, e in found.stages if s.kind == "evaluate"]
+        scorer_flops[name] = evaluation.flops_by_part.get("bon/smoke_lowercase: scorer forward", 0.0)
+    assert scorer_flops["verifier"] == 0.0 and scorer_flops["one"] > 0
+    assert scorer_flops["two"] == pytest.approx(2 * scorer_flops["one"])
