@@ -196,8 +196,9 @@ BEST_OF_N_SUITE = "paper-bon"
 
 class BestOfNEval(Strict):
     """Best-of-N (paper Sec. 4 "direct evaluation", App. H): N samples per prompt from the cell's SFT
-    model (`model`), generated once and cached under results/bon_cache, the cell's reward model picks
-    one, `tasks` are scored on the picks. Logged as `bon/<task>/<metric>` on the cell run."""
+    model (`model`), sampled once by the `sample_candidates` stage that every cell with the same SFT model and
+    settings shares, the cell's reward model picks one, `tasks` are scored on the picks. Logged as
+    `bon/<task>/<metric>` on the cell run."""
 
     n: int = Field(default=16, ge=1, description="samples per prompt (App. H: 16)")
     temperature: float = Field(default=0.7, gt=0, description="sampling temperature (App. H: 0.7)")

@@ -15,8 +15,9 @@ How each stage kind maps (docs/cost.md, "hooks"):
 - `reference_logps` -> `PairwiseTraining(..., reference_only=True)`: one reference forward over the pairs;
 - `evaluate` -> `Evaluation(model, tasks)`: one `EvalTask` per planned task from `harness/cost_inputs.yaml`
   (benchmark sizes, prompt lengths, generation budgets; each task's resolved `max_new_tokens` and
-  `n_samples` settings win), times the checkpoints evaluated (`eval.checkpoint_every`), plus best-of-N's
-  N samples and the reward model's scoring; tasks not planned (a missing input) are not counted.
+  `n_samples` settings win), times the checkpoints evaluated (`eval.checkpoint_every`); tasks not planned (a
+  missing input) are not counted;
+- `sample_candidates` -> `Evaluation(SFT model, tasks)` with best-of-N's N samples per prompt.
 
 Rows: a cached `prepare_data` stage's kept rows; else `max_rows` against the dataset's full size (the
 registry's `downsample_to` / `expected_size` / `paper_size`), or against the measured count when the plan
@@ -356,17 +357,9 @@ def evaluation_workload(stage: Any, mapping: Mapping) -> tuple[Evaluation, int]:
         tasks.append(task)
         if note:
             mapping.notes.append(note)
-    bon = config.get("best_of_n")
-    if bon:
-        for name, fingerprint in bon["tasks"].items():
-            settings = (fingerprint or {}).get("settings") or {}
-            task, note = _task_shape(name, settings, bon.get("limit"), config.get("batch_size", 16), engine,
-                                     samples=int(bon["n"]), scorer=rm_shape)
-            tasks.append(replace(task, name=f"bon/{name}"))
-            if note:
-                mapping.notes.append(note)
-        mapping.notes.append("best-of-N samples are counted per evaluate stage; the cache shares them across cells "
-                             "of one SFT model")
+    if config.get("best_of_n"):
+        mapping.notes.append("best-of-N: the N candidates' generation is the shared sample_candidates stage's; the "
+                             "reward model's forward over them is not counted")
     if config.get("missing"):
         mapping.notes.append(f"not counted (inputs missing, not run): {', '.join(sorted(config['missing']))}")
     runs = 1
@@ -375,6 +368,19 @@ def evaluation_workload(stage: Any, mapping: Mapping) -> tuple[Evaluation, int]:
         runs = 1 + max(0, math.ceil(steps / config["checkpoint_every"]) - 1)  # the final model is the last one
     label = f"evaluate {model_name if policy is None else 'policy of ' + policy.label}"
     return Evaluation(model, tuple(tasks), label=label), runs
+
+
+def candidates_workload(stage: Any, mapping: Mapping) -> Evaluation:
+    """The shared `sample_candidates` stage (harness/sample_candidates.py): N samples per prompt of each
+    best-of-N task from the SFT model (then its tasks' scoring of the first samples, counted as no work)."""
+    config = stage.config
+    engine, tasks = mapping.engine("evaluate"), []
+    for name, fingerprint in config["tasks"].items():
+        task, note = _task_shape(name, (fingerprint or {}).get("settings") or {}, config["limit"],
+                                 config["batch_size"], engine, samples=int(config["n"]))
+        tasks.append(replace(task, name=f"candidates/{name}"))
+        mapping.notes.extend([note] if note else [])
+    return Evaluation(cost_profiles.model_shape(config["model"]), tuple(tasks), label=f"sample {config['model']}")
 
 
 def stage_estimate(stage: Any, device: DeviceProfile, mapping: Mapping,
@@ -394,6 +400,8 @@ def stage_estimate(stage: Any, device: DeviceProfile, mapping: Mapping,
         est = cost.estimate(reward_model_workload(stage, mapping), device, usd_per_device_hour)
     elif stage.kind == "reference_logps":
         est = cost.estimate(reference_workload(stage, mapping), device, usd_per_device_hour)
+    elif stage.kind == "sample_candidates":
+        est = cost.estimate(candidates_workload(stage, mapping), device, usd_per_device_hour)
     elif stage.kind == "train_policy":
         est = cost.estimate(policy_workload(stage, mapping), device, usd_per_device_hour)
     elif stage.kind == "evaluate":

@@ -32,6 +32,7 @@ DEFAULT_RESOURCES = {
     "train_policy": {"num_cpus": 1},
     "evaluate": {"num_cpus": 1},
     "reference_logps": {"num_cpus": 1},
+    "sample_candidates": {"num_cpus": 1},
 }
 
 # The key, in the config an executor receives, of the stage's pinned engine settings (`execute_config`).
@@ -291,7 +292,7 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
     if config.get("best_of_n"):
         if reward is None:  # the config validator forbids it; a hand-made spec could still
             raise ValueError("best-of-N needs the cell's reward model, and this evaluate stage has none")
-        bon_metrics, bon_results = _best_of_n(config, reward, out)
+        bon_metrics, bon_results = _best_of_n(config, inputs, reward, out)
         metrics.update(bon_metrics)
         tags.update(evaluation_tags(bon_results, best_of_n=True))
     _write_tags(out, tags)
@@ -375,33 +376,39 @@ def _monitor(config: dict[str, Any], inputs: dict[str, Path], rows: list[dict[st
     _write_tags(out, tags)
 
 
-def _best_of_n(config: dict[str, Any], reward: Any, out: Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """`bon/<task>/<metric>`: the tasks on the reward model's picks among N samples of the SFT model.
-
-    The SFT model is the cell's starting model (`reference_model`), whatever policy the cell trained;
-    its samples come from the shared cache (results/bon_cache), so every RM and cell picks from the same
-    candidates and they are generated once.
-    """
-    from harness.best_of_n import BestOfNConfig, best_of_n_tasks, default_cache
-    from harness.engines import make_generator
+def _best_of_n(config: dict[str, Any], inputs: dict[str, Path], reward: Any,
+               out: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """`bon/<task>/<metric>`: the tasks on the reward model's picks among the N samples of the SFT model (the
+    cell's starting model, `reference_model`, whatever policy the cell trained) that the shared
+    `sample_candidates` stage (input `candidates`) sampled; nothing is generated here."""
+    from harness.best_of_n import best_of_n_tasks
     from harness.models import resolve_model
+    from harness.sample_candidates import Candidates
 
     bon = config["best_of_n"]
-    sft_path = resolve_model(config["reference_model"])
-    cache, model_key = default_cache(sft_path)
-    settings = BestOfNConfig(n=bon["n"], temperature=bon["temperature"], top_p=bon["top_p"], seed=bon["seed"])
-    base = make_generator(sft_path, batch_size=config["batch_size"], engine=stage_engine(config))
+    # No input: none of the best-of-N tasks' inputs resolved at plan time, so there is nothing to pick among
+    # (the tasks are reported missing; a request would fail naming its prompt).
+    candidates = Candidates.load(inputs["candidates"]) if "candidates" in inputs else Candidates(source="no stage")
     # Not through the task store: the picks depend on the reward model and the candidates, which the
-    # task fingerprint of the SFT model does not say; the candidates themselves are cached.
-    found = best_of_n_tasks(base, sft_path, reward, _planned_names(bon), out / "artifacts" / "bon",
-                            cache, model_key, settings, limit=bon["limit"], batch_size=config["batch_size"],
+    # task fingerprint of the SFT model does not say.
+    found = best_of_n_tasks(candidates, resolve_model(config["reference_model"]), reward, _planned_names(bon),
+                            out / "artifacts" / "bon", limit=bon["limit"], seed=bon["seed"],
+                            batch_size=config["batch_size"], engine=stage_engine(config),
                             task_settings=_task_settings(bon), judge=config.get("judge"), planned=bon["tasks"])
     results = _checked_results(out / "artifacts" / "bon", bon)
     # No RM label in the key: a cell has one reward model (the reports' `bon/<task>/score` shape).
-    metrics = {f"bon/{key}": value for key, value in found.items()}
-    metrics["bon/cache_hits"] = float(cache.hits)
-    metrics["bon/cache_misses"] = float(cache.misses)
-    return metrics, results
+    return {f"bon/{key}": value for key, value in found.items()}, results
+
+
+def run_sample_candidates(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, float]:
+    from harness import sample_candidates
+    from harness.generation import record_engine
+
+    engine = stage_engine(config)
+    start = time.perf_counter()
+    metrics, resolved = sample_candidates.sample(config, _task_settings(config), engine, out)
+    record_engine(out, resolved or engine.resolved())
+    return {**metrics, "candidates/wall_seconds": time.perf_counter() - start}
 
 
 EXECUTORS: dict[str, Callable[[dict[str, Any], dict[str, Path], Path], dict[str, float]]] = {
@@ -410,6 +417,7 @@ EXECUTORS: dict[str, Callable[[dict[str, Any], dict[str, Path], Path], dict[str,
     "train_policy": run_train_policy,
     "evaluate": run_evaluate,
     "reference_logps": run_reference_logps,
+    "sample_candidates": run_sample_candidates,
 }
 
 

@@ -4,6 +4,7 @@ executors (`harness.executors`) do, from a stage's plain-data `spec()`.
     prepare_data ─┬─> train_reward_model ─┐
                   ├─> reference_logps ────┤
                   └───────────────────────┴─> train_policy ──> evaluate
+                                               sample_candidates ─┘  (cells with eval.best_of_n)
 
 Each stage is content-addressed (`harness.cache.stage_key`): the hash of its kind, its code version,
 its resolved config and the keys of its inputs. Cells that share a stage (the same data, the same
@@ -18,13 +19,17 @@ result depends on, resolved at plan time:
 - every stage that computes with a model: the engine the cell's `engine:` block resolved to on the
   planning machine (`CellConfig.engine`, pinned at load), as much of it as the result depends on: the
   precision (`ResolvedEngine.training_key()`) for train_reward_model, reference_logps and train_policy, the
-  whole engine (`key()`: kind, batching, a server's model) for evaluate (and its best-of-N samples) and for
+  whole engine (`key()`: kind, batching, a server's model) for evaluate and sample_candidates and for
   algorithms that generate through it while training (`AlgorithmSpec.rollout_engine`: PPO). prepare_data has
   none. The pinned settings travel with the stage's spec (`spec()["engine"]`), so a worker runs the planned
   engine (`harness.executors.stage_engine`), never its own "auto".
 - reference_logps (harness/reference_logps.py): the reference model, the data stage, max length, truncation
   and precision of the DPO-family cells (`AlgorithmSpec.reference_logps`) that share them; their
   train_policy stages take it as input `reference_logps` instead of each running the reference pass.
+- sample_candidates (harness/sample_candidates.py): best-of-N's N samples per prompt of the SFT model, keyed by
+  the model's content, the sampling settings, the engine and the best-of-N tasks' fingerprints and limit; every
+  cell with the same ones (whatever its reward model, seed or policy) shares it as its evaluate stage's input
+  `candidates`, so every reward model picks among the same candidates.
 `STAGE_VERSIONS` versions each executor's own code; bump a kind's version when it changes what it
 produces (a task's own changes are in its fingerprint).
 """
@@ -45,7 +50,7 @@ from harness.grid import Cell
 # zeroes functional dropout (attention_dropout); both change what models that ship such settings produce.
 # evaluate 4: per-task fingerprints, missing tasks apart, finished tasks reused from the task store.
 STAGE_VERSIONS = {"prepare_data": 2, "train_reward_model": 3, "train_policy": 2, "evaluate": 4,
-                  "reference_logps": 1}
+                  "reference_logps": 1, "sample_candidates": 1}
 
 # Stages that train (and so checkpoint mid-stage and can be resumed or stopped: `harness.resume`).
 TRAINING_KINDS = ("train_reward_model", "train_policy")
@@ -287,8 +292,13 @@ def plan_cell(cell: Cell) -> CellPlan:
         eval_config["best_of_n"] = {**bon.model_dump(exclude={"tasks"}), "limit": bon.limit or cfg.eval.limit,
                                     "tasks": bon_ready,
                                     "missing": {name: cfg.eval.settings.get(task_group(name)) for name in bon_missing}}
+        bon_judge = None
         if any("judge" in task_uses(name) for name in bon_ready) and cfg.judge:
-            eval_config["judge"] = judge_endpoint(cfg.judge.model_dump())
+            eval_config["judge"] = bon_judge = judge_endpoint(cfg.judge.model_dump())
+        if bon_ready:  # the candidates the cell's reward model picks among (shared by every cell sampling the same)
+            candidates = _candidates_stage(cfg, eval_config["best_of_n"], bon_judge, engine)
+            stages.append(candidates)
+            eval_inputs["candidates"] = candidates
         missing.update({f"bon/{name}": f"best-of-N {reason}" for name, reason in bon_missing.items()})
     stages.append(Stage("evaluate", eval_config, eval_inputs, missing=missing, engine=engine))
     # De-duplicate (the same data stage can feed both the policy and the reward model).
@@ -333,6 +343,16 @@ def _reference_stage(model: str, algorithm: dict[str, Any], data: Stage, engine:
 
     config = reference_logps.stage_config(model, algorithm, engine.resolved().training_key())
     return None if config is None else Stage(reference_logps.KIND, config, {"data": data}, engine=engine)
+
+
+def _candidates_stage(cfg: Any, bon: dict[str, Any], judge: dict[str, Any] | None, engine: EngineSettings) -> Stage:
+    """The `sample_candidates` stage of a best-of-N cell (`bon`: its evaluate stage's `best_of_n` block): N samples
+    of the cell's starting model (the SFT policy, whatever policy the cell trains) per request of the ready tasks."""
+    from harness import sample_candidates
+
+    config = sample_candidates.stage_config(cfg.model, bon, bon["tasks"], bon["limit"], cfg.eval.batch_size, judge,
+                                            engine.resolved().key())
+    return Stage(sample_candidates.KIND, config, engine=engine)
 
 
 def unique_stages(plans: list[CellPlan]) -> list[Stage]:

@@ -227,7 +227,7 @@ def bon_metrics(cell: CellRun) -> dict[str, dict[str, float]]:
     tasks = set(task_categories()) | {"category", "overall"}
     out: dict[str, dict[str, float]] = {}
     for key, value in cell.metrics.items():
-        if not key.startswith("bon/") or key in ("bon/cache_hits", "bon/cache_misses"):
+        if not key.startswith("bon/"):
             continue
         rest = key[4:]
         head, _, tail = rest.partition("/")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import tracking
+from harness import cache, tracking
 from harness.grid import GridError, build_grid
 from harness.runner import plan_grid, run_grid
 
@@ -76,21 +76,30 @@ def test_grid_best_of_n_and_rewardbench_reach_mlflow_and_tables_3_12_13(isolated
     assert len(rm_cells) == 2
     assert len({plans[n].stage("train_reward_model").key for n in rm_cells}) == 2
     assert len({plans[n].stage("train_policy").key for n in rm_cells}) == 1  # DPO does not depend on the RM
-    run_grid(grid, echo=lambda _: None)
+    # Both RM cells pick among one shared sample_candidates stage, an input of their evaluate stages.
+    (candidates_key,) = {plans[n].stage("sample_candidates").key for n in rm_cells}
+    assert all(plans[n].stages[-1].inputs["candidates"].key == candidates_key for n in rm_cells)
+    assert plans["sft"].stage("sample_candidates") is None
+    summary = run_grid(grid, echo=lambda _: None)
 
-    # The SFT samples were generated once: N per prompt, in the results dir's cache.
-    (cache_file,) = (isolated_results / "bon_cache").glob("*/samples.jsonl")
-    cached = [json.loads(line) for line in cache_file.read_text().splitlines()]
+    # The SFT samples were generated once, by that one stage: N per prompt, in the stage store.
+    assert summary.executed_stages.count(f"sample_candidates/{candidates_key}") == 1
+    (stage_folder,) = [p for p in cache.stage_dir("sample_candidates", candidates_key).parent.iterdir()
+                       if not p.name.startswith(".")]
+    assert stage_folder.name == candidates_key
+    cached = [json.loads(line) for line in (stage_folder / "candidates.jsonl").read_text().splitlines()]
     assert len(cached) == N_PROMPTS and all(len(e["candidates"]) == N_SAMPLES for e in cached)
+    by_prompt = {e["prompt"][-1]["content"]: e["candidates"] for e in cached}
     candidates = {c for e in cached for c in e["candidates"]}
 
     cells, stages = _runs(EXPERIMENT)
     assert set(cells) == set(plans)
-    counts = []
+    picked: dict[str, list[list[float]]] = {}
     for name in rm_cells:
         cell = cells[name]
         metrics = cell.data.metrics
-        counts.append((metrics["bon/cache_misses"], metrics["bon/cache_hits"]))
+        assert cell.data.tags["harness.stage.sample_candidates"] == candidates_key
+        assert not any(key.startswith("bon/cache") for key in metrics)
         assert 0.0 <= metrics["bon/smoke_lowercase/score"] <= 100.0
         evaluate = _stage(stages, cell, "evaluate")
         assert evaluate.data.metrics["bon/smoke_lowercase/score"] == metrics["bon/smoke_lowercase/score"]
@@ -100,6 +109,9 @@ def test_grid_best_of_n_and_rewardbench_reach_mlflow_and_tables_3_12_13(isolated
         assert len(picks) == N_PROMPTS
         for pick in picks:
             assert pick["chosen"] in candidates and len(pick["scores"]) == N_SAMPLES
+            # this RM scored exactly the stage's candidates of the prompt: the same as the other RM
+            assert pick["chosen"] == by_prompt[pick["prompt"]][pick["chosen_index"]]
+            picked.setdefault(pick["prompt"], []).append(pick["scores"])
             assert pick["scores"][pick["chosen_index"]] == max(pick["scores"])
 
         rm = _stage(stages, cell, "train_reward_model")
@@ -113,8 +125,8 @@ def test_grid_best_of_n_and_rewardbench_reach_mlflow_and_tables_3_12_13(isolated
             assert rb[key] == pytest.approx(value)
         assert {"rewardbench/chat", "rewardbench/chat_hard", "rewardbench/safety", "rewardbench/reasoning",
                 "rewardbench/prior_sets"} <= set(rb)
-    # First RM cell: all misses; second: all hits, nothing regenerated.
-    assert sorted(counts) == [(0.0, float(N_PROMPTS)), (float(N_PROMPTS), 0.0)]
+    # Both RMs scored the N candidates of every prompt (and only those): nothing was generated for either.
+    assert set(picked) == set(by_prompt) and all(len(scores) == 2 for scores in picked.values())
 
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # tracking.client() exported it; keep this store
@@ -198,3 +210,60 @@ def test_best_of_n_is_checked_at_plan_time():
         assert bon is not None and (bon.n, bon.temperature) == (16, 0.7)
         assert bon.tasks == ["gsm8k", "bbh", "humaneval_plus", "mbpp_plus", "alpaca_eval1", "alpaca_eval2",
                              "ifeval", "xstest"]
+
+
+def _rm_cells_grid(rm_paths: list[str], model: str = "tiny-random-llama", n: int = 2) -> dict:
+    """Cells that evaluate the SFT model only, best-of-N picked by one of `rm_paths` each (no training)."""
+    return {"experiment": "bon_shared_candidates", "baseline": False,
+            "base": {"model": model, "reward_model": {"path": rm_paths[0]},
+                     "eval": {"tasks": ["smoke_lowercase"], "limit": 2, "batch_size": 4,
+                              "best_of_n": {"n": n, "tasks": ["smoke_lowercase"]}}},
+            "axes": {"reward_model.path": rm_paths}}
+
+
+def test_cells_with_different_reward_models_share_one_sample_candidates_stage(isolated_results: Path, tiny_model: str,
+                                                                              tmp_path: Path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    other_rm = shutil.copytree(tiny_model, tmp_path / "other_rm")  # another RM folder: another cell
+    raw = _rm_cells_grid([tiny_model, str(other_rm)])
+    grid = build_grid(raw)
+    plans = plan_grid(grid)
+    assert len(plans) == 2
+    first, second = (p.stage("sample_candidates") for p in plans)
+    assert first.key == second.key  # planned once for both reward models
+    assert plans[0].stages[-1].key != plans[1].stages[-1].key  # the picks differ by reward model
+
+    # The first cell alone runs the stage; the second cell's plan then shows it cached and its run skips it.
+    only_first = build_grid(raw, only=plans[0].cell.name)
+    assert [p.cell.name for p in plan_grid(only_first)] == [plans[0].cell.name]
+    ran = run_grid(only_first, echo=lambda _: None)
+    assert ran.executed_stages.count(first.id) == 1
+    replanned = {p.cell.name: p for p in plan_grid(grid)}[plans[1].cell.name]
+    assert replanned.stage("sample_candidates").complete and not replanned.stages[-1].complete
+    rest = run_grid(grid, echo=lambda _: None)
+    assert first.id not in rest.executed_stages and replanned.stages[-1].id in rest.executed_stages
+    picks = [json.loads(line) for p in plan_grid(grid)
+             for line in (p.stages[-1].path / "artifacts/bon/bon_selections.jsonl").read_text().splitlines()]
+    stored = [json.loads(line) for line in (first.path / "candidates.jsonl").read_text().splitlines()]
+    by_prompt = {e["prompt"][-1]["content"]: e["candidates"] for e in stored}
+    assert len(picks) == 4 and all(p["chosen"] == by_prompt[p["prompt"]][p["chosen_index"]] for p in picks)
+
+    def candidates_key(raw: dict) -> str:
+        (key,) = {p.stage("sample_candidates").key for p in plan_grid(build_grid(raw))}
+        return key
+
+    assert candidates_key(_rm_cells_grid([tiny_model, str(other_rm)], n=3)) != first.key  # another n
+    # The SFT model by name and content: another folder is another stage, and so is the same folder with
+    # other weights (same path, same file sizes).
+    sft = shutil.copytree(tiny_model, tmp_path / "sft")
+    before = candidates_key(_rm_cells_grid([tiny_model, str(other_rm)], model=str(sft)))
+    assert before != first.key
+    (weights,) = sft.glob("*.safetensors")
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert candidates_key(_rm_cells_grid([tiny_model, str(other_rm)], model=str(sft))) != before

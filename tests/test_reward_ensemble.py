@@ -156,18 +156,20 @@ def test_ppo_is_rewarded_by_the_worst_case_of_the_ensemble(two_tiny_rms, tiny_mo
 
 def test_best_of_n_picks_with_the_ensemble(two_tiny_rms, tiny_model, tmp_path):
     """Coste et al.'s best-of-N setting: the pick is the candidate with the best combined (here WCO) score."""
-    from harness.best_of_n import BestOfNConfig, SampleCache, best_of_n_tasks
-    from harness.engines import make_generator
+    from harness.best_of_n import best_of_n_tasks
     from harness.reward_model import RewardScorer
     from harness.reward_source import RewardSource
+    from harness.sample_candidates import BestOfNConfig, sample_tasks
 
-    best_of_n_tasks(make_generator(tiny_model, batch_size=4), tiny_model,
-                    RewardSource(ensemble=EnsembleSpec(two_tiny_rms, "wco")), ["smoke_lowercase"], tmp_path / "bon",
-                    SampleCache(tmp_path / "cache.jsonl"), "tiny", BestOfNConfig(n=3, temperature=1.0), limit=2,
-                    batch_size=4)
+    config = BestOfNConfig(n=3, temperature=1.0)
+    sampled, _ = sample_tasks(tiny_model, ["smoke_lowercase"], config, tmp_path / "candidates", limit=2, batch_size=4)
+    best_of_n_tasks(sampled, tiny_model, RewardSource(ensemble=EnsembleSpec(two_tiny_rms, "wco")), ["smoke_lowercase"],
+                    tmp_path / "bon", limit=2, seed=config.seed, batch_size=4)
     records = [json.loads(line) for line in (tmp_path / "bon" / "bon_selections.jsonl").read_text().splitlines()]
     members = [RewardScorer(p) for p in two_tiny_rms]
-    for record, candidates in zip(records, SampleCache(tmp_path / "cache.jsonl")._entries.values(), strict=True):
+    stored = [e["candidates"] for e in sampled.entries.values()]
+    assert len(records) == 2 and all(len(c) == 3 for c in stored)
+    for record, candidates in zip(records, stored, strict=True):
         prompt = [{"role": "user", "content": record["prompt"]}]
         expected = [min(a, b) for a, b in zip(*(m.score([prompt] * len(candidates), candidates) for m in members))]
         assert record["scores"] == pytest.approx(expected, abs=1e-5)

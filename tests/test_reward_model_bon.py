@@ -1,5 +1,5 @@
-"""Best-of-N: N samples from the SFT policy generated once, cached, and re-scored by every reward model;
-the generation benchmark then runs on each RM's top pick."""
+"""Best-of-N: N samples from the SFT policy sampled once (the `sample_candidates` stage's work) and re-scored
+by every reward model; the generation benchmark then runs on each RM's top pick, and picking never generates."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from datasets_registry import prepare
-from harness.best_of_n import BestOfNConfig, run_best_of_n
+from harness.best_of_n import best_of_n_tasks
 from harness.reward_model import RewardModelConfig, RewardScorer, train_reward_model
+from harness.sample_candidates import BestOfNConfig, Candidates, MissingCandidates, sample_tasks
 
 
 def _train(tiny_model: str, out: Path, flip: bool) -> str:
@@ -23,43 +24,55 @@ def _train(tiny_model: str, out: Path, flip: bool) -> str:
     return str(out / "model")
 
 
-def test_best_of_n_shares_cached_samples_across_reward_models(tiny_model: str, tmp_path: Path):
+def test_best_of_n_shares_sampled_candidates_across_reward_models(tiny_model: str, tmp_path: Path):
     rms = {"lower": _train(tiny_model, tmp_path / "rm_lower", flip=False),
            "upper": _train(tiny_model, tmp_path / "rm_upper", flip=True)}
     cfg = BestOfNConfig(n=4, temperature=0.7, seed=1)
-    cache_dir = tmp_path / "cache"
-    metrics = run_best_of_n(tiny_model, rms, ["smoke_lowercase"], tmp_path / "bon", config=cfg, limit=3,
-                            cache_dir=cache_dir, batch_size=4)
-    # 3 prompts sampled once (misses) for the first RM, then served from the cache (hits) for the second.
-    assert metrics["bon/cache_misses"] == 3.0 and metrics["bon/cache_hits"] == 3.0
-    for label in rms:
-        assert f"bon/{label}/smoke_lowercase/score" in metrics
-    cached = [json.loads(line) for line in (cache_dir / "samples.jsonl").read_text().splitlines()]
-    assert len(cached) == 3 and all(len(entry["candidates"]) == 4 for entry in cached)
-    candidates = {c for entry in cached for c in entry["candidates"]}
+    sampled, sample_metrics = sample_tasks(tiny_model, ["smoke_lowercase"], cfg, tmp_path / "candidates", limit=3,
+                                           batch_size=4)
+    # 3 prompts sampled once, N each: what every reward model below picks among.
+    assert sample_metrics["candidates/prompts"] == 3.0 and sample_metrics["candidates/smoke_lowercase/prompts"] == 3.0
+    assert "first_sample/smoke_lowercase/score" in sample_metrics  # the task on the first candidates: best-of-1
+    stored = [json.loads(line) for line in (tmp_path / "candidates" / "candidates.jsonl").read_text().splitlines()]
+    assert len(stored) == 3 and all(len(entry["candidates"]) == 4 for entry in stored)
+    assert all(entry["tasks"] == ["smoke_lowercase"] for entry in stored)
+    candidates = {c for entry in stored for c in entry["candidates"]}
+    metrics: dict[str, dict[str, float]] = {}
     for label, rm_path in rms.items():
+        # A fresh read of the stage's file for each RM: the picks read it, never a generator.
+        metrics[label] = best_of_n_tasks(Candidates.load(tmp_path / "candidates"), tiny_model, rm_path,
+                                         ["smoke_lowercase"], tmp_path / "bon" / label, limit=3, seed=cfg.seed,
+                                         batch_size=4)
+        assert "smoke_lowercase/score" in metrics[label]
         records = [json.loads(line) for line in (tmp_path / "bon" / label / "bon_selections.jsonl").read_text().splitlines()]
         outputs = [json.loads(line) for line in
                    (tmp_path / "bon" / label / "smoke_lowercase.samples.jsonl").read_text().splitlines()]
         assert len(records) == 3 and len(outputs) == 3
         scorer = RewardScorer(rm_path)
-        for record, sample in zip(records, outputs):
+        for record, sample, entry in zip(records, outputs, stored, strict=True):
+            # every RM scores exactly the stage's N candidates of the prompt, in order
+            assert record["prompt"] == entry["prompt"][-1]["content"] and len(record["scores"]) == 4
             assert record["chosen"] in candidates and sample["output"] == record["chosen"]
+            assert record["chosen"] == entry["candidates"][record["chosen_index"]]
             # the pick is the argmax of this RM's scores
             assert record["scores"][record["chosen_index"]] == pytest.approx(max(record["scores"]))
             prompt = [{"role": "user", "content": record["prompt"]}]
             assert scorer.score([prompt], [record["chosen"]])[0] == pytest.approx(max(record["scores"]), abs=1e-4)
-    # A second call regenerates nothing.
-    again = run_best_of_n(tiny_model, {"lower": rms["lower"]}, ["smoke_lowercase"], tmp_path / "bon2", config=cfg,
-                          limit=3, cache_dir=cache_dir, batch_size=4)
-    assert again["bon/cache_misses"] == 0.0 and again["bon/cache_hits"] == 3.0
-    assert again["bon/lower/smoke_lowercase/score"] == metrics["bon/lower/smoke_lowercase/score"]
+    # Picking again from the same candidates gives the same result (nothing is resampled).
+    again = best_of_n_tasks(Candidates.load(tmp_path / "candidates"), tiny_model, rms["lower"], ["smoke_lowercase"],
+                            tmp_path / "bon2", limit=3, seed=cfg.seed, batch_size=4)
+    assert again["smoke_lowercase/score"] == metrics["lower"]["smoke_lowercase/score"]
 
 
-def test_best_of_n_checks_inputs_before_generating(tiny_model: str, tmp_path: Path):
+def test_best_of_n_checks_inputs_and_never_generates(tiny_model: str, tmp_path: Path):
     with pytest.raises(ValueError, match="n >= 1"):
         BestOfNConfig(n=0)
-    with pytest.raises(ValueError, match="at least one reward model"):
-        run_best_of_n(tiny_model, {}, ["smoke_lowercase"], tmp_path)
     with pytest.raises(Exception, match="no_such_task"):
-        run_best_of_n(tiny_model, {"rm": tiny_model}, ["no_such_task"], tmp_path)
+        sample_tasks(tiny_model, ["no_such_task"], BestOfNConfig(n=2), tmp_path / "candidates")
+    # Candidates of 2 prompts; a pick over 3 finds the third missing: an error naming it, not a new sample.
+    cfg = BestOfNConfig(n=2, temperature=0.7)
+    sample_tasks(tiny_model, ["smoke_lowercase"], cfg, tmp_path / "candidates", limit=2, batch_size=4)
+    rm = _train(tiny_model, tmp_path / "rm", flip=False)
+    with pytest.raises(MissingCandidates, match=r"no candidates for the prompt .*smoke_lowercase \(2 prompts\)"):
+        best_of_n_tasks(Candidates.load(tmp_path / "candidates"), tiny_model, rm, ["smoke_lowercase"], tmp_path / "bon",
+                        limit=3, seed=cfg.seed, batch_size=4)

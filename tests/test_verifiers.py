@@ -231,19 +231,19 @@ def test_every_verifier_is_documented():
 
 def test_best_of_n_picks_with_a_verifier(tiny_model, tmp_path):
     """Best-of-N with a verifier that reads no prompt column: each pick is the verifier's best candidate."""
-    from harness.best_of_n import BestOfNConfig, SampleCache, best_of_n_tasks
-    from harness.engines import make_generator
+    from harness.best_of_n import best_of_n_tasks
     from harness.reward_source import RewardSource
+    from harness.sample_candidates import BestOfNConfig, sample_tasks
 
     verifier = VerifierReward("smoke_lowercase_fraction")
-    metrics = best_of_n_tasks(make_generator(tiny_model, batch_size=4), tiny_model, RewardSource(verifier=verifier),
-                              ["smoke_lowercase"], tmp_path / "bon", SampleCache(tmp_path / "cache.jsonl"), "tiny",
-                              BestOfNConfig(n=4, temperature=1.0), limit=3, batch_size=4)
+    config = BestOfNConfig(n=4, temperature=1.0)
+    sampled, _ = sample_tasks(tiny_model, ["smoke_lowercase"], config, tmp_path / "candidates", limit=3, batch_size=4)
+    metrics = best_of_n_tasks(sampled, tiny_model, RewardSource(verifier=verifier), ["smoke_lowercase"],
+                              tmp_path / "bon", limit=3, seed=config.seed, batch_size=4)
     assert "smoke_lowercase/score" in metrics
     records = [json.loads(line) for line in (tmp_path / "bon" / "bon_selections.jsonl").read_text().splitlines()]
     assert len(records) == 3
-    cache = SampleCache(tmp_path / "cache.jsonl")
-    for record, candidates in zip(records, cache._entries.values(), strict=True):
+    for record, candidates in zip(records, [e["candidates"] for e in sampled.entries.values()], strict=True):
         assert record["scores"] == verifier(completions=[_messages(c) for c in candidates])
         assert record["scores"][record["chosen_index"]] == max(record["scores"])
         assert record["chosen"] == candidates[record["chosen_index"]]
