@@ -76,3 +76,32 @@ def test_best_of_n_checks_inputs_and_never_generates(tiny_model: str, tmp_path: 
     with pytest.raises(MissingCandidates, match=r"no candidates for the prompt .*smoke_lowercase \(2 prompts\)"):
         best_of_n_tasks(Candidates.load(tmp_path / "candidates"), tiny_model, rm, ["smoke_lowercase"], tmp_path / "bon",
                         limit=3, seed=cfg.seed, batch_size=4)
+
+
+def test_sampling_checks_the_sft_model_is_the_planned_one(tiny_model: str, tmp_path: Path):
+    """The stage key holds the SFT folder's sha256; a folder rewritten after planning fails before sampling."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from harness.evaluation.base import plan_tasks, resolve_eval_settings, settings_from_config
+    from harness.generation import EngineSettings
+    from harness.sample_candidates import model_identity, sample, stage_config
+
+    sft = shutil.copytree(tiny_model, tmp_path / "sft")
+    assert model_identity(str(sft)) == model_identity(tiny_model)  # content, not path
+    settings = resolve_eval_settings(["smoke_lowercase"], {})
+    ready, _ = plan_tasks(["smoke_lowercase"], settings, judge=None, has_reference=True, has_reward_model=False)
+    engine = EngineSettings()
+    config = stage_config(str(sft), {"n": 2, "temperature": 0.7, "top_p": 1.0, "seed": 0}, ready, 2, 4, None,
+                          engine.resolved().key())
+    (weights,) = sft.glob("*.safetensors")
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] * 2
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert model_identity(str(sft)) != config["model_sha256"]
+    (tmp_path / "out").mkdir()
+    with pytest.raises(RuntimeError, match="other content than the plan saw"):
+        sample(config, settings_from_config(settings, list(ready)), engine, tmp_path / "out")
+    assert not (tmp_path / "out" / "candidates.jsonl").exists()
