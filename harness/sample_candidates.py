@@ -18,8 +18,9 @@ How the prompts are known: the stage runs each task as the evaluate stage will r
 seed, settings), through `RecordingGenerator`, an engine that samples N candidates for every request and
 answers the task with the first one(s). So no task needs a second way to list its prompts (a task stays
 one module and one register line), and what is sampled is exactly what the task asks for. The tasks then
-score those first candidates (a pick with no reward model: best-of-1), logged as the stage's
-`first_sample/<task>/<metric>`; for judged tasks that is one judge pass per stage. A request is identified
+score those first candidates as they always do; that scoring is a by-product, kept only as the stage's
+artifacts/first_sample/<task>/ (a pick with no reward model) and not logged as metrics (the reports read
+`<task>/score` of cells); for a judged task it costs one judge pass per stage. A request is identified
 by what the task passed (`request_key`: the prompt as given, chat or not, max_new_tokens, stop sequences),
 so a task whose prompts differ at pick time finds none and fails, naming the prompt, instead of sampling.
 """
@@ -242,14 +243,13 @@ def sample(config: dict[str, Any], task_settings: dict[str, Any], engine: Engine
             ctx = EvalContext(model_path=sft_path, out_dir=out / "artifacts" / "first_sample" / name,
                               limit=config["limit"], seed=config["seed"], batch_size=config["batch_size"],
                               judge=config.get("judge"), settings=dict(task_settings), _generator=recorder)
-            found = run_tasks(ctx, [name], planned={name: fingerprint})
+            run_tasks(ctx, [name], planned={name: fingerprint})
             requests = len(recorder.requested.get(name, ()))
             if requests == 0:
                 results = json.loads((ctx.out_dir / "results.json").read_text())
                 why = results["skipped"].get(name) or "it generated nothing"
                 raise RuntimeError(f"{KIND}: task {name!r} made no generation request ({why}): there is nothing "
                                    "for a reward model to pick among")
-            metrics.update({f"first_sample/{key}": value for key, value in found.items() if key.startswith(f"{name}/")})
             metrics[f"candidates/{name}/prompts"] = float(requests)
     finally:
         close = getattr(base, "close", None)

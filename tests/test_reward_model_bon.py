@@ -32,7 +32,9 @@ def test_best_of_n_shares_sampled_candidates_across_reward_models(tiny_model: st
                                            batch_size=4)
     # 3 prompts sampled once, N each: what every reward model below picks among.
     assert sample_metrics["candidates/prompts"] == 3.0 and sample_metrics["candidates/smoke_lowercase/prompts"] == 3.0
-    assert "first_sample/smoke_lowercase/score" in sample_metrics  # the task on the first candidates: best-of-1
+    # The task ran to its end on the first candidates (kept as an artifact, not as metrics).
+    first = json.loads((tmp_path / "candidates/artifacts/first_sample/smoke_lowercase/results.json").read_text())
+    assert "smoke_lowercase/score" in first["metrics"] and not any(k.endswith("/score") for k in sample_metrics)
     stored = [json.loads(line) for line in (tmp_path / "candidates" / "candidates.jsonl").read_text().splitlines()]
     assert len(stored) == 3 and all(len(entry["candidates"]) == 4 for entry in stored)
     assert all(entry["tasks"] == ["smoke_lowercase"] for entry in stored)
