@@ -16,7 +16,7 @@ How each stage kind maps (docs/cost.md, "hooks"):
 - `evaluate` -> `Evaluation(model, tasks)`: one `EvalTask` per planned task from `harness/cost_inputs.yaml`
   (benchmark sizes, prompt lengths, generation budgets; each task's resolved `max_new_tokens` and
   `n_samples` settings win), times the checkpoints evaluated (`eval.checkpoint_every`); tasks not planned (a
-  missing input) are not counted;
+  missing input) are not counted; best-of-N's reward forward over the N candidates (not their generation);
 - `sample_candidates` -> `Evaluation(SFT model, tasks)` with best-of-N's N samples per prompt.
 
 Rows: a cached `prepare_data` stage's kept rows; else `max_rows` against the dataset's full size (the
@@ -357,9 +357,12 @@ def evaluation_workload(stage: Any, mapping: Mapping) -> tuple[Evaluation, int]:
         tasks.append(task)
         if note:
             mapping.notes.append(note)
-    if config.get("best_of_n"):
-        mapping.notes.append("best-of-N: the N candidates' generation is the shared sample_candidates stage's; the "
-                             "reward model's forward over them is not counted")
+    bon = config.get("best_of_n")
+    for name, fingerprint in (bon or {}).get("tasks", {}).items():  # the reward's forward over the N candidates
+        task, note = _task_shape(name, (fingerprint or {}).get("settings") or {}, bon.get("limit"),
+                                 config.get("batch_size", 16), engine, samples=int(bon["n"]), scorer=rm_shape)
+        tasks.append(replace(task, name=f"bon/{name}", generated=False))
+        mapping.notes.extend([note] if note else [])
     if config.get("missing"):
         mapping.notes.append(f"not counted (inputs missing, not run): {', '.join(sorted(config['missing']))}")
     runs = 1

@@ -235,6 +235,17 @@ def test_cells_with_different_reward_models_share_one_sample_candidates_stage(is
     first, second = (p.stage("sample_candidates") for p in plans)
     assert first.key == second.key  # planned once for both reward models
     assert plans[0].stages[-1].key != plans[1].stages[-1].key  # the picks differ by reward model
+    # Priced once: the shared stage generates the N samples, each evaluate stage only scores them.
+    from harness.cost_plan import grid_cost
+
+    priced = grid_cost(plans, "cpu-2core").stages
+    (sampling,) = [e for s, e in priced if s.kind == "sample_candidates"]
+    evaluations = [e for s, e in priced if s.kind == "evaluate"]
+    assert sampling.flops_by_part["candidates/smoke_lowercase: decode"] > 0 and len(evaluations) == 2
+    for evaluation in evaluations:
+        assert evaluation.flops_by_part["bon/smoke_lowercase: scorer forward"] > 0
+        assert not any(part.startswith("bon/") and part.endswith((": decode", ": prefill"))
+                       for part in evaluation.flops_by_part)
 
     # The first cell alone runs the stage; the second cell's plan then shows it cached and its run skips it.
     only_first = build_grid(raw, only=plans[0].cell.name)
