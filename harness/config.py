@@ -240,6 +240,9 @@ class EvalConfig(Strict):
     # "harness": the project's own, each task's default); a group's own `settings.<group>.setting` wins.
     # Resolved into `settings` (and so into the stage keys and MLflow params) at load.
     setting: Literal["harness", "paper"] | None = Field(default=None, description="every benchmark's setting")
+    # The evaluate stage's engine when it differs from the cell's `engine` (e.g. vLLM for the benchmarks while
+    # PPO samples its rollouts in-process, at a paper profile). None = the cell's. Pinned at load as that one.
+    engine: EngineSettings | None = Field(default=None, description="the evaluate stage's engine (default: the cell's)")
 
     @field_validator("tasks")
     @classmethod
@@ -391,6 +394,8 @@ class CellConfig(Strict):
         kind (a GPU node planned from a CPU laptop) then runs the planned engine instead of choosing its own.
         A cluster whose workers differ from the planning machine should pin `engine.dtype` explicitly."""
         self.engine = self.engine.pinned()
+        if self.eval.engine is not None:
+            self.eval.engine = self.eval.engine.pinned()
         return self
 
     @model_validator(mode="after")

@@ -177,11 +177,6 @@ class Mapping:
         spec = self.launch.get(kind)
         return spec.accelerate.num_processes if spec is not None and spec.accelerate is not None else 1
 
-    def engine(self, kind: str) -> str | None:
-        spec = self.launch.get(kind)
-        return spec.engine.kind if spec is not None and spec.engine is not None else None
-
-
 def _lengths(stage: Any, mapping: Mapping) -> TokenLengths:
     found = token_lengths(stage.config["name"])
     if found.note:
@@ -344,7 +339,7 @@ def evaluation_workload(stage: Any, mapping: Mapping) -> tuple[Evaluation, int]:
     policy = stage.inputs.get("policy")
     model_name = policy.config["model"] if policy is not None else config["model"]
     model = cost_profiles.model_shape(model_name)
-    engine = mapping.engine("evaluate")
+    engine = config["engine"]["kind"]  # the stage's resolved engine (the cell's, or its `eval.engine`)
     # as the executor resolves it: a verifier or an ensemble (`reward`), else one given RM's path
     reward = config.get("reward") or ({"path": config["reward_model_path"]} if config.get("reward_model_path") else None)
     rm_shape = reward_shapes(reward, stage.inputs, mapping, model)

@@ -1,6 +1,7 @@
-"""How each stage kind runs at a grid profile's size: the Ray resources it asks for, the `accelerate launch`
-configuration it trains under (FSDP or DeepSpeed ZeRO-3 config files shipped in `ablations/launch/`), and
-the generation engine meant for its rollouts and evaluations.
+"""How each stage kind runs at a grid profile's size: the Ray resources it asks for and the `accelerate launch`
+configuration it trains under (FSDP or DeepSpeed ZeRO-3 config files shipped in `ablations/launch/`).
+What generates is not here: that is the cell's `engine:` block (every stage) and `eval.engine` (the evaluate
+stage's, e.g. vLLM at a paper profile), both in the stage keys (`harness.generation.EngineSettings`).
 
 A profile's `launch` block, one entry per stage kind:
 
@@ -11,7 +12,7 @@ A profile's `launch` block, one entry per stage kind:
       train_reward_model:
         num_gpus: 8
         accelerate: {num_processes: 8, config_file: ablations/launch/zero3_70b_reward_model.yaml}
-      evaluate: {num_gpus: 1, engine: {kind: vllm}}
+      evaluate: {num_gpus: 1, device_profile: a100-80g}
 
 Checked when the grid loads (errors name `profiles.<name>.launch.<kind>...`): the kinds, the numbers, and
 each config file (it must exist, parse as an accelerate config, name FSDP or DeepSpeed, and agree with
@@ -20,19 +21,15 @@ each config file (it must exist, parse as an accelerate config, name FSDP or Dee
 `harness/backends/accelerate_launch.py`); `plan_problems` says, before any compute, which planned stage
 cannot run under its launch settings (PPO's batch sizes must split over the ranks; the project's PPO is
 data-parallel only, so an FSDP/ZeRO-3 launch does not shard it).
-
-`engine` is recorded and shown (`--dry-run`) but not applied yet: the cell-level `engine:` block of issue
-#15 is what will choose it; until then `harness.engines.make_generator` picks vLLM when it is installed
-and a GPU is present.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.paths import PROJECT_ROOT
 
@@ -50,22 +47,22 @@ class AccelerateLaunch(_Strict):
     args: list[str] = Field(default_factory=list, description="more `accelerate launch` flags")
 
 
-class EngineChoice(BaseModel):
-    """The generation engine for the stage's rollouts or evaluations (issue #15's `engine:` block)."""
-
-    model_config = ConfigDict(extra="allow")
-    kind: Literal["hf", "vllm", "openai"]
-
-
 class StageLaunch(_Strict):
     num_gpus: float | None = Field(None, ge=0)
     num_cpus: float | None = Field(None, gt=0)
     memory: float | None = Field(None, gt=0, description="bytes")
     accelerate: AccelerateLaunch | None = None
-    engine: EngineChoice | None = None
     # The device this kind's stages are priced on by the cost estimate when it differs from the grid's
     # (e.g. evaluation on one GPU while training runs on a TPU pod).
     device_profile: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_is_the_cells(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "engine" in data:
+            raise ValueError("engine: not a launch setting; the engine is part of the cell (in its stage keys): "
+                             "`base.eval.engine` for the evaluate stages, `base.engine` for every stage")
+        return data
 
 
 @dataclass(frozen=True)
@@ -136,8 +133,8 @@ def parse_launch(raw: Any, where: str) -> dict[str, StageLaunch]:
             parsed[kind] = StageLaunch.model_validate(spec)
         except ValidationError as exc:
             for err in exc.errors():
-                loc = ".".join(str(p) for p in err["loc"])
-                errors.append(f"{where}.{kind}.{loc}: {err['msg'].removeprefix('Value error, ')}")
+                path = ".".join([where, kind, *(str(p) for p in err["loc"])])  # a whole-entry error has no loc
+                errors.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
             continue
         if parsed[kind].device_profile is not None:
             from harness.cost_profiles import CostInputError, device_profile
@@ -191,9 +188,6 @@ def describe(launch: dict[str, StageLaunch]) -> list[str]:
             parts.append(text)
         if spec.device_profile is not None:
             parts.append(f"priced on {spec.device_profile}")
-        if spec.engine is not None:
-            parts.append(f"generation engine {spec.engine.kind} (recorded; chosen by the engine block of issue "
-                         "#15 once it lands)")
         lines.append(f"  {kind}: " + "; ".join(parts or ["defaults"]))
     return lines
 

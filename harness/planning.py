@@ -261,6 +261,7 @@ def plan_cell(cell: Cell) -> CellPlan:
     if uses_rm:
         eval_inputs.update(rewarded_by.inputs)
     uses_judge = any("judge" in task_uses(name) for name in ready)
+    eval_engine = cfg.eval.engine or engine  # e.g. vLLM for the benchmarks while PPO's rollouts stay in-process
     eval_config = {
         "tasks": ready,  # {task: resolve_task fingerprint}: what each result depends on
         # Requested tasks whose input is missing now: not run; their settings, to say why at run time.
@@ -274,7 +275,7 @@ def plan_cell(cell: Cell) -> CellPlan:
         # Only the endpoint, and only for tasks that call it (`harness judge`'s fields are not here).
         "judge": judge_endpoint(cfg.judge.model_dump()) if uses_judge and cfg.judge else None,
         # What generates and scores (kind, precision, batching; a server's model): it changes the answers.
-        "engine": resolved_engine.key(),
+        "engine": eval_engine.resolved().key(),
     }
     if policy_stage is not None and cfg.eval.checkpoint_every is not None:
         eval_config["checkpoint_every"] = cfg.eval.checkpoint_every  # only when asked, as best_of_n below
@@ -300,7 +301,7 @@ def plan_cell(cell: Cell) -> CellPlan:
             stages.append(candidates)
             eval_inputs["candidates"] = candidates
         missing.update({f"bon/{name}": f"best-of-N {reason}" for name, reason in bon_missing.items()})
-    stages.append(Stage("evaluate", eval_config, eval_inputs, missing=missing, engine=engine))
+    stages.append(Stage("evaluate", eval_config, eval_inputs, missing=missing, engine=eval_engine))
     # De-duplicate (the same data stage can feed both the policy and the reward model).
     unique: dict[str, Stage] = {}
     for stage in stages:

@@ -109,7 +109,13 @@ def test_launch_configs_parse_with_accelerate_and_map_to_ray_resources():
     launch = resources["train_reward_model"]["accelerate"]
     assert launch["num_processes"] == 8 and launch["args"][:2] == [
         "--config_file", str(PROJECT_ROOT / "ablations/launch/zero3_70b_reward_model.yaml")]
-    assert "engine" not in resources["evaluate"] and grid.launch["evaluate"].engine.kind == "vllm"
+    assert "engine" not in resources["evaluate"]
+    # The paper profile's benchmarks run on vLLM: the evaluate stages carry it in their keys (a cell-level
+    # block, `eval.engine`), while PPO's rollouts stay on the in-process engine of the cell.
+    stages = unique_stages(plan_grid(grid))
+    assert {s.config["engine"]["kind"] for s in stages if s.kind == "evaluate"} == {"vllm"}
+    assert {s.config["engine"]["kind"] for s in stages
+            if s.kind == "train_policy" and s.config["algorithm"]["name"] == "ppo"} == {"hf"}
     # The project's PPO is data-parallel only: a sharded launch of a PPO stage is named before compute.
     problems = plan_problems(grid.launch, unique_stages(plan_grid(grid)))
     assert problems and all("data-parallel only" in p for p in problems)
@@ -226,7 +232,7 @@ def test_unknown_profile_and_malformed_profile_blocks(tmp_path):
            "says num_processes: 8" in message
     assert "profiles.paper.launch.train_reward_model.accelerate.config_file:" in message and "nope.yaml not found" in message
     assert "profiles.paper.launch.evaluat: unknown stage kind" in message
-    assert "profiles.paper.launch.evaluate.engine.kind:" in message
+    assert "profiles.paper.launch.evaluate: engine: not a launch setting" in message and "base.eval.engine" in message
 
 
 def test_profile_merges_blocks_replaces_axes_and_lists(tmp_path):
