@@ -372,7 +372,7 @@ def candidates_workload(stage: Any, mapping: Mapping) -> Evaluation:
     """The shared `sample_candidates` stage (harness/sample_candidates.py): N samples per prompt of each
     best-of-N task from the SFT model (then its tasks' scoring of the first samples, counted as no work)."""
     config = stage.config
-    engine, tasks = mapping.engine("evaluate"), []
+    engine, tasks = config["engine"]["kind"], []  # the resolved engine that samples them
     for name, fingerprint in config["tasks"].items():
         task, note = _task_shape(name, (fingerprint or {}).get("settings") or {}, config["limit"],
                                  config["batch_size"], engine, samples=int(config["n"]))

@@ -297,7 +297,7 @@ def plan_cell(cell: Cell) -> CellPlan:
         if any("judge" in task_uses(name) for name in bon_ready) and cfg.judge:
             eval_config["judge"] = bon_judge = judge_endpoint(cfg.judge.model_dump())
         if bon_ready:  # the candidates the cell's reward model picks among (shared by every cell sampling the same)
-            candidates = _candidates_stage(cfg, eval_config["best_of_n"], bon_judge, engine)
+            candidates = _candidates_stage(cfg, eval_config["best_of_n"], bon_judge, eval_engine)
             stages.append(candidates)
             eval_inputs["candidates"] = candidates
         missing.update({f"bon/{name}": f"best-of-N {reason}" for name, reason in bon_missing.items()})
