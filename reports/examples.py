@@ -29,7 +29,13 @@ _KEY_FIELDS = ("id", "key", "task_id", "index", "prompt_id")
 _GENERIC_FIELDS = ("correct", "passed", "is_correct", "acc", "score")
 
 
-def _unit_key(record: dict[str, Any], position: int) -> str:
+def _unit_key(record: dict[str, Any], position: int, unit: tuple[str, ...] | None = None) -> str:
+    """The resampling unit of a record: its `unit` fields when the rule names them (a task whose `index`
+    counts within a subject or group: MMLU, ToxiGen), else its first key field, else its position."""
+    if unit is not None:
+        if all(record.get(name) is not None for name in unit):
+            return "/".join(str(record[name]) for name in unit)
+        return f"#{position}"
     for name in _KEY_FIELDS:
         if record.get(name) is not None:
             return str(record[name])
@@ -50,10 +56,12 @@ def field_value(name: str) -> Value:
 
 
 def ratio_of(num: Value, den: Value, scale: float = 1.0, stratum: str | None = None,
-             where: Callable[[dict[str, Any]], bool] | None = None) -> Callable[[Records], ExampleSet | None]:
+             where: Callable[[dict[str, Any]], bool] | None = None,
+             unit: tuple[str, ...] | None = None) -> Callable[[Records], ExampleSet | None]:
     """sum(num) / sum(den) over records (within strata, then averaged over strata). Records sharing a
-    key (several samples of one prompt) form one resampling unit; a record whose num is None is left
-    out (e.g. an unparsed judge verdict that the task itself excluded)."""
+    key (several samples of one prompt; `unit` names the key's fields where one field is not unique)
+    form one resampling unit; a record whose num is None is left out (e.g. an unparsed judge verdict
+    that the task itself excluded)."""
 
     def rule(records: Records) -> ExampleSet | None:
         units: dict[tuple[str, str], list[float]] = {}
@@ -64,7 +72,7 @@ def ratio_of(num: Value, den: Value, scale: float = 1.0, stratum: str | None = N
             if top is None or bottom is None:
                 continue
             group = str(rec.get(stratum, "")) if stratum else ""
-            acc = units.setdefault((group, _unit_key(rec, i)), [0.0, 0.0])
+            acc = units.setdefault((group, _unit_key(rec, i, unit)), [0.0, 0.0])
             acc[0] += top
             acc[1] += bottom
         if not units:
@@ -83,15 +91,16 @@ def ratio_of(num: Value, den: Value, scale: float = 1.0, stratum: str | None = N
 
 
 def mean_of(value: str | Value, scale: float = 1.0, stratum: str | None = None,
-            where: Callable[[dict[str, Any]], bool] | None = None) -> Callable[[Records], ExampleSet | None]:
+            where: Callable[[dict[str, Any]], bool] | None = None,
+            unit: tuple[str, ...] | None = None) -> Callable[[Records], ExampleSet | None]:
     """Mean of a field (or of a function of the record) over records; with `stratum`, the mean over
-    strata of within-stratum means."""
+    strata of within-stratum means; `unit` as in `ratio_of`."""
     get = field_value(value) if isinstance(value, str) else value
 
     def den(rec: dict[str, Any]) -> float | None:
         return None if get(rec) is None else 1.0
 
-    return ratio_of(get, den, scale, stratum, where)
+    return ratio_of(get, den, scale, stratum, where, unit)
 
 
 def _refusal_f1(verdict: Callable[[dict[str, Any]], bool | None]) -> Callable[[Records], ExampleSet | None]:
@@ -157,7 +166,8 @@ for _m in ("exact_match", "score"):
     register_rule(f"gsm8k/{_m}", "samples:gsm8k", mean_of("correct", 100.0))
     register_rule(f"bbh/{_m}", "samples:bbh", mean_of("correct", 100.0, stratum="subtask"))
 for _m in ("acc", "score"):
-    register_rule(f"mmlu/{_m}", "samples:mmlu", mean_of("correct", 100.0))
+    # `index` counts within a subject: (subject, index) is the question (one unit per question).
+    register_rule(f"mmlu/{_m}", "samples:mmlu", mean_of("correct", 100.0, unit=("subject", "index")))
 for _m in ("prompt_level_loose_acc", "score"):
     register_rule(f"ifeval/{_m}", "samples:ifeval", mean_of("prompt_level_loose_acc", 100.0))
 register_rule("ifeval/prompt_level_strict_acc", "samples:ifeval", mean_of("prompt_level_strict_acc", 100.0))
@@ -165,9 +175,11 @@ for _task in ("humaneval_plus", "mbpp_plus"):
     register_rule(f"{_task}/score", f"samples:{_task}", pass_at(10, 100.0))
     for _k in (1, 10):
         register_rule(f"{_task}/pass_at_{_k}", f"samples:{_task}", pass_at(_k, 1.0))
-register_rule("toxigen/toxic_pct", "samples:toxigen", mean_of("toxic", 100.0))
+# `index` counts within a target group: (group, index) is the prompt.
+register_rule("toxigen/toxic_pct", "samples:toxigen", mean_of("toxic", 100.0, unit=("group", "index")))
 register_rule("toxigen/score", "samples:toxigen",  # the score is 100 - % toxic
-              mean_of(lambda r: None if r.get("toxic") is None else 1.0 - float(r["toxic"]), 100.0))
+              mean_of(lambda r: None if r.get("toxic") is None else 1.0 - float(r["toxic"]), 100.0,
+                      unit=("group", "index")))
 
 
 def _generation(rec: dict[str, Any]) -> bool:

@@ -125,3 +125,21 @@ def test_tasks_numbered_alike_are_resampled_independently():
     again = _bernoulli_set(values)
     again.source = "samples:gsm8k"
     assert bank.example_weights(again) is bank.example_weights(gsm)
+
+
+@pytest.mark.parametrize(("metric", "scope", "field"), [("mmlu/score", "subject", "correct"),
+                                                       ("toxigen/toxic_pct", "group", "toxic")])
+def test_questions_numbered_within_a_subject_are_separate_units(metric, scope, field):
+    """MMLU numbers its questions within each subject and ToxiGen within each target group: question 0 of
+    two subjects is two questions. Merged into one unit (the table1 cpu run's SFT row had one MMLU question
+    per subject: a single unit, so a zero-width interval [22.8, 22.8]) the bootstrap would be wrong."""
+    rng = np.random.default_rng(3)
+    records = [{scope: f"s{s}", "index": 0, field: bool(rng.random() < 0.3)} for s in range(57)]
+    est = RULES[metric].build(records)
+    assert est.n == 57
+    assert est.point() == pytest.approx(100 * np.mean([r[field] for r in records]))
+    low, high = percentile_ci(replicates(est, WeightBank(n_boot=500)))
+    assert high - low > 10  # about +-12 points for 57 questions at 30%
+    # several questions per subject: one unit each, not one per subject or per index
+    records = [{scope: f"s{s}", "index": i, field: bool((s + i) % 3 == 0)} for s in range(4) for i in range(5)]
+    assert RULES[metric].build(records).n == 20
