@@ -28,7 +28,7 @@ def _as_messages(prompt: Messages | str) -> Messages:
 
 
 class BestOfNGenerator:
-    """Generation engine that returns the reward model's top pick(s) among a request's sampled candidates.
+    """Generation engine that returns the reward model's top pick among a request's sampled candidates.
 
     `tokenizer` is the SFT model's (tasks render prompts with it, as they did when the candidates were
     sampled); `tokenized_prompts` is the sampling engine's setting of that name (the paper setting's prompt
@@ -44,6 +44,12 @@ class BestOfNGenerator:
         self.records: list[dict[str, Any]] = []
 
     def generate(self, prompts: Sequence[Messages | str], params: SamplingParams, chat: bool = True) -> list[list[str]]:
+        if params.num_return_sequences != 1:
+            # App. H: "use the top-scoring response as the final output", one per prompt. Returning the top k
+            # of N would make pass@k over (nearly) all candidates, whatever the reward model (TaskSpec's
+            # `best_of_n_settings` make the coding tasks ask for one).
+            raise ValueError(f"best-of-N returns one pick per prompt; the task asked for "
+                             f"{params.num_return_sequences} answers per prompt (set its `best_of_n_settings`)")
         all_candidates = [self.candidates.lookup(p, chat, params) for p in prompts]
         flat_prompts = [_as_messages(p) for p, cands in zip(prompts, all_candidates) for _ in cands]
         flat_cands = [c for cands in all_candidates for c in cands]
@@ -53,10 +59,10 @@ class BestOfNGenerator:
             cand_scores = scores[pos : pos + len(cands)]
             pos += len(cands)
             ranked = sorted(range(len(cands)), key=lambda j: -cand_scores[j])
-            picks = ranked[: max(1, params.num_return_sequences)]
-            out.append([cands[j] for j in picks])
+            best = ranked[0]
+            out.append([cands[best]])
             self.records.append({"prompt": _as_messages(prompt)[-1]["content"], "scores": cand_scores,
-                                 "chosen_index": picks[0], "chosen": cands[picks[0]]})
+                                 "chosen_index": best, "chosen": cands[best]})
         return out
 
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from harness.paths import PROJECT_ROOT
 
-STAGE_KINDS = ("prepare_data", "train_reward_model", "train_policy", "evaluate")
+STAGE_KINDS = ("prepare_data", "train_reward_model", "reference_logps", "train_policy", "sample_candidates", "evaluate")
 SHARDED_TYPES = ("FSDP", "DEEPSPEED")
 
 

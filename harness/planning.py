@@ -194,14 +194,29 @@ def task_group(name: str) -> str:
     return TASKS.get(name).group
 
 
-def _plan_tasks(cfg: Any, task_names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """({task: fingerprint} ready to run, {task: why not}) for a cell's tasks, resolved now."""
+def _plan_tasks(cfg: Any, task_names: list[str], settings: dict[str, Any] | None = None,
+                ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """({task: fingerprint} ready to run, {task: why not}) for a cell's tasks, resolved now (under `settings`
+    by group, default the cell's)."""
     from harness.evaluation.base import judge_endpoint, plan_tasks
 
-    return plan_tasks(task_names, cfg.eval.settings, judge=judge_endpoint(cfg.judge.model_dump()) if cfg.judge else None,
+    return plan_tasks(task_names, cfg.eval.settings if settings is None else settings, judge=judge_endpoint(cfg.judge.model_dump()) if cfg.judge else None,
                       has_reference=True,
                       # tasks that score with a reward model take one RM (a verifier or an ensemble is none)
                       has_reward_model=cfg.reward_model is not None and cfg.reward_model.is_single_model)
+
+
+def _best_of_n_settings(settings: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+    """The cell's task settings with each best-of-N task's `best_of_n_settings` over its group's (a pick is
+    one answer per prompt: the coding tasks score pass@1 of it)."""
+    from harness.evaluation.base import TASKS
+
+    out = dict(settings)
+    for name in tasks:
+        spec = TASKS.get(name)
+        if spec.best_of_n_settings:
+            out[spec.group] = {**(out.get(spec.group) or {}), **spec.best_of_n_settings}
+    return out
 
 
 def plan_cell(cell: Cell) -> CellPlan:
@@ -289,10 +304,11 @@ def plan_cell(cell: Cell) -> CellPlan:
         eval_config["reward"] = rewarded_by.config  # a verifier or an ensemble (only then: keys of the others kept)
     if bon is not None:
         # Only when asked: the keys (and cached results) of every other evaluation stay as they were.
-        bon_ready, bon_missing = _plan_tasks(cfg, bon.tasks)
+        bon_settings = _best_of_n_settings(cfg.eval.settings, bon.tasks)
+        bon_ready, bon_missing = _plan_tasks(cfg, bon.tasks, bon_settings)
         eval_config["best_of_n"] = {**bon.model_dump(exclude={"tasks"}), "limit": bon.limit or cfg.eval.limit,
                                     "tasks": bon_ready,
-                                    "missing": {name: cfg.eval.settings.get(task_group(name)) for name in bon_missing}}
+                                    "missing": {name: bon_settings.get(task_group(name)) for name in bon_missing}}
         bon_judge = None
         if any("judge" in task_uses(name) for name in bon_ready) and cfg.judge:
             eval_config["judge"] = bon_judge = judge_endpoint(cfg.judge.model_dump())

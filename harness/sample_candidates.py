@@ -68,12 +68,16 @@ class BestOfNConfig:
 # ---------------------------------------------------------------------------------------------
 
 def local_model_folder(model: str) -> Path | None:
-    """The folder `model` loads from when it is here without building anything (a built zoo model, a path);
-    None for a hub id or a zoo model not built yet."""
-    from harness.models import MODEL_BUILDERS
-    from harness.paths import model_cache_dir
+    """The folder of a model given as a path; None for a zoo name or a hub id.
 
-    folder = model_cache_dir() / model if model in MODEL_BUILDERS else Path(model).expanduser()
+    A zoo name (tiny-random-llama, smollm2-135m-instruct) stands for its content, as in every other stage key:
+    hashing its folder would key a plan made before the harness built the model (no folder yet) differently
+    from every later plan, so a re-run, `harness status` or `--dry-run` would not find the published stage."""
+    from harness.models import MODEL_BUILDERS
+
+    if model in MODEL_BUILDERS:
+        return None
+    folder = Path(model).expanduser()
     return folder if (folder / "config.json").is_file() else None
 
 
@@ -91,7 +95,7 @@ def model_sha256(folder: Path) -> str:
 
 
 def model_identity(model: str) -> str | None:
-    """The SFT model's content hash, or None when its files are not here (a hub id: its name stands for it)."""
+    """The SFT model folder's content hash, or None for a zoo name or a hub id (the name stands for it)."""
     folder = local_model_folder(model)
     return model_sha256(folder) if folder is not None else None
 
@@ -215,7 +219,7 @@ def check_model(config: dict[str, Any], model_path: str) -> None:
     """The SFT model here must be the one the stage key was computed from."""
     planned = config["model_sha256"]
     if planned is None:
-        return  # a hub id: its name is its identity
+        return  # a zoo name or a hub id: its name is its identity
     found = model_sha256(Path(model_path))
     if found != planned:
         raise RuntimeError(f"{KIND}: model {config['model']!r} ({model_path}) has other content than the plan saw "

@@ -407,3 +407,15 @@ def test_best_of_n_scoring_counts_each_ensemble_member(tiny_model):
         scorer_flops[name] = evaluation.flops_by_part.get("bon/smoke_lowercase: scorer forward", 0.0)
     assert scorer_flops["verifier"] == 0.0 and scorer_flops["one"] > 0
     assert scorer_flops["two"] == pytest.approx(2 * scorer_flops["one"])
+
+
+@pytest.mark.parametrize("grid_file", [g for g in PAPER_GRIDS if g != "fig4_kl_sweep"])
+def test_paper_profiles_give_the_shared_model_stages_a_gpu(grid_file):
+    """The shared reference pass and best-of-N sampling run a 13B model: without a launch entry the Ray
+    backend would give them its default (one CPU) and hide the GPUs. (PPO's `train_policy` is the
+    data-parallel caveat of docs/scale-out.md, named by `plan_problems`.)"""
+    grid = load_grid(ABLATIONS / f"{grid_file}.yaml", profile="paper")
+    kinds = {s.kind for s in unique_stages(plan_grid(grid))}
+    resources = ray_resources(grid.launch)
+    for kind in kinds & {"reference_logps", "sample_candidates", "evaluate"}:
+        assert resources.get(kind, {}).get("num_gpus", 0) >= 1, (grid_file, kind)

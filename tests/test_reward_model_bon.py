@@ -107,3 +107,55 @@ def test_sampling_checks_the_sft_model_is_the_planned_one(tiny_model: str, tmp_p
     with pytest.raises(RuntimeError, match="other content than the plan saw"):
         sample(config, settings_from_config(settings, list(ready)), engine, tmp_path / "out")
     assert not (tmp_path / "out" / "candidates.jsonl").exists()
+
+
+def test_best_of_n_scores_one_pick_per_prompt_and_coding_scores_its_pass_at_1():
+    """App. H: the top-scoring sample is the model's output. A task asking for several answers per prompt
+    would get pass@k over (nearly) all candidates, the same for every reward model: refused; the coding
+    tasks run under their `best_of_n_settings` (one sample, pass@1) in the best-of-N block, in its key."""
+    from harness.best_of_n import BestOfNGenerator
+    from harness.config import CellConfig
+    from harness.evaluation.base import TASKS
+    from harness.generation import SamplingParams
+    from harness.grid import Cell
+    from harness.planning import plan_cell
+
+    picker = BestOfNGenerator(candidates=None, scorer=None, tokenizer=None)
+    with pytest.raises(ValueError, match="one pick per prompt; the task asked for 20"):
+        picker.generate(["p"], SamplingParams(max_new_tokens=8, num_return_sequences=20))
+    assert TASKS.get("humaneval_plus").best_of_n_settings == {"n_samples": 1, "score_k": 1}
+    config = CellConfig.model_validate({
+        "model": "tiny-random-llama", "reward_model": {"verifier": "smoke_lowercase"},
+        "eval": {"tasks": ["humaneval_plus"], "best_of_n": {"n": 4, "tasks": ["humaneval_plus", "mbpp_plus"]}}})
+    evaluate = plan_cell(Cell("c", config, {})).stages[-1]
+    assert evaluate.config["tasks"].get("humaneval_plus", {}).get("settings", config.eval.settings["coding"]) \
+        ["n_samples"] == 20  # the cell's own coding evaluation keeps its samples
+    bon = evaluate.config["best_of_n"]
+    for name in ("humaneval_plus", "mbpp_plus"):
+        settings = bon["tasks"][name]["settings"] if name in bon["tasks"] else bon["missing"][name]
+        assert (settings["n_samples"], settings["score_k"]) == (1, 1), name
+
+
+def test_a_zoo_model_keys_its_candidates_by_name_built_or_not(monkeypatch, tmp_path):
+    """A plan made before the harness builds a zoo model (a fresh results folder) and every later plan
+    (a re-run, `harness status`, `--dry-run`) must find the same sample_candidates stage."""
+    from harness.config import CellConfig
+    from harness.grid import Cell
+    from harness.models import resolve_model
+    from harness.planning import plan_cell
+    from harness.sample_candidates import model_identity
+
+    monkeypatch.setenv("HARNESS_MODEL_DIR", str(tmp_path / "models"))
+    config = CellConfig.model_validate({
+        "model": "tiny-random-llama", "reward_model": {"verifier": "smoke_lowercase"},
+        "eval": {"tasks": ["smoke_lowercase"], "best_of_n": {"n": 2, "tasks": ["smoke_lowercase"]}}})
+
+    def candidates_key() -> str:
+        (stage,) = [s for s in plan_cell(Cell("c", config, {})).stages if s.kind == "sample_candidates"]
+        return stage.key
+
+    before = candidates_key()
+    folder = resolve_model("tiny-random-llama")
+    assert Path(folder, "config.json").is_file() and str(tmp_path) in folder
+    assert candidates_key() == before and model_identity("tiny-random-llama") is None
+    assert model_identity(folder) is not None  # the same model given as a folder is keyed by its content

@@ -215,6 +215,10 @@ class TaskSpec:
     # given: a task that scores the model itself (log-likelihoods, KL, its own generations) would measure the
     # SFT model through best-of-N and be mislabelled as the reward model's. Set, `best_of_n.tasks` refuses it.
     not_best_of_n: str = ""
+    # Settings the task runs under when it scores best-of-N picks (one answer per prompt, App. H), over the
+    # cell's: e.g. the coding tasks' {n_samples: 1, score_k: 1} (pass@1 of the pick, not pass@10 of samples).
+    # In the best-of-N fingerprints, so in the sample_candidates and evaluate keys.
+    best_of_n_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def group(self) -> str:

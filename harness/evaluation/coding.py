@@ -161,6 +161,7 @@ class CodingSettings(BenchmarkSettings):
         0.95, description="nucleus sampling (paper App. D); None = open-instruct's per task (HumanEval+ 0.95, "
         "MBPP+ 1.0), the paper setting's default")
     workers: int = Field(2, ge=1, description="sandboxed checks at once (per-input time limits are wall-clock)")
+    score_k: int = Field(10, ge=1, description="the score is pass@score_k (the paper's 10; 1 for a best-of-N pick)")
     env = {"n_samples": "HARNESS_CODING_N_SAMPLES", "max_new_tokens": "HARNESS_CODING_MAX_NEW_TOKENS",
            "workers": "HARNESS_CODING_WORKERS"}
     paper_defaults = {"top_p": None}
@@ -171,6 +172,7 @@ def coding_config(settings: CodingSettings, task: str = "humaneval_plus") -> Cod
     values = settings.model_dump()
     if values["top_p"] is None:
         values["top_p"] = PAPER_TOP_P[task]
+    values["ks"] = tuple(sorted({*CodingConfig.ks, values["score_k"]}))  # the score's k is always logged
     return replace(CodingConfig(), **values)
 
 
@@ -464,6 +466,10 @@ def describe(task: str, settings: CodingSettings, limit: int | None) -> TaskProt
                         decoding, judge)
 
 
+# Best-of-N scores the reward model's one pick per problem (App. H: "the top-scoring output as the final
+# output"): pass@1 of that pick.
+BEST_OF_N_PICK = {"n_samples": 1, "score_k": 1}
+
 register_task(TaskSpec(
     name="humaneval_plus",
     category="coding",
@@ -473,6 +479,7 @@ register_task(TaskSpec(
     data_files=lambda _settings: [problems_file(HUMANEVAL_PLUS_FILE, None)],
     describe=lambda settings, limit: describe("humaneval_plus", settings, limit),
     uses=(),
+    best_of_n_settings=BEST_OF_N_PICK,
     description="HumanEval+ (EvalPlus v0.2.1 base+plus tests), HumanEvalPack instructions, T=0.8, sandboxed",
     score_rule="pass@10 (base+plus tests, unbiased estimator, n samples/problem) x 100",
 ))
@@ -485,6 +492,7 @@ register_task(TaskSpec(
     data_files=lambda _settings: [problems_file(MBPP_PLUS_FILE, None)],
     describe=lambda settings, limit: describe("mbpp_plus", settings, limit),
     uses=(),
+    best_of_n_settings=BEST_OF_N_PICK,
     description="MBPP+ v0.1.0 (EvalPlus v0.2.1 base+plus tests), open-instruct prompt, T=0.8, sandboxed",
     score_rule="pass@10 (base+plus tests, unbiased estimator, n samples/problem) x 100",
 ))
