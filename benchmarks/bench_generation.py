@@ -31,7 +31,9 @@ Full size (an idle machine; two to three hours on 2 cores, most of it lm-eval's 
     nice .venv/bin/python benchmarks/bench_generation.py --model smollm2-135m-instruct --prompts 32 \\
         --repeats 2 --json results/bench_generation.json
 
-Development size (minutes): `--prompts 4 --max-new-tokens 32 --repeats 1`.
+Development size (minutes): `--prompts 4 --max-new-tokens 32 --repeats 1`. `--engines` narrows the
+project's options (the default engine, `static` at its dtype and both lm-eval runs always run), e.g.
+`--engines "static float32"` for the floor's comparison alone in about half the time.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 LMEVAL = "lm-eval HFLM"
+ENGINE_OPTIONS = ("static float32", "static bfloat16", "compact float32", "compact bfloat16", "continuous")
 
 
 def _prompts(tokenizer, n: int, prompt_set: str) -> tuple[list[str], list[str]]:
@@ -92,11 +95,16 @@ def _engines(args: argparse.Namespace, stop: list[str], max_new_tokens: int
         generator = HFGenerator(model, tok, batch_size=args.batch_size, batching=batching)
         return lambda ps: [row[0] for row in generator.generate(ps, params, chat=False)]
 
+    default_label = f"{default.batching} {default.dtype}"
+    # The default engine and `static` at its dtype always run (the report compares their outputs); the
+    # others are the ones --engines names (all by default).
+    wanted = set(args.engines) | {default_label, f"static {default.dtype}"}
     for batching in ("static", "compact"):
         for dtype in ("float32", "bfloat16"):
-            engines[f"{batching} {dtype}"] = ours(dtype, batching)
-    engines[f"continuous {default.dtype}"] = ours(default.dtype, "continuous")
-    default_label = f"{default.batching} {default.dtype}"
+            if f"{batching} {dtype}" in wanted:
+                engines[f"{batching} {dtype}"] = ours(dtype, batching)
+    if f"continuous {default.dtype}" in wanted or "continuous" in wanted:
+        engines[f"continuous {default.dtype}"] = ours(default.dtype, "continuous")
 
     def lmeval(dtype: str | None) -> tuple[Callable[[list[str]], list[str]], str]:
         lm = HFLM(pretrained=path, device="cpu", **({"dtype": dtype} if dtype else {}))  # else lm-eval's defaults
@@ -166,7 +174,7 @@ def run_prompt_set(args: argparse.Namespace, prompt_set: str) -> dict:
     # Why outputs differ at equal dtype: the same comparison in float32 (batched vs lm-eval's batch of 1),
     # and how far into the answer they first part.
     fp32_differing = _differing(outputs["static float32"], outputs[f"{LMEVAL} defaults"]) \
-        if lm_dtype == "float32" else None
+        if lm_dtype == "float32" and "static float32" in outputs else None
     parted_at = sorted(_common_prefix(ours[i].strip(), equal[i].strip()) for i in differing)
     print(f"differing at equal dtype: {len(differing)}; they part after a median of "
           f"{parted_at[len(parted_at) // 2] if parted_at else 0} characters (of {sum(len(o) for o in ours) // len(ours)} "
@@ -197,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="the harness's engines (lm-eval keeps its 1)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--prompt-sets", nargs="+", choices=("gsm8k", "alpaca"), default=["gsm8k", "alpaca"])
+    parser.add_argument("--engines", nargs="+", default=list(ENGINE_OPTIONS), choices=ENGINE_OPTIONS,
+                        help="the project's engine options to run beside lm-eval (default: all); the default "
+                             "engine and `static` at its dtype always run, lm-eval at its defaults and at "
+                             "equal dtype too")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     for key in ("TOKENIZERS_PARALLELISM",):
