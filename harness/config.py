@@ -377,6 +377,14 @@ class CellConfig(Strict):
                 raise ValueError(f"`eval.best_of_n` picks with the cell's reward, but verifier {rm.verifier!r} reads "
                                  f"per-prompt gold data ({', '.join(columns)}) that best-of-N's benchmark prompts do "
                                  "not carry: use a reward model, an ensemble or a verifier that reads none")
+        if rm is not None and rm.verifier is not None and "rm_reward" in self.eval.tasks:
+            from harness.rewards import VERIFIERS
+
+            columns = VERIFIERS.get(rm.verifier).columns
+            if columns:  # its held-out prompt set (smoke-lowercase-eval by default) has no gold answers
+                raise ValueError(f"eval.tasks: `rm_reward` scores held-out answers with the cell's reward, but verifier "
+                                 f"{rm.verifier!r} reads per-prompt gold data ({', '.join(columns)}): drop "
+                                 "`rm_reward` (the benchmark of that verifier's task measures the same thing)")
         return self
 
     @model_validator(mode="after")

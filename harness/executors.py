@@ -222,15 +222,16 @@ def _task_settings(block: dict[str, Any]) -> dict[str, Any]:
     return settings_from_config(by_group, list(groups))
 
 
-def _eval_context(config: dict[str, Any], model_path: str, out_dir: Path, reward_model_path: str | None) -> Any:
-    """The evaluate stage's settings (limit, seed, judge, reference, RM, task settings) applied to one model."""
+def _eval_context(config: dict[str, Any], model_path: str, out_dir: Path, reward: Any) -> Any:
+    """The evaluate stage's settings (limit, seed, judge, reference, reward, task settings) applied to one model."""
     from harness.evaluation import EvalContext
     from harness.models import resolve_model
 
     return EvalContext(
         model_path=model_path, out_dir=out_dir, limit=config["limit"], seed=config["seed"],
         batch_size=config["batch_size"], judge=config.get("judge"),
-        reference_path=resolve_model(config["reference_model"]), reward_model_path=reward_model_path,
+        reference_path=resolve_model(config["reference_model"]),
+        reward_model_path=reward.model_path if reward is not None else None, reward=reward,
         settings=_task_settings(config), engine=stage_engine(config),
     )
 
@@ -269,9 +270,7 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
     model_path = str(inputs["policy"] / "model") if "policy" in inputs else resolve_model(config["model"])
     reward = resolve(config.get("reward") or ({"path": config["reward_model_path"]}
                                               if config.get("reward_model_path") else None), inputs)
-    # `rm_reward` scores with one reward model; a verifier or an ensemble has none to give it.
-    reward_model_path = reward.model_path if reward is not None else None
-    ctx = _eval_context(config, model_path, out / "artifacts" / "samples", reward_model_path)
+    ctx = _eval_context(config, model_path, out / "artifacts" / "samples", reward)
     metrics, results = _run_planned(ctx, config, store=True)
     from harness.generation import record_engine
 
@@ -281,7 +280,7 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
     gc.collect()
     tags = evaluation_tags(results)  # which tasks have no result and why, which were reused
     if config.get("checkpoint_every") and "policy" in inputs:
-        rows = _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward_model_path, metrics, out)
+        rows = _evaluate_checkpoints(config, inputs["policy"], inputs.get("sft"), reward, metrics, out)
         if config.get("monitor"):
             _monitor(config, inputs, rows, metrics, out)
         from harness.checkpoints import HISTORY_FILE
@@ -300,7 +299,7 @@ def run_evaluate(config: dict[str, Any], inputs: dict[str, Path], out: Path) -> 
 
 
 def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Path | None,
-                          reward_model_path: str | None, final: dict[str, float], out: Path) -> list[dict[str, Any]]:
+                          reward: Any, final: dict[str, float], out: Path) -> list[dict[str, Any]]:
     """The cell's eval tasks (same limit, seed, judge) on each intermediate checkpoint of the policy, as
     rows {"step": s, metric: value} (written to `checkpoint_history.jsonl` for the runner to log over steps).
 
@@ -320,7 +319,7 @@ def _evaluate_checkpoints(config: dict[str, Any], policy_dir: Path, sft_dir: Pat
         # Only what the policy's curves have (not e.g. the baseline's best-of-N metrics).
         rows.append({"step": 0, **{k: v for k, v in curve_metrics(sft).items() if k in final}})
     for step, folder in list_checkpoints(policy_dir):
-        ctx = _eval_context(config, str(folder), out / "artifacts" / "checkpoints" / f"step-{step}", reward_model_path)
+        ctx = _eval_context(config, str(folder), out / "artifacts" / "checkpoints" / f"step-{step}", reward)
         rows.append({"step": step, **curve_metrics(_run_planned(ctx, config, store=True)[0])})
         del ctx
         gc.collect()

@@ -202,8 +202,8 @@ def _plan_tasks(cfg: Any, task_names: list[str], settings: dict[str, Any] | None
 
     return plan_tasks(task_names, cfg.eval.settings if settings is None else settings, judge=judge_endpoint(cfg.judge.model_dump()) if cfg.judge else None,
                       has_reference=True,
-                      # tasks that score with a reward model take one RM (a verifier or an ensemble is none)
-                      has_reward_model=cfg.reward_model is not None and cfg.reward_model.is_single_model)
+                      # tasks that score with the cell's reward take any: a reward model, an ensemble or a verifier
+                      has_reward_model=cfg.reward_model is not None)
 
 
 def _best_of_n_settings(settings: dict[str, Any], tasks: list[str]) -> dict[str, Any]:

@@ -42,6 +42,20 @@ class RewardSource:
             return {"reward_ensemble": self.ensemble}
         return {"reward_model_path": self.model_path}
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What a score of this reward depends on (an eval task's key): the reward model's content, each
+        ensemble member's and the combination, or the verifier's name, format weight and code."""
+        from harness.cache import code_fingerprint, model_fingerprint
+
+        if self.verifier is not None:
+            return {"verifier": self.verifier.verifier.name, "format_weight": self.verifier.format_weight,
+                    "code": code_fingerprint("harness.rewards", ("harness.rewards",))}
+        if self.ensemble is not None:
+            return {"ensemble": [model_fingerprint(p) for p in self.ensemble.paths],
+                    "combine": self.ensemble.combine, "uwo_lambda": self.ensemble.uwo_lambda}
+        assert self.model_path is not None
+        return {"model": model_fingerprint(self.model_path)}
+
     def scorer(self, device: str | None = None, batch_size: int = 16) -> Any:
         """An object with `score(prompts, responses) -> list[float]` (responses: text or messages)."""
         if self.verifier is not None:

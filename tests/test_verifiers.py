@@ -117,6 +117,9 @@ def _load_error(base: dict) -> str:
      "verifier 'gsm8k' reads per-prompt gold data (answer) that best-of-N's benchmark prompts do not carry"),
     ({"algorithm": GRPO, "reward_function": "lowercase", "reward_model": {"path": "tiny-random-llama"}},
      "both `reward_model` and `reward_function`"),
+    ({"algorithm": GRPO, "reward_model": {"verifier": "gsm8k"}, "eval": {"tasks": ["rm_reward"]}},
+     "eval.tasks: `rm_reward` scores held-out answers with the cell's reward, but verifier 'gsm8k' reads "
+     "per-prompt gold data (answer)"),
 ])
 def test_bad_reward_sources_fail_at_load(base, message):
     assert message in _load_error(base)
@@ -247,3 +250,48 @@ def test_best_of_n_picks_with_a_verifier(tiny_model, tmp_path):
         assert record["scores"] == verifier(completions=[_messages(c) for c in candidates])
         assert record["scores"][record["chosen_index"]] == max(record["scores"])
         assert record["chosen"] == candidates[record["chosen_index"]]
+
+
+def test_rm_reward_scores_held_out_answers_with_the_verifier(tiny_model, tmp_path):
+    """`rm_reward` with a verifier as the cell's reward: the logged rewards are the verifier's scores of exactly
+    the saved answers, and the task's key names the verifier and its format weight (another verifier, weight
+    or a reward model is another result)."""
+    from harness.evaluation import EvalContext, run_tasks
+    from harness.evaluation.base import TASKS, task_fingerprint
+    from harness.reward_ensemble import EnsembleSpec
+    from harness.reward_source import RewardSource
+
+    verifier = VerifierReward("smoke_lowercase_fraction")
+    ctx = EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=3, reward=RewardSource(verifier=verifier))
+    metrics = run_tasks(ctx, ["rm_reward"])
+    rows = [json.loads(line) for line in (tmp_path / "rm_reward.samples.jsonl").read_text().splitlines()]
+    assert metrics["rm_reward/n"] == 3 == len(rows)
+    assert [r["reward"] for r in rows] == verifier(completions=[_messages(r["output"]) for r in rows])
+    assert metrics["rm_reward/mean"] == pytest.approx(statistics.fmean(r["reward"] for r in rows))
+
+    spec = TASKS.get("rm_reward")
+    keys = {name: task_fingerprint(EvalContext(model_path=tiny_model, out_dir=tmp_path, limit=3, reward=reward), spec)
+            ["reward_model"] for name, reward in {
+                "fraction": RewardSource(verifier=verifier),
+                "binary": RewardSource(verifier=VerifierReward("smoke_lowercase")),
+                "gsm8k+format": RewardSource(verifier=VerifierReward("gsm8k", format_weight=0.5)),
+                "gsm8k": RewardSource(verifier=VerifierReward("gsm8k")),
+                "model": RewardSource(model_path=tiny_model),
+                "ensemble": RewardSource(ensemble=EnsembleSpec((tiny_model, tiny_model), "mean")),
+                "ensemble wco": RewardSource(ensemble=EnsembleSpec((tiny_model, tiny_model), "wco"))}.items()}
+    assert keys["fraction"]["verifier"] == "smoke_lowercase_fraction" and keys["gsm8k+format"]["format_weight"] == 0.5
+    assert len({json.dumps(k, sort_keys=True) for k in keys.values()}) == len(keys)
+
+
+def test_a_verifier_cell_plans_rm_reward_for_the_policy_and_its_baseline():
+    """A cell rewarded by a verifier runs `rm_reward` (it was reported as missing: "no reward model"), and so does
+    its SFT baseline, scored by the same verifier: the report's per-prompt rewards compare the two."""
+    from harness.planning import plan_cell
+
+    grid = build_grid({"experiment": "t", "baseline": True,
+                       "base": {**BASE, "algorithm": GRPO, "reward_model": {"verifier": "smoke_lowercase_fraction"},
+                                "eval": {"tasks": ["smoke_lowercase", "rm_reward"]}}})
+    for cell in grid.cells:
+        evaluate = plan_cell(cell).stages[-1]
+        assert "rm_reward" in evaluate.config["tasks"] and not evaluate.config["missing"], cell.name
+        assert evaluate.config["reward"] == {"verifier": "smoke_lowercase_fraction", "format_weight": 0.0}

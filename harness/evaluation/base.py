@@ -127,6 +127,9 @@ class EvalContext:
     judge: dict[str, Any] | None = None  # judge endpoint settings, for judge-based tasks
     reference_path: str | None = None  # the SFT/reference policy, for KL-to-reference measurements
     reward_model_path: str | None = None  # a trained RM folder, for reward-of-samples measurements
+    # The cell's reward as a whole (`harness.reward_source.RewardSource`: a reward model, an ensemble or a
+    # verifier), for reward-of-samples measurements; None = `reward_model_path`'s model, if any.
+    reward: Any = None
     # Resolved settings per settings group (`TaskSpec.group`), filled by the caller (the grid's evaluate
     # stage from its planned config, `harness eval` from its flags) or by `run_tasks`.
     settings: dict[str, TaskSettings] = field(default_factory=dict)
@@ -143,6 +146,14 @@ class EvalContext:
 
             self._generator = make_generator(self.model_path, batch_size=self.batch_size, engine=self.engine)
         return self._generator
+
+    def reward_source(self) -> Any:
+        """The reward that reward-of-samples tasks score with (`reward`, else `reward_model_path`'s model), or None."""
+        if self.reward is not None or self.reward_model_path is None:
+            return self.reward
+        from harness.reward_source import RewardSource
+
+        return RewardSource(model_path=self.reward_model_path)
 
     def engine_key(self) -> dict[str, Any]:
         """What the engine contributes to a task's result (`ResolvedEngine.key()`): the generator's own when it
@@ -458,7 +469,7 @@ _REQUIRED_HOW = {
     "judge": "an LLM judge (set the grid's `judge: {model, base_url}` or `harness eval --judge-model`); no "
              "offline substitute",
     "reference": "a reference model (ctx.reference_path)",
-    "reward_model": "a reward model, and this cell has none (set `reward_model`)",
+    "reward_model": "a reward (a reward model, an ensemble or a verifier), and this cell has none (set `reward_model`)",
 }
 
 
@@ -492,14 +503,15 @@ def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
     from harness.cache import model_fingerprint
 
     used = spec.used_inputs
+    reward = ctx.reward_source()
     return {
         **resolve_task(spec, ctx.settings_for(spec.name), judge=ctx.judge,
-                       has_reference=ctx.reference_path is not None,
-                       has_reward_model=ctx.reward_model_path is not None),
+                       has_reference=ctx.reference_path is not None, has_reward_model=reward is not None),
         "model": model_fingerprint(ctx.model_path),
         "limit": ctx.limit, "seed": ctx.seed, "batch_size": ctx.batch_size,
         "reference": model_fingerprint(ctx.reference_path) if ctx.reference_path and "reference" in used else None,
-        "reward_model": (model_fingerprint(ctx.reward_model_path)
-                         if ctx.reward_model_path and "reward_model" in used else None),
+        # A reward model's content as before; an ensemble or a verifier by `RewardSource.fingerprint`.
+        "reward_model": (None if reward is None or "reward_model" not in used
+                         else model_fingerprint(reward.model_path) if reward.model_path else reward.fingerprint()),
         "engine": ctx.engine_key(),
     }
