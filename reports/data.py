@@ -174,7 +174,11 @@ def _flat_keys(overrides: dict[str, Any], prefix: str = "") -> list[str]:
 # Table 9's symbols for PPO's batch settings, and short names for the usual swept knobs.
 _ABBREVIATIONS = {"prompt_batch_size": "B", "minibatch_size": "b", "rollouts_per_prompt": "r",
                   "gradient_accumulation_steps": "g", "kl_coef": "kl", "beta": "β", "learning_rate": "lr",
-                  "num_train_epochs": "epochs", "max_steps": "steps", "sft_weight": "SFT-loss weight"}
+                  "num_train_epochs": "epochs", "max_steps": "steps", "sft_weight": "SFT-loss weight",
+                  # the GRPO-family switches (ablations/grpo_switches.yaml)
+                  "loss_type": "loss", "scale_rewards": "reward scaling", "epsilon_high": "ε high",
+                  "importance_sampling_level": "IS level", "mask_truncated_completions": "mask truncated",
+                  "num_generations": "G"}
 
 
 def _short_key(key: str) -> str:
@@ -194,7 +198,10 @@ def compact_labels(groups: list[list[CellRun]], max_len: int = 72) -> list[str]:
     configurations whose labels are still alike get that field's value (`β=0.1`) on every one of them
     when it differs among them: each label names its value of every field that tells it apart from a
     configuration it would otherwise share its label with, and nothing more. A field that is the same
-    across such configurations is left out, so DPO's β never labels a PPO cell."""
+    across such configurations is left out, so DPO's β never labels a PPO cell. Where only some of them
+    set the field themselves (one switch at a time: a grid's `include` cells over its base), only those
+    name it, and the others keep the base's value unnamed ("GRPO · β=0.0" beside "GRPO · loss=dapo"),
+    instead of every label listing every switch."""
     firsts = [g[0] for g in groups]
     policies = [c for c in firsts if not c.is_baseline]
     # A naming field is shown when configurations disagree on it (a field only some have, such as the
@@ -212,14 +219,38 @@ def compact_labels(groups: list[list[CellRun]], max_len: int = 72) -> list[str]:
             parts[i] = [fmt.format(cell.param(k)) for k, fmt in named if cell.param(k)]
             if parts[i] and parts[i][0] == cell.algorithm:
                 parts[i][0] = parts[i][0].upper()
+    shown: dict[int, set[str]] = {i: set() for i in parts}
+    # Per configuration, its switches: fields it sets that others with the same naming fields leave at the base's
+    # value (one switch at a time: a grid's `include` cells over its base). None in a factorial grid.
+    switches: dict[int, list[str]] = {}
+    by_name: dict[tuple[str, ...], list[int]] = {}
+    for i, label in parts.items():
+        by_name.setdefault(tuple(label), []).append(i)
+    for members in by_name.values():
+        set_by = {key: [i for i in members if key in _flat_keys(firsts[i].overrides)] for key in swept}
+        for i in members:
+            switches[i] = [k for k, who in set_by.items() if i in who and len(who) < len(members)]
+
+    def show(i: int, key: str) -> None:
+        parts[i].append(f"{_short_key(key)}={firsts[i].param(key) or '—'}")
+        shown[i].add(key)
+
     for key in swept:
         alike: dict[tuple[str, ...], list[int]] = {}
         for i, label in parts.items():
             alike.setdefault(tuple(label), []).append(i)
         for members in alike.values():
             if len({firsts[i].param(key) for i in members}) > 1:
-                for i in members:
-                    parts[i].append(f"{_short_key(key)}={firsts[i].param(key) or '—'}")
+                setting = [i for i in members if key in _flat_keys(firsts[i].overrides)]
+                base_values = {firsts[i].param(key) for i in members if i not in setting}
+                for i in setting if setting and len(base_values) <= 1 else members:
+                    show(i, key)
+    # A configuration that sets several switches names all of them (DAPO: loss, ε high, β, mask truncated),
+    # even those its label did not need to tell it apart: otherwise its label reads as the base plus one switch.
+    for i in parts:
+        for key in switches[i]:
+            if key not in shown[i]:
+                show(i, key)
     labels = []
     for i, cell in enumerate(firsts):
         label = "SFT" if cell.is_baseline else (" · ".join(parts[i]) or cell.cell)

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from reports.data import CellRun, compact_labels, group_by_identity  # noqa: E402
 from reports.model import Entry  # noqa: E402
-from reports.names import metric_name  # noqa: E402
+from reports.names import metric_name, reward_score_name  # noqa: E402
 from reports.registry import AVERAGE, FigureOutput, Needs, ReportContext, Skip, register  # noqa: E402
 from reports.tables import reward_labels, rm_groups  # noqa: E402
 
@@ -392,7 +392,8 @@ def reward_boxplot(ctx: ReportContext) -> FigureOutput:
     fig, ax = plt.subplots(figsize=(7.5, max(3.0, 0.34 * len(samples) + 1.4)))
     ax.boxplot([s for _, _, s, _ in samples[::-1]], vert=False, showmeans=True, widths=0.6)
     ax.set_yticks(range(1, len(samples) + 1), [label for label, _, _, _ in samples[::-1]], fontsize=7)
-    ax.set_xlabel("reward-model score of the greedy answer")
+    scored_by = reward_score_name(cell for _, cell, _, _ in samples)
+    ax.set_xlabel(f"{scored_by} of the greedy answer")
     ax.set_ylabel("policy")
     ax.plot([], [], "g^", label="mean")
     ax.plot([], [], color="orange", label="median")
@@ -400,7 +401,7 @@ def reward_boxplot(ctx: ReportContext) -> FigureOutput:
     fig.tight_layout()
     data = [{"figure": "reward_boxplot", "series": label, "x": i, "metric": "rm_reward", "value": v,
              "mlflow_run_ids": run_id} for label, _, vals, run_id in samples for i, v in enumerate(vals)]
-    return FigureOutput(fig, "Distribution of reward-model scores of each policy's answers to the held-out "
+    return FigureOutput(fig, f"Distribution of the {scored_by} of each policy's answers to the held-out "
                              "prompts (box: quartiles, whiskers 1.5 IQR, triangle: mean).", data)
 
 
@@ -540,7 +541,8 @@ def policy_reward_distributions(ctx: ReportContext) -> FigureOutput:
         ax.hist(base[2], bins=bins, color="grey", alpha=0.45, label=f"SFT base (mean {np.mean(base[2]):.2f})")
     for k, (label, _, values, _) in enumerate(shown):
         ax.hist(values, bins=bins, histtype="step", lw=1.6, color=f"C{k}", label=f"{label} (mean {np.mean(values):.2f})")
-    ax.set_xlabel("reward-model score of the answer")
+    scored_by = reward_score_name(cell for _, cell, _, _ in samples)
+    ax.set_xlabel(f"{scored_by} of the answer")
     ax.set_ylabel("prompts")
     ax.legend(fontsize=6.5)
     fig.tight_layout()
@@ -551,5 +553,5 @@ def policy_reward_distributions(ctx: ReportContext) -> FigureOutput:
     if len(policies) > len(shown):
         notes.append(f"{len(policies) - len(shown)} more policies not drawn (the {len(shown)} highest mean rewards "
                      "are); see the reward boxplot for all.")
-    return FigureOutput(fig, "Reward-model scores of trained policies' answers (outlines) against the base model's "
+    return FigureOutput(fig, f"The {scored_by} of trained policies' answers (outlines) against the base model's "
                              "(grey) on the same prompts.", data, notes)

@@ -6,6 +6,9 @@ MLflow metric keys to display names; a key it does not know is spelled out from 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 # Benchmarks as the paper names them (Sec. 2.2, App. D), and the project's own tasks.
 TASK_NAMES: dict[str, str] = {
     "mmlu": "MMLU", "gsm8k": "GSM8K", "bbh": "BBH", "truthfulqa": "TruthfulQA", "humaneval_plus": "HumanEval+",
@@ -74,3 +77,12 @@ def metric_name(key: str) -> str:
         return _words(key)
     task = TASK_NAMES.get(head, _words(head))
     return f"{task} score" if rest == "score" else f"{task}: {_words(rest)}"
+
+
+def reward_score_name(cells: Iterable[Any]) -> str:
+    """What `rm_reward` scored the answers with, in words: "verifier reward (NAME)" when every cell's reward is
+    that one verifier (`reward_model.verifier`, e.g. GRPO on a verifiable reward), else "reward-model score"."""
+    verifiers = {cell.param("reward_model.verifier") for cell in cells}
+    if len(verifiers) == 1 and None not in verifiers:
+        return f"verifier reward ({verifiers.pop()})"
+    return "reward-model score"

@@ -14,6 +14,7 @@ import numpy as np
 from reports.data import CellRun, compact_labels, describe_overrides, group_by_identity
 from reports.examples import task_categories
 from reports.model import Entry, ReportTable, Row
+from reports.names import reward_score_name
 from reports.registry import (
     AVERAGE,
     Needs,
@@ -507,8 +508,9 @@ def prompt_rewards(ctx: ReportContext) -> ReportTable:
         top = max(s[pid] for _, s, _ in per_cell)
         for c, s, _ in per_cell:
             best[c.run_id] += s[pid] == top  # ties: every policy at the top counts
+    scored_by = reward_score_name(c for c, _, _ in per_cell)
     table = ReportTable("prompt_rewards", "Per-prompt reward",
-                        f"Reward-model score of each policy's greedy answer on the {len(common)} held-out prompts "
+                        f"{scored_by[0].upper()}{scored_by[1:]} of each policy's greedy answer on the {len(common)} held-out prompts "
                         "every policy answered: mean, median, prompts where the policy beats the base model and "
                         "prompts where it is (jointly) the best.",
                         ["Policy"], ["Mean reward", "Median reward", "Prompts > base", "Prompts best"])
