@@ -68,6 +68,25 @@ def test_identical_policy_and_reference_give_exactly_zero(tiny_model, tmp_path):
     assert 1 <= metrics["policy_kl/mean_length"] <= 48
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_kl_does_not_depend_on_the_tasks_run_before_it(tiny_model, perturbed_model, tmp_path, dtype):
+    """policy_kl after a task that built the shared engine (its model at the engine's precision) equals
+    policy_kl run alone (its own load), and the SFT model against itself is exactly 0 either way: policy and
+    reference are run at one precision, the engine's. Before, a bf16 engine model was scored against an fp32
+    reference (SmolLM2 against itself: 0.02 nats), and a cached earlier task changed the number."""
+    from harness.generation import EngineSettings
+
+    engine = EngineSettings(dtype=dtype)
+    for model, zero in ((tiny_model, True), (perturbed_model, False)):
+        results = []
+        for tasks in (["smoke_lowercase", "policy_kl"], ["policy_kl"]):
+            out = tmp_path / f"{Path(model).name}-{len(tasks)}"
+            ctx = EvalContext(model_path=model, out_dir=out, limit=3, reference_path=tiny_model, engine=engine)
+            results.append(run_tasks(ctx, tasks)["policy_kl/kl_mean"])
+        assert results[0] == results[1], (model, dtype, results)
+        assert (results[0] == 0.0) is zero, (model, dtype, results)
+
+
 def test_monte_carlo_kl_matches_exact_kl_for_one_token(tiny_model, perturbed_model):
     """With one-token completions KL(pi || ref) = sum_v p(v) log p(v)/q(v) is exact: the estimator, on
     samples from the untruncated policy, must agree within its own standard error."""

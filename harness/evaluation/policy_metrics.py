@@ -150,14 +150,28 @@ def completion_logprobs(
     return result
 
 
-def _policy_model(ctx: EvalContext):
-    """Reuse the shared engine's HF model when it is already built (saves a load); else load one."""
+def scoring_dtype(ctx: EvalContext) -> str:
+    """The precision the policy and the reference are both run in: the evaluate stage's engine's (in the task's
+    key). One precision for both, whatever ran before: a bf16 policy against an fp32 reference put their
+    rounding difference into the KL (0.02 nats for the SFT model against itself), and whether the shared
+    engine had been built by an earlier task decided which one the policy got."""
+    from harness.generation import EngineSettings
+
+    resolved = getattr(ctx._generator, "resolved", None) or (ctx.engine or EngineSettings()).resolved()
+    return resolved.dtype
+
+
+def _policy_model(ctx: EvalContext, dtype: str):
+    """Reuse the shared engine's HF model when it is already built at `dtype` (saves a load); else load one."""
+    import torch
+
     gen = ctx._generator
-    if gen is not None and hasattr(gen, "model") and hasattr(gen, "tokenizer"):
+    if gen is not None and hasattr(gen, "model") and hasattr(gen, "tokenizer") \
+            and next(gen.model.parameters()).dtype == getattr(torch, dtype):
         return gen.model, gen.tokenizer
     from harness.models import load_causal_lm
 
-    return load_causal_lm(ctx.model_path)
+    return load_causal_lm(ctx.model_path, dtype=dtype)
 
 
 def run_policy_kl(ctx: EvalContext, settings: PolicyKLSettings, name: str) -> TaskResult:
@@ -171,14 +185,15 @@ def run_policy_kl(ctx: EvalContext, settings: PolicyKLSettings, name: str) -> Ta
         return TaskResult({}, None, skipped_reason=f"policy {ctx.model_path} and reference {ctx.reference_path} use "
                           "different tokenizers: a token-level KL between them is undefined")
     rows = load_prompt_rows(settings.prompt_set, ctx.limit)
-    policy, tok = _policy_model(ctx)
+    dtype = scoring_dtype(ctx)
+    policy, tok = _policy_model(ctx, dtype)
     eos = eos_token_ids(tok, policy)
     samples = sample_completions(policy, tok, [r["prompt"] for r in rows], settings.samples_per_prompt,
                                  settings.max_new_tokens, ctx.seed, settings.batch_size, eos)
     pairs = [(p, c) for _, p, c, _ in samples]
     pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos))
     policy_lp = completion_logprobs(policy, pairs, pad, settings.batch_size)
-    reference, _ = load_causal_lm(ctx.reference_path, device=str(next(policy.parameters()).device))
+    reference, _ = load_causal_lm(ctx.reference_path, device=str(next(policy.parameters()).device), dtype=dtype)
     ref_lp = completion_logprobs(reference, pairs, pad, settings.batch_size)
     del reference
 
