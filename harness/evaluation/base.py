@@ -147,14 +147,6 @@ class EvalContext:
             self._generator = make_generator(self.model_path, batch_size=self.batch_size, engine=self.engine)
         return self._generator
 
-    def reward_source(self) -> Any:
-        """The reward that reward-of-samples tasks score with (`reward`, else `reward_model_path`'s model), or None."""
-        if self.reward is not None or self.reward_model_path is None:
-            return self.reward
-        from harness.reward_source import RewardSource
-
-        return RewardSource(model_path=self.reward_model_path)
-
     def engine_key(self) -> dict[str, Any]:
         """What the engine contributes to a task's result (`ResolvedEngine.key()`): the generator's own when it
         was given built, else the settings' (resolved on this machine when they still say "auto")."""
@@ -503,15 +495,18 @@ def task_fingerprint(ctx: EvalContext, spec: TaskSpec) -> dict[str, Any]:
     from harness.cache import model_fingerprint
 
     used = spec.used_inputs
-    reward = ctx.reward_source()
+    # The reward (`ctx.reward`, a RewardSource; this module does not import it: harness.rewards imports tasks), or
+    # a bare reward-model folder of a context built by hand.
+    reward, reward_path = ctx.reward, ctx.reward_model_path if ctx.reward is None else ctx.reward.model_path
     return {
         **resolve_task(spec, ctx.settings_for(spec.name), judge=ctx.judge,
-                       has_reference=ctx.reference_path is not None, has_reward_model=reward is not None),
+                       has_reference=ctx.reference_path is not None,
+                       has_reward_model=reward is not None or reward_path is not None),
         "model": model_fingerprint(ctx.model_path),
         "limit": ctx.limit, "seed": ctx.seed, "batch_size": ctx.batch_size,
         "reference": model_fingerprint(ctx.reference_path) if ctx.reference_path and "reference" in used else None,
         # A reward model's content as before; an ensemble or a verifier by `RewardSource.fingerprint`.
-        "reward_model": (None if reward is None or "reward_model" not in used
-                         else model_fingerprint(reward.model_path) if reward.model_path else reward.fingerprint()),
+        "reward_model": (None if "reward_model" not in used or (reward is None and reward_path is None)
+                         else model_fingerprint(reward_path) if reward_path else reward.fingerprint()),
         "engine": ctx.engine_key(),
     }
